@@ -1,0 +1,189 @@
+"""Load a user's checkpoint safely and build the model it belongs to.
+
+``torch.load(weights_only=True)`` is the default: it reads tensors and plain containers and runs
+no code. A whole pickled ``nn.Module`` needs ``trust=True`` (``--trust-checkpoint``), because
+unpickling it runs code from the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UsageError
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+_LIST_MAX = 8
+
+
+@dataclass
+class CheckpointInfo:
+    """What was found in a checkpoint file."""
+
+    path: str
+    format: str  # "state_dict", "training dict['<key>']", "pickled module"
+    fixes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = f"{self.path}: {self.format}"
+        return text + (f" ({'; '.join(self.fixes)})" if self.fixes else "")
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:_LIST_MAX])
+    return shown + (f" and {len(items) - _LIST_MAX} more" if len(items) > _LIST_MAX else "")
+
+
+def read_checkpoint(path: str, trust: bool = False) -> Any:
+    """``torch.load`` the file on the CPU; weights only unless ``trust``."""
+    if not os.path.exists(path):
+        raise UsageError(f"checkpoint '{path}' does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"checkpoint '{path}' is a directory; pass the .pt/.pth file")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"checkpoint '{path}' is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if not trust and "weights_only" in str(exc).lower().replace(" ", "_"):
+            raise UsageError(
+                f"checkpoint '{path}' holds pickled Python objects, and loading them would run "
+                "code from the file; if you trust its source, rerun with --trust-checkpoint"
+            ) from exc
+        raise UsageError(f"cannot read checkpoint '{path}': {_first_line(exc)}") from exc
+    except Exception as exc:  # zip errors, EOF, bad magic number, ...
+        raise UsageError(
+            f"cannot read checkpoint '{path}' (not a PyTorch file, or truncated): "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], CheckpointInfo]:
+    """Find the module or the state_dict inside a loaded checkpoint; strip wrapper prefixes."""
+    if isinstance(obj, nn.Module):
+        return obj, CheckpointInfo(path, "pickled module")
+    if _is_state_dict(obj):
+        info = CheckpointInfo(path, "state_dict")
+        return _strip_prefixes(dict(obj), info), info
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return inner, CheckpointInfo(path, f"training dict['{key}'] (pickled module)")
+            if _is_state_dict(inner):
+                info = CheckpointInfo(path, f"training dict['{key}']")
+                return _strip_prefixes(dict(inner), info), info
+        keys = _names([repr(k) for k in obj])
+        raise UsageError(
+            f"checkpoint '{path}' is a dict with keys {keys}, and none of "
+            f"{', '.join(STATE_DICT_KEYS)} holds a state_dict; save model.state_dict() instead"
+        )
+    raise UsageError(
+        f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict or a model"
+    )
+
+
+def _strip_prefixes(sd: dict[str, Tensor], info: CheckpointInfo) -> dict[str, Tensor]:
+    for prefix in PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+            info.fixes.append(f"stripped '{prefix}' prefix")
+    return sd
+
+
+def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Call ``package.module:callable`` with ``kwargs`` and return the module it builds."""
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--arch '{arch}' must look like package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--arch: cannot import '{module_name}': {_first_line(exc)}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise UsageError(f"--arch: '{module_name}' has no attribute '{attr}'")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UsageError(f"--arch: '{arch}' is not callable")
+    try:
+        model = target(**(kwargs or {}))
+    except TypeError as exc:
+        raise UsageError(f"--arch '{arch}' rejected --arch-kwargs: {_first_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--arch '{arch}' returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Load strictly; missing, unexpected and mis-shaped keys are named in one error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {list(state_dict[k].shape)} vs model {list(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_names(mismatched)}")
+    if problems:
+        raise UsageError(
+            f"{source} does not fit the model ({'; '.join(problems)}); "
+            "check --arch and --arch-kwargs"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    ckpt: str | None,
+    arch: str | None,
+    arch_kwargs: dict[str, Any] | None = None,
+    trust: bool = False,
+) -> tuple[nn.Module, CheckpointInfo | None]:
+    """Build the model from ``arch`` and/or ``ckpt``; returns it in eval mode, on the CPU."""
+    info = None
+    if ckpt is None:
+        if arch is None:
+            raise UsageError("give --ckpt and --arch, or neither for the embedded default model")
+        model = build_arch(arch, arch_kwargs)
+    else:
+        found, info = unpack(read_checkpoint(ckpt, trust), ckpt)
+        if isinstance(found, nn.Module):
+            model = found
+        elif arch is None:
+            raise UsageError(
+                f"checkpoint '{ckpt}' is a state_dict; name the model that it fits with "
+                "--arch package.module:callable"
+            )
+        else:
+            model = build_arch(arch, arch_kwargs)
+            load_weights(model, found, f"checkpoint '{ckpt}'")
+    return model.float().eval(), info

