@@ -234,7 +234,7 @@ def export_explainer(
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
     prepare_out_dir(out_dir)
     args = _example_args(info, class_input)
-    all_cases = verify.cases(info.input_size, dynamic_size, class_input)
+    all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         staged: dict[str, str] = {}

@@ -168,6 +168,14 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
             f"layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map; "
             "pick a convolutional layer (see --list-layers)"
         )
+    if shape[2] * shape[3] == 1:
+        hint = (
+            f"; try '{TapSpec(spec.module, 'input', spec.call)}'" if spec.port == "output" else ""
+        )
+        raise UsageError(
+            f"layer '{spec}' gives a 1x1 map, which has no spatial detail to show; "
+            f"pick an earlier layer{hint} (see --list-layers)"
+        )
     return record
 
 
@@ -266,7 +274,7 @@ def _spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:
 
 
 def format_layers(result: Probe, default: TapSpec | None) -> str:
-    """A table of the layers with a 4-D output (the tap candidates), the default marked."""
+    """A table of the tap candidates (layers with a 4-D output larger than 1x1), default marked."""
     counts: dict[str, int] = {}
     for r in result.records:
         counts[r.name] = counts.get(r.name, 0) + 1
@@ -275,8 +283,9 @@ def format_layers(result: Probe, default: TapSpec | None) -> str:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
             specs.append((_spec_for(result, r, "input"), r.input_shape))
-        if r.output_shape is not None and len(r.output_shape) == 4:
-            specs.append((_spec_for(result, r, "output"), r.output_shape))
+        shape = r.output_shape
+        if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
+            specs.append((_spec_for(result, r, "output"), shape))
         for spec, shape in specs:
             is_default = default is not None and str(spec) == str(default)
             rows.append(

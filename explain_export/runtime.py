@@ -63,8 +63,7 @@ class TorchScriptExplainer:
         self.metadata: dict[str, Any] | None = (
             json.loads(extra[TS_EXTRA_FILE]) if extra[TS_EXTRA_FILE] else None
         )
-        inputs = self.metadata["inputs"] if self.metadata else [{"name": "image"}]
-        self.input_names = [i["name"] for i in inputs]
+        self.input_names = [a.name for a in self.module.forward.schema.arguments][1:]
 
     def __call__(
         self, image: np.ndarray, class_index: np.ndarray | None = None

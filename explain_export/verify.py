@@ -43,13 +43,21 @@ class ParityRow:
     ok: bool
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (the size as a list)."""
+        return {**asdict(self), "size": list(self.size)}
 
 
 def cases(
-    input_size: tuple[int, int], dynamic_size: bool = False, class_input: bool = False
+    input_size: tuple[int, int],
+    dynamic_size: bool = False,
+    class_input: bool = False,
+    num_classes: int = 1,
 ) -> list[Case]:
-    """Random batches of 1 and 3, the cat photo, and (dynamic size) two other sizes."""
+    """Random batches of 1 and 3, the cat photo, and (dynamic size) two other sizes.
+
+    With ``class_input``, batches of more than one image get ``class_index = [-1, 7, 14, ...]``
+    (mod ``num_classes``): the argmax for the first image, chosen classes for the others.
+    """
     rng = np.random.default_rng(0)
     h, w = input_size
 
@@ -67,16 +75,18 @@ def cases(
             out.append(Case("random", rand(2, hh, ww)))
     if class_input:
         out = [
-            Case(
-                c.label + ", class_index",
-                c.image,
-                np.arange(c.image.shape[0], dtype=np.int64) * 7 - 1,
-            )
+            Case(c.label + ", class_index", c.image, _class_indices(c.image.shape[0], num_classes))
             if c.image.shape[0] > 1
             else c
             for c in out
         ]
     return out
+
+
+def _class_indices(n: int, num_classes: int) -> np.ndarray:
+    chosen = (np.arange(n, dtype=np.int64) * 7) % num_classes
+    chosen[0] = -1
+    return chosen
 
 
 @torch.inference_mode()

@@ -1,0 +1,67 @@
+"""The heads and the normalization against their formulas and against OpenCV."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from explain_export import heads
+
+
+def test_channel_sum_is_the_sum_over_channels():
+    a = torch.randn(2, 5, 4, 3)
+    out = heads.channel_sum(a)
+    assert out.shape == (2, 1, 4, 3)
+    torch.testing.assert_close(out[:, 0], a.sum(1))
+
+
+def test_cam_is_relu_of_class_weighted_sum():
+    a = torch.randn(3, 6, 5, 4)
+    w = torch.randn(10, 6)
+    c = torch.tensor([0, 7, 3])
+    out = heads.cam(a, w, c)
+    expected = torch.stack(
+        [torch.relu(torch.einsum("k,khw->hw", w[ci], ai)) for ai, ci in zip(a, c, strict=True)]
+    )
+    torch.testing.assert_close(out[:, 0], expected)
+
+
+def test_heads_refuse_maps_that_are_not_4d():
+    with pytest.raises(ValueError, match="N,C,h,w"):
+        heads.channel_sum(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="N,C,h,w"):
+        heads.cam(torch.randn(2, 3, 4), torch.randn(5, 3), torch.tensor([0, 1]))
+
+
+def test_minmax_spans_zero_to_one_per_image():
+    m = torch.randn(4, 1, 9, 7) * torch.tensor([1e-3, 1.0, 50.0, 1e4]).view(4, 1, 1, 1)
+    out = heads.minmax_normalize(m)
+    assert torch.all(out.amin((1, 2, 3)) == 0)
+    torch.testing.assert_close(out.amax((1, 2, 3)), torch.ones(4))
+
+
+def test_constant_map_gives_zeros_not_nan():
+    for value in (0.0, 3.5, -2.0):
+        out = heads.minmax_normalize(torch.full((2, 1, 5, 5), value))
+        assert not torch.isnan(out).any()
+        assert torch.all(out == 0)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((7, 7), (224, 224)), ((5, 7), (33, 50)), ((14, 9), (7, 5))]
+)
+def test_resize_samples_like_cv2_inter_linear(src, dst):
+    m = torch.rand(1, 1, *src)
+    ours = heads.resize_bilinear(m, dst)[0, 0].numpy()
+    ref = cv2.resize(m[0, 0].numpy(), (dst[1], dst[0]), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_finish_resizes_then_normalizes():
+    m = torch.rand(2, 1, 7, 7)
+    out = heads.finish(m, (50, 60))
+    assert out.shape == (2, 1, 50, 60)
+    torch.testing.assert_close(out, heads.minmax_normalize(heads.resize_bilinear(m, (50, 60))))
+    torch.testing.assert_close(out.amax((1, 2, 3)), torch.ones(2))
