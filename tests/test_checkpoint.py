@@ -1,0 +1,143 @@
+"""Every checkpoint loading path, and the errors for the ones that must fail."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from models import TinyResNet, tiny_resnet
+
+from explain_export.checkpoint import build_arch, load_model
+from explain_export.errors import UsageError
+
+ARCH = "models:TinyResNet"
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_bare_state_dict(tmp_path):
+    src = tiny_resnet(seed=3)
+    torch.save(src.state_dict(), tmp_path / "sd.pt")
+    model, info = load_model(str(tmp_path / "sd.pt"), ARCH)
+    assert info.format == "state_dict" and not info.fixes
+    assert _same_weights(model, src) and not model.training
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict"])
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod."])
+def test_training_dict_with_wrapper_prefix(tmp_path, key, prefix):
+    src = tiny_resnet(seed=4)
+    sd = {prefix + k: v for k, v in src.state_dict().items()}
+    torch.save({"epoch": 7, "optimizer": {"lr": 0.1}, key: sd}, tmp_path / "train.pt")
+    model, info = load_model(str(tmp_path / "train.pt"), ARCH)
+    assert info.format == f"training dict['{key}']"
+    assert info.fixes == ([f"stripped '{prefix}' prefix"] if prefix else [])
+    assert _same_weights(model, src)
+
+
+def test_arch_kwargs_are_passed(tmp_path):
+    torch.save(TinyResNet(num_classes=3).state_dict(), tmp_path / "sd.pt")
+    model, _ = load_model(str(tmp_path / "sd.pt"), ARCH, {"num_classes": 3})
+    assert model.fc.out_features == 3
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    src = tiny_resnet(seed=5)
+    torch.save(src, tmp_path / "whole.pt")
+    with pytest.raises(UsageError, match="run code from the file.*--trust-checkpoint"):
+        load_model(str(tmp_path / "whole.pt"), None)
+    model, info = load_model(str(tmp_path / "whole.pt"), None, trust=True)
+    assert info.format == "pickled module"
+    assert _same_weights(model, src)
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_malicious_pickle_does_not_run_without_trust(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save(
+        {"state_dict": tiny_resnet().state_dict(), "x": _Payload(str(marker))}, tmp_path / "evil.pt"
+    )
+    with pytest.raises(UsageError, match="--trust-checkpoint"):
+        load_model(str(tmp_path / "evil.pt"), ARCH)
+    assert not marker.exists()
+
+
+def test_mismatched_keys_are_named(tmp_path):
+    sd = TinyResNet(num_classes=5).state_dict()
+    del sd["layer1.conv1.weight"]
+    sd["extra.bias"] = torch.zeros(2)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(UsageError) as err:
+        load_model(str(tmp_path / "bad.pt"), ARCH)
+    text = str(err.value)
+    assert "missing keys: layer1.conv1.weight" in text
+    assert "unexpected keys: extra.bias" in text
+    assert "fc.weight [5, 32] vs model [10, 32]" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("dir", "is a directory"),
+        (b"", r"is empty \(0 bytes\)"),
+        (b"this is not a checkpoint at all", "not a PyTorch file, or truncated"),
+        ("truncated", "not a PyTorch file, or truncated"),
+    ],
+)
+def test_unreadable_checkpoints(tmp_path, content, message):
+    path = tmp_path / "ckpt.pt"
+    if content == "dir":
+        path.mkdir()
+    elif content == "truncated":
+        torch.save(tiny_resnet().state_dict(), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        load_model(str(path), ARCH)
+
+
+def test_unknown_dict_layout_lists_its_keys(tmp_path):
+    torch.save({"weights": tiny_resnet().state_dict(), "epoch": 1}, tmp_path / "odd.pt")
+    with pytest.raises(UsageError, match=r"keys 'weights', 'epoch'.*state_dict"):
+        load_model(str(tmp_path / "odd.pt"), ARCH)
+
+
+def test_state_dict_without_arch(tmp_path):
+    torch.save(tiny_resnet().state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(UsageError, match="--arch"):
+        load_model(str(tmp_path / "sd.pt"), None)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "message"),
+    [
+        ("no_such_package.nets:Net", None, "cannot import 'no_such_package.nets'"),
+        ("models:NoSuchNet", None, "has no attribute 'NoSuchNet'"),
+        ("models", None, "package.module:callable"),
+        ("models:TinyResNet", {"depth": 50}, "rejected --arch-kwargs"),
+        ("models:Block", {"cin": 3, "cout": 4, "stride": 1}, None),
+    ],
+)
+def test_arch_errors(arch, kwargs, message):
+    if message is None:
+        assert isinstance(build_arch(arch, kwargs), torch.nn.Module)
+    else:
+        with pytest.raises(UsageError, match=message):
+            build_arch(arch, kwargs)

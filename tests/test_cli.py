@@ -1,0 +1,196 @@
+"""The explain-export command as a user runs it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from models import tiny_resnet
+
+from explain_export import runtime, samples, verify
+from explain_export.cli.export import main
+from explain_export.errors import UsageError
+
+TESTS = os.path.dirname(__file__)
+
+
+def test_default_export_writes_verified_files(default_export):
+    names = sorted(os.listdir(default_export))
+    assert names == ["explainer.json", "explainer.onnx", "explainer.torchscript.pt"]
+    meta = json.loads((default_export / "explainer.json").read_text())
+    assert meta["layer"] == "_avg_pooling:input" and meta["method"] == "cam"
+    assert len(meta["labels"]) == 1000 and meta["labels"][281] == "tabby"
+    assert all(r["ok"] for r in meta["parity"]["rows"])
+    assert {r["format"] for r in meta["parity"]["rows"]} == {"onnx", "torchscript"}
+
+
+@pytest.mark.parametrize("fmt", ["explainer.onnx", "explainer.torchscript.pt"])
+def test_default_export_sees_the_cat(default_export, fmt):
+    run = runtime.load(str(default_export / fmt))
+    photo = samples.load_rgb(samples.photo_path("chelsea.png"), (224, 224))[None]
+    logits, heat = run(photo)
+    label = run.metadata["labels"][int(logits.argmax())]
+    assert 281 <= int(logits.argmax()) <= 285, label
+    assert heat.shape == (1, 1, 224, 224) and heat.min() == 0 and heat.max() == pytest.approx(1)
+
+
+def test_default_export_prints_model_layer_method_and_parity(tmp_path, capsys):
+    assert main(["--formats", "onnx", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "EfficientNet-Lite0" in err and "nothing downloaded" in err
+    assert "layer:  _avg_pooling:input" in out and "method: cam, head _fc" in out
+    assert "parity vs eager" in out and "photo chelsea.png" in out
+    assert "FAIL" not in out
+
+
+def test_user_state_dict_with_arch(tmp_path, capsys):
+    torch.save({"model_state_dict": tiny_resnet().state_dict()}, tmp_path / "m.pt")
+    out_dir = tmp_path / "out"
+    code = main(
+        [
+            "--ckpt",
+            str(tmp_path / "m.pt"),
+            "--arch",
+            "models:TinyResNet",
+            "--layer",
+            "layer3",
+            "--method",
+            "sum",
+            "--input-size",
+            "64",
+            "96",
+            "--out",
+            str(out_dir),
+        ]
+    )
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "training dict['model_state_dict']" in err
+    assert "layer:  layer3" in out
+    meta = json.loads((out_dir / "explainer.json").read_text())
+    assert meta["input_size"] == [64, 96] and meta["labels"] is None
+
+
+def test_list_layers_marks_the_default(capsys):
+    assert main(["--list-layers"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["_avg_pooling:input"].endswith("<- default")
+    assert "1280x7x7" in lines["_avg_pooling:input"]
+    assert "_swish@0" in lines and "_swish@1" in lines and "_avg_pooling" not in lines
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch-kwargs", "{nope"], "--arch-kwargs is not valid JSON"),
+        (["--layer", "_swish"], "runs 2 times"),
+        (["--layer", "_blocks.99"], "no layer '_blocks.99'"),
+        (["--mean", "0.5", "0.5", "0.5", "--std", "1", "0", "1"], "--std values must be positive"),
+        (["--formats", "onnx,tflite"], "--formats"),
+        (["--method", "sum", "--class-input"], "--class-input needs --method cam"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+    out_dir = tmp_path / "out"
+    assert main([*args, "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("explain-export: error:") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not out_dir.exists() or os.listdir(out_dir) == []
+
+
+def test_pickled_checkpoint_is_refused_with_the_flag_named(tmp_path, capsys):
+    torch.save(tiny_resnet(), tmp_path / "whole.pt")
+    assert main(["--ckpt", str(tmp_path / "whole.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    code = main(
+        [
+            "--ckpt",
+            str(tmp_path / "whole.pt"),
+            "--trust-checkpoint",
+            "--input-size",
+            "32",
+            "32",
+            "--formats",
+            "onnx",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 0
+
+
+def test_parity_failure_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    torch.save(tiny_resnet().state_dict(), tmp_path / "m.pt")
+    monkeypatch.setattr(verify, "LOGITS_TOL", -1.0)
+    out_dir = tmp_path / "out"
+    code = main(
+        [
+            "--ckpt",
+            str(tmp_path / "m.pt"),
+            "--arch",
+            "models:TinyResNet",
+            "--input-size",
+            "32",
+            "32",
+            "--out",
+            str(out_dir),
+        ]
+    )
+    assert code == 1
+    assert "differs from eager" in capsys.readouterr().err
+    assert os.listdir(out_dir) == []
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(UsageError):
+        main(["--layer", "nope", "--debug", "--out", str(tmp_path)])
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": TESTS}
+    return subprocess.run(
+        [sys.executable, "-m", "explain_export", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_python_m_is_the_export_command():
+    proc = _run("--help")
+    assert proc.returncode == 0
+    assert "usage: explain-export" in proc.stdout and "--trust-checkpoint" in proc.stdout
+
+
+def test_subprocess_usage_error_has_no_traceback(tmp_path):
+    proc = _run("--ckpt", str(tmp_path / "missing.pt"), "--arch", "models:TinyResNet")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"explain-export: error: checkpoint '{tmp_path / 'missing.pt'}' does not exist"
+    ]
+
+
+def test_argparse_errors_exit_2():
+    proc = _run("--method", "gradcam")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_onnx_export_matches_eager_on_real_photos(default_export, default_model):
+    from explain_export.explainer import build_explainer
+
+    explainer, _ = build_explainer(default_model.model, default_model.layer, "cam")
+    names = ("coffee.png", "rocket.jpg", "motorcycle_left.png")
+    x = np.stack([samples.load_rgb(samples.photo_path(n), (224, 224)) for n in names])
+    logits, heat = runtime.load(str(default_export / "explainer.onnx"))(x)
+    with torch.no_grad():
+        ref_logits, ref_heat = explainer(torch.from_numpy(x))
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=verify.LOGITS_TOL)
+    np.testing.assert_allclose(heat, ref_heat.numpy(), atol=verify.HEATMAP_TOL)
