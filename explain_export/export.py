@@ -119,8 +119,9 @@ def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
         proto.metadata_props.add(key=METADATA_KEY, value=text)
         onnx.save(proto, path)
     else:
-        module = torch.jit.load(path, map_location="cpu")
-        torch.jit.save(module, path, _extra_files={TS_EXTRA_FILE: text})
+        with _quiet():
+            module = torch.jit.load(path, map_location="cpu")
+            torch.jit.save(module, path, _extra_files={TS_EXTRA_FILE: text})
 
 
 def _versions() -> dict[str, str]:

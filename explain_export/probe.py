@@ -222,46 +222,54 @@ def find_gap_linear_head(
     linear_in = rec.linear_io[0]
     pooled = _mean_of(tapped, spec.port)
     if linear_in.dim() != 2 or pooled is None or linear_in.shape != pooled.shape:
+        got = "a map" if pooled is None else f"{pooled.shape[1]} channels"
         raise UsageError(
             f"cam needs '{spec}' to feed global average pooling + '{rec.name}', but "
-            f"'{rec.name}' takes {list(linear_in.shape)} and the pooled map is "
-            f"{None if pooled is None else list(pooled.shape)} (head found: "
-            f"{_head_path(result, rec)}); use --method sum or another --layer"
+            f"'{rec.name}' takes {list(linear_in.shape[1:])} features and '{spec}' has {got}; "
+            f"{_suggest(result)}"
         )
     if not torch.allclose(linear_in.float(), pooled, rtol=_HEAD_RTOL, atol=_HEAD_ATOL):
         diff = (linear_in.float() - pooled).abs().max().item()
         raise UsageError(
             f"cam needs '{rec.name}' to take the global average of '{spec}', but its input "
-            f"differs from that average by up to {diff:.3g} "
-            f"(head found: {_head_path(result, rec)}); "
-            "tap the tensor that feeds the pooling (see --list-layers) or use --method sum"
+            f"differs from that average by up to {diff:.3g}; {_suggest(result)}"
         )
     return Head(rec.name, int(rec.linear_io[1].shape[1]), int(linear_in.shape[1]))
 
 
-def _head_path(result: Probe, linear: CallRecord) -> str:
-    """The few modules that run just before the classifier, for error messages."""
-    i = result.records.index(linear)
-    before = [f"{r.name} ({r.kind})" for r in result.records[max(0, i - 3) : i]]
-    return " -> ".join([*before, f"{linear.name} ({linear.kind})"])
+def _suggest(result: Probe) -> str:
+    """What to do instead, for cam errors: the layer where cam is exact, or --method sum."""
+    spec = gap_input(result)
+    if spec is None:
+        return "use --method sum"
+    return f"use --layer {spec} (the map that feeds the pooling) or --method sum"
+
+
+def gap_input(result: Probe) -> TapSpec | None:
+    """The latest map whose global average is the classifier's input, if there is one."""
+    classifiers = _classifiers(result)
+    if not classifiers:
+        return None
+    linear_in = classifiers[-1].linear_io[0].float()
+    for rec in reversed(result.records):
+        for port in ("input", "output"):
+            mean = _mean_of(rec, port)
+            shape = rec.input_shape if port == "input" else rec.output_shape
+            if (
+                mean is not None
+                and shape[2] * shape[3] > 1
+                and mean.shape == linear_in.shape
+                and torch.allclose(linear_in, mean, rtol=_HEAD_RTOL, atol=_HEAD_ATOL)
+            ):
+                return _spec_for(result, rec, port)
+    return None
 
 
 def default_layer(result: Probe) -> TapSpec:
-    """The map that feeds a GAP+linear head (latest such tensor), else the last 4-D map."""
-    classifiers = _classifiers(result)
-    if classifiers:
-        linear_in = classifiers[-1].linear_io[0].float()
-        for rec in reversed(result.records):
-            for port in ("input", "output"):
-                mean = _mean_of(rec, port)
-                shape = rec.input_shape if port == "input" else rec.output_shape
-                if (
-                    mean is not None
-                    and shape[2] * shape[3] > 1
-                    and mean.shape == linear_in.shape
-                    and torch.allclose(linear_in, mean, rtol=_HEAD_RTOL, atol=_HEAD_ATOL)
-                ):
-                    return _spec_for(result, rec, port)
+    """The map that feeds a GAP+linear head (see :func:`gap_input`), else the last 4-D map."""
+    spec = gap_input(result)
+    if spec is not None:
+        return spec
     for rec in reversed(result.records):
         if rec.output_shape is not None and len(rec.output_shape) == 4:
             return _spec_for(result, rec, "output")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,9 @@ class TorchScriptExplainer:
         self._torch = torch
         extra = {TS_EXTRA_FILE: ""}
         self.path = path
-        self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # torch >= 2.11 flags TorchScript as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
         self.metadata: dict[str, Any] | None = (
             json.loads(extra[TS_EXTRA_FILE]) if extra[TS_EXTRA_FILE] else None
         )

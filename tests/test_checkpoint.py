@@ -6,10 +6,11 @@ import pathlib
 
 import pytest
 import torch
-from models import TinyResNet, tiny_resnet
 
 from explain_export.checkpoint import build_arch, load_model
 from explain_export.errors import UsageError
+
+from models import TinyResNet, tiny_resnet
 
 ARCH = "models:TinyResNet"
 

@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from models import tiny_resnet
 
 from explain_export import runtime, samples, verify
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
+
+from models import tiny_resnet
 
 TESTS = os.path.dirname(__file__)
 

@@ -121,7 +121,11 @@ def test_default_layer_of_twice_called_model_is_the_pool_input():
 
 
 def test_cam_refuses_a_flatten_linear_head():
-    with pytest.raises(UsageError, match="cam needs .*global average pooling.*'fc' takes"):
+    with pytest.raises(
+        UsageError,
+        match=r"global average pooling.*'fc' takes \[1024\] features and 'features' has 4 "
+        r"channels; use --method sum$",
+    ):
         build_explainer(FlattenHead(), layer="features", method="cam", input_size=(32, 32))
 
 
@@ -133,10 +137,11 @@ def test_sum_works_on_a_flatten_linear_head():
 
 def test_cam_refuses_a_layer_that_does_not_feed_the_pool():
     # same channel count as the pooled map, but before the residual sum and the ReLU
-    with pytest.raises(UsageError, match="global average of 'layer3.bn2'.*differs"):
+    with pytest.raises(UsageError, match="global average of 'layer3.bn2'.*--layer avgpool:input"):
         build_explainer(tiny_resnet(), layer="layer3.bn2", method="cam", input_size=(32, 32))
     with pytest.raises(
-        UsageError, match="'fc' takes \\[2, 32\\] and the pooled map is \\[2, 16\\]"
+        UsageError,
+        match=r"'fc' takes \[32\] features and 'layer2' has 16 channels; use --layer avgpool:input",
     ):
         build_explainer(tiny_resnet(), layer="layer2", method="cam", input_size=(32, 32))
 

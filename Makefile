@@ -1,0 +1,30 @@
+# Two targets a new user needs: `make export` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of PyTorch; set TORCH=torch to let pip choose (a CUDA build on Linux x86_64).
+TORCH ?= torch==2.13.0
+ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: setup export test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+export: setup
+	$(BIN)/explain-export $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) explainer .pytest_cache .ruff_cache
