@@ -8,6 +8,7 @@ name. A failed export leaves the final paths as they were: absent, or the previo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -97,6 +98,8 @@ def to_onnx(
         "dynamic_shapes": dynamic_shapes,
         "external_data": False,
     }
+    if "external_data" not in inspect.signature(torch.onnx.export).parameters:
+        del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
     with _quiet() as log, torch.no_grad():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)
