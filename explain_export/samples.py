@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import cv2
 import numpy as np
+
+from . import images
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
@@ -26,13 +27,5 @@ def photo_path(name: str = "chelsea.png") -> str:
 
 
 def load_rgb(path: str, size: tuple[int, int]) -> np.ndarray:
-    """Read an image as float32 ``[3, H, W]`` RGB in [0, 1], resized (bilinear) to ``size``.
-
-    OpenCV decodes to BGR; the channels are flipped to RGB here.
-    """
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode image '{path}'")
-    h, w = size
-    rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    """An image as the graph takes it: float32 ``[3, H, W]``, RGB, in [0, 1] (stretched)."""
+    return images.to_input(images.read_bgr(path), size)[0]

@@ -1,0 +1,241 @@
+"""``explain-run``: heatmap overlays from an exported explainer (.onnx or .torchscript.pt).
+
+With an .onnx model this command never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._common import log, run_main
+
+PROG = "explain-run"
+DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
+
+EPILOG = """\
+examples:
+  explain-run                                         demo: scikit-image's photos, default model
+  explain-run --model explainer/explainer.onnx --images photos/ --out overlays/ --sheet
+  explain-run --model out/explainer.torchscript.pt --images a.jpg b.png --save-heatmaps
+
+outputs in --out: NAME.overlay.png per image (NAME.heatmap.png/.npy with --save-heatmaps),
+predictions.jsonl (file, top-k labels and scores, or the error), sheet.png with --sheet.
+
+overlay = saturate(alpha * colormap(255 * heatmap) + image), in uint8 BGR, at the original
+resolution; --seed-blend: s = alpha * heat + image; s = s / max(s); overlay = 255 * s.
+
+exit codes: 0 all images done, 1 some images failed, 2 usage error (nothing was processed).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Draw heatmap overlays with an exported explainer, the way a server runs it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        help=f"explainer.onnx or explainer.torchscript.pt (default: {DEFAULT_MODEL}; "
+        "for the demo it is exported first if missing)",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="image files and/or folders (their image files, not recursive). "
+        "Default: a demo on photos that scikit-image ships, with --sheet",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="overlays", help="output folder (default: overlays)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="images per run (default: 8)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda uses ONNX Runtime's CUDA provider or TorchScript on CUDA where they "
+        "work, else the CPU; the backend used is printed (default: cpu)",
+    )
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the runtime's)")
+    p.add_argument(
+        "--alpha", type=float, default=0.4, help="heat weight in the blend (default: 0.4)"
+    )
+    p.add_argument("--colormap", default="JET", help="an OpenCV colormap name (default: JET)")
+    p.add_argument(
+        "--seed-blend",
+        action="store_true",
+        help="the article's blend: rescale alpha*heat + image by its max",
+    )
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="stretch",
+        help="fit images to the export size by stretching, or by scaling and padding "
+        "(aspect kept); the overlay is drawn at the original size either way",
+    )
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default: 5)")
+    p.add_argument(
+        "--sheet", action="store_true", help="also write sheet.png: original | heatmap | overlay"
+    )
+    p.add_argument(
+        "--save-heatmaps", action="store_true", help="also write NAME.heatmap.png and .npy"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from ..errors import UsageError
+    from ..overlay import COLORMAPS
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.topk < 1:
+        raise UsageError("--topk must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.alpha < 0:
+        raise UsageError("--alpha must not be negative")
+    if args.max_pixels < 1:
+        raise UsageError("--max-pixels must be at least 1")
+    if args.colormap.upper() not in COLORMAPS:
+        raise UsageError(
+            f"unknown --colormap '{args.colormap}'; choose one of {', '.join(sorted(COLORMAPS))}"
+        )
+
+
+def _demo_model(args: argparse.Namespace) -> str:
+    """The model path; for the demo without --model, export the default model if it is missing."""
+    from ..errors import UsageError
+
+    if args.model:
+        return args.model
+    if os.path.isfile(DEFAULT_MODEL):
+        return DEFAULT_MODEL
+    if args.images:
+        raise UsageError(f"no model at {DEFAULT_MODEL}; run explain-export first, or pass --model")
+    from ..explainer import build_explainer
+    from ..export import export_explainer
+    from ..zoo import load_default
+
+    log(f"demo: exporting the default model to {os.path.dirname(DEFAULT_MODEL)}/ first")
+    zoo = load_default()
+    explainer, info = build_explainer(zoo.model, zoo.layer, "cam")
+    export_explainer(
+        explainer,
+        info,
+        os.path.dirname(DEFAULT_MODEL),
+        ("onnx",),
+        model=zoo.description,
+        labels=zoo.labels,
+        log=log,
+    )
+    return DEFAULT_MODEL
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .. import runner, runtime
+    from ..errors import UsageError
+
+    _check_args(args)
+    demo = not args.images
+    if demo:
+        from ..samples import PHOTOS, photo_path
+
+        try:
+            paths, skipped = [photo_path(n) for n in PHOTOS], 0
+        except FileNotFoundError as exc:
+            raise UsageError(f"demo: {exc}; or pass --images") from exc
+        args.sheet = True
+    else:
+        # a missing or unreadable file named directly fails on its own line, the rest go on
+        paths, skipped = runner.collect(args.images)
+        if not paths:
+            raise UsageError(f"no image files in {', '.join(args.images)}")
+    model_path = _demo_model(args)
+    if not os.path.isfile(model_path):
+        raise UsageError(
+            f"no model at '{model_path}'; pass --model explainer.onnx or .torchscript.pt"
+        )
+    if not model_path.endswith((".onnx", ".pt")):
+        raise UsageError(f"--model '{model_path}' is neither .onnx nor .pt")
+    try:
+        artifact = runtime.load(model_path, args.device, args.threads)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(
+            f"cannot load --model '{model_path}': {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    if not args.quiet:
+        note = ""
+        if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
+            note = " (cuda asked for, but no working CUDA backend here)"
+        log(f"backend: {artifact.backend}{note}; threads: {args.threads or 'default'}")
+        if skipped:
+            log(f"ignoring {skipped} non-image file(s) in the folder(s)")
+
+    opts = runner.RunOptions(
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        colormap=args.colormap,
+        seed_blend=args.seed_blend,
+        topk=args.topk,
+        sheet=args.sheet,
+        save_heatmaps=args.save_heatmaps,
+        overwrite=args.overwrite,
+        max_pixels=args.max_pixels,
+        resize=args.resize,
+    )
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(paths), unit="img", disable=args.quiet or len(paths) < 2, file=sys.stderr)
+
+    def report_error(path: str, message: str) -> None:
+        bar.write(f"{PROG}: skipped {path}: {message}", file=sys.stderr)
+
+    try:
+        report = runner.run(artifact, paths, opts, bar.update, report_error)
+    finally:
+        bar.close()
+    ok = len(report.results) - len(report.failed)
+    if not args.quiet:
+        print(
+            f"{ok} of {len(report.results)} images done, {len(report.failed)} failed; "
+            f"outputs in {args.out}/"
+        )
+        for r in report.results[:10]:
+            if r.error is None:
+                top = r.topk[0]
+                print(f"  {os.path.basename(r.path)}: {top['label']} ({top['score']:.2f})")
+        if report.sheet:
+            print(f"sheet: {report.sheet}")
+    return 1 if report.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

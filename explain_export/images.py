@@ -1,0 +1,162 @@
+"""Read images safely, and map between an image's geometry and the graph's input size.
+
+Colour order: :func:`read_bgr` returns OpenCV's BGR; :func:`to_input` returns the graph's RGB.
+
+Two ways to fit an image to the export size ``(H, W)``:
+
+- ``stretch`` (default): resize to ``(H, W)``, ignoring the aspect ratio. Classifiers are
+  usually trained on such resized crops, and every input pixel is used.
+- ``pad``: scale by ``s = min(H/h, W/w)`` to keep the aspect ratio, centre, pad with black.
+
+Either way :func:`map_back` returns the heatmap at the original ``h × w``, so overlays are drawn
+on the original pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 20_000 * 20_000
+RESIZE_MODES = ("stretch", "pad")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pnm",
+    ".jp2",
+)
+
+
+class ImageError(Exception):
+    """This file cannot be used as an image; the message says why, in one line."""
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG, JPEG, BMP or GIF header, without decoding; else None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return h, w
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(h), abs(w)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        w, h = struct.unpack("<HH", data[6:10])
+        return h, w
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                return h, w
+            i += 2 + length
+    return None
+
+
+def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to uint8 BGR ``[h, w, 3]``.
+
+    Grayscale, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and palette images all come back
+    as 8-bit BGR. Raises :class:`ImageError` for an unreadable, empty, corrupt or non-image file,
+    and for an image of more than ``max_pixels`` pixels (checked from the header before decoding
+    where the format allows: PNG, JPEG, BMP, GIF).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    size = header_size(data)
+    if size is not None:
+        _check_pixels(size, max_pixels)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageError("not a readable image (corrupt, truncated, or not an image format)")
+    _check_pixels(image.shape[:2], max_pixels)
+    return image
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    h, w = size
+    if h * w > max_pixels:
+        raise ImageError(
+            f"{w}x{h} is {h * w:,} pixels, over the limit of {max_pixels:,}; "
+            "raise --max-pixels to allow it"
+        )
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the original image sits inside the graph input."""
+
+    original: tuple[int, int]  # (h, w) of the file
+    size: tuple[int, int]  # (H, W) of the graph input
+    content: tuple[int, int, int, int]  # (top, left, height, width) of the image inside it
+
+
+def fit(original: tuple[int, int], size: tuple[int, int], mode: str = "stretch") -> Geometry:
+    """The placement of an ``original`` (h, w) image in a ``size`` (H, W) input."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode '{mode}'; choose one of {', '.join(RESIZE_MODES)}")
+    (h, w), (hh, ww) = original, size
+    if mode == "stretch":
+        return Geometry(original, size, (0, 0, hh, ww))
+    s = min(hh / h, ww / w)
+    ch, cw = max(1, min(hh, round(h * s))), max(1, min(ww, round(w * s)))
+    return Geometry(original, size, ((hh - ch) // 2, (ww - cw) // 2, ch, cw))
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    h, w = hw
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def to_input(
+    bgr: np.ndarray, size: tuple[int, int], mode: str = "stretch"
+) -> tuple[np.ndarray, Geometry]:
+    """BGR uint8 image -> graph input: float32 ``[3, H, W]``, RGB, in [0, 1]; and its geometry."""
+    geometry = fit(bgr.shape[:2], size, mode)
+    top, left, ch, cw = geometry.content
+    canvas = np.zeros((*size, 3), np.uint8)
+    canvas[top : top + ch, left : left + cw] = _resize(bgr, (ch, cw))
+    rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0, geometry
+
+
+def map_back(heatmap: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A ``[H, W]`` heatmap of the graph input -> ``[h, w]`` over the original image (bilinear)."""
+    top, left, ch, cw = geometry.content
+    crop = np.ascontiguousarray(heatmap[top : top + ch, left : left + cw], dtype=np.float32)
+    h, w = geometry.original
+    return np.clip(cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def list_images(folder: str) -> tuple[list[str], int]:
+    """Files in ``folder`` (not recursive) with an image extension, sorted; and how many others."""
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    files = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return images, len(files) - len(images)

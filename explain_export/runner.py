@@ -1,0 +1,253 @@
+"""Overlays from an exported explainer, run the way a server runs it.
+
+For each image: decode (:mod:`.images`), fit to the export size, run the artifact in batches
+(:mod:`.runtime`), map the heatmap back to the original resolution, blend (:mod:`.overlay`),
+and write ``NAME.overlay.png`` (plus ``NAME.heatmap.png``/``.npy`` on request). One
+``predictions.jsonl`` lists every file with its top-k labels and scores, or its error, and
+``sheet.png`` shows original | heatmap | overlay per image. Nothing here imports torch for an
+ONNX artifact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import images, overlay
+from .errors import ExplainExportError, UsageError
+from .runtime import Artifact
+
+PREDICTIONS = "predictions.jsonl"
+SHEET = "sheet.png"
+REQUIRED_METADATA = ("input_size", "inputs", "outputs")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass
+class RunOptions:
+    out_dir: str
+    batch_size: int = 8
+    alpha: float = overlay.DEFAULT_ALPHA
+    colormap: str = "JET"
+    seed_blend: bool = False
+    topk: int = 5
+    sheet: bool = False
+    save_heatmaps: bool = False
+    overwrite: bool = False
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    resize: str = "stretch"
+    sheet_height: int = 200
+
+
+@dataclass
+class ImageResult:
+    path: str
+    name: str
+    topk: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": self.path, "error": self.error}
+        return {"file": self.path, "topk": self.topk, "outputs": self.outputs}
+
+
+@dataclass
+class RunReport:
+    results: list[ImageResult]
+    predictions: str
+    sheet: str | None
+    skipped_non_images: int = 0
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return [r for r in self.results if r.error is not None]
+
+
+def check_metadata(artifact: Artifact) -> dict[str, Any]:
+    """The artifact's metadata, checked against the graph it describes."""
+    meta = artifact.metadata
+    if meta is None:
+        raise UsageError(
+            f"'{artifact.path}' has no explain-export metadata, in the file or as explainer.json "
+            "beside it; export it with explain-export"
+        )
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise UsageError(f"metadata of '{artifact.path}' lacks {', '.join(missing)}; re-export it")
+    outputs = [o["name"] for o in meta["outputs"]]
+    if "heatmap" not in artifact.output_names or outputs[:2] != ["logits", "heatmap"]:
+        raise UsageError(
+            f"'{artifact.path}' is not an explainer: its outputs are "
+            f"{', '.join(artifact.output_names)}; expected logits and heatmap"
+        )
+    return meta
+
+
+def collect(paths: Iterable[str]) -> tuple[list[str], int]:
+    """Files named directly, plus the image files of named folders; and the non-images skipped."""
+    found: list[str] = []
+    skipped = 0
+    for p in paths:
+        if os.path.isdir(p):
+            imgs, others = images.list_images(p)
+            found += imgs
+            skipped += others
+        else:
+            found.append(p)  # tried as given; a missing or bad file fails alone, later
+    return found, skipped
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """``NAME`` per input: the file's stem, or ``stem_ext`` where two inputs share a stem."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = []
+    for p, stem in zip(paths, stems, strict=True):
+        ext = os.path.splitext(p)[1].lstrip(".").lower()
+        names.append(f"{stem}_{ext}" if stems.count(stem) > 1 and ext else stem)
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:  # the same file given twice, or a.png + a_png.png
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return unique
+
+
+def planned_files(name: str, opts: RunOptions) -> list[str]:
+    files = [f"{name}.overlay.png"]
+    if opts.save_heatmaps:
+        files += [f"{name}.heatmap.png", f"{name}.heatmap.npy"]
+    return files
+
+
+def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
+    """Create the output folder, check that it takes files and that nothing would be overwritten."""
+    if os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
+        raise UsageError(f"--out '{opts.out_dir}' is a file; give a folder")
+    try:
+        os.makedirs(opts.out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=opts.out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to --out '{opts.out_dir}': {exc.strerror or exc}") from exc
+    if opts.overwrite:
+        return
+    planned = [f for n in names for f in planned_files(n, opts)] + [PREDICTIONS]
+    planned += [SHEET] if opts.sheet else []
+    existing = [f for f in planned if os.path.exists(os.path.join(opts.out_dir, f))]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(
+            f"'{os.path.join(opts.out_dir, existing[0])}'{more} already exist(s); "
+            "pass --overwrite to replace, or choose another --out"
+        )
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _png(image: np.ndarray, compression: int = 1) -> bytes:
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ExplainExportError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def softmax_topk(logits: np.ndarray, k: int, labels: list[str] | None) -> list[dict[str, Any]]:
+    """Top-``k`` classes of one logit vector, with softmax scores."""
+    z = logits.astype(np.float64) - logits.max()
+    p = np.exp(z) / np.exp(z).sum()
+    order = np.argsort(-p)[: max(1, k)]
+    return [
+        {
+            "class": int(i),
+            "label": labels[i] if labels else str(int(i)),
+            "score": round(float(p[i]), 6),
+        }
+        for i in order
+    ]
+
+
+def run(
+    artifact: Artifact,
+    paths: list[str],
+    opts: RunOptions,
+    progress: Callable[[int], None] = lambda _n: None,
+    report_error: Callable[[str, str], None] = lambda _path, _msg: None,
+) -> RunReport:
+    """Explain every image in ``paths``; bad files are reported and skipped, the rest go on."""
+    meta = check_metadata(artifact)
+    size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
+    labels = meta.get("labels")
+    results = [ImageResult(p, n) for p, n in zip(paths, output_names(paths), strict=True)]
+    prepare_out_dir([r.name for r in results], opts)
+    rows: list[np.ndarray] = []
+    for start in range(0, len(results), opts.batch_size):
+        ready = []
+        for result in results[start : start + opts.batch_size]:
+            try:
+                bgr = images.read_bgr(result.path, opts.max_pixels)
+                ready.append((result, bgr, *images.to_input(bgr, size, opts.resize)))
+            except images.ImageError as exc:
+                result.error = str(exc)
+                report_error(result.path, result.error)
+                progress(1)
+        if not ready:
+            continue
+        logits, heatmaps = artifact(np.stack([x for _, _, x, _ in ready]))
+        for (result, bgr, _, geometry), lg, hm in zip(ready, logits, heatmaps, strict=True):
+            result.topk = softmax_topk(lg, opts.topk, labels)
+            row = _write_outputs(result, bgr, images.map_back(hm[0], geometry), opts)
+            if row is not None:
+                rows.append(row)
+            progress(1)
+    predictions = os.path.join(opts.out_dir, PREDICTIONS)
+    write_atomic(predictions, "".join(json.dumps(r.to_json()) + "\n" for r in results).encode())
+    sheet = None
+    if opts.sheet and rows:
+        sheet = os.path.join(opts.out_dir, SHEET)
+        write_atomic(sheet, _png(overlay.stack_rows(rows), compression=9))
+    return RunReport(results, predictions, sheet)
+
+
+def _write_outputs(
+    result: ImageResult, bgr: np.ndarray, heatmap: np.ndarray, opts: RunOptions
+) -> np.ndarray | None:
+    """Write one image's files; return its sheet row when a sheet is wanted."""
+    heat, blended = overlay.overlay(bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
+    files = planned_files(result.name, opts)
+    write_atomic(os.path.join(opts.out_dir, files[0]), _png(blended))
+    if opts.save_heatmaps:
+        write_atomic(
+            os.path.join(opts.out_dir, files[1]), _png(np.round(heatmap * 255).astype(np.uint8))
+        )
+        buf = io.BytesIO()
+        np.save(buf, heatmap.astype(np.float32))
+        write_atomic(os.path.join(opts.out_dir, files[2]), buf.getvalue())
+    result.outputs = files
+    if not opts.sheet:
+        return None
+    top = result.topk[0]
+    caption = f"{os.path.basename(result.path)}: {top['label']} ({top['score']:.2f})"
+    return overlay.sheet_row([bgr, heat, blended], caption, opts.sheet_height)
