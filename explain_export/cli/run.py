@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sheet", action="store_true", help="also write sheet.png: original | heatmap | overlay"
     )
     p.add_argument(
+        "--sheet-height",
+        type=int,
+        default=200,
+        metavar="PX",
+        help="panel height in the sheet, in pixels (default: 200)",
+    )
+    p.add_argument(
         "--save-heatmaps", action="store_true", help="also write NAME.heatmap.png and .npy"
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -114,6 +121,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.alpha < 0:
         raise UsageError("--alpha must not be negative")
+    if args.sheet_height < 16:
+        raise UsageError("--sheet-height must be at least 16")
     if args.max_pixels < 1:
         raise UsageError("--max-pixels must be at least 1")
     if args.colormap.upper() not in COLORMAPS:
@@ -205,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_pixels=args.max_pixels,
         resize=args.resize,
+        sheet_height=args.sheet_height,
     )
     from tqdm import tqdm
 
