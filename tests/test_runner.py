@@ -1,0 +1,396 @@
+"""explain-run end to end: outputs at the original resolution, bad files, exit codes, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from explain_export import images, overlay, runtime, samples
+from explain_export.cli.run import main
+
+TESTS = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A small explainer (TinyResNet, 64x64) in both formats, with labels."""
+    from explain_export.explainer import build_explainer
+    from explain_export.export import export_explainer
+
+    from models import tiny_resnet
+
+    out = tmp_path_factory.mktemp("tiny")
+    explainer, info = build_explainer(tiny_resnet(), input_size=(64, 64))
+    export_explainer(explainer, info, str(out), labels=[f"class{i}" for i in range(10)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Two real photos of different sizes and aspect ratios."""
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("chelsea.png", "rocket.jpg"):
+        shutil.copy(samples.photo_path(name), d / name)
+    return d
+
+
+def _run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_overlays_are_at_the_original_resolution_and_match_the_formula(
+    tiny_export, photo_dir, tmp_path, capsys
+):
+    out = tmp_path / "o"
+    code, stdout, _ = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--images",
+            str(photo_dir),
+            "--out",
+            str(out),
+            "--save-heatmaps",
+            "--sheet",
+            "--topk",
+            "3",
+        ],
+        capsys,
+    )
+    assert code == 0 and "2 of 2 images done, 0 failed" in stdout
+    for name in ("chelsea.png", "rocket.jpg"):
+        stem = os.path.splitext(name)[0]
+        original = cv2.imread(str(photo_dir / name))
+        result = cv2.imread(str(out / f"{stem}.overlay.png"))
+        heat = np.load(out / f"{stem}.heatmap.npy")
+        assert result.shape == original.shape and heat.shape == original.shape[:2]
+        assert (
+            cv2.imread(str(out / f"{stem}.heatmap.png"), cv2.IMREAD_UNCHANGED).shape == heat.shape
+        )
+        np.testing.assert_array_equal(result, overlay.blend(original, overlay.colorize(heat), 0.4))
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(len(x["topk"]) == 3 for x in lines)
+    assert lines[0]["topk"][0]["label"].startswith("class")
+    assert abs(sum(t["score"] for t in lines[0]["topk"])) <= 1.0001
+    assert (out / "sheet.png").exists()
+
+
+def test_heatmap_maps_back_from_the_graph_output(tiny_export, photo_dir):
+    """The saved heatmap is the graph's heatmap resized (stretch) or cropped + resized (pad)."""
+    art = runtime.load(str(tiny_export / "explainer.onnx"))
+    bgr = images.read_bgr(str(photo_dir / "rocket.jpg"))  # 427 x 640
+    for mode in ("stretch", "pad"):
+        x, geometry = images.to_input(bgr, (64, 64), mode)
+        _, hm = art(x[None])
+        back = images.map_back(hm[0, 0], geometry)
+        top, left, ch, cw = geometry.content
+        if mode == "pad":
+            assert (top, left, ch, cw) == (10, 0, 43, 64) and x[:, :top].max() == 0
+        ref = cv2.resize(
+            hm[0, 0, top : top + ch, left : left + cw], (640, 427), interpolation=cv2.INTER_LINEAR
+        )
+        assert back.shape == (427, 640)
+        np.testing.assert_allclose(back, ref, atol=1e-6)
+
+
+def test_seed_blend_end_to_end(tiny_export, photo_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = [
+        "--model",
+        str(tiny_export / "explainer.onnx"),
+        "--images",
+        str(photo_dir / "chelsea.png"),
+        "--out",
+        str(out),
+        "--save-heatmaps",
+        "--seed-blend",
+    ]
+    assert _run(args, capsys)[0] == 0
+    original = cv2.imread(str(photo_dir / "chelsea.png"))
+    heat = np.load(out / "chelsea.heatmap.npy")
+    expected = overlay.seed_blend(original, overlay.colorize(heat), 0.4)
+    np.testing.assert_array_equal(cv2.imread(str(out / "chelsea.overlay.png")), expected)
+
+
+def test_torchscript_model_works_too(tiny_export, photo_dir, tmp_path, capsys):
+    code, _, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.torchscript.pt"),
+            "--images",
+            str(photo_dir),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 0 and "backend: torchscript cpu" in err
+
+
+@pytest.fixture
+def messy_dir(tmp_path, photo_dir):
+    """Good photos in odd formats, broken files, and a text file."""
+    d = tmp_path / "messy"
+    d.mkdir()
+    shutil.copy(photo_dir / "chelsea.png", d / "good.png")
+    rgb = cv2.imread(str(photo_dir / "chelsea.png"))
+    cv2.imwrite(str(d / "gray.png"), cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(d / "rgba.png"), cv2.cvtColor(rgb, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(d / "deep16.png"), rgb.astype(np.uint16) * 257)
+    Image.open(d / "good.png").convert("P", palette=Image.ADAPTIVE).save(d / "palette.png")
+    (d / "empty.png").write_bytes(b"")
+    (d / "corrupt.jpg").write_bytes(os.urandom(2000))
+    data = (d / "good.png").read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 3])
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_broken_files_are_skipped_and_the_rest_processed(tiny_export, messy_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, stdout, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--images",
+            str(messy_dir),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert "5 of 8 images done, 3 failed" in stdout
+    skipped = [line for line in err.splitlines() if "skipped" in line]
+    assert len(skipped) == 3
+    assert any("empty.png: empty file" in line for line in skipped)
+    assert any("corrupt.jpg: not a readable image" in line for line in skipped)
+    assert any("truncated.png: not a readable image" in line for line in skipped)
+    assert "ignoring 1 non-image file" in err
+    for stem in ("good", "gray", "rgba", "deep16", "palette"):
+        assert cv2.imread(str(out / f"{stem}.overlay.png")).shape == (300, 451, 3)
+    errors = [
+        json.loads(x)
+        for x in (out / "predictions.jsonl").read_text().splitlines()
+        if '"error"' in x
+    ]
+    assert len(errors) == 3
+
+
+def test_named_non_image_and_missing_files_fail_alone(
+    tiny_export, photo_dir, messy_dir, tmp_path, capsys
+):
+    code, _, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--out",
+            str(tmp_path / "o"),
+            "--images",
+            str(messy_dir / "notes.txt"),
+            str(tmp_path / "missing.png"),
+            str(photo_dir / "chelsea.png"),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert "notes.txt: not a readable image" in err and "missing.png: cannot read" in err
+    assert (tmp_path / "o" / "chelsea.overlay.png").exists()
+
+
+def test_images_over_the_pixel_limit_are_refused(tiny_export, photo_dir, tmp_path, capsys):
+    huge = tmp_path / "huge.png"
+    # a PNG header that claims 30000 x 30000: refused from the header, never decoded
+    ihdr = (
+        b"\x89PNG\r\n\x1a\n"
+        + b"\x00\x00\x00\rIHDR"
+        + (30000).to_bytes(4, "big") * 2
+        + b"\x08\x02\x00\x00\x00"
+    )
+    huge.write_bytes(ihdr + b"\x00" * 64)
+    code, _, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--out",
+            str(tmp_path / "o"),
+            "--images",
+            str(huge),
+            str(photo_dir / "chelsea.png"),
+            "--max-pixels",
+            "200000",
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert "huge.png: 30000x30000 is 900,000,000 pixels, over the limit of 200,000" in err
+    code, _, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--images",
+            str(photo_dir / "chelsea.png"),
+            "--max-pixels",
+            "1000",
+        ],
+        capsys,
+    )
+    assert code == 1 and "451x300 is 135,300 pixels" in err
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tiny_export, photo_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = [
+        "--model",
+        str(tiny_export / "explainer.onnx"),
+        "--images",
+        str(photo_dir),
+        "--out",
+        str(out),
+    ]
+    assert _run(args, capsys)[0] == 0
+    (out / "chelsea.overlay.png").write_bytes(b"mine")
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "already exist" in err and "--overwrite" in err
+    assert (out / "chelsea.overlay.png").read_bytes() == b"mine"
+    assert _run([*args, "--overwrite"], capsys)[0] == 0
+    assert cv2.imread(str(out / "chelsea.overlay.png")) is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--alpha", "-1"], "--alpha must not be negative"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--colormap", "rainbowz"], "unknown --colormap 'rainbowz'"),
+        (["--model", "nope.onnx"], "no model at 'nope.onnx'"),
+    ],
+)
+def test_usage_errors_exit_2(tiny_export, photo_dir, tmp_path, capsys, extra, message):
+    args = [
+        "--model",
+        str(tiny_export / "explainer.onnx"),
+        "--images",
+        str(photo_dir),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    code, _, err = _run([*args, *extra], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_is_an_error_before_any_work(tiny_export, photo_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        code, _, err = _run(
+            [
+                "--model",
+                str(tiny_export / "explainer.onnx"),
+                "--images",
+                str(photo_dir),
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
+        assert code == 2 and "--out" in err
+
+
+def test_artifacts_that_are_not_explainers_are_refused(tmp_path, photo_dir, capsys):
+    node = helper.make_node("Identity", ["image"], ["logits"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    )
+    plain = tmp_path / "plain.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), plain
+    )
+    code, _, err = _run(
+        ["--model", str(plain), "--images", str(photo_dir), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "no explain-export metadata" in err
+    (tmp_path / "explainer.json").write_text(
+        json.dumps(
+            {"input_size": [8, 8], "inputs": [{"name": "image"}], "outputs": [{"name": "logits"}]}
+        )
+    )
+    code, _, err = _run(
+        ["--model", str(plain), "--images", str(photo_dir), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "is not an explainer" in err
+
+
+def test_cuda_request_falls_back_to_cpu_and_says_so(tiny_export, photo_dir, tmp_path, capsys):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("a GPU is present: the fallback is not what happens here")
+    art = runtime.load(str(tiny_export / "explainer.onnx"), device="cuda")
+    assert art.providers == ["CPUExecutionProvider"]
+    code, _, err = _run(
+        [
+            "--model",
+            str(tiny_export / "explainer.onnx"),
+            "--images",
+            str(photo_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cuda",
+            "--threads",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0
+    backend = [line for line in err.splitlines() if line.startswith("backend:")]
+    assert backend == [
+        "backend: onnxruntime CPUExecutionProvider (cuda asked for, but no working CUDA backend "
+        "here); threads: 1"
+    ]
+    assert "onnxruntime" in err and "[E:onnxruntime" not in err
+
+
+def test_onnx_path_does_not_import_torch(tiny_export, photo_dir, tmp_path):
+    code = (
+        "import sys\n"
+        "from explain_export.cli.run import main\n"
+        f"rc = main(['--model', {str(tiny_export / 'explainer.onnx')!r},"
+        f" '--images', {str(photo_dir)!r}, '--out', {str(tmp_path / 'o')!r}, '--quiet'])\n"
+        "assert rc == 0, rc\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_demo_exports_the_default_model_and_writes_the_sheet(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = _run([], capsys)
+    assert code == 0
+    assert "demo: exporting the default model" in err
+    assert (tmp_path / "explainer" / "explainer.onnx").exists()
+    assert (tmp_path / "overlays" / "sheet.png").exists()
+    first = json.loads((tmp_path / "overlays" / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["file"].endswith("chelsea.png") and 281 <= first["topk"][0]["class"] <= 285
+    assert "4 of 4 images done" in stdout
+    assert _run([], capsys)[0] == 2  # a second demo would overwrite: refused
+    assert _run(["--overwrite"], capsys)[0] == 0  # and reuses the exported model
