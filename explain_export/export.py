@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from . import __version__, verify
+from ._files import ensure_out_dir
 from .errors import ExplainExportError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
 from .runtime import METADATA_KEY, TS_EXTRA_FILE, OnnxExplainer, TorchScriptExplainer
@@ -200,18 +201,6 @@ def build_metadata(
     }
 
 
-def prepare_out_dir(out_dir: str) -> None:
-    """Create ``out_dir`` and check that it takes files, before any work starts."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out '{out_dir}' is a file; give a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write to --out '{out_dir}': {exc.strerror or exc}") from exc
-
-
 def export_explainer(
     explainer: Explainer,
     info: ExplainerInfo,
@@ -236,7 +225,7 @@ def export_explainer(
         raise UsageError("--class-input needs --method cam (sum has no target class)")
     if labels is not None and len(labels) != info.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
-    prepare_out_dir(out_dir)
+    ensure_out_dir(out_dir)
     args = _example_args(info, class_input)
     all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)

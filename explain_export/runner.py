@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +21,13 @@ import cv2
 import numpy as np
 
 from . import images, overlay
+from ._files import ensure_out_dir, write_atomic
 from .errors import ExplainExportError, UsageError
 from .runtime import Artifact
 
 PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
 REQUIRED_METADATA = ("input_size", "inputs", "outputs")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass
@@ -132,14 +130,7 @@ def planned_files(name: str, opts: RunOptions) -> list[str]:
 
 def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
     """Create the output folder, check that it takes files and that nothing would be overwritten."""
-    if os.path.exists(opts.out_dir) and not os.path.isdir(opts.out_dir):
-        raise UsageError(f"--out '{opts.out_dir}' is a file; give a folder")
-    try:
-        os.makedirs(opts.out_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=opts.out_dir):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write to --out '{opts.out_dir}': {exc.strerror or exc}") from exc
+    ensure_out_dir(opts.out_dir)
     if opts.overwrite:
         return
     planned = [f for n in names for f in planned_files(n, opts)] + [PREDICTIONS]
@@ -151,20 +142,6 @@ def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
             f"'{os.path.join(opts.out_dir, existing[0])}'{more} already exist(s); "
             "pass --overwrite to replace, or choose another --out"
         )
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _png(image: np.ndarray, compression: int = 1) -> bytes:

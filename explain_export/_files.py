@@ -1,0 +1,37 @@
+"""Output files: check a folder before work starts, and write files atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .errors import UsageError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def ensure_out_dir(out_dir: str) -> None:
+    """Create ``out_dir`` and check that it takes files; a UsageError (naming --out) if not."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out '{out_dir}' is a file; give a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to --out '{out_dir}': {exc.strerror or exc}") from exc
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
