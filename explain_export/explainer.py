@@ -35,6 +35,7 @@ class ExplainerInfo:
     method: str
     layer: str
     head: str | None  # the linear layer cam uses
+    target: int | None  # cam's fixed class; None: the argmax
     num_classes: int
     feature_shape: tuple[int, ...]  # A's shape [C, h, w] at the probe size
     input_size: tuple[int, int]
@@ -42,9 +43,13 @@ class ExplainerInfo:
     std: tuple[float, ...]
 
 
-def target_class(logits: Tensor, class_index: Tensor | None = None) -> Tensor:
-    """Per image, ``class_index`` where it is >= 0, else the argmax of the logits."""
+def target_class(
+    logits: Tensor, class_index: Tensor | None = None, default: int | None = None
+) -> Tensor:
+    """Per image, ``class_index`` where it is >= 0, else ``default``, else the logits' argmax."""
     best = logits.argmax(dim=1)
+    if default is not None:
+        best = torch.full_like(best, default)
     if class_index is None:
         return best
     return torch.where(class_index >= 0, class_index.to(best.dtype), best)
@@ -58,6 +63,7 @@ class Explainer(nn.Module):
         layer: the map to explain, as ``NAME[:input|:output][@CALL]`` (see :mod:`.tap`).
         method: ``"cam"`` or ``"sum"``.
         head: for ``cam``, the name of the ``nn.Linear`` that follows the global average pool.
+        target: for ``cam``, a fixed class to explain instead of the argmax.
         mean, std: per-channel normalization applied to the [0, 1] RGB input.
 
     Use :func:`build_explainer` to get one whose layer and head have been checked.
@@ -77,6 +83,7 @@ class Explainer(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         eps: float = heads.DEFAULT_EPS,
+        target: int | None = None,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -86,6 +93,7 @@ class Explainer(nn.Module):
         self.model = model
         self.method = method
         self.head = head
+        self.target = target
         self.eps = eps
         self.tap = Tap(model, TapSpec.parse(layer) if isinstance(layer, str) else layer)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -97,12 +105,12 @@ class Explainer(nn.Module):
         self.tap.clear()
         logits = self.model((image - self.mean) / self.std)
         features = self.tap.take()
-        if self.method == "sum":
-            raw = heads.channel_sum(features)
-        else:
+        weight = target = None
+        if self.method == "cam":
             weight = self.model.get_submodule(self.head).weight
-            raw = heads.cam(features, weight, target_class(logits, class_index))
-        return logits, heads.finish(raw, image.shape[-2:], self.eps)
+            target = target_class(logits, class_index, self.target)
+        heat = heads.heatmap(features, image.shape[-2:], self.method, weight, target, self.eps)
+        return logits, heat
 
 
 def check_norm(
@@ -130,11 +138,13 @@ def build_explainer(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     head: str | None = None,
+    target: int | None = None,
 ) -> tuple[Explainer, ExplainerInfo]:
     """Probe ``model`` at ``input_size``, check the layer (and for ``cam`` the head), build.
 
     ``layer=None`` takes the map that feeds a global-average-pool + linear head, where there is
-    one, else the last 4-D map. Raises :class:`~.errors.UsageError` naming what is wrong.
+    one, else the last 4-D map. ``target`` fixes cam's class (default: the argmax). Raises
+    :class:`~.errors.UsageError` naming what is wrong.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
@@ -148,14 +158,24 @@ def build_explainer(
     record = probe.select(result, model, spec)
     feature_shape = (record.input_shape if spec.port == "input" else record.output_shape)[1:]
     head_name = None
+    num_classes = int(result.logits.shape[1])
+    if target is not None:
+        if method != "cam":
+            raise UsageError("--class-index needs --method cam (sum has no target class)")
+        if not 0 <= target < num_classes:
+            raise UsageError(
+                f"--class-index {target} is out of range: the model has {num_classes} classes "
+                f"(0..{num_classes - 1})"
+            )
     if method == "cam":
         head_name = probe.find_gap_linear_head(result, model, record, spec, head).linear
-    explainer = Explainer(model, spec, method, head_name, mean, std)
+    explainer = Explainer(model, spec, method, head_name, mean, std, target=target)
     info = ExplainerInfo(
         method,
         str(spec),
         head_name,
-        int(result.logits.shape[1]),
+        target,
+        num_classes,
         tuple(feature_shape),
         (h, w),
         mean,

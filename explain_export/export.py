@@ -178,6 +178,7 @@ def build_metadata(
         "method": info.method,
         "layer": info.layer,
         "head": info.head,
+        "target_class": info.target,
         "feature_shape": list(info.feature_shape),
         "num_classes": info.num_classes,
         "input_size": [h, w],

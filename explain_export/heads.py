@@ -58,15 +58,28 @@ def resize_bilinear(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
+def unit_scale(maps: Tensor) -> Tensor:
+    r"""Divide each image's map by its largest magnitude: :math:`m / \max(\max |m|, tiny)`.
+
+    Every head and the min-max are invariant to this positive factor; it keeps sums of huge
+    values finite and lifts tiny ones, so the result never overflows to inf or NaN.
+    """
+    peak = maps.abs().amax(dim=tuple(range(1, maps.dim())), keepdim=True)
+    return maps / peak.clamp_min(torch.finfo(maps.dtype).tiny)
+
+
 def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     r"""Per-image min-max: :math:`m \leftarrow (m - \min m) / \max(\max m - \min m, \varepsilon)`.
 
-    The result lies in [0, 1]; a constant map gives 0 everywhere, never NaN.
+    The map is first scaled by :func:`unit_scale` (which changes nothing in exact arithmetic), so
+    ``ε`` is relative to the map's magnitude and no difference overflows. The result lies in
+    [0, 1]; a constant map gives 0 everywhere, never NaN.
 
     Example:
         >>> minmax_normalize(torch.tensor([[[[1.0, 3.0]]]]))
         tensor([[[[0., 1.]]]])
     """
+    maps = unit_scale(maps)
     lo = maps.amin(dim=(1, 2, 3), keepdim=True)
     hi = maps.amax(dim=(1, 2, 3), keepdim=True)
     return (maps - lo) / (hi - lo).clamp_min(eps)
@@ -75,3 +88,28 @@ def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
 def finish(maps: Tensor, size: tuple[int, int] | torch.Size, eps: float = DEFAULT_EPS) -> Tensor:
     """Resize to the image size, then min-max (the order in which the result spans [0, 1])."""
     return minmax_normalize(resize_bilinear(maps, size), eps)
+
+
+def heatmap(
+    features: Tensor,
+    size: tuple[int, int] | torch.Size,
+    method: str = "sum",
+    weight: Tensor | None = None,
+    class_index: Tensor | None = None,
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """The whole head: ``finish(head(unit_scale(A)))`` with ``head`` = ``sum`` or ``cam``.
+
+    Both heads are positively homogeneous (``head(s·A) = s·head(A)`` for ``s > 0``), so the unit
+    scaling leaves the result unchanged while keeping every intermediate finite.
+    """
+    a = unit_scale(features)
+    if method == "sum":
+        raw = channel_sum(a)
+    elif method == "cam":
+        if weight is None or class_index is None:
+            raise ValueError("cam needs the linear weight and the class index")
+        raw = cam(a, weight, class_index)
+    else:
+        raise ValueError(f"unknown method '{method}'")
+    return finish(raw, size, eps)

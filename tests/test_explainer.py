@@ -213,3 +213,29 @@ def test_default_model_sum_equals_numpy_reference(default_model):
         default_model.model, reference.normalize(x), default_model.model._swish, call=1
     )
     np.testing.assert_allclose(heat.numpy(), ref, atol=1e-4)
+
+
+def test_fixed_target_class_is_explained_for_every_image():
+    model = tiny_resnet()
+    explainer, info = build_explainer(model, method="cam", input_size=(48, 48), target=6)
+    assert info.target == 6
+    x = torch.rand(3, 3, 48, 48)
+    with torch.no_grad():
+        _, heat = explainer(x)
+        _, heat_chosen = explainer(x, torch.tensor([-1, 2, -1]))  # -1 falls back to class 6
+    six = torch.full((3,), 6)
+    ref, _ = reference.gradcam(
+        model, reference.normalize(x), model.avgpool, "input", class_index=six
+    )
+    np.testing.assert_allclose(heat.numpy(), ref, atol=1e-4)
+    torch.testing.assert_close(heat_chosen[0], heat[0])
+    assert not torch.allclose(heat_chosen[1], heat[1])
+
+
+def test_fixed_target_class_is_checked():
+    with pytest.raises(
+        UsageError, match=r"--class-index 10 is out of range.*10 classes \(0\.\.9\)"
+    ):
+        build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), target=10)
+    with pytest.raises(UsageError, match="needs --method cam"):
+        build_explainer(tiny_resnet(), method="sum", input_size=(32, 32), target=1)

@@ -87,10 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="for cam, the nn.Linear after the pooling (default: found automatically)",
     )
     e.add_argument(
+        "--class-index",
+        type=int,
+        metavar="K",
+        help="for cam, explain class K for every image instead of the top-1 class",
+    )
+    e.add_argument(
         "--class-input",
         action="store_true",
         help="for cam, add a graph input class_index int64 [N] choosing the class per "
-        "image (-1: the argmax); without it the class is the argmax",
+        "image (-1: the top-1 class, or --class-index)",
     )
     g = p.add_argument_group("graph")
     g.add_argument(
@@ -191,10 +197,15 @@ def _run(args: argparse.Namespace) -> int:
         print(format_layers(result, default))
         return 0
 
-    explainer, info = build_explainer(model, layer, args.method, size, mean, std, args.head)
+    explainer, info = build_explainer(
+        model, layer, args.method, size, mean, std, args.head, args.class_index
+    )
     print(f"model:  {description}{source}")
     print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
     head = f", head {info.head}" if info.head else ""
+    if info.target is not None:
+        label = f" '{labels[info.target]}'" if labels else ""
+        head += f", class {info.target}{label}"
     print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
     sys.stdout.flush()
     result = export_explainer(
