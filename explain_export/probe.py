@@ -174,7 +174,7 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
         )
         raise UsageError(
             f"layer '{spec}' gives a 1x1 map, which has no spatial detail to show; "
-            f"pick an earlier layer{hint} (see --list-layers)"
+            f"pick an earlier layer{hint} or a larger --input-size (see --list-layers)"
         )
     return record
 

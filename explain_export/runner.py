@@ -89,6 +89,20 @@ def check_metadata(artifact: Artifact) -> dict[str, Any]:
             f"'{artifact.path}' is not an explainer: its outputs are "
             f"{', '.join(artifact.output_names)}; expected logits and heatmap"
         )
+    image = artifact.shapes.get("image")
+    size = [int(v) for v in meta["input_size"]]
+    if image and all(isinstance(d, int) for d in image[2:]) and image[2:] != size:
+        raise UsageError(
+            f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
+            f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
+        )
+    logits = artifact.shapes.get("logits")
+    labels = meta.get("labels")
+    if labels and logits and isinstance(logits[-1], int) and len(labels) != logits[-1]:
+        raise UsageError(
+            f"metadata of '{artifact.path}' has {len(labels)} labels for {logits[-1]} classes; "
+            "re-export it"
+        )
     return meta
 
 

@@ -61,6 +61,10 @@ class OnnxExplainer:
         self.providers: list[str] = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # per tensor, dims as ints, or names where dynamic (e.g. ["batch", 3, 224, 224])
+        self.shapes = {
+            t.name: list(t.shape) for t in self.session.get_inputs() + self.session.get_outputs()
+        }
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata: dict[str, Any] | None = json.loads(raw) if raw else sidecar_metadata(path)
 
@@ -96,6 +100,7 @@ class TorchScriptExplainer:
         self.providers = [self.device]
         self.input_names = [a.name for a in self.module.forward.schema.arguments][1:]
         self.output_names = ["logits", "heatmap"]
+        self.shapes: dict[str, list] = {}  # TorchScript does not declare shapes
         self.metadata: dict[str, Any] | None = (
             json.loads(extra[TS_EXTRA_FILE]) if extra[TS_EXTRA_FILE] else sidecar_metadata(path)
         )

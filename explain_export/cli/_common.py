@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit code 2) that points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
@@ -20,6 +29,15 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions, ... while writing
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"{prog}: error: {exc.strerror or exc}{where}; no half-written file was left",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was moved into place", file=sys.stderr)
         return 1

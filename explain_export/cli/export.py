@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from ._common import log, run_main
+from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-export"
 
@@ -29,7 +29,7 @@ exit codes: 0 ok, 1 failure (export or parity check), 2 usage (bad flag, path, l
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Export a CNN classifier plus its heatmap as one graph, "
         "image -> (logits, heatmap), to TorchScript and ONNX, verified against eager PyTorch.",

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ._common import log, run_main
+from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-run"
 DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
@@ -33,7 +33,7 @@ exit codes: 0 all images done, 1 some images failed, 2 usage error (nothing was 
 def build_parser() -> argparse.ArgumentParser:
     from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Draw heatmap overlays with an exported explainer, the way a server runs it.",
         epilog=EPILOG,

@@ -1,0 +1,757 @@
+"""Time the explainer against its alternatives, in one process, on the same input batches.
+
+Each variant maps an image batch ``[N,3,H,W]`` in [0,1] to ``(logits, heatmap)``, or to the
+logits alone where its name says so:
+
+- ``eager``: the :class:`~.explainer.Explainer` in PyTorch, under ``inference_mode``;
+- ``eager_logits``: the model alone, ``model((image - mean) / std)``, the baseline for the head;
+- ``torchscript``: the explainer traced and frozen, as :func:`.export.to_torchscript` writes it;
+- ``ort``: the ONNX explainer of :func:`.export.to_onnx` on ONNX Runtime (CPU or CUDA provider);
+- ``ort_logits``: the normalized model alone, exported by the same dynamo exporter;
+- ``compile``: ``torch.compile(explainer)``, one static graph per batch size;
+- ``autograd``: Grad-CAM as it is usually written: forward hooks, backward of the top logit
+  ``y_c``, ``α_k = mean_ij ∂y_c/∂A_k(i,j)``, ``m = ReLU(Σ_k α_k A_k)``, then the same bilinear
+  resize and per-image min-max.
+
+Timing: per batch size, ``warmup`` rounds, then ``iters`` rounds. A round calls every variant
+once, in an order rotated by one each round, so drift (clocks, other processes) hits all alike.
+A sample is the wall time of one call; on CUDA the device is synchronized before and after, which
+also covers ONNX Runtime's own stream (CUDA events on PyTorch's stream would not).
+Per variant and batch: median, p90 and p99 in ms per batch, and images/s = N / median.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__, heads
+from .errors import ExplainExportError, UsageError
+from .explainer import Explainer, ExplainerInfo
+from .export import DEFAULT_OPSET, _quiet, to_onnx, to_torchscript
+from .tap import TapSpec, resolve_module
+
+VARIANTS: dict[str, str] = {
+    "eager": "eager explainer",
+    "eager_logits": "eager model, logits only",
+    "torchscript": "TorchScript explainer",
+    "ort": "ORT explainer",
+    "ort_logits": "ORT model, logits only",
+    "compile": "torch.compile explainer",
+    "autograd": "autograd Grad-CAM",
+}
+REFERENCE = "eager"  # every ratio and parity figure is taken against it; it cannot be skipped
+ORT_CUDA_MISSING = "not measured: onnxruntime CUDA provider unavailable"
+
+Call = Callable[[], tuple[Tensor, Tensor | None]]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure, and how often."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op and ORT intra-op threads; None: torch's default
+    warmup: int = 5
+    iters: int = 30
+    skip: frozenset[str] = frozenset()
+    opset: int = DEFAULT_OPSET
+    seed: int = 0
+    models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
+
+    def check(self) -> None:
+        """Raise :class:`~.errors.UsageError` for values no run can use."""
+        if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+        if self.warmup < 0 or self.iters < 1:
+            raise UsageError("--warmup must be >= 0 and --iters >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        unknown = sorted(self.skip - set(VARIANTS))
+        if unknown or REFERENCE in self.skip:
+            names = ", ".join(v for v in VARIANTS if v != REFERENCE)
+            raise UsageError(f"--skip takes a comma list of {names}; got {', '.join(unknown)}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"--device must be cpu or cuda, got '{self.device}'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                "--device cuda, but this PyTorch sees no CUDA device "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
+
+
+@dataclass
+class Variant:
+    """One way to compute the outputs. ``make(image)`` returns the call timed on that batch."""
+
+    name: str
+    backend: str
+    make: Callable[[Tensor], Call] | None
+    status: str = "ok"  # "ok", "failed: <why>", "skipped: <why>", "not measured: <why>"
+    note: str = ""
+    providers: list[str] | None = None
+    setup_s: float = 0.0
+    batches: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (batch sizes as string keys)."""
+        out = {
+            "label": VARIANTS[self.name],
+            "backend": self.backend,
+            "status": self.status,
+            "note": self.note,
+            "setup_s": round(self.setup_s, 3),
+            "batches": {str(b): m for b, m in self.batches.items()},
+        }
+        if self.providers is not None:
+            out["providers"] = self.providers
+        return out
+
+
+class Normalized(nn.Module):
+    """``model((image - mean) / std)``: the explainer's forward pass without the heatmap."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        super().__init__()
+        self.model = explainer.model
+        self.register_buffer("mean", explainer.mean.detach().clone())
+        self.register_buffer("std", explainer.std.detach().clone())
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model((image - self.mean) / self.std)
+
+
+class AutogradGradCAM:
+    r"""Grad-CAM with autograd, the way it is usually written (hooks + backward).
+
+    A forward hook keeps the tapped map ``A`` and a tensor hook its gradient. Per call:
+    zero the parameter gradients, forward with ``requires_grad`` on the input, backward of
+    :math:`\sum_n y_{n,c_n}` with :math:`c_n` the argmax, then
+    :math:`m = \mathrm{ReLU}(\sum_k \alpha_k A_k)`, :math:`\alpha_k = \mathrm{mean}_{ij}\,
+    \partial y_c/\partial A_k(i,j)`, and the explainer's resize + min-max (:func:`.heads.finish`).
+    For a GAP + linear head this equals the ``cam`` heatmap.
+    """
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer  # its model, and its mean/std wherever they were moved
+        self.spec: TapSpec = explainer.tap.spec
+        self._armed = False
+        self._maps: list[Tensor] = []
+        self._grads: dict[int, Tensor] = {}
+        module = resolve_module(explainer.model, self.spec.module)
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._armed:
+            return
+        a = args[0] if self.spec.port == "input" else output
+        index = len(self._maps)
+        self._maps.append(a)
+        if a.requires_grad:
+            a.register_hook(lambda g: self._grads.__setitem__(index, g))
+
+    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        model, mean, std = self.explainer.model, self.explainer.mean, self.explainer.std
+        self._maps, self._grads, self._armed = [], {}, True
+        model.zero_grad(set_to_none=True)
+        try:
+            with torch.enable_grad():
+                x = ((image - mean) / std).requires_grad_(True)
+                logits = model(x)
+                target = logits.argmax(dim=1)
+                logits.gather(1, target[:, None]).sum().backward()
+        finally:
+            self._armed = False
+        index = self.spec.call or 0
+        a, g = self._maps[index].detach(), self._grads[index]
+        m = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
+        return logits.detach(), heads.finish(m, image.shape[-2:])
+
+    def remove(self) -> None:
+        """Detach the hook from the model."""
+        self._handle.remove()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _torch_call(fn: Callable[[Tensor], Any], image: Tensor, logits_only: bool = False) -> Call:
+    def call() -> tuple[Tensor, Tensor | None]:
+        with torch.inference_mode():
+            out = fn(image)
+        return (out, None) if logits_only else (out[0], out[1])
+
+    return call
+
+
+def export_logits_onnx(module: nn.Module, example: Tensor, path: str, opset: int) -> None:
+    """The logits-only model through the dynamo exporter, with :func:`.export.to_onnx`'s options
+    (one self-contained file, dynamic batch)."""
+    kwargs: dict[str, Any] = {
+        "dynamo": True,
+        "input_names": ["image"],
+        "output_names": ["logits"],
+        "opset_version": opset,
+        "dynamic_shapes": {"image": {0: torch.export.Dim("batch")}},
+        "external_data": False,
+    }
+    if "external_data" not in inspect.signature(torch.onnx.export).parameters:
+        del kwargs["external_data"]
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(module.eval(), (example,), **kwargs).save(path)
+
+
+def ort_session(
+    path: str, device: torch.device, threads: int, optimized_path: str | None = None
+) -> Any:
+    """An ONNX Runtime session: the CUDA provider on a CUDA device where this onnxruntime has
+    one, else CPU. ``session.get_providers()`` says which loaded.
+
+    ``intra_op_num_threads = threads`` matches ``torch.set_num_threads(threads)``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    return ort.InferenceSession(path, options, providers=providers)
+
+
+def _ort_call(session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]]) -> Call:
+    """Run ``session`` through IO binding: the input is the torch tensor's own buffer, the
+    outputs go into preallocated tensors on the same device, so no call copies or allocates."""
+    image = image.contiguous()
+    kind, index = image.device.type, image.device.index or 0
+    binding = session.io_binding()
+    binding.bind_input("image", kind, index, np.float32, list(image.shape), image.data_ptr())
+    outputs = {
+        n: torch.empty(s, dtype=torch.float32, device=image.device) for n, s in shapes.items()
+    }
+    for name, buf in outputs.items():
+        binding.bind_output(name, kind, index, np.float32, list(buf.shape), buf.data_ptr())
+
+    def call() -> tuple[Tensor, Tensor | None]:
+        session.run_with_iobinding(binding)
+        return outputs["logits"], outputs.get("heatmap")
+
+    return call
+
+
+def build_variants(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    config: BenchConfig,
+    workdir: str,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> list[Variant]:
+    """Make every variant of ``explainer`` (on the CPU) and move them to ``config.device``.
+
+    The ONNX files are exported on the CPU first; then the explainer moves to the device, where
+    TorchScript is traced and ``torch.compile`` wraps it. A variant that cannot be built gets a
+    ``failed:`` or ``not measured:`` status; a skipped one ``skipped: --skip``.
+    """
+    device = torch.device(config.device)
+    threads = config.threads or torch.get_num_threads()
+    folder = config.models_dir or workdir
+    h, w = info.input_size
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))  # see export
+    explainer = explainer.eval().to("cpu")
+    logits_model = Normalized(explainer).eval()
+    built: dict[str, Variant] = {}
+    for name, outputs in (
+        ("ort", {"logits": (info.num_classes,), "heatmap": (1, h, w)}),
+        ("ort_logits", {"logits": (info.num_classes,)}),
+    ):
+        if name in config.skip:
+            continue
+        log(f"exporting {VARIANTS[name]} to ONNX (dynamo, opset {config.opset})")
+        module = explainer if name == "ort" else logits_model
+        path = os.path.join(folder, "explainer.onnx" if name == "ort" else "logits.onnx")
+        built[name] = _ort_variant(name, module, example, outputs, path, device, threads, config)
+
+    explainer.to(device)
+    logits_model.to(device)
+    built["eager"] = Variant("eager", _TORCH_EAGER, lambda x: _torch_call(explainer, x))
+    built["eager_logits"] = Variant(
+        "eager_logits", _TORCH_EAGER, lambda x: _torch_call(logits_model, x, logits_only=True)
+    )
+    if "torchscript" not in config.skip:
+        log("tracing TorchScript (trace + freeze)")
+        built["torchscript"] = _torchscript_variant(explainer, example.to(device), workdir)
+    if "compile" not in config.skip:
+        compiled = torch.compile(explainer, dynamic=False)
+        _allow_recompiles(len(config.batch_sizes))
+        built["compile"] = Variant(
+            "compile",
+            "torch.compile (inductor), dynamic=False",
+            lambda x: _torch_call(compiled, x),
+            note="compiles on the first call at each batch size (first_call_ms)",
+        )
+    if "autograd" not in config.skip:
+        gradcam = AutogradGradCAM(explainer)
+        built["autograd"] = Variant(
+            "autograd",
+            "torch eager, autograd",
+            lambda x: lambda: gradcam(x),
+            note="forward hook + tensor hook, zero_grad, backward of the top logit, per call",
+        )
+    return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in VARIANTS]
+
+
+_TORCH_EAGER = "torch eager, inference_mode"
+
+
+def _torchscript_variant(explainer: Explainer, example: Tensor, workdir: str) -> Variant:
+    t0 = time.perf_counter()
+    path = os.path.join(workdir, "explainer.torchscript.pt")
+    try:
+        to_torchscript(explainer, (example,), path)
+        with _quiet():
+            script = torch.jit.load(path, map_location=example.device)
+    except Exception as exc:
+        return Variant("torchscript", "torch.jit", None, f"failed: {_first_line(exc)}")
+    return Variant(
+        "torchscript",
+        "torch.jit trace + freeze",
+        lambda x: _torch_call(script, x),
+        setup_s=time.perf_counter() - t0,
+    )
+
+
+def _allow_recompiles(batch_sizes: int) -> None:
+    """One static graph per batch size: keep dynamo from giving up after its recompile limit."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for attr in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.7
+        if hasattr(cfg, attr):
+            setattr(cfg, attr, max(getattr(cfg, attr), batch_sizes + 2))
+            return
+
+
+def _ort_variant(
+    name: str,
+    module: nn.Module,
+    example: Tensor,
+    outputs: dict[str, tuple[int, ...]],
+    path: str,
+    device: torch.device,
+    threads: int,
+    config: BenchConfig,
+) -> Variant:
+    """Export ``module`` (on the CPU) to ``path`` and open it on ``device``'s provider."""
+    t0 = time.perf_counter()
+    try:
+        if name == "ort":
+            to_onnx(module, (example,), path, config.opset)
+        else:
+            export_logits_onnx(module, example, path, config.opset)
+        session = ort_session(path, device, threads)
+        if config.models_dir:  # ORT's optimized graph, for reading, from a separate session
+            ort_session(path, device, threads, path.replace(".onnx", ".ort-optimized.onnx"))
+    except Exception as exc:
+        return Variant(name, "onnxruntime", None, f"failed: {_first_line(exc)}")
+    used = list(session.get_providers())
+    variant = Variant(
+        name,
+        f"onnxruntime {used[0].removesuffix('ExecutionProvider')}",
+        lambda x: _ort_call(session, x, {n: (x.shape[0], *s) for n, s in outputs.items()}),
+        note="IO binding: the input is the torch buffer itself; outputs preallocated",
+        providers=used,
+        setup_s=time.perf_counter() - t0,
+    )
+    if device.type == "cuda" and "CUDAExecutionProvider" not in used:
+        variant.make, variant.status = None, ORT_CUDA_MISSING
+    return variant
+
+
+def summarize(samples: Sequence[float], batch: int) -> dict[str, Any]:
+    """Median, p90, p99, min, mean of ``samples`` (ms per batch); images/s = batch / median."""
+    a = np.asarray(samples, dtype=np.float64)
+    median, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {
+        "median_ms": round(float(median), 4),
+        "p90_ms": round(float(p90), 4),
+        "p99_ms": round(float(p99), 4),
+        "min_ms": round(float(a.min()), 4),
+        "mean_ms": round(float(a.mean()), 4),
+        "images_per_s": round(batch * 1000.0 / float(median), 2),
+        "n": int(a.size),
+    }
+
+
+def time_ratio(slow: Sequence[float], fast: Sequence[float]) -> dict[str, float]:
+    """``median(slow) / median(fast)``, and the same ratio taken round by round (the samples are
+    paired: both ran in the same round), as its median and quartiles."""
+    s, f = np.asarray(slow, dtype=np.float64), np.asarray(fast, dtype=np.float64)
+    n = min(s.size, f.size)
+    paired = s[:n] / f[:n]
+    q25, q50, q75 = np.percentile(paired, [25, 50, 75])
+    return {
+        "value": round(float(np.median(s) / np.median(f)), 4),
+        "paired_median": round(float(q50), 4),
+        "paired_p25": round(float(q25), 4),
+        "paired_p75": round(float(q75), 4),
+    }
+
+
+def time_rounds(
+    calls: dict[str, Call],
+    rounds: int,
+    sync: Callable[[], None],
+    tick: Callable[[], None] = lambda: None,
+    failed: Callable[[str, BaseException], None] | None = None,
+) -> dict[str, list[float]]:
+    """Run ``rounds`` rounds, each calling every variant once, the order rotated by one per
+    round; returns each variant's wall times in ms. A call that raises drops its variant."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            if name not in calls:
+                continue
+            try:
+                sync()
+                t0 = time.perf_counter_ns()
+                calls[name]()
+                sync()
+                times[name].append((time.perf_counter_ns() - t0) / 1e6)
+            except Exception as exc:
+                del calls[name]
+                if failed is not None:
+                    failed(name, exc)
+        tick()
+    return times
+
+
+def _max_diff(a: Tensor | None, b: Tensor | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return float((a.float() - b.float()).abs().max())
+
+
+def measure(
+    variants: list[Variant],
+    config: BenchConfig,
+    input_size: tuple[int, int],
+    tick: Callable[[int], None] = lambda _batch: None,
+) -> dict[int, dict[str, list[float]]]:
+    """Time every live variant at every batch size; fill each variant's ``batches``.
+
+    Per batch: one first call per variant (it compiles, where it compiles; its output is compared
+    with the eager explainer's), ``config.warmup`` rounds, then ``config.iters`` timed rounds.
+    Returns the raw samples, ``{batch: {variant: [ms, ...]}}``.
+    """
+    device = torch.device(config.device)
+    sync = _sync(device)
+    by_name = {v.name: v for v in variants}
+    raw: dict[int, dict[str, list[float]]] = {}
+
+    def fail(name: str, exc: BaseException) -> None:
+        by_name[name].status = f"failed: {_first_line(exc)}"
+
+    for batch in config.batch_sizes:
+        gen = torch.Generator().manual_seed(config.seed + batch)
+        image = torch.rand(batch, 3, *input_size, generator=gen).to(device)
+        calls: dict[str, Call] = {}
+        reference: tuple[Tensor, Tensor | None] | None = None
+        for v in variants:
+            if v.make is None or v.status != "ok":
+                continue
+            try:
+                sync()
+                t0 = time.perf_counter()
+                call = v.make(image)
+                logits, heatmap = call()
+                sync()
+                first_ms = (time.perf_counter() - t0) * 1000
+            except Exception as exc:
+                if v.name == REFERENCE:
+                    raise ExplainExportError(
+                        f"the eager explainer failed at batch {batch}: {_first_line(exc)}"
+                    ) from exc
+                fail(v.name, exc)
+                continue
+            if v.name == REFERENCE:
+                reference = (logits.clone(), heatmap.clone() if heatmap is not None else None)
+            assert reference is not None  # the reference variant is built and run first
+            v.batches[batch] = {
+                "first_call_ms": round(first_ms, 3),
+                "max_abs_diff_vs_eager": {
+                    "logits": _max_diff(logits, reference[0]),
+                    "heatmap": _max_diff(heatmap, reference[1]),
+                },
+            }
+            calls[v.name] = call
+        time_rounds(calls, config.warmup, sync, functools.partial(tick, batch), fail)
+        times = time_rounds(calls, config.iters, sync, functools.partial(tick, batch), fail)
+        raw[batch] = {}
+        for name, samples in times.items():
+            v = by_name[name]
+            if v.status != "ok":
+                v.batches.pop(batch, None)
+                continue
+            v.batches[batch].update(summarize(samples, batch))
+            v.batches[batch]["samples_ms"] = [round(t, 4) for t in samples]
+            raw[batch][name] = samples
+    return raw
+
+
+def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """All ratios, from samples of one run.
+
+    - ``speedup_vs_eager[v][batch]``: eager explainer time / ``v`` time, for every explainer;
+    - ``heatmap_overhead[backend][batch]``: explainer time / logits-only time − 1, on ``eager``
+      and ``ort``;
+    - ``ort_vs_autograd[batch]``: heatmaps/s of the ORT explainer / heatmaps/s of autograd
+      Grad-CAM (the same batch, so autograd time / ORT time).
+    """
+    out: dict[str, dict[str, Any]] = {
+        "speedup_vs_eager": {},
+        "heatmap_overhead": {},
+        "ort_vs_autograd": {},
+    }
+    for batch, t in raw.items():
+        key = str(batch)
+        for name in ("torchscript", "ort", "compile"):
+            if REFERENCE in t and name in t:
+                out["speedup_vs_eager"].setdefault(name, {})[key] = time_ratio(
+                    t[REFERENCE], t[name]
+                )
+        for expl, logits in (("eager", "eager_logits"), ("ort", "ort_logits")):
+            if expl in t and logits in t:
+                r = time_ratio(t[expl], t[logits])
+                out["heatmap_overhead"].setdefault(expl, {})[key] = {
+                    k: round(v - 1, 4) for k, v in r.items()
+                }
+        if "ort" in t and "autograd" in t:
+            out["ort_vs_autograd"][key] = time_ratio(t["autograd"], t["ort"])
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal from the issue, read off :func:`ratios`: ``ratio[kind][variant][batch]`` vs bound."""
+
+    text: str
+    path: tuple[str, ...]  # keys into the ratios, the batch last
+    bound: float
+    at_most: bool = False
+
+
+TARGETS = (
+    Target(
+        "ORT explainer >= 3x faster than eager explainer, batch 1",
+        ("speedup_vs_eager", "ort", "1"),
+        3.0,
+    ),
+    *(
+        Target(
+            f"heatmap adds <= 3% over {b} logits-only, batch {n}",
+            ("heatmap_overhead", b, str(n)),
+            0.03,
+            at_most=True,
+        )
+        for b in ("eager", "ort")
+        for n in (1, 8, 32)
+    ),
+    Target(
+        "ORT explainer >= 10x heatmaps/s of autograd Grad-CAM, batch 1",
+        ("ort_vs_autograd", "1"),
+        10.0,
+    ),
+    Target(
+        "ORT explainer >= 7x heatmaps/s of autograd Grad-CAM, batch 8",
+        ("ort_vs_autograd", "8"),
+        7.0,
+    ),
+)
+
+
+def check_targets(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target whose ratio was measured, with its value and whether it is met."""
+    rows = []
+    for t in TARGETS:
+        node: Any = found
+        for key in t.path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node["value"]
+        met = value <= t.bound if t.at_most else value >= t.bound
+        rows.append({"target": t.text, "value": value, "bound": t.bound, "met": bool(met)})
+    return rows
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(config: BenchConfig, threads: int) -> dict[str, Any]:
+    """CPU model, cores, the threads used, the SIMD level PyTorch picked; the GPU if one is used."""
+    get_capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)
+    affinity = getattr(os, "sched_getaffinity", None)
+    out: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(affinity(0)) if affinity else os.cpu_count(),
+        "torch_threads": threads,
+        "ort_intra_op_threads": threads,
+        "cpu_capability": get_capability(),
+        "platform": platform.platform(),
+        "gpu": None,
+    }
+    if config.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(torch.device("cuda"))
+    return out
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "explain_export": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def run_bench(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    config: BenchConfig,
+    *,
+    model: str = "user model",
+    command: str | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    tick: Callable[[int], None] = lambda _batch: None,
+) -> dict[str, Any]:
+    """Build every variant, time them, and return the JSON-ready result (see :mod:`.benchreport`).
+
+    ``tick(batch)`` is called after each round, for a progress bar:
+    ``len(batch_sizes) * (warmup + iters)`` calls in all.
+    """
+    import onnxruntime as ort
+
+    config.check()
+    threads = config.threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    device = torch.device(config.device)
+    started = datetime.now().astimezone()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if config.models_dir:
+        os.makedirs(config.models_dir, exist_ok=True)
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="explain-bench-") as workdir:
+            variants = build_variants(explainer, info, config, workdir, log)
+            live = sum(v.make is not None and v.status == "ok" for v in variants)
+            log(f"timing {live} variants at batch sizes {', '.join(map(str, config.batch_sizes))}")
+            raw = measure(variants, config, info.input_size, tick)
+    finally:
+        torch.set_num_threads(previous_threads)
+    found = ratios(raw)
+    notes = [f"{VARIANTS[v.name]}: {v.status}" for v in variants if v.status != "ok"]
+    return {
+        "format": "explain-bench/1",
+        "created": started.isoformat(timespec="seconds"),
+        "created_utc": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "config": {
+            "model": model,
+            "method": info.method,
+            "layer": info.layer,
+            "head": info.head,
+            "input_size": list(info.input_size),
+            "num_classes": info.num_classes,
+            "device": config.device,
+            "batch_sizes": list(config.batch_sizes),
+            "threads": threads,
+            "warmup": config.warmup,
+            "iters": config.iters,
+            "opset": config.opset,
+            "skip": sorted(config.skip),
+            "order": "round-robin; the order rotates by one variant each round",
+            "timer": "time.perf_counter_ns per call"
+            + ("; torch.cuda.synchronize before and after" if device.type == "cuda" else ""),
+        },
+        "machine": machine(config, threads),
+        "loadavg": {
+            "start": list(load_start) if load_start else None,
+            "end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "versions": versions(),
+        "providers": {
+            "available": ort.get_available_providers(),
+            **{v.name: v.providers for v in variants if v.providers is not None},
+        },
+        "variants": {v.name: v.to_dict() for v in variants},
+        "ratios": found,
+        "targets": check_targets(found),
+        "notes": notes,
+    }
+
+
+def load_explainer(
+    ckpt: str | None,
+    arch: str | None,
+    arch_kwargs: dict[str, Any],
+    trust: bool,
+    layer: str | None,
+    method: str,
+    head: str | None,
+    input_size: tuple[int, int],
+) -> tuple[Explainer, ExplainerInfo, str]:
+    """The explainer the ``explain-export`` flags describe (no flags: the embedded default)."""
+    from .checkpoint import load_model
+    from .explainer import build_explainer
+
+    if ckpt is None and arch is None:
+        from .zoo import load_default
+
+        zoo = load_default(input_size)
+        model, description, layer = zoo.model, zoo.description, layer or zoo.layer
+    else:
+        model, _ = load_model(ckpt, arch, arch_kwargs, trust)
+        description = arch or type(model).__name__
+    explainer, info = build_explainer(model, layer, method, input_size, head=head)
+    return explainer, info, description
