@@ -170,7 +170,7 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
         )
     if shape[2] * shape[3] == 1:
         hint = (
-            f"; try '{TapSpec(spec.module, 'input', spec.call)}'" if spec.port == "output" else ""
+            f" (e.g. '{TapSpec(spec.module, 'input', spec.call)}')" if spec.port == "output" else ""
         )
         raise UsageError(
             f"layer '{spec}' gives a 1x1 map, which has no spatial detail to show; "

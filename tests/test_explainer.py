@@ -151,7 +151,7 @@ def test_cam_refuses_a_layer_that_does_not_feed_the_pool():
     [
         ("layr3", "no layer 'layr3' in the model; did you mean layer3"),
         ("fc", "not a 4-D"),
-        ("avgpool", "1x1 map.*try 'avgpool:input'"),
+        ("avgpool", r"1x1 map.*earlier layer \(e.g. 'avgpool:input'\) or a larger --input-size"),
         ("layer3@2", "call @2 does not exist"),
         ("layer3:middle", "cannot read layer"),
     ],
