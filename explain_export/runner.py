@@ -80,9 +80,9 @@ def check_metadata(artifact: Artifact) -> dict[str, Any]:
             f"'{artifact.path}' has no explain-export metadata, in the file or as explainer.json "
             "beside it; export it with explain-export"
         )
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise UsageError(f"metadata of '{artifact.path}' lacks {', '.join(missing)}; re-export it")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise UsageError(f"metadata of '{artifact.path}' is not usable: {problem}; re-export it")
     outputs = [o["name"] for o in meta["outputs"]]
     if "heatmap" not in artifact.output_names or outputs[:2] != ["logits", "heatmap"]:
         raise UsageError(
@@ -104,6 +104,33 @@ def check_metadata(artifact: Artifact) -> dict[str, Any]:
             "re-export it"
         )
     return meta
+
+
+def _metadata_problem(meta: Any) -> str | None:
+    """What is wrong with a metadata dict's shape, or None. It is data: parsed, never run."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    size = meta["input_size"]
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        return f"input_size must be [H, W] with positive integers, not {size!r}"
+    for key in ("inputs", "outputs"):
+        if not isinstance(meta[key], list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) for t in meta[key]
+        ):
+            return f"{key} must be a list of tensors with names"
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+    ):
+        return "labels must be a list of strings"
+    return None
 
 
 def collect(paths: Iterable[str]) -> tuple[list[str], int]:

@@ -84,3 +84,11 @@ def tiny_resnet(seed: int = 0, **kwargs) -> TinyResNet:
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+class WithUnusedBranch(TinyResNet):
+    """A TinyResNet with a module that forward never calls."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes)
+        self.unused = nn.Conv2d(3, 3, 1)

@@ -87,26 +87,6 @@ def test_list_layers_marks_the_default(capsys):
     assert "_swish@0" in lines and "_swish@1" in lines and "_avg_pooling" not in lines
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--arch-kwargs", "{nope"], "--arch-kwargs is not valid JSON"),
-        (["--layer", "_swish"], "runs 2 times"),
-        (["--layer", "_blocks.99"], "no layer '_blocks.99'"),
-        (["--mean", "0.5", "0.5", "0.5", "--std", "1", "0", "1"], "--std values must be positive"),
-        (["--formats", "onnx,tflite"], "--formats"),
-        (["--method", "sum", "--class-input"], "--class-input needs --method cam"),
-    ],
-)
-def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
-    out_dir = tmp_path / "out"
-    assert main([*args, "--out", str(out_dir)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("explain-export: error:") and message in err[-1]
-    assert not any("Traceback" in line for line in err)
-    assert not out_dir.exists() or os.listdir(out_dir) == []
-
-
 def test_pickled_checkpoint_is_refused_with_the_flag_named(tmp_path, capsys):
     torch.save(tiny_resnet(), tmp_path / "whole.pt")
     assert main(["--ckpt", str(tmp_path / "whole.pt"), "--out", str(tmp_path / "o")]) == 2
