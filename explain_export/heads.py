@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_EPS = 1e-12
+# A range below this fraction of the map's magnitude is float32 rounding noise, not signal.
+DEFAULT_EPS = 1e-5
 
 
 def channel_sum(features: Tensor) -> Tensor:
@@ -69,11 +70,12 @@ def unit_scale(maps: Tensor) -> Tensor:
 
 
 def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
-    r"""Per-image min-max: :math:`m \leftarrow (m - \min m) / \max(\max m - \min m, \varepsilon)`.
+    r"""Per-image min-max: :math:`m \leftarrow (m - \min m) / (\max m - \min m)`, or 0 if flat.
 
     The map is first scaled by :func:`unit_scale` (which changes nothing in exact arithmetic), so
-    ``ε`` is relative to the map's magnitude and no difference overflows. The result lies in
-    [0, 1]; a constant map gives 0 everywhere, never NaN.
+    no difference overflows and ``ε`` is relative: a map whose range is at most ``ε·max|m|`` is
+    flat, and gives 0 everywhere. Interpolating a constant map, for one, leaves a few ulps of
+    noise that a plain min-max would stretch to [0, 1]. The result lies in [0, 1], never NaN.
 
     Example:
         >>> minmax_normalize(torch.tensor([[[[1.0, 3.0]]]]))
@@ -82,7 +84,8 @@ def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     maps = unit_scale(maps)
     lo = maps.amin(dim=(1, 2, 3), keepdim=True)
     hi = maps.amax(dim=(1, 2, 3), keepdim=True)
-    return (maps - lo) / (hi - lo).clamp_min(eps)
+    span = hi - lo
+    return (maps - lo) / span.clamp_min(eps) * (span > eps).to(maps.dtype)
 
 
 def finish(maps: Tensor, size: tuple[int, int] | torch.Size, eps: float = DEFAULT_EPS) -> Tensor:
