@@ -520,3 +520,60 @@ def test_run_bad_input(case, tmp_path, capsys, tiny_model):
         code = exc.code
     _check(code, capsys.readouterr().err, case, "explain-run")
     assert _out_is_empty(out)
+
+
+def _huge_png(tmp: pathlib.Path) -> str:
+    header = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (25000).to_bytes(4, "big") * 2
+    return _write(tmp, "huge.png", header + b"\x08\x02\x00\x00\x00" + b"\x00" * 32)
+
+
+def _half_png(tmp: pathlib.Path) -> str:
+    data = pathlib.Path(samples.photo_path("coffee.png")).read_bytes()
+    return _write(tmp, "half.png", data[: len(data) // 4])
+
+
+FILE_CASES = [
+    Case(
+        "image-zero-bytes",
+        lambda t: _write(t, "zero.png", b""),
+        1,
+        "zero.png: empty file (0 bytes)",
+    ),
+    Case(
+        "image-corrupt",
+        lambda t: _write(t, "bad.jpg", b"\xff\xd8\xff" + b"\x13" * 500),
+        1,
+        "bad.jpg: not a readable image",
+    ),
+    Case("image-truncated", _half_png, 1, "half.png: not a readable image"),
+    Case(
+        "image-not-an-image",
+        lambda t: _write(t, "notes.png", b"just text"),
+        1,
+        "notes.png: not a readable image",
+    ),
+    Case("image-missing", lambda t: str(t / "gone.png"), 1, "gone.png: cannot read"),
+    Case(
+        "image-too-large",
+        _huge_png,
+        1,
+        "huge.png: 25000x25000 is 625,000,000 pixels, over the limit",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=[c.id for c in FILE_CASES])
+def test_run_bad_image_is_skipped_and_the_rest_done(case, tmp_path, capsys, tiny_model):
+    """A bad file is reported on one line and skipped; the good photo beside it is processed."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = case.args(inputs)
+    good = samples.photo_path("chelsea.png")
+    out = tmp_path / "out"
+    code = run_cli.main(["--model", str(tiny_model), "--images", bad, good, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == case.code
+    lines = [line for line in err.splitlines() if line.startswith("explain-run: skipped")]
+    assert len(lines) == 1 and case.message in lines[0], err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["chelsea.overlay.png", "predictions.jsonl"]
