@@ -19,13 +19,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import heads, probe
+from . import graph_io, heads, probe
 from .errors import UsageError
 from .tap import Tap, TapSpec
 
 METHODS = ("cam", "sum")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How the graph meets a server (see :mod:`.graph_io`).
+
+    ``input_format``: ``float-nchw`` or ``uint8-nhwc``. ``overlay``: add a third output, the
+    overlay as uint8 ``[N,H,W,3]`` RGB, blended with ``overlay_alpha`` and the ``colormap``.
+    ``half``: fp16 weights and compute in the backbone (the head and min-max stay float32).
+    """
+
+    input_format: str = "float-nchw"
+    overlay: bool = False
+    overlay_alpha: float = 0.4
+    colormap: str = "JET"
+    half: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class ExplainerInfo:
     input_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    graph: GraphOptions = GraphOptions()
 
 
 def target_class(
@@ -65,6 +82,8 @@ class Explainer(nn.Module):
         head: for ``cam``, the name of the ``nn.Linear`` that follows the global average pool.
         target: for ``cam``, a fixed class to explain instead of the argmax.
         mean, std: per-channel normalization applied to the [0, 1] RGB input.
+        graph: input format, in-graph overlay, fp16 (:class:`GraphOptions`). With ``half`` the
+            model must already be in fp16.
 
     Use :func:`build_explainer` to get one whose layer and head have been checked.
 
@@ -84,6 +103,7 @@ class Explainer(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         eps: float = heads.DEFAULT_EPS,
         target: int | None = None,
+        graph: GraphOptions = GraphOptions(),
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -98,19 +118,33 @@ class Explainer(nn.Module):
         self.tap = Tap(model, TapSpec.parse(layer) if isinstance(layer, str) else layer)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        if graph.input_format not in graph_io.INPUT_FORMATS:
+            raise UsageError(
+                f"unknown input format '{graph.input_format}'; "
+                f"choose one of {', '.join(graph_io.INPUT_FORMATS)}"
+            )
+        self.graph = graph
+        if graph.overlay:
+            self.register_buffer("lut", graph_io.colormap_lut(graph.colormap))
 
-    def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``image`` float ``[N,3,H,W]`` RGB in [0,1]; ``class_index`` optional int64 ``[N]``
-        (-1: argmax), used by ``cam`` only. Returns ``logits [N,K]``, ``heatmap [N,1,H,W]``."""
+    def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``image``: float ``[N,3,H,W]`` RGB in [0,1] (or uint8 ``[N,H,W,3]``, see
+        :class:`GraphOptions`); ``class_index``: optional int64 ``[N]`` (-1: default class),
+        used by ``cam`` only. Returns ``logits [N,K]``, ``heatmap [N,1,H,W]`` (float32), and
+        with ``graph.overlay`` the ``overlay`` uint8 ``[N,H,W,3]``."""
+        x = (graph_io.to_float_nchw(image, self.graph.input_format) - self.mean) / self.std
         self.tap.clear()
-        logits = self.model((image - self.mean) / self.std)
-        features = self.tap.take()
+        logits = self.model(x.half() if self.graph.half else x).float()
+        features = self.tap.take().float()
         weight = target = None
         if self.method == "cam":
-            weight = self.model.get_submodule(self.head).weight
+            weight = self.model.get_submodule(self.head).weight.float()
             target = target_class(logits, class_index, self.target)
-        heat = heads.heatmap(features, image.shape[-2:], self.method, weight, target, self.eps)
-        return logits, heat
+        heat = heads.heatmap(features, x.shape[-2:], self.method, weight, target, self.eps)
+        if not self.graph.overlay:
+            return logits, heat
+        pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
+        return logits, heat, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
 
 
 def check_norm(
@@ -139,12 +173,15 @@ def build_explainer(
     std: Sequence[float] = IMAGENET_STD,
     head: str | None = None,
     target: int | None = None,
+    graph: GraphOptions = GraphOptions(),
 ) -> tuple[Explainer, ExplainerInfo]:
     """Probe ``model`` at ``input_size``, check the layer (and for ``cam`` the head), build.
 
     ``layer=None`` takes the map that feeds a global-average-pool + linear head, where there is
-    one, else the last 4-D map. ``target`` fixes cam's class (default: the argmax). Raises
-    :class:`~.errors.UsageError` naming what is wrong.
+    one, else the last 4-D map. ``target`` fixes cam's class (default: the argmax). ``graph``
+    sets the input format, the in-graph overlay and fp16; with ``graph.half`` the model is
+    converted to fp16 in place, after the probe. Raises :class:`~.errors.UsageError` naming what
+    is wrong.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
@@ -169,7 +206,11 @@ def build_explainer(
             )
     if method == "cam":
         head_name = probe.find_gap_linear_head(result, model, record, spec, head).linear
-    explainer = Explainer(model, spec, method, head_name, mean, std, target=target)
+    if graph.overlay and graph.overlay_alpha < 0:
+        raise UsageError("--overlay-alpha must not be negative")
+    if graph.half:
+        model = model.half()
+    explainer = Explainer(model, spec, method, head_name, mean, std, target=target, graph=graph)
     info = ExplainerInfo(
         method,
         str(spec),
@@ -180,5 +221,6 @@ def build_explainer(
         (h, w),
         mean,
         std,
+        graph,
     )
     return explainer, info

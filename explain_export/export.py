@@ -28,10 +28,26 @@ from . import __version__, verify
 from ._files import ensure_out_dir
 from .errors import ExplainExportError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
-from .runtime import METADATA_KEY, TS_EXTRA_FILE, OnnxExplainer, TorchScriptExplainer
+from .runtime import (
+    METADATA_KEY,
+    TS_EXTRA_FILE,
+    ExportedProgramExplainer,
+    OnnxExplainer,
+    TorchScriptExplainer,
+)
 
-FORMATS = ("torchscript", "onnx")
-FILES = {"torchscript": "explainer.torchscript.pt", "onnx": "explainer.onnx"}
+FORMATS = ("torchscript", "onnx", "pt2")
+DEFAULT_FORMATS = ("torchscript", "onnx")
+FILES = {
+    "torchscript": "explainer.torchscript.pt",
+    "onnx": "explainer.onnx",
+    "pt2": "explainer.pt2",
+}
+RUNTIMES = {
+    "torchscript": TorchScriptExplainer,
+    "onnx": OnnxExplainer,
+    "pt2": ExportedProgramExplainer,
+}
 METADATA_FILE = "explainer.json"
 DEFAULT_OPSET = 18
 
@@ -47,8 +63,42 @@ def _example_args(
     info: ExplainerInfo, class_input: bool, batch: int = 2
 ) -> tuple[torch.Tensor, ...]:
     # Batch 2, not 1: exporters specialize a dimension of size 1 to a constant.
-    image = torch.rand(batch, 3, *info.input_size, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    h, w = info.input_size
+    if info.graph.input_format == "uint8-nhwc":
+        image = torch.randint(0, 256, (batch, h, w, 3), generator=g, dtype=torch.uint8)
+    else:
+        image = torch.rand(batch, 3, h, w, generator=g)
     return (image, torch.tensor([-1, 0])) if class_input else (image,)
+
+
+def output_names(info: ExplainerInfo) -> list[str]:
+    return ["logits", "heatmap", "overlay"] if info.graph.overlay else ["logits", "heatmap"]
+
+
+def _dynamic_shapes(
+    info: ExplainerInfo, dynamic_size: bool, class_input: bool, auto_size: bool = False
+) -> dict[str, Any]:
+    """N dynamic; with ``dynamic_size`` H and W too (axes 2, 3 in NCHW, 1, 2 in NHWC).
+
+    ``auto_size`` lets ``torch.export`` derive the range of H and W (a network needs some
+    minimum size), where the torch version has ``Dim.AUTO``.
+    """
+    batch = torch.export.Dim("batch")
+    image: dict[int, Any] = {0: batch}
+    if dynamic_size:
+        hw = (1, 2) if info.graph.input_format == "uint8-nhwc" else (2, 3)
+        auto = getattr(torch.export.Dim, "AUTO", None) if auto_size else None
+        h, w = (
+            (auto, auto)
+            if auto is not None
+            else (torch.export.Dim("height"), torch.export.Dim("width"))
+        )
+        image.update({hw[0]: h, hw[1]: w})
+    shapes: dict[str, Any] = {"image": image}
+    if class_input:
+        shapes["class_index"] = {0: batch}
+    return shapes
 
 
 @contextlib.contextmanager
@@ -78,23 +128,15 @@ def to_onnx(
     explainer: Explainer,
     args: tuple[torch.Tensor, ...],
     path: str,
-    opset: int = DEFAULT_OPSET,
-    dynamic_size: bool = False,
+    opset: int,
+    dynamic_shapes: dict[str, Any],
+    output_names: list[str],
 ) -> None:
-    """The dynamo exporter to one self-contained file. N is dynamic; H, W with ``dynamic_size``."""
-    batch = torch.export.Dim("batch")
-    image_dims: dict[int, Any] = {0: batch}
-    if dynamic_size:
-        image_dims.update({2: torch.export.Dim("height"), 3: torch.export.Dim("width")})
-    dynamic_shapes: dict[str, Any] = {"image": image_dims}
-    input_names = ["image"]
-    if len(args) > 1:
-        dynamic_shapes["class_index"] = {0: batch}
-        input_names.append("class_index")
+    """The dynamo exporter (non-strict: the tap is a hook) to one self-contained file."""
     kwargs: dict[str, Any] = {
         "dynamo": True,
-        "input_names": input_names,
-        "output_names": ["logits", "heatmap"],
+        "input_names": list(dynamic_shapes),
+        "output_names": output_names,
         "opset_version": opset,
         "dynamic_shapes": dynamic_shapes,
         "external_data": False,
@@ -112,8 +154,24 @@ def to_onnx(
         program.save(path)
 
 
+def to_pt2(
+    explainer: Explainer, args: tuple[torch.Tensor, ...], path: str, dynamic_shapes: dict[str, Any]
+) -> None:
+    """``torch.export`` (non-strict: the tap is a hook), saved with ``torch.export.save``."""
+    with _quiet(), torch.no_grad():
+        try:
+            program = torch.export.export(
+                explainer.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
+            )
+        except Exception as exc:
+            raise ExplainExportError(
+                f"torch.export failed: {str(exc).splitlines()[0][:300]}"
+            ) from exc
+        torch.export.save(program, path)
+
+
 def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
-    """Write ``metadata`` into the artifact itself (ONNX metadata_props, TorchScript extra file)."""
+    """Write ``metadata`` into the artifact itself (ONNX metadata_props, an extra file)."""
     text = json.dumps(metadata)
     if fmt == "onnx":
         import onnx
@@ -122,6 +180,10 @@ def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
         del proto.metadata_props[:]
         proto.metadata_props.add(key=METADATA_KEY, value=text)
         onnx.save(proto, path)
+    elif fmt == "pt2":
+        with _quiet():
+            program = torch.export.load(path)
+            torch.export.save(program, path, extra_files={TS_EXTRA_FILE: text})
     else:
         with _quiet():
             module = torch.jit.load(path, map_location="cpu")
@@ -149,27 +211,24 @@ def build_metadata(
     class_input: bool,
     opset: int,
     parity: list[verify.ParityRow],
+    overlay_tol: float | None = None,
 ) -> dict[str, Any]:
     """Everything a runner needs to feed the graph and read its outputs."""
     h, w = info.input_size
     hw: list[Any] = ["H", "W"] if dynamic_size else [h, w]
-    inputs = [
-        {
-            "name": "image",
-            "dtype": "float32",
-            "shape": ["N", 3, *hw],
-            "layout": "NCHW",
-            "color": "RGB",
-            "range": [0.0, 1.0],
-        }
-    ]
+    g = info.graph
+    if g.input_format == "uint8-nhwc":
+        image = {"dtype": "uint8", "shape": ["N", *hw, 3], "layout": "NHWC", "range": [0, 255]}
+    else:
+        image = {"dtype": "float32", "shape": ["N", 3, *hw], "layout": "NCHW", "range": [0.0, 1.0]}
+    inputs = [{"name": "image", **image, "color": "RGB"}]
     if class_input:
         inputs.append(
             {
                 "name": "class_index",
                 "dtype": "int64",
                 "shape": ["N"],
-                "meaning": "target class per image for cam; -1 takes the argmax",
+                "meaning": "target class per image for cam; -1 takes the default class",
             }
         )
     return {
@@ -186,17 +245,30 @@ def build_metadata(
         "mean": list(info.mean),
         "std": list(info.std),
         "inputs": inputs,
+        "input_format": g.input_format,
+        "half": g.half,
+        "overlay": (
+            {"alpha": g.overlay_alpha, "colormap": g.colormap, "color": "RGB"}
+            if g.overlay
+            else None
+        ),
         "outputs": [
             {"name": "logits", "dtype": "float32", "shape": ["N", info.num_classes]},
             {"name": "heatmap", "dtype": "float32", "shape": ["N", 1, *hw], "range": [0.0, 1.0]},
-        ],
+        ]
+        + (
+            [{"name": "overlay", "dtype": "uint8", "shape": ["N", *hw, 3], "color": "RGB"}]
+            if g.overlay
+            else []
+        ),
         "labels": labels,
         "opset": opset,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parity": {
-            "logits_tol": verify.LOGITS_TOL,
-            "heatmap_tol": verify.HEATMAP_TOL,
+            "logits_tol": verify.limits(g.half)[0],
+            "heatmap_tol": verify.limits(g.half)[1],
+            "overlay_tol": overlay_tol,
             "rows": [r.to_dict() for r in parity],
         },
     }
@@ -206,7 +278,7 @@ def export_explainer(
     explainer: Explainer,
     info: ExplainerInfo,
     out_dir: str,
-    formats: tuple[str, ...] = FORMATS,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
     *,
     model: str = "user model",
     labels: list[str] | None = None,
@@ -228,7 +300,9 @@ def export_explainer(
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
     ensure_out_dir(out_dir)
     args = _example_args(info, class_input)
+    shapes = _dynamic_shapes(info, dynamic_size, class_input)
     all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
+    overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         staged: dict[str, str] = {}
@@ -237,14 +311,17 @@ def export_explainer(
             path = os.path.join(tmp, FILES[fmt])
             t0 = time.perf_counter()
             if fmt == "onnx":
-                to_onnx(explainer, args, path, opset, dynamic_size)
+                to_onnx(explainer, args, path, opset, shapes, output_names(info))
                 verify.check_onnx(path)
-                runner: Any = OnnxExplainer(path)
+            elif fmt == "pt2":
+                to_pt2(
+                    explainer, args, path, _dynamic_shapes(info, dynamic_size, class_input, True)
+                )
             else:
                 to_torchscript(explainer, args, path)
-                runner = TorchScriptExplainer(path)
             log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
-            rows += verify.parity(fmt, runner, explainer, all_cases)
+            artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
+            rows += verify.parity(fmt, artifact, explainer, all_cases)
             staged[fmt] = path
         failed = [r for r in rows if not r.ok]
         if failed:
@@ -252,7 +329,7 @@ def export_explainer(
                 f"exported {', '.join(sorted({r.format for r in failed}))} differs from eager "
                 f"(worst: logits {max(r.logits_err for r in failed):.2e}, heatmap "
                 f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n"
-                + verify.format_report(rows)
+                + verify.format_report(rows, info.graph.half, overlay_tol or 0)
             )
         metadata = build_metadata(
             info,
@@ -262,6 +339,7 @@ def export_explainer(
             class_input=class_input,
             opset=opset,
             parity=rows,
+            overlay_tol=overlay_tol,
         )
         for fmt, path in staged.items():
             stamp(path, fmt, metadata)

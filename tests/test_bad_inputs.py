@@ -420,7 +420,7 @@ RUN_CASES = [
         "model-wrong-suffix",
         lambda t, m: ["--model", _write(t, "m.bin", b"x")],
         2,
-        "neither .onnx nor .pt",
+        "is not .onnx, .pt or .pt2",
     ),
     Case(
         "model-garbage",

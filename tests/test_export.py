@@ -14,7 +14,7 @@ from explain_export import export as export_mod
 from explain_export import runtime, verify
 from explain_export.errors import ParityError, UsageError
 from explain_export.explainer import build_explainer
-from explain_export.export import FILES, METADATA_FILE, export_explainer
+from explain_export.export import DEFAULT_FORMATS, FILES, METADATA_FILE, export_explainer
 
 from models import tiny_resnet
 
@@ -36,7 +36,7 @@ def exported(request, tmp_path_factory):
 
 def test_export_writes_three_files_and_parity_rows(exported):
     _, result, out = exported
-    assert sorted(os.listdir(out)) == sorted([*FILES.values(), METADATA_FILE])
+    assert sorted(os.listdir(out)) == sorted([*(FILES[f] for f in DEFAULT_FORMATS), METADATA_FILE])
     formats = {r.format for r in result.parity}
     assert formats == {"onnx", "torchscript"}
     assert {r.batch for r in result.parity} >= {1, 3}

@@ -110,7 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--dynamic-size",
         action="store_true",
-        help="make H and W dynamic in the ONNX graph (N is always dynamic)",
+        help="make H and W dynamic in the ONNX and pt2 graphs (N is always dynamic)",
+    )
+    g.add_argument(
+        "--input-format",
+        choices=("float-nchw", "uint8-nhwc"),
+        default="float-nchw",
+        help="the graph's image input: float32 [N,3,H,W] in [0,1], or uint8 [N,H,W,3] as "
+        "decoded images arrive (scaling happens inside; 4x less data). Both RGB",
+    )
+    g.add_argument(
+        "--overlay-output",
+        action="store_true",
+        help="add a third output, overlay uint8 [N,H,W,3] RGB: the JET heatmap blended over "
+        "the input inside the graph (the runner's default blend)",
+    )
+    g.add_argument(
+        "--overlay-alpha",
+        type=float,
+        default=0.4,
+        metavar="A",
+        help="heat weight of --overlay-output (default: 0.4)",
+    )
+    g.add_argument(
+        "--half",
+        action="store_true",
+        help="fp16 weights and compute in the backbone, for GPUs; looser parity limits "
+        "(logits 5e-2, heatmap 1e-2)",
     )
     g.add_argument(
         "--mean",
@@ -131,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--formats",
         default="torchscript,onnx",
-        help="comma list of torchscript, onnx (default: both)",
+        help="comma list of torchscript, onnx, pt2 (a torch.export program) "
+        "(default: torchscript,onnx)",
     )
     o.add_argument(
         "--out", metavar="DIR", default="explainer", help="output folder (default: ./explainer)"
@@ -148,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..errors import UsageError
-    from ..explainer import IMAGENET_MEAN, IMAGENET_STD, build_explainer, check_norm
+    from ..explainer import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        GraphOptions,
+        build_explainer,
+        check_norm,
+    )
     from ..export import DEFAULT_OPSET, export_explainer
     from ..probe import default_layer, format_layers, probe_at_size
     from ..tap import TapSpec
@@ -197,8 +230,14 @@ def _run(args: argparse.Namespace) -> int:
         print(format_layers(result, default))
         return 0
 
+    graph = GraphOptions(
+        input_format=args.input_format,
+        overlay=args.overlay_output,
+        overlay_alpha=args.overlay_alpha,
+        half=args.half,
+    )
     explainer, info = build_explainer(
-        model, layer, args.method, size, mean, std, args.head, args.class_index
+        model, layer, args.method, size, mean, std, args.head, args.class_index, graph
     )
     print(f"model:  {description}{source}")
     print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
@@ -220,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         class_input=args.class_input,
         log=log,
     )
-    print(format_report(result.parity))
+    print(format_report(result.parity, args.half, result.metadata["parity"]["overlay_tol"] or 0))
     for path in result.paths.values():
         print(f"wrote {path}")
     return 0

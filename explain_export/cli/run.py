@@ -1,4 +1,4 @@
-"""``explain-run``: heatmap overlays from an exported explainer (.onnx or .torchscript.pt).
+"""``explain-run``: heatmap overlays from an exported explainer (.onnx, .torchscript.pt, .pt2).
 
 With an .onnx model this command never imports torch.
 """
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH",
-        help=f"explainer.onnx or explainer.torchscript.pt (default: {DEFAULT_MODEL}; "
+        help=f"explainer.onnx, .torchscript.pt or .pt2 (default: {DEFAULT_MODEL}; "
         "for the demo it is exported first if missing)",
     )
     p.add_argument(
@@ -182,10 +182,10 @@ def _run(args: argparse.Namespace) -> int:
     model_path = _demo_model(args)
     if not os.path.isfile(model_path):
         raise UsageError(
-            f"no model at '{model_path}'; pass --model explainer.onnx or .torchscript.pt"
+            f"no model at '{model_path}'; pass --model explainer.onnx, .torchscript.pt or .pt2"
         )
-    if not model_path.endswith((".onnx", ".pt")):
-        raise UsageError(f"--model '{model_path}' is neither .onnx nor .pt")
+    if not model_path.endswith(tuple(runtime.SUFFIXES)):
+        raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
     try:
         artifact = runtime.load(model_path, args.device, args.threads)
     except UsageError:
