@@ -153,6 +153,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="normalization std (default: ImageNet)",
     )
     g.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    t = p.add_argument_group("triton")
+    t.add_argument(
+        "--triton-repo",
+        metavar="DIR",
+        help="also write a Triton model repository: DIR/NAME_onnx and DIR/NAME_torchscript, "
+        "each config.pbtxt + 1/model.*; replaces those folders (needs explain-export[triton])",
+    )
+    t.add_argument(
+        "--triton-name",
+        metavar="NAME",
+        default="explainer",
+        help="model name prefix (default: explainer)",
+    )
+    t.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="Triton max_batch_size, with dynamic batching (default: 8)",
+    )
+    t.add_argument(
+        "--instances", type=int, default=1, metavar="N", help="model instances (default: 1)"
+    )
+    t.add_argument(
+        "--kind",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="Triton instance kind, KIND_CPU or KIND_GPU (default: cpu)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--formats",
@@ -196,6 +225,18 @@ def _run(args: argparse.Namespace) -> int:
     if not isinstance(arch_kwargs, dict):
         raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    if args.triton_repo:  # check the flags before a long export
+        from ..serve.triton import check_repo
+
+        check_repo(
+            args.triton_repo,
+            list(formats),
+            args.triton_name,
+            args.max_batch_size,
+            args.instances,
+            args.kind,
+            overwrite=True,
+        )
     size = (args.input_size[0], args.input_size[1])
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
 
@@ -262,6 +303,21 @@ def _run(args: argparse.Namespace) -> int:
     print(format_report(result.parity, args.half, result.metadata["parity"]["overlay_tol"] or 0))
     for path in result.paths.values():
         print(f"wrote {path}")
+    if args.triton_repo:
+        from ..serve.triton import write_triton_repo
+
+        folders = write_triton_repo(
+            result.paths,
+            result.metadata,
+            args.triton_repo,
+            args.triton_name,
+            args.max_batch_size,
+            args.instances,
+            args.kind,
+            overwrite=True,
+        )
+        for folder in folders:
+            print(f"wrote {folder}")
     return 0
 
 
