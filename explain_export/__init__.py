@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _API = {
     "Explainer": "explainer",
     "ExplainerInfo": "explainer",
+    "GraphOptions": "explainer",
     "build_explainer": "explainer",
     "export_explainer": "export",
     "load_model": "checkpoint",

@@ -1,1 +1,4 @@
-"""Serving an exported explainer (Ray Serve app in :mod:`.app`); importing this imports no Ray."""
+"""Serving: a Triton model repository (:mod:`.triton`) and a Ray Serve app (:mod:`.app`).
+
+Importing this package imports neither Ray nor torch.
+"""
