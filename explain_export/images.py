@@ -42,6 +42,10 @@ class ImageError(Exception):
     """This file cannot be used as an image; the message says why, in one line."""
 
 
+class PixelLimitError(ImageError):
+    """The image has more pixels than allowed (a server answers 413)."""
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """``(height, width)`` from a PNG, JPEG, BMP or GIF header, without decoding; else None."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
@@ -58,6 +62,9 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         while i + 9 < len(data):
             if data[i] != 0xFF:
                 return None
+            if data[i + 1] == 0xFF:  # fill bytes may pad a marker
+                i += 1
+                continue
             marker = data[i + 1]
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 i += 2
@@ -71,13 +78,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode ``path`` to uint8 BGR ``[h, w, 3]``.
-
-    Grayscale, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and palette images all come back
-    as 8-bit BGR. Raises :class:`ImageError` for an unreadable, empty, corrupt or non-image file,
-    and for an image of more than ``max_pixels`` pixels (checked from the header before decoding
-    where the format allows: PNG, JPEG, BMP, GIF).
-    """
+    """Read and decode the file at ``path`` (see :func:`decode_bgr`); :class:`ImageError` also
+    for a file that cannot be read."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -85,6 +87,17 @@ def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise ImageError("is a directory") from None
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+    return decode_bgr(data, max_pixels)
+
+
+def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file's bytes to uint8 BGR ``[h, w, 3]``.
+
+    Grayscale, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and palette images all come back
+    as 8-bit BGR. Raises :class:`ImageError` for empty, corrupt or non-image data, and
+    :class:`PixelLimitError` for an image of more than ``max_pixels`` pixels (checked from the
+    header before decoding where the format allows: PNG, JPEG, BMP, GIF; else after).
+    """
     if not data:
         raise ImageError("empty file (0 bytes)")
     size = header_size(data)
@@ -100,7 +113,7 @@ def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     h, w = size
     if h * w > max_pixels:
-        raise ImageError(
+        raise PixelLimitError(
             f"{w}x{h} is {h * w:,} pixels, over the limit of {max_pixels:,}; "
             "raise --max-pixels to allow it"
         )

@@ -39,7 +39,7 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was moved into place", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 1
     except Exception as exc:
         if debug:

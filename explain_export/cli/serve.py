@@ -1,0 +1,246 @@
+"""``explain-serve``: serve an exported explainer.onnx over HTTP with Ray Serve (no torch).
+
+Needs the ``serve`` extra: ``pip install "explain-export[serve]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from ._common import ArgumentParser, log, run_main
+
+if TYPE_CHECKING:
+    from ..serve.app import ServerConfig
+
+PROG = "explain-serve"
+DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
+
+EPILOG = """\
+examples:
+  explain-serve --model explainer/explainer.onnx
+  explain-serve --model explainer/explainer.onnx --replicas 2 --max-batch-size 8 --port 8080
+  curl --data-binary @cat.png 'http://127.0.0.1:8000/explain?heatmap=1&topk=3'
+  curl http://127.0.0.1:8000/healthz
+
+POST /explain: the body is the image file's bytes. Query: overlay=1|0 (default 1),
+heatmap=1|0 (default 0), topk=K (default 5). Answer: JSON with topk (class, label, score),
+height, width, batch_size, and overlay_png / heatmap_png as base64 PNGs at the original
+resolution, computed as explain-run computes them. Errors: {"error": "..."}, status 400
+(empty, not an image, bad query), 413 (too many bytes or pixels), 404, 405; 500 model failure.
+
+CPUs: Ray gets --num-cpus; each replica reserves num-cpus/replicas of them and runs ONNX
+Runtime with --threads intra-op threads (default: num-cpus // replicas, at least 1).
+Ctrl-C or SIGTERM shuts the app and Ray down.
+
+exit codes: 0 stopped cleanly, 1 failure, 2 usage (bad flag or model, port in use).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
+    from ..serve.app import DEFAULT_MAX_BODY_BYTES
+
+    p = ArgumentParser(
+        prog=PROG,
+        description="Serve an exported explainer.onnx over HTTP with Ray Serve: "
+        "top-k labels, heatmap and overlay per posted image.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        default=DEFAULT_MODEL,
+        help=f"an explainer.onnx from explain-export (default: {DEFAULT_MODEL})",
+    )
+    s = p.add_argument_group("serving")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    s.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="copies of the model, each its own process (default: 1)",
+    )
+    s.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most images per model call (default: 8)",
+    )
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        metavar="T",
+        help="longest wait for a batch to fill, in ms (default: 10)",
+    )
+    s.add_argument(
+        "--num-cpus",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help=f"CPUs Ray may use, shared by the replicas (default: {os.cpu_count() or 1})",
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="ONNX Runtime intra-op threads per replica (default: num-cpus // replicas)",
+    )
+    s.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_BYTES / 2**20,
+        metavar="MB",
+        help=f"refuse bodies larger than this (default: {DEFAULT_MAX_BODY_BYTES // 2**20})",
+    )
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    o = p.add_argument_group("images (as in explain-run)")
+    o.add_argument("--alpha", type=float, default=0.4, help="heat weight (default: 0.4)")
+    o.add_argument("--colormap", default="JET", help="an OpenCV colormap name (default: JET)")
+    o.add_argument("--seed-blend", action="store_true", help="the article's blend")
+    o.add_argument(
+        "--resize", choices=RESIZE_MODES, default="stretch", help="fit to the export size"
+    )
+    o.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    from ..errors import UsageError
+    from ..overlay import COLORMAPS
+    from ..serve.app import ServeOptions, ServerConfig
+
+    for flag, value, least in (
+        ("--replicas", args.replicas, 1),
+        ("--max-batch-size", args.max_batch_size, 1),
+        ("--num-cpus", args.num_cpus, 1),
+        ("--max-pixels", args.max_pixels, 1),
+        ("--port", args.port, 1),
+    ):
+        if value < least:
+            raise UsageError(f"{flag} must be at least {least}")
+    if args.port > 65535:
+        raise UsageError("--port must be at most 65535")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.batch_wait_ms < 0:
+        raise UsageError("--batch-wait-ms must not be negative")
+    if args.max_body_mb <= 0:
+        raise UsageError("--max-body-mb must be positive")
+    if args.alpha < 0:
+        raise UsageError("--alpha must not be negative")
+    if args.colormap.upper() not in COLORMAPS:
+        raise UsageError(
+            f"unknown --colormap '{args.colormap}'; choose one of {', '.join(sorted(COLORMAPS))}"
+        )
+    return ServerConfig(
+        model_path=os.path.abspath(args.model),
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1000.0,
+        num_cpus=args.num_cpus,
+        threads=args.threads or max(1, args.num_cpus // args.replicas),
+        access_log=args.access_log,
+        options=ServeOptions(
+            alpha=args.alpha,
+            colormap=args.colormap,
+            seed_blend=args.seed_blend,
+            resize=args.resize,
+            max_pixels=args.max_pixels,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+        ),
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from ..errors import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"--host '{host}' is not an address here: {exc.strerror or exc}") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
+            ) from exc
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..serve import app
+
+    config = _config(args)
+    model = app.load_model(config.model_path, config.threads)  # usage errors before Ray starts
+    _check_port(config.host, config.port)
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"Ray Serve is not installed ({exc.name}); pip install 'explain-export[serve]'"
+        ) from exc
+    log(
+        f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}); "
+        f"{config.replicas} replica(s) x {config.replica_cpus:g} CPU, {config.threads} thread(s); "
+        f"batches of up to {config.max_batch_size}, {args.batch_wait_ms:g} ms wait"
+    )
+    del model
+    stop = threading.Event()
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        app.start_ray(config)
+        signal.signal(signal.SIGTERM, on_signal)  # ray.init installs its own
+        app.deploy(config)
+        if not stop.is_set():
+            log(
+                f"serving on http://{config.host}:{config.port} "
+                "(POST /explain, GET /healthz); Ctrl-C to stop"
+            )
+        while not stop.wait(0.5):
+            pass
+        log("shutting down")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # a second Ctrl-C interrupts the shutdown
+        app.stop()
+    log("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _serve(args), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""A Ray Serve app for an exported ``explainer.onnx``: ``POST /explain`` and ``GET /healthz``.
+
+The request handling is plain functions that need neither Ray nor torch: :func:`route`,
+:func:`parse_query`, then :func:`prepare` (decode, fit) per request, :func:`run_model` per batch,
+:func:`answer` (map back, blend, encode) per request; :func:`explain_batch` chains the three.
+:func:`build_app` wraps them in a Ray Serve deployment that batches the model call with
+``@serve.batch`` and runs the per-request steps in threads; :func:`start_ray`, :func:`deploy` and
+:func:`stop` run it on a local Ray instance. Ray is imported only in those four.
+
+HTTP API (every body is JSON; every error is ``{"error": "one line"}`` with a 4xx status, or 500
+if the model itself fails):
+
+- ``POST /explain?overlay=1&heatmap=0&topk=5``: the body is the image file's bytes (PNG, JPEG,
+  anything OpenCV decodes). Query parameters, all optional: ``overlay`` (default 1) and
+  ``heatmap`` (default 0) choose the base64 PNGs in the answer (``1/0``, ``true/false``,
+  ``yes/no``, or the bare name for 1); ``topk`` (default 5) the number of labels. Answer::
+
+      {"topk": [{"class": 285, "label": "Egyptian cat", "score": 0.777125}, ...],
+       "height": 300, "width": 451, "batch_size": 3,
+       "overlay_png": "<base64 PNG, BGR blend as explain-run's NAME.overlay.png>",
+       "heatmap_png": "<base64 8-bit gray PNG, as explain-run's NAME.heatmap.png>"}
+
+  Both images are at the original resolution, computed exactly as ``explain-run`` computes
+  them (decode, fit, run, map back, blend). ``batch_size`` is how many requests shared the
+  model call. Statuses: 400 empty body, not an image, bad query; 413 body over the byte limit
+  or image over the pixel limit; 404 unknown path; 405 wrong method; 500 the model failed.
+- ``GET /healthz``: model path, backend and providers, input size, classes, method and layer,
+  threads, the replica's id, and whether torch is loaded (never, for ONNX).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+from .. import images, overlay
+from ..errors import ExplainExportError, UsageError
+from ..runner import check_metadata, softmax_topk
+from ..runtime import OnnxExplainer
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+ROUTES = {"/explain": "POST", "/healthz": "GET"}
+QUERY_PARAMS = ("overlay", "heatmap", "topk")
+_TRUE = ("1", "true", "yes", "on", "")
+_FALSE = ("0", "false", "no", "off")
+_COUNT = re.compile(r"\s*[0-9]{1,9}\s*")  # ASCII digits, few enough for int()
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+    def reply(self) -> Reply:
+        return Reply(self.status, {"error": str(self)}, self.headers or None)
+
+
+class Reply(NamedTuple):
+    """An HTTP answer: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How every image is answered; the same meanings as explain-run's flags."""
+
+    alpha: float = overlay.DEFAULT_ALPHA
+    colormap: str = "JET"
+    seed_blend: bool = False
+    resize: str = "stretch"
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True)
+class Query:
+    """What one ``/explain`` request asks for."""
+
+    overlay: bool = True
+    heatmap: bool = False
+    topk: int = 5
+
+
+@dataclass(frozen=True)
+class Model:
+    """An ONNX explainer with its checked metadata."""
+
+    path: str
+    artifact: OnnxExplainer
+    size: tuple[int, int]
+    labels: list[str] | None
+    num_classes: int | None
+    meta: dict[str, Any] = field(repr=False)
+    threads: int | None = None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def load_model(path: str, threads: int | None = None) -> Model:
+    """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime's CPU provider; no torch."""
+    if not path.endswith(".onnx"):
+        raise UsageError(
+            f"--model '{path}' is not .onnx; explain-serve runs ONNX explainers (no torch): "
+            "export with explain-export --formats onnx"
+        )
+    if not os.path.isfile(path):
+        raise UsageError(f"no model at '{path}'; pass --model explainer.onnx from explain-export")
+    try:
+        artifact = OnnxExplainer(path, "cpu", threads)
+    except Exception as exc:
+        raise UsageError(f"cannot load --model '{path}': {_first_line(exc)}") from exc
+    meta = check_metadata(artifact)
+    logits = artifact.shapes.get("logits")
+    labels = meta.get("labels")
+    classes = logits[-1] if logits and isinstance(logits[-1], int) else None
+    return Model(
+        path=os.path.abspath(path),
+        artifact=artifact,
+        size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
+        labels=labels,
+        num_classes=classes if classes is not None else (len(labels) if labels else None),
+        meta=meta,
+        threads=threads,
+    )
+
+
+def health(model: Model) -> dict[str, Any]:
+    """What ``GET /healthz`` reports about a loaded model."""
+    return {
+        "status": "ok",
+        "model": model.path,
+        "backend": model.artifact.backend,
+        "providers": model.artifact.providers,
+        "input_size": list(model.size),
+        "classes": model.num_classes,
+        "method": model.meta.get("method"),
+        "layer": model.meta.get("layer"),
+        "threads": model.threads,
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def route(method: str, path: str) -> str:
+    """The route for a request (``/explain`` or ``/healthz``); RequestError 404/405 otherwise."""
+    path = path.rstrip("/") or "/"
+    if path not in ROUTES:
+        raise RequestError(404, f"no route {path[:100]!r}; use POST /explain or GET /healthz")
+    allowed = ROUTES[path]
+    if method.upper() != allowed:
+        raise RequestError(
+            405, f"{method} {path} is not allowed; use {allowed} {path}", {"Allow": allowed}
+        )
+    return path
+
+
+def _flag(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise RequestError(400, f"query parameter {name}={value!r} is not a boolean; use 1 or 0")
+
+
+def parse_query(params: Mapping[str, str], num_classes: int | None = None) -> Query:
+    """``overlay``, ``heatmap`` and ``topk`` from the query string; RequestError 400 if bad."""
+    unknown = sorted(set(params) - set(QUERY_PARAMS))
+    if unknown:
+        raise RequestError(
+            400, f"unknown query parameter {unknown[0]!r}; use {', '.join(QUERY_PARAMS)}"
+        )
+    default = Query()
+    topk = min(default.topk, num_classes or default.topk)
+    if "topk" in params:
+        raw, top = params["topk"], num_classes or 1_000_000
+        if not _COUNT.fullmatch(raw) or not 1 <= int(raw) <= top:
+            raise RequestError(400, f"query parameter topk={raw!r} must be an integer 1 to {top}")
+        topk = int(raw)
+    return Query(
+        overlay=_flag("overlay", params["overlay"]) if "overlay" in params else default.overlay,
+        heatmap=_flag("heatmap", params["heatmap"]) if "heatmap" in params else default.heatmap,
+        topk=topk,
+    )
+
+
+def check_length(content_length: str | None, limit: int) -> None:
+    """Refuse a declared body length over ``limit`` before reading it (RequestError 413/400)."""
+    if content_length is None:
+        return
+    if not re.fullmatch(r"\s*[0-9]+\s*", content_length):
+        raise RequestError(400, f"bad Content-Length {content_length[:40]!r}")
+    declared = content_length.strip().lstrip("0") or "0"
+    if len(declared) > 15:  # more than any limit, and int() of it would be slow
+        raise RequestError(413, _too_long(f"{declared[:15]}...", limit))
+    if int(declared) > limit:
+        raise RequestError(413, _too_long(int(declared), limit))
+
+
+def _too_long(size: int | str, limit: int) -> str:
+    size = f"{size:,}" if isinstance(size, int) else size
+    return f"body of {size} bytes is over the limit of {limit:,}; raise --max-body-mb to allow it"
+
+
+def png_base64(image: np.ndarray) -> str:
+    """A uint8 image (gray, or BGR as OpenCV writes it) as a base64 PNG."""
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ExplainExportError("PNG encoding failed")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+class Prepared(NamedTuple):
+    """A decoded image and its graph input."""
+
+    bgr: np.ndarray  # uint8 [h, w, 3], the original pixels
+    input: np.ndarray  # float32 [3, H, W], RGB in [0, 1]
+    geometry: images.Geometry
+
+
+def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
+    """Decode a request body and fit it to the graph (RequestError 400/413 if it cannot be)."""
+    if not body:
+        raise RequestError(400, "empty body; send the image file's bytes (PNG, JPEG, ...)")
+    if len(body) > opts.max_body_bytes:
+        raise RequestError(413, _too_long(len(body), opts.max_body_bytes))
+    try:
+        bgr = images.decode_bgr(body, opts.max_pixels)
+    except images.PixelLimitError as exc:
+        raise RequestError(413, str(exc)) from exc
+    except images.ImageError as exc:
+        raise RequestError(400, str(exc)) from exc
+    return Prepared(bgr, *images.to_input(bgr, model.size, opts.resize))
+
+
+def run_model(model: Model, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image."""
+    logits, heatmaps = model.artifact(np.stack(inputs))
+    return [(lg, hm[0]) for lg, hm in zip(logits, heatmaps, strict=True)]
+
+
+def answer(
+    model: Model,
+    image: Prepared,
+    logits: np.ndarray,
+    heatmap: np.ndarray,
+    query: Query,
+    opts: ServeOptions,
+    batch_size: int = 1,
+) -> dict[str, Any]:
+    """The JSON for one image, from the graph's outputs: the heatmap mapped back to the original
+    resolution, and blended over the original pixels, as explain-run does."""
+    heatmap = images.map_back(heatmap, image.geometry)
+    body: dict[str, Any] = {
+        "topk": softmax_topk(logits, query.topk, model.labels),
+        "height": int(image.bgr.shape[0]),
+        "width": int(image.bgr.shape[1]),
+        "batch_size": batch_size,
+    }
+    if query.overlay:
+        _, blended = overlay.overlay(image.bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
+        body["overlay_png"] = png_base64(blended)
+    if query.heatmap:
+        body["heatmap_png"] = png_base64(np.round(heatmap * 255).astype(np.uint8))
+    return body
+
+
+def model_failure(exc: Exception) -> Reply:
+    """The 500 reply for a model call that raised."""
+    return Reply(500, {"error": f"the model failed: {_first_line(exc)}"})
+
+
+def internal_error(exc: Exception) -> Reply:
+    """The 500 reply for any other failure; the traceback goes to the server's log."""
+    logging.getLogger("ray.serve").error("explain-serve: request failed", exc_info=exc)
+    return Reply(500, {"error": f"internal error: {_first_line(exc)}"})
+
+
+def explain_batch(
+    model: Model, requests: Sequence[tuple[bytes, Query]], opts: ServeOptions
+) -> list[Reply]:
+    """Answer ``/explain`` requests with one model call for all decodable images.
+
+    The server runs the same three steps, :func:`prepare` per request, :func:`run_model` per
+    batch, :func:`answer` per request. A bad image gets its own 4xx reply and the rest go on; a
+    failing model call is a 500 for the images in it.
+    """
+    replies: list[Reply | None] = [None] * len(requests)
+    ready: list[tuple[int, Query, Prepared]] = []
+    for i, (body, query) in enumerate(requests):
+        try:
+            ready.append((i, query, prepare(body, model, opts)))
+        except RequestError as exc:
+            replies[i] = exc.reply()
+    if ready:
+        try:
+            outputs = run_model(model, [image.input for _, _, image in ready])
+        except Exception as exc:
+            return [model_failure(exc) if r is None else r for r in replies]
+        for (i, query, image), (lg, hm) in zip(ready, outputs, strict=True):
+            replies[i] = Reply(200, answer(model, image, lg, hm, query, opts, len(ready)))
+    return [r for r in replies if r is not None]
+
+
+# ---- Ray Serve -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the app runs: Ray resources, batching, and the HTTP address."""
+
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.01
+    num_cpus: int = os.cpu_count() or 1
+    threads: int | None = None  # ONNX Runtime intra-op threads per replica
+    access_log: bool = False
+    options: ServeOptions = ServeOptions()
+
+    @property
+    def replica_cpus(self) -> float:
+        """Ray CPUs reserved per replica: the CPUs shared out, so every replica fits."""
+        return self.num_cpus / self.replicas
+
+
+def build_app(config: ServerConfig) -> Any:
+    """The Ray Serve application (``Deployment.bind()``) for ``config``; imports Ray."""
+    from ray import serve
+    from starlette.responses import JSONResponse
+
+    opts = config.options
+
+    def to_response(reply: Reply) -> JSONResponse:
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
+
+    @serve.deployment(
+        name="explainer",
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.replica_cpus},
+        # room for a full batch while the previous one runs
+        max_ongoing_requests=2 * config.max_batch_size,
+        graceful_shutdown_wait_loop_s=0.2,
+        graceful_shutdown_timeout_s=10.0,
+    )
+    class Explainer:
+        def __init__(self) -> None:
+            if config.threads:
+                cv2.setNumThreads(config.threads)
+            self.model = load_model(config.model_path, config.threads)
+            self.replica = serve.get_replica_context().replica_id.unique_id
+
+        async def __call__(self, request: Any) -> JSONResponse:
+            try:
+                path = route(request.method, request.url.path)
+                if path == "/healthz":
+                    return to_response(Reply(200, {**health(self.model), "replica": self.replica}))
+                query = parse_query(dict(request.query_params), self.model.num_classes)
+                check_length(request.headers.get("content-length"), opts.max_body_bytes)
+                body = bytearray()
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > opts.max_body_bytes:
+                        raise RequestError(413, _too_long(len(body), opts.max_body_bytes))
+                # decoding and drawing run in threads, concurrently with other requests;
+                # only the model call is batched
+                image = await asyncio.to_thread(prepare, bytes(body), self.model, opts)
+            except RequestError as exc:
+                return to_response(exc.reply())
+            except Exception as exc:
+                return to_response(internal_error(exc))
+            try:
+                logits, heatmap, n = await self.infer(image.input)
+            except Exception as exc:
+                return to_response(model_failure(exc))
+            try:
+                result = await asyncio.to_thread(
+                    answer, self.model, image, logits, heatmap, query, opts, n
+                )
+            except Exception as exc:
+                return to_response(internal_error(exc))
+            return to_response(Reply(200, result))
+
+        @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s)
+        async def infer(self, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+            outputs = await asyncio.to_thread(run_model, self.model, inputs)
+            return [(lg, hm, len(inputs)) for lg, hm in outputs]
+
+    return Explainer.bind()
+
+
+def start_ray(config: ServerConfig) -> None:
+    """Start a local Ray instance with ``config.num_cpus`` CPUs (it replaces the SIGTERM
+    handler: a command that handles SIGTERM installs its handler again after this)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=config.num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+
+
+def deploy(config: ServerConfig) -> None:
+    """Start Serve's HTTP proxy on ``config.host:config.port`` and run the app (after
+    :func:`start_ray`); returns when every replica is up."""
+    from ray import serve
+
+    logging.getLogger("ray.serve").setLevel(logging.INFO if config.access_log else logging.WARNING)
+    logging_config = {
+        "log_level": "INFO" if config.access_log else "WARNING",
+        "enable_access_log": config.access_log,
+    }
+    serve.start(
+        http_options={"host": config.host, "port": config.port}, logging_config=logging_config
+    )
+    serve.run(
+        build_app(config), name="explain-export", route_prefix="/", logging_config=logging_config
+    )
+
+
+def stop() -> None:
+    """Shut the app, Serve and the local Ray instance down."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
