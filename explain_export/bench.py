@@ -7,23 +7,25 @@ logits alone where its name says so:
 - ``eager_logits``: the model alone, ``model((image - mean) / std)``, the baseline for the head;
 - ``torchscript``: the explainer traced and frozen, as :func:`.export.to_torchscript` writes it;
 - ``ort``: the ONNX explainer of :func:`.export.to_onnx` on ONNX Runtime (CPU or CUDA provider);
-- ``ort_logits``: the normalized model alone, exported by the same dynamo exporter;
+- ``ort_logits``: the normalized model alone, exported by the same :func:`.export.to_onnx`;
 - ``compile``: ``torch.compile(explainer)``, one static graph per batch size;
 - ``autograd``: Grad-CAM as it is usually written: forward hooks, backward of the top logit
   ``y_c``, ``α_k = mean_ij ∂y_c/∂A_k(i,j)``, ``m = ReLU(Σ_k α_k A_k)``, then the same bilinear
   resize and per-image min-max.
 
-Timing: per batch size, ``warmup`` rounds, then ``iters`` rounds. A round calls every variant
-once, in an order rotated by one each round, so drift (clocks, other processes) hits all alike.
-A sample is the wall time of one call; on CUDA the device is synchronized before and after, which
-also covers ONNX Runtime's own stream (CUDA events on PyTorch's stream would not).
+Timing: per batch size, ``warmup`` rounds, then ``iters`` rounds. In a round every variant takes
+one turn, in an order rotated by one each round, so drift (clocks, other processes) hits all
+alike. A turn is an idle pause (``settle_s``: ONNX Runtime's threads spin for 20-50 ms after a
+run and would slow whichever variant came next), ``prime`` untimed calls (the variant's own
+weights back in cache), then one timed call: each variant is timed as if it ran alone, back to
+back. A sample is the wall time of that call; on CUDA the device is synchronized before and
+after, which also covers ONNX Runtime's own stream (CUDA events on PyTorch's would not).
 Per variant and batch: median, p90 and p99 in ms per batch, and images/s = N / median.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import platform
 import tempfile
@@ -36,6 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
 
 from . import __version__, heads
 from .errors import ExplainExportError, UsageError
@@ -69,6 +76,10 @@ class BenchConfig:
     iters: int = 30
     skip: frozenset[str] = frozenset()
     opset: int = DEFAULT_OPSET
+    prime: int = 1  # untimed calls of a variant right before each timed one (see time_rounds)
+    settle_s: float = 0.1  # idle pause before each turn: other variants' thread pools go to sleep
+    channels_last: bool = False  # the torch variants' model and input in channels-last layout
+    tuned_malloc: bool = False  # glibc keeps freed memory: no page faults per torch call
     seed: int = 0
     models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
 
@@ -76,14 +87,14 @@ class BenchConfig:
         """Raise :class:`~.errors.UsageError` for values no run can use."""
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
             raise UsageError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
-        if self.warmup < 0 or self.iters < 1:
-            raise UsageError("--warmup must be >= 0 and --iters >= 1")
+        if self.warmup < 0 or self.iters < 1 or self.prime < 0 or self.settle_s < 0:
+            raise UsageError("--warmup, --prime and --settle must be >= 0, --iters >= 1")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
-        unknown = sorted(self.skip - set(VARIANTS))
-        if unknown or REFERENCE in self.skip:
+        bad = sorted(self.skip - set(VARIANTS) | (self.skip & {REFERENCE}))
+        if bad:
             names = ", ".join(v for v in VARIANTS if v != REFERENCE)
-            raise UsageError(f"--skip takes a comma list of {names}; got {', '.join(unknown)}")
+            raise UsageError(f"--skip takes a comma list of {names}; got {', '.join(bad)}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"--device must be cpu or cuda, got '{self.device}'")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -205,23 +216,6 @@ def _torch_call(fn: Callable[[Tensor], Any], image: Tensor, logits_only: bool = 
     return call
 
 
-def export_logits_onnx(module: nn.Module, example: Tensor, path: str, opset: int) -> None:
-    """The logits-only model through the dynamo exporter, with :func:`.export.to_onnx`'s options
-    (one self-contained file, dynamic batch)."""
-    kwargs: dict[str, Any] = {
-        "dynamo": True,
-        "input_names": ["image"],
-        "output_names": ["logits"],
-        "opset_version": opset,
-        "dynamic_shapes": {"image": {0: torch.export.Dim("batch")}},
-        "external_data": False,
-    }
-    if "external_data" not in inspect.signature(torch.onnx.export).parameters:
-        del kwargs["external_data"]
-    with _quiet(), torch.no_grad():
-        torch.onnx.export(module.eval(), (example,), **kwargs).save(path)
-
-
 def ort_session(
     path: str, device: torch.device, threads: int, optimized_path: str | None = None
 ) -> Any:
@@ -245,8 +239,9 @@ def ort_session(
 
 
 def _ort_call(session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]]) -> Call:
-    """Run ``session`` through IO binding: the input is the torch tensor's own buffer, the
-    outputs go into preallocated tensors on the same device, so no call copies or allocates."""
+    """Run ``session`` through IO binding: the input is the torch tensor's own buffer (an NCHW
+    copy, made once, if it is channels-last), the outputs go into preallocated tensors on the same
+    device, so no call copies or allocates. The call holds the tensors whose memory is bound."""
     image = image.contiguous()
     kind, index = image.device.type, image.device.index or 0
     binding = session.io_binding()
@@ -257,7 +252,7 @@ def _ort_call(session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]]) -
     for name, buf in outputs.items():
         binding.bind_output(name, kind, index, np.float32, list(buf.shape), buf.data_ptr())
 
-    def call() -> tuple[Tensor, Tensor | None]:
+    def call(bound: Tensor = image) -> tuple[Tensor, Tensor | None]:  # holds the bound input
         session.run_with_iobinding(binding)
         return outputs["logits"], outputs.get("heatmap")
 
@@ -296,15 +291,17 @@ def build_variants(
         path = os.path.join(folder, "explainer.onnx" if name == "ort" else "logits.onnx")
         built[name] = _ort_variant(name, module, example, outputs, path, device, threads, config)
 
-    explainer.to(device)
-    logits_model.to(device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    explainer.to(device, memory_format=layout)
+    logits_model.to(device, memory_format=layout)
     built["eager"] = Variant("eager", _TORCH_EAGER, lambda x: _torch_call(explainer, x))
     built["eager_logits"] = Variant(
         "eager_logits", _TORCH_EAGER, lambda x: _torch_call(logits_model, x, logits_only=True)
     )
     if "torchscript" not in config.skip:
         log("tracing TorchScript (trace + freeze)")
-        built["torchscript"] = _torchscript_variant(explainer, example.to(device), workdir)
+        example = example.to(device).contiguous(memory_format=layout)
+        built["torchscript"] = _torchscript_variant(explainer, example, workdir)
     if "compile" not in config.skip:
         compiled = torch.compile(explainer, dynamic=False)
         _allow_recompiles(len(config.batch_sizes))
@@ -369,10 +366,8 @@ def _ort_variant(
     """Export ``module`` (on the CPU) to ``path`` and open it on ``device``'s provider."""
     t0 = time.perf_counter()
     try:
-        if name == "ort":
-            to_onnx(module, (example,), path, config.opset)
-        else:
-            export_logits_onnx(module, example, path, config.opset)
+        shapes = {"image": {0: torch.export.Dim("batch")}}  # N dynamic, as explain-export does
+        to_onnx(module, (example,), path, config.opset, shapes, list(outputs))
         session = ort_session(path, device, threads)
         if config.models_dir:  # ORT's optimized graph, for reading, from a separate session
             ort_session(path, device, threads, path.replace(".onnx", ".ort-optimized.onnx"))
@@ -428,28 +423,44 @@ def time_rounds(
     sync: Callable[[], None],
     tick: Callable[[], None] = lambda: None,
     failed: Callable[[str, BaseException], None] | None = None,
-) -> dict[str, list[float]]:
-    """Run ``rounds`` rounds, each calling every variant once, the order rotated by one per
-    round; returns each variant's wall times in ms. A call that raises drops its variant."""
+    prime: int = 0,
+    settle_s: float = 0.0,
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Run ``rounds`` rounds; in each, every variant takes one turn, in an order rotated by one
+    per round. A turn is an idle pause of ``settle_s``, ``prime`` untimed calls, then one timed
+    call. Returns each variant's wall times in ms, and the page faults (minor, whole process)
+    of each timed call. A call that raises drops its variant (``failed(name, exc)``)."""
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, list[int]] = {n: [] for n in names}
     for r in range(rounds):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:
             if name not in calls:
                 continue
             try:
+                if settle_s:
+                    time.sleep(settle_s)
+                for _ in range(prime):
+                    calls[name]()
                 sync()
+                f0 = _minor_faults()
                 t0 = time.perf_counter_ns()
                 calls[name]()
                 sync()
                 times[name].append((time.perf_counter_ns() - t0) / 1e6)
+                faults[name].append(_minor_faults() - f0)
             except Exception as exc:
                 del calls[name]
                 if failed is not None:
                     failed(name, exc)
         tick()
-    return times
+    return times, faults
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def _max_diff(a: Tensor | None, b: Tensor | None) -> float | None:
@@ -458,22 +469,71 @@ def _max_diff(a: Tensor | None, b: Tensor | None) -> float | None:
     return float((a.float() - b.float()).abs().max())
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+HEAP_KEEP = 1 << 30
+
+
+def keep_freed_memory() -> None:
+    """glibc only: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` and ``mallopt(M_TRIM_THRESHOLD, 1 GiB)``.
+
+    By default glibc serves large blocks with ``mmap`` and returns them on ``free``, so every
+    call of an eager PyTorch model that allocates big activations page-faults them in again (on
+    the 2-core test machine: 115 000 faults and 240 ms of system time per batch of 8). With both
+    thresholds raised, freed blocks stay in the heap and are reused, as with jemalloc/tcmalloc.
+    ONNX Runtime has its own arena either way. This lasts for the rest of the process.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_THRESHOLD, HEAP_KEEP) and libc.mallopt(M_TRIM_THRESHOLD, HEAP_KEEP)
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        raise UsageError("--tuned-malloc needs glibc (mallopt); it is not available here")
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy seconds of all CPUs from /proc/stat, this process's CPU seconds, wall seconds)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+    own = os.times()
+    return busy, own.user + own.system, time.monotonic()
+
+
+def others_cpu_share(
+    start: tuple[float, float, float] | None, end: tuple[float, float, float] | None
+) -> float | None:
+    """The share of all CPUs that other processes (and the hypervisor's steal) used between two
+    snapshots: ``(Δbusy − Δown) / (Δwall · cores)``. A noisy machine shows here, not in ratios."""
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    other = (end[0] - start[0]) - (end[1] - start[1])
+    return round(min(max(other / ((end[2] - start[2]) * (os.cpu_count() or 1)), 0.0), 1.0), 4)
+
+
 def measure(
     variants: list[Variant],
     config: BenchConfig,
     input_size: tuple[int, int],
     tick: Callable[[int], None] = lambda _batch: None,
-) -> dict[int, dict[str, list[float]]]:
+) -> tuple[dict[int, dict[str, list[float]]], dict[int, float | None]]:
     """Time every live variant at every batch size; fill each variant's ``batches``.
 
     Per batch: one first call per variant (it compiles, where it compiles; its output is compared
     with the eager explainer's), ``config.warmup`` rounds, then ``config.iters`` timed rounds.
-    Returns the raw samples, ``{batch: {variant: [ms, ...]}}``.
+    Returns the raw samples, ``{batch: {variant: [ms, ...]}}``, and per batch the share of the
+    CPUs that other processes used during the timed rounds.
     """
     device = torch.device(config.device)
     sync = _sync(device)
     by_name = {v.name: v for v in variants}
     raw: dict[int, dict[str, list[float]]] = {}
+    others: dict[int, float | None] = {}
 
     def fail(name: str, exc: BaseException) -> None:
         by_name[name].status = f"failed: {_first_line(exc)}"
@@ -481,6 +541,8 @@ def measure(
     for batch in config.batch_sizes:
         gen = torch.Generator().manual_seed(config.seed + batch)
         image = torch.rand(batch, 3, *input_size, generator=gen).to(device)
+        if config.channels_last:  # for the torch variants; ONNX Runtime binds an NCHW copy
+            image = image.contiguous(memory_format=torch.channels_last)
         calls: dict[str, Call] = {}
         reference: tuple[Tensor, Tensor | None] | None = None
         for v in variants:
@@ -511,8 +573,13 @@ def measure(
                 },
             }
             calls[v.name] = call
-        time_rounds(calls, config.warmup, sync, functools.partial(tick, batch), fail)
-        times = time_rounds(calls, config.iters, sync, functools.partial(tick, batch), fail)
+        step = functools.partial(tick, batch)
+        time_rounds(calls, config.warmup, sync, step, fail)
+        before = _cpu_snapshot()
+        times, faults = time_rounds(
+            calls, config.iters, sync, step, fail, config.prime, config.settle_s
+        )
+        others[batch] = others_cpu_share(before, _cpu_snapshot())
         raw[batch] = {}
         for name, samples in times.items():
             v = by_name[name]
@@ -520,9 +587,10 @@ def measure(
                 v.batches.pop(batch, None)
                 continue
             v.batches[batch].update(summarize(samples, batch))
+            v.batches[batch]["page_faults_per_call"] = float(np.median(faults[name]))
             v.batches[batch]["samples_ms"] = [round(t, 4) for t in samples]
             raw[batch][name] = samples
-    return raw
+    return raw, others
 
 
 def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -607,7 +675,15 @@ def check_targets(found: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         value = node["value"]
         met = value <= t.bound if t.at_most else value >= t.bound
-        rows.append({"target": t.text, "value": value, "bound": t.bound, "met": bool(met)})
+        rows.append(
+            {
+                "target": t.text,
+                "kind": t.path[0],
+                "value": value,
+                "bound": t.bound,
+                "met": bool(met),
+            }
+        )
     return rows
 
 
@@ -680,13 +756,15 @@ def run_bench(
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     if config.models_dir:
         os.makedirs(config.models_dir, exist_ok=True)
+    if config.tuned_malloc:
+        keep_freed_memory()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="explain-bench-") as workdir:
             variants = build_variants(explainer, info, config, workdir, log)
             live = sum(v.make is not None and v.status == "ok" for v in variants)
             log(f"timing {live} variants at batch sizes {', '.join(map(str, config.batch_sizes))}")
-            raw = measure(variants, config, info.input_size, tick)
+            raw, others = measure(variants, config, info.input_size, tick)
     finally:
         torch.set_num_threads(previous_threads)
     found = ratios(raw)
@@ -710,6 +788,12 @@ def run_bench(
             "iters": config.iters,
             "opset": config.opset,
             "skip": sorted(config.skip),
+            "channels_last": config.channels_last,
+            "malloc": f"glibc mmap and trim thresholds {HEAP_KEEP >> 20} MiB"
+            if config.tuned_malloc
+            else "default",
+            "prime": config.prime,
+            "settle_s": config.settle_s,
             "order": "round-robin; the order rotates by one variant each round",
             "timer": "time.perf_counter_ns per call"
             + ("; torch.cuda.synchronize before and after" if device.type == "cuda" else ""),
@@ -719,6 +803,7 @@ def run_bench(
             "start": list(load_start) if load_start else None,
             "end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
+        "others_cpu_share": {str(b): share for b, share in others.items()},
         "versions": versions(),
         "providers": {
             "available": ort.get_available_providers(),

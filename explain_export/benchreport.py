@@ -1,0 +1,267 @@
+"""Write a benchmark result (:func:`.bench.run_bench`) as JSON, a Markdown report and a PNG plot.
+
+The plot shows the median latency (ms per batch) against the batch size, one line per variant,
+both axes logarithmic. It is drawn with OpenCV, so no plotting library is needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ._files import ensure_out_dir, write_atomic
+from .errors import ExplainExportError
+
+FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+
+# BGR, one per variant in bench.VARIANTS order; distinguishable in colour and in grey.
+_COLORS = {
+    "eager": (180, 119, 31),
+    "eager_logits": (232, 199, 174),
+    "torchscript": (44, 160, 44),
+    "ort": (40, 39, 214),
+    "ort_logits": (150, 152, 255),
+    "compile": (189, 103, 148),
+    "autograd": (14, 127, 255),
+}
+_DASHED = {"eager_logits", "ort_logits"}
+
+
+def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Write ``bench.json``, ``bench.md`` and ``bench.png`` into ``out_dir`` (each atomically);
+    return their paths."""
+    ensure_out_dir(out_dir)
+    paths = {k: os.path.join(out_dir, name) for k, name in FILES.items()}
+    ok, png = cv2.imencode(".png", plot(result), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise ExplainExportError("OpenCV could not encode the plot as PNG")
+    write_atomic(paths["json"], (json.dumps(result, indent=1) + "\n").encode())
+    write_atomic(paths["markdown"], markdown(result, plot=FILES["plot"]).encode())
+    write_atomic(paths["plot"], png.tobytes())
+    return paths
+
+
+def _fmt_ratio(r: dict[str, float] | None, percent: bool = False) -> str:
+    if r is None:
+        return "–"
+    if percent:
+        return f"{r['value']:+.1%} (paired {r['paired_p25']:+.1%}…{r['paired_p75']:+.1%})"
+    return f"{r['value']:.2f}× (paired {r['paired_p25']:.2f}…{r['paired_p75']:.2f})"
+
+
+def _label(result: dict[str, Any], name: str) -> str:
+    return result["variants"][name]["label"]
+
+
+def table(result: dict[str, Any]) -> str:
+    """The latency table: one row per measured variant and batch size."""
+    speedups = result["ratios"]["speedup_vs_eager"]
+    lines = [
+        "| variant | backend | batch | median ms | p90 ms | p99 ms | images/s | vs eager "
+        "| page faults/call |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batch in result["config"]["batch_sizes"]:
+        for name, v in result["variants"].items():
+            m = v["batches"].get(str(batch))
+            if not m or "median_ms" not in m:
+                continue
+            ratio = speedups.get(name, {}).get(str(batch))
+            vs = f"{ratio['value']:.2f}×" if ratio else ("1.00×" if name == "eager" else "")
+            lines.append(
+                f"| {v['label']} | {v['backend']} | {batch} | {m['median_ms']:.2f} | "
+                f"{m['p90_ms']:.2f} | {m['p99_ms']:.2f} | {m['images_per_s']:.1f} | {vs} | "
+                f"{m.get('page_faults_per_call', 0):.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def ratio_table(result: dict[str, Any]) -> str:
+    """Every ratio of the run, one row per ratio, one column per batch size."""
+    r = result["ratios"]
+    batches = [str(b) for b in result["config"]["batch_sizes"]]
+    rows: list[tuple[str, dict[str, Any], bool]] = []
+    for name, by_batch in r["speedup_vs_eager"].items():
+        rows.append((f"{_label(result, name)}: speedup vs eager explainer", by_batch, False))
+    for name, by_batch in r["heatmap_overhead"].items():
+        rows.append((f"{_label(result, name)}: heatmap overhead vs logits only", by_batch, True))
+    if r["ort_vs_autograd"]:
+        rows.append(("ORT explainer / autograd Grad-CAM, heatmaps/s", r["ort_vs_autograd"], False))
+    lines = [
+        "| ratio | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- |" + " ---: |" * len(batches),
+    ]
+    for text, by_batch, percent in rows:
+        cells = " | ".join(_fmt_ratio(by_batch.get(b), percent) for b in batches)
+        lines.append(f"| {text} | {cells} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any], plot: str | None = None) -> str:
+    """The whole report: setup, latency table, ratios, targets, plot link, notes."""
+    c, m, v = result["config"], result["machine"], result["versions"]
+    load = result["loadavg"]
+    providers = result["providers"]
+    used = sorted({p for k, ps in providers.items() if k != "available" for p in ps or []})
+    gpu = m["gpu"] or "none used"
+    out = [
+        f"# explain-bench: {c['model']} on {c['device']}",
+        "",
+        f"{result['created']}" + (f" · `{result['command']}`" if result.get("command") else ""),
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| machine | {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
+        f"{m['cpu_capability'] or '?'}; GPU: {gpu} |",
+        f"| threads | torch {m['torch_threads']}, "
+        f"ONNX Runtime intra-op {m['ort_intra_op_threads']} |",
+        "| versions | " + ", ".join(f"{k} {val}" for k, val in v.items()) + " |",
+        f"| ONNX Runtime providers | available: {', '.join(providers['available'])}; "
+        f"used: {', '.join(used) or 'none'} |",
+        f"| model | method {c['method']} at `{c['layer']}`, input {c['input_size'][0]}x"
+        f"{c['input_size'][1]}, {c['num_classes']} classes, opset {c['opset']} |",
+        f"| torch variants | {'channels-last' if c['channels_last'] else 'contiguous (NCHW)'} "
+        f"layout; malloc: {c['malloc']} |",
+        f"| timing | {c['warmup']} warm-up + {c['iters']} timed rounds per batch size; "
+        f"{c['order']}; a turn is {c['settle_s'] * 1000:g} ms idle, {c['prime']} untimed "
+        f"call(s), one timed call; {c['timer']} |",
+    ]
+    others = result.get("others_cpu_share") or {}
+    if any(v is not None for v in others.values()):
+        shares = ", ".join(f"batch {b}: {v:.0%}" for b, v in others.items() if v is not None)
+        out.append(f"| CPU used by other processes while timing | {shares} |")
+    if load.get("start") and load.get("end"):
+        out.append(
+            f"| load average (1 min) | {load['start'][0]:.2f} at start, "
+            f"{load['end'][0]:.2f} at end |"
+        )
+    out += [
+        "",
+        "## Latency (ms per batch) and throughput",
+        "",
+        table(result),
+        "",
+        "## Ratios (this run; paired: the ratio round by round, 25th…75th percentile)",
+        "",
+        ratio_table(result),
+    ]
+    if result["targets"]:
+        out += [
+            "",
+            "## Targets (from the issue, set for the CPU, 2 threads, EfficientNet-Lite0 224x224)",
+            "",
+            "| target | measured | met |",
+            "| --- | ---: | --- |",
+        ]
+        for t in result["targets"]:
+            pct = t["kind"] == "heatmap_overhead"
+            value = f"{t['value']:+.1%}" if pct else f"{t['value']:.2f}×"
+            out.append(f"| {t['target']} | {value} | {'yes' if t['met'] else '**no**'} |")
+    notes = [
+        f"{var['label']}: {var['note']}" for var in result["variants"].values() if var["note"]
+    ] + result["notes"]
+    if notes:
+        out += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    if plot:
+        out += ["", f"![median latency vs batch size]({plot})"]
+    return "\n".join(out) + "\n"
+
+
+def _series(result: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    series = {}
+    for name, v in result["variants"].items():
+        points = [(int(b), m["median_ms"]) for b, m in v["batches"].items() if "median_ms" in m]
+        if points:
+            series[name] = sorted(points)
+    return series
+
+
+def _dashed_line(img: np.ndarray, p: tuple[int, int], q: tuple[int, int], color: Any) -> None:
+    length = math.hypot(q[0] - p[0], q[1] - p[1])
+    steps = max(int(length // 6), 1)
+    for i in range(0, steps, 2):
+        a = (p[0] + (q[0] - p[0]) * i // steps, p[1] + (q[1] - p[1]) * i // steps)
+        j = min(i + 1, steps)
+        b = (p[0] + (q[0] - p[0]) * j // steps, p[1] + (q[1] - p[1]) * j // steps)
+        cv2.line(img, a, b, color, 2, cv2.LINE_AA)
+
+
+def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarray:
+    """Median ms per batch vs batch size (log-log), one line per variant, legend at the right.
+
+    Returns a BGR uint8 image.
+    """
+    width, height = size
+    img = np.full((height, width, 3), 255, np.uint8)
+    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200), (40, 40, 40)
+    left, right, top, bottom = 62, 230, 36, 48
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    series = _series(result)
+    c = result["config"]
+    title = f"{c['model'].split(',')[0]} {c['input_size'][0]}x{c['input_size'][1]}, {c['device']}"
+    title += f", {result['machine']['torch_threads']} threads: median ms per batch"
+    cv2.putText(img, title, (left, 22), font, 0.45, black, 1, cv2.LINE_AA)
+    if not series:
+        cv2.putText(img, "nothing measured", (x0 + 20, (y0 + y1) // 2), font, 0.6, black, 1)
+        return img
+    batches = sorted({b for pts in series.values() for b, _ in pts})
+    values = [ms for pts in series.values() for _, ms in pts]
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    hi = max(hi, lo + 1)
+    bx_lo, bx_hi = math.log2(batches[0]), math.log2(batches[-1])
+    span = bx_hi - bx_lo or 1.0
+
+    def px(batch: int) -> int:
+        if len(batches) == 1:
+            return (x0 + x1) // 2
+        return round(x0 + 20 + (x1 - x0 - 40) * (math.log2(batch) - bx_lo) / span)
+
+    def py(ms: float) -> int:
+        return round(y1 - (y1 - y0) * (math.log10(ms) - lo) / (hi - lo))
+
+    for decade in range(lo, hi + 1):
+        for mult in (1, 2, 5):
+            ms = mult * 10.0**decade
+            if ms > 10.0**hi:
+                break
+            y = py(ms)
+            cv2.line(img, (x0, y), (x1, y), grey if mult == 1 else (235, 235, 235), 1)
+            if mult == 1 or hi - lo <= 2:
+                text = f"{ms:g}"
+                tw = cv2.getTextSize(text, font, 0.4, 1)[0][0]
+                cv2.putText(img, text, (x0 - 6 - tw, y + 4), font, 0.4, black, 1, cv2.LINE_AA)
+    for b in batches:
+        x = px(b)
+        cv2.line(img, (x, y0), (x, y1), (235, 235, 235), 1)
+        tw = cv2.getTextSize(str(b), font, 0.4, 1)[0][0]
+        cv2.putText(img, str(b), (x - tw // 2, y1 + 16), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.rectangle(img, (x0, y0), (x1, y1), black, 1)
+    cv2.putText(img, "batch size", ((x0 + x1) // 2 - 30, y1 + 36), font, 0.45, black, 1)
+    cv2.putText(img, "ms", (x0 - 30, y0 - 8), font, 0.45, black, 1, cv2.LINE_AA)
+
+    for i, (name, points) in enumerate(series.items()):
+        color = _COLORS.get(name, black)
+        xy = [(px(b), py(ms)) for b, ms in points]
+        for p, q in itertools.pairwise(xy):
+            if name in _DASHED:
+                _dashed_line(img, p, q, color)
+            else:
+                cv2.line(img, p, q, color, 2, cv2.LINE_AA)
+        for p in xy:
+            cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
+        ly = y0 + 10 + 22 * i
+        lx = x1 + 14
+        if name in _DASHED:
+            _dashed_line(img, (lx, ly), (lx + 26, ly), color)
+        else:
+            cv2.line(img, (lx, ly), (lx + 26, ly), color, 2, cv2.LINE_AA)
+        cv2.circle(img, (lx + 13, ly), 4, color, -1, cv2.LINE_AA)
+        label = result["variants"][name]["label"]
+        cv2.putText(img, label, (lx + 34, ly + 4), font, 0.42, black, 1, cv2.LINE_AA)
+    return img

@@ -1,0 +1,244 @@
+"""``explain-bench``: time the explainer eager, TorchScript, ONNX Runtime and torch.compile,
+against the bare model and an autograd Grad-CAM; write JSON, Markdown and a PNG plot.
+
+Without --ckpt it measures the embedded default model, EfficientNet-Lite0 with ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+from ._common import ArgumentParser, log, run_main
+
+PROG = "explain-bench"
+
+EPILOG = """\
+variants (all on the same inputs, interleaved round by round):
+  eager         the explainer in PyTorch (inference_mode)       the reference
+  eager_logits  the model alone, logits only                    baseline for the heatmap head
+  torchscript   trace + freeze, as explain-export writes it
+  ort           the exported ONNX explainer on ONNX Runtime (CPU; CUDA provider with --device cuda)
+  ort_logits    the model alone, exported the same way
+  compile       torch.compile of the explainer (slow to compile on few cores: --skip compile)
+  autograd      Grad-CAM with hooks and backward, then the same resize and min-max
+
+timing: in each round every variant takes one turn (the order rotates): an idle pause
+(--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
+images/s, page faults per call; ratios from the same run; the issue's targets, met or not.
+
+examples:
+  explain-bench --threads 2 --batch-sizes 1,8,32 --out bench/
+  explain-bench --threads 2 --channels-last --tuned-malloc     eager PyTorch at its best
+  explain-bench --device cuda --batch-sizes 1,8,32,64 --skip compile
+  explain-bench --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4
+
+exit codes: 0 ok, 1 failure, 2 usage (bad flag, path, layer, or --device cuda without CUDA).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog=PROG,
+        description="Benchmark the explainer (image -> logits, heatmap) eager, TorchScript, "
+        "ONNX Runtime and torch.compile, against the bare model and an autograd Grad-CAM.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m = p.add_argument_group("model (as in explain-export)")
+    m.add_argument(
+        "--ckpt", metavar="PATH", help="checkpoint (default: embedded EfficientNet-Lite0)"
+    )
+    m.add_argument("--arch", metavar="MOD:FN", help="callable that builds the model")
+    m.add_argument("--arch-kwargs", metavar="JSON", default="{}", help="JSON object for --arch")
+    m.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that unpickles Python objects (runs code from the file)",
+    )
+    m.add_argument("--layer", metavar="NAME", help="the map to explain, NAME[:input][@CALL]")
+    m.add_argument("--method", choices=("cam", "sum"), default="cam", help="default: cam")
+    m.add_argument("--head", metavar="NAME", help="for cam, the nn.Linear after the pooling")
+    m.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=[224, 224],
+        help="image size (default: 224 224)",
+    )
+    m.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    b = p.add_argument_group("benchmark")
+    b.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    b.add_argument(
+        "--batch-sizes", default="1,8,32", metavar="LIST", help="comma list (default: 1,8,32)"
+    )
+    b.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch.set_num_threads(N) and ONNX Runtime intra_op_num_threads=N "
+        "(default: torch's default)",
+    )
+    b.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up rounds (default: 5)")
+    b.add_argument("--iters", type=int, default=30, metavar="N", help="timed rounds (default: 30)")
+    b.add_argument(
+        "--prime",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed calls of a variant right before each of its timed calls, so it runs with "
+        "its own weights in cache (default: 1)",
+    )
+    b.add_argument(
+        "--settle",
+        type=float,
+        default=100.0,
+        metavar="MS",
+        help="idle pause before each variant's turn, so the thread pools of the variant before "
+        "have gone to sleep; ONNX Runtime's threads spin for 20-50 ms after a run (default: 100)",
+    )
+    b.add_argument(
+        "--skip",
+        default="",
+        metavar="LIST",
+        help="comma list of variants not to run, e.g. compile or compile,autograd",
+    )
+    b.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="run the torch variants (model and input) in channels-last memory layout",
+    )
+    b.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="glibc: keep freed memory in the heap (mmap and trim thresholds 1 GiB), so eager "
+        "PyTorch stops page-faulting its activations on every call, as with jemalloc",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--out",
+        metavar="DIR",
+        default="bench",
+        help="folder for bench.json, bench.md, bench.png (default: ./bench)",
+    )
+    o.add_argument(
+        "--save-models",
+        action="store_true",
+        help="also keep the ONNX files and ONNX Runtime's optimized graphs in DIR/models",
+    )
+    o.add_argument("--quiet", action="store_true", help="no progress bar, no progress lines")
+    o.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    from ..errors import UsageError
+
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise UsageError(f"--batch-sizes takes a comma list of integers, got '{text}'") from exc
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes takes positive integers, got '{text}'")
+    return tuple(dict.fromkeys(sizes))
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .._files import ensure_out_dir
+    from ..bench import BenchConfig, load_explainer, run_bench
+    from ..benchreport import table, write_report
+    from ..errors import UsageError
+    from ..export import DEFAULT_OPSET
+
+    config = BenchConfig(
+        batch_sizes=_batch_sizes(args.batch_sizes),
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+        prime=args.prime,
+        settle_s=args.settle / 1000,
+        channels_last=args.channels_last,
+        tuned_malloc=args.tuned_malloc,
+        skip=frozenset(s.strip() for s in args.skip.split(",") if s.strip()),
+        opset=args.opset or DEFAULT_OPSET,
+        models_dir=os.path.join(args.out, "models") if args.save_models else None,
+    )
+    config.check()  # before the model loads: --device cuda without CUDA is a usage error
+    try:
+        arch_kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--arch-kwargs is not valid JSON ({exc.msg})") from exc
+    if not isinstance(arch_kwargs, dict):
+        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    ensure_out_dir(args.out)
+    size = (args.input_size[0], args.input_size[1])
+    explainer, info, description = load_explainer(
+        args.ckpt,
+        args.arch,
+        arch_kwargs,
+        args.trust_checkpoint,
+        args.layer,
+        args.method,
+        args.head,
+        size,
+    )
+    say = (lambda _msg: None) if args.quiet else log
+    say(f"model: {description}; {info.method} at {info.layer}, input {size[0]}x{size[1]}")
+    rounds = len(config.batch_sizes) * (config.warmup + config.iters)
+    bar: Any = None  # a tqdm bar over the rounds, opened when the first round ends
+
+    def tick(batch: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=rounds, unit="round", file=sys.stderr, dynamic_ncols=True)
+        bar.set_postfix_str(f"batch {batch}", refresh=False)
+        bar.update(1)
+
+    def progress(message: str) -> None:
+        if bar is None:
+            say(message)
+        else:
+            bar.write(message, file=sys.stderr)
+
+    try:
+        result = run_bench(
+            explainer,
+            info,
+            config,
+            model=description,
+            command=shlex.join([PROG, *argv]),
+            log=progress,
+            tick=tick,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_report(result, args.out)
+    print(table(result))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for t in result["targets"]:
+        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']} ({t['value']:g})")
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args, argv), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""explain-bench: every variant, ratio and report file is there, the math of the statistics, the
+autograd baseline, the CUDA path and its usage error.
+
+No test asserts a timing value: those depend on the machine and are reported, not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import cv2
+import pytest
+import torch
+
+from explain_export import bench
+from explain_export.cli.bench import main
+from explain_export.explainer import build_explainer
+
+from models import tiny_resnet
+from reference import gradcam, normalize
+
+TINY = ["--arch", "models:TinyResNet", "--input-size", "64", "64", "--quiet"]
+QUICK = ["--iters", "3", "--warmup", "1", "--threads", "2", "--settle", "0"]
+STATS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "images_per_s")
+RATIO_KEYS = {"value", "paired_median", "paired_p25", "paired_p75"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """All seven variants on TinyResNet at batch sizes 1 and 2."""
+    out = tmp_path_factory.mktemp("bench_tiny")
+    assert main([*TINY, *QUICK, "--batch-sizes", "1,2", "--out", str(out)]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_every_variant_is_measured_at_every_batch_size(tiny_run):
+    _, result = tiny_run
+    assert list(result["variants"]) == list(bench.VARIANTS)
+    for name, v in result["variants"].items():
+        if name == "compile" and v["status"].startswith("failed: "):
+            continue  # recorded, not fatal: torch.compile depends on the toolchain
+        assert v["status"] == "ok", (name, v["status"])
+        assert set(v["batches"]) == {"1", "2"}
+        for m in v["batches"].values():
+            assert m["n"] == 3 and len(m["samples_ms"]) == 3 and m["page_faults_per_call"] >= 0
+            assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in STATS)
+
+
+def test_every_variant_computes_what_eager_computes(tiny_run):
+    _, result = tiny_run
+    for name, v in result["variants"].items():
+        for m in v["batches"].values():
+            diff = m["max_abs_diff_vs_eager"]
+            assert diff["logits"] <= 1e-3, name
+            if name.endswith("_logits"):
+                assert diff["heatmap"] is None
+            else:  # autograd Grad-CAM included: cam equals it after the min-max
+                assert diff["heatmap"] <= 1e-4, name
+
+
+def test_ratios_and_targets_come_from_the_same_run(tiny_run):
+    _, result = tiny_run
+    r = result["ratios"]
+    exported = {"torchscript", "ort"} | (
+        {"compile"} if result["variants"]["compile"]["status"] == "ok" else set()
+    )
+    assert set(r["speedup_vs_eager"]) == exported
+    assert set(r["heatmap_overhead"]) == {"eager", "ort"}
+    for by_batch in [*r["speedup_vs_eager"].values(), *r["heatmap_overhead"].values()]:
+        assert set(by_batch) == {"1", "2"}
+        assert all(set(x) == RATIO_KEYS for x in by_batch.values())
+    assert set(r["ort_vs_autograd"]) == {"1", "2"}
+    kinds = {t["kind"] for t in result["targets"]}
+    assert kinds == {"speedup_vs_eager", "heatmap_overhead", "ort_vs_autograd"}
+    assert all(isinstance(t["met"], bool) for t in result["targets"])
+
+
+def test_machine_versions_and_providers_are_recorded(tiny_run):
+    _, result = tiny_run
+    m = result["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] == m["ort_intra_op_threads"] == 2
+    assert m["gpu"] is None
+    assert {"torch", "onnxruntime", "onnx", "explain_export", "python"} <= set(result["versions"])
+    assert "CPUExecutionProvider" in result["providers"]["available"]
+    assert (
+        result["providers"]["ort"] == result["providers"]["ort_logits"] == ["CPUExecutionProvider"]
+    )
+    assert result["config"]["batch_sizes"] == [1, 2] and result["config"]["threads"] == 2
+    assert result["command"].startswith("explain-bench --arch models:TinyResNet")
+
+
+def test_markdown_and_png_are_written(tiny_run):
+    out, result = tiny_run
+    text = (out / "bench.md").read_text()
+    assert "| variant | backend | batch | median ms |" in text
+    assert "## Ratios" in text and "## Targets" in text and "](bench.png)" in text
+    assert "others_cpu_share" in result and set(result["others_cpu_share"]) == {"1", "2"}
+    for v in result["variants"].values():
+        assert v["label"] in text
+    png = out / "bench.png"
+    assert png.stat().st_size < 100_000
+    image = cv2.imread(str(png))
+    assert image is not None and image.ndim == 3
+
+
+def test_default_model_at_batch_1(tmp_path):
+    """The embedded EfficientNet-Lite0 through every path; torch.compile (slow to compile) and
+    the second ONNX export (the tiny run covers it) are skipped to keep this quick."""
+    args = ["--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--settle", "0"]
+    args += ["--skip", "compile,ort_logits", "--threads", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["config"]["model"].startswith("EfficientNet-Lite0")
+    assert result["config"]["layer"] == "_avg_pooling:input"
+    statuses = {n: v["status"] for n, v in result["variants"].items()}
+    assert statuses.pop("compile") == statuses.pop("ort_logits") == "skipped: --skip"
+    assert set(statuses.values()) == {"ok"}
+    assert {t["target"] for t in result["targets"]} >= {
+        "ORT explainer >= 3x faster than eager explainer, batch 1",
+        "ORT explainer >= 10x heatmaps/s of autograd Grad-CAM, batch 1",
+    }
+
+
+def test_channels_last_and_tuned_malloc(tmp_path):
+    """The torch variants in channels-last layout, glibc keeping freed memory; same outputs."""
+    args = [*TINY, *QUICK, "--batch-sizes", "1", "--skip", "compile", "--channels-last"]
+    assert main([*args, "--tuned-malloc", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["config"]["channels_last"] is True
+    assert result["config"]["malloc"].startswith("glibc")
+    for name, v in result["variants"].items():
+        if name != "compile":
+            assert v["status"] == "ok", name
+            assert v["batches"]["1"]["max_abs_diff_vs_eager"]["logits"] <= 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_one_line_usage_error(tmp_path, capsys):
+    assert main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("explain-bench: error: --device cuda") and "--device cpu" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run(tmp_path):
+    args = [*TINY, *QUICK, "--device", "cuda", "--batch-sizes", "1,2", "--skip", "compile"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["machine"]["gpu"]
+    for name in ("eager", "eager_logits", "torchscript", "autograd"):
+        assert result["variants"][name]["status"] == "ok"
+    for name in ("ort", "ort_logits"):
+        v = result["variants"][name]
+        if v["status"] == "ok":
+            assert v["providers"][0] == "CUDAExecutionProvider"
+        else:
+            assert v["status"] == bench.ORT_CUDA_MISSING
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--skip", "eager"], ["--skip", "nope"], ["--batch-sizes", "0"], ["--batch-sizes", "1,a"]],
+)
+def test_bad_flags_are_usage_errors(args, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_summarize_percentiles_and_throughput():
+    s = bench.summarize([float(x) for x in range(1, 101)], batch=8)
+    assert s["median_ms"] == 50.5 and s["min_ms"] == 1.0 and s["n"] == 100
+    assert s["p90_ms"] == pytest.approx(90.1) and s["p99_ms"] == pytest.approx(99.01)
+    assert s["images_per_s"] == pytest.approx(8 * 1000 / 50.5, abs=0.01)
+
+
+def test_time_ratio_of_medians_and_of_paired_rounds():
+    r = bench.time_ratio([10.0, 20.0, 30.0], [5.0, 5.0, 10.0])
+    assert r["value"] == 20.0 / 5.0
+    assert r["paired_median"] == 3.0  # per round: 2, 4, 3
+
+
+def test_rounds_call_every_variant_once_in_rotating_order():
+    order: list[str] = []
+    calls = {n: (lambda n=n: order.append(n)) for n in "abc"}
+    times, faults = bench.time_rounds(calls, 4, sync=lambda: None, prime=1, settle_s=0.001)
+    assert order == list("aabbcc" + "bbccaa" + "ccaabb" + "aabbcc")  # each turn: primed, timed
+    assert all(len(t) == 4 for t in times.values())
+    assert all(len(f) == 4 and min(f) >= 0 for f in faults.values())
+
+
+def test_a_variant_that_raises_drops_out_of_the_rounds():
+    failed = []
+
+    def boom():
+        raise RuntimeError("no")
+
+    calls = {"a": lambda: None, "b": boom}
+    times, _ = bench.time_rounds(calls, 3, lambda: None, failed=lambda n, e: failed.append(n))
+    assert failed == ["b"] and len(times["a"]) == 3 and times["b"] == []
+
+
+def test_targets_met_and_missed():
+    found = {
+        "speedup_vs_eager": {"ort": {"1": {"value": 3.5}}},
+        "heatmap_overhead": {"ort": {"1": {"value": 0.05}}},
+        "ort_vs_autograd": {"8": {"value": 7.0}},
+    }
+    rows = {t["target"]: t["met"] for t in bench.check_targets(found)}
+    assert rows == {
+        "ORT explainer >= 3x faster than eager explainer, batch 1": True,
+        "heatmap adds <= 3% over ort logits-only, batch 1": False,
+        "ORT explainer >= 7x heatmaps/s of autograd Grad-CAM, batch 8": True,
+    }
+
+
+def test_autograd_gradcam_matches_the_reference_gradcam():
+    model = tiny_resnet()
+    explainer, _ = build_explainer(model, "layer3", "cam", (64, 64))
+    image = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    logits, heat = bench.AutogradGradCAM(explainer)(image)
+    ref_heat, ref_logits = gradcam(model, normalize(image), model.layer3)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    assert heat.shape == (3, 1, 64, 64)
+    assert float((heat - torch.from_numpy(ref_heat)).abs().max()) < 1e-4
+
+
+def test_others_cpu_share_subtracts_this_process():
+    cores = os.cpu_count() or 1
+    # 2 s of wall time: all CPUs busy for 2*cores s, of which this process used 2 s
+    share = bench.others_cpu_share((0.0, 0.0, 0.0), (2.0 * cores, 2.0, 2.0))
+    assert share == pytest.approx(round((2.0 * cores - 2.0) / (2.0 * cores), 4))
+    assert bench.others_cpu_share(None, (1.0, 1.0, 1.0)) is None
