@@ -31,10 +31,22 @@ def colormap_id(name: str) -> int:
     return COLORMAPS[key]
 
 
+def levels(heatmap: np.ndarray) -> np.ndarray:
+    """``[h, w]`` in [0, 1] -> the 8-bit heatmap ``round(255·m)`` (uint8)."""
+    return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def colorize(heatmap: np.ndarray, colormap: str = "JET") -> np.ndarray:
     """``[h, w]`` in [0, 1] -> BGR uint8 ``[h, w, 3]``: ``applyColorMap(round(255·m))``."""
-    levels = np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return cv2.applyColorMap(levels, colormap_id(colormap))
+    return cv2.applyColorMap(levels(heatmap), colormap_id(colormap))
+
+
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
+    """A uint8 image (gray, or BGR as OpenCV writes it) as PNG bytes."""
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
 
 
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:

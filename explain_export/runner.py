@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from . import images, overlay
 from ._files import ensure_out_dir, write_atomic
-from .errors import ExplainExportError, UsageError
+from .errors import UsageError
 from .runtime import Artifact
 
 PREDICTIONS = "predictions.jsonl"
@@ -185,13 +184,6 @@ def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
         )
 
 
-def _png(image: np.ndarray, compression: int = 1) -> bytes:
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
-    if not ok:
-        raise ExplainExportError("PNG encoding failed")
-    return buf.tobytes()
-
-
 def softmax_topk(logits: np.ndarray, k: int, labels: list[str] | None) -> list[dict[str, Any]]:
     """Top-``k`` classes of one logit vector, with softmax scores."""
     z = logits.astype(np.float64) - logits.max()
@@ -245,7 +237,7 @@ def run(
     sheet = None
     if opts.sheet and rows:
         sheet = os.path.join(opts.out_dir, SHEET)
-        write_atomic(sheet, _png(overlay.stack_rows(rows), compression=9))
+        write_atomic(sheet, overlay.encode_png(overlay.stack_rows(rows), compression=9))
     return RunReport(results, predictions, sheet)
 
 
@@ -255,10 +247,10 @@ def _write_outputs(
     """Write one image's files; return its sheet row when a sheet is wanted."""
     heat, blended = overlay.overlay(bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
     files = planned_files(result.name, opts)
-    write_atomic(os.path.join(opts.out_dir, files[0]), _png(blended))
+    write_atomic(os.path.join(opts.out_dir, files[0]), overlay.encode_png(blended))
     if opts.save_heatmaps:
         write_atomic(
-            os.path.join(opts.out_dir, files[1]), _png(np.round(heatmap * 255).astype(np.uint8))
+            os.path.join(opts.out_dir, files[1]), overlay.encode_png(overlay.levels(heatmap))
         )
         buf = io.BytesIO()
         np.save(buf, heatmap.astype(np.float32))

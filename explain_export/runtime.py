@@ -128,9 +128,17 @@ class OnnxExplainer(_Artifact):
 
 
 class _TorchArtifact(_Artifact):
-    """Shared by the TorchScript and torch.export artifacts."""
+    """Shared by the TorchScript and torch.export artifacts; subclasses say how to load."""
 
-    def _setup(self, path: str, device: str, threads: int | None) -> Any:
+    kind = ""
+
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        input_format: str | None = None,
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -139,13 +147,18 @@ class _TorchArtifact(_Artifact):
         self.path = path
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.providers = [self.device]
-        return torch
-
-    def _finish(self, metadata_text: str, input_format: str | None) -> None:
-        self.metadata = json.loads(metadata_text) if metadata_text else sidecar_metadata(self.path)
+        self.shapes: dict[str, list] = {}  # neither format declares shapes
+        extra = {TS_EXTRA_FILE: ""}
+        self.module, self.input_names = self._load(extra)
+        text = extra[TS_EXTRA_FILE]
+        self.metadata = json.loads(text) if text else sidecar_metadata(path)
         self.input_format = _input_format(self.metadata, input_format)
         outputs = (self.metadata or {}).get("outputs")
         self.output_names = [o["name"] for o in outputs] if outputs else ["logits", "heatmap"]
+
+    def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
+        """The callable module and its input names; fills ``extra`` with the metadata file."""
+        raise NotImplementedError
 
     @property
     def backend(self) -> str:
@@ -170,21 +183,11 @@ class TorchScriptExplainer(_TorchArtifact):
 
     kind = "torchscript"
 
-    def __init__(
-        self,
-        path: str,
-        device: str = "cpu",
-        threads: int | None = None,
-        input_format: str | None = None,
-    ) -> None:
-        torch = self._setup(path, device, threads)
-        extra = {TS_EXTRA_FILE: ""}
+    def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
         with warnings.catch_warnings():  # torch >= 2.11 flags TorchScript as deprecated
             warnings.simplefilter("ignore", FutureWarning)
-            self.module = torch.jit.load(path, map_location=self.device, _extra_files=extra)
-        self.input_names = [a.name for a in self.module.forward.schema.arguments][1:]
-        self.shapes: dict[str, list] = {}  # TorchScript does not declare shapes
-        self._finish(extra[TS_EXTRA_FILE], input_format)
+            module = self._torch.jit.load(self.path, map_location=self.device, _extra_files=extra)
+        return module, [a.name for a in module.forward.schema.arguments][1:]
 
 
 class ExportedProgramExplainer(_TorchArtifact):
@@ -192,22 +195,12 @@ class ExportedProgramExplainer(_TorchArtifact):
 
     kind = "torch.export"
 
-    def __init__(
-        self,
-        path: str,
-        device: str = "cpu",
-        threads: int | None = None,
-        input_format: str | None = None,
-    ) -> None:
-        torch = self._setup(path, device, threads)
-        extra = {TS_EXTRA_FILE: ""}
-        program = torch.export.load(path, extra_files=extra)
-        self.module = program.module().to(self.device) if self.device != "cpu" else program.module()
-        self.input_names = [
+    def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
+        program = self._torch.export.load(self.path, extra_files=extra)
+        names = [
             s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"
         ]
-        self.shapes = {}
-        self._finish(extra[TS_EXTRA_FILE], input_format)
+        return program.module().to(self.device), names
 
 
 Artifact = OnnxExplainer | TorchScriptExplainer | ExportedProgramExplainer

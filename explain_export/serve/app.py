@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from .. import images, overlay
-from ..errors import ExplainExportError, UsageError
+from ..errors import UsageError
 from ..runner import check_metadata, softmax_topk
 from ..runtime import OnnxExplainer
 
@@ -222,10 +222,7 @@ def _too_long(size: int | str, limit: int) -> str:
 
 def png_base64(image: np.ndarray) -> str:
     """A uint8 image (gray, or BGR as OpenCV writes it) as a base64 PNG."""
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ExplainExportError("PNG encoding failed")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
+    return base64.b64encode(overlay.encode_png(image)).decode("ascii")
 
 
 class Prepared(NamedTuple):
@@ -279,7 +276,7 @@ def answer(
         _, blended = overlay.overlay(image.bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
         body["overlay_png"] = png_base64(blended)
     if query.heatmap:
-        body["heatmap_png"] = png_base64(np.round(heatmap * 255).astype(np.uint8))
+        body["heatmap_png"] = png_base64(overlay.levels(heatmap))
     return body
 
 
