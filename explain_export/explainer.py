@@ -3,27 +3,32 @@
 ``forward(image)`` runs, in one pass:
 
 1. normalization, ``x = (image - mean) / std``, with ``image`` RGB in [0, 1], ``[N, 3, H, W]``;
-2. the backbone, ``logits = model(x)``, while a :class:`~.tap.Tap` keeps the map ``A``;
-3. the head: ``sum`` gives ``Σ_k A_k``, ``cam`` gives ``ReLU(Σ_k W[c,k] A_k)``;
+2. the backbone, ``logits = model(x)``, while a :class:`~.tap.Tap` keeps the map ``A`` (and, for
+   ``gradcam``, autograd gives ``∂y_c/∂A``, differentiating only the path from ``A`` on);
+3. the head (:mod:`.methods`): ``sum`` gives ``Σ_k A_k``, ``cam`` ``ReLU(Σ_k W[c,k] A_k)``,
+   ``gradcam`` ``ReLU(Σ_k α_k A_k)`` with ``α_k = mean_ij ∂y_c/∂A_k(i,j)``;
 4. a bilinear resize to ``(H, W)``, then a per-image min-max into [0, 1].
 
-It returns ``logits [N, K]`` and ``heatmap [N, 1, H, W]``. Everything is traceable, so the
-same module exports to TorchScript and ONNX (:mod:`.export`).
+It returns ``logits [N, K]`` and ``heatmap [N, 1, H, W]``. ``sum`` and ``cam`` trace as they
+are; ``gradcam`` is first lowered to forward ops (:mod:`.lowering`). Either way the module
+exports to TorchScript, ONNX and ``torch.export`` (:mod:`.export`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from . import graph_io, heads, probe
+from . import graph_io, heads, methods, probe, samples
 from .errors import UsageError
+from .methods import AUTO
 from .tap import Tap, TapSpec
 
-METHODS = ("cam", "sum")
+METHODS = tuple(methods.METHODS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,13 +56,17 @@ class ExplainerInfo:
     method: str
     layer: str
     head: str | None  # the linear layer cam uses
-    target: int | None  # cam's fixed class; None: the argmax
+    target: int | None  # the fixed class to explain; None: the argmax
     num_classes: int
     feature_shape: tuple[int, ...]  # A's shape [C, h, w] at the probe size
     input_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     graph: GraphOptions = GraphOptions()
+    requested: str = ""  # the method asked for ("auto", or the method itself)
+    reason: str = ""  # why ``method`` was chosen, for auto
+    layout: str = "NCHW"  # the tapped tensor's layout; NHWC maps are permuted
+    cloned: bool = False  # an in-place op changes the tapped tensor later: the tap copies it
 
 
 def target_class(
@@ -78,9 +87,11 @@ class Explainer(nn.Module):
     Args:
         model: the classifier, in eval mode.
         layer: the map to explain, as ``NAME[:input|:output][@CALL]`` (see :mod:`.tap`).
-        method: ``"cam"`` or ``"sum"``.
+        method: ``"cam"``, ``"gradcam"`` or ``"sum"`` (see :mod:`.methods`).
         head: for ``cam``, the name of the ``nn.Linear`` that follows the global average pool.
-        target: for ``cam``, a fixed class to explain instead of the argmax.
+        target: for ``cam`` and ``gradcam``, a fixed class to explain instead of the argmax.
+        clone: the tap copies ``A`` (an in-place op changes it later; :mod:`.probe` tells).
+        layout: ``"NHWC"`` for a channels-last map, which is permuted to ``[N,C,h,w]``.
         mean, std: per-channel normalization applied to the [0, 1] RGB input.
         graph: input format, in-graph overlay, fp16 (:class:`GraphOptions`). With ``half`` the
             model must already be in fp16.
@@ -104,18 +115,29 @@ class Explainer(nn.Module):
         eps: float = heads.DEFAULT_EPS,
         target: int | None = None,
         graph: GraphOptions = GraphOptions(),
+        clone: bool = False,
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-        if method == "cam" and head is None:
-            raise UsageError("method cam needs the name of its linear head")
+        spec = methods.get(method)
+        if spec.needs_linear and head is None:
+            raise UsageError(f"method {method} needs the name of its linear head")
+        if spec.needs_gradient:  # weights are constants; only ∂y/∂A is ever asked for
+            for p in model.parameters():
+                p.requires_grad_(False)
         self.model = model
         self.method = method
+        self.spec = spec
         self.head = head
         self.target = target
         self.eps = eps
-        self.tap = Tap(model, TapSpec.parse(layer) if isinstance(layer, str) else layer)
+        self.layout = layout
+        self.tap = Tap(
+            model,
+            TapSpec.parse(layer) if isinstance(layer, str) else layer,
+            clone=clone,
+            grad=spec.needs_gradient,
+        )
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         if graph.input_format not in graph_io.INPUT_FORMATS:
@@ -130,21 +152,54 @@ class Explainer(nn.Module):
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         """``image``: float ``[N,3,H,W]`` RGB in [0,1] (or uint8 ``[N,H,W,3]``, see
         :class:`GraphOptions`); ``class_index``: optional int64 ``[N]`` (-1: default class),
-        used by ``cam`` only. Returns ``logits [N,K]``, ``heatmap [N,1,H,W]`` (float32), and
-        with ``graph.overlay`` the ``overlay`` uint8 ``[N,H,W,3]``."""
+        used by the methods that explain a class. Returns ``logits [N,K]``, ``heatmap
+        [N,1,H,W]`` (float32), and with ``graph.overlay`` the ``overlay`` uint8 ``[N,H,W,3]``."""
         x = (graph_io.to_float_nchw(image, self.graph.input_format) - self.mean) / self.std
-        self.tap.clear()
-        logits = self.model(x.half() if self.graph.half else x).float()
-        features = self.tap.take().float()
-        weight = target = None
-        if self.method == "cam":
+        grad = target = None
+        if self.spec.needs_gradient:
+            logits, features, grad, target = self.gradient(x, class_index)
+        else:
+            self.tap.clear()
+            logits = self.model(x.half() if self.graph.half else x).float()
+            features = self.tap.take().float()
+        if self.layout == "NHWC":
+            features = features.permute(0, 3, 1, 2)
+            grad = None if grad is None else grad.permute(0, 3, 1, 2)
+        weight = None
+        if self.spec.needs_linear:
             weight = self.model.get_submodule(self.head).weight.float()
+        if self.spec.has_class and target is None:
             target = target_class(logits, class_index, self.target)
-        heat = heads.heatmap(features, x.shape[-2:], self.method, weight, target, self.eps)
+        alpha = self.spec.weights(grad, weight, target)
+        heat = heads.render(features, alpha, x.shape[-2:], self.eps)
         if not self.graph.overlay:
             return logits, heat
         pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
         return logits, heat, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
+
+    def gradient(
+        self, x: Tensor, class_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(logits, A, ∂y_c/∂A, c)`` for the normalized batch ``x``, by autograd.
+
+        The tap makes ``A`` a leaf, so only the path from ``A`` to the logits is differentiated;
+        ``y_c`` is summed over the batch (images are independent). Works under
+        ``torch.inference_mode`` and ``torch.no_grad`` too.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():
+                x = x.clone()
+            self.tap.clear()
+            logits = self.model(x.half() if self.graph.half else x)
+            a = self.tap.take()
+            target = target_class(logits.detach(), class_index, self.target)
+            y = logits.gather(1, target[:, None]).sum()
+            grad = None
+            if y.requires_grad:
+                grad = torch.autograd.grad(y, a, allow_unused=True)[0]
+            if grad is None:  # the logits do not depend on A
+                grad = torch.zeros_like(a)
+        return logits.detach().float(), a.detach().float(), grad.float(), target
 
 
 def check_norm(
@@ -167,7 +222,7 @@ def _check_triplet(name: str, values: Sequence[float]) -> tuple[float, ...]:
 def build_explainer(
     model: nn.Module,
     layer: str | None = None,
-    method: str = "cam",
+    method: str = AUTO,
     input_size: tuple[int, int] = (224, 224),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -177,14 +232,16 @@ def build_explainer(
 ) -> tuple[Explainer, ExplainerInfo]:
     """Probe ``model`` at ``input_size``, check the layer (and for ``cam`` the head), build.
 
-    ``layer=None`` takes the map that feeds a global-average-pool + linear head, where there is
-    one, else the last 4-D map. ``target`` fixes cam's class (default: the argmax). ``graph``
-    sets the input format, the in-graph overlay and fp16; with ``graph.half`` the model is
-    converted to fp16 in place, after the probe. Raises :class:`~.errors.UsageError` naming what
-    is wrong.
+    ``layer=None`` takes the map the classifier pools (see :func:`.probe.default_layer`).
+    ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
+    ``nn.Linear``), else ``gradcam``; the info says which and why. ``target`` fixes the class to
+    explain (default: the argmax). ``graph`` sets the input format, the in-graph overlay and
+    fp16; with ``graph.half`` the model is converted to fp16 in place, after the probe; with
+    ``gradcam`` its parameters stop requiring grad. Raises :class:`~.errors.UsageError` naming
+    what is wrong, also when the heatmap is flat (no signal) on the probe images.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    if method != AUTO:
+        methods.get(method)
     mean, std = check_norm(mean, std)
     h, w = input_size
     if h <= 0 or w <= 0:
@@ -193,26 +250,40 @@ def build_explainer(
     result = probe.probe_at_size(model, (h, w), mean, std)
     spec = TapSpec.parse(layer) if layer else probe.default_layer(result)
     record = probe.select(result, model, spec)
-    feature_shape = (record.input_shape if spec.port == "input" else record.output_shape)[1:]
-    head_name = None
+    shape = record.shape(spec.port)
+    layout = probe.layout(shape, result.input_size)
+    feature_shape = probe.spatial(shape, result.input_size)
     num_classes = int(result.logits.shape[1])
+    chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     if target is not None:
-        if method != "cam":
-            raise UsageError("--class-index needs --method cam (sum has no target class)")
+        if not methods.get(chosen).has_class:
+            raise UsageError(
+                f"--class-index needs a method that explains a class (cam, gradcam); {chosen} "
+                "has no target class"
+            )
         if not 0 <= target < num_classes:
             raise UsageError(
                 f"--class-index {target} is out of range: the model has {num_classes} classes "
                 f"(0..{num_classes - 1})"
             )
-    if method == "cam":
-        head_name = probe.find_gap_linear_head(result, model, record, spec, head).linear
     if graph.overlay and graph.overlay_alpha < 0:
         raise UsageError("--overlay-alpha must not be negative")
     if graph.half:
         model = model.half()
-    explainer = Explainer(model, spec, method, head_name, mean, std, target=target, graph=graph)
+    explainer = Explainer(
+        model,
+        spec,
+        chosen,
+        head_name,
+        mean,
+        std,
+        target=target,
+        graph=graph,
+        clone=record.mutated(spec.port),
+        layout=layout,
+    )
     info = ExplainerInfo(
-        method,
+        chosen,
         str(spec),
         head_name,
         target,
@@ -222,5 +293,64 @@ def build_explainer(
         mean,
         std,
         graph,
+        requested=method,
+        reason=reason,
+        layout=layout,
+        cloned=record.mutated(spec.port),
     )
+    _check_signal(explainer, info)
     return explainer, info
+
+
+def _choose_method(
+    method: str,
+    result: probe.Probe,
+    model: nn.Module,
+    record: probe.CallRecord,
+    spec: TapSpec,
+    head: str | None,
+    layout: str,
+) -> tuple[str, str, str | None]:
+    """``(method, why, linear head)``: ``auto`` takes cam where the probe shows it exact."""
+    if method not in (AUTO, "cam"):
+        return method, "", None
+    if method == "cam":
+        found = probe.find_gap_linear_head(result, model, record, spec, head)
+        return "cam", f"'{spec}' feeds global average pooling + '{found.linear}'", found.linear
+    if layout == "NCHW":
+        try:
+            found = probe.find_gap_linear_head(result, model, record, spec, head)
+        except UsageError as exc:
+            why = str(exc).split(";")[0]
+        else:
+            return (
+                "cam",
+                f"'{spec}' feeds global average pooling + '{found.linear}', where cam equals "
+                "Grad-CAM",
+                found.linear,
+            )
+    else:
+        why = "the map is channels-last"
+    return "gradcam", f"cam is not exact here ({why}), so the gradient is computed", None
+
+
+def _check_signal(explainer: Explainer, info: ExplainerInfo) -> None:
+    """A UsageError if the heatmap is flat on every probe image (random ones and a photo)."""
+    h, w = info.input_size
+    images = [torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))]
+    with contextlib.suppress(FileNotFoundError):  # scikit-image missing: random images only
+        images.append(
+            torch.from_numpy(samples.load_rgb(samples.photo_path("chelsea.png"), (h, w)))[None]
+        )
+    dtype = torch.uint8 if explainer.graph.input_format == "uint8-nhwc" else None
+    with torch.no_grad():
+        for image in images:
+            if dtype is not None:
+                image = (image * 255).round().to(dtype).permute(0, 2, 3, 1).contiguous()
+            if explainer(image)[1].amax() > 0:
+                return
+    raise UsageError(
+        f"the {info.method} map of '{info.layer}' is flat on every probe image (it varies by less "
+        "than 1e-5 of the magnitude of the terms it sums, e.g. a channel sum that cancels to "
+        "rounding noise), so it has no signal to show; pick another --layer or --method"
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, verify
+from . import __version__, lowering, methods, verify
 from ._files import ensure_out_dir
 from .errors import ExplainExportError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
@@ -101,6 +101,14 @@ def _dynamic_shapes(
     return shapes
 
 
+def _lowering_dims(info: ExplainerInfo, dynamic_size: bool) -> dict[int, list[int]]:
+    """Each argument's symbolic dims for :func:`.lowering.lower`, as in :func:`_dynamic_shapes`."""
+    image = [0]
+    if dynamic_size:
+        image += [1, 2] if info.graph.input_format == "uint8-nhwc" else [2, 3]
+    return {0: image, 1: [0]}
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[io.StringIO]:
     """Silence the exporters' progress prints, warnings and log lines; keep them for errors."""
@@ -116,16 +124,20 @@ def _quiet() -> Iterator[io.StringIO]:
         logger.setLevel(level)
 
 
-def to_torchscript(explainer: Explainer, args: tuple[torch.Tensor, ...], path: str) -> None:
-    """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``. The batch size is free."""
+def to_torchscript(explainer: torch.nn.Module, args: tuple[torch.Tensor, ...], path: str) -> None:
+    """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``; a lowered graph
+    (:class:`.lowering.Lowered`) is scripted instead. The batch size is free."""
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(explainer.eval(), args, check_trace=False)
-        frozen = torch.jit.freeze(traced)
-        torch.jit.save(frozen, path)
+        if isinstance(explainer, lowering.Lowered):
+            module = lowering.to_script(explainer.graph_module, len(args) > 1)
+        else:
+            traced = torch.jit.trace(explainer.eval(), args, check_trace=False)
+            module = torch.jit.freeze(traced)
+        torch.jit.save(module, path)
 
 
 def to_onnx(
-    explainer: Explainer,
+    explainer: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     path: str,
     opset: int,
@@ -155,7 +167,10 @@ def to_onnx(
 
 
 def to_pt2(
-    explainer: Explainer, args: tuple[torch.Tensor, ...], path: str, dynamic_shapes: dict[str, Any]
+    explainer: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str,
+    dynamic_shapes: dict[str, Any],
 ) -> None:
     """``torch.export`` (non-strict: the tap is a hook), saved with ``torch.export.save``."""
     with _quiet(), torch.no_grad():
@@ -228,14 +243,18 @@ def build_metadata(
                 "name": "class_index",
                 "dtype": "int64",
                 "shape": ["N"],
-                "meaning": "target class per image for cam; -1 takes the default class",
+                "meaning": f"target class per image for {info.method}; -1 takes the default class",
             }
         )
     return {
         "format": "explain-export/1",
         "model": model,
         "method": info.method,
+        "method_requested": info.requested or info.method,
+        "method_reason": info.reason,
         "layer": info.layer,
+        "layout": info.layout,
+        "tap_copied": info.cloned,
         "head": info.head,
         "target_class": info.target,
         "feature_shape": list(info.feature_shape),
@@ -294,8 +313,11 @@ def export_explainer(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise UsageError(f"--formats takes a comma list of {', '.join(FORMATS)}; got {formats}")
-    if class_input and info.method != "cam":
-        raise UsageError("--class-input needs --method cam (sum has no target class)")
+    if class_input and not methods.get(info.method).has_class:
+        raise UsageError(
+            f"--class-input needs a method that explains a class (cam, gradcam); {info.method} "
+            "has none"
+        )
     if labels is not None and len(labels) != info.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
     ensure_out_dir(out_dir)
@@ -303,6 +325,13 @@ def export_explainer(
     shapes = _dynamic_shapes(info, dynamic_size, class_input)
     all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
     overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
+    module: torch.nn.Module = explainer
+    if explainer.spec.needs_gradient:
+        t0 = time.perf_counter()
+        module = lowering.Lowered(
+            lowering.lower(explainer, args, _lowering_dims(info, dynamic_size))
+        )
+        log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         staged: dict[str, str] = {}
@@ -311,14 +340,12 @@ def export_explainer(
             path = os.path.join(tmp, FILES[fmt])
             t0 = time.perf_counter()
             if fmt == "onnx":
-                to_onnx(explainer, args, path, opset, shapes, output_names(info))
+                to_onnx(module, args, path, opset, shapes, output_names(info))
                 verify.check_onnx(path)
             elif fmt == "pt2":
-                to_pt2(
-                    explainer, args, path, _dynamic_shapes(info, dynamic_size, class_input, True)
-                )
+                to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
             else:
-                to_torchscript(explainer, args, path)
+                to_torchscript(module, args, path)
             log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
             artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
             rows += verify.parity(fmt, artifact, explainer, all_cases)

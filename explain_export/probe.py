@@ -6,12 +6,18 @@ One probe forward pass with a hook on every module records each call. From the r
 - :func:`find_gap_linear_head` finds the ``nn.Linear`` that produces the logits and checks that
   its input is the global average pool of the tapped map, the condition under which ``cam``
   equals Grad-CAM;
-- :func:`default_layer` picks the tensor that feeds that pooling, or else the last 4-D map;
+- :func:`default_layer` picks the tensor that feeds that pooling, else the input of the last
+  global pooling module, else the last spatial map (never a 1x1 map, never a token sequence);
+- :func:`layout` tells a ``[N,C,h,w]`` map from a channels-last ``[N,h,w,C]`` one;
 - :func:`format_layers` lists the candidates for ``--list-layers``.
+
+Each record also says whether an in-place op changed the tensor after the module ran (its
+version counter moved): a tap there must copy the value (:class:`~.tap.Tap`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,14 @@ class CallRecord:
     input_mean: Tensor | None = None  # spatial mean [N, C] where the input is 4-D
     output_mean: Tensor | None = None  # spatial mean [N, C] where the output is 4-D
     linear_io: tuple[Tensor, Tensor] | None = None  # (input, output) of an nn.Linear
+    input_mutated: bool = False  # an in-place op changed the input after the module began
+    output_mutated: bool = False  # an in-place op changed the output after the module ran
+
+    def shape(self, port: str) -> tuple[int, ...] | None:
+        return self.input_shape if port == "input" else self.output_shape
+
+    def mutated(self, port: str) -> bool:
+        return self.input_mutated if port == "input" else self.output_mutated
 
 
 @dataclass
@@ -46,6 +60,7 @@ class Probe:
 
     logits: Tensor
     records: list[CallRecord] = field(default_factory=list)
+    input_size: tuple[int, int] | None = None  # (H, W) of the probe batch
 
     def calls(self, name: str) -> list[CallRecord]:
         return [r for r in self.records if r.name == name]
@@ -70,16 +85,34 @@ def _spatial_mean(value: Any) -> Tensor | None:
     return None
 
 
+def _version(value: Any) -> int | None:
+    return value._version if isinstance(value, Tensor) else None
+
+
 @torch.no_grad()
 def probe(model: nn.Module, example: Tensor) -> Probe:
-    """Run ``model(example)`` once, recording every module call."""
+    """Run ``model(example)`` once, recording every module call.
+
+    A pre-hook records each call's input before the module runs (an in-place module changes
+    it); a hook records the output. Both keep the tensor until the pass ends, to see whether
+    its version counter moved afterwards.
+    """
     records: list[CallRecord] = []
     counts: dict[str, int] = {}
+    pending: dict[str, list[tuple[Any, int | None, Tensor | None]]] = {}
+    watched: list[tuple[CallRecord, str, Tensor, int]] = []
     handles = []
+
+    def make_pre_hook(name: str):
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            first = args[0] if args else None
+            pending.setdefault(name, []).append((first, _version(first), _spatial_mean(first)))
+
+        return pre_hook
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            first = args[0] if args else None
+            first, first_version, first_mean = pending[name].pop()
             call = counts.get(name, 0)
             counts[name] = call + 1
             rec = CallRecord(
@@ -88,29 +121,37 @@ def probe(model: nn.Module, example: Tensor) -> Probe:
                 type(module).__name__,
                 _shape(first),
                 _shape(output),
-                _spatial_mean(first),
+                first_mean,
                 _spatial_mean(output),
             )
             if isinstance(module, nn.Linear) and isinstance(first, Tensor):
                 rec.linear_io = (first.detach(), output.detach())
+            if isinstance(first, Tensor):
+                watched.append((rec, "input", first, first_version))
+            if isinstance(output, Tensor):
+                watched.append((rec, "output", output, output._version))
             records.append(rec)
 
         return hook
 
     for name, module in model.named_modules():
         if name:
+            handles.append(module.register_forward_pre_hook(make_pre_hook(name)))
             handles.append(module.register_forward_hook(make_hook(name)))
     try:
         logits = model(example)
     finally:
         for h in handles:
             h.remove()
+    for rec, port, tensor, version in watched:
+        if tensor._version != version:
+            setattr(rec, f"{port}_mutated", True)
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise UsageError(
             f"the model returns {_describe(logits)}, not logits [N,K]; "
             "wrap it so that forward returns one [N,K] tensor"
         )
-    return Probe(logits.detach(), records)
+    return Probe(logits.detach(), records, tuple(example.shape[-2:]))
 
 
 def probe_at_size(
@@ -140,6 +181,35 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _stride_consistent(p: int, q: int, size: tuple[int, int]) -> bool:
+    """``(p, q)`` can be a map of an ``(H, W)`` image: both sides shrunk by about one stride."""
+    if p < 1 or q < 1:
+        return False
+    sh, sw = size[0] / p, size[1] / q
+    return max(sh, sw) / min(sh, sw) <= 1.5
+
+
+def layout(shape: Sequence[int], input_size: tuple[int, int] | None) -> str:
+    """``"NCHW"`` or ``"NHWC"`` for a 4-D tensor of the probe, from its sizes.
+
+    A map's two spatial sides are the image's, each divided by about the same stride: a tensor
+    whose dims 1, 2 fit that while dims 2, 3 do not is channels-last (a ConvNeXt block's or a Swin
+    stage's ``[N,h,w,C]``). Anything else, the ambiguous ``[N,7,7,7]`` included, is NCHW.
+    """
+    if len(shape) != 4 or input_size is None:
+        return "NCHW"
+    _, a, b, c = shape
+    if _stride_consistent(a, b, input_size) and not _stride_consistent(b, c, input_size):
+        return "NHWC"
+    return "NCHW"
+
+
+def spatial(shape: Sequence[int], input_size: tuple[int, int] | None) -> tuple[int, int, int]:
+    """``(C, h, w)`` of a 4-D map in either layout."""
+    _, a, b, c = shape
+    return (c, a, b) if layout(shape, input_size) == "NHWC" else (a, b, c)
+
+
 def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     """The probe record of ``spec``, or a UsageError that says what is wrong and what to do."""
     resolve_module(model, spec.module)
@@ -161,22 +231,39 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
             f"layer '{spec.module}' runs {len(calls)} time(s); call @{index} does not exist"
         )
     record = calls[index]
-    shape = record.input_shape if spec.port == "input" else record.output_shape
+    shape = record.shape(spec.port)
+    if shape is not None and len(shape) == 3:
+        raise UsageError(
+            f"layer '{spec}' gives a token sequence {list(shape)} ([N, tokens, dim], as in a "
+            "vision transformer), not a spatial map [N,C,h,w]; a heatmap needs a convolutional "
+            "feature map (see --list-layers)"
+        )
     if shape is None or len(shape) != 4:
         got = "not a tensor" if shape is None else f"of shape {list(shape)}"
         raise UsageError(
             f"layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map; "
             "pick a convolutional layer (see --list-layers)"
         )
-    if shape[2] * shape[3] == 1:
+    _, h, w = spatial(shape, result.input_size)
+    if h * w == 1:
         hint = (
-            f" (e.g. '{TapSpec(spec.module, 'input', spec.call)}')" if spec.port == "output" else ""
+            f" (e.g. '{TapSpec(spec.module, 'input', spec.call)}')"
+            if spec.port == "output" and _is_spatial(record.input_shape, result.input_size)
+            else ""
         )
         raise UsageError(
             f"layer '{spec}' gives a 1x1 map, which has no spatial detail to show; "
             f"pick an earlier layer{hint} or a larger --input-size (see --list-layers)"
         )
     return record
+
+
+def _is_spatial(shape: Sequence[int] | None, input_size: tuple[int, int] | None) -> bool:
+    """A 4-D map with more than one pixel."""
+    if shape is None or len(shape) != 4:
+        return False
+    _, h, w = spatial(shape, input_size)
+    return h * w > 1
 
 
 def _mean_of(record: CallRecord, port: str) -> Tensor | None:
@@ -216,7 +303,7 @@ def find_gap_linear_head(
             seen = ", ".join(dict.fromkeys(linears)) or "none"
             raise UsageError(
                 "cam needs a head of global average pooling + one nn.Linear that gives the "
-                f"logits; no nn.Linear gives them (Linear layers: {seen}); use --method sum"
+                f"logits; no nn.Linear gives them (Linear layers: {seen}); use --method gradcam"
             )
     rec = candidates[-1]
     linear_in = rec.linear_io[0]
@@ -238,11 +325,11 @@ def find_gap_linear_head(
 
 
 def _suggest(result: Probe) -> str:
-    """What to do instead, for cam errors: the layer where cam is exact, or --method sum."""
+    """What to do instead, for cam errors: the layer where cam is exact, or gradcam."""
     spec = gap_input(result)
     if spec is None:
-        return "use --method sum"
-    return f"use --layer {spec} (the map that feeds the pooling) or --method sum"
+        return "use --method gradcam (any head)"
+    return f"use --layer {spec} (the map that feeds the pooling) or --method gradcam"
 
 
 def gap_input(result: Probe) -> TapSpec | None:
@@ -254,10 +341,11 @@ def gap_input(result: Probe) -> TapSpec | None:
     for rec in reversed(result.records):
         for port in ("input", "output"):
             mean = _mean_of(rec, port)
-            shape = rec.input_shape if port == "input" else rec.output_shape
+            shape = rec.shape(port)
             if (
                 mean is not None
                 and shape[2] * shape[3] > 1
+                and layout(shape, result.input_size) == "NCHW"
                 and mean.shape == linear_in.shape
                 and torch.allclose(linear_in, mean, rtol=_HEAD_RTOL, atol=_HEAD_ATOL)
             ):
@@ -265,15 +353,55 @@ def gap_input(result: Probe) -> TapSpec | None:
     return None
 
 
+def pool_input(result: Probe) -> TapSpec | None:
+    """The input of the last global pooling module: a spatial ``[N,C,h,w]`` map in, ``[N,C,1,1]``
+    or ``[N,C]`` out (``AdaptiveAvgPool2d(1)``, timm's ``SelectAdaptivePool2d``, ...)."""
+    for rec in reversed(result.records):
+        shape_in, shape_out = rec.input_shape, rec.output_shape
+        if (
+            _is_spatial(shape_in, result.input_size)
+            and layout(shape_in, result.input_size) == "NCHW"
+            and shape_out is not None
+            and tuple(shape_out) in {(shape_in[0], shape_in[1], 1, 1), (shape_in[0], shape_in[1])}
+        ):
+            return _spec_for(result, rec, "input")
+    return None
+
+
 def default_layer(result: Probe) -> TapSpec:
-    """The map that feeds a GAP+linear head (see :func:`gap_input`), else the last 4-D map."""
-    spec = gap_input(result)
+    """The map the classifier pools, where it can be found, else the last spatial map.
+
+    In order: the map whose global average is the classifier's input (:func:`gap_input`, where
+    ``cam`` is exact); the input of the last global pooling module (:func:`pool_input`); the last
+    4-D map with more than one pixel, in either layout. A model whose last map becomes a token
+    sequence before the classifier (a vision transformer) is refused.
+    """
+    spec = gap_input(result) or pool_input(result)
     if spec is not None:
         return spec
-    for rec in reversed(result.records):
-        if rec.output_shape is not None and len(rec.output_shape) == 4:
+    for i in range(len(result.records) - 1, -1, -1):
+        rec = result.records[i]
+        if _is_spatial(rec.output_shape, result.input_size):
+            _refuse_tokens(result, rec, result.records[i + 1 :])
             return _spec_for(result, rec, "output")
-    raise UsageError("the model has no layer with a 4-D [N,C,h,w] output to explain")
+    raise UsageError(
+        "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
+    )
+
+
+def _refuse_tokens(result: Probe, rec: CallRecord, later: list[CallRecord]) -> None:
+    """A UsageError if a token sequence ``[N, L, D]`` with at least ``h·w`` tokens comes later."""
+    _, h, w = spatial(rec.output_shape, result.input_size)
+    for r in later:
+        shape = r.output_shape
+        if shape is not None and len(shape) == 3 and shape[1] >= h * w:
+            raise UsageError(
+                f"the model turns its last map '{rec.name}' "
+                f"({'x'.join(map(str, rec.output_shape[1:]))}) into a token sequence "
+                f"{list(shape[1:])} that its classifier reads, as a vision transformer does; "
+                "a heatmap needs the spatial map a CNN classifier pools, so explain-export "
+                "explains CNNs (pass --layer to explain that early map anyway)"
+            )
 
 
 def _spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:
@@ -282,7 +410,10 @@ def _spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:
 
 
 def format_layers(result: Probe, default: TapSpec | None) -> str:
-    """A table of the tap candidates (layers with a 4-D output larger than 1x1), default marked."""
+    """A table of the tap candidates (spatial maps larger than 1x1), the default marked.
+
+    Channels-last maps are listed with ``(NHWC)``; the explainer permutes them.
+    """
     counts: dict[str, int] = {}
     for r in result.records:
         counts[r.name] = counts.get(r.name, 0) + 1
@@ -291,19 +422,14 @@ def format_layers(result: Probe, default: TapSpec | None) -> str:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
             specs.append((_spec_for(result, r, "input"), r.input_shape))
-        shape = r.output_shape
-        if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1:
-            specs.append((_spec_for(result, r, "output"), shape))
+        if _is_spatial(r.output_shape, result.input_size):
+            specs.append((_spec_for(result, r, "output"), r.output_shape))
         for spec, shape in specs:
             is_default = default is not None and str(spec) == str(default)
-            rows.append(
-                (
-                    str(spec),
-                    r.kind,
-                    "x".join(map(str, shape[1:])),
-                    "<- default" if is_default else "",
-                )
-            )
+            text = "x".join(map(str, spatial(shape, result.input_size)))
+            if layout(shape, result.input_size) == "NHWC":
+                text += " (NHWC)"
+            rows.append((str(spec), r.kind, text, "<- default" if is_default else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]

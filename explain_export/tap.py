@@ -8,8 +8,9 @@ A layer is named as ``NAME[:input|:output][@CALL]``:
 - ``@CALL`` picks one call, counted from 0, of a module that runs more than once per forward
   pass (EfficientNet-Lite's top-level ``_swish`` runs at the stem and at the head).
 
-The capture is a forward hook that keeps the tensor as an ordinary value of the traced
-``forward``, so it survives ``torch.jit.trace`` and the dynamo ONNX exporter (non-strict).
+The capture is a forward hook (a pre-hook for ``:input``) that keeps the tensor as an ordinary
+value of the traced ``forward``, so it survives ``torch.jit.trace``, the dynamo ONNX exporter
+and ``torch.export`` (non-strict), and ``make_fx`` (:mod:`.lowering`).
 """
 
 from __future__ import annotations
@@ -62,39 +63,72 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
 
 
 class Tap:
-    """Keeps what one module produces (or receives) during each forward pass.
+    """Keeps what one module produces (or receives) at one call of each forward pass.
 
     It records only between ``clear()`` and ``take()``, so a model used on its own keeps no
-    tensors alive. ``take()`` returns the tensor of the chosen call and forgets the rest.
+    tensors alive. ``take()`` returns the tensor of the chosen call and forgets it.
+
+    A tap holds the value *at that point*. ``clone``: a later in-place op (``relu_``, ``+=``)
+    changes the tensor, so the tap keeps a copy (:mod:`.probe` decides this from the tensor's
+    version counter). ``grad``: the tapped value becomes a leaf that requires grad, and the
+    network continues from it (from a copy of it, with ``clone``), so that ``∂y/∂A`` is the
+    gradient at the tap and the layers before it run forward only. An ``:input`` tap hands the
+    module that leaf, so the gradient is the one that flows through that module.
     Validation with friendly errors happens before export, in :mod:`.probe`.
     """
 
-    def __init__(self, model: nn.Module, spec: TapSpec) -> None:
+    def __init__(
+        self, model: nn.Module, spec: TapSpec, *, clone: bool = False, grad: bool = False
+    ) -> None:
         self.spec = spec
-        self._seen: list[Any] = []
+        self.clone = clone
+        self.grad = grad
+        self._calls = 0
+        self._value: Any = None
         self._armed = False
         module = resolve_module(model, spec.module)
-        self._handle = module.register_forward_hook(self._hook)
+        if spec.port == "input":
+            self._handle = module.register_forward_pre_hook(self._pre_hook)
+        else:
+            self._handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self._armed:
-            self._seen.append(output if self.spec.port == "output" else (args[0] if args else None))
+    def _capture(self, value: Any) -> Any:
+        """Keep ``value`` if this is the chosen call; return what the network gets instead."""
+        if not self._armed:
+            return None
+        call, self._calls = self._calls, self._calls + 1
+        if call != (self.spec.call or 0) or not isinstance(value, Tensor):
+            return None
+        if self.grad:
+            leaf = value.detach().requires_grad_(True)
+            self._value = leaf
+            return leaf.clone() if self.clone else leaf
+        self._value = value.clone() if self.clone else value
+        return None
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args:
+            return None
+        replaced = self._capture(args[0])
+        return None if replaced is None else (replaced, *args[1:])
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return self._capture(output)
 
     def clear(self) -> None:
         """Forget earlier calls and start recording."""
-        self._seen = []
-        self._armed = True
+        self._calls, self._value, self._armed = 0, None, True
 
     def take(self) -> Tensor:
         """The chosen call's tensor; stops recording."""
-        seen, self._seen, self._armed = self._seen, [], False
-        index = 0 if self.spec.call is None else self.spec.call
-        if len(seen) <= index or (self.spec.call is None and len(seen) != 1):
+        value, calls = self._value, self._calls
+        self._calls, self._value, self._armed = 0, None, False
+        expected = (self.spec.call or 0) + 1
+        if calls < expected or (self.spec.call is None and calls != 1):
             raise UsageError(
-                f"layer '{self.spec}' ran {len(seen)} time(s) in this forward pass; "
+                f"layer '{self.spec}' ran {calls} time(s) in this forward pass; "
                 "pick another layer or call (see --list-layers)"
             )
-        value = seen[index]
         if not isinstance(value, Tensor) or value.dim() != 4:
             raise UsageError(f"layer '{self.spec}' is not a 4-D [N,C,h,w] feature map")
         return value

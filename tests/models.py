@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -92,3 +93,226 @@ class WithUnusedBranch(TinyResNet):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(num_classes)
         self.unused = nn.Conv2d(3, 3, 1)
+
+
+# --- Heads of every kind (torchvision / timm CNNs in miniature) --------------------------------
+
+
+def _seeded(cls, seed: int = 0, **kwargs) -> nn.Module:
+    """``cls(**kwargs)`` with fixed random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = cls(**kwargs)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _stem(width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+    )
+
+
+class Permute(nn.Module):
+    """A module that permutes dims (torchvision's ConvNeXt and Swin have one)."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(self.dims)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class NextBlock(nn.Module):
+    """ConvNeXt's block: depthwise conv, then channels-last LayerNorm + MLP, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 2 * dim),
+            nn.GELU(),
+            nn.Linear(2 * dim, dim),
+            Permute([0, 3, 1, 2]),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+class LayerNormHead(nn.Module):
+    """ConvNeXt-like: the pooled map goes through a LayerNorm before the Linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 48) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 4, 4), LayerNorm2d(width), NextBlock(width), NextBlock(width)
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            LayerNorm2d(width), nn.Flatten(1), nn.Linear(width, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+class ConvAfterPoolHead(nn.Module):
+    """timm's MobileNetV3: pool, then a 1x1 conv + activation, then the Linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _stem(width),
+            nn.Conv2d(width, width, 3, 2, 1, groups=width),
+            nn.BatchNorm2d(width),
+            nn.Hardswish(),
+        )
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_head = nn.Conv2d(width, 32, 1)
+        self.act = nn.Hardswish()
+        self.flatten = nn.Flatten(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.conv_head(self.global_pool(self.features(x))))
+        return self.classifier(self.flatten(x))
+
+
+class MLPHead(nn.Module):
+    """VGG-like: max pooling in the features, adaptive average pooling to 2x2, an MLP head."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _stem(width),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(
+            nn.Linear(width * 9, 64),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(64, 64),
+            nn.ReLU(True),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class ConvClassifier(nn.Module):
+    """SqueezeNet-like: a 1x1 conv gives one map per class, pooled to logits; no Linear."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_stem(width), nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5),
+            nn.Conv2d(width, num_classes, 1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class FunctionalHead(nn.Module):
+    """DenseNet-like: ReLU (in place) and the pooling are functions in ``forward``; an average
+    pooling transition in the features."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _stem(width),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.BatchNorm2d(width),
+        )
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.features(x), inplace=True)
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        return self.classifier(torch.flatten(out, 1))
+
+
+class InplaceBlock(nn.Module):
+    """torchvision's BasicBlock: ``out += identity`` and an in-place ReLU after ``bn2``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+class InplaceAfterTap(nn.Module):
+    """A ResNet-18-like net whose block changes ``bn2``'s output in place after it runs."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = _stem(width)
+        self.layer1 = InplaceBlock(width)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.layer1(self.stem(x))), 1))
+
+
+class TokenModel(nn.Module):
+    """ViT-like: a patch embedding (the only 4-D map), then a token sequence and a class token."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 16, patch: int = 8) -> None:
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.head(self.encoder(x)[:, 0])
+
+
+HEAD_KINDS = {
+    "layernorm-head": LayerNormHead,
+    "conv-after-pool": ConvAfterPoolHead,
+    "mlp-head": MLPHead,
+    "conv-classifier": ConvClassifier,
+    "functional-relu-pool": FunctionalHead,
+    "inplace-after-tap": InplaceAfterTap,
+}
+
+
+def head_kind(name: str, seed: int = 0) -> nn.Module:
+    """One of :data:`HEAD_KINDS`, seeded."""
+    return _seeded(HEAD_KINDS[name], seed)

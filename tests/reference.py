@@ -9,17 +9,22 @@ from torch import Tensor, nn
 
 
 def _capture(module: nn.Module, port: str, call: int, store: dict) -> object:
+    """Keep the tapped tensor as it is at that point: the network gets a clone (so an in-place
+    op later changes the clone), and the gradient reaches the original through the clone."""
     seen = []
 
-    def hook(m, args, out):
-        t = args[0] if port == "input" else out
+    def keep(t):
         seen.append(t)
-        if len(seen) == call + 1:
-            store["a"] = t
-            if t.requires_grad:
-                t.retain_grad()
+        if len(seen) != call + 1:
+            return None
+        store["a"] = t
+        if t.requires_grad:
+            t.retain_grad()
+        return t.clone()
 
-    return module.register_forward_hook(hook)
+    if port == "input":
+        return module.register_forward_pre_hook(lambda m, args: (keep(args[0]), *args[1:]))
+    return module.register_forward_hook(lambda m, args, out: keep(out))
 
 
 def normalize(image: Tensor, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Tensor:
@@ -42,9 +47,11 @@ def gradcam(
     port: str = "output",
     call: int = 0,
     class_index: Tensor | None = None,
+    layout: str = "NCHW",
 ) -> tuple[np.ndarray, Tensor]:
     """Grad-CAM the usual way: hook the map, backprop the target logit, weight by the spatial
-    mean of the gradients, ReLU; then the same resize and min-max. ``x`` is normalized."""
+    mean of the gradients, ReLU; then the same resize and min-max. ``x`` is normalized.
+    ``layout="NHWC"``: the tapped tensor is channels-last ``[N,h,w,C]``."""
     store: dict = {}
     handle = _capture(module, port, call, store)
     try:
@@ -56,6 +63,8 @@ def gradcam(
     finally:
         handle.remove()
     a, g = store["a"], store["a"].grad
+    if layout == "NHWC":
+        a, g = a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2)
     m = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).detach().numpy()
     return numpy_finish(m, tuple(x.shape[-2:])), logits.detach()
 

@@ -260,7 +260,7 @@ EXPORT_CASES = [
         "class-input-with-sum",
         lambda t: ["--method", "sum", "--class-input"],
         2,
-        "--class-input needs --method cam",
+        "--class-input needs a method that explains a class",
     ),
     Case("method-unknown", lambda t: ["--method", "gradcam++"], 2, "invalid choice: 'gradcam++'"),
     # sizes and normalization

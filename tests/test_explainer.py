@@ -83,17 +83,28 @@ def test_sum_equals_numpy_channel_sum_then_cv2_resize(layer):
     np.testing.assert_allclose(heat.numpy(), ref, atol=1e-4)
 
 
-def test_constant_feature_map_gives_zero_heatmap_not_nan():
-    model = tiny_resnet()
+def _make_constant(model) -> None:
     with torch.no_grad():
         model.layer3.bn2.weight.zero_()
         model.layer3.bn2.bias.fill_(0.5)
         model.layer3.skip[1].weight.zero_()
         model.layer3.skip[1].bias.zero_()
+
+
+def test_constant_feature_map_gives_zero_heatmap_not_nan():
+    model = tiny_resnet()
     explainer, _ = build_explainer(model, method="sum", input_size=(32, 32))
+    _make_constant(model)
     _, heat = explainer(torch.rand(2, 3, 32, 32))
     assert not torch.isnan(heat).any()
     assert torch.all(heat == 0)
+
+
+def test_a_map_without_signal_is_refused_at_build_time():
+    model = tiny_resnet()
+    _make_constant(model)
+    with pytest.raises(UsageError, match=r"'avgpool:input' is flat on every probe.*no signal"):
+        build_explainer(model, method="sum", input_size=(32, 32))
 
 
 def test_twice_called_module_is_refused_without_a_call_index():
@@ -124,7 +135,7 @@ def test_cam_refuses_a_flatten_linear_head():
     with pytest.raises(
         UsageError,
         match=r"global average pooling.*'fc' takes \[1024\] features and 'features' has 4 "
-        r"channels; use --method sum$",
+        r"channels; use --method gradcam \(any head\)$",
     ):
         build_explainer(FlattenHead(), layer="features", method="cam", input_size=(32, 32))
 
@@ -237,5 +248,5 @@ def test_fixed_target_class_is_checked():
         UsageError, match=r"--class-index 10 is out of range.*10 classes \(0\.\.9\)"
     ):
         build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), target=10)
-    with pytest.raises(UsageError, match="needs --method cam"):
+    with pytest.raises(UsageError, match="needs a method that explains a class"):
         build_explainer(tiny_resnet(), method="sum", input_size=(32, 32), target=1)

@@ -116,7 +116,7 @@ def test_class_input_is_a_graph_input(tmp_path):
 
 
 def test_class_input_needs_cam(tmp_path):
-    with pytest.raises(UsageError, match="class-input needs --method cam"):
+    with pytest.raises(UsageError, match="class-input needs a method that explains a class"):
         _export(tmp_path, method="sum", class_input=True)
 
 

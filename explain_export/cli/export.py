@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from ..methods import AUTO, CHOICES
 from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-export"
@@ -71,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--layer",
         metavar="NAME",
-        help="the feature map to explain (see below). Default: the map that feeds a "
-        "global-average-pool + linear head, else the last 4-D map",
+        help="the feature map to explain (see below). Default: the map that the classifier's "
+        "global pooling takes, else the last map larger than 1x1 (marked in --list-layers)",
     )
     e.add_argument(
         "--method",
-        choices=("cam", "sum"),
-        default="cam",
-        help="cam: ReLU(sum_k W[c,k] A_k), equal to Grad-CAM for a GAP+linear head; "
-        "sum: the channel sum of the map (default: cam)",
+        choices=CHOICES,
+        default=AUTO,
+        help="auto (default): cam where it is exact, else gradcam. "
+        "cam: ReLU(sum_k W[c,k] A_k), equal to Grad-CAM where the map feeds global average "
+        "pooling + one nn.Linear; gradcam: ReLU(sum_k a_k A_k), a_k = mean_ij dy_c/dA_k(i,j), "
+        "for any differentiable head, the gradient computed inside the exported graph; "
+        "sum: the channel sum of the map",
     )
     e.add_argument(
         "--head",
@@ -90,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-index",
         type=int,
         metavar="K",
-        help="for cam, explain class K for every image instead of the top-1 class",
+        help="for cam and gradcam, explain class K for every image instead of the top-1 class",
     )
     e.add_argument(
         "--class-input",
         action="store_true",
-        help="for cam, add a graph input class_index int64 [N] choosing the class per "
-        "image (-1: the top-1 class, or --class-index)",
+        help="for cam and gradcam, add a graph input class_index int64 [N] choosing the class "
+        "per image (-1: the top-1 class, or --class-index)",
     )
     g = p.add_argument_group("graph")
     g.add_argument(
@@ -287,6 +291,12 @@ def _run(args: argparse.Namespace) -> int:
         label = f" '{labels[info.target]}'" if labels else ""
         head += f", class {info.target}{label}"
     print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
+    if info.reason and info.requested == AUTO:
+        print(f"        auto: {info.reason}")
+    if info.layout == "NHWC":
+        print("        the map is channels-last [N,h,w,C]; it is permuted to [N,C,h,w]")
+    if info.cloned:
+        print("        an in-place op changes this tensor later; the tap keeps a copy")
     sys.stdout.flush()
     result = export_explainer(
         explainer,

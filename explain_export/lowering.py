@@ -1,0 +1,397 @@
+"""Lower an explainer whose head needs ``∂y_c/∂A`` to one graph of forward ops, with no autograd.
+
+``gradcam`` runs autograd in eager mode. No exporter takes ``torch.autograd.grad`` inside
+``forward`` (``torch.jit.trace`` and ``torch.export`` both refuse it), so :func:`lower` traces
+the whole explainer with ``make_fx``: the autograd engine runs during tracing, and what it
+executes (forward ops, then the backward ops of the path from ``A`` to the logits) is recorded as
+plain ATen ops. Weights are constants, and only the batch (and, with ``dynamic_size``, the image
+size) stays symbolic.
+
+The backward ops are decomposed into forward ops as they are recorded, so that ONNX, TorchScript
+and ``torch.export`` can all run them: PyTorch's own decompositions (layer norm, batch norm,
+activations, softmax ...) plus the ones here, written as the adjoint of each forward op:
+
+- convolution: ``∂L/∂x`` is the transposed convolution of ``∂L/∂y`` with the same weight;
+- average pooling: the transposed convolution of ``∂L/∂y / divisor`` with a kernel of ones;
+- adaptive average pooling: ``Pₕᵀ (∂L/∂y / counts) P_w`` with 0/1 window-membership matrices;
+- max pooling (fixed and adaptive): ``∂L/∂y`` scattered (summed) to the argmax indices.
+
+A backward op that none of these covers is refused by name (:func:`check_lowered`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UsageError
+
+aten = torch.ops.aten
+
+
+def _pairs(values: Sequence[int], n: int) -> list[int]:
+    values = list(values)
+    return values * n if len(values) == 1 else values
+
+
+def convolution_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    bias_sizes: Any,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    r"""``∂L/∂x`` of a convolution as a transposed convolution (and ``∂L/∂b`` as a sum).
+
+    For ``y = conv(x, w)`` with stride ``s``, padding ``p``, dilation ``d``, kernel ``k``:
+    :math:`∂L/∂x = \mathrm{conv}^\top(∂L/∂y, w)` with output padding
+    :math:`x - ((y-1)s - 2p + d(k-1) + 1)` per spatial dim, so that it has ``x``'s size.
+    Weight gradients are never needed (the weights are frozen) and are refused.
+    """
+    if output_mask[1]:
+        return NotImplemented  # left to the kernel; check_lowered names it
+    dims = input.dim() - 2
+    stride, padding, dilation = (_pairs(v, dims) for v in (stride, padding, dilation))
+    grad_input = None
+    if output_mask[0]:
+        if transposed:
+            grad_input = aten.convolution(
+                grad_output, weight, None, stride, padding, dilation, False, [0] * dims, groups
+            )
+        else:
+            extra = [
+                input.shape[i + 2]
+                - (
+                    (grad_output.shape[i + 2] - 1) * stride[i]
+                    - 2 * padding[i]
+                    + dilation[i] * (weight.shape[i + 2] - 1)
+                    + 1
+                )
+                for i in range(dims)
+            ]
+            grad_input = aten.convolution(
+                grad_output, weight, None, stride, padding, dilation, True, extra, groups
+            )
+    grad_bias = grad_output.sum([0, *range(2, grad_output.dim())]) if output_mask[2] else None
+    return grad_input, None, grad_bias
+
+
+def avg_pool2d_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Tensor:
+    r"""``∂L/∂x`` of ``avg_pool2d``: each window spreads ``∂L/∂y / divisor`` over its inputs.
+
+    The divisor of each window comes from pooling a map of ones the same way
+    (:math:`1/\mathrm{divisor} = \mathrm{avg}(1) / \mathrm{sum}(1)`), and the spreading is a
+    transposed convolution with a kernel of ones.
+    """
+    kernel = _pairs(kernel_size, 2)
+    stride = _pairs(stride or kernel_size, 2)
+    padding = _pairs(padding, 2)
+    n, c, h, w = input.shape
+    ones = input.new_ones((1, 1, h, w))
+    sums = aten.avg_pool2d(ones, kernel, stride, padding, ceil_mode, True, 1)
+    means = aten.avg_pool2d(
+        ones, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+    scaled = grad_output * (means / sums)
+    oh, ow = grad_output.shape[-2:]
+    full = aten.convolution(
+        scaled.reshape(n * c, 1, oh, ow),
+        input.new_ones((1, 1, *kernel)),
+        None,
+        stride,
+        [0, 0],
+        [1, 1],
+        True,
+        [0, 0],
+        1,
+    )
+    # ``full`` covers the padded input up to the last window; crop the padding, pad the tail
+    # that no window reached (floor mode) with zeros.
+    fh, fw = full.shape[-2:]
+    full = aten.constant_pad_nd(
+        full, [0, max(0, w + 2 * padding[1] - fw), 0, max(0, h + 2 * padding[0] - fh)], 0.0
+    )
+    return full[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w].reshape(n, c, h, w)
+
+
+def _window_matrix(size: Any, out: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """0/1 ``[out, size]`` membership of adaptive pooling's windows, and each window's length.
+
+    Window ``i`` covers ``[floor(i·size/out), ceil((i+1)·size/out))``, as in PyTorch.
+    """
+    i = torch.arange(out, device=like.device)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    pos = torch.arange(size, device=like.device)
+    member = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    return member.to(like.dtype), (end - start).to(like.dtype)
+
+
+def adaptive_avg_pool2d_backward(grad_output: Tensor, input: Tensor) -> Tensor:
+    r"""``∂L/∂x`` of adaptive average pooling: :math:`P_h^\top (∂L/∂y \oslash c) P_w`.
+
+    ``P`` are the 0/1 window-membership matrices and ``c`` the window sizes; for a global pool
+    (1x1 output) this is :math:`∂L/∂y / (hw)`, broadcast.
+    """
+    h, w = input.shape[-2:]
+    oh, ow = grad_output.shape[-2:]
+    if oh == 1 and ow == 1:
+        return (grad_output / (h * w)).expand(input.shape).contiguous()
+    mh, ch = _window_matrix(h, oh, grad_output)
+    mw, cw = _window_matrix(w, ow, grad_output)
+    scaled = grad_output / (ch[:, None] * cw[None, :])
+    return torch.matmul(torch.matmul(mh.t(), scaled), mw)
+
+
+def _scatter_to_indices(grad_output: Tensor, input: Tensor, indices: Tensor) -> Tensor:
+    """Sum ``grad_output`` into a zero map shaped like ``input`` at the flat ``indices``."""
+    n, c, h, w = input.shape
+    flat = grad_output.new_zeros((n, c, h * w))
+    return flat.scatter_add(2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)).reshape(
+        n, c, h, w
+    )
+
+
+def max_pool2d_with_indices_backward(
+    grad_output: Tensor,
+    input: Tensor,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: bool,
+    indices: Tensor,
+) -> Tensor:
+    """``∂L/∂x`` of max pooling: each output's gradient goes to its argmax (summed on ties)."""
+    return _scatter_to_indices(grad_output, input, indices)
+
+
+def adaptive_max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor) -> Tensor:
+    """``∂L/∂x`` of adaptive max pooling, as for max pooling."""
+    return _scatter_to_indices(grad_output, input, indices)
+
+
+def decompositions() -> dict[Any, Callable[..., Any]]:
+    """PyTorch's core ATen decompositions plus the backward ops above."""
+    from torch._decomp import core_aten_decompositions
+
+    table: dict[Any, Callable[..., Any]] = dict(core_aten_decompositions())
+    table.update(
+        {
+            aten.convolution_backward.default: convolution_backward,
+            aten.avg_pool2d_backward.default: avg_pool2d_backward,
+            aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
+            aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
+            aten.adaptive_max_pool2d_backward.default: adaptive_max_pool2d_backward,
+        }
+    )
+    return table
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def lower(
+    explainer: nn.Module, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]
+) -> torch.fx.GraphModule:
+    """Trace ``explainer(*args)`` to an FX graph of forward ATen ops, autograd included.
+
+    ``dynamic`` maps an argument's position to its dimensions that stay symbolic (the batch,
+    and H, W with a dynamic size); every other size is fixed to that of ``args``.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+    )
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    fakes = []
+    for i, arg in enumerate(args):
+        dims = set(dynamic.get(i, ()))
+        sizes = [DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(arg.dim())]
+        context = StatelessSymbolicContext(dynamic_sizes=sizes)
+        fakes.append(mode.from_tensor(arg, symbolic_context=context))
+    with _quiet():
+        graph = make_fx(
+            explainer.eval(),
+            decomposition_table=decompositions(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(*fakes)
+    _as_strided_to_views(graph)
+    check_lowered(graph)
+    return graph
+
+
+def _value(arg: Any) -> Any:
+    """A graph argument's value: an int, or the symbolic size a node stands for."""
+    return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
+
+
+def _contiguous_geometry(size: Sequence[Any], stride: Sequence[Any]) -> bool:
+    """``stride`` is the row-major stride of ``size``, dims of size 1 aside (any stride fits)."""
+    expected: Any = 1
+    pairs = zip(map(_value, size), map(_value, stride), strict=True)
+    for n, s in reversed(list(pairs)):
+        if isinstance(n, int) and n == 1:
+            continue
+        if not _same(s, expected):
+            return False
+        expected = expected * n
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a symbolic comparison that cannot be decided
+        return False
+
+
+def _as_strided_to_views(graph: torch.fx.GraphModule) -> None:
+    """Rewrite ``as_strided`` on a contiguous tensor with a contiguous geometry as
+    ``view(slice(flatten(base)))``.
+
+    Autograd's backward of a strided view (``adaptive_avg_pool2d`` returns one for a
+    channels-last map, as in ConvNeXt) writes into ``as_strided`` views of a zero buffer.
+    ONNX can take the plain views; it cannot take the ``as_strided_scatter`` that
+    functionalization would otherwise make of the writes.
+    """
+    g = graph.graph
+    for node in list(g.nodes):
+        if node.op != "call_function" or node.target is not aten.as_strided.default:
+            continue
+        base, size, stride = node.args[:3]
+        offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
+        val = getattr(base, "meta", {}).get("val")
+        if (
+            not isinstance(val, Tensor)
+            or not _same(_value(offset) or 0, 0)
+            or not _contiguous_geometry(size, stride)
+        ):
+            continue
+        try:
+            if not (val.is_contiguous() and val.storage_offset() == 0):
+                continue
+        except Exception:
+            continue
+        with g.inserting_before(node):
+            flat = g.call_function(aten.view.default, (base, [-1]))
+            part = g.call_function(aten.slice.Tensor, (flat, 0, 0, _numel(g, size)))
+            view = g.call_function(aten.view.default, (part, list(size)))
+        node.replace_all_uses_with(view)
+        g.erase_node(node)
+    g.lint()
+    graph.recompile()
+
+
+def _numel(g: torch.fx.Graph, size: Sequence[Any]) -> Any:
+    """The product of ``size`` (ints and symbolic-size nodes) as a graph value."""
+    import operator
+
+    total: Any = 1
+    for n in size:
+        total = (
+            n
+            if isinstance(total, int) and total == 1
+            else g.call_function(operator.mul, (total, n))
+        )
+    return total
+
+
+def check_lowered(graph: torch.fx.GraphModule) -> None:
+    """Refuse a graph that still holds a backward op (one with no forward decomposition)."""
+    left = sorted(
+        {
+            str(node.target)
+            for node in graph.graph.nodes
+            if node.op == "call_function" and "backward" in str(node.target)
+        }
+    )
+    if left:
+        raise UsageError(
+            f"gradcam cannot put the gradient of {', '.join(left)} into the exported graph; "
+            "tap a layer after that op (see --list-layers)"
+        )
+
+
+class Lowered(nn.Module):
+    """A lowered explainer graph as a module: ``forward(image[, class_index])``."""
+
+    def __init__(self, graph: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph
+
+    def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
+        out = (
+            self.graph_module(image)
+            if class_index is None
+            else self.graph_module(image, class_index)
+        )
+        return tuple(out)
+
+
+class _Script(nn.Module):
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph_module = graph
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        return self.graph_module(image)
+
+
+class _ScriptWithClass(_Script):
+    def forward(self, image: Tensor, class_index: Tensor) -> list[Tensor]:  # type: ignore[override]
+        return self.graph_module(image, class_index)
+
+
+_SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
+
+
+def to_script(graph: torch.fx.GraphModule, class_input: bool) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` of a lowered graph, sizes kept symbolic.
+
+    Tracing would bake the batch size into the shape arithmetic, so the graph is scripted: its
+    ATen overloads become the overload packets that TorchScript resolves by signature.
+    """
+    import copy
+
+    graph = copy.deepcopy(graph)
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in _SYM_BUILTINS:
+            node.target = _SYM_BUILTINS[node.target]
+        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if node.target is aten.sym_size.int:
+                node.target = aten.size.int
+            node.target = node.target.overloadpacket
+    graph.recompile()
+    wrapper = _ScriptWithClass(graph) if class_input else _Script(graph)
+    with _quiet():
+        return torch.jit.script(wrapper.eval())
