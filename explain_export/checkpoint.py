@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,7 @@ def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], Checkpoi
         return obj, CheckpointInfo(path, "pickled module")
     if _is_state_dict(obj):
         info = CheckpointInfo(path, "state_dict")
-        return _strip_prefixes(dict(obj), info), info
+        return _strip_prefixes(obj, info), info
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
             inner = obj.get(key)
@@ -93,7 +94,7 @@ def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], Checkpoi
                 return inner, CheckpointInfo(path, f"training dict['{key}'] (pickled module)")
             if _is_state_dict(inner):
                 info = CheckpointInfo(path, f"training dict['{key}']")
-                return _strip_prefixes(dict(inner), info), info
+                return _strip_prefixes(inner, info), info
         keys = _names([repr(k) for k in obj])
         raise UsageError(
             f"checkpoint '{path}' is a dict with keys {keys}, and none of "
@@ -104,12 +105,37 @@ def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], Checkpoi
     )
 
 
-def _strip_prefixes(sd: dict[str, Tensor], info: CheckpointInfo) -> dict[str, Tensor]:
+def _strip_prefixes(sd: Mapping[str, Tensor], info: CheckpointInfo) -> dict[str, Tensor]:
+    """A copy of ``sd`` without wrapper prefixes, keeping ``_metadata``.
+
+    ``state_dict()`` carries ``_metadata``, each module's version, which some modules read when
+    loading (torchvision's MNASNet refuses a state dict without it).
+    """
+    meta = getattr(sd, "_metadata", None)
+    out: dict[str, Tensor] = OrderedDict(sd)
     for prefix in PREFIXES:
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+        if out and all(k.startswith(prefix) for k in out):
+            out = OrderedDict((k[len(prefix) :], v) for k, v in out.items())
             info.fixes.append(f"stripped '{prefix}' prefix")
-    return sd
+            if meta is not None:
+                meta = _strip_metadata(meta, prefix)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    return out
+
+
+def _strip_metadata(meta: Mapping[str, Any], prefix: str) -> OrderedDict[str, Any]:
+    """Module names lose the prefix: ``module.layer1`` -> ``layer1``, ``module`` -> ``""``."""
+    name = prefix.rstrip(".")
+    out: OrderedDict[str, Any] = OrderedDict()
+    for key, value in meta.items():
+        if key == name:
+            out[""] = value
+        elif key.startswith(prefix):
+            out[key[len(prefix) :]] = value
+        elif key not in out:
+            out[key] = value
+    return out
 
 
 def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -159,7 +185,18 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
             f"{source} does not fit the model ({'; '.join(problems)}); "
             "check --arch and --arch-kwargs"
         )
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        hint = (
+            "; it lacks the modules' versions (_metadata): save it with "
+            "torch.save(model.state_dict(), path)"
+            if getattr(state_dict, "_metadata", None) is None
+            else ""
+        )
+        raise UsageError(
+            f"the model refused {source} while loading it: {_first_line(exc)}{hint}"
+        ) from exc
 
 
 def load_model(

@@ -316,3 +316,16 @@ HEAD_KINDS = {
 def head_kind(name: str, seed: int = 0) -> nn.Module:
     """One of :data:`HEAD_KINDS`, seeded."""
     return _seeded(HEAD_KINDS[name], seed)
+
+
+class Versioned(TinyResNet):
+    """Reads its version from the state dict's ``_metadata`` when loading, as torchvision's
+    MNASNet does, and refuses a state dict without it."""
+
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        version = local_metadata.get("version", None)
+        if version not in (1, 2):
+            raise ValueError(f"version should be set to 1 or 2 instead of {version}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)

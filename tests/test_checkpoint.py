@@ -142,3 +142,26 @@ def test_arch_errors(arch, kwargs, message):
     else:
         with pytest.raises(UsageError, match=message):
             build_arch(arch, kwargs)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "training-dict", "data-parallel"])
+def test_state_dict_keeps_the_modules_versions(tmp_path, wrap):
+    """``_metadata`` survives unpacking and prefix stripping (MNASNet needs it to load)."""
+    from models import Versioned
+
+    sd = Versioned().state_dict()
+    if wrap == "data-parallel":
+        wrapped = torch.nn.DataParallel(Versioned())
+        sd = wrapped.state_dict()
+    obj = {"state_dict": sd} if wrap == "training-dict" else sd
+    torch.save(obj, tmp_path / "m.pt")
+    model, _ = load_model(str(tmp_path / "m.pt"), "models:Versioned")
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_state_dict_without_versions_is_a_clear_error(tmp_path):
+    from models import Versioned
+
+    torch.save(dict(Versioned().state_dict()), tmp_path / "m.pt")  # dict() drops _metadata
+    with pytest.raises(UsageError, match=r"refused checkpoint.*version should be set.*_metadata"):
+        load_model(str(tmp_path / "m.pt"), "models:Versioned")
