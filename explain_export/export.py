@@ -286,6 +286,7 @@ def build_metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parity": {
             "logits_tol": verify.limits(g.half)[0],
+            "logits_tol_times": "max(1, max |eager logits|)",
             "heatmap_tol": verify.limits(g.half)[1],
             "overlay_tol": overlay_tol,
             "rows": [r.to_dict() for r in parity],

@@ -2,12 +2,14 @@
 
 For each artifact: run it and the eager :class:`~.explainer.Explainer` on the same inputs (random
 images at batch 1 and 3, a real photo, other sizes where the size is dynamic) and compare.
-The export fails if any ``max |logits - eager|`` exceeds 1e-3 or ``max |heatmap - eager|``
-exceeds 1e-4; with ``--half`` (fp16 compute, whose kernels round differently per backend) the
-limits are 5e-2 and 1e-2. An in-graph overlay may differ by one colormap step where a heatmap
-value sits on a quantization boundary (a 1e-6 change moves ``round(255·m)`` by one level):
-``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4. ONNX
-files also pass ``onnx.checker`` with ``full_check=True``.
+The export fails if any ``max |logits - eager|`` exceeds 1e-3 · max(1, max |eager logits|)
+(relative to their magnitude: a model whose logits reach 1e11 has float32 steps of 1e4) or
+``max |heatmap - eager|`` exceeds 1e-4; with ``--half`` (fp16 compute, whose kernels round
+differently per backend) the limits are 5e-2 (also scaled) and 1e-2. An in-graph overlay may
+differ by one colormap step where a heatmap value sits on a quantization boundary (a 1e-6
+change moves ``round(255·m)`` by one level): ``ceil(alpha · max|lut[i+1] - lut[i]|) + 1``
+levels per channel, 3 for JET at alpha 0.4. ONNX files also pass ``onnx.checker`` with
+``full_check=True``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class ParityRow:
     heatmap_err: float
     ok: bool
     overlay_err: float | None = None  # max |overlay - eager| in uint8 levels, if there is one
+    logits_limit: float | None = None  # the logits' limit for this case, scaled by magnitude
 
     def to_dict(self) -> dict:
         """JSON-ready (the size as a list)."""
@@ -133,10 +136,17 @@ def parity(fmt: str, artifact: Any, explainer: Explainer, all_cases: list[Case])
         le = _max_diff(got.get("logits"), ref["logits"])
         he = _max_diff(got.get("heatmap"), ref["heatmap"])
         oe = _max_diff(got.get("overlay"), ref["overlay"]) if "overlay" in ref else None
-        ok = bool(le <= logits_tol and he <= heat_tol and (oe is None or oe <= overlay_tol))
+        limit = logits_limit(ref["logits"], logits_tol)
+        ok = bool(le <= limit and he <= heat_tol and (oe is None or oe <= overlay_tol))
         n, _, hh, ww = case.image.shape
-        rows.append(ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe))  # NaN fails
+        rows.append(ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit))  # NaN fails
     return rows
+
+
+def logits_limit(logits: np.ndarray, tol: float) -> float:
+    """``tol · max(1, max |logits|)``: the logits' limit, relative to their magnitude."""
+    peak = float(np.abs(logits).max()) if logits.size else 0.0
+    return tol * max(1.0, peak) if np.isfinite(peak) else tol
 
 
 def check_onnx(path: str) -> None:
@@ -150,7 +160,7 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
     """The parity table printed after export."""
     logits_tol, heat_tol = limits(half)
     overlay = any(r.overlay_err is not None for r in rows)
-    head = f"logits {logits_tol:g}, heatmap {heat_tol:g}" + (
+    head = f"logits {logits_tol:g}·max(1, max|logits|), heatmap {heat_tol:g}" + (
         f", overlay {overlay_tol:g} levels" if overlay else ""
     )
     lines = [

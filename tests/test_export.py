@@ -153,3 +153,16 @@ def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(UsageError, match="--formats"):
         _export(tmp_path, formats=("tflite",))
     assert os.listdir(tmp_path) == []
+
+
+def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
+    """Logits near 1e11 (Inception-v3 at init has such) differ by float32 steps of ~1e4."""
+    model = tiny_resnet()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e11)
+        model.fc.bias.mul_(1e11)
+    explainer, info = build_explainer(model, input_size=SIZE)
+    result = export_explainer(explainer, info, str(tmp_path), ("onnx",))
+    assert all(r.ok for r in result.parity)
+    assert max(r.logits_limit for r in result.parity) > 1e7
+    assert verify.logits_limit(np.array([[0.5, -0.2]]), 1e-3) == 1e-3
