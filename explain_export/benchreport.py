@@ -29,6 +29,8 @@ _COLORS = {
     "ort_logits": (150, 152, 255),
     "compile": (189, 103, 148),
     "autograd": (14, 127, 255),
+    "eager_gradcam": (127, 127, 127),
+    "ort_gradcam": (34, 189, 188),
 }
 _DASHED = {"eager_logits", "ort_logits"}
 
@@ -93,6 +95,16 @@ def ratio_table(result: dict[str, Any]) -> str:
         rows.append((f"{_label(result, name)}: heatmap overhead vs logits only", by_batch, True))
     if r["ort_vs_autograd"]:
         rows.append(("ORT explainer / autograd Grad-CAM, heatmaps/s", r["ort_vs_autograd"], False))
+    for name, by_batch in r.get("gradcam_overhead", {}).items():
+        rows.append((f"{_label(result, name)}: gradcam's extra time over it", by_batch, True))
+    if r.get("ort_gradcam_vs_autograd"):
+        rows.append(
+            (
+                "ORT gradcam / autograd Grad-CAM, heatmaps/s",
+                r["ort_gradcam_vs_autograd"],
+                False,
+            )
+        )
     lines = [
         "| ratio | " + " | ".join(f"batch {b}" for b in batches) + " |",
         "| --- |" + " ---: |" * len(batches),
@@ -160,7 +172,7 @@ def markdown(result: dict[str, Any], plot: str | None = None) -> str:
             "| --- | ---: | --- |",
         ]
         for t in result["targets"]:
-            pct = t["kind"] == "heatmap_overhead"
+            pct = t["kind"] in ("heatmap_overhead", "gradcam_overhead")
             value = f"{t['value']:+.1%}" if pct else f"{t['value']:.2f}×"
             out.append(f"| {t['target']} | {value} | {'yes' if t['met'] else '**no**'} |")
     notes = [

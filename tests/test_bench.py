@@ -29,7 +29,7 @@ RATIO_KEYS = {"value", "paired_median", "paired_p25", "paired_p75"}
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """All seven variants on TinyResNet at batch sizes 1 and 2."""
+    """All nine variants on TinyResNet at batch sizes 1 and 2."""
     out = tmp_path_factory.mktemp("bench_tiny")
     assert main([*TINY, *QUICK, "--batch-sizes", "1,2", "--out", str(out)]) == 0
     return out, json.loads((out / "bench.json").read_text())
@@ -72,8 +72,15 @@ def test_ratios_and_targets_come_from_the_same_run(tiny_run):
         assert set(by_batch) == {"1", "2"}
         assert all(set(x) == RATIO_KEYS for x in by_batch.values())
     assert set(r["ort_vs_autograd"]) == {"1", "2"}
+    assert set(r["gradcam_overhead"]) == {"eager", "ort"}
+    assert set(r["ort_gradcam_vs_autograd"]) == {"1", "2"}
     kinds = {t["kind"] for t in result["targets"]}
-    assert kinds == {"speedup_vs_eager", "heatmap_overhead", "ort_vs_autograd"}
+    assert kinds == {
+        "speedup_vs_eager",
+        "heatmap_overhead",
+        "ort_vs_autograd",
+        "ort_gradcam_vs_autograd",
+    }
     assert all(isinstance(t["met"], bool) for t in result["targets"])
 
 

@@ -13,6 +13,7 @@ import shlex
 import sys
 from typing import Any
 
+from ..methods import AUTO, CHOICES
 from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-bench"
@@ -26,6 +27,9 @@ variants (all on the same inputs, interleaved round by round):
   ort_logits    the model alone, exported the same way
   compile       torch.compile of the explainer (slow to compile on few cores: --skip compile)
   autograd      Grad-CAM with hooks and backward, then the same resize and min-max
+  eager_gradcam the explainer with --method gradcam, eager (autograd from the tap on)
+  ort_gradcam   the gradcam explainer exported (gradient lowered into the graph) on ORT
+                (both skipped where the explainer is gradcam already)
 
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
@@ -61,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a checkpoint that unpickles Python objects (runs code from the file)",
     )
     m.add_argument("--layer", metavar="NAME", help="the map to explain, NAME[:input][@CALL]")
-    m.add_argument("--method", choices=("cam", "sum"), default="cam", help="default: cam")
+    m.add_argument(
+        "--method",
+        choices=CHOICES,
+        default=AUTO,
+        help="as explain-export (default: auto, cam where exact, else gradcam)",
+    )
     m.add_argument("--head", metavar="NAME", help="for cam, the nn.Linear after the pooling")
     m.add_argument(
         "--input-size",
