@@ -311,8 +311,14 @@ def _choose_method(
     head: str | None,
     layout: str,
 ) -> tuple[str, str, str | None]:
-    """``(method, why, linear head)``: ``auto`` takes cam where the probe shows it exact."""
+    """``(method, why, linear head)``: ``auto`` takes cam where the probe shows it exact.
+
+    A ``head`` given by name asks for cam."""
+    if head is not None and method == AUTO:
+        method = "cam"
     if method not in (AUTO, "cam"):
+        if head is not None:
+            raise UsageError(f"--head names cam's linear layer; {method} does not use one")
         return method, "", None
     if method == "cam":
         found = probe.find_gap_linear_head(result, model, record, spec, head)

@@ -194,3 +194,14 @@ def test_list_layers_marks_the_default_for_a_pool_input(capsys):
     default = [line for line in out.splitlines() if line.endswith("<- default")]
     assert len(default) == 1 and default[0].startswith("avgpool:input")
     assert "(NHWC)" in out  # the blocks' channels-last maps are listed as such
+
+
+def test_a_layernorm_output_sums_to_noise_and_is_refused_as_no_signal():
+    """A LayerNorm over channels (weight 1, bias 0, as at init) sums to ~0 over them: rounding
+    noise, judged against the terms' magnitude, so flat; the error says no signal."""
+    model = head_kind("layernorm-head")
+    with pytest.raises(UsageError, match=r"'features.1' is flat on every probe.*no signal"):
+        build_explainer(model, layer="features.1", method="sum", input_size=SIZE)
+    explainer, _ = build_explainer(model, layer="features.1", method="gradcam", input_size=SIZE)
+    with torch.no_grad():
+        assert explainer(torch.from_numpy(photos()))[1].amax() == 1  # gradcam has a signal there

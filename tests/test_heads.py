@@ -65,3 +65,23 @@ def test_finish_resizes_then_normalizes():
     assert out.shape == (2, 1, 50, 60)
     torch.testing.assert_close(out, heads.minmax_normalize(heads.resize_bilinear(m, (50, 60))))
     torch.testing.assert_close(out.amax((1, 2, 3)), torch.ones(2))
+
+
+def test_a_sum_that_cancels_to_rounding_noise_is_flat():
+    """Channels that cancel leave float32 noise far below the terms' magnitude: flat, 0."""
+    a = torch.rand(2, 6, 7, 7) * 100
+    features = torch.cat([a, -a * (1 + 1e-7)], dim=1)
+    assert heads.channel_sum(features).abs().max() > 0  # noise, not exactly zero
+    assert torch.all(heads.render(features, None, (20, 20)) == 0)
+    weights = torch.ones(2, 12)
+    assert torch.all(heads.render(features, weights, (20, 20)) == 0)
+    # A real signal of 1e-3 of the terms' magnitude is kept.
+    features[:, 0, 3, 3] += 0.3
+    assert heads.render(features, None, (20, 20)).amax() == 1
+
+
+def test_gradcam_weights_are_the_spatial_mean_of_the_gradient():
+    a, g = torch.rand(2, 5, 4, 3), torch.randn(2, 5, 4, 3)
+    torch.testing.assert_close(heads.gradcam_weights(g), g.mean((2, 3)))
+    expected = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1, keepdim=True))
+    torch.testing.assert_close(heads.gradcam(a, g), expected)
