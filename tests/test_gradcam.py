@@ -205,3 +205,19 @@ def test_a_layernorm_output_sums_to_noise_and_is_refused_as_no_signal():
     explainer, _ = build_explainer(model, layer="features.1", method="gradcam", input_size=SIZE)
     with torch.no_grad():
         assert explainer(torch.from_numpy(photos()))[1].amax() == 1  # gradcam has a signal there
+
+
+@pytest.mark.parametrize("method", ["sum", "gradcam"])
+def test_an_input_tap_of_an_in_place_module_is_copied(method):
+    """``stem.2`` is ``ReLU(inplace=True)``: it changes its own input, which the tap copies."""
+    model = head_kind("inplace-after-tap")
+    layer = "stem.2:input"
+    explainer, info = build_explainer(model, layer=layer, method=method, input_size=SIZE)
+    assert info.cloned
+    x = torch.from_numpy(photos())
+    if method == "sum":
+        ref = reference.channel_sum(model, reference.normalize(x), model.stem[2], port="input")
+    else:
+        ref = ref_gradcam(model, photos(), layer)
+    with torch.no_grad():
+        np.testing.assert_allclose(explainer(x)[1].numpy(), ref, atol=1e-4)
