@@ -167,9 +167,12 @@ def test_channels_last_map_is_permuted(tmp_path):
     ref = ref_gradcam(model, photos(), layer, layout="NHWC")
     with torch.no_grad():
         np.testing.assert_allclose(explainer(torch.from_numpy(photos()))[1].numpy(), ref, atol=1e-4)
-    result = export_explainer(explainer, info, str(tmp_path), ("onnx",))
+    result = export_explainer(explainer, info, str(tmp_path), FORMATS)
     assert result.metadata["layout"] == "NHWC"
-    np.testing.assert_allclose(runtime.load(result.paths["onnx"])(photos())[1], ref, atol=1e-4)
+    for fmt in FORMATS:
+        for batch in (3, 1):
+            got = runtime.load(result.paths[fmt])(photos()[:batch])[1]
+            np.testing.assert_allclose(got, ref[:batch], atol=1e-4)
 
 
 def test_a_vision_transformer_is_refused_with_a_reason():
