@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -124,6 +125,21 @@ def _quiet() -> Iterator[io.StringIO]:
         logger.setLevel(level)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def root_cause(exc: BaseException, limit: int = 300) -> str:
+    """One line for an exporter's error: the innermost exception of the chain (the exporters
+    wrap the real reason in a generic 'failed to convert'), without colour codes."""
+    seen: set[int] = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
 def to_torchscript(explainer: torch.nn.Module, args: tuple[torch.Tensor, ...], path: str) -> None:
     """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``; a lowered graph
     (:class:`.lowering.Lowered`) is scripted instead. The batch size is free."""
@@ -155,14 +171,11 @@ def to_onnx(
     }
     if "external_data" not in inspect.signature(torch.onnx.export).parameters:
         del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
-    with _quiet() as log, torch.no_grad():
+    with _quiet(), torch.no_grad():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)
         except Exception as exc:
-            tail = " ".join(log.getvalue().split()[-40:])
-            raise ExplainExportError(
-                f"ONNX export failed: {str(exc).splitlines()[0][:300]} {tail[-300:]}".strip()
-            ) from exc
+            raise ExplainExportError(f"ONNX export failed: {root_cause(exc)}") from exc
         program.save(path)
 
 
@@ -179,9 +192,7 @@ def to_pt2(
                 explainer.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
             )
         except Exception as exc:
-            raise ExplainExportError(
-                f"torch.export failed: {str(exc).splitlines()[0][:300]}"
-            ) from exc
+            raise ExplainExportError(f"torch.export failed: {root_cause(exc)}") from exc
         torch.export.save(program, path)
 
 

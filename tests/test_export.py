@@ -166,3 +166,17 @@ def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
     assert all(r.ok for r in result.parity)
     assert max(r.logits_limit for r in result.parity) > 1e7
     assert verify.logits_limit(np.array([[0.5, -0.2]]), 1e-3) == 1e-3
+
+
+def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
+    from explain_export.export import root_cause
+
+    try:
+        try:
+            raise KeyError("aten.mystery_op.default has no ONNX function")
+        except KeyError as inner:
+            raise RuntimeError("\x1b[96mFailed to convert\x1b[0m the program.\nStep 3/3") from inner
+    except RuntimeError as exc:
+        text = root_cause(exc)
+    assert text == "KeyError: 'aten.mystery_op.default has no ONNX function'"
+    assert "\x1b" not in root_cause(RuntimeError("\x1b[96mcolour\x1b[0m\nmore"))
