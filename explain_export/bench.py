@@ -371,7 +371,7 @@ def exportable(explainer: nn.Module, example: Tensor) -> nn.Module:
     """``explainer``, or its lowered graph where it needs a gradient (:mod:`.lowering`)."""
     if isinstance(explainer, Explainer) and explainer.spec.needs_gradient:
         with _quiet():
-            return lowering.Lowered(lowering.lower(explainer, (example,), {0: [0]}))
+            return lowering.lower(explainer, (example,), {0: [0]})
     return explainer
 
 

@@ -81,6 +81,58 @@ def target_class(
     return torch.where(class_index >= 0, class_index.to(best.dtype), best)
 
 
+class HeatmapHead(nn.Module):
+    """Steps 3-4 and the optional overlay: ``(image, logits, A, ∂y/∂A) -> outputs``.
+
+    It holds no model weights (``cam``'s linear weight is passed in), so a lowered ``gradcam``
+    graph (:mod:`.lowering`) can be followed by this same module, traced as ``cam``'s is.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        eps: float = heads.DEFAULT_EPS,
+        target: int | None = None,
+        layout: str = "NCHW",
+        graph: GraphOptions = GraphOptions(),
+    ) -> None:
+        super().__init__()
+        self.spec = methods.get(method)
+        self.eps = eps
+        self.target = target
+        self.layout = layout
+        self.graph = graph
+        if graph.overlay:
+            self.register_buffer("lut", graph_io.colormap_lut(graph.colormap))
+
+    def forward(
+        self,
+        image: Tensor,
+        logits: Tensor,
+        features: Tensor,
+        grad: Tensor | None = None,
+        weight: Tensor | None = None,
+        class_index: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """``(logits, heatmap[, overlay])`` for the graph input ``image`` (its size sets the
+        heatmap's); ``features`` is ``A`` as tapped, ``grad`` its gradient for ``gradcam``,
+        ``weight`` the linear weight for ``cam``."""
+        if self.layout == "NHWC":
+            features = features.permute(0, 3, 1, 2)
+            grad = None if grad is None else grad.permute(0, 3, 1, 2)
+        target = None
+        if self.spec.has_class and self.spec.needs_linear:
+            target = target_class(logits, class_index, self.target)
+        alpha = self.spec.weights(grad, weight, target)
+        heat = heads.render(
+            features, alpha, graph_io.image_size(image, self.graph.input_format), self.eps
+        )
+        if not self.graph.overlay:
+            return logits, heat
+        pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
+        return logits, heat, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
+
+
 class Explainer(nn.Module):
     """``image -> (logits, heatmap)`` for ``model``, tapping ``layer``.
 
@@ -130,7 +182,6 @@ class Explainer(nn.Module):
         self.spec = spec
         self.head = head
         self.target = target
-        self.eps = eps
         self.layout = layout
         self.tap = Tap(
             model,
@@ -146,36 +197,35 @@ class Explainer(nn.Module):
                 f"choose one of {', '.join(graph_io.INPUT_FORMATS)}"
             )
         self.graph = graph
-        if graph.overlay:
-            self.register_buffer("lut", graph_io.colormap_lut(graph.colormap))
+        self.heatmap_head = HeatmapHead(method, eps, target, layout, graph)
+
+    @property
+    def lut(self) -> Tensor:
+        """The in-graph overlay's colormap (``graph.overlay`` only)."""
+        return self.heatmap_head.lut
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         """``image``: float ``[N,3,H,W]`` RGB in [0,1] (or uint8 ``[N,H,W,3]``, see
         :class:`GraphOptions`); ``class_index``: optional int64 ``[N]`` (-1: default class),
         used by the methods that explain a class. Returns ``logits [N,K]``, ``heatmap
         [N,1,H,W]`` (float32), and with ``graph.overlay`` the ``overlay`` uint8 ``[N,H,W,3]``."""
-        x = (graph_io.to_float_nchw(image, self.graph.input_format) - self.mean) / self.std
-        grad = target = None
-        if self.spec.needs_gradient:
-            logits, features, grad, target = self.gradient(x, class_index)
-        else:
-            self.tap.clear()
-            logits = self.model(x.half() if self.graph.half else x).float()
-            features = self.tap.take().float()
-        if self.layout == "NHWC":
-            features = features.permute(0, 3, 1, 2)
-            grad = None if grad is None else grad.permute(0, 3, 1, 2)
+        logits, features, grad = self.capture(image, class_index)
         weight = None
         if self.spec.needs_linear:
             weight = self.model.get_submodule(self.head).weight.float()
-        if self.spec.has_class and target is None:
-            target = target_class(logits, class_index, self.target)
-        alpha = self.spec.weights(grad, weight, target)
-        heat = heads.render(features, alpha, x.shape[-2:], self.eps)
-        if not self.graph.overlay:
-            return logits, heat
-        pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
-        return logits, heat, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
+        return self.heatmap_head(image, logits, features, grad, weight, class_index)
+
+    def capture(
+        self, image: Tensor, class_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Steps 1-2: ``(logits, A, ∂y_c/∂A or None)`` for the graph input ``image``."""
+        x = (graph_io.to_float_nchw(image, self.graph.input_format) - self.mean) / self.std
+        if self.spec.needs_gradient:
+            logits, features, grad, _ = self.gradient(x, class_index)
+            return logits, features, grad
+        self.tap.clear()
+        logits = self.model(x.half() if self.graph.half else x).float()
+        return logits, self.tap.take().float(), None
 
     def gradient(
         self, x: Tensor, class_index: Tensor | None = None

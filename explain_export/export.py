@@ -142,10 +142,10 @@ def root_cause(exc: BaseException, limit: int = 300) -> str:
 
 def to_torchscript(explainer: torch.nn.Module, args: tuple[torch.Tensor, ...], path: str) -> None:
     """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``; a lowered graph
-    (:class:`.lowering.Lowered`) is scripted instead. The batch size is free."""
+    (:class:`.lowering.Lowered`) is scripted, its head traced, not frozen. The batch is free."""
     with _quiet(), torch.no_grad():
         if isinstance(explainer, lowering.Lowered):
-            module = lowering.to_script(explainer.graph_module, len(args) > 1)
+            module = lowering.to_script(explainer, args)
         else:
             traced = torch.jit.trace(explainer.eval(), args, check_trace=False)
             module = torch.jit.freeze(traced)
@@ -340,9 +340,7 @@ def export_explainer(
     module: torch.nn.Module = explainer
     if explainer.spec.needs_gradient:
         t0 = time.perf_counter()
-        module = lowering.Lowered(
-            lowering.lower(explainer, args, _lowering_dims(info, dynamic_size))
-        )
+        module = lowering.lower(explainer, args, _lowering_dims(info, dynamic_size))
         log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:

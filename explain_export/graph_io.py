@@ -25,6 +25,11 @@ def to_float_nchw(image: Tensor, input_format: str) -> Tensor:
     return image
 
 
+def image_size(image: Tensor, input_format: str) -> torch.Size:
+    """``(H, W)`` of the graph input."""
+    return image.shape[1:3] if input_format == "uint8-nhwc" else image.shape[-2:]
+
+
 def pixels_nhwc(image: Tensor, input_format: str) -> Tensor:
     """The input image as float ``[N,H,W,3]`` on the 0..255 scale, for blending."""
     if input_format == "uint8-nhwc":

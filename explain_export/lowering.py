@@ -2,10 +2,12 @@
 
 ``gradcam`` runs autograd in eager mode. No exporter takes ``torch.autograd.grad`` inside
 ``forward`` (``torch.jit.trace`` and ``torch.export`` both refuse it), so :func:`lower` traces
-the whole explainer with ``make_fx``: the autograd engine runs during tracing, and what it
-executes (forward ops, then the backward ops of the path from ``A`` to the logits) is recorded as
-plain ATen ops. Weights are constants, and only the batch (and, with ``dynamic_size``, the image
-size) stays symbolic.
+the explainer's capture step (normalize, model, tap, gradient) with ``make_fx``: the autograd
+engine runs during tracing, and what it executes (forward ops, then the backward ops of the path
+from ``A`` to the logits) is recorded as plain ATen ops. Weights are constants, and only the
+batch (and, with ``dynamic_size``, the image size) stays symbolic. :class:`Lowered` runs that
+graph, then the explainer's :class:`~.explainer.HeatmapHead`, which the exporters trace as they
+trace ``cam``'s.
 
 The backward ops are decomposed into forward ops as they are recorded, so that ONNX, TorchScript
 and ``torch.export`` can all run them: PyTorch's own decompositions (layer norm, batch norm,
@@ -215,10 +217,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def lower(
-    explainer: nn.Module, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]
-) -> torch.fx.GraphModule:
-    """Trace ``explainer(*args)`` to an FX graph of forward ATen ops, autograd included.
+def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]) -> Lowered:
+    """Trace ``explainer.capture(*args)`` to an FX graph of forward ATen ops, autograd included,
+    and return it followed by the explainer's heatmap head.
 
     ``dynamic`` maps an argument's position to its dimensions that stay symbolic (the batch,
     and H, W with a dynamic size); every other size is fixed to that of ``args``.
@@ -238,16 +239,21 @@ def lower(
         sizes = [DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(arg.dim())]
         context = StatelessSymbolicContext(dynamic_sizes=sizes)
         fakes.append(mode.from_tensor(arg, symbolic_context=context))
+    explainer.eval()
+
+    def capture(*inputs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(explainer.capture(*inputs))
+
     with _quiet():
         graph = make_fx(
-            explainer.eval(),
+            capture,
             decomposition_table=decompositions(),
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*fakes)
     _as_strided_to_views(graph)
     check_lowered(graph)
-    return graph
+    return Lowered(graph, explainer.heatmap_head)
 
 
 def _value(arg: Any) -> Any:
@@ -343,19 +349,26 @@ def check_lowered(graph: torch.fx.GraphModule) -> None:
 
 
 class Lowered(nn.Module):
-    """A lowered explainer graph as a module: ``forward(image[, class_index])``."""
+    """A lowered capture graph and the heatmap head: ``forward(image[, class_index])``.
 
-    def __init__(self, graph: torch.fx.GraphModule) -> None:
+    ``graph_module`` maps the inputs to ``(logits, A, ∂y_c/∂A)``; ``head`` is the explainer's
+    :class:`~.explainer.HeatmapHead` (no model weights in it).
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule | nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.graph_module = graph
+        self.head = head
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
-        out = (
-            self.graph_module(image)
-            if class_index is None
-            else self.graph_module(image, class_index)
-        )
-        return tuple(out)
+        if class_index is None:
+            logits, features, grad = self.graph_module(image)
+        else:
+            logits, features, grad = self.graph_module(image, class_index)
+        return self.head(image, logits, features, grad, None, class_index)
+
+
+_SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
 
 
 class _Script(nn.Module):
@@ -372,18 +385,16 @@ class _ScriptWithClass(_Script):
         return self.graph_module(image, class_index)
 
 
-_SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
+def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
+    """TorchScript of a lowered explainer: the graph scripted, the head traced around it.
 
-
-def to_script(graph: torch.fx.GraphModule, class_input: bool) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of a lowered graph, sizes kept symbolic.
-
-    Tracing would bake the batch size into the shape arithmetic, so the graph is scripted: its
-    ATen overloads become the overload packets that TorchScript resolves by signature.
+    Tracing the graph would bake the batch size into its shape arithmetic, so it is scripted (its
+    ATen overloads become the overload packets that TorchScript resolves by signature); the
+    head is traced like ``cam``'s, and calls the scripted graph.
     """
     import copy
 
-    graph = copy.deepcopy(graph)
+    graph = copy.deepcopy(lowered.graph_module)
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in _SYM_BUILTINS:
             node.target = _SYM_BUILTINS[node.target]
@@ -392,6 +403,7 @@ def to_script(graph: torch.fx.GraphModule, class_input: bool) -> torch.jit.Scrip
                 node.target = aten.size.int
             node.target = node.target.overloadpacket
     graph.recompile()
-    wrapper = _ScriptWithClass(graph) if class_input else _Script(graph)
+    wrapper = _ScriptWithClass(graph) if len(args) > 1 else _Script(graph)
     with _quiet():
-        return torch.jit.script(wrapper.eval())
+        scripted = torch.jit.script(wrapper.eval())
+        return torch.jit.trace(Lowered(scripted, lowered.head).eval(), args, check_trace=False)
