@@ -209,17 +209,28 @@ class Explainer(nn.Module):
         :class:`GraphOptions`); ``class_index``: optional int64 ``[N]`` (-1: default class),
         used by the methods that explain a class. Returns ``logits [N,K]``, ``heatmap
         [N,1,H,W]`` (float32), and with ``graph.overlay`` the ``overlay`` uint8 ``[N,H,W,3]``."""
-        logits, features, grad = self.capture(image, class_index)
+        return self.explain(image, class_index)
+
+    def explain(
+        self, image: Tensor, class_index: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """:meth:`forward`, with ``noise`` added to the normalized input (see :meth:`capture`)."""
+        logits, features, grad = self.capture(image, class_index, noise)
         weight = None
         if self.spec.needs_linear:
             weight = self.model.get_submodule(self.head).weight.float()
         return self.heatmap_head(image, logits, features, grad, weight, class_index)
 
     def capture(
-        self, image: Tensor, class_index: Tensor | None = None
+        self, image: Tensor, class_index: Tensor | None = None, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Steps 1-2: ``(logits, A, ∂y_c/∂A or None)`` for the graph input ``image``."""
+        """Steps 1-2: ``(logits, A, ∂y_c/∂A or None)`` for the graph input ``image``.
+
+        ``noise`` is added to the normalized input (verification measures how much the eager
+        heatmap itself moves under it; see :func:`.verify.heatmap_limits`)."""
         x = (graph_io.to_float_nchw(image, self.graph.input_format) - self.mean) / self.std
+        if noise is not None:
+            x = x + noise
         if self.spec.needs_gradient:
             logits, features, grad, _ = self.gradient(x, class_index)
             return logits, features, grad

@@ -342,6 +342,7 @@ def export_explainer(
         t0 = time.perf_counter()
         module = lowering.lower(explainer, args, _lowering_dims(info, dynamic_size))
         log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
+    heat_limits = verify.heatmap_limits(explainer, all_cases)
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         staged: dict[str, str] = {}
@@ -358,7 +359,7 @@ def export_explainer(
                 to_torchscript(module, args, path)
             log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
             artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
-            rows += verify.parity(fmt, artifact, explainer, all_cases)
+            rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits)
             staged[fmt] = path
         failed = [r for r in rows if not r.ok]
         if failed:

@@ -4,12 +4,13 @@ For each artifact: run it and the eager :class:`~.explainer.Explainer` on the sa
 images at batch 1 and 3, a real photo, other sizes where the size is dynamic) and compare.
 The export fails if any ``max |logits - eager|`` exceeds 1e-3 · max(1, max |eager logits|)
 (relative to their magnitude: a model whose logits reach 1e11 has float32 steps of 1e4) or
-``max |heatmap - eager|`` exceeds 1e-4; with ``--half`` (fp16 compute, whose kernels round
-differently per backend) the limits are 5e-2 (also scaled) and 1e-2. An in-graph overlay may
-differ by one colormap step where a heatmap value sits on a quantization boundary (a 1e-6
-change moves ``round(255·m)`` by one level): ``ceil(alpha · max|lut[i+1] - lut[i]|) + 1``
-levels per channel, 3 for JET at alpha 0.4. ONNX files also pass ``onnx.checker`` with
-``full_check=True``.
+``max |heatmap - eager|`` exceeds 1e-4 (for ``gradcam``, or twice what tiny input noise moves
+the eager heatmap itself, where that is more: :func:`heatmap_limits`); with ``--half`` (fp16
+compute, whose kernels round differently per backend) the limits are 5e-2 (also scaled) and
+1e-2. An in-graph overlay may differ by one colormap step where a heatmap value sits on a
+quantization boundary (a 1e-6 change moves ``round(255·m)`` by one level):
+``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4. ONNX
+files also pass ``onnx.checker`` with ``full_check=True``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ParityRow:
     ok: bool
     overlay_err: float | None = None  # max |overlay - eager| in uint8 levels, if there is one
     logits_limit: float | None = None  # the logits' limit for this case, scaled by magnitude
+    heatmap_limit: float | None = None  # the heatmap's limit for this case (see heatmap_limits)
 
     def to_dict(self) -> dict:
         """JSON-ready (the size as a list)."""
@@ -110,12 +112,14 @@ def _class_indices(n: int, num_classes: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def eager(explainer: Explainer, case: Case) -> dict[str, np.ndarray]:
-    """Every output of the eager explainer for ``case``, by name."""
-    args = [torch.from_numpy(graph_image(case.image, explainer.graph.input_format))]
-    if case.class_index is not None:
-        args.append(torch.from_numpy(case.class_index))
-    result = explainer(*args)
+def eager(
+    explainer: Explainer, case: Case, noise: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """Every output of the eager explainer for ``case`` (``noise`` added to its normalized
+    input), by name."""
+    image = torch.from_numpy(graph_image(case.image, explainer.graph.input_format))
+    index = None if case.class_index is None else torch.from_numpy(case.class_index)
+    result = explainer.explain(image, index, noise)
     return {n: t.numpy() for n, t in zip(("logits", "heatmap", "overlay"), result, strict=False)}
 
 
@@ -125,21 +129,69 @@ def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def parity(fmt: str, artifact: Any, explainer: Explainer, all_cases: list[Case]) -> list[ParityRow]:
-    """Compare every output of ``artifact`` with the eager explainer, on every case."""
+NOISE = 1e-5  # in normalized input units: 1/1700 of one 8-bit level (about 0.017)
+NOISE_DRAWS = 3
+
+
+def heatmap_limits(explainer: Explainer, all_cases: list[Case]) -> list[float]:
+    """Per case, the heatmap's limit: 1e-4, or for a gradient method twice as much as the eager
+    heatmap itself moves when ``NOISE`` is added to its input (the most of ``NOISE_DRAWS``
+    draws), where that is larger.
+
+    The gradient of a network with ReLU/ReLU6 after the tap jumps where an activation crosses
+    0 or 6: a backend's different float rounding (1e-6 relative) flips a few such masks, and
+    Grad-CAM's weights move with them. Measured on EfficientNet-Lite0 at ``_blocks.10``: input
+    noise of 1e-7 moved the eager heatmap by up to 1.8e-3, and of 1e-5 by 1e-3 to 2.6e-3 on
+    every verification input; ONNX Runtime differed from eager by up to 1.8e-3. A smooth head
+    (pooling + linear, LayerNorm, GELU) moves by ~1e-6, so its limit stays 1e-4. An export that
+    differs by more than this computes something else.
+    """
+    tol = limits(explainer.graph.half)[1]
+    if not explainer.spec.needs_gradient:
+        return [tol] * len(all_cases)
+    out = []
+    for case in all_cases:
+        ref = eager(explainer, case)["heatmap"]
+        spread = 0.0
+        for seed in range(NOISE_DRAWS):
+            got = eager(explainer, case, _noise(case, seed))["heatmap"]
+            spread = max(spread, _max_diff(got, ref))
+        out.append(max(tol, 2 * spread))
+    return out
+
+
+def _noise(case: Case, seed: int) -> torch.Tensor:
+    n, _, h, w = case.image.shape
+    gen = torch.Generator().manual_seed(seed)
+    return NOISE * torch.randn(n, 3, h, w, generator=gen)
+
+
+def parity(
+    fmt: str,
+    artifact: Any,
+    explainer: Explainer,
+    all_cases: list[Case],
+    heat_limits: list[float] | None = None,
+) -> list[ParityRow]:
+    """Compare every output of ``artifact`` with the eager explainer, on every case.
+
+    ``heat_limits``: per case (:func:`heatmap_limits`); default the fixed limit."""
     logits_tol, heat_tol = limits(explainer.graph.half)
     overlay_tol = overlay_limit(explainer) if explainer.graph.overlay else 0.0
+    heat_limits = heat_limits or [heat_tol] * len(all_cases)
     rows = []
-    for case in all_cases:
+    for case, heat_limit in zip(all_cases, heat_limits, strict=True):
         ref = eager(explainer, case)
         got = artifact.outputs(case.image, case.class_index)
         le = _max_diff(got.get("logits"), ref["logits"])
         he = _max_diff(got.get("heatmap"), ref["heatmap"])
         oe = _max_diff(got.get("overlay"), ref["overlay"]) if "overlay" in ref else None
         limit = logits_limit(ref["logits"], logits_tol)
-        ok = bool(le <= limit and he <= heat_tol and (oe is None or oe <= overlay_tol))
+        ok = bool(le <= limit and he <= heat_limit and (oe is None or oe <= overlay_tol))
         n, _, hh, ww = case.image.shape
-        rows.append(ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit))  # NaN fails
+        rows.append(  # NaN fails
+            ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit)
+        )
     return rows
 
 
@@ -171,8 +223,11 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
     for r in rows:
         size = f"{r.size[0]}x{r.size[1]}"
         extra = f" {r.overlay_err:>7.0f}" if r.overlay_err is not None else ""
+        note = ""
+        if r.heatmap_limit is not None and r.heatmap_limit > heat_tol:
+            note = f"  (heatmap limit {r.heatmap_limit:.1e}: 2x eager's own spread)"
         lines.append(
             f"  {r.format:<12} {r.input:<28} {r.batch:>5} {size:>9} "
-            f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}{extra}  {'ok' if r.ok else 'FAIL'}"
+            f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}{extra}  {'ok' if r.ok else 'FAIL'}{note}"
         )
     return "\n".join(lines)

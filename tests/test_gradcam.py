@@ -224,3 +224,30 @@ def test_an_input_tap_of_an_in_place_module_is_copied(method):
         ref = ref_gradcam(model, photos(), layer)
     with torch.no_grad():
         np.testing.assert_allclose(explainer(x)[1].numpy(), ref, atol=1e-4)
+
+
+def test_heatmap_limit_stays_strict_for_a_smooth_head():
+    """LayerNorm, Linear after the pool: no ReLU mask can flip, so the limit is 1e-4."""
+    from explain_export import verify
+
+    explainer, info = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
+    assert verify.heatmap_limits(explainer, verify.cases(SIZE)) == [1e-4] * 3
+
+
+def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypatch):
+    """A decomposition with a bug (the kernel flipped) must not pass as the eager's spread."""
+    from explain_export import lowering
+    from explain_export.errors import ParityError
+
+    right = lowering.convolution_backward
+
+    def flipped(grad, input, weight, *args):
+        return right(grad, input, weight.flip(-1, -2), *args)
+
+    monkeypatch.setattr(lowering, "convolution_backward", flipped)
+    explainer, info = build_explainer(
+        tiny_resnet(), layer="layer2", method="gradcam", input_size=SIZE
+    )
+    with pytest.raises(ParityError, match="differs from eager"):
+        export_explainer(explainer, info, str(tmp_path / "out"), ("onnx",))
+    assert not (tmp_path / "out" / "explainer.onnx").exists()
