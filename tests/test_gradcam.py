@@ -230,7 +230,7 @@ def test_heatmap_limit_stays_strict_for_a_smooth_head():
     """LayerNorm, Linear after the pool: no ReLU mask can flip, so the limit is 1e-4."""
     from explain_export import verify
 
-    explainer, info = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
+    explainer, _ = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
     assert verify.heatmap_limits(explainer, verify.cases(SIZE)) == [1e-4] * 3
 
 
