@@ -254,7 +254,10 @@ class Explainer(nn.Module):
             logits = self.model(x.half() if self.graph.half else x)
             a = self.tap.take()
             target = target_class(logits.detach(), class_index, self.target)
-            y = logits.gather(1, target[:, None]).sum()
+            # Σ_n y_{n,c_n} as a masked sum, not a gather: its backward is a product, where a
+            # gather's is a scatter-add, which ONNX Runtime's CPU provider lacks in fp16.
+            classes = torch.arange(logits.shape[1], device=logits.device)
+            y = (logits * (classes[None, :] == target[:, None]).to(logits.dtype)).sum()
             grad = None
             if y.requires_grad:
                 grad = torch.autograd.grad(y, a, allow_unused=True)[0]

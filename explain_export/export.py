@@ -352,14 +352,25 @@ def export_explainer(
             t0 = time.perf_counter()
             if fmt == "onnx":
                 to_onnx(module, args, path, opset, shapes, output_names(info))
-                verify.check_onnx(path)
+                try:
+                    verify.check_onnx(path)
+                except Exception as exc:
+                    raise ExplainExportError(
+                        f"the exported ONNX file fails onnx.checker: {root_cause(exc)}; "
+                        "nothing was written"
+                    ) from exc
             elif fmt == "pt2":
                 to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
             else:
                 to_torchscript(module, args, path)
             log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
             artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
-            rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits)
+            try:
+                rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits)
+            except Exception as exc:
+                raise ExplainExportError(
+                    f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
+                ) from exc
             staged[fmt] = path
         failed = [r for r in rows if not r.ok]
         if failed:

@@ -168,10 +168,10 @@ def adaptive_avg_pool2d_backward(grad_output: Tensor, input: Tensor) -> Tensor:
 def _scatter_to_indices(grad_output: Tensor, input: Tensor, indices: Tensor) -> Tensor:
     """Sum ``grad_output`` into a zero map shaped like ``input`` at the flat ``indices``."""
     n, c, h, w = input.shape
-    flat = grad_output.new_zeros((n, c, h * w))
-    return flat.scatter_add(2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)).reshape(
-        n, c, h, w
-    )
+    g = grad_output.float()  # ONNX Runtime's CPU scatter-add has no fp16
+    flat = g.new_zeros((n, c, h * w))
+    out = flat.scatter_add(2, indices.reshape(n, c, -1), g.reshape(n, c, -1))
+    return out.reshape(n, c, h, w).to(grad_output.dtype)
 
 
 def max_pool2d_with_indices_backward(

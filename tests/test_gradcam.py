@@ -251,3 +251,15 @@ def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypat
     with pytest.raises(ParityError, match="differs from eager"):
         export_explainer(explainer, info, str(tmp_path / "out"), ("onnx",))
     assert not (tmp_path / "out" / "explainer.onnx").exists()
+
+
+def test_gradcam_in_fp16(tmp_path):
+    """The class logit is picked by a masked sum (no scatter-add, which ORT lacks in fp16)."""
+    from explain_export.explainer import GraphOptions
+
+    graph = GraphOptions(half=True)
+    explainer, info = build_explainer(
+        tiny_resnet(), layer="layer2", method="gradcam", input_size=SIZE, graph=graph
+    )
+    result = export_explainer(explainer, info, str(tmp_path), FORMATS)
+    assert all(r.ok for r in result.parity)
