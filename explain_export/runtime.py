@@ -200,7 +200,13 @@ class ExportedProgramExplainer(_TorchArtifact):
         names = [
             s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"
         ]
-        return program.module().to(self.device), names
+        if self.device != "cpu":
+            # A program exported on the CPU names the CPU in its ops (``device=`` arguments) and
+            # holds CPU constants: ``.to()`` moves neither. The export pass moves both.
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, self.device)
+        return program.module(), names
 
 
 Artifact = OnnxExplainer | TorchScriptExplainer | ExportedProgramExplainer

@@ -180,3 +180,16 @@ def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
         text = root_cause(exc)
     assert text == "KeyError: 'aten.mystery_op.default has no ONNX function'"
     assert "\x1b" not in root_cause(RuntimeError("\x1b[96mcolour\x1b[0m\nmore"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_pt2_exported_on_the_cpu_runs_on_cuda(tmp_path, method):
+    explainer, info = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
+    result = export_explainer(explainer, info, str(tmp_path), ("pt2",))
+    image = np.random.default_rng(0).random((2, 3, *SIZE), dtype=np.float32)
+    on_cpu = runtime.load(result.paths["pt2"], device="cpu")(image)
+    on_cuda = runtime.load(result.paths["pt2"], device="cuda")
+    assert on_cuda.device == "cuda"
+    for got, ref in zip(on_cuda(image), on_cpu, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-4)
