@@ -20,15 +20,16 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import graph_io, heads, methods, probe, samples
 from .errors import UsageError
 from .methods import AUTO
+from .runtime import graph_image
 from .tap import Tap, TapSpec
 
-METHODS = tuple(methods.METHODS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -182,7 +183,6 @@ class Explainer(nn.Module):
         self.spec = spec
         self.head = head
         self.target = target
-        self.layout = layout
         self.tap = Tap(
             model,
             TapSpec.parse(layer) if isinstance(layer, str) else layer,
@@ -232,16 +232,15 @@ class Explainer(nn.Module):
         if noise is not None:
             x = x + noise
         if self.spec.needs_gradient:
-            logits, features, grad, _ = self.gradient(x, class_index)
-            return logits, features, grad
+            return self.gradient(x, class_index)
         self.tap.clear()
         logits = self.model(x.half() if self.graph.half else x).float()
         return logits, self.tap.take().float(), None
 
     def gradient(
         self, x: Tensor, class_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(logits, A, ∂y_c/∂A, c)`` for the normalized batch ``x``, by autograd.
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(logits, A, ∂y_c/∂A)`` for the normalized batch ``x``, by autograd.
 
         The tap makes ``A`` a leaf, so only the path from ``A`` to the logits is differentiated;
         ``y_c`` is summed over the batch (images are independent). Works under
@@ -263,7 +262,7 @@ class Explainer(nn.Module):
                 grad = torch.autograd.grad(y, a, allow_unused=True)[0]
             if grad is None:  # the logits do not depend on A
                 grad = torch.zeros_like(a)
-        return logits.detach().float(), a.detach().float(), grad.float(), target
+        return logits.detach().float(), a.detach().float(), grad.float()
 
 
 def check_norm(
@@ -407,17 +406,13 @@ def _choose_method(
 def _check_signal(explainer: Explainer, info: ExplainerInfo) -> None:
     """A UsageError if the heatmap is flat on every probe image (random ones and a photo)."""
     h, w = info.input_size
-    images = [torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))]
+    images = [np.random.default_rng(0).random((2, 3, h, w), dtype=np.float32)]
     with contextlib.suppress(FileNotFoundError):  # scikit-image missing: random images only
-        images.append(
-            torch.from_numpy(samples.load_rgb(samples.photo_path("chelsea.png"), (h, w)))[None]
-        )
-    dtype = torch.uint8 if explainer.graph.input_format == "uint8-nhwc" else None
+        images.append(samples.load_rgb(samples.photo_path("chelsea.png"), (h, w))[None])
     with torch.no_grad():
         for image in images:
-            if dtype is not None:
-                image = (image * 255).round().to(dtype).permute(0, 2, 3, 1).contiguous()
-            if explainer(image)[1].amax() > 0:
+            graph_input = torch.from_numpy(graph_image(image, explainer.graph.input_format))
+            if explainer(graph_input)[1].amax() > 0:
                 return
     raise UsageError(
         f"the {info.method} map of '{info.layer}' is flat on every probe image (it varies by less "

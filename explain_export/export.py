@@ -102,14 +102,6 @@ def _dynamic_shapes(
     return shapes
 
 
-def _lowering_dims(info: ExplainerInfo, dynamic_size: bool) -> dict[int, list[int]]:
-    """Each argument's symbolic dims for :func:`.lowering.lower`, as in :func:`_dynamic_shapes`."""
-    image = [0]
-    if dynamic_size:
-        image += [1, 2] if info.graph.input_format == "uint8-nhwc" else [2, 3]
-    return {0: image, 1: [0]}
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[io.StringIO]:
     """Silence the exporters' progress prints, warnings and log lines; keep them for errors."""
@@ -340,9 +332,11 @@ def export_explainer(
     module: torch.nn.Module = explainer
     if explainer.spec.needs_gradient:
         t0 = time.perf_counter()
-        module = lowering.lower(explainer, args, _lowering_dims(info, dynamic_size))
+        dims = {i: list(spec) for i, spec in enumerate(shapes.values())}  # as _dynamic_shapes
+        module = lowering.lower(explainer, args, dims)
         log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
-    heat_limits = verify.heatmap_limits(explainer, all_cases)
+    refs = verify.references(explainer, all_cases)
+    heat_limits = verify.heatmap_limits(explainer, all_cases, refs)
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         staged: dict[str, str] = {}
@@ -366,7 +360,7 @@ def export_explainer(
             log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
             artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
             try:
-                rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits)
+                rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs)
             except Exception as exc:
                 raise ExplainExportError(
                     f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"

@@ -194,17 +194,8 @@ def heatmap(
     grad: Tensor | None = None,
 ) -> Tensor:
     """The whole head by name: ``sum``, ``cam`` (needs ``weight`` and ``class_index``) or
-    ``gradcam`` (needs ``grad`` = ∂y_c/∂A), then :func:`render`."""
-    if method == "sum":
-        alpha = None
-    elif method == "cam":
-        if weight is None or class_index is None:
-            raise ValueError("cam needs the linear weight and the class index")
-        alpha = cam_weights(weight, class_index)
-    elif method == "gradcam":
-        if grad is None:
-            raise ValueError("gradcam needs the gradient of the class logit")
-        alpha = gradcam_weights(grad)
-    else:
-        raise ValueError(f"unknown method '{method}'")
-    return render(features, alpha, size, eps)
+    ``gradcam`` (needs ``grad`` = ∂y_c/∂A): the method's weights (:mod:`.methods`), then
+    :func:`render`."""
+    from . import methods
+
+    return render(features, methods.get(method).weights(grad, weight, class_index), size, eps)

@@ -45,14 +45,16 @@ def _no_weights(grad: Tensor | None, weight: Tensor | None, target: Tensor | Non
 def _cam(grad: Tensor | None, weight: Tensor | None, target: Tensor | None) -> Tensor:
     from . import heads
 
-    assert weight is not None and target is not None
+    if weight is None or target is None:
+        raise ValueError("cam needs the linear weight and the class index")
     return heads.cam_weights(weight, target)
 
 
 def _gradcam(grad: Tensor | None, weight: Tensor | None, target: Tensor | None) -> Tensor:
     from . import heads
 
-    assert grad is not None
+    if grad is None:
+        raise ValueError("gradcam needs the gradient of the class logit")
     return heads.gradcam_weights(grad)
 
 

@@ -133,7 +133,16 @@ NOISE = 1e-5  # in normalized input units: 1/1700 of one 8-bit level (about 0.01
 NOISE_DRAWS = 3
 
 
-def heatmap_limits(explainer: Explainer, all_cases: list[Case]) -> list[float]:
+def references(explainer: Explainer, all_cases: list[Case]) -> list[dict[str, np.ndarray]]:
+    """The eager outputs of every case (:func:`eager`), computed once for every format."""
+    return [eager(explainer, case) for case in all_cases]
+
+
+def heatmap_limits(
+    explainer: Explainer,
+    all_cases: list[Case],
+    refs: list[dict[str, np.ndarray]] | None = None,
+) -> list[float]:
     """Per case, the heatmap's limit: 1e-4, or for a gradient method twice as much as the eager
     heatmap itself moves when ``NOISE`` is added to its input (the most of ``NOISE_DRAWS``
     draws), where that is larger.
@@ -144,14 +153,15 @@ def heatmap_limits(explainer: Explainer, all_cases: list[Case]) -> list[float]:
     noise of 1e-7 moved the eager heatmap by up to 1.8e-3, and of 1e-5 by 1e-3 to 2.6e-3 on
     every verification input; ONNX Runtime differed from eager by up to 1.8e-3. A smooth head
     (pooling + linear, LayerNorm, GELU) moves by ~1e-6, so its limit stays 1e-4. An export that
-    differs by more than this computes something else.
+    differs by more than this computes something else. ``refs``: :func:`references`.
     """
     tol = limits(explainer.graph.half)[1]
     if not explainer.spec.needs_gradient:
         return [tol] * len(all_cases)
+    refs = refs or references(explainer, all_cases)
     out = []
-    for case in all_cases:
-        ref = eager(explainer, case)["heatmap"]
+    for case, outputs in zip(all_cases, refs, strict=True):
+        ref = outputs["heatmap"]
         spread = 0.0
         for seed in range(NOISE_DRAWS):
             got = eager(explainer, case, _noise(case, seed))["heatmap"]
@@ -172,16 +182,18 @@ def parity(
     explainer: Explainer,
     all_cases: list[Case],
     heat_limits: list[float] | None = None,
+    refs: list[dict[str, np.ndarray]] | None = None,
 ) -> list[ParityRow]:
     """Compare every output of ``artifact`` with the eager explainer, on every case.
 
-    ``heat_limits``: per case (:func:`heatmap_limits`); default the fixed limit."""
+    ``heat_limits``: per case (:func:`heatmap_limits`), default the fixed limit; ``refs``: the
+    eager outputs (:func:`references`), computed here if not given."""
     logits_tol, heat_tol = limits(explainer.graph.half)
     overlay_tol = overlay_limit(explainer) if explainer.graph.overlay else 0.0
     heat_limits = heat_limits or [heat_tol] * len(all_cases)
+    refs = refs or references(explainer, all_cases)
     rows = []
-    for case, heat_limit in zip(all_cases, heat_limits, strict=True):
-        ref = eager(explainer, case)
+    for case, heat_limit, ref in zip(all_cases, heat_limits, refs, strict=True):
         got = artifact.outputs(case.image, case.class_index)
         le = _max_diff(got.get("logits"), ref["logits"])
         he = _max_diff(got.get("heatmap"), ref["heatmap"])
