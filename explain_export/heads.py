@@ -13,6 +13,8 @@ resizes and min-maxes. They use only ops that trace and export to TorchScript an
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,8 +53,9 @@ def weighted_sum(features: Tensor, weights: Tensor) -> Tensor:
 
 
 def cam_weights(weight: Tensor, class_index: Tensor) -> Tensor:
-    r"""CAM's channel weights :math:`α_k = W[c,k]`: rows of the linear weight ``[K, C]``."""
-    return weight.index_select(0, class_index)
+    r"""CAM's channel weights :math:`α_k = W[c,k]`: rows of the linear weight ``[K, C]``,
+    ``[N, C]`` for ``class_index`` ``[N]`` (``[N, 1, C]`` for ``[N, 1]``)."""
+    return F.embedding(class_index, weight)  # one Gather in ONNX for either index shape
 
 
 def gradcam_weights(grad: Tensor) -> Tensor:
@@ -105,10 +108,10 @@ def magnitude(features: Tensor, weights: Tensor | None = None) -> Tensor:
     Returns ``[N, 1, 1, 1]``; ``weights`` None means all ones (``sum``).
     """
     _check_map(features)
-    n, c, h, w = features.shape
-    a = features.abs().reshape(n, c, h * w)
-    total = a.sum(dim=1) if weights is None else torch.bmm(weights.abs().unsqueeze(1), a)[:, 0]
-    return total.amax(dim=1).reshape(n, 1, 1, 1)
+    a = features.abs()
+    if weights is not None:
+        a = weights.abs()[:, :, None, None] * a
+    return a.sum(dim=1, keepdim=True).amax(dim=(2, 3), keepdim=True)
 
 
 def resize_bilinear(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
@@ -119,6 +122,23 @@ def resize_bilinear(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
+def resize_matrix(n_in: int, n_out: int) -> Tensor:
+    """The ``[n_out, n_in]`` matrix of 1-D linear interpolation (``align_corners=False``).
+
+    Bilinear resizing is separable, so ``R_h · m · R_wᵀ`` equals :func:`resize_bilinear` of
+    ``m`` (to rounding): two small matrix products where the size is fixed at export time.
+
+    Example:
+        >>> m = torch.rand(1, 1, 7, 5)
+        >>> out = resize_matrix(7, 32) @ m @ resize_matrix(5, 20).T
+        >>> bool(torch.allclose(out, resize_bilinear(m, (32, 20)), atol=1e-6))
+        True
+    """
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # [1, n_in, n_in]: n_in signals
+    rows = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0]
+    return rows.T.contiguous().to(torch.float32)
+
+
 def unit_scale(maps: Tensor) -> Tensor:
     r"""Divide each image's map by its largest magnitude: :math:`m / \max(\max |m|, tiny)`.
 
@@ -127,6 +147,14 @@ def unit_scale(maps: Tensor) -> Tensor:
     """
     peak = maps.abs().amax(dim=tuple(range(1, maps.dim())), keepdim=True)
     return maps / peak.clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+def _span_to_unit(maps: Tensor, eps: float) -> Tensor:
+    """Min-max of maps whose magnitude is at most 1: flat (span <= eps) gives 0."""
+    lo = maps.amin(dim=(1, 2, 3), keepdim=True)
+    span = maps.amax(dim=(1, 2, 3), keepdim=True) - lo
+    # x / inf = 0: a flat map is 0 everywhere, with no NaN and no second mask product
+    return (maps - lo) / torch.where(span > eps, span, float("inf"))
 
 
 def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS, scale: Tensor | None = None) -> Tensor:
@@ -146,11 +174,7 @@ def minmax_normalize(maps: Tensor, eps: float = DEFAULT_EPS, scale: Tensor | Non
     peak = maps.abs().amax(dim=(1, 2, 3), keepdim=True)
     if scale is not None:
         peak = torch.maximum(peak, scale)
-    maps = maps / peak.clamp_min(torch.finfo(maps.dtype).tiny)
-    lo = maps.amin(dim=(1, 2, 3), keepdim=True)
-    hi = maps.amax(dim=(1, 2, 3), keepdim=True)
-    span = hi - lo
-    return (maps - lo) / span.clamp_min(eps) * (span > eps).to(maps.dtype)
+    return _span_to_unit(maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), eps)
 
 
 def finish(
@@ -163,25 +187,59 @@ def finish(
     return minmax_normalize(resize_bilinear(maps, size), eps, scale)
 
 
+def guard(channels: int) -> float:
+    r""":math:`g = 2^{-(\lceil \log_2 C \rceil + 1)}`: terms of magnitude at most ``g·x`` sum, over
+    ``C`` channels, to at most ``x/2``, so no sum of finite terms overflows. A power of two, so
+    scaling by it is exact."""
+    return 2.0 ** -(math.ceil(math.log2(max(channels, 1))) + 1)
+
+
 def render(
     features: Tensor,
     weights: Tensor | None,
     size: tuple[int, int] | torch.Size,
     eps: float = DEFAULT_EPS,
+    matrices: tuple[Tensor, Tensor] | None = None,
+    bound: float | None = None,
 ) -> Tensor:
-    """``finish(head(unit_scale(A)))``: the channel sum where ``weights`` is None, else
-    :func:`weighted_sum` with ``unit_scale(α)``; flatness is judged by :func:`magnitude`.
+    r"""The heatmap: the head, resized to ``size`` and min-maxed, in one pass over ``A``.
 
-    Every head is positively homogeneous in ``A`` and in ``α``, so the unit scaling of both
-    leaves the result unchanged while keeping every intermediate finite.
+    With :math:`\hat α = g\,α / b` (:func:`guard` ``g``; ``b`` = ``bound`` if given, a known
+    bound on :math:`|α|`, else :math:`\max_k |α_k|` per image; for ``sum``, where ``weights`` is
+    None, :math:`\hat α_k = g`), the map :math:`\hat m = \sum_k \hat α_k A_k` (ReLU'd where
+    there are weights) has terms at most :math:`g` times a finite value, so every sum is finite.
+    It is resized to ``size`` and min-maxed; a range of at most ``eps`` times its terms'
+    magnitude :math:`s = \max_{ij} \sum_k |\hat α_k A_k|` (:func:`magnitude`) is float32 noise
+    (a sum that cancels): flat, 0. The result equals ``finish(head(A), size, eps, magnitude)``,
+    since every head is positively homogeneous in ``A`` and ``α``.
+
+    ``weights`` ``[N, C]`` or ``[N, 1, C]``. ``matrices`` ``(R_h [H,h], R_wᵀ [w,W])``
+    (:func:`resize_matrix`) resize by two products instead of :func:`resize_bilinear` (the size
+    is then fixed).
     """
-    a = unit_scale(features)
-    if weights is None:
-        raw = channel_sum(a)
+    _check_map(features)
+    n, c, h, w = features.shape
+    g = guard(c)
+    flat = features.reshape(n, c, h * w)
+    if weights is None:  # a plain sum: no weights (and no constant made on a device)
+        raw = (flat * g).sum(dim=1, keepdim=True).reshape(n, 1, h, w)
+        scale = (flat.abs() * g).sum(dim=1, keepdim=True).amax(dim=2, keepdim=True)
     else:
-        weights = unit_scale(weights)
-        raw = weighted_sum(a, weights)
-    return finish(raw, size, eps, magnitude(a, weights))
+        alpha = weights if weights.dim() == 3 else weights[:, None]
+        if bound is None:
+            peak = alpha.abs().amax(dim=2, keepdim=True)
+            alpha = alpha / peak.clamp_min(torch.finfo(alpha.dtype).tiny) * g
+        else:
+            alpha = alpha * (g / max(bound, torch.finfo(alpha.dtype).tiny))
+        # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw]
+        raw = torch.relu((alpha @ flat).reshape(n, 1, h, w))
+        scale = (alpha.abs() @ flat.abs()).amax(dim=2, keepdim=True)
+    scale = scale.unsqueeze(3)  # [N, 1, 1, 1]
+    m = resize_bilinear(raw, size) if matrices is None else matrices[0] @ raw @ matrices[1]
+    lo = m.amin(dim=(1, 2, 3), keepdim=True)
+    span = m.amax(dim=(1, 2, 3), keepdim=True) - lo
+    # x / inf = 0: a flat map is 0 everywhere, with no NaN and no mask product
+    return (m - lo) / torch.where(span > eps * scale, span, float("inf"))
 
 
 def heatmap(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -85,3 +87,38 @@ def test_gradcam_weights_are_the_spatial_mean_of_the_gradient():
     torch.testing.assert_close(heads.gradcam_weights(g), g.mean((2, 3)))
     expected = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1, keepdim=True))
     torch.testing.assert_close(heads.gradcam(a, g), expected)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((7, 7), (224, 224)), ((5, 7), (33, 50)), ((14, 9), (7, 5))]
+)
+def test_resize_by_matrices_equals_bilinear_resize(src, dst):
+    m = torch.rand(3, 1, *src)
+    rows, cols = heads.resize_matrix(src[0], dst[0]), heads.resize_matrix(src[1], dst[1]).T
+    torch.testing.assert_close(rows @ m @ cols, heads.resize_bilinear(m, dst), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["sum", "cam"])
+def test_render_equals_finish_of_the_head_with_its_magnitude(method):
+    """The one-pass head equals the plain formula: head, resize, min-max relative to the
+    terms' magnitude; with constant resize matrices and with a known weight bound too."""
+    a = torch.randn(3, 16, 7, 5)
+    w, c = torch.randn(10, 16), torch.tensor([1, 4, 9])
+    weights = None if method == "sum" else heads.cam_weights(w, c)
+    plain = heads.channel_sum(a) if weights is None else heads.weighted_sum(a, weights)
+    expected = heads.finish(plain, (40, 30), scale=heads.magnitude(a, weights))
+    torch.testing.assert_close(heads.render(a, weights, (40, 30)), expected, atol=1e-5, rtol=0)
+    matrices = (heads.resize_matrix(7, 40), heads.resize_matrix(5, 30).T)
+    fast = heads.render(a, weights, (40, 30), matrices=matrices, bound=float(w.abs().max()))
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
+
+
+def test_guard_keeps_the_channel_sum_finite_at_the_float32_limit():
+    big = torch.finfo(torch.float32).max
+    for c in (1, 2, 3, 4, 5, 1000, 1024):
+        g = heads.guard(c)
+        assert g * c <= 0.5 and math.log2(g).is_integer()
+        a = torch.full((1, c, 2, 2), big)
+        a[0, :, 0, 0] = 0.0
+        out = heads.render(a, None, (4, 4))
+        assert torch.isfinite(out).all() and out.max() == 1
