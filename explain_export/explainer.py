@@ -17,7 +17,7 @@ exports to TorchScript, ONNX and ``torch.export`` (:mod:`.export`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import graph_io, heads, methods, probe, samples
 from .errors import UsageError
 from .methods import AUTO
-from .runtime import graph_image
+from .runtime import HEATMAP_DTYPES, graph_image
 from .tap import Tap, TapSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,6 +41,8 @@ class GraphOptions:
     ``input_format``: ``float-nchw`` or ``uint8-nhwc``. ``overlay``: add a third output, the
     overlay as uint8 ``[N,H,W,3]`` RGB, blended with ``overlay_alpha`` and the ``colormap``.
     ``half``: fp16 weights and compute in the backbone (the head and min-max stay float32).
+    ``heatmap_dtype``: ``float32`` in [0, 1], or ``uint8`` ``round(255·m)`` (4x fewer bytes out,
+    for servers that only draw).
     """
 
     input_format: str = "float-nchw"
@@ -48,6 +50,7 @@ class GraphOptions:
     overlay_alpha: float = 0.4
     colormap: str = "JET"
     half: bool = False
+    heatmap_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -71,15 +74,20 @@ class ExplainerInfo:
 
 
 def target_class(
-    logits: Tensor, class_index: Tensor | None = None, default: int | None = None
+    logits: Tensor,
+    class_index: Tensor | None = None,
+    default: int | None = None,
+    keepdim: bool = False,
 ) -> Tensor:
-    """Per image, ``class_index`` where it is >= 0, else ``default``, else the logits' argmax."""
-    best = logits.argmax(dim=1)
+    """Per image, ``class_index`` where it is >= 0, else ``default``, else the logits' argmax:
+    ``[N]``, or ``[N, 1]`` with ``keepdim`` (then ``W[target]`` gathers ``[N, 1, C]``)."""
+    best = logits.argmax(dim=1, keepdim=keepdim)
     if default is not None:
         best = torch.full_like(best, default)
     if class_index is None:
         return best
-    return torch.where(class_index >= 0, class_index.to(best.dtype), best)
+    chosen = class_index.to(best.dtype).reshape(best.shape)
+    return torch.where(chosen >= 0, chosen, best)
 
 
 class HeatmapHead(nn.Module):
@@ -87,6 +95,12 @@ class HeatmapHead(nn.Module):
 
     It holds no model weights (``cam``'s linear weight is passed in), so a lowered ``gradcam``
     graph (:mod:`.lowering`) can be followed by this same module, traced as ``cam``'s is.
+
+    ``sizes`` ``((h, w), (H, W))``, the map's and the image's size at export, lets the head
+    resize by two constant matrix products (:func:`.heads.resize_matrix`) at exactly those
+    sizes; other sizes, and any size while :attr:`fixed_size` is off (a graph whose size is
+    free), use :func:`.heads.resize_bilinear`. ``weight_bound``, a bound on ``cam``'s
+    ``|W|``, saves scaling ``α`` at run time (see :func:`.heads.render`).
     """
 
     def __init__(
@@ -96,15 +110,42 @@ class HeatmapHead(nn.Module):
         target: int | None = None,
         layout: str = "NCHW",
         graph: GraphOptions = GraphOptions(),
+        sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        weight_bound: float | None = None,
     ) -> None:
         super().__init__()
         self.spec = methods.get(method)
+        self.weight_bound = weight_bound
         self.eps = eps
         self.target = target
         self.layout = layout
         self.graph = graph
         if graph.overlay:
             self.register_buffer("lut", graph_io.colormap_lut(graph.colormap))
+        self.sizes = sizes
+        self.fixed_size = sizes is not None
+        if sizes is not None:
+            (h, w), (big_h, big_w) = sizes
+            self.register_buffer("resize_rows", heads.resize_matrix(h, big_h), persistent=False)
+            self.register_buffer("resize_cols", heads.resize_matrix(w, big_w).T, persistent=False)
+
+    @contextlib.contextmanager
+    def free_size(self) -> Iterator[None]:
+        """Within: resize by :func:`.heads.resize_bilinear` at every size (for graphs exported
+        with a free image size, which must not bake in the fixed-size matrices)."""
+        fixed, self.fixed_size = self.fixed_size, False
+        try:
+            yield
+        finally:
+            self.fixed_size = fixed
+
+    def _matrices(self, features: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor] | None:
+        if not self.fixed_size or self.sizes is None:
+            return None
+        now = (tuple(features.shape[-2:]), tuple(size))
+        if not all(isinstance(d, int) for pair in now for d in pair):
+            return None  # symbolic sizes: a graph whose size is free
+        return (self.resize_rows, self.resize_cols) if now == self.sizes else None
 
     def forward(
         self,
@@ -123,15 +164,16 @@ class HeatmapHead(nn.Module):
             grad = None if grad is None else grad.permute(0, 3, 1, 2)
         target = None
         if self.spec.has_class and self.spec.needs_linear:
-            target = target_class(logits, class_index, self.target)
+            target = target_class(logits, class_index, self.target, keepdim=True)
         alpha = self.spec.weights(grad, weight, target)
-        heat = heads.render(
-            features, alpha, graph_io.image_size(image, self.graph.input_format), self.eps
-        )
+        size = graph_io.image_size(image, self.graph.input_format)
+        bound = self.weight_bound if self.spec.needs_linear else None
+        heat = heads.render(features, alpha, size, self.eps, self._matrices(features, size), bound)
+        out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
         if not self.graph.overlay:
-            return logits, heat
+            return logits, out
         pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
-        return logits, heat, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
+        return logits, out, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
 
 
 class Explainer(nn.Module):
@@ -145,6 +187,8 @@ class Explainer(nn.Module):
         target: for ``cam`` and ``gradcam``, a fixed class to explain instead of the argmax.
         clone: the tap copies ``A`` (an in-place op changes it later; :mod:`.probe` tells).
         layout: ``"NHWC"`` for a channels-last map, which is permuted to ``[N,C,h,w]``.
+        sizes: ``((h, w), (H, W))``, the map's size at the image size ``(H, W)`` the graph is
+            exported for: the head then resizes by constant matrices (:class:`HeatmapHead`).
         mean, std: per-channel normalization applied to the [0, 1] RGB input.
         graph: input format, in-graph overlay, fp16 (:class:`GraphOptions`). With ``half`` the
             model must already be in fp16.
@@ -170,6 +214,7 @@ class Explainer(nn.Module):
         graph: GraphOptions = GraphOptions(),
         clone: bool = False,
         layout: str = "NCHW",
+        sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         spec = methods.get(method)
@@ -191,13 +236,21 @@ class Explainer(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        if graph.heatmap_dtype not in HEATMAP_DTYPES:
+            raise UsageError(
+                f"unknown heatmap dtype '{graph.heatmap_dtype}'; "
+                f"choose one of {', '.join(HEATMAP_DTYPES)}"
+            )
         if graph.input_format not in graph_io.INPUT_FORMATS:
             raise UsageError(
                 f"unknown input format '{graph.input_format}'; "
                 f"choose one of {', '.join(graph_io.INPUT_FORMATS)}"
             )
         self.graph = graph
-        self.heatmap_head = HeatmapHead(method, eps, target, layout, graph)
+        bound = None
+        if spec.needs_linear:
+            bound = float(model.get_submodule(head).weight.detach().abs().max())
+        self.heatmap_head = HeatmapHead(method, eps, target, layout, graph, sizes, bound)
 
     @property
     def lut(self) -> Tensor:
@@ -344,6 +397,7 @@ def build_explainer(
         graph=graph,
         clone=record.mutated(spec.port),
         layout=layout,
+        sizes=((int(feature_shape[1]), int(feature_shape[2])), (h, w)),
     )
     info = ExplainerInfo(
         chosen,
@@ -361,6 +415,7 @@ def build_explainer(
         layout=layout,
         cloned=record.mutated(spec.port),
     )
+    explainer.to(probe.device_of(model))  # its buffers (mean, std, head) where the model is
     _check_signal(explainer, info)
     return explainer, info
 
@@ -412,6 +467,7 @@ def _check_signal(explainer: Explainer, info: ExplainerInfo) -> None:
     with torch.no_grad():
         for image in images:
             graph_input = torch.from_numpy(graph_image(image, explainer.graph.input_format))
+            graph_input = graph_input.to(explainer.mean.device)
             if explainer(graph_input)[1].amax() > 0:
                 return
     raise UsageError(

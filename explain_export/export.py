@@ -58,6 +58,7 @@ class ExportResult:
     paths: dict[str, str]
     metadata: dict[str, Any]
     parity: list[verify.ParityRow] = field(default_factory=list)
+    gpu: list[verify.DeviceRow] = field(default_factory=list)  # where a GPU was present
 
 
 def _example_args(
@@ -230,6 +231,7 @@ def build_metadata(
     opset: int,
     parity: list[verify.ParityRow],
     overlay_tol: float | None = None,
+    gpu_rows: list[verify.DeviceRow] | None = None,
 ) -> dict[str, Any]:
     """Everything a runner needs to feed the graph and read its outputs."""
     h, w = info.input_size
@@ -269,6 +271,7 @@ def build_metadata(
         "inputs": inputs,
         "input_format": g.input_format,
         "half": g.half,
+        "heatmap_dtype": g.heatmap_dtype,
         "overlay": (
             {"alpha": g.overlay_alpha, "colormap": g.colormap, "color": "RGB"}
             if g.overlay
@@ -276,7 +279,7 @@ def build_metadata(
         ),
         "outputs": [
             {"name": "logits", "dtype": "float32", "shape": ["N", info.num_classes]},
-            {"name": "heatmap", "dtype": "float32", "shape": ["N", 1, *hw], "range": [0.0, 1.0]},
+            {"name": "heatmap", **_heatmap_spec(g.heatmap_dtype), "shape": ["N", 1, *hw]},
         ]
         + (
             [{"name": "overlay", "dtype": "uint8", "shape": ["N", *hw, 3], "color": "RGB"}]
@@ -293,8 +296,44 @@ def build_metadata(
             "heatmap_tol": verify.limits(g.half)[1],
             "overlay_tol": overlay_tol,
             "rows": [r.to_dict() for r in parity],
+            "gpu": [r.to_dict() for r in gpu_rows or []],
+            "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",
         },
     }
+
+
+def _verify_on_gpu(
+    staged: dict[str, str],
+    info: ExplainerInfo,
+    all_cases: list[verify.Case],
+    refs: list[dict[str, Any]],
+    log: Callable[[str], None],
+) -> list[verify.DeviceRow]:
+    """Where a CUDA device is present: each file loaded there, against eager on the CPU
+    (:func:`.verify.on_device`). An ONNX Runtime without its CUDA provider is skipped, said in
+    the log."""
+    if not torch.cuda.is_available():
+        return []
+    rows = []
+    for fmt, path in staged.items():
+        artifact = RUNTIMES[fmt](path, device="cuda", input_format=info.graph.input_format)
+        if artifact.providers[0] not in ("cuda", "CUDAExecutionProvider"):
+            log(f"not verified on the GPU: {fmt} (ONNX Runtime here has no CUDA provider)")
+            continue
+        try:
+            rows.append(verify.on_device(fmt, artifact, all_cases, refs))
+        except Exception as exc:
+            raise ExplainExportError(
+                f"the exported {fmt} file fails on the GPU: {root_cause(exc)}; nothing was "
+                "written"
+            ) from exc
+    return rows
+
+
+def _heatmap_spec(dtype: str) -> dict[str, Any]:
+    if dtype == "uint8":
+        return {"dtype": "uint8", "range": [0, 255], "meaning": "round(255 * heatmap)"}
+    return {"dtype": "float32", "range": [0.0, 1.0]}
 
 
 def export_explainer(
@@ -325,6 +364,43 @@ def export_explainer(
     if labels is not None and len(labels) != info.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
     ensure_out_dir(out_dir)
+    free = explainer.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
+    with free, _on_cpu(explainer, log):
+        result = _export(
+            explainer, info, out_dir, formats, model, labels, opset, dynamic_size, class_input, log
+        )
+    return result
+
+
+@contextlib.contextmanager
+def _on_cpu(explainer: Explainer, log: Callable[[str], None]) -> Iterator[None]:
+    """Export and verify on the CPU (the files then load on any device, :mod:`.runtime`); a
+    model on a GPU moves to the CPU for that and back after, and the log says so."""
+    device = explainer.mean.device
+    if device.type == "cpu":
+        yield
+        return
+    log(f"the model is on {device}: exporting and verifying on the CPU, then moving it back")
+    explainer.to("cpu")
+    try:
+        yield
+    finally:
+        explainer.to(device)
+
+
+def _export(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    out_dir: str,
+    formats: tuple[str, ...],
+    model: str,
+    labels: list[str] | None,
+    opset: int,
+    dynamic_size: bool,
+    class_input: bool,
+    log: Callable[[str], None],
+) -> ExportResult:
+    """:func:`export_explainer` after its argument checks."""
     args = _example_args(info, class_input)
     shapes = _dynamic_shapes(info, dynamic_size, class_input)
     all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
@@ -374,6 +450,14 @@ def export_explainer(
                 f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n"
                 + verify.format_report(rows, info.graph.half, overlay_tol or 0)
             )
+        gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log)
+        failed_gpu = [r for r in gpu_rows if not r.ok]
+        if failed_gpu:
+            raise ParityError(
+                f"exported {', '.join(r.format for r in failed_gpu)} on the GPU disagrees with "
+                "eager (top-1 or heatmap correlation); nothing was written\n"
+                + verify.format_device_rows(gpu_rows)
+            )
         metadata = build_metadata(
             info,
             model=model,
@@ -383,6 +467,7 @@ def export_explainer(
             opset=opset,
             parity=rows,
             overlay_tol=overlay_tol,
+            gpu_rows=gpu_rows,
         )
         for fmt, path in staged.items():
             stamp(path, fmt, metadata)
@@ -394,6 +479,6 @@ def export_explainer(
             os.replace(path, final[fmt])
         final["metadata"] = os.path.join(out_dir, METADATA_FILE)
         os.replace(meta_tmp, final["metadata"])
-        return ExportResult(final, metadata, rows)
+        return ExportResult(final, metadata, rows, gpu_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

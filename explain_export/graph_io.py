@@ -55,3 +55,10 @@ def overlay_rgb(pixels: Tensor, heatmap: Tensor, lut: Tensor, alpha: float) -> T
     levels = (heatmap[:, 0] * 255.0).round().clamp(0, 255).to(torch.int64)
     heat = lut[levels]  # [N, H, W, 3]
     return (alpha * heat + pixels).round().clamp(0, 255).to(torch.uint8)
+
+
+def heatmap_output(heatmap: Tensor, dtype: str) -> Tensor:
+    """The heatmap as the graph returns it: float32 in [0, 1], or uint8 ``round(255·m)``."""
+    if dtype == "uint8":
+        return (heatmap * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return heatmap

@@ -385,6 +385,19 @@ class _ScriptWithClass(_Script):
         return self.graph_module(image, class_index)
 
 
+def _device_of_input(graph: torch.fx.Graph) -> None:
+    """Tensors the graph creates (``empty``, ``arange``) go on the image's device, not on the
+    device the graph was traced on, so the TorchScript file runs on any device."""
+    image = next(n for n in graph.nodes if n.op == "placeholder")
+    device = None
+    for node in list(graph.nodes):
+        if isinstance(node.kwargs.get("device"), torch.device):
+            if device is None:
+                with graph.inserting_after(image):
+                    device = graph.call_function(torch.ops.prim.device, (image,))
+            node.kwargs = {**node.kwargs, "device": device}
+
+
 def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
     """TorchScript of a lowered explainer: the graph scripted, the head traced around it.
 
@@ -395,6 +408,7 @@ def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptMod
     import copy
 
     graph = copy.deepcopy(lowered.graph_module)
+    _device_of_input(graph.graph)
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in _SYM_BUILTINS:
             node.target = _SYM_BUILTINS[node.target]

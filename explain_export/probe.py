@@ -154,16 +154,25 @@ def probe(model: nn.Module, example: Tensor) -> Probe:
     return Probe(logits.detach(), records, tuple(example.shape[-2:]))
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def probe_at_size(
     model: nn.Module,
     input_size: tuple[int, int],
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> Probe:
-    """:func:`probe` on a normalized random batch of 2 at ``input_size``."""
+    """:func:`probe` on a normalized random batch of 2 at ``input_size``, on the model's
+    device."""
     h, w = input_size
     image = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     example = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    example = example.to(device_of(model))
     try:
         return probe(model.eval(), example)
     except UsageError:

@@ -4,7 +4,8 @@ ONNX models run on ONNX Runtime and never import torch; TorchScript (``.pt``) an
 ``torch.export`` programs (``.pt2``) import torch lazily. Every artifact takes the runner's
 canonical batch, float32 ``[N,3,H,W]`` RGB in [0,1] (converted here to uint8 ``[N,H,W,3]`` for
 graphs exported with ``--input-format uint8-nhwc``), returns ``(logits, heatmap)`` as float32
-numpy arrays from ``__call__`` and every output from ``outputs()``, and carries the metadata
+numpy arrays from ``__call__`` (a ``--heatmap-dtype uint8`` heatmap / 255) and every output as
+the graph returns it from ``outputs()``, and carries the metadata
 that ``explain-export`` wrote: from the file itself, or else from ``explainer.json`` beside it.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 METADATA_KEY = "explain_export"  # ONNX metadata_props key
 TS_EXTRA_FILE = "explainer.json"  # TorchScript / pt2 extra file, and the sidecar file's name
-DEVICES = ("cpu", "cuda")
+HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 
 def sidecar_metadata(path: str) -> dict[str, Any] | None:
@@ -37,6 +38,13 @@ def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
         pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
     return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:
+    """A heatmap as float32 in [0, 1]: a ``uint8`` one (``--heatmap-dtype uint8``) is / 255."""
+    if heatmap.dtype == np.uint8:
+        return heatmap.astype(np.float32) / np.float32(255.0)
+    return heatmap
 
 
 def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
@@ -68,7 +76,40 @@ class _Artifact:
         self, image: np.ndarray, class_index: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         out = self.outputs(image, class_index)
-        return out["logits"], out["heatmap"]
+        return out["logits"], heatmap_unit(out["heatmap"])
+
+
+class _Binding:
+    """One batch shape's IO binding: the input and output buffers stay at fixed addresses on
+    the session's device, as a CUDA graph replay needs; a call copies the batch in."""
+
+    def __init__(
+        self,
+        session: Any,
+        kind: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        first_run: Any = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.binding = session.io_binding()
+        self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, kind, 0) for n, a in inputs.items()}
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
+        # a first run allocates the outputs on the device; they are then bound by value, so
+        # every later run (and a captured graph) writes to the same memory
+        for name in outputs:
+            self.binding.bind_output(name, kind, 0)
+        session.run_with_iobinding(self.binding, first_run)
+        self.outputs = dict(zip(outputs, self.binding.get_outputs(), strict=True))
+        self.binding.clear_binding_outputs()
+        for name, value in self.outputs.items():
+            self.binding.bind_ortvalue_output(name, value)
+
+    def feed(self, inputs: dict[str, np.ndarray]) -> None:
+        for name, array in inputs.items():
+            self.inputs[name].update_inplace(array)
 
 
 class OnnxExplainer(_Artifact):
@@ -76,7 +117,17 @@ class OnnxExplainer(_Artifact):
 
     ``device="cuda"`` asks for the CUDA provider when ONNX Runtime lists it; ``providers`` then
     says what the session really uses (a CUDA provider that cannot start falls back to CPU).
+
+    ``io_binding`` (default: on with the CUDA provider) keeps one set of input and output
+    buffers per batch shape on the device: a call copies the batch in and, with
+    ``outputs(..., to_host=False)``, leaves the outputs there. ``cuda_graph`` (default: on with
+    the CUDA provider) replays each batch shape from a CUDA graph captured on its first call,
+    which saves the per-kernel launch cost; ONNX Runtime refuses it when some nodes run on the
+    CPU, and then the session runs without (``note`` says why). At most ``max_graphs`` shapes
+    get a graph; further shapes run without one.
     """
+
+    max_graphs = 16
 
     def __init__(
         self,
@@ -84,26 +135,26 @@ class OnnxExplainer(_Artifact):
         device: str = "cpu",
         threads: int | None = None,
         input_format: str | None = None,
+        io_binding: bool | None = None,
+        cuda_graph: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        wanted = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            wanted.insert(0, "CUDAExecutionProvider")
-            # A CUDA provider whose libraries are missing logs a red error and falls back to
-            # the CPU; silence that and report what was really used (see `providers`).
-            ort.set_default_logger_severity(4)
-        try:
-            self.session = ort.InferenceSession(path, options, providers=wanted)
-        finally:
-            ort.set_default_logger_severity(3)
         self.path = path
         self.device = device
+        self.note: str | None = None
+        cuda = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        want_graph = cuda and cuda_graph is not False
+        self.session = self._session(ort, path, threads, cuda, want_graph)
         self.providers = self.session.get_providers()
+        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.cuda_graph = want_graph and on_cuda and self.note is None
+        if cuda_graph and not self.cuda_graph and self.note is None:
+            self.note = "CUDA graphs need ONNX Runtime's CUDA provider; running without"
+        self.io_binding = bool(io_binding if io_binding is not None else on_cuda) or self.cuda_graph
+        self._kind = "cuda" if on_cuda else "cpu"
+        self._bindings: dict[tuple[tuple[int, ...], ...], _Binding] = {}
+        self._run_options: dict[tuple[tuple[int, ...], ...], Any] = {}
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_names = [i.name for i in inputs]
         self.output_names = [o.name for o in outputs]
@@ -114,21 +165,126 @@ class OnnxExplainer(_Artifact):
         uint8 = inputs and inputs[0].type == "tensor(uint8)"
         self.input_format = input_format or ("uint8-nhwc" if uint8 else "float-nchw")
 
+    def _session(self, ort: Any, path: str, threads: int | None, cuda: bool, graph: bool) -> Any:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if cuda:
+            cuda_options = {"enable_cuda_graph": "1"} if graph else {}
+            providers.insert(0, ("CUDAExecutionProvider", cuda_options))
+        # A CUDA provider whose libraries are missing logs a red error and falls back to the
+        # CPU: this session's own log level hides it, and `providers` reports what was used.
+        try:
+            return ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:
+            if not graph:
+                raise
+            self.note = f"CUDA graphs refused ({_first_line(exc)}); running without"
+            providers[0] = ("CUDAExecutionProvider", {})
+            return ort.InferenceSession(path, options, providers=providers)
+
     @property
     def backend(self) -> str:
-        return f"onnxruntime {self.providers[0]}"
+        extra = " + CUDA graphs" if self.cuda_graph else " io_binding" if self.io_binding else ""
+        return f"onnxruntime {self.providers[0]}{extra}"
 
-    def outputs(
-        self, image: np.ndarray, class_index: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
+    def _feeds(self, image: np.ndarray, class_index: np.ndarray | None) -> dict[str, np.ndarray]:
         feeds = {"image": graph_image(image, self.input_format)}
         if "class_index" in self.input_names:
             feeds["class_index"] = _class_feed(image.shape[0], class_index)
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds), strict=True))
+        return feeds
+
+    def outputs(
+        self, image: np.ndarray, class_index: np.ndarray | None = None, to_host: bool = True
+    ) -> dict[str, Any]:
+        """Every output by name, as numpy arrays; with ``to_host=False`` and IO binding, as
+        ``onnxruntime.OrtValue`` on the session's device, valid until the next call with the
+        same batch shape."""
+        feeds = self._feeds(image, class_index)
+        if not self.io_binding:
+            results = self.session.run(self.output_names, feeds)
+            return dict(zip(self.output_names, results, strict=True))
+        key = tuple(a.shape for a in feeds.values())
+        bound = self._bindings.get(key)
+        if bound is None:
+            # the allocating run captures nothing (graph id -1); the shape's graph comes after
+            first = self._graph_options(-1)
+            bound = _Binding(self.session, self._kind, feeds, self.output_names, first)
+            self._bindings[key] = bound
+            self._run_options[key] = self._graph_options(len(self._bindings) - 1)
+        else:
+            bound.feed(feeds)
+        self.session.run_with_iobinding(bound.binding, self._run_options[key])
+        if not to_host:
+            return dict(bound.outputs)
+        return {n: v.numpy() for n, v in bound.outputs.items()}
+
+    def _graph_options(self, index: int) -> Any:
+        """Run options that give batch shape number ``index`` its own CUDA graph (or none)."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        if self.cuda_graph:
+            graph_id = index if 0 <= index < self.max_graphs else -1  # -1: run without a graph
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+class _GraphReplay:
+    """Run ``fn`` by replaying a ``torch.cuda.CUDAGraph``, one per input shape (at most
+    ``limit``; further shapes run plainly). A shape's first call warms up on a side stream,
+    captures, then replays; later calls copy the inputs into the captured ones and replay.
+    The outputs are the captured tensors, overwritten by the next call of that shape."""
+
+    def __init__(self, fn: Any, limit: int = 16) -> None:
+        import torch
+
+        self._torch = torch
+        self.fn = fn
+        self.limit = limit
+        self.graphs: dict[tuple[Any, ...], tuple[Any, list[Any], Any]] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.limit:
+                return self.fn(*args)
+            entry = self.graphs[key] = self._capture([a.clone() for a in args])
+        graph, inputs, outputs = entry
+        for static, arg in zip(inputs, args, strict=True):
+            static.copy_(arg)
+        graph.replay()
+        return outputs
+
+    def _capture(self, inputs: list[Any]) -> tuple[Any, list[Any], Any]:
+        torch = self._torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # TorchScript's executor specializes over the first runs
+                self.fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.fn(*inputs)
+        return graph, inputs, outputs
 
 
 class _TorchArtifact(_Artifact):
-    """Shared by the TorchScript and torch.export artifacts; subclasses say how to load."""
+    """Shared by the TorchScript and torch.export artifacts; subclasses say how to load.
+
+    On CUDA, ``cuda_graph`` (default on) replays each batch shape from a ``torch.cuda.CUDAGraph``
+    (:class:`_GraphReplay`); a graph that cannot be captured turns it off, and ``note`` says
+    why. ``io_binding`` is accepted for symmetry with :class:`OnnxExplainer` (torch tensors stay
+    on the device anyway: ``outputs(..., to_host=False)``)."""
 
     kind = ""
 
@@ -138,6 +294,8 @@ class _TorchArtifact(_Artifact):
         device: str = "cpu",
         threads: int | None = None,
         input_format: str | None = None,
+        io_binding: bool | None = None,
+        cuda_graph: bool | None = None,
     ) -> None:
         import torch
 
@@ -147,6 +305,11 @@ class _TorchArtifact(_Artifact):
         self.path = path
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.providers = [self.device]
+        self.io_binding = False
+        self.cuda_graph = self.device == "cuda" and cuda_graph is not False
+        self.note: str | None = None
+        if cuda_graph and self.device != "cuda":
+            self.note = "CUDA graphs need a CUDA device; running without"
         self.shapes: dict[str, list] = {}  # neither format declares shapes
         extra = {TS_EXTRA_FILE: ""}
         self.module, self.input_names = self._load(extra)
@@ -155,6 +318,7 @@ class _TorchArtifact(_Artifact):
         self.input_format = _input_format(self.metadata, input_format)
         outputs = (self.metadata or {}).get("outputs")
         self.output_names = [o["name"] for o in outputs] if outputs else ["logits", "heatmap"]
+        self._replay = _GraphReplay(self.module) if self.cuda_graph else None
 
     def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
         """The callable module and its input names; fills ``extra`` with the metadata file."""
@@ -162,20 +326,35 @@ class _TorchArtifact(_Artifact):
 
     @property
     def backend(self) -> str:
-        return f"{self.kind} {self.device}"
+        return f"{self.kind} {self.device}" + (" + CUDA graphs" if self.cuda_graph else "")
 
     def outputs(
-        self, image: np.ndarray, class_index: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
+        self, image: np.ndarray, class_index: np.ndarray | None = None, to_host: bool = True
+    ) -> dict[str, Any]:
+        """Every output by name, as numpy arrays; with ``to_host=False`` as torch tensors on
+        the device (with CUDA graphs: valid until the next call with the same batch shape)."""
         torch = self._torch
         args = [torch.from_numpy(graph_image(image, self.input_format)).to(self.device)]
         if "class_index" in self.input_names:
             args.append(torch.from_numpy(_class_feed(image.shape[0], class_index)).to(self.device))
         with torch.inference_mode():
-            result = self.module(*args)
+            result = self._run(args)
         names = self.output_names if len(self.output_names) == len(result) else None
         names = names or ["logits", "heatmap", "overlay"][: len(result)]
+        if not to_host:
+            return dict(zip(names, result, strict=True))
         return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}
+
+    def _run(self, args: list[Any]) -> Any:
+        if self._replay is None:
+            return self.module(*args)
+        try:
+            return self._replay(*args)
+        except Exception as exc:  # an op that cannot be captured: run without graphs from now
+            self.note = f"CUDA graphs off ({_first_line(exc)})"
+            self.cuda_graph, self._replay = False, None
+            self._torch.cuda.synchronize()
+            return self.module(*args)
 
 
 class TorchScriptExplainer(_TorchArtifact):
@@ -214,12 +393,19 @@ SUFFIXES = {".onnx": OnnxExplainer, ".pt2": ExportedProgramExplainer, ".pt": Tor
 
 
 def load(
-    path: str, device: str = "cpu", threads: int | None = None, input_format: str | None = None
+    path: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    input_format: str | None = None,
+    cuda_graph: bool | None = None,
 ) -> Artifact:
-    """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``."""
+    """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``.
+
+    On CUDA, IO binding and CUDA graphs are on unless ``cuda_graph=False`` (see
+    :class:`OnnxExplainer`, :class:`_TorchArtifact`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no artifact at '{path}'")
     for suffix, cls in SUFFIXES.items():
         if path.endswith(suffix):
-            return cls(path, device, threads, input_format)
+            return cls(path, device, threads, input_format, cuda_graph=cuda_graph)
     raise ValueError(f"'{path}' is not .onnx, .pt or .pt2")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import samples
+from explain_export import heads, samples
 from explain_export.errors import UsageError
 from explain_export.explainer import Explainer, build_explainer, target_class
 
@@ -250,3 +250,34 @@ def test_fixed_target_class_is_checked():
         build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), target=10)
     with pytest.raises(UsageError, match="needs a method that explains a class"):
         build_explainer(tiny_resnet(), method="sum", input_size=(32, 32), target=1)
+
+
+def test_target_class_keepdim_gathers_rows_per_image():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
+    chosen = torch.tensor([-1, 2])
+    target = target_class(logits, chosen, keepdim=True)
+    assert target.tolist() == [[1], [2]]
+    assert target_class(logits, chosen).tolist() == [1, 2]
+    w = torch.randn(3, 4)
+    torch.testing.assert_close(heads.cam_weights(w, target)[:, 0], w[[1, 2]])
+
+
+def test_the_head_resizes_by_matrices_at_the_export_size_only():
+    """At the built size the head uses its constant matrices; at another size, and inside
+    free_size (a graph whose size is free), bilinear resizing; all agree with the reference."""
+    model = tiny_resnet()
+    explainer, info = build_explainer(model, method="cam", input_size=(64, 64))
+    head = explainer.heatmap_head
+    assert head.sizes == ((info.feature_shape[1], info.feature_shape[2]), (64, 64))
+    features = torch.rand(2, *info.feature_shape)
+    assert head._matrices(features, (64, 64)) is not None
+    assert head._matrices(features, (64, 80)) is None
+    with head.free_size():
+        assert head._matrices(features, (64, 64)) is None
+    assert head.fixed_size
+    for size in ((64, 64), (64, 80)):
+        x = torch.rand(2, 3, *size)
+        with torch.no_grad():
+            _, heat = explainer(x)
+        ref, _ = reference.gradcam(model, reference.normalize(x), model.avgpool, "input")
+        np.testing.assert_allclose(heat.numpy(), ref, atol=1e-4)

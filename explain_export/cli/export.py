@@ -10,6 +10,7 @@ import json
 import sys
 
 from ..methods import AUTO, CHOICES
+from ..runtime import HEATMAP_DTYPES
 from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-export"
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="heat weight of --overlay-output (default: 0.4)",
     )
     g.add_argument(
+        "--heatmap-dtype",
+        choices=HEATMAP_DTYPES,
+        default="float32",
+        help="heatmap output: float32 in [0,1] (default), or uint8 round(255*m), 4x fewer bytes "
+        "out of a GPU server that only draws",
+    )
+    g.add_argument(
         "--half",
         action="store_true",
         help="fp16 weights and compute in the backbone, for GPUs; looser parity limits "
@@ -218,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..export import DEFAULT_OPSET, export_explainer
     from ..probe import default_layer, format_layers, probe_at_size
     from ..tap import TapSpec
-    from ..verify import format_report
+    from ..verify import format_device_rows, format_report
 
     try:
         arch_kwargs = json.loads(args.arch_kwargs)
@@ -280,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
         overlay=args.overlay_output,
         overlay_alpha=args.overlay_alpha,
         half=args.half,
+        heatmap_dtype=args.heatmap_dtype,
     )
     explainer, info = build_explainer(
         model, layer, args.method, size, mean, std, args.head, args.class_index, graph
@@ -311,6 +320,8 @@ def _run(args: argparse.Namespace) -> int:
         log=log,
     )
     print(format_report(result.parity, args.half, result.metadata["parity"]["overlay_tol"] or 0))
+    if result.gpu:
+        print(format_device_rows(result.gpu))
     for path in result.paths.values():
         print(f"wrote {path}")
     if args.triton_repo:

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cuda uses ONNX Runtime's CUDA provider or TorchScript on CUDA where they "
         "work, else the CPU; the backend used is printed (default: cpu)",
     )
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="with --device cuda: run every batch without CUDA graph replay (default: each "
+        "batch size is captured once, then replayed)",
+    )
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the runtime's)")
     p.add_argument(
         "--alpha", type=float, default=0.4, help="heat weight in the blend (default: 0.4)"
@@ -187,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
     if not model_path.endswith(tuple(runtime.SUFFIXES)):
         raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
     try:
-        artifact = runtime.load(model_path, args.device, args.threads)
+        graphs = False if args.no_cuda_graphs else None
+        artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
     except UsageError:
         raise
     except Exception as exc:
@@ -198,6 +205,8 @@ def _run(args: argparse.Namespace) -> int:
         note = ""
         if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
             note = " (cuda asked for, but no working CUDA backend here)"
+        if artifact.note:
+            note += f" ({artifact.note})"
         log(f"backend: {artifact.backend}{note}; threads: {args.threads or 'default'}")
         if skipped:
             log(f"ignoring {skipped} non-image file(s) in the folder(s)")

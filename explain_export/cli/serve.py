@@ -96,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX Runtime intra-op threads per replica (default: num-cpus // replicas)",
     )
     s.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: replicas run ONNX Runtime's CUDA provider with IO binding and CUDA graphs, "
+        "sharing --num-gpus (default: cpu)",
+    )
+    s.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="GPUs Ray may use with --device cuda, shared by the replicas (default: 1)",
+    )
+    s.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="with --device cuda: run every batch without CUDA graph replay",
+    )
+    s.add_argument(
         "--max-body-mb",
         type=float,
         default=DEFAULT_MAX_BODY_BYTES / 2**20,
@@ -130,6 +149,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         ("--replicas", args.replicas, 1),
         ("--max-batch-size", args.max_batch_size, 1),
         ("--num-cpus", args.num_cpus, 1),
+        ("--num-gpus", args.num_gpus, 1),
         ("--max-pixels", args.max_pixels, 1),
         ("--port", args.port, 1),
     ):
@@ -159,6 +179,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         num_cpus=args.num_cpus,
         threads=args.threads or max(1, args.num_cpus // args.replicas),
         access_log=args.access_log,
+        device=args.device,
+        num_gpus=args.num_gpus if args.device == "cuda" else 0,
+        cuda_graph=not args.no_cuda_graphs,
         options=ServeOptions(
             alpha=args.alpha,
             colormap=args.colormap,

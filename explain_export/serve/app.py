@@ -115,8 +115,12 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
-def load_model(path: str, threads: int | None = None) -> Model:
-    """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime's CPU provider; no torch."""
+def load_model(
+    path: str, threads: int | None = None, device: str = "cpu", cuda_graph: bool | None = None
+) -> Model:
+    """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime, no torch: the CPU provider, or
+    with ``device="cuda"`` the CUDA provider (IO binding, and CUDA graphs unless
+    ``cuda_graph=False``; :class:`~..runtime.OnnxExplainer`)."""
     if not path.endswith(".onnx"):
         raise UsageError(
             f"--model '{path}' is not .onnx; explain-serve runs ONNX explainers (no torch): "
@@ -125,7 +129,7 @@ def load_model(path: str, threads: int | None = None) -> Model:
     if not os.path.isfile(path):
         raise UsageError(f"no model at '{path}'; pass --model explainer.onnx from explain-export")
     try:
-        artifact = OnnxExplainer(path, "cpu", threads)
+        artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
     except Exception as exc:
         raise UsageError(f"cannot load --model '{path}': {_first_line(exc)}") from exc
     meta = check_metadata(artifact)
@@ -334,11 +338,19 @@ class ServerConfig:
     threads: int | None = None  # ONNX Runtime intra-op threads per replica
     access_log: bool = False
     options: ServeOptions = ServeOptions()
+    device: str = "cpu"  # cuda: replicas run ONNX Runtime's CUDA provider
+    num_gpus: int = 0  # GPUs given to Ray (device cuda), shared out among the replicas
+    cuda_graph: bool = True  # with device cuda: replay CUDA graphs (ORT enable_cuda_graph)
 
     @property
     def replica_cpus(self) -> float:
         """Ray CPUs reserved per replica: the CPUs shared out, so every replica fits."""
         return self.num_cpus / self.replicas
+
+    @property
+    def replica_gpus(self) -> float:
+        """Ray GPUs reserved per replica (0 on the CPU): the GPUs shared out."""
+        return self.num_gpus / self.replicas if self.device == "cuda" else 0.0
 
 
 def build_app(config: ServerConfig) -> Any:
@@ -354,7 +366,7 @@ def build_app(config: ServerConfig) -> Any:
     @serve.deployment(
         name="explainer",
         num_replicas=config.replicas,
-        ray_actor_options={"num_cpus": config.replica_cpus},
+        ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
         # room for a full batch while the previous one runs
         max_ongoing_requests=2 * config.max_batch_size,
         graceful_shutdown_wait_loop_s=0.2,
@@ -364,7 +376,9 @@ def build_app(config: ServerConfig) -> Any:
         def __init__(self) -> None:
             if config.threads:
                 cv2.setNumThreads(config.threads)
-            self.model = load_model(config.model_path, config.threads)
+            self.model = load_model(
+                config.model_path, config.threads, config.device, config.cuda_graph
+            )
             self.replica = serve.get_replica_context().replica_id.unique_id
 
         async def __call__(self, request: Any) -> JSONResponse:
@@ -415,6 +429,7 @@ def start_ray(config: ServerConfig) -> None:
     ray.init(
         address="local",
         num_cpus=config.num_cpus,
+        num_gpus=config.num_gpus if config.device == "cuda" else 0,
         include_dashboard=False,
         logging_level=logging.WARNING,
     )
