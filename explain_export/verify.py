@@ -9,7 +9,8 @@ the eager heatmap itself, where that is more: :func:`heatmap_limits`); with ``--
 compute, whose kernels round differently per backend) the limits are 5e-2 (also scaled) and
 1e-2. An in-graph overlay may differ by one colormap step where a heatmap value sits on a
 quantization boundary (a 1e-6 change moves ``round(255·m)`` by one level):
-``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4. ONNX
+``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4; with
+``--half`` three colormap steps (:func:`overlay_limit`). ONNX
 files also pass ``onnx.checker`` with ``full_check=True``.
 """
 
@@ -37,9 +38,12 @@ def limits(half: bool = False) -> tuple[float, float]:
 
 
 def overlay_limit(explainer: Explainer) -> float:
-    """Largest allowed overlay difference, in levels: one colormap step at ``alpha``, plus 1."""
+    """Largest allowed overlay difference, in levels: ``k`` colormap steps at ``alpha``, plus 1,
+    where ``k = 1 + floor(255 · heatmap limit)`` is how many of the colormap's 256 entries a
+    heatmap within its limit can move (1 in float32; 3 with ``--half``, whose limit is 1e-2)."""
     step = explainer.lut.diff(dim=0).abs().max().item()
-    return float(np.ceil(explainer.graph.overlay_alpha * step) + 1)
+    moves = 1 + int(np.floor(255 * limits(explainer.graph.half)[1]))
+    return float(np.ceil(explainer.graph.overlay_alpha * step * moves) + 1)
 
 
 @dataclass(frozen=True)

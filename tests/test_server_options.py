@@ -193,3 +193,18 @@ def test_default_model_uint8_with_overlay(tmp_path, default_export):
     _, heat = runtime.load(str(default_export / "explainer.onnx"))(x)
     np.testing.assert_allclose(out["heatmap"], heat, atol=verify.HEATMAP_TOL)
     assert 281 <= int(out["logits"][0].argmax()) <= 285
+
+
+def test_overlay_limit_grows_with_the_fp16_heatmap_limit():
+    """fp16's heatmap limit (1e-2) lets round(255·m) move 3 colormap entries, not 1."""
+    from explain_export.verify import overlay_limit
+
+    def limit(half: bool) -> float:
+        graph = GraphOptions(overlay=True, half=half)
+        explainer, _ = build_explainer(
+            tiny_resnet(), method="cam", input_size=(32, 32), graph=graph
+        )
+        return overlay_limit(explainer)
+
+    assert limit(False) == 3  # JET at alpha 0.4: one step of at most 4.something levels
+    assert limit(True) == 7
