@@ -11,7 +11,13 @@ logits alone where its name says so:
 - ``compile``: ``torch.compile(explainer)``, one static graph per batch size;
 - ``autograd``: Grad-CAM as it is usually written: forward hooks, backward of the top logit
   ``y_c``, ``α_k = mean_ij ∂y_c/∂A_k(i,j)``, ``m = ReLU(Σ_k α_k A_k)``, then the same bilinear
-  resize and per-image min-max.
+  resize and per-image min-max;
+- ``gradcam_numpy``: Grad-CAM the way pytorch-grad-cam computes it: the same hooks and backward,
+  then ``A`` and ``∂y_c/∂A`` on the host, the map in numpy, min-max before ``cv2.resize``;
+- ``ort_numpy``: the ``ort`` file through :class:`.runtime.OnnxExplainer`, numpy in and out, as
+  ``explain-run`` runs it;
+- ``ort_cudagraph`` (CUDA only): the ``ort`` file on the CUDA provider with
+  ``enable_cuda_graph``, one captured graph per batch size, replayed on every call.
 
 Timing: per batch size, ``warmup`` rounds, then ``iters`` rounds. In a round every variant takes
 one turn, in an order rotated by one each round, so drift (clocks, other processes) hits all
@@ -21,20 +27,28 @@ weights back in cache), then one timed call: each variant is timed as if it ran 
 back. A sample is the wall time of that call; on CUDA the device is synchronized before and
 after, which also covers ONNX Runtime's own stream (CUDA events on PyTorch's would not).
 Per variant and batch: median, p90 and p99 in ms per batch, and images/s = N / median.
+
+On the CPU, :func:`ort_head_share` also reads the heatmap head's cost off ONNX Runtime's
+profiler (kernel time of the nodes that do not feed ``logits``), without the run-to-run noise of
+an end-to-end ratio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+import json
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -60,9 +74,16 @@ VARIANTS: dict[str, str] = {
     "autograd": "autograd Grad-CAM",
     "eager_gradcam": "eager explainer, gradcam",
     "ort_gradcam": "ORT explainer, gradcam",
+    "gradcam_numpy": "pytorch-grad-cam style Grad-CAM",
+    "ort_numpy": "ORT explainer, numpy in/out",
+    "ort_cudagraph": "ORT explainer, CUDA graph",
 }
 REFERENCE = "eager"  # every ratio and parity figure is taken against it; it cannot be skipped
 ORT_CUDA_MISSING = "not measured: onnxruntime CUDA provider unavailable"
+CUDA_GRAPH_NEEDS_CUDA = "not measured: CUDA graphs need --device cuda"
+EXPORTED = ("ort", "ort_cudagraph", "torchscript")  # the candidates for the fastest exported
+ON_EXPLAINER_ONNX = ("ort", "ort_numpy", "ort_cudagraph")  # the variants that run explainer.onnx
+PROFILE_BUDGET_S = 5.0  # at most about this much profiled run time per batch size
 
 Call = Callable[[], tuple[Tensor, Tensor | None]]
 
@@ -84,6 +105,7 @@ class BenchConfig:
     tuned_malloc: bool = False  # glibc keeps freed memory: no page faults per torch call
     seed: int = 0
     models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
+    profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
 
     def check(self) -> None:
         """Raise :class:`~.errors.UsageError` for values no run can use."""
@@ -91,6 +113,8 @@ class BenchConfig:
             raise UsageError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
         if self.warmup < 0 or self.iters < 1 or self.prime < 0 or self.settle_s < 0:
             raise UsageError("--warmup, --prime and --settle must be >= 0, --iters >= 1")
+        if self.profile_runs < 0:
+            raise UsageError(f"--profile-runs must be >= 0, got {self.profile_runs}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         bad = sorted(self.skip - set(VARIANTS) | (self.skip & {REFERENCE}))
@@ -118,6 +142,7 @@ class Variant:
     providers: list[str] | None = None
     setup_s: float = 0.0
     batches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    path: str | None = None  # the ONNX file it runs, if any
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (batch sizes as string keys)."""
@@ -168,17 +193,24 @@ class AutogradGradCAM:
         module = resolve_module(explainer.model, self.spec.module)
         self._handle = module.register_forward_hook(self._keep)
 
+    def _held(self, t: Tensor) -> Tensor:
+        """What the hooks keep of ``A`` and of its gradient: the tensor itself, here."""
+        return t
+
     def _keep(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self._armed:
             return
         a = args[0] if self.spec.port == "input" else output
         index = len(self._maps)
-        self._maps.append(a)
+        self._maps.append(self._held(a))
         if a.requires_grad:
-            a.register_hook(lambda g: self._grads.__setitem__(index, g))
+            a.register_hook(lambda g: self._grads.__setitem__(index, self._held(g)))
 
-    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        model, mean, std = self.explainer.model, self.explainer.mean, self.explainer.std
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """Within: the hooks keep what they see, every parameter requires grad (its gradient
+        zeroed first) and autograd is on. On exit the frozen parameters are frozen again."""
+        model = self.explainer.model
         self._maps, self._grads, self._armed = [], {}, True
         frozen = [p for p in model.parameters() if not p.requires_grad]
         for p in frozen:
@@ -186,23 +218,77 @@ class AutogradGradCAM:
         model.zero_grad(set_to_none=True)
         try:
             with torch.enable_grad():
-                x = ((image - mean) / std).requires_grad_(True)
-                logits = model(x)
-                target = logits.argmax(dim=1)
-                logits.gather(1, target[:, None]).sum().backward()
+                yield
         finally:
             self._armed = False
             for p in frozen:
                 p.requires_grad_(False)
                 p.grad = None
+
+    def _tapped(self) -> tuple[Tensor, Tensor]:
+        """``A`` and its gradient at the tapped call."""
         index = self.spec.call or 0
-        a, g = self._maps[index].detach(), self._grads[index]
+        return self._maps[index].detach(), self._grads[index]
+
+    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        model, mean, std = self.explainer.model, self.explainer.mean, self.explainer.std
+        with self._recording():
+            x = ((image - mean) / std).requires_grad_(True)
+            logits = model(x)
+            target = logits.argmax(dim=1)
+            logits.gather(1, target[:, None]).sum().backward()
+        a, g = self._tapped()
         m = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True))
         return logits.detach(), heads.finish(m, image.shape[-2:])
 
     def remove(self) -> None:
         """Detach the hook from the model."""
         self._handle.remove()
+
+
+class NumpyGradCAM(AutogradGradCAM):
+    r"""Grad-CAM as pytorch-grad-cam computes it, the baseline users run today.
+
+    The hooks copy ``A`` and, in the backward, its gradient to the host as they see them. Per
+    call: every parameter requires grad, ``model.zero_grad()``, forward (the input needs no
+    gradient), targets :math:`c_n` = the argmax of the logits read back as numpy, backward of
+    :math:`\sum_n y_{n,c_n}` summed image by image. Then in numpy, per image:
+    :math:`w_k = \mathrm{mean}_{ij}\,\partial y_c/\partial A_k(i,j)`,
+    :math:`m = \max(\sum_k w_k A_k, 0)`, :math:`m \leftarrow (m - \min m)/(10^{-7} + \max(m -
+    \min m))`, ``cv2.resize(m, (W, H))`` (bilinear), and the library's final aggregation of its
+    one layer: the same min-max again at full size. Min-max commutes with the resize up to the
+    ``1e-7``, so this is the ``cam`` heatmap for a GAP + linear head, to float rounding.
+    The heatmap comes back as a CPU tensor wrapping the numpy array; the logits stay on the
+    device.
+    """
+
+    def _held(self, t: Tensor) -> Tensor:
+        return t.detach().cpu()
+
+    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        model, mean, std = self.explainer.model, self.explainer.mean, self.explainer.std
+        with self._recording():
+            logits = model((image - mean) / std)
+            targets = logits.detach().cpu().numpy().argmax(axis=-1)
+            loss = sum(row[int(c)] for row, c in zip(logits, targets, strict=True))
+            loss.backward(retain_graph=True)
+        a, g = (t.numpy() for t in self._tapped())
+        weights = g.mean(axis=(2, 3))
+        cam = np.maximum((weights[:, :, None, None] * a).sum(axis=1), 0)
+        size = (image.shape[-1], image.shape[-2])  # cv2 takes (W, H)
+        resized = [cv2.resize(m, size) for m in _unit_range(cam)]
+        heat = np.stack(_unit_range(np.stack(resized)))[:, None]
+        return logits.detach(), torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))
+
+
+def _unit_range(maps: np.ndarray) -> list[np.ndarray]:
+    r"""Per map, pytorch-grad-cam's scaling: :math:`m' = m - \min m`, then
+    :math:`m' / (10^{-7} + \max m')`, in float32."""
+    out = []
+    for m in maps:
+        m = m - np.min(m)
+        out.append(np.float32(m / (1e-7 + np.max(m))))
+    return out
 
 
 def _first_line(exc: BaseException) -> str:
@@ -226,12 +312,18 @@ def _torch_call(fn: Callable[[Tensor], Any], image: Tensor, logits_only: bool = 
 
 
 def ort_session(
-    path: str, device: torch.device, threads: int, optimized_path: str | None = None
+    path: str,
+    device: torch.device,
+    threads: int,
+    optimized_path: str | None = None,
+    cuda_graph: bool = False,
 ) -> Any:
     """An ONNX Runtime session: the CUDA provider on a CUDA device where this onnxruntime has
     one, else CPU. ``session.get_providers()`` says which loaded.
 
     ``intra_op_num_threads = threads`` matches ``torch.set_num_threads(threads)``.
+    ``cuda_graph``: the CUDA provider's ``enable_cuda_graph`` (ORT refuses to create the session
+    where a node would run on the CPU provider).
     """
     import onnxruntime as ort
 
@@ -243,14 +335,21 @@ def ort_session(
         options.optimized_model_filepath = optimized_path
     providers: list[Any] = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        cuda: dict[str, Any] = {"device_id": device.index or 0}
+        if cuda_graph:
+            cuda["enable_cuda_graph"] = "1"
+        providers.insert(0, ("CUDAExecutionProvider", cuda))
     return ort.InferenceSession(path, options, providers=providers)
 
 
-def _ort_call(session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]]) -> Call:
+def _ort_call(
+    session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]], run_options: Any = None
+) -> Call:
     """Run ``session`` through IO binding: the input is the torch tensor's own buffer (an NCHW
     copy, made once, if it is channels-last), the outputs go into preallocated tensors on the same
-    device, so no call copies or allocates. The call holds the tensors whose memory is bound."""
+    device, so no call copies or allocates, and the addresses stay fixed (a CUDA graph replays on
+    them). The call holds the tensors whose memory is bound. ``run_options``: ORT's RunOptions
+    for every run (``ort_cudagraph``'s graph id)."""
     image = image.contiguous()
     kind, index = image.device.type, image.device.index or 0
     binding = session.io_binding()
@@ -262,7 +361,7 @@ def _ort_call(session: Any, image: Tensor, shapes: dict[str, tuple[int, ...]]) -
         binding.bind_output(name, kind, index, np.float32, list(buf.shape), buf.data_ptr())
 
     def call(bound: Tensor = image) -> tuple[Tensor, Tensor | None]:  # holds the bound input
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, run_options)
         return outputs["logits"], outputs.get("heatmap")
 
     return call
@@ -290,20 +389,38 @@ def build_variants(
     logits_model = Normalized(explainer).eval()
     gradcam = gradcam_explainer(explainer, info)
     built: dict[str, Variant] = {}
+    if "ort_cudagraph" not in config.skip:
+        refused = _cuda_graph_refusal(device)
+        if refused:  # known before any export
+            built["ort_cudagraph"] = Variant("ort_cudagraph", _CUDA_GRAPH, None, refused)
     for name, module, file in (
         ("ort", explainer, "explainer.onnx"),
         ("ort_logits", logits_model, "logits.onnx"),
         ("ort_gradcam", gradcam, "gradcam.onnx"),
     ):
-        if name in config.skip or module is None:
+        users = ON_EXPLAINER_ONNX if name == "ort" else (name,)  # one file, three ways to run it
+        wanted = [n for n in users if n not in config.skip and n not in built]
+        if not wanted or module is None:
             continue
         log(f"exporting {VARIANTS[name]} to ONNX (dynamo, opset {config.opset})")
         outputs = {"logits": (info.num_classes,)}
         if name != "ort_logits":
             outputs["heatmap"] = (1, h, w)
         path = os.path.join(folder, file)
-        module = exportable(module, example)
-        built[name] = _ort_variant(name, module, example, outputs, path, device, threads, config)
+        t0 = time.perf_counter()
+        try:
+            export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
+        except Exception as exc:
+            for n in wanted:
+                built[n] = Variant(n, "onnxruntime", None, f"failed: {_first_line(exc)}")
+            continue
+        export_s = time.perf_counter() - t0
+        if name in wanted:
+            built[name] = _ort_variant(name, path, outputs, device, threads, config, export_s)
+        if "ort_numpy" in wanted:
+            built["ort_numpy"] = _ort_numpy_variant(path, device, threads)
+        if "ort_cudagraph" in wanted:
+            built["ort_cudagraph"] = _ort_cudagraph_variant(path, outputs, device, threads)
     if gradcam is None:
         for name in ("eager_gradcam", "ort_gradcam"):
             built[name] = Variant(name, "", None, "skipped: the explainer is gradcam already")
@@ -344,6 +461,16 @@ def build_variants(
             "torch eager, autograd",
             lambda x: lambda: autograd(x),
             note="forward hook + tensor hook, zero_grad, backward of the top logit, per call",
+        )
+    if "gradcam_numpy" not in config.skip:
+        numpy_gradcam = NumpyGradCAM(explainer)
+        built["gradcam_numpy"] = Variant(
+            "gradcam_numpy",
+            "torch eager, autograd; numpy + cv2",
+            lambda x: lambda: numpy_gradcam(x),
+            note="pytorch-grad-cam's steps: hooks copy A and its gradient to the host, "
+            "zero_grad, backward of the summed argmax logits, the map in numpy, min-max, "
+            "cv2.resize per image, min-max again",
         )
     return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in VARIANTS]
 
@@ -403,21 +530,26 @@ def _allow_recompiles(batch_sizes: int) -> None:
             return
 
 
+def export_onnx(
+    module: nn.Module, example: Tensor, path: str, opset: int, outputs: list[str]
+) -> None:
+    """``module`` (on the CPU) to ``path``, the batch dimension free, as explain-export does."""
+    shapes = {"image": {0: torch.export.Dim("batch")}}
+    to_onnx(module, (example,), path, opset, shapes, outputs)
+
+
 def _ort_variant(
     name: str,
-    module: nn.Module,
-    example: Tensor,
-    outputs: dict[str, tuple[int, ...]],
     path: str,
+    outputs: dict[str, tuple[int, ...]],
     device: torch.device,
     threads: int,
     config: BenchConfig,
+    export_s: float = 0.0,
 ) -> Variant:
-    """Export ``module`` (on the CPU) to ``path`` and open it on ``device``'s provider."""
+    """Open the exported ``path`` on ``device``'s provider, driven through IO binding."""
     t0 = time.perf_counter()
     try:
-        shapes = {"image": {0: torch.export.Dim("batch")}}  # N dynamic, as explain-export does
-        to_onnx(module, (example,), path, config.opset, shapes, list(outputs))
         session = ort_session(path, device, threads)
         if config.models_dir:  # ORT's optimized graph, for reading, from a separate session
             ort_session(path, device, threads, path.replace(".onnx", ".ort-optimized.onnx"))
@@ -430,11 +562,207 @@ def _ort_variant(
         lambda x: _ort_call(session, x, {n: (x.shape[0], *s) for n, s in outputs.items()}),
         note="IO binding: the input is the torch buffer itself; outputs preallocated",
         providers=used,
-        setup_s=time.perf_counter() - t0,
+        setup_s=export_s + time.perf_counter() - t0,
+        path=path,
     )
     if device.type == "cuda" and "CUDAExecutionProvider" not in used:
         variant.make, variant.status = None, ORT_CUDA_MISSING
     return variant
+
+
+def _ort_numpy_variant(path: str, device: torch.device, threads: int) -> Variant:
+    """``path`` through :class:`.runtime.OnnxExplainer`, as ``explain-run`` opens it: numpy
+    float32 in (made once per batch size, outside the timed call), numpy out; CUDA graphs off
+    (``ort_cudagraph`` measures them)."""
+    from .runtime import OnnxExplainer
+
+    t0 = time.perf_counter()
+    try:
+        runner = OnnxExplainer(path, device=device.type, threads=threads, cuda_graph=False)
+    except Exception as exc:
+        return Variant("ort_numpy", "onnxruntime", None, f"failed: {_first_line(exc)}")
+    used = list(runner.providers)
+    variant = Variant(
+        "ort_numpy",
+        f"onnxruntime {used[0].removesuffix('ExecutionProvider')}, numpy in/out",
+        lambda x: _numpy_call(runner, x),
+        note="explain_export.runtime.OnnxExplainer as explain-run uses it (session.run with a "
+        "numpy feed, numpy outputs); the ort variant's ONNX file",
+        providers=used,
+        setup_s=time.perf_counter() - t0,
+        path=path,
+    )
+    if device.type == "cuda" and "CUDAExecutionProvider" not in used:
+        variant.make, variant.status = None, ORT_CUDA_MISSING
+    return variant
+
+
+def _numpy_call(runner: Any, image: Tensor) -> Call:
+    """``runner(batch)`` on a numpy copy of ``image`` made here, once; the numpy outputs are
+    wrapped (no copy) as CPU tensors for the harness's checks."""
+    batch = image.contiguous().cpu().numpy()
+
+    def call() -> tuple[Tensor, Tensor | None]:
+        logits, heatmap = runner(batch)
+        return torch.from_numpy(logits), torch.from_numpy(heatmap)
+
+    return call
+
+
+_CUDA_GRAPH = "onnxruntime CUDA, CUDA graph"
+
+
+def _cuda_graph_refusal(device: torch.device) -> str | None:
+    """Why ``ort_cudagraph`` cannot run here, as a ``not measured:`` status; None if it may."""
+    import onnxruntime as ort
+
+    if device.type != "cuda":
+        return CUDA_GRAPH_NEEDS_CUDA
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ORT_CUDA_MISSING
+    return None
+
+
+def _ort_cudagraph_variant(
+    path: str, outputs: dict[str, tuple[int, ...]], device: torch.device, threads: int
+) -> Variant:
+    """``path`` on the CUDA provider with ``enable_cuda_graph``: IO binding to fixed buffers per
+    batch size, each batch size under its own ``gpu_graph_id`` (1, 2, ...: ORT reserves 0 for
+    runs without an id, -1 turns capture off), so ONNX Runtime captures one graph per batch
+    size after its first runs and replays it from then on.
+
+    Not measured (never an error) off CUDA, without the CUDA provider, or where ORT refuses the
+    session: a CUDA graph needs every node on the CUDA provider.
+    """
+    refused = _cuda_graph_refusal(device)
+    if refused:
+        return Variant("ort_cudagraph", _CUDA_GRAPH, None, refused)
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    try:
+        session = ort_session(path, device, threads, cuda_graph=True)
+    except Exception as exc:
+        why = f"not measured: ORT refused CUDA graphs ({_first_line(exc)})"
+        return Variant("ort_cudagraph", _CUDA_GRAPH, None, why)
+    used = list(session.get_providers())
+    if "CUDAExecutionProvider" not in used:
+        return Variant("ort_cudagraph", _CUDA_GRAPH, None, ORT_CUDA_MISSING, providers=used)
+    graph_ids = itertools.count(1)  # one id per make(): per batch size, with its own buffers
+
+    def make(image: Tensor) -> Call:
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("gpu_graph_id", str(next(graph_ids)))
+        shapes = {n: (image.shape[0], *s) for n, s in outputs.items()}
+        return _ort_call(session, image, shapes, run_options)
+
+    return Variant(
+        "ort_cudagraph",
+        _CUDA_GRAPH,
+        make,
+        note="IO binding to fixed buffers; one CUDA graph per batch size (gpu_graph_id), "
+        "captured on an early call (first_call_ms), replayed after; the ort variant's ONNX file",
+        providers=used,
+        setup_s=time.perf_counter() - t0,
+        path=path,
+    )
+
+
+def logits_ancestors(graph: Any, output: str = "logits") -> set[str]:
+    """Names of the nodes of an ONNX ``graph`` that ``output`` depends on (producers walked back
+    from it; initializers and graph inputs end the walk)."""
+    producer = {o: node for node in graph.node for o in node.output if o}
+    seen: set[str] = set()
+    stack, visited = [output], set[int]()
+    while stack:
+        tensor = stack.pop()
+        node = producer.get(tensor)
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        seen.add(node.name)
+        stack.extend(i for i in node.input if i)
+    return seen
+
+
+def ort_head_share(
+    path: str, image: np.ndarray, threads: int, runs: int, warmup: int = 3, top: int = 5
+) -> dict[str, Any]:
+    r"""The heatmap head's cost read off ONNX Runtime's profiler, on the CPU provider.
+
+    The ONNX explainer at ``path`` is optimized as for a run (``intra_op_num_threads=threads``)
+    and the optimized graph saved to a temporary folder, so its node names are known. A node is
+    heatmap-only where ``logits`` does not depend on it (:func:`logits_ancestors`). After
+    ``warmup`` untimed runs, ``runs`` profiled runs of ``image`` (float32 ``[N,3,H,W]``). Per
+    node, its kernel time is the median over the runs (a kernel that was preempted once does
+    not count); :math:`t_h` = the sum over the heatmap-only nodes, :math:`t` = over all nodes,
+    and ``share`` :math:`= t_h / (t - t_h)`, the head's cost over the logits-only path. Kernel
+    time leaves out the executor's own time between nodes; profiled node names the saved graph
+    lacks count for the logits path (``unmatched_nodes``). ``run_ms``: the mean profiled run
+    (kernels, the executor between them, the profiler's overhead). The profile file is deleted.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="explain-bench-profile-") as folder:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in session.get_inputs():
+            if tensor.name == "class_index":
+                feeds[tensor.name] = np.full(image.shape[0], -1, np.int64)
+            else:
+                feeds[tensor.name] = np.ascontiguousarray(image, dtype=np.float32)
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        profile = session.end_profiling()
+        try:
+            with open(profile) as f:
+                events = json.load(f)
+        finally:
+            os.remove(profile)
+        graph = onnx.load(options.optimized_model_filepath).graph
+    ops = {node.name: node.op_type for node in graph.node}
+    logits_path = logits_ancestors(graph)
+    head_only = set(ops) - logits_path
+    # the timed runs: from the start of the first of the last `runs` model_run events
+    timed = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]
+    since, counted = (timed[0][0], len(timed)) if timed else (0, warmup + runs)
+    samples: dict[str, list[float]] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") == "Node" and name.endswith("_kernel_time") and e["ts"] >= since:
+            samples.setdefault(name.removesuffix("_kernel_time"), []).append(e["dur"])
+    per_node = {n: float(np.median(us)) for n, us in samples.items()}
+    total_us = sum(per_node.values())
+    head_us = sum(us for n, us in per_node.items() if n in head_only)
+    ranked = sorted((n for n in per_node if n in head_only), key=per_node.__getitem__)[::-1]
+    return {
+        "runs": counted,
+        "threads": threads,
+        "head_ms": round(head_us / 1000, 4),
+        "total_kernel_ms": round(total_us / 1000, 4),
+        "run_ms": round(sum(d for _, d in timed) / counted / 1000, 4) if timed else None,
+        "share": round(head_us / (total_us - head_us), 5) if total_us > head_us else None,
+        "head_nodes": len(head_only),
+        "nodes": len(ops),
+        "unmatched_nodes": sum(n not in ops for n in per_node),
+        "top": [{"op": ops[n], "node": n, "us": round(per_node[n], 1)} for n in ranked[:top]],
+    }
+
+
+def _profile_runs(wanted: int, median_ms: float | None) -> int:
+    """``wanted`` runs, fewer where they would take over :data:`PROFILE_BUDGET_S` (at least 10,
+    or ``wanted`` if smaller)."""
+    if not median_ms:
+        return wanted
+    return max(min(wanted, int(PROFILE_BUDGET_S * 1000 / median_ms)), min(wanted, 10))
 
 
 def summarize(samples: Sequence[float], batch: int) -> dict[str, Any]:
@@ -514,9 +842,10 @@ def _minor_faults() -> int:
 
 
 def _max_diff(a: Tensor | None, b: Tensor | None) -> float | None:
+    """Max abs difference, on the host (the numpy variants return CPU tensors)."""
     if a is None or b is None:
         return None
-    return float((a.float() - b.float()).abs().max())
+    return float((a.detach().float().cpu() - b.detach().float().cpu()).abs().max())
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -653,7 +982,12 @@ def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[s
       Grad-CAM (the same batch, so autograd time / ORT time);
     - ``gradcam_overhead[backend][batch]``: gradcam explainer time / explainer time − 1, on
       ``eager`` and ``ort`` (what the in-graph gradient costs over ``cam``);
-    - ``ort_gradcam_vs_autograd[batch]``: autograd Grad-CAM time / ORT gradcam time.
+    - ``ort_gradcam_vs_autograd[batch]``: autograd Grad-CAM time / ORT gradcam time;
+    - ``vs_gradcam_numpy[v][batch]``: heatmaps/s of ``v`` / heatmaps/s of the pytorch-grad-cam
+      style Grad-CAM (``gradcam_numpy`` time / ``v`` time), for ``ort``, ``ort_numpy`` and
+      ``ort_cudagraph``;
+    - ``best_exported_vs_gradcam_numpy[batch]``: the same for the fastest exported explainer of
+      the batch (:func:`best_exported`).
     """
     out: dict[str, dict[str, Any]] = {
         "speedup_vs_eager": {},
@@ -661,7 +995,10 @@ def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[s
         "ort_vs_autograd": {},
         "gradcam_overhead": {},
         "ort_gradcam_vs_autograd": {},
+        "vs_gradcam_numpy": {},
+        "best_exported_vs_gradcam_numpy": {},
     }
+    fastest = best_exported(raw)
     for batch, t in raw.items():
         key = str(batch)
         for name in ("torchscript", "ort", "compile"):
@@ -679,6 +1016,31 @@ def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[s
                 out["gradcam_overhead"].setdefault(expl, {})[key] = _overhead(t[grad], t[expl])
         if "ort_gradcam" in t and "autograd" in t:
             out["ort_gradcam_vs_autograd"][key] = time_ratio(t["autograd"], t["ort_gradcam"])
+        if "gradcam_numpy" in t:
+            for name in ON_EXPLAINER_ONNX:
+                if name in t:
+                    out["vs_gradcam_numpy"].setdefault(name, {})[key] = time_ratio(
+                        t["gradcam_numpy"], t[name]
+                    )
+            if key in fastest:
+                best = fastest[key]["variant"]
+                out["best_exported_vs_gradcam_numpy"][key] = time_ratio(t["gradcam_numpy"], t[best])
+    return out
+
+
+def best_exported(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """Per batch, the exported explainer (of ``ort``, ``ort_cudagraph``, ``torchscript``) with
+    the lowest median: its name, median ms per batch and images/s = N / median."""
+    out: dict[str, dict[str, Any]] = {}
+    for batch, t in raw.items():
+        medians = {n: float(np.median(t[n])) for n in EXPORTED if t.get(n)}
+        if medians:
+            name = min(medians, key=medians.__getitem__)
+            out[str(batch)] = {
+                "variant": name,
+                "median_ms": round(medians[name], 4),
+                "images_per_s": round(batch * 1000.0 / medians[name], 2),
+            }
     return out
 
 
@@ -689,12 +1051,20 @@ def _overhead(slow: Sequence[float], fast: Sequence[float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from the issue, read off :func:`ratios`: ``ratio[kind][variant][batch]`` vs bound."""
+    """A goal from the issue, read off :func:`ratios` (``ratio[kind][variant][batch]``), or off
+    ``best_exported`` / ``head_profile`` (``[kind][batch]``), at ``key``, vs ``bound``.
+
+    ``unit`` says how the value reads (×, %, ms, images/s); a target with a ``device`` is checked
+    on runs on that device only.
+    """
 
     text: str
     path: tuple[str, ...]  # keys into the ratios, the batch last
     bound: float
     at_most: bool = False
+    key: str = "value"
+    unit: str = "×"
+    device: str | None = None
 
 
 TARGETS = (
@@ -709,6 +1079,7 @@ TARGETS = (
             ("heatmap_overhead", b, str(n)),
             0.03,
             at_most=True,
+            unit="%",
         )
         for b in ("eager", "ort")
         for n in (1, 8, 32)
@@ -731,19 +1102,75 @@ TARGETS = (
         )
         for n in (1, 8)
     ),
+    *(
+        Target(
+            f"ORT heatmap head <= 3% of the logits-only kernel time, batch {n} (profiler)",
+            ("head_profile", str(n)),
+            0.03,
+            at_most=True,
+            key="share",
+            unit="%",
+            device="cpu",
+        )
+        for n in (1, 8)
+    ),
+    Target(
+        "best exported explainer <= 0.5 ms, batch 1 (CUDA)",
+        ("best_exported", "1"),
+        0.5,
+        at_most=True,
+        key="median_ms",
+        unit="ms",
+        device="cuda",
+    ),
+    Target(
+        "best exported explainer >= 30x heatmaps/s of pytorch-grad-cam style, batch 1 (CUDA)",
+        ("best_exported_vs_gradcam_numpy", "1"),
+        30.0,
+        device="cuda",
+    ),
+    Target(
+        "best exported explainer >= 12000 images/s, batch 64 (CUDA)",
+        ("best_exported", "64"),
+        12000.0,
+        key="images_per_s",
+        unit="images/s",
+        device="cuda",
+    ),
+    Target(
+        "best exported explainer >= 10x heatmaps/s of pytorch-grad-cam style, batch 64 (CUDA)",
+        ("best_exported_vs_gradcam_numpy", "64"),
+        10.0,
+        device="cuda",
+    ),
+    *(
+        Target(
+            f"heatmap adds <= 5% over ort logits-only, batch {n} (CUDA)",
+            ("heatmap_overhead", "ort", str(n)),
+            0.05,
+            at_most=True,
+            unit="%",
+            device="cuda",
+        )
+        for n in (1, 8)
+    ),
 )
 
 
-def check_targets(found: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target whose ratio was measured, with its value and whether it is met."""
+def check_targets(found: dict[str, Any], device: str | None = None) -> list[dict[str, Any]]:
+    """Each target whose value was measured, with the value and whether it is met. ``found``:
+    the ratios, plus ``best_exported`` and ``head_profile`` where known. Targets for a device
+    other than ``device`` are left out silently."""
     rows = []
     for t in TARGETS:
+        if t.device is not None and t.device != device:
+            continue
         node: Any = found
         for key in t.path:
             node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or node.get(t.key) is None:
             continue
-        value = node["value"]
+        value = node[t.key]
         met = value <= t.bound if t.at_most else value >= t.bound
         rows.append(
             {
@@ -751,6 +1178,7 @@ def check_targets(found: dict[str, Any]) -> list[dict[str, Any]]:
                 "kind": t.path[0],
                 "value": value,
                 "bound": t.bound,
+                "unit": t.unit,
                 "met": bool(met),
             }
         )
@@ -835,9 +1263,11 @@ def run_bench(
             live = sum(v.make is not None and v.status == "ok" for v in variants)
             log(f"timing {live} variants at batch sizes {', '.join(map(str, config.batch_sizes))}")
             raw, others = measure(variants, config, info.input_size, tick)
+            profile = head_profiles(variants, config, info.input_size, threads, log)
     finally:
         torch.set_num_threads(previous_threads)
     found = ratios(raw)
+    fastest = best_exported(raw)
     notes = [f"{VARIANTS[v.name]}: {v.status}" for v in variants if v.status != "ok"]
     return {
         "format": "explain-bench/1",
@@ -881,9 +1311,49 @@ def run_bench(
         },
         "variants": {v.name: v.to_dict() for v in variants},
         "ratios": found,
-        "targets": check_targets(found),
+        "best_exported": fastest,
+        "head_profile": profile,
+        "targets": check_targets(
+            {**found, "best_exported": fastest, "head_profile": profile}, config.device
+        ),
         "notes": notes,
     }
+
+
+def head_profiles(
+    variants: list[Variant],
+    config: BenchConfig,
+    input_size: tuple[int, int],
+    threads: int,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`ort_head_share` at every measured batch size, where the ``ort`` variant ran on the
+    CPU provider; on the same input as :func:`measure`. ``config.profile_runs`` runs per batch,
+    fewer where they would take over :data:`PROFILE_BUDGET_S`. A failure is logged, not raised.
+    """
+    ort_variant = next((v for v in variants if v.name == "ort"), None)
+    if (
+        config.profile_runs == 0
+        or ort_variant is None
+        or ort_variant.status != "ok"
+        or ort_variant.path is None
+        or (ort_variant.providers or [""])[0] != "CPUExecutionProvider"
+    ):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for batch in config.batch_sizes:
+        measured = ort_variant.batches.get(batch)
+        if not measured or "median_ms" not in measured:
+            continue
+        runs = _profile_runs(config.profile_runs, measured["median_ms"])
+        log(f"profiling the ORT explainer's heatmap head at batch {batch} ({runs} runs)")
+        gen = torch.Generator().manual_seed(config.seed + batch)
+        image = torch.rand(batch, 3, *input_size, generator=gen).numpy()
+        try:
+            out[str(batch)] = ort_head_share(ort_variant.path, image, threads, runs)
+        except Exception as exc:
+            log(f"head profile at batch {batch} failed: {_first_line(exc)}")
+    return out
 
 
 def load_explainer(

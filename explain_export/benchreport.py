@@ -31,6 +31,9 @@ _COLORS = {
     "autograd": (14, 127, 255),
     "eager_gradcam": (127, 127, 127),
     "ort_gradcam": (34, 189, 188),
+    "gradcam_numpy": (75, 86, 140),
+    "ort_numpy": (0, 0, 128),
+    "ort_cudagraph": (194, 119, 227),
 }
 _DASHED = {"eager_logits", "ort_logits"}
 
@@ -59,6 +62,50 @@ def _fmt_ratio(r: dict[str, float] | None, percent: bool = False) -> str:
 
 def _label(result: dict[str, Any], name: str) -> str:
     return result["variants"][name]["label"]
+
+
+_PERCENT_KINDS = ("heatmap_overhead", "gradcam_overhead", "head_profile")
+
+
+def target_value(t: dict[str, Any]) -> str:
+    """A target's measured value in its unit: ``3.52×``, ``+1.2%``, ``0.412 ms``,
+    ``12,345 images/s`` (rows written before units were recorded: by their kind)."""
+    unit = t.get("unit") or ("%" if t["kind"] in _PERCENT_KINDS else "×")
+    value = t["value"]
+    if unit == "%":
+        return f"{value:+.1%}"
+    if unit == "×":
+        return f"{value:.2f}×"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def head_profile_line(batch: str, p: dict[str, Any]) -> str:
+    """One console line for a batch's :func:`.bench.ort_head_share`."""
+    share = "–" if p["share"] is None else f"{p['share']:+.2%}"
+    return (
+        f"ORT heatmap head, batch {batch} (profiler, {p['runs']} runs): {p['head_nodes']} "
+        f"heatmap-only nodes, {p['head_ms']:.3f} ms of {p['total_kernel_ms']:.3f} ms kernel "
+        f"time per run, {share} over the logits-only path"
+    )
+
+
+def head_profile_table(result: dict[str, Any]) -> str:
+    """The heatmap head as ONNX Runtime's profiler sees it, one row per batch size."""
+    lines = [
+        "| batch | heatmap-only nodes | head ms | total kernel ms | share | runs | "
+        "costliest heatmap-only nodes (µs) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for batch, p in result.get("head_profile", {}).items():
+        share = "–" if p["share"] is None else f"{p['share']:+.2%}"
+        top = ", ".join(f"{n['op']} {n['us']:.0f}" for n in p["top"]) or "–"
+        lines.append(
+            f"| {batch} | {p['head_nodes']} | {p['head_ms']:.3f} | {p['total_kernel_ms']:.3f} | "
+            f"{share} | {p['runs']} | {top} |"
+        )
+    return "\n".join(lines)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -102,6 +149,22 @@ def ratio_table(result: dict[str, Any]) -> str:
             (
                 "ORT gradcam / autograd Grad-CAM, heatmaps/s",
                 r["ort_gradcam_vs_autograd"],
+                False,
+            )
+        )
+    for name, by_batch in r.get("vs_gradcam_numpy", {}).items():
+        rows.append(
+            (
+                f"{_label(result, name)} / pytorch-grad-cam style Grad-CAM, heatmaps/s",
+                by_batch,
+                False,
+            )
+        )
+    if r.get("best_exported_vs_gradcam_numpy"):
+        rows.append(
+            (
+                "fastest exported explainer / pytorch-grad-cam style Grad-CAM, heatmaps/s",
+                r["best_exported_vs_gradcam_numpy"],
                 False,
             )
         )
@@ -163,18 +226,41 @@ def markdown(result: dict[str, Any], plot: str | None = None) -> str:
         "",
         ratio_table(result),
     ]
+    fastest = result.get("best_exported") or {}
+    if fastest:
+        out += [
+            "",
+            "Fastest exported explainer (of ORT, ORT with a CUDA graph, TorchScript): "
+            + "; ".join(
+                f"batch {b}: {_label(result, f['variant'])}, {f['median_ms']:.3f} ms, "
+                f"{f['images_per_s']:,.0f} images/s"
+                for b, f in fastest.items()
+            )
+            + ".",
+        ]
+    if result.get("head_profile"):
+        out += [
+            "",
+            "## Heatmap head, ONNX Runtime profiler (CPU)",
+            "",
+            "Kernel time per run of the nodes of ORT's optimized graph that `logits` does not "
+            "depend on (head), and of all nodes; share = head / (total − head), the head's "
+            "cost over the logits-only path. No executor overhead, no run-to-run noise of "
+            "the end-to-end ratio.",
+            "",
+            head_profile_table(result),
+        ]
     if result["targets"]:
         out += [
             "",
-            "## Targets (from the issue, set for the CPU, 2 threads, EfficientNet-Lite0 224x224)",
+            "## Targets (from the issue; the CPU ones set for 2 threads, EfficientNet-Lite0 "
+            "224x224; the CUDA ones checked on --device cuda runs only)",
             "",
             "| target | measured | met |",
             "| --- | ---: | --- |",
         ]
         for t in result["targets"]:
-            pct = t["kind"] in ("heatmap_overhead", "gradcam_overhead")
-            value = f"{t['value']:+.1%}" if pct else f"{t['value']:.2f}×"
-            out.append(f"| {t['target']} | {value} | {'yes' if t['met'] else '**no**'} |")
+            out.append(f"| {t['target']} | {target_value(t)} | {'yes' if t['met'] else '**no**'} |")
     notes = [
         f"{var['label']}: {var['note']}" for var in result["variants"].values() if var["note"]
     ] + result["notes"]

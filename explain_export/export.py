@@ -324,8 +324,7 @@ def _verify_on_gpu(
             rows.append(verify.on_device(fmt, artifact, all_cases, refs))
         except Exception as exc:
             raise ExplainExportError(
-                f"the exported {fmt} file fails on the GPU: {root_cause(exc)}; nothing was "
-                "written"
+                f"the exported {fmt} file fails on the GPU: {root_cause(exc)}; nothing was written"
             ) from exc
     return rows
 

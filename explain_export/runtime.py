@@ -213,7 +213,7 @@ class OnnxExplainer(_Artifact):
             first = self._graph_options(-1)
             bound = _Binding(self.session, self._kind, feeds, self.output_names, first)
             self._bindings[key] = bound
-            self._run_options[key] = self._graph_options(len(self._bindings) - 1)
+            self._run_options[key] = self._graph_options(len(self._bindings))
         else:
             bound.feed(feeds)
         self.session.run_with_iobinding(bound.binding, self._run_options[key])
@@ -222,12 +222,13 @@ class OnnxExplainer(_Artifact):
         return {n: v.numpy() for n, v in bound.outputs.items()}
 
     def _graph_options(self, index: int) -> Any:
-        """Run options that give batch shape number ``index`` its own CUDA graph (or none)."""
+        """Run options that give batch shape number ``index`` (from 1; ONNX Runtime keeps 0 for
+        runs that name no graph) its own CUDA graph, or none (-1, or past ``max_graphs``)."""
         import onnxruntime as ort
 
         options = ort.RunOptions()
         if self.cuda_graph:
-            graph_id = index if 0 <= index < self.max_graphs else -1  # -1: run without a graph
+            graph_id = index if 0 < index <= self.max_graphs else -1  # -1: run without a graph
             options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
 

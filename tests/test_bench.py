@@ -1,25 +1,31 @@
 """explain-bench: every variant, ratio and report file is there, the math of the statistics, the
-autograd baseline, the CUDA path and its usage error.
+autograd and pytorch-grad-cam style baselines, the profiler's heatmap head share, the CUDA path
+(CUDA graphs included) and its usage error.
 
 No test asserts a timing value: those depend on the machine and are reported, not checked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
 
 import cv2
+import numpy as np
+import onnx
 import pytest
 import torch
 
-from explain_export import bench
+from explain_export import bench, benchreport
 from explain_export.cli.bench import main
 from explain_export.explainer import build_explainer
+from explain_export.samples import load_rgb, photo_path
 
 from models import tiny_resnet
-from reference import gradcam, normalize
+from reference import correlation, gradcam, normalize
 
 TINY = ["--arch", "models:TinyResNet", "--input-size", "64", "64", "--quiet"]
 QUICK = ["--iters", "3", "--warmup", "1", "--threads", "2", "--settle", "0"]
@@ -41,6 +47,9 @@ def test_every_variant_is_measured_at_every_batch_size(tiny_run):
     for name, v in result["variants"].items():
         if name == "compile" and v["status"].startswith("failed: "):
             continue  # recorded, not fatal: torch.compile depends on the toolchain
+        if name == "ort_cudagraph":  # CUDA only: a one-line status on the CPU, no batches
+            assert v["status"] == bench.CUDA_GRAPH_NEEDS_CUDA and v["batches"] == {}
+            continue
         assert v["status"] == "ok", (name, v["status"])
         assert set(v["batches"]) == {"1", "2"}
         for m in v["batches"].values():
@@ -74,14 +83,22 @@ def test_ratios_and_targets_come_from_the_same_run(tiny_run):
     assert set(r["ort_vs_autograd"]) == {"1", "2"}
     assert set(r["gradcam_overhead"]) == {"eager", "ort"}
     assert set(r["ort_gradcam_vs_autograd"]) == {"1", "2"}
+    assert set(r["vs_gradcam_numpy"]) == {"ort", "ort_numpy"}  # ort_cudagraph: CUDA only
+    for by_batch in [*r["vs_gradcam_numpy"].values(), r["best_exported_vs_gradcam_numpy"]]:
+        assert set(by_batch) == {"1", "2"}
+        assert all(set(x) == RATIO_KEYS for x in by_batch.values())
+    assert set(result["best_exported"]) == {"1", "2"}
+    assert {b["variant"] for b in result["best_exported"].values()} <= {"ort", "torchscript"}
     kinds = {t["kind"] for t in result["targets"]}
     assert kinds == {
         "speedup_vs_eager",
         "heatmap_overhead",
         "ort_vs_autograd",
         "ort_gradcam_vs_autograd",
+        "head_profile",
     }
     assert all(isinstance(t["met"], bool) for t in result["targets"])
+    assert not any("(CUDA)" in t["target"] for t in result["targets"])
 
 
 def test_machine_versions_and_providers_are_recorded(tiny_run):
@@ -94,6 +111,7 @@ def test_machine_versions_and_providers_are_recorded(tiny_run):
     assert (
         result["providers"]["ort"] == result["providers"]["ort_logits"] == ["CPUExecutionProvider"]
     )
+    assert result["providers"]["ort_numpy"] == ["CPUExecutionProvider"]
     assert result["config"]["batch_sizes"] == [1, 2] and result["config"]["threads"] == 2
     assert result["command"].startswith("explain-bench --arch models:TinyResNet")
 
@@ -103,6 +121,8 @@ def test_markdown_and_png_are_written(tiny_run):
     text = (out / "bench.md").read_text()
     assert "| variant | backend | batch | median ms |" in text
     assert "## Ratios" in text and "## Targets" in text and "](bench.png)" in text
+    assert "## Heatmap head, ONNX Runtime profiler (CPU)" in text
+    assert "pytorch-grad-cam style Grad-CAM, heatmaps/s" in text
     assert "others_cpu_share" in result and set(result["others_cpu_share"]) == {"1", "2"}
     for v in result["variants"].values():
         assert v["label"] in text
@@ -123,6 +143,7 @@ def test_default_model_at_batch_1(tmp_path):
     assert result["config"]["layer"] == "_avg_pooling:input"
     statuses = {n: v["status"] for n, v in result["variants"].items()}
     assert statuses.pop("compile") == statuses.pop("ort_logits") == "skipped: --skip"
+    assert statuses.pop("ort_cudagraph") == bench.CUDA_GRAPH_NEEDS_CUDA
     assert set(statuses.values()) == {"ok"}
     assert {t["target"] for t in result["targets"]} >= {
         "ORT explainer >= 3x faster than eager explainer, batch 1",
@@ -138,7 +159,7 @@ def test_channels_last_and_tuned_malloc(tmp_path):
     assert result["config"]["channels_last"] is True
     assert result["config"]["malloc"].startswith("glibc")
     for name, v in result["variants"].items():
-        if name != "compile":
+        if name not in ("compile", "ort_cudagraph"):
             assert v["status"] == "ok", name
             assert v["batches"]["1"]["max_abs_diff_vs_eager"]["logits"] <= 1e-3
 
@@ -159,12 +180,24 @@ def test_cuda_run(tmp_path):
     assert result["machine"]["gpu"]
     for name in ("eager", "eager_logits", "torchscript", "autograd"):
         assert result["variants"][name]["status"] == "ok"
-    for name in ("ort", "ort_logits"):
+    for name in ("ort", "ort_logits", "ort_numpy"):
         v = result["variants"][name]
         if v["status"] == "ok":
             assert v["providers"][0] == "CUDAExecutionProvider"
         else:
             assert v["status"] == bench.ORT_CUDA_MISSING
+    v = result["variants"]["ort_cudagraph"]
+    if v["status"] == "ok":  # replayed graphs compute what eager computes
+        assert v["providers"][0] == "CUDAExecutionProvider"
+        for m in v["batches"].values():
+            assert m["max_abs_diff_vs_eager"]["heatmap"] <= 1e-4
+    else:  # no CUDA provider, or ORT refused the graph (a node on the CPU provider)
+        assert v["status"].startswith("not measured: ") and "\n" not in v["status"]
+    assert result["head_profile"] == {}  # the profiler share is a CPU figure
+    targets = {t["target"] for t in result["targets"]}
+    assert "best exported explainer <= 0.5 ms, batch 1 (CUDA)" in targets
+    if result["variants"]["ort"]["status"] == "ok":
+        assert "heatmap adds <= 5% over ort logits-only, batch 1 (CUDA)" in targets
 
 
 @pytest.mark.parametrize(
@@ -240,3 +273,155 @@ def test_others_cpu_share_subtracts_this_process():
     share = bench.others_cpu_share((0.0, 0.0, 0.0), (2.0 * cores, 2.0, 2.0))
     assert share == pytest.approx(round((2.0 * cores - 2.0) / (2.0 * cores), 4))
     assert bench.others_cpu_share(None, (1.0, 1.0, 1.0)) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """A TinyResNet ``cam`` explainer (width 16, 64x64) exported as the bench exports it, and
+    its logits-only model."""
+    folder = tmp_path_factory.mktemp("bench_onnx")
+    explainer, info = build_explainer(tiny_resnet(width=16), "layer3", "cam", (64, 64))
+    example = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    path, logits_path = str(folder / "explainer.onnx"), str(folder / "logits.onnx")
+    bench.export_onnx(explainer, example, path, bench.DEFAULT_OPSET, ["logits", "heatmap"])
+    normalized = bench.Normalized(explainer).eval()
+    bench.export_onnx(normalized, example, logits_path, bench.DEFAULT_OPSET, ["logits"])
+    return path, logits_path, explainer, info
+
+
+def test_gradcam_numpy_matches_the_cam_heatmap():
+    """pytorch-grad-cam's steps (numpy, min-max, cv2.resize, min-max) give the cam heatmap of a
+    GAP + linear model: on random images and on a photo."""
+    explainer, _ = build_explainer(tiny_resnet(), "layer3", "cam", (64, 64))
+    images = [torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    with contextlib.suppress(FileNotFoundError):  # no scikit-image: the random batch only
+        images.append(torch.from_numpy(load_rgb(photo_path("chelsea.png"), (64, 64)))[None])
+    before = [p.requires_grad for p in explainer.model.parameters()]
+    numpy_cam = bench.NumpyGradCAM(explainer)
+    try:
+        for image in images:
+            with torch.inference_mode():
+                logits, heat = explainer(image)[:2]
+            got_logits, got = numpy_cam(image)
+            assert got.shape == heat.shape and got.dtype == torch.float32
+            assert torch.allclose(got_logits, logits, atol=1e-5)
+            assert correlation(got.numpy(), heat.numpy()) > 0.99
+            assert float((got - heat).abs().max()) < 0.05
+    finally:
+        numpy_cam.remove()
+    assert [p.requires_grad for p in explainer.model.parameters()] == before
+
+
+def test_ort_head_share_counts_only_the_nodes_logits_does_not_need(
+    tiny_onnx, tmp_path, monkeypatch
+):
+    path, logits_path, _, _ = tiny_onnx
+    monkeypatch.chdir(tmp_path)  # where a profile written to the working directory would land
+    image = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    head = bench.ort_head_share(path, image, threads=1, runs=10)
+    assert head["runs"] == 10 and head["unmatched_nodes"] == 0
+    assert 0 < head["head_nodes"] < head["nodes"]
+    assert 0 < head["head_ms"] < head["total_kernel_ms"]
+    assert 0 < head["share"] < 1
+    assert head["share"] == pytest.approx(
+        head["head_ms"] / (head["total_kernel_ms"] - head["head_ms"]), rel=1e-2
+    )
+    assert 0 < len(head["top"]) <= 5 and all(n["us"] >= 0 and n["op"] for n in head["top"])
+    alone = bench.ort_head_share(logits_path, image, threads=1, runs=5)
+    assert alone["head_nodes"] == 0 and alone["head_ms"] == 0 and alone["share"] == 0
+    assert alone["total_kernel_ms"] > 0 and alone["top"] == []
+    assert os.listdir(tmp_path) == []  # the profile went to a temporary folder, and is gone
+
+
+def test_logits_ancestors_walk_back_from_logits(tiny_onnx):
+    graph = onnx.load(tiny_onnx[0]).graph
+    ancestors = bench.logits_ancestors(graph)
+    producer = {o: n.name for n in graph.node for o in n.output}
+    assert producer["logits"] in ancestors and producer["heatmap"] not in ancestors
+    assert bench.logits_ancestors(graph, "no such tensor") == set()
+
+
+def test_ort_cudagraph_is_not_measured_without_cuda(tiny_onnx):
+    outputs = {"logits": (10,), "heatmap": (1, 64, 64)}
+    v = bench._ort_cudagraph_variant(tiny_onnx[0], outputs, torch.device("cpu"), 1)
+    assert v.make is None and v.status == bench.CUDA_GRAPH_NEEDS_CUDA
+    assert v.status.startswith("not measured: ") and "\n" not in v.status
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ort_cudagraph_replays_one_graph_per_batch_size(tiny_onnx):
+    """Each batch size gets its own graph on its own bound buffers; a replay reads the input
+    buffer's current content."""
+    path, _, explainer, info = tiny_onnx
+    device = torch.device("cuda")
+    outputs = {"logits": (info.num_classes,), "heatmap": (1, 64, 64)}
+    v = bench._ort_cudagraph_variant(path, outputs, device, 2)
+    if v.status != "ok":
+        assert v.status.startswith("not measured: ") and "\n" not in v.status
+        pytest.skip(v.status)
+    explainer = copy.deepcopy(explainer).to(device)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for batch in (1, 2, 1):  # batch 1 again: a third graph on new buffers
+        image = torch.rand(batch, 3, 64, 64, device=device, generator=gen)
+        call = v.make(image)
+        for step in range(5):  # plain runs, the capture, then replays
+            image.copy_(torch.rand(batch, 3, 64, 64, device=device, generator=gen))
+            torch.cuda.synchronize()  # ORT runs on its own stream
+            logits, heat = call()
+            torch.cuda.synchronize()
+            with torch.inference_mode():
+                want_logits, want_heat = explainer(image)[:2]
+            assert float((logits - want_logits).abs().max()) <= 1e-3, (batch, step)
+            assert float((heat - want_heat).abs().max()) <= 1e-4, (batch, step)
+
+
+def test_ort_numpy_is_the_runtime_on_numpy(tiny_onnx):
+    path, _, explainer, _ = tiny_onnx
+    v = bench._ort_numpy_variant(path, torch.device("cpu"), 1)
+    assert v.status == "ok" and v.providers == ["CPUExecutionProvider"] and v.path == path
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    logits, heat = v.make(image)()
+    with torch.inference_mode():
+        want_logits, want_heat = explainer(image)[:2]
+    assert logits.device.type == "cpu" and heat.shape == (2, 1, 64, 64)
+    assert float((logits - want_logits).abs().max()) <= 1e-3
+    assert float((heat - want_heat).abs().max()) <= 1e-4
+
+
+def test_targets_by_device_and_unit():
+    found = {
+        "heatmap_overhead": {"ort": {"1": {"value": 0.04}}},
+        "best_exported": {
+            "1": {"variant": "ort", "median_ms": 0.4, "images_per_s": 2500.0},
+            "64": {"variant": "ort", "median_ms": 6.0, "images_per_s": 10666.7},
+        },
+        "best_exported_vs_gradcam_numpy": {"1": {"value": 40.0}, "64": {"value": 9.0}},
+        "head_profile": {"1": {"share": 0.02}, "8": {"share": 0.05}},
+    }
+    cuda = {t["target"]: t for t in bench.check_targets(found, "cuda")}
+    assert {k: t["met"] for k, t in cuda.items() if "(CUDA)" in k} == {
+        "best exported explainer <= 0.5 ms, batch 1 (CUDA)": True,
+        "best exported explainer >= 30x heatmaps/s of pytorch-grad-cam style, batch 1 (CUDA)": True,
+        "best exported explainer >= 12000 images/s, batch 64 (CUDA)": False,
+        "best exported explainer >= 10x heatmaps/s of pytorch-grad-cam style, batch 64 (CUDA)": (
+            False
+        ),
+        "heatmap adds <= 5% over ort logits-only, batch 1 (CUDA)": True,
+    }
+    assert not any("(profiler)" in k for k in cuda)
+    cpu = {t["target"]: t for t in bench.check_targets(found, "cpu")}
+    assert not any("(CUDA)" in k for k in cpu)
+    profiled = [t for k, t in cpu.items() if "(profiler)" in k]
+    assert [t["met"] for t in profiled] == [True, False]
+    values = [benchreport.target_value(t) for t in (*profiled, *cuda.values())]
+    assert {"+2.0%", "+5.0%", "0.400 ms", "40.00×", "10,667 images/s"} <= set(values)
+
+
+def test_head_profile_line_reads_as_a_percentage(tiny_run):
+    _, result = tiny_run
+    assert set(result["head_profile"]) == {"1", "2"}
+    line = benchreport.head_profile_line("1", result["head_profile"]["1"])
+    assert line.startswith("ORT heatmap head, batch 1 (profiler, ") and line.endswith(
+        "% over the logits-only path"
+    )
+    assert "\n" not in line

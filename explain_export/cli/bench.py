@@ -1,5 +1,6 @@
 """``explain-bench``: time the explainer eager, TorchScript, ONNX Runtime and torch.compile,
-against the bare model and an autograd Grad-CAM; write JSON, Markdown and a PNG plot.
+against the bare model, an autograd Grad-CAM and a pytorch-grad-cam style one; write JSON,
+Markdown and a PNG plot.
 
 Without --ckpt it measures the embedded default model, EfficientNet-Lite0 with ImageNet weights.
 """
@@ -30,10 +31,18 @@ variants (all on the same inputs, interleaved round by round):
   eager_gradcam the explainer with --method gradcam, eager (autograd from the tap on)
   ort_gradcam   the gradcam explainer exported (gradient lowered into the graph) on ORT
                 (both skipped where the explainer is gradcam already)
+  gradcam_numpy Grad-CAM the way pytorch-grad-cam computes it: hooks copy the map and its
+                gradient to the host, backward, the map in numpy, min-max, cv2.resize per image
+  ort_numpy     the ort file through explain_export.runtime.OnnxExplainer, numpy in and out,
+                as explain-run runs it
+  ort_cudagraph the ort file on the CUDA provider with CUDA graphs, one per batch size
+                (--device cuda only; not measured where ORT refuses them)
 
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
 images/s, page faults per call; ratios from the same run; the issue's targets, met or not.
+On the CPU, ONNX Runtime's profiler also measures the heatmap head: the kernel time of the
+nodes that logits does not depend on, over that of the rest (--profile-runs).
 
 examples:
   explain-bench --threads 2 --batch-sizes 1,8,32 --out bench/
@@ -115,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         default="",
         metavar="LIST",
-        help="comma list of variants not to run, e.g. compile or compile,autograd",
+        help="comma list of the variants listed below not to run (any but eager), e.g. "
+        "compile or compile,autograd,gradcam_numpy",
+    )
+    b.add_argument(
+        "--profile-runs",
+        type=int,
+        default=100,
+        metavar="N",
+        help="CPU: profiled runs of the ORT explainer per batch size for the heatmap head's "
+        "share, fewer where they would take over 5 s; 0: no profile (default: 100)",
     )
     b.add_argument(
         "--channels-last",
@@ -160,7 +178,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .._files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
-    from ..benchreport import table, write_report
+    from ..benchreport import head_profile_line, table, target_value, write_report
     from ..errors import UsageError
     from ..export import DEFAULT_OPSET
 
@@ -177,6 +195,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         skip=frozenset(s.strip() for s in args.skip.split(",") if s.strip()),
         opset=args.opset or DEFAULT_OPSET,
         models_dir=os.path.join(args.out, "models") if args.save_models else None,
+        profile_runs=args.profile_runs,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
     try:
@@ -234,10 +253,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             bar.close()
     paths = write_report(result, args.out)
     print(table(result))
+    for batch, profile in result.get("head_profile", {}).items():
+        print(head_profile_line(batch, profile))
     for note in result["notes"]:
         print(f"note: {note}")
     for t in result["targets"]:
-        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']} ({t['value']:g})")
+        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']} ({target_value(t)})")
     for path in paths.values():
         print(f"wrote {path}")
     return 0
