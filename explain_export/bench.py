@@ -58,10 +58,10 @@ try:
 except ImportError:  # not on Windows
     resource = None  # type: ignore[assignment]
 
-from . import __version__, heads, lowering
-from .errors import ExplainExportError, UsageError
+from . import heads, lowering
+from .errors import ExplainExportError, UsageError, first_line
 from .explainer import Explainer, ExplainerInfo
-from .export import DEFAULT_OPSET, _quiet, to_onnx, to_torchscript
+from .export import DEFAULT_OPSET, quiet, to_onnx, to_torchscript, versions
 from .tap import TapSpec, resolve_module
 
 VARIANTS: dict[str, str] = {
@@ -291,11 +291,6 @@ def _unit_range(maps: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
 def _sync(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
@@ -412,7 +407,7 @@ def build_variants(
             export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
         except Exception as exc:
             for n in wanted:
-                built[n] = Variant(n, "onnxruntime", None, f"failed: {_first_line(exc)}")
+                built[n] = Variant(n, "onnxruntime", None, f"failed: {first_line(exc)}")
             continue
         export_s = time.perf_counter() - t0
         if name in wanted:
@@ -497,7 +492,7 @@ def gradcam_explainer(explainer: Explainer, info: ExplainerInfo) -> Explainer | 
 def exportable(explainer: nn.Module, example: Tensor) -> nn.Module:
     """``explainer``, or its lowered graph where it needs a gradient (:mod:`.lowering`)."""
     if isinstance(explainer, Explainer) and explainer.spec.needs_gradient:
-        with _quiet():
+        with quiet():
             return lowering.lower(explainer, (example,), {0: [0]})
     return explainer
 
@@ -507,10 +502,10 @@ def _torchscript_variant(explainer: Explainer, example: Tensor, workdir: str) ->
     path = os.path.join(workdir, "explainer.torchscript.pt")
     try:
         to_torchscript(exportable(explainer, example), (example,), path)
-        with _quiet():
+        with quiet():
             script = torch.jit.load(path, map_location=example.device)
     except Exception as exc:
-        return Variant("torchscript", "torch.jit", None, f"failed: {_first_line(exc)}")
+        return Variant("torchscript", "torch.jit", None, f"failed: {first_line(exc)}")
     return Variant(
         "torchscript",
         "torch.jit trace + freeze",
@@ -554,7 +549,7 @@ def _ort_variant(
         if config.models_dir:  # ORT's optimized graph, for reading, from a separate session
             ort_session(path, device, threads, path.replace(".onnx", ".ort-optimized.onnx"))
     except Exception as exc:
-        return Variant(name, "onnxruntime", None, f"failed: {_first_line(exc)}")
+        return Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
     used = list(session.get_providers())
     variant = Variant(
         name,
@@ -580,7 +575,7 @@ def _ort_numpy_variant(path: str, device: torch.device, threads: int) -> Variant
     try:
         runner = OnnxExplainer(path, device=device.type, threads=threads, cuda_graph=False)
     except Exception as exc:
-        return Variant("ort_numpy", "onnxruntime", None, f"failed: {_first_line(exc)}")
+        return Variant("ort_numpy", "onnxruntime", None, f"failed: {first_line(exc)}")
     used = list(runner.providers)
     variant = Variant(
         "ort_numpy",
@@ -643,7 +638,7 @@ def _ort_cudagraph_variant(
     try:
         session = ort_session(path, device, threads, cuda_graph=True)
     except Exception as exc:
-        why = f"not measured: ORT refused CUDA graphs ({_first_line(exc)})"
+        why = f"not measured: ORT refused CUDA graphs ({first_line(exc)})"
         return Variant("ort_cudagraph", _CUDA_GRAPH, None, why)
     used = list(session.get_providers())
     if "CUDAExecutionProvider" not in used:
@@ -915,7 +910,7 @@ def measure(
     others: dict[int, float | None] = {}
 
     def fail(name: str, exc: BaseException) -> None:
-        by_name[name].status = f"failed: {_first_line(exc)}"
+        by_name[name].status = f"failed: {first_line(exc)}"
 
     for batch in config.batch_sizes:
         gen = torch.Generator().manual_seed(config.seed + batch)
@@ -937,7 +932,7 @@ def measure(
             except Exception as exc:
                 if v.name == REFERENCE:
                     raise ExplainExportError(
-                        f"the eager explainer failed at batch {batch}: {_first_line(exc)}"
+                        f"the eager explainer failed at batch {batch}: {first_line(exc)}"
                     ) from exc
                 fail(v.name, exc)
                 continue
@@ -1215,20 +1210,6 @@ def machine(config: BenchConfig, threads: int) -> dict[str, Any]:
     return out
 
 
-def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {
-        "explain_export": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def run_bench(
     explainer: Explainer,
     info: ExplainerInfo,
@@ -1352,7 +1333,7 @@ def head_profiles(
         try:
             out[str(batch)] = ort_head_share(ort_variant.path, image, threads, runs)
         except Exception as exc:
-            log(f"head profile at batch {batch} failed: {_first_line(exc)}")
+            log(f"head profile at batch {batch} failed: {first_line(exc)}")
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._files import ensure_out_dir, write_atomic
 from .errors import ExplainExportError
+from .overlay import encode_png
 
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
 
@@ -43,12 +44,13 @@ def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
     return their paths."""
     ensure_out_dir(out_dir)
     paths = {k: os.path.join(out_dir, name) for k, name in FILES.items()}
-    ok, png = cv2.imencode(".png", plot(result), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise ExplainExportError("OpenCV could not encode the plot as PNG")
+    try:
+        png = encode_png(plot(result), compression=9)
+    except ValueError as exc:
+        raise ExplainExportError("OpenCV could not encode the plot as PNG") from exc
     write_atomic(paths["json"], (json.dumps(result, indent=1) + "\n").encode())
     write_atomic(paths["markdown"], markdown(result, plot=FILES["plot"]).encode())
-    write_atomic(paths["plot"], png.tobytes())
+    write_atomic(paths["plot"], png)
     return paths
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
@@ -59,17 +59,14 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
                 f"checkpoint '{path}' holds pickled Python objects, and loading them would run "
                 "code from the file; if you trust its source, rerun with --trust-checkpoint"
             ) from exc
-        raise UsageError(f"cannot read checkpoint '{path}': {_first_line(exc)}") from exc
+        raise UsageError(
+            f"cannot read checkpoint '{path}': {first_line(exc, with_type=False)}"
+        ) from exc
     except Exception as exc:  # zip errors, EOF, bad magic number, ...
         raise UsageError(
             f"cannot read checkpoint '{path}' (not a PyTorch file, or truncated): "
-            f"{_first_line(exc)}"
+            f"{first_line(exc, with_type=False)}"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -146,7 +143,9 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"--arch: cannot import '{module_name}': {_first_line(exc)}") from exc
+        raise UsageError(
+            f"--arch: cannot import '{module_name}': {first_line(exc, with_type=False)}"
+        ) from exc
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -157,7 +156,9 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         model = target(**(kwargs or {}))
     except TypeError as exc:
-        raise UsageError(f"--arch '{arch}' rejected --arch-kwargs: {_first_line(exc)}") from exc
+        raise UsageError(
+            f"--arch '{arch}' rejected --arch-kwargs: {first_line(exc, with_type=False)}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"--arch '{arch}' returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -195,7 +196,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
             else ""
         )
         raise UsageError(
-            f"the model refused {source} while loading it: {_first_line(exc)}{hint}"
+            f"the model refused {source} while loading it: {first_line(exc, with_type=False)}{hint}"
         ) from exc
 
 

@@ -193,12 +193,20 @@ class Explainer(nn.Module):
         graph: input format, in-graph overlay, fp16 (:class:`GraphOptions`). With ``half`` the
             model must already be in fp16.
 
-    Use :func:`build_explainer` to get one whose layer and head have been checked.
+    Use :func:`build_explainer` to get one whose layer and head have been checked. The tap's
+    hook stays on ``model`` until :meth:`remove` (or the end of a ``with`` block).
 
     Example:
-        >>> explainer = build_explainer(model, layer="layer4", method="cam")[0]
-        >>> logits, heatmap = explainer(images)  # images: float [N,3,H,W] in [0,1]
-        >>> logits, heatmap = explainer(images, torch.tensor([281, -1]))  # class per image
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        >>> explainer, info = build_explainer(model, input_size=(32, 32))
+        >>> info.method, info.layer  # the map the pooling reads; cam is exact there
+        ('cam', '2:input')
+        >>> images = torch.rand(2, 3, 32, 32)  # float [N,3,H,W] RGB in [0,1]
+        >>> with explainer, torch.inference_mode():  # the hook is removed at the end
+        ...     logits, heatmap = explainer(images, torch.tensor([3, -1]))  # class per image
+        >>> tuple(logits.shape), tuple(heatmap.shape)
+        ((2, 10), (2, 1, 32, 32))
     """
 
     def __init__(
@@ -251,6 +259,16 @@ class Explainer(nn.Module):
         if spec.needs_linear:
             bound = float(model.get_submodule(head).weight.detach().abs().max())
         self.heatmap_head = HeatmapHead(method, eps, target, layout, graph, sizes, bound)
+
+    def remove(self) -> None:
+        """Take the tap's hook off the model (the explainer cannot run after this)."""
+        self.tap.remove()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     @property
     def lut(self) -> Tensor:

@@ -104,7 +104,7 @@ def _dynamic_shapes(
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
+def quiet() -> Iterator[io.StringIO]:
     """Silence the exporters' progress prints, warnings and log lines; keep them for errors."""
     buf = io.StringIO()
     logger = logging.getLogger("torch")
@@ -136,7 +136,7 @@ def root_cause(exc: BaseException, limit: int = 300) -> str:
 def to_torchscript(explainer: torch.nn.Module, args: tuple[torch.Tensor, ...], path: str) -> None:
     """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``; a lowered graph
     (:class:`.lowering.Lowered`) is scripted, its head traced, not frozen. The batch is free."""
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         if isinstance(explainer, lowering.Lowered):
             module = lowering.to_script(explainer, args)
         else:
@@ -164,7 +164,7 @@ def to_onnx(
     }
     if "external_data" not in inspect.signature(torch.onnx.export).parameters:
         del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)
         except Exception as exc:
@@ -179,7 +179,7 @@ def to_pt2(
     dynamic_shapes: dict[str, Any],
 ) -> None:
     """``torch.export`` (non-strict: the tap is a hook), saved with ``torch.export.save``."""
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         try:
             program = torch.export.export(
                 explainer.eval(), args, dynamic_shapes=dynamic_shapes, strict=False
@@ -200,24 +200,30 @@ def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
         proto.metadata_props.add(key=METADATA_KEY, value=text)
         onnx.save(proto, path)
     elif fmt == "pt2":
-        with _quiet():
+        with quiet():
             program = torch.export.load(path)
             torch.export.save(program, path, extra_files={TS_EXTRA_FILE: text})
     else:
-        with _quiet():
+        with quiet():
             module = torch.jit.load(path, map_location="cpu")
             torch.jit.save(module, path, _extra_files={TS_EXTRA_FILE: text})
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions an export or a benchmark ran with (written into its metadata or report)."""
+    import platform
+
+    import numpy as np
     import onnx
     import onnxruntime
 
     return {
         "explain_export": __version__,
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
     }
 
 
@@ -288,7 +294,7 @@ def build_metadata(
         ),
         "labels": labels,
         "opset": opset,
-        "versions": _versions(),
+        "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "parity": {
             "logits_tol": verify.limits(g.half)[0],

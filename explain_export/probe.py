@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .tap import TapSpec, resolve_module
 
 # Tolerances for "this Linear's input is the spatial mean of that map" (float32 sums).
@@ -71,8 +71,6 @@ class Head:
     """A global-average-pool + linear classifier head: ``logits = W · GAP(A) + b``."""
 
     linear: str
-    num_classes: int
-    channels: int
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -178,7 +176,7 @@ def probe_at_size(
     except UsageError:
         raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, with_type=False)
         raise UsageError(
             f"the model fails on a {h}x{w} input ({first}); check --input-size"
         ) from exc
@@ -330,7 +328,7 @@ def find_gap_linear_head(
             f"cam needs '{rec.name}' to take the global average of '{spec}', but its input "
             f"differs from that average by up to {diff:.3g}; {_suggest(result)}"
         )
-    return Head(rec.name, int(rec.linear_io[1].shape[1]), int(linear_in.shape[1]))
+    return Head(rec.name)
 
 
 def _suggest(result: Probe) -> str:

@@ -64,7 +64,6 @@ class RunReport:
     results: list[ImageResult]
     predictions: str
     sheet: str | None
-    skipped_non_images: int = 0
 
     @property
     def failed(self) -> list[ImageResult]:
@@ -146,7 +145,7 @@ def collect(paths: Iterable[str]) -> tuple[list[str], int]:
     return found, skipped
 
 
-def output_names(paths: list[str]) -> list[str]:
+def output_stems(paths: list[str]) -> list[str]:
     """``NAME`` per input: the file's stem, or ``stem_ext`` where two inputs share a stem."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     names = []
@@ -210,7 +209,7 @@ def run(
     meta = check_metadata(artifact)
     size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
     labels = meta.get("labels")
-    results = [ImageResult(p, n) for p, n in zip(paths, output_names(paths), strict=True)]
+    results = [ImageResult(p, n) for p, n in zip(paths, output_stems(paths), strict=True)]
     prepare_out_dir([r.name for r in results], opts)
     rows: list[np.ndarray] = []
     for start in range(0, len(results), opts.batch_size):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import first_line
+
 METADATA_KEY = "explain_export"  # ONNX metadata_props key
 TS_EXTRA_FILE = "explainer.json"  # TorchScript / pt2 extra file, and the sidecar file's name
 HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
@@ -181,7 +183,7 @@ class OnnxExplainer(_Artifact):
         except Exception as exc:
             if not graph:
                 raise
-            self.note = f"CUDA graphs refused ({_first_line(exc)}); running without"
+            self.note = f"CUDA graphs refused ({first_line(exc)}); running without"
             providers[0] = ("CUDAExecutionProvider", {})
             return ort.InferenceSession(path, options, providers=providers)
 
@@ -231,11 +233,6 @@ class OnnxExplainer(_Artifact):
             graph_id = index if 0 < index <= self.max_graphs else -1  # -1: run without a graph
             options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 class _GraphReplay:
@@ -301,8 +298,7 @@ class _TorchArtifact(_Artifact):
         import torch
 
         self._torch = torch
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads  # applied around each call, not to the process at load
         self.path = path
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.providers = [self.device]
@@ -347,12 +343,23 @@ class _TorchArtifact(_Artifact):
         return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}
 
     def _run(self, args: list[Any]) -> Any:
+        torch = self._torch
+        before = torch.get_num_threads()
+        if self.threads and self.threads != before:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._call(args)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    def _call(self, args: list[Any]) -> Any:
         if self._replay is None:
             return self.module(*args)
         try:
             return self._replay(*args)
         except Exception as exc:  # an op that cannot be captured: run without graphs from now
-            self.note = f"CUDA graphs off ({_first_line(exc)})"
+            self.note = f"CUDA graphs off ({first_line(exc)})"
             self.cuda_graph, self._replay = False, None
             self._torch.cuda.synchronize()
             return self.module(*args)

@@ -74,7 +74,8 @@ class Tap:
     network continues from it (from a copy of it, with ``clone``), so that ``∂y/∂A`` is the
     gradient at the tap and the layers before it run forward only. An ``:input`` tap hands the
     module that leaf, so the gradient is the one that flows through that module.
-    Validation with friendly errors happens before export, in :mod:`.probe`.
+    Validation with friendly errors happens before export, in :mod:`.probe`. The hook stays on
+    the model until :meth:`remove`, or the end of a ``with`` block.
     """
 
     def __init__(
@@ -136,3 +137,9 @@ class Tap:
     def remove(self) -> None:
         """Detach the hook from the model."""
         self._handle.remove()
+
+    def __enter__(self) -> Tap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -51,7 +51,7 @@ def model_path(default_export) -> str:
 
 @pytest.fixture(scope="module")
 def model(model_path) -> app.Model:
-    return app.load_model(model_path, threads=1)
+    return app.open_model(model_path, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_uint8_graphs_with_an_overlay_output_are_served_like_explain_run(
     uint8_export, photos, tmp_path
 ):
     """The runtime feeds uint8 NHWC graphs; the overlay is still drawn at the original size."""
-    model = app.load_model(uint8_export)
+    model = app.open_model(uint8_export)
     assert model.artifact.input_format == "uint8-nhwc" and model.size == (48, 64)
     paths = [samples.photo_path(n) for n in PHOTOS]
     args = ["--model", uint8_export, "--images", *paths, "--out", str(tmp_path), "--quiet"]
@@ -263,12 +263,12 @@ def test_health_and_models_that_cannot_be_served(model, model_path, default_expo
     assert h["providers"] == ["CPUExecutionProvider"] and h["input_size"] == [224, 224]
     assert h["classes"] == 1000 and h["method"] == "cam" and h["threads"] == 1
     with pytest.raises(UsageError, match="not .onnx"):
-        app.load_model(str(default_export / "explainer.torchscript.pt"))
+        app.open_model(str(default_export / "explainer.torchscript.pt"))
     with pytest.raises(UsageError, match="no model at"):
-        app.load_model(str(tmp_path / "missing.onnx"))
+        app.open_model(str(tmp_path / "missing.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(UsageError, match="cannot load --model"):
-        app.load_model(str(tmp_path / "junk.onnx"))
+        app.open_model(str(tmp_path / "junk.onnx"))
 
 
 def test_importing_the_app_imports_neither_ray_nor_torch():
@@ -508,14 +508,20 @@ def test_live_load_every_answer_correct_none_lost(server, photos, expected):
 
 
 @pytest.mark.serve
-def test_live_ctrl_c_shuts_down_cleanly_and_frees_the_port(server):
-    """Runs after the other tests on the shared server: SIGINT stops it, it exits 0, and its port
-    can be bound again."""
-    assert server.stop(signal.SIGINT) == 0, server.log()[-3000:]
-    log = server.log()
+def test_live_ctrl_c_shuts_down_cleanly_and_frees_the_port(model_path, tmp_path):
+    """A server of its own (the shared one stays up for the other tests, in any order): SIGINT
+    stops it, it exits 0, and its port can be bound again."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    srv = Server(model_path, str(tmp_path / "server.log"), replicas=1)
+    try:
+        srv.wait_ready()
+    finally:
+        code = srv.stop(signal.SIGINT)
+    log = srv.log()
+    assert code == 0, log[-3000:]
     assert "shutting down" in log and "stopped" in log and "Traceback" not in log
     with socket.socket() as s:
-        s.bind(("127.0.0.1", server.port))
+        s.bind(("127.0.0.1", srv.port))
 
 
 @pytest.mark.serve

@@ -20,7 +20,7 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
 
     A traceback is shown only with ``--debug``.
     """
-    from ..errors import ExplainExportError
+    from ..errors import ExplainExportError, first_line
 
     try:
         return body()
@@ -44,9 +44,8 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
     except Exception as exc:
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(
-            f"{prog}: error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            f"{prog}: error: {first_line(exc)} (rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1

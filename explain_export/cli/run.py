@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from ..errors import first_line
 from ._common import ArgumentParser, log, run_main
 
 PROG = "explain-run"
@@ -194,13 +195,15 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
     try:
         graphs = False if args.no_cuda_graphs else None
+        if args.threads and not model_path.endswith(".onnx"):
+            import torch  # this process runs torch: its threads, once, not at every call
+
+            torch.set_num_threads(args.threads)
         artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"cannot load --model '{model_path}': {str(exc).splitlines()[0][:200]}"
-        ) from exc
+        raise UsageError(f"cannot load --model '{model_path}': {first_line(exc)}") from exc
     if not args.quiet:
         note = ""
         if args.device == "cuda" and "CUDA" not in artifact.backend.upper():

@@ -218,7 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..serve import app
 
     config = _config(args)
-    model = app.load_model(config.model_path, config.threads)  # usage errors before Ray starts
+    model = app.open_model(config.model_path, config.threads)  # usage errors before Ray starts
     _check_port(config.host, config.port)
     try:
         import ray  # noqa: F401

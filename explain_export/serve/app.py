@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from .. import images, overlay
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..runner import check_metadata, softmax_topk
 from ..runtime import OnnxExplainer
 
@@ -110,12 +110,7 @@ class Model:
     threads: int | None = None
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
-def load_model(
+def open_model(
     path: str, threads: int | None = None, device: str = "cpu", cuda_graph: bool | None = None
 ) -> Model:
     """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime, no torch: the CPU provider, or
@@ -131,7 +126,7 @@ def load_model(
     try:
         artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
     except Exception as exc:
-        raise UsageError(f"cannot load --model '{path}': {_first_line(exc)}") from exc
+        raise UsageError(f"cannot load --model '{path}': {first_line(exc)}") from exc
     meta = check_metadata(artifact)
     logits = artifact.shapes.get("logits")
     labels = meta.get("labels")
@@ -286,13 +281,13 @@ def answer(
 
 def model_failure(exc: Exception) -> Reply:
     """The 500 reply for a model call that raised."""
-    return Reply(500, {"error": f"the model failed: {_first_line(exc)}"})
+    return Reply(500, {"error": f"the model failed: {first_line(exc)}"})
 
 
 def internal_error(exc: Exception) -> Reply:
     """The 500 reply for any other failure; the traceback goes to the server's log."""
     logging.getLogger("ray.serve").error("explain-serve: request failed", exc_info=exc)
-    return Reply(500, {"error": f"internal error: {_first_line(exc)}"})
+    return Reply(500, {"error": f"internal error: {first_line(exc)}"})
 
 
 def explain_batch(
@@ -372,11 +367,11 @@ def build_app(config: ServerConfig) -> Any:
         graceful_shutdown_wait_loop_s=0.2,
         graceful_shutdown_timeout_s=10.0,
     )
-    class Explainer:
+    class ExplainerDeployment:
         def __init__(self) -> None:
             if config.threads:
                 cv2.setNumThreads(config.threads)
-            self.model = load_model(
+            self.model = open_model(
                 config.model_path, config.threads, config.device, config.cuda_graph
             )
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -417,7 +412,7 @@ def build_app(config: ServerConfig) -> Any:
             outputs = await asyncio.to_thread(run_model, self.model, inputs)
             return [(lg, hm, len(inputs)) for lg, hm in outputs]
 
-    return Explainer.bind()
+    return ExplainerDeployment.bind()
 
 
 def start_ray(config: ServerConfig) -> None:

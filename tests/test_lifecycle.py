@@ -1,0 +1,83 @@
+"""Hooks come off the model; the docstring examples run; one-line errors for empty messages."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+
+from explain_export import explainer as explainer_mod
+from explain_export import heads
+from explain_export.errors import first_line
+from explain_export.explainer import build_explainer
+from explain_export.tap import Tap, TapSpec
+
+from models import tiny_resnet
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_an_explainer_takes_its_hook_off_the_model(method):
+    model = tiny_resnet()
+    explainer, _ = build_explainer(model, method=method, input_size=(32, 32))
+    assert _hooks(model) == 1  # the probe left none, the tap one
+    with explainer:
+        explainer(torch.rand(1, 3, 32, 32))
+    assert _hooks(model) == 0
+    again, _ = build_explainer(model, method=method, input_size=(32, 32))
+    again.remove()
+    assert _hooks(model) == 0
+
+
+def test_a_tap_is_a_context_manager():
+    model = tiny_resnet()
+    with Tap(model, TapSpec.parse("layer2")) as tap:
+        tap.clear()
+        model(torch.rand(1, 3, 32, 32))
+        assert tap.take().dim() == 4
+    assert _hooks(model) == 0
+
+
+@pytest.mark.parametrize("module", [heads, explainer_mod])
+def test_docstring_examples_run(module):
+    torch.manual_seed(0)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_first_line_of_an_exception_with_an_empty_message():
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("a\nb")) == "ValueError: a"
+    assert first_line(RuntimeError("  \n"), with_type=False) == "RuntimeError"
+    assert len(first_line(ValueError("x" * 500))) == len("ValueError: ") + 200
+
+
+def test_loading_an_artifact_changes_no_process_setting(tmp_path):
+    """The runtime's constructors leave torch's thread count alone (it applies ``threads``
+    around each call only) and ONNX Runtime's default logger level too."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from explain_export import runtime
+    from explain_export.export import export_explainer
+
+    explainer, info = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32))
+    paths = export_explainer(explainer, info, str(tmp_path), ("torchscript", "onnx")).paths
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    artifact = runtime.load(paths["torchscript"], threads=wanted)
+    assert torch.get_num_threads() == before
+    artifact(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    assert torch.get_num_threads() == before
+    seen: list[int] = []
+    original = ort.set_default_logger_severity
+    ort.set_default_logger_severity = lambda level: seen.append(level)  # type: ignore[assignment]
+    try:
+        runtime.load(paths["onnx"], device="cuda")  # asks for CUDA, may fall back to the CPU
+    finally:
+        ort.set_default_logger_severity = original
+    assert seen == []
