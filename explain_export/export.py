@@ -27,29 +27,18 @@ import torch
 
 from . import __version__, lowering, methods, verify
 from ._files import ensure_out_dir
+from .artifact import FILES, METADATA_FILE, METADATA_KEY, ArtifactMetadata, TensorSpec
 from .errors import ExplainExportError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
-from .runtime import (
-    METADATA_KEY,
-    TS_EXTRA_FILE,
-    ExportedProgramExplainer,
-    OnnxExplainer,
-    TorchScriptExplainer,
-)
+from .runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
 
 FORMATS = ("torchscript", "onnx", "pt2")
 DEFAULT_FORMATS = ("torchscript", "onnx")
-FILES = {
-    "torchscript": "explainer.torchscript.pt",
-    "onnx": "explainer.onnx",
-    "pt2": "explainer.pt2",
-}
 RUNTIMES = {
     "torchscript": TorchScriptExplainer,
     "onnx": OnnxExplainer,
     "pt2": ExportedProgramExplainer,
 }
-METADATA_FILE = "explainer.json"
 DEFAULT_OPSET = 18
 
 
@@ -202,11 +191,11 @@ def stamp(path: str, fmt: str, metadata: dict[str, Any]) -> None:
     elif fmt == "pt2":
         with quiet():
             program = torch.export.load(path)
-            torch.export.save(program, path, extra_files={TS_EXTRA_FILE: text})
+            torch.export.save(program, path, extra_files={METADATA_FILE: text})
     else:
         with quiet():
             module = torch.jit.load(path, map_location="cpu")
-            torch.jit.save(module, path, _extra_files={TS_EXTRA_FILE: text})
+            torch.jit.save(module, path, _extra_files={METADATA_FILE: text})
 
 
 def versions() -> dict[str, str]:
@@ -238,65 +227,68 @@ def build_metadata(
     parity: list[verify.ParityRow],
     overlay_tol: float | None = None,
     gpu_rows: list[verify.DeviceRow] | None = None,
-) -> dict[str, Any]:
+) -> ArtifactMetadata:
     """Everything a runner needs to feed the graph and read its outputs."""
     h, w = info.input_size
-    hw: list[Any] = ["H", "W"] if dynamic_size else [h, w]
+    hw: tuple[Any, ...] = ("H", "W") if dynamic_size else (h, w)
     g = info.graph
     if g.input_format == "uint8-nhwc":
-        image = {"dtype": "uint8", "shape": ["N", *hw, 3], "layout": "NHWC", "range": [0, 255]}
-    else:
-        image = {"dtype": "float32", "shape": ["N", 3, *hw], "layout": "NCHW", "range": [0.0, 1.0]}
-    inputs = [{"name": "image", **image, "color": "RGB"}]
-    if class_input:
-        inputs.append(
-            {
-                "name": "class_index",
-                "dtype": "int64",
-                "shape": ["N"],
-                "meaning": f"target class per image for {info.method}; -1 takes the default class",
-            }
+        image = TensorSpec(
+            "image", "uint8", ("N", *hw, 3), {"layout": "NHWC", "range": [0, 255], "color": "RGB"}
         )
-    return {
-        "format": "explain-export/1",
-        "model": model,
-        "method": info.method,
-        "method_requested": info.requested or info.method,
-        "method_reason": info.reason,
-        "layer": info.layer,
-        "layout": info.layout,
-        "tap_copied": info.cloned,
-        "head": info.head,
-        "target_class": info.target,
-        "feature_shape": list(info.feature_shape),
-        "num_classes": info.num_classes,
-        "input_size": [h, w],
-        "dynamic_size": dynamic_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "inputs": inputs,
-        "input_format": g.input_format,
-        "half": g.half,
-        "heatmap_dtype": g.heatmap_dtype,
-        "overlay": (
+    else:
+        image = TensorSpec(
+            "image",
+            "float32",
+            ("N", 3, *hw),
+            {"layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"},
+        )
+    inputs = [image]
+    if class_input:
+        meaning = f"target class per image for {info.method}; -1 takes the default class"
+        inputs.append(TensorSpec("class_index", "int64", ("N",), {"meaning": meaning}))
+    heat_range: dict[str, Any] = (
+        {"range": [0, 255], "meaning": "round(255 * heatmap)"}
+        if g.heatmap_dtype == "uint8"
+        else {"range": [0.0, 1.0]}
+    )
+    outputs = [
+        TensorSpec("logits", "float32", ("N", info.num_classes)),
+        TensorSpec("heatmap", g.heatmap_dtype, ("N", 1, *hw), heat_range),
+    ]
+    if g.overlay:
+        outputs.append(TensorSpec("overlay", "uint8", ("N", *hw, 3), {"color": "RGB"}))
+    return ArtifactMetadata(
+        input_size=(h, w),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        model=model,
+        method=info.method,
+        method_requested=info.requested or info.method,
+        method_reason=info.reason,
+        layer=info.layer,
+        layout=info.layout,
+        tap_copied=info.cloned,
+        head=info.head,
+        target_class=info.target,
+        feature_shape=tuple(info.feature_shape),
+        num_classes=info.num_classes,
+        dynamic_size=dynamic_size,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        input_format=g.input_format,
+        half=g.half,
+        heatmap_dtype=g.heatmap_dtype,
+        overlay=(
             {"alpha": g.overlay_alpha, "colormap": g.colormap, "color": "RGB"}
             if g.overlay
             else None
         ),
-        "outputs": [
-            {"name": "logits", "dtype": "float32", "shape": ["N", info.num_classes]},
-            {"name": "heatmap", **_heatmap_spec(g.heatmap_dtype), "shape": ["N", 1, *hw]},
-        ]
-        + (
-            [{"name": "overlay", "dtype": "uint8", "shape": ["N", *hw, 3], "color": "RGB"}]
-            if g.overlay
-            else []
-        ),
-        "labels": labels,
-        "opset": opset,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "parity": {
+        labels=None if labels is None else tuple(labels),
+        opset=opset,
+        versions=versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        parity={
             "logits_tol": verify.limits(g.half)[0],
             "logits_tol_times": "max(1, max |eager logits|)",
             "heatmap_tol": verify.limits(g.half)[1],
@@ -305,7 +297,7 @@ def build_metadata(
             "gpu": [r.to_dict() for r in gpu_rows or []],
             "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",
         },
-    }
+    )
 
 
 def _verify_on_gpu(
@@ -333,12 +325,6 @@ def _verify_on_gpu(
                 f"the exported {fmt} file fails on the GPU: {root_cause(exc)}; nothing was written"
             ) from exc
     return rows
-
-
-def _heatmap_spec(dtype: str) -> dict[str, Any]:
-    if dtype == "uint8":
-        return {"dtype": "uint8", "range": [0, 255], "meaning": "round(255 * heatmap)"}
-    return {"dtype": "float32", "range": [0.0, 1.0]}
 
 
 def export_explainer(
@@ -473,7 +459,7 @@ def _export(
             parity=rows,
             overlay_tol=overlay_tol,
             gpu_rows=gpu_rows,
-        )
+        ).to_json()
         for fmt, path in staged.items():
             stamp(path, fmt, metadata)
         meta_tmp = os.path.join(tmp, METADATA_FILE)

@@ -21,12 +21,12 @@ import numpy as np
 
 from . import images, overlay
 from ._files import ensure_out_dir, write_atomic
+from .artifact import ArtifactMetadata, MetadataError
 from .errors import UsageError
 from .runtime import Artifact
 
 PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
-REQUIRED_METADATA = ("input_size", "inputs", "outputs")
 
 
 @dataclass
@@ -70,65 +70,40 @@ class RunReport:
         return [r for r in self.results if r.error is not None]
 
 
-def check_metadata(artifact: Artifact) -> dict[str, Any]:
-    """The artifact's metadata, checked against the graph it describes."""
-    meta = artifact.metadata
-    if meta is None:
+def check_metadata(artifact: Artifact) -> ArtifactMetadata:
+    """The artifact's metadata (:class:`~.artifact.ArtifactMetadata`), checked against the
+    graph it describes."""
+    raw = artifact.metadata
+    if raw is None:
         raise UsageError(
             f"'{artifact.path}' has no explain-export metadata, in the file or as explainer.json "
             "beside it; export it with explain-export"
         )
-    problem = _metadata_problem(meta)
-    if problem:
-        raise UsageError(f"metadata of '{artifact.path}' is not usable: {problem}; re-export it")
-    outputs = [o["name"] for o in meta["outputs"]]
-    if "heatmap" not in artifact.output_names or outputs[:2] != ["logits", "heatmap"]:
+    try:
+        meta = ArtifactMetadata.from_json(raw)
+    except MetadataError as exc:
+        raise UsageError(
+            f"metadata of '{artifact.path}' is not usable: {exc}; re-export it"
+        ) from exc
+    if "heatmap" not in artifact.output_names or meta.output_names[:2] != ["logits", "heatmap"]:
         raise UsageError(
             f"'{artifact.path}' is not an explainer: its outputs are "
             f"{', '.join(artifact.output_names)}; expected logits and heatmap"
         )
     image = artifact.shapes.get("image")
-    size = [int(v) for v in meta["input_size"]]
+    size = list(meta.input_size)
     if image and all(isinstance(d, int) for d in image[2:]) and image[2:] != size:
         raise UsageError(
             f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
             f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
         )
     logits = artifact.shapes.get("logits")
-    labels = meta.get("labels")
-    if labels and logits and isinstance(logits[-1], int) and len(labels) != logits[-1]:
+    if meta.labels and logits and isinstance(logits[-1], int) and len(meta.labels) != logits[-1]:
         raise UsageError(
-            f"metadata of '{artifact.path}' has {len(labels)} labels for {logits[-1]} classes; "
-            "re-export it"
+            f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {logits[-1]} "
+            "classes; re-export it"
         )
     return meta
-
-
-def _metadata_problem(meta: Any) -> str | None:
-    """What is wrong with a metadata dict's shape, or None. It is data: parsed, never run."""
-    if not isinstance(meta, dict):
-        return "not a JSON object"
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        return f"it lacks {', '.join(missing)}"
-    size = meta["input_size"]
-    if not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        return f"input_size must be [H, W] with positive integers, not {size!r}"
-    for key in ("inputs", "outputs"):
-        if not isinstance(meta[key], list) or not all(
-            isinstance(t, dict) and isinstance(t.get("name"), str) for t in meta[key]
-        ):
-            return f"{key} must be a list of tensors with names"
-    labels = meta.get("labels")
-    if labels is not None and not (
-        isinstance(labels, list) and all(isinstance(x, str) for x in labels)
-    ):
-        return "labels must be a list of strings"
-    return None
 
 
 def collect(paths: Iterable[str]) -> tuple[list[str], int]:
@@ -207,8 +182,8 @@ def run(
 ) -> RunReport:
     """Explain every image in ``paths``; bad files are reported and skipped, the rest go on."""
     meta = check_metadata(artifact)
-    size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
-    labels = meta.get("labels")
+    size = meta.input_size
+    labels = list(meta.labels) if meta.labels else None
     results = [ImageResult(p, n) for p, n in zip(paths, output_stems(paths), strict=True)]
     prepare_out_dir([r.name for r in results], opts)
     rows: list[np.ndarray] = []

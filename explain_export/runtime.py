@@ -18,16 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from .artifact import METADATA_FILE, METADATA_KEY
 from .errors import first_line
 
-METADATA_KEY = "explain_export"  # ONNX metadata_props key
-TS_EXTRA_FILE = "explainer.json"  # TorchScript / pt2 extra file, and the sidecar file's name
 HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 
 def sidecar_metadata(path: str) -> dict[str, Any] | None:
     """The ``explainer.json`` in the artifact's folder, if there is one."""
-    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)), TS_EXTRA_FILE)
+    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)), METADATA_FILE)
     if not os.path.isfile(sidecar):
         return None
     with open(sidecar) as f:
@@ -308,9 +307,9 @@ class _TorchArtifact(_Artifact):
         if cuda_graph and self.device != "cuda":
             self.note = "CUDA graphs need a CUDA device; running without"
         self.shapes: dict[str, list] = {}  # neither format declares shapes
-        extra = {TS_EXTRA_FILE: ""}
+        extra = {METADATA_FILE: ""}
         self.module, self.input_names = self._load(extra)
-        text = extra[TS_EXTRA_FILE]
+        text = extra[METADATA_FILE]
         self.metadata = json.loads(text) if text else sidecar_metadata(path)
         self.input_format = _input_format(self.metadata, input_format)
         outputs = (self.metadata or {}).get("outputs")

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from .. import images, overlay
+from ..artifact import ArtifactMetadata
 from ..errors import UsageError, first_line
 from ..runner import check_metadata, softmax_topk
 from ..runtime import OnnxExplainer
@@ -106,7 +107,7 @@ class Model:
     size: tuple[int, int]
     labels: list[str] | None
     num_classes: int | None
-    meta: dict[str, Any] = field(repr=False)
+    meta: ArtifactMetadata = field(repr=False)
     threads: int | None = None
 
 
@@ -129,12 +130,12 @@ def open_model(
         raise UsageError(f"cannot load --model '{path}': {first_line(exc)}") from exc
     meta = check_metadata(artifact)
     logits = artifact.shapes.get("logits")
-    labels = meta.get("labels")
+    labels = list(meta.labels) if meta.labels else None
     classes = logits[-1] if logits and isinstance(logits[-1], int) else None
     return Model(
         path=os.path.abspath(path),
         artifact=artifact,
-        size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
+        size=meta.input_size,
         labels=labels,
         num_classes=classes if classes is not None else (len(labels) if labels else None),
         meta=meta,
@@ -151,8 +152,8 @@ def health(model: Model) -> dict[str, Any]:
         "providers": model.artifact.providers,
         "input_size": list(model.size),
         "classes": model.num_classes,
-        "method": model.meta.get("method"),
-        "layer": model.meta.get("layer"),
+        "method": model.meta.method,
+        "layer": model.meta.layer,
         "threads": model.threads,
         "torch_imported": "torch" in sys.modules,
     }

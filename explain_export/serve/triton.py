@@ -21,10 +21,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import text_format
 
+from ..artifact import ArtifactMetadata, MetadataError, TensorSpec
 from ..errors import ExplainExportError, UsageError
 
 BACKENDS = {"onnx": ("", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch")}
@@ -60,38 +62,53 @@ def _check_options(name: str, max_batch_size: int, instances: int, kind: str) ->
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}; got '{kind}'")
 
 
-def _tensor_dims(tensor: dict[str, Any]) -> tuple[list[int], list[int] | None]:
+def _tensor_dims(tensor: TensorSpec) -> tuple[list[int], list[int] | None]:
     """``(dims, reshape)`` for Triton from a metadata shape whose first entry is the batch."""
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not isinstance(shape[0], str):
+    shape = tensor.shape
+    if not shape or not isinstance(shape[0], str):
         raise UsageError(
-            f"metadata tensor '{tensor.get('name')}' needs a shape with a named batch "
-            f"dimension first, like ['N', 3, 224, 224]; got {shape!r}"
+            f"metadata tensor '{tensor.name}' needs a shape with a named batch "
+            f"dimension first, like ['N', 3, 224, 224]; got {list(shape or [])!r}"
         )
     dims = [-1 if isinstance(d, str) else int(d) for d in shape[1:]]
     return ([1], []) if not dims else (dims, None)
 
 
-def _fill(io: Any, pb2: Any, tensor: dict[str, Any], suffix: str = "") -> None:
+def _tensors(metadata: ArtifactMetadata | Mapping[str, Any], key: str) -> list[TensorSpec]:
+    """The ``inputs`` or ``outputs`` of typed metadata, or of a metadata JSON object (which
+    may hold only those two lists)."""
+    if isinstance(metadata, ArtifactMetadata):
+        return list(getattr(metadata, key))
+    specs = []
+    for tensor in metadata.get(key) or []:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise UsageError(f"metadata tensor {tensor!r} has no name; pass an export's metadata")
+        try:
+            specs.append(TensorSpec.from_json(tensor))
+        except MetadataError as exc:
+            raise UsageError(f"metadata is not usable: {exc}; pass an export's metadata") from exc
+    return specs
+
+
+def _fill(io: Any, pb2: Any, tensor: TensorSpec, suffix: str = "") -> None:
     """One ``ModelInput``/``ModelOutput`` from a metadata tensor; ``suffix`` ends its name."""
-    name, dtype = tensor.get("name"), tensor.get("dtype")
-    if not isinstance(name, str) or not name:
+    if not tensor.name:
         raise UsageError(f"metadata tensor {tensor!r} has no name; pass an export's metadata")
-    if dtype not in DTYPES:
+    if tensor.dtype not in DTYPES:
         raise UsageError(
-            f"metadata tensor '{name}' has dtype {dtype!r}; the Triton writer maps "
+            f"metadata tensor '{tensor.name}' has dtype {tensor.dtype!r}; the Triton writer maps "
             f"{', '.join(DTYPES)}"
         )
     dims, reshape = _tensor_dims(tensor)
-    io.name = name + suffix
-    io.data_type = pb2.DataType.Value(DTYPES[dtype])
+    io.name = tensor.name + suffix
+    io.data_type = pb2.DataType.Value(DTYPES[tensor.dtype])
     io.dims.extend(dims)
     if reshape is not None:
         io.reshape.shape.extend(reshape)
 
 
 def model_config(
-    metadata: dict[str, Any],
+    metadata: ArtifactMetadata | Mapping[str, Any],
     fmt: str,
     name: str,
     max_batch_size: int = 8,
@@ -116,9 +133,9 @@ def model_config(
     config = pb2.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
     if platform:
         config.platform = platform
-    for tensor in metadata.get("inputs") or []:
+    for tensor in _tensors(metadata, "inputs"):
         _fill(config.input.add(), pb2, tensor)
-    for index, tensor in enumerate(metadata.get("outputs") or []):
+    for index, tensor in enumerate(_tensors(metadata, "outputs")):
         _fill(config.output.add(), pb2, tensor, f"__{index}" if fmt == "torchscript" else "")
     if not config.input or not config.output:
         raise UsageError("metadata lists no inputs or no outputs; pass an export's metadata")
@@ -200,7 +217,7 @@ def check_repo(
 
 def write_triton_repo(
     artifacts: dict[str, str],
-    metadata: dict[str, Any],
+    metadata: ArtifactMetadata | Mapping[str, Any],
     repo_dir: str,
     name: str = "explainer",
     max_batch_size: int = 8,

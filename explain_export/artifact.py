@@ -1,0 +1,186 @@
+"""The artifact contract: what ``explain-export`` writes into and beside every file, as types.
+
+:class:`ArtifactMetadata` is the metadata stamped into each artifact (ONNX
+``metadata_props[METADATA_KEY]``, the extra file ``explainer.json`` of TorchScript and pt2
+archives) and written beside them. :meth:`ArtifactMetadata.from_json` checks a parsed JSON object
+once (it is data: parsed, never run) and says in one line what is wrong; the readers (the
+runner, the server, the Triton writer) then read typed fields. No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FILES",
+    "FORMAT",
+    "METADATA_FILE",
+    "METADATA_KEY",
+    "ArtifactMetadata",
+    "MetadataError",
+    "TensorSpec",
+]
+
+METADATA_KEY = "explain_export"  # ONNX metadata_props key
+METADATA_FILE = "explainer.json"  # beside the artifacts, and TorchScript / pt2's extra file
+FORMAT = "explain-export/1"
+FILES = {
+    "torchscript": "explainer.torchscript.pt",
+    "onnx": "explainer.onnx",
+    "pt2": "explainer.pt2",
+}
+
+
+class MetadataError(ValueError):
+    """Metadata that cannot be used: the message says what is wrong, in one line."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype, and shape with the batch first (named, like
+    ``["N", 3, 224, 224]``; other named dims are free); ``attrs`` keeps the rest (layout, range,
+    colour order, meaning)."""
+
+    name: str
+    dtype: str | None = None
+    shape: tuple[int | str, ...] | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
+        return {**out, **self.attrs}
+
+    @classmethod
+    def from_json(cls, data: Any) -> TensorSpec:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise MetadataError("inputs and outputs must be lists of tensors with names")
+        shape = data.get("shape")
+        if shape is not None and not (
+            isinstance(shape, list) and all(isinstance(d, int | str) for d in shape)
+        ):
+            raise MetadataError(f"tensor '{data['name']}' has shape {shape!r}, not a list")
+        dtype = data.get("dtype")
+        attrs = {k: v for k, v in data.items() if k not in ("name", "dtype", "shape")}
+        return cls(
+            data["name"],
+            dtype if isinstance(dtype, str) else None,
+            None if shape is None else tuple(shape),
+            attrs,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    """Everything a runner needs to feed the graph and read its outputs, and what made it.
+
+    Only ``input_size``, ``inputs`` and ``outputs`` are required to read an artifact; the rest
+    describes the export (method, layer, parity report, versions). The field order is the JSON
+    key order. Unknown keys are kept in ``extra`` and written back.
+    """
+
+    input_size: tuple[int, int]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    format: str = FORMAT
+    model: str | None = None
+    method: str | None = None
+    method_requested: str | None = None
+    method_reason: str | None = None
+    layer: str | None = None
+    layout: str | None = None
+    tap_copied: bool | None = None
+    head: str | None = None
+    target_class: int | None = None
+    feature_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    dynamic_size: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_format: str = "float-nchw"
+    half: bool = False
+    heatmap_dtype: str = "float32"
+    overlay: Mapping[str, Any] | None = None
+    labels: tuple[str, ...] | None = None
+    opset: int | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    created: str | None = None
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def tensor(self, name: str) -> TensorSpec | None:
+        """The input or output called ``name``, if the metadata lists it."""
+        return next((t for t in (*self.inputs, *self.outputs) if t.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object (lists for tuples), in field order, ``extra`` last."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("inputs", "outputs"):
+                value = [t.to_json() for t in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ArtifactMetadata:
+        """Check ``data`` (a parsed JSON object) once; :class:`MetadataError` says what is
+        wrong."""
+        if not isinstance(data, dict):
+            raise MetadataError("not a JSON object")
+        missing = [k for k in ("input_size", "inputs", "outputs") if k not in data]
+        if missing:
+            raise MetadataError(f"it lacks {', '.join(missing)}")
+        size = data["input_size"]
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise MetadataError(f"input_size must be [H, W] with positive integers, not {size!r}")
+        for key in ("inputs", "outputs"):
+            if not isinstance(data[key], list):
+                raise MetadataError(f"{key} must be a list of tensors with names")
+        labels = data.get("labels")
+        if labels is not None and not (
+            isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+        ):
+            raise MetadataError("labels must be a list of strings")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        for key in known & set(data):
+            value = data[key]
+            if key in ("inputs", "outputs"):
+                value = tuple(TensorSpec.from_json(t) for t in value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        values["input_size"] = (int(size[0]), int(size[1]))
+        for key, default in (("input_format", "float-nchw"), ("heatmap_dtype", "float32")):
+            if not isinstance(values.get(key, default), str):
+                raise MetadataError(f"{key} must be a string")
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    @classmethod
+    def coerce(cls, metadata: ArtifactMetadata | Mapping[str, Any]) -> ArtifactMetadata:
+        """``metadata`` typed: as it is, or checked from its JSON object."""
+        if isinstance(metadata, ArtifactMetadata):
+            return metadata
+        return cls.from_json(dict(metadata))
