@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import images, overlay
+from . import images, overlay, pipeline
 from ._files import ensure_out_dir, write_atomic
 from .artifact import ArtifactMetadata, MetadataError
 from .errors import UsageError
@@ -158,21 +158,6 @@ def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
         )
 
 
-def softmax_topk(logits: np.ndarray, k: int, labels: list[str] | None) -> list[dict[str, Any]]:
-    """Top-``k`` classes of one logit vector, with softmax scores."""
-    z = logits.astype(np.float64) - logits.max()
-    p = np.exp(z) / np.exp(z).sum()
-    order = np.argsort(-p)[: max(1, k)]
-    return [
-        {
-            "class": int(i),
-            "label": labels[i] if labels else str(int(i)),
-            "score": round(float(p[i]), 6),
-        }
-        for i in order
-    ]
-
-
 def run(
     artifact: Artifact,
     paths: list[str],
@@ -184,25 +169,27 @@ def run(
     meta = check_metadata(artifact)
     size = meta.input_size
     labels = list(meta.labels) if meta.labels else None
+    blend = pipeline.Blend(opts.alpha, opts.colormap, opts.seed_blend)
     results = [ImageResult(p, n) for p, n in zip(paths, output_stems(paths), strict=True)]
     prepare_out_dir([r.name for r in results], opts)
     rows: list[np.ndarray] = []
     for start in range(0, len(results), opts.batch_size):
-        ready = []
+        ready: list[tuple[ImageResult, pipeline.Fitted]] = []
         for result in results[start : start + opts.batch_size]:
             try:
                 bgr = images.read_bgr(result.path, opts.max_pixels)
-                ready.append((result, bgr, *images.to_input(bgr, size, opts.resize)))
+                ready.append((result, pipeline.fit(bgr, size, opts.resize)))
             except images.ImageError as exc:
                 result.error = str(exc)
                 report_error(result.path, result.error)
                 progress(1)
         if not ready:
             continue
-        logits, heatmaps = artifact(np.stack([x for _, _, x, _ in ready]))
-        for (result, bgr, _, geometry), lg, hm in zip(ready, logits, heatmaps, strict=True):
-            result.topk = softmax_topk(lg, opts.topk, labels)
-            row = _write_outputs(result, bgr, images.map_back(hm[0], geometry), opts)
+        outputs = pipeline.infer(artifact, [image.input for _, image in ready])
+        for (result, image), (lg, hm) in zip(ready, outputs, strict=True):
+            done = pipeline.render(image, lg, hm, opts.topk, labels, blend)
+            result.topk = done.topk
+            row = _write_outputs(result, image.bgr, done, opts)
             if row is not None:
                 rows.append(row)
             progress(1)
@@ -216,10 +203,11 @@ def run(
 
 
 def _write_outputs(
-    result: ImageResult, bgr: np.ndarray, heatmap: np.ndarray, opts: RunOptions
+    result: ImageResult, bgr: np.ndarray, done: pipeline.Rendered, opts: RunOptions
 ) -> np.ndarray | None:
     """Write one image's files; return its sheet row when a sheet is wanted."""
-    heat, blended = overlay.overlay(bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
+    heatmap, heat, blended = done.heatmap, done.heat, done.blended
+    assert heat is not None and blended is not None  # the runner always draws
     files = planned_files(result.name, opts)
     write_atomic(os.path.join(opts.out_dir, files[0]), overlay.encode_png(blended))
     if opts.save_heatmaps:

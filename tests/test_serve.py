@@ -34,6 +34,28 @@ PHOTOS = samples.PHOTOS
 ALL = app.Query(overlay=True, heatmap=True, topk=5)
 
 
+def explain_batch(model, requests, opts):
+    """The deployment's steps for a batch of ``(body, query)`` requests, without Ray:
+    :func:`app.prepare` per request (a bad image gets its own 4xx reply and the rest go on),
+    :func:`app.run_model` once, :func:`app.answer` per request; a failing model call is a 500
+    for the images in it."""
+    replies = [None] * len(requests)
+    ready = []
+    for i, (body, query) in enumerate(requests):
+        try:
+            ready.append((i, query, app.prepare(body, model, opts)))
+        except app.RequestError as exc:
+            replies[i] = exc.reply()
+    if ready:
+        try:
+            outputs = app.run_model(model, [image.input for _, _, image in ready])
+        except Exception as exc:
+            return [app.model_failure(exc) if r is None else r for r in replies]
+        for (i, query, image), (lg, hm) in zip(ready, outputs, strict=True):
+            replies[i] = app.Reply(200, app.answer(model, image, lg, hm, query, opts, len(ready)))
+    return replies
+
+
 def _huge_png(w: int = 100_000, h: int = 100_000) -> bytes:
     """A PNG header that claims ``w`` x ``h`` pixels, with no image data."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
@@ -109,7 +131,7 @@ def assert_same_answer(body: dict, want: dict, exact: bool = True) -> None:
 
 
 def test_a_batch_answers_exactly_what_explain_run_writes(model, photos, expected):
-    replies = app.explain_batch(model, [(photos[n], ALL) for n in PHOTOS], app.ServeOptions())
+    replies = explain_batch(model, [(photos[n], ALL) for n in PHOTOS], app.ServeOptions())
     assert [r.status for r in replies] == [200] * 4
     for name, reply in zip(PHOTOS, replies, strict=True):
         assert reply.body["batch_size"] == 4
@@ -119,16 +141,14 @@ def test_a_batch_answers_exactly_what_explain_run_writes(model, photos, expected
 
 def test_one_image_at_a_time_gives_the_same_answers(model, photos, expected):
     for name in PHOTOS:
-        (reply,) = app.explain_batch(model, [(photos[name], ALL)], app.ServeOptions())
+        (reply,) = explain_batch(model, [(photos[name], ALL)], app.ServeOptions())
         assert reply.status == 200 and reply.body["batch_size"] == 1
         assert_same_answer(reply.body, expected[name], exact=False)
 
 
 def test_query_chooses_the_images_and_topk(model, photos, expected):
     asks = [app.Query(overlay=False, heatmap=False, topk=1), app.Query()]
-    replies = app.explain_batch(
-        model, [(photos["rocket.jpg"], q) for q in asks], app.ServeOptions()
-    )
+    replies = explain_batch(model, [(photos["rocket.jpg"], q) for q in asks], app.ServeOptions())
     bare, default = (r.body for r in replies)
     assert set(bare) == {"topk", "height", "width", "batch_size"}
     assert bare["topk"] == expected["rocket.jpg"]["topk"][:1]
@@ -145,7 +165,7 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
         photos["rocket.jpg"][:200],  # a JPEG cut off in its header
         os.urandom(4096),
     ]
-    replies = app.explain_batch(model, [(b, ALL) for b in bodies], app.ServeOptions())
+    replies = explain_batch(model, [(b, ALL) for b in bodies], app.ServeOptions())
     assert [r.status for r in replies] == [400, 400, 413, 200, 400, 400]
     for r in replies[:3] + replies[4:]:
         assert set(r.body) == {"error"} and "\n" not in r.body["error"]
@@ -154,7 +174,7 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
     assert replies[3].body["batch_size"] == 1
     assert_same_answer(replies[3].body, expected["coffee.png"], exact=False)
     small = app.ServeOptions(max_body_bytes=1000, max_pixels=10_000)
-    too_big = app.explain_batch(model, [(photos["coffee.png"], ALL)], small)
+    too_big = explain_batch(model, [(photos["coffee.png"], ALL)], small)
     assert too_big[0].status == 413 and "over the limit of 1,000" in too_big[0].body["error"]
 
 
@@ -186,7 +206,7 @@ def test_uint8_graphs_with_an_overlay_output_are_served_like_explain_run(
     lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     query = app.Query(overlay=True, heatmap=True, topk=3)
     opts = app.ServeOptions(resize="pad")
-    replies = app.explain_batch(model, [(photos[n], query) for n in PHOTOS], opts)
+    replies = explain_batch(model, [(photos[n], query) for n in PHOTOS], opts)
     for name, line, reply in zip(PHOTOS, lines, replies, strict=True):
         stem = os.path.splitext(name)[0]
         assert reply.status == 200 and reply.body["topk"][0]["label"].startswith("class")

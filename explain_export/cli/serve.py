@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ._common import ArgumentParser, log, run_main
 
 if TYPE_CHECKING:
-    from ..serve.app import ServerConfig
+    from ..serve.ray_app import ServerConfig
 
 PROG = "explain-serve"
 DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> ServerConfig:
     from ..errors import UsageError
     from ..overlay import COLORMAPS
-    from ..serve.app import ServeOptions, ServerConfig
+    from ..serve.app import ServeOptions
+    from ..serve.ray_app import ServerConfig
 
     for flag, value, least in (
         ("--replicas", args.replicas, 1),
@@ -215,7 +216,7 @@ def _check_port(host: str, port: int) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..serve import app
+    from ..serve import app, ray_app
 
     config = _config(args)
     model = app.open_model(config.model_path, config.threads)  # usage errors before Ray starts
@@ -241,9 +242,9 @@ def _serve(args: argparse.Namespace) -> int:
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        app.start_ray(config)
+        ray_app.start_ray(config)
         signal.signal(signal.SIGTERM, on_signal)  # ray.init installs its own
-        app.deploy(config)
+        ray_app.deploy(config)
         if not stop.is_set():
             log(
                 f"serving on http://{config.host}:{config.port} "
@@ -255,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # a second Ctrl-C interrupts the shutdown
-        app.stop()
+        ray_app.stop()
     log("stopped")
     return 0
 

@@ -2,7 +2,8 @@
 
 The request handling is plain functions that need neither Ray nor torch: :func:`route`,
 :func:`parse_query`, then :func:`prepare` (decode, fit) per request, :func:`run_model` per batch,
-:func:`answer` (map back, blend, encode) per request; :func:`explain_batch` chains the three.
+:func:`answer` (map back, blend, encode) per request, the steps of :mod:`..pipeline` that
+``explain-run`` takes too.
 :func:`build_app` wraps them in a Ray Serve deployment that batches the model call with
 ``@serve.batch`` and runs the per-request steps in threads; :func:`start_ray`, :func:`deploy` and
 :func:`stop` run it on a local Ray instance. Ray is imported only in those four.
@@ -30,7 +31,6 @@ if the model itself fails):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
@@ -40,13 +40,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 
-from .. import images, overlay
+from .. import images, overlay, pipeline
 from ..artifact import ArtifactMetadata
 from ..errors import UsageError, first_line
-from ..runner import check_metadata, softmax_topk
+from ..runner import check_metadata
 from ..runtime import OnnxExplainer
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -210,12 +209,12 @@ def check_length(content_length: str | None, limit: int) -> None:
         raise RequestError(400, f"bad Content-Length {content_length[:40]!r}")
     declared = content_length.strip().lstrip("0") or "0"
     if len(declared) > 15:  # more than any limit, and int() of it would be slow
-        raise RequestError(413, _too_long(f"{declared[:15]}...", limit))
+        raise RequestError(413, too_long(f"{declared[:15]}...", limit))
     if int(declared) > limit:
-        raise RequestError(413, _too_long(int(declared), limit))
+        raise RequestError(413, too_long(int(declared), limit))
 
 
-def _too_long(size: int | str, limit: int) -> str:
+def too_long(size: int | str, limit: int) -> str:
     size = f"{size:,}" if isinstance(size, int) else size
     return f"body of {size} bytes is over the limit of {limit:,}; raise --max-body-mb to allow it"
 
@@ -225,12 +224,7 @@ def png_base64(image: np.ndarray) -> str:
     return base64.b64encode(overlay.encode_png(image)).decode("ascii")
 
 
-class Prepared(NamedTuple):
-    """A decoded image and its graph input."""
-
-    bgr: np.ndarray  # uint8 [h, w, 3], the original pixels
-    input: np.ndarray  # float32 [3, H, W], RGB in [0, 1]
-    geometry: images.Geometry
+Prepared = pipeline.Fitted  # a decoded image and its graph input
 
 
 def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
@@ -238,20 +232,20 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
     if not body:
         raise RequestError(400, "empty body; send the image file's bytes (PNG, JPEG, ...)")
     if len(body) > opts.max_body_bytes:
-        raise RequestError(413, _too_long(len(body), opts.max_body_bytes))
+        raise RequestError(413, too_long(len(body), opts.max_body_bytes))
     try:
         bgr = images.decode_bgr(body, opts.max_pixels)
     except images.PixelLimitError as exc:
         raise RequestError(413, str(exc)) from exc
     except images.ImageError as exc:
         raise RequestError(400, str(exc)) from exc
-    return Prepared(bgr, *images.to_input(bgr, model.size, opts.resize))
+    return pipeline.fit(bgr, model.size, opts.resize)
 
 
 def run_model(model: Model, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image."""
-    logits, heatmaps = model.artifact(np.stack(inputs))
-    return [(lg, hm[0]) for lg, hm in zip(logits, heatmaps, strict=True)]
+    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image
+    (:func:`.pipeline.infer`)."""
+    return pipeline.infer(model.artifact, inputs)
 
 
 def answer(
@@ -265,18 +259,18 @@ def answer(
 ) -> dict[str, Any]:
     """The JSON for one image, from the graph's outputs: the heatmap mapped back to the original
     resolution, and blended over the original pixels, as explain-run does."""
-    heatmap = images.map_back(heatmap, image.geometry)
+    blend = pipeline.Blend(opts.alpha, opts.colormap, opts.seed_blend)
+    done = pipeline.render(image, logits, heatmap, query.topk, model.labels, blend, query.overlay)
     body: dict[str, Any] = {
-        "topk": softmax_topk(logits, query.topk, model.labels),
+        "topk": done.topk,
         "height": int(image.bgr.shape[0]),
         "width": int(image.bgr.shape[1]),
         "batch_size": batch_size,
     }
-    if query.overlay:
-        _, blended = overlay.overlay(image.bgr, heatmap, opts.alpha, opts.colormap, opts.seed_blend)
-        body["overlay_png"] = png_base64(blended)
+    if done.blended is not None:
+        body["overlay_png"] = png_base64(done.blended)
     if query.heatmap:
-        body["heatmap_png"] = png_base64(overlay.levels(heatmap))
+        body["heatmap_png"] = png_base64(overlay.levels(done.heatmap))
     return body
 
 
@@ -289,172 +283,3 @@ def internal_error(exc: Exception) -> Reply:
     """The 500 reply for any other failure; the traceback goes to the server's log."""
     logging.getLogger("ray.serve").error("explain-serve: request failed", exc_info=exc)
     return Reply(500, {"error": f"internal error: {first_line(exc)}"})
-
-
-def explain_batch(
-    model: Model, requests: Sequence[tuple[bytes, Query]], opts: ServeOptions
-) -> list[Reply]:
-    """Answer ``/explain`` requests with one model call for all decodable images.
-
-    The server runs the same three steps, :func:`prepare` per request, :func:`run_model` per
-    batch, :func:`answer` per request. A bad image gets its own 4xx reply and the rest go on; a
-    failing model call is a 500 for the images in it.
-    """
-    replies: list[Reply | None] = [None] * len(requests)
-    ready: list[tuple[int, Query, Prepared]] = []
-    for i, (body, query) in enumerate(requests):
-        try:
-            ready.append((i, query, prepare(body, model, opts)))
-        except RequestError as exc:
-            replies[i] = exc.reply()
-    if ready:
-        try:
-            outputs = run_model(model, [image.input for _, _, image in ready])
-        except Exception as exc:
-            return [model_failure(exc) if r is None else r for r in replies]
-        for (i, query, image), (lg, hm) in zip(ready, outputs, strict=True):
-            replies[i] = Reply(200, answer(model, image, lg, hm, query, opts, len(ready)))
-    return [r for r in replies if r is not None]
-
-
-# ---- Ray Serve -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How the app runs: Ray resources, batching, and the HTTP address."""
-
-    model_path: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    replicas: int = 1
-    max_batch_size: int = 8
-    batch_wait_s: float = 0.01
-    num_cpus: int = os.cpu_count() or 1
-    threads: int | None = None  # ONNX Runtime intra-op threads per replica
-    access_log: bool = False
-    options: ServeOptions = ServeOptions()
-    device: str = "cpu"  # cuda: replicas run ONNX Runtime's CUDA provider
-    num_gpus: int = 0  # GPUs given to Ray (device cuda), shared out among the replicas
-    cuda_graph: bool = True  # with device cuda: replay CUDA graphs (ORT enable_cuda_graph)
-
-    @property
-    def replica_cpus(self) -> float:
-        """Ray CPUs reserved per replica: the CPUs shared out, so every replica fits."""
-        return self.num_cpus / self.replicas
-
-    @property
-    def replica_gpus(self) -> float:
-        """Ray GPUs reserved per replica (0 on the CPU): the GPUs shared out."""
-        return self.num_gpus / self.replicas if self.device == "cuda" else 0.0
-
-
-def build_app(config: ServerConfig) -> Any:
-    """The Ray Serve application (``Deployment.bind()``) for ``config``; imports Ray."""
-    from ray import serve
-    from starlette.responses import JSONResponse
-
-    opts = config.options
-
-    def to_response(reply: Reply) -> JSONResponse:
-        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
-
-    @serve.deployment(
-        name="explainer",
-        num_replicas=config.replicas,
-        ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
-        # room for a full batch while the previous one runs
-        max_ongoing_requests=2 * config.max_batch_size,
-        graceful_shutdown_wait_loop_s=0.2,
-        graceful_shutdown_timeout_s=10.0,
-    )
-    class ExplainerDeployment:
-        def __init__(self) -> None:
-            if config.threads:
-                cv2.setNumThreads(config.threads)
-            self.model = open_model(
-                config.model_path, config.threads, config.device, config.cuda_graph
-            )
-            self.replica = serve.get_replica_context().replica_id.unique_id
-
-        async def __call__(self, request: Any) -> JSONResponse:
-            try:
-                path = route(request.method, request.url.path)
-                if path == "/healthz":
-                    return to_response(Reply(200, {**health(self.model), "replica": self.replica}))
-                query = parse_query(dict(request.query_params), self.model.num_classes)
-                check_length(request.headers.get("content-length"), opts.max_body_bytes)
-                body = bytearray()
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > opts.max_body_bytes:
-                        raise RequestError(413, _too_long(len(body), opts.max_body_bytes))
-                # decoding and drawing run in threads, concurrently with other requests;
-                # only the model call is batched
-                image = await asyncio.to_thread(prepare, bytes(body), self.model, opts)
-            except RequestError as exc:
-                return to_response(exc.reply())
-            except Exception as exc:
-                return to_response(internal_error(exc))
-            try:
-                logits, heatmap, n = await self.infer(image.input)
-            except Exception as exc:
-                return to_response(model_failure(exc))
-            try:
-                result = await asyncio.to_thread(
-                    answer, self.model, image, logits, heatmap, query, opts, n
-                )
-            except Exception as exc:
-                return to_response(internal_error(exc))
-            return to_response(Reply(200, result))
-
-        @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s)
-        async def infer(self, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-            outputs = await asyncio.to_thread(run_model, self.model, inputs)
-            return [(lg, hm, len(inputs)) for lg, hm in outputs]
-
-    return ExplainerDeployment.bind()
-
-
-def start_ray(config: ServerConfig) -> None:
-    """Start a local Ray instance with ``config.num_cpus`` CPUs (it replaces the SIGTERM
-    handler: a command that handles SIGTERM installs its handler again after this)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=config.num_cpus,
-        num_gpus=config.num_gpus if config.device == "cuda" else 0,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )
-
-
-def deploy(config: ServerConfig) -> None:
-    """Start Serve's HTTP proxy on ``config.host:config.port`` and run the app (after
-    :func:`start_ray`); returns when every replica is up."""
-    from ray import serve
-
-    logging.getLogger("ray.serve").setLevel(logging.INFO if config.access_log else logging.WARNING)
-    logging_config = {
-        "log_level": "INFO" if config.access_log else "WARNING",
-        "enable_access_log": config.access_log,
-    }
-    serve.start(
-        http_options={"host": config.host, "port": config.port}, logging_config=logging_config
-    )
-    serve.run(
-        build_app(config), name="explain-export", route_prefix="/", logging_config=logging_config
-    )
-
-
-def stop() -> None:
-    """Shut the app, Serve and the local Ray instance down."""
-    import ray
-    from ray import serve
-
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
