@@ -19,6 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "DEFAULT_EPS",
+    "cam",
+    "cam_weights",
+    "channel_sum",
+    "finish",
+    "gradcam",
+    "gradcam_weights",
+    "guard",
+    "heatmap",
+    "magnitude",
+    "minmax_normalize",
+    "render",
+    "resize_bilinear",
+    "resize_matrix",
+    "unit_scale",
+    "weighted_sum",
+]
+
 # A range below this fraction of the map's magnitude is float32 rounding noise, not signal.
 DEFAULT_EPS = 1e-5
 
@@ -208,10 +227,11 @@ def render(
     bound on :math:`|α|`, else :math:`\max_k |α_k|` per image; for ``sum``, where ``weights`` is
     None, :math:`\hat α_k = g`), the map :math:`\hat m = \sum_k \hat α_k A_k` (ReLU'd where
     there are weights) has terms at most :math:`g` times a finite value, so every sum is finite.
-    It is resized to ``size`` and min-maxed; a range of at most ``eps`` times its terms'
-    magnitude :math:`s = \max_{ij} \sum_k |\hat α_k A_k|` (:func:`magnitude`) is float32 noise
-    (a sum that cancels): flat, 0. The result equals ``finish(head(A), size, eps, magnitude)``,
-    since every head is positively homogeneous in ``A`` and ``α``.
+    Divided by its terms' magnitude :math:`s = \max_{ij} \sum_k |\hat α_k A_k|`
+    (:func:`magnitude`) it lies in [-1, 1]; it is resized to ``size`` and min-maxed, and a range
+    of at most ``eps`` is float32 noise (a sum that cancels): flat, 0. The result equals
+    ``finish(head(A), size, eps, magnitude)``, since every head is positively homogeneous in
+    ``A`` and ``α``.
 
     ``weights`` ``[N, C]`` or ``[N, 1, C]``. ``matrices`` ``(R_h [H,h], R_wᵀ [w,W])``
     (:func:`resize_matrix`) resize by two products instead of :func:`resize_bilinear` (the size
@@ -234,12 +254,13 @@ def render(
         # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw]
         raw = torch.relu((alpha @ flat).reshape(n, 1, h, w))
         scale = (alpha.abs() @ flat.abs()).amax(dim=2, keepdim=True)
-    scale = scale.unsqueeze(3)  # [N, 1, 1, 1]
-    m = resize_bilinear(raw, size) if matrices is None else matrices[0] @ raw @ matrices[1]
+    # |m| <= 1 from here on: tiny (even subnormal) maps keep their precision through the resize
+    m = raw / scale.unsqueeze(3).clamp_min(torch.finfo(raw.dtype).tiny)
+    m = resize_bilinear(m, size) if matrices is None else matrices[0] @ m @ matrices[1]
     lo = m.amin(dim=(1, 2, 3), keepdim=True)
     span = m.amax(dim=(1, 2, 3), keepdim=True) - lo
     # x / inf = 0: a flat map is 0 everywhere, with no NaN and no mask product
-    return (m - lo) / torch.where(span > eps * scale, span, float("inf"))
+    return (m - lo) / torch.where(span > eps, span, float("inf"))
 
 
 def heatmap(

@@ -122,3 +122,12 @@ def test_guard_keeps_the_channel_sum_finite_at_the_float32_limit():
         a[0, :, 0, 0] = 0.0
         out = heads.render(a, None, (4, 4))
         assert torch.isfinite(out).all() and out.max() == 1
+
+
+@pytest.mark.parametrize("value", [1e-40, 1e-44, 3e38])
+def test_a_constant_map_of_extreme_values_is_flat(value):
+    """Subnormal maps resize with rounding noise of their own size unless the head first brings
+    them to [-1, 1] (found by the property tests: 1e-40 gave a map of 1s and a 0)."""
+    a = torch.full((1, 1, 1, 1), value)
+    assert torch.all(heads.render(a, None, (2, 3)) == 0)
+    assert torch.all(heads.render(torch.full((2, 3, 2, 2), value), None, (5, 7)) == 0)
