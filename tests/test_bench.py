@@ -20,7 +20,8 @@ import onnx
 import pytest
 import torch
 
-from explain_export import bench, benchreport
+from explain_export import bench
+from explain_export.bench import report as benchreport
 from explain_export.cli.bench import main
 from explain_export.explainer import build_explainer
 from explain_export.samples import load_rgb, photo_path

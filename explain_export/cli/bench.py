@@ -17,6 +17,8 @@ from typing import Any
 from ..methods import AUTO, CHOICES
 from ._common import ArgumentParser, log, run_main
 
+__all__ = ["EPILOG", "PROG", "build_parser", "main"]
+
 PROG = "explain-bench"
 
 EPILOG = """\
@@ -178,7 +180,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .._files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
-    from ..benchreport import head_profile_line, table, target_value, write_report
+    from ..bench.report import head_profile_line, table, target_value, write_report
     from ..errors import UsageError
     from ..export import DEFAULT_OPSET
 

@@ -1,4 +1,4 @@
-"""Write a benchmark result (:func:`.bench.run_bench`) as JSON, a Markdown report and a PNG plot.
+"""Write a benchmark result (:func:`.run.run_bench`) as JSON, a Markdown report and a PNG plot.
 
 The plot shows the median latency (ms per batch) against the batch size, one line per variant,
 both axes logarithmic. It is drawn with OpenCV, so no plotting library is needed.
@@ -15,13 +15,25 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ._files import ensure_out_dir, write_atomic
-from .errors import ExplainExportError
-from .overlay import encode_png
+from .._files import ensure_out_dir, write_atomic
+from ..errors import ExplainExportError
+from ..overlay import encode_png
+
+__all__ = [
+    "FILES",
+    "head_profile_line",
+    "head_profile_table",
+    "markdown",
+    "plot",
+    "ratio_table",
+    "table",
+    "target_value",
+    "write_report",
+]
 
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
 
-# BGR, one per variant in bench.VARIANTS order; distinguishable in colour and in grey.
+# BGR, one per variant in .config.VARIANTS order; distinguishable in colour and in grey.
 _COLORS = {
     "eager": (180, 119, 31),
     "eager_logits": (232, 199, 174),
@@ -84,7 +96,7 @@ def target_value(t: dict[str, Any]) -> str:
 
 
 def head_profile_line(batch: str, p: dict[str, Any]) -> str:
-    """One console line for a batch's :func:`.bench.ort_head_share`."""
+    """One console line for a batch's :func:`.profile.ort_head_share`."""
     share = "–" if p["share"] is None else f"{p['share']:+.2%}"
     return (
         f"ORT heatmap head, batch {batch} (profiler, {p['runs']} runs): {p['head_nodes']} "

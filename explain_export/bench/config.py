@@ -1,0 +1,120 @@
+"""What every part of the bench shares: the variant names, :class:`BenchConfig` (what to
+measure, and how often) and :class:`Variant` (one way to compute the outputs, and what was
+measured of it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import UsageError
+from ..export import DEFAULT_OPSET
+
+__all__ = [
+    "CUDA_GRAPH_NEEDS_CUDA",
+    "EXPORTED",
+    "ON_EXPLAINER_ONNX",
+    "ORT_CUDA_MISSING",
+    "REFERENCE",
+    "VARIANTS",
+    "BenchConfig",
+    "Call",
+    "Variant",
+]
+
+VARIANTS: dict[str, str] = {
+    "eager": "eager explainer",
+    "eager_logits": "eager model, logits only",
+    "torchscript": "TorchScript explainer",
+    "ort": "ORT explainer",
+    "ort_logits": "ORT model, logits only",
+    "compile": "torch.compile explainer",
+    "autograd": "autograd Grad-CAM",
+    "eager_gradcam": "eager explainer, gradcam",
+    "ort_gradcam": "ORT explainer, gradcam",
+    "gradcam_numpy": "pytorch-grad-cam style Grad-CAM",
+    "ort_numpy": "ORT explainer, numpy in/out",
+    "ort_cudagraph": "ORT explainer, CUDA graph",
+}
+REFERENCE = "eager"  # every ratio and parity figure is taken against it; it cannot be skipped
+ORT_CUDA_MISSING = "not measured: onnxruntime CUDA provider unavailable"
+CUDA_GRAPH_NEEDS_CUDA = "not measured: CUDA graphs need --device cuda"
+EXPORTED = ("ort", "ort_cudagraph", "torchscript")  # the candidates for the fastest exported
+ON_EXPLAINER_ONNX = ("ort", "ort_numpy", "ort_cudagraph")  # the variants that run explainer.onnx
+
+Call = Callable[[], tuple[Tensor, Tensor | None]]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure, and how often."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op and ORT intra-op threads; None: torch's default
+    warmup: int = 5
+    iters: int = 30
+    skip: frozenset[str] = frozenset()
+    opset: int = DEFAULT_OPSET
+    prime: int = 1  # untimed calls of a variant right before each timed one (see time_rounds)
+    settle_s: float = 0.1  # idle pause before each turn: other variants' thread pools go to sleep
+    channels_last: bool = False  # the torch variants' model and input in channels-last layout
+    tuned_malloc: bool = False  # glibc keeps freed memory: no page faults per torch call
+    seed: int = 0
+    models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
+    profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
+
+    def check(self) -> None:
+        """Raise :class:`~.errors.UsageError` for values no run can use."""
+        if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+        if self.warmup < 0 or self.iters < 1 or self.prime < 0 or self.settle_s < 0:
+            raise UsageError("--warmup, --prime and --settle must be >= 0, --iters >= 1")
+        if self.profile_runs < 0:
+            raise UsageError(f"--profile-runs must be >= 0, got {self.profile_runs}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        bad = sorted(self.skip - set(VARIANTS) | (self.skip & {REFERENCE}))
+        if bad:
+            names = ", ".join(v for v in VARIANTS if v != REFERENCE)
+            raise UsageError(f"--skip takes a comma list of {names}; got {', '.join(bad)}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"--device must be cpu or cuda, got '{self.device}'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                "--device cuda, but this PyTorch sees no CUDA device "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
+
+
+@dataclass
+class Variant:
+    """One way to compute the outputs. ``make(image)`` returns the call timed on that batch."""
+
+    name: str
+    backend: str
+    make: Callable[[Tensor], Call] | None
+    status: str = "ok"  # "ok", "failed: <why>", "skipped: <why>", "not measured: <why>"
+    note: str = ""
+    providers: list[str] | None = None
+    setup_s: float = 0.0
+    batches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    path: str | None = None  # the ONNX file it runs, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (batch sizes as string keys)."""
+        out = {
+            "label": VARIANTS[self.name],
+            "backend": self.backend,
+            "status": self.status,
+            "note": self.note,
+            "setup_s": round(self.setup_s, 3),
+            "batches": {str(b): m for b, m in self.batches.items()},
+        }
+        if self.providers is not None:
+            out["providers"] = self.providers
+        return out

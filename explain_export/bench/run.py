@@ -1,0 +1,142 @@
+"""Run the whole bench on an explainer: build the variants, time them, profile the ORT head,
+and return the JSON-ready result that :mod:`.report` writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from ..explainer import Explainer, ExplainerInfo
+from ..export import versions
+from .config import VARIANTS, BenchConfig
+from .machine import machine
+from .profile import head_profiles
+from .stats import best_exported, ratios
+from .targets import check_targets, load_targets
+from .timing import HEAP_KEEP, keep_freed_memory, measure
+from .variants import build_variants
+
+__all__ = ["load_explainer", "run_bench"]
+
+
+def run_bench(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    config: BenchConfig,
+    *,
+    model: str = "user model",
+    command: str | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    tick: Callable[[int], None] = lambda _batch: None,
+) -> dict[str, Any]:
+    """Build every variant, time them, and return the JSON-ready result (see :mod:`.report`).
+
+    ``tick(batch)`` is called after each round, for a progress bar:
+    ``len(batch_sizes) * (warmup + iters)`` calls in all.
+    """
+    import onnxruntime as ort
+
+    config.check()
+    targets = load_targets()  # a missing or broken targets file fails before any timing
+    threads = config.threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    device = torch.device(config.device)
+    started = datetime.now().astimezone()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if config.models_dir:
+        os.makedirs(config.models_dir, exist_ok=True)
+    if config.tuned_malloc:
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="explain-bench-") as workdir:
+            variants = build_variants(explainer, info, config, workdir, log)
+            live = sum(v.make is not None and v.status == "ok" for v in variants)
+            log(f"timing {live} variants at batch sizes {', '.join(map(str, config.batch_sizes))}")
+            raw, others = measure(variants, config, info.input_size, tick)
+            profile = head_profiles(variants, config, info.input_size, threads, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+    found = ratios(raw)
+    fastest = best_exported(raw)
+    notes = [f"{VARIANTS[v.name]}: {v.status}" for v in variants if v.status != "ok"]
+    return {
+        "format": "explain-bench/1",
+        "created": started.isoformat(timespec="seconds"),
+        "created_utc": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "config": {
+            "model": model,
+            "method": info.method,
+            "layer": info.layer,
+            "head": info.head,
+            "input_size": list(info.input_size),
+            "num_classes": info.num_classes,
+            "device": config.device,
+            "batch_sizes": list(config.batch_sizes),
+            "threads": threads,
+            "warmup": config.warmup,
+            "iters": config.iters,
+            "opset": config.opset,
+            "skip": sorted(config.skip),
+            "channels_last": config.channels_last,
+            "malloc": f"glibc mmap and trim thresholds {HEAP_KEEP >> 20} MiB"
+            if config.tuned_malloc
+            else "default",
+            "prime": config.prime,
+            "settle_s": config.settle_s,
+            "order": "round-robin; the order rotates by one variant each round",
+            "timer": "time.perf_counter_ns per call"
+            + ("; torch.cuda.synchronize before and after" if device.type == "cuda" else ""),
+        },
+        "machine": machine(config, threads),
+        "loadavg": {
+            "start": list(load_start) if load_start else None,
+            "end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "others_cpu_share": {str(b): share for b, share in others.items()},
+        "versions": versions(),
+        "providers": {
+            "available": ort.get_available_providers(),
+            **{v.name: v.providers for v in variants if v.providers is not None},
+        },
+        "variants": {v.name: v.to_dict() for v in variants},
+        "ratios": found,
+        "best_exported": fastest,
+        "head_profile": profile,
+        "targets": check_targets(
+            {**found, "best_exported": fastest, "head_profile": profile}, config.device, targets
+        ),
+        "notes": notes,
+    }
+
+
+def load_explainer(
+    ckpt: str | None,
+    arch: str | None,
+    arch_kwargs: dict[str, Any],
+    trust: bool,
+    layer: str | None,
+    method: str,
+    head: str | None,
+    input_size: tuple[int, int],
+) -> tuple[Explainer, ExplainerInfo, str]:
+    """The explainer the ``explain-export`` flags describe (no flags: the embedded default)."""
+    from ..checkpoint import load_model
+    from ..explainer import build_explainer
+
+    if ckpt is None and arch is None:
+        from ..zoo import load_default
+
+        zoo = load_default(input_size)
+        model, description, layer = zoo.model, zoo.description, layer or zoo.layer
+    else:
+        model, _ = load_model(ckpt, arch, arch_kwargs, trust)
+        description = arch or type(model).__name__
+    explainer, info = build_explainer(model, layer, method, input_size, head=head)
+    return explainer, info, description

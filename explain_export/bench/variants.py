@@ -1,0 +1,200 @@
+"""Build every variant of an explainer (see :data:`.config.VARIANTS`): export the ONNX files,
+trace TorchScript, wrap ``torch.compile``, set up the baselines, and move them to the device."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import lowering
+from ..errors import first_line
+from ..explainer import Explainer, ExplainerInfo
+from ..export import quiet, to_torchscript
+from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
+from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant
+from .ort import (
+    _CUDA_GRAPH,
+    _cuda_graph_refusal,
+    _ort_cudagraph_variant,
+    _ort_numpy_variant,
+    _ort_variant,
+    export_onnx,
+)
+
+__all__ = ["build_variants", "exportable", "gradcam_explainer"]
+
+_TORCH_EAGER = "torch eager, inference_mode"
+
+
+def _torch_call(fn: Callable[[Tensor], Any], image: Tensor, logits_only: bool = False) -> Call:
+    def call() -> tuple[Tensor, Tensor | None]:
+        with torch.inference_mode():
+            out = fn(image)
+        return (out, None) if logits_only else (out[0], out[1])
+
+    return call
+
+
+def build_variants(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    config: BenchConfig,
+    workdir: str,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> list[Variant]:
+    """Make every variant of ``explainer`` (on the CPU) and move them to ``config.device``.
+
+    The ONNX files are exported on the CPU first; then the explainer moves to the device, where
+    TorchScript is traced and ``torch.compile`` wraps it. A variant that cannot be built gets a
+    ``failed:`` or ``not measured:`` status; a skipped one ``skipped: --skip``.
+    """
+    device = torch.device(config.device)
+    threads = config.threads or torch.get_num_threads()
+    folder = config.models_dir or workdir
+    h, w = info.input_size
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))  # see export
+    explainer = explainer.eval().to("cpu")
+    logits_model = Normalized(explainer).eval()
+    gradcam = gradcam_explainer(explainer, info)
+    built: dict[str, Variant] = {}
+    if "ort_cudagraph" not in config.skip:
+        refused = _cuda_graph_refusal(device)
+        if refused:  # known before any export
+            built["ort_cudagraph"] = Variant("ort_cudagraph", _CUDA_GRAPH, None, refused)
+    for name, module, file in (
+        ("ort", explainer, "explainer.onnx"),
+        ("ort_logits", logits_model, "logits.onnx"),
+        ("ort_gradcam", gradcam, "gradcam.onnx"),
+    ):
+        users = ON_EXPLAINER_ONNX if name == "ort" else (name,)  # one file, three ways to run it
+        wanted = [n for n in users if n not in config.skip and n not in built]
+        if not wanted or module is None:
+            continue
+        log(f"exporting {VARIANTS[name]} to ONNX (dynamo, opset {config.opset})")
+        outputs = {"logits": (info.num_classes,)}
+        if name != "ort_logits":
+            outputs["heatmap"] = (1, h, w)
+        path = os.path.join(folder, file)
+        t0 = time.perf_counter()
+        try:
+            export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
+        except Exception as exc:
+            for n in wanted:
+                built[n] = Variant(n, "onnxruntime", None, f"failed: {first_line(exc)}")
+            continue
+        export_s = time.perf_counter() - t0
+        if name in wanted:
+            built[name] = _ort_variant(name, path, outputs, device, threads, config, export_s)
+        if "ort_numpy" in wanted:
+            built["ort_numpy"] = _ort_numpy_variant(path, device, threads)
+        if "ort_cudagraph" in wanted:
+            built["ort_cudagraph"] = _ort_cudagraph_variant(path, outputs, device, threads)
+    if gradcam is None:
+        for name in ("eager_gradcam", "ort_gradcam"):
+            built[name] = Variant(name, "", None, "skipped: the explainer is gradcam already")
+
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    explainer.to(device, memory_format=layout)
+    logits_model.to(device, memory_format=layout)
+    built["eager"] = Variant("eager", _TORCH_EAGER, lambda x: _torch_call(explainer, x))
+    if gradcam is not None and "eager_gradcam" not in config.skip:
+        gradcam.to(device, memory_format=layout)
+        built["eager_gradcam"] = Variant(
+            "eager_gradcam",
+            "torch eager, autograd from the tap on",
+            lambda x: _torch_call(gradcam, x),
+            note="the eager gradcam explainer: weights frozen, only the path from A is "
+            "differentiated",
+        )
+    built["eager_logits"] = Variant(
+        "eager_logits", _TORCH_EAGER, lambda x: _torch_call(logits_model, x, logits_only=True)
+    )
+    if "torchscript" not in config.skip:
+        log("tracing TorchScript (trace + freeze)")
+        example = example.to(device).contiguous(memory_format=layout)
+        built["torchscript"] = _torchscript_variant(explainer, example, workdir)
+    if "compile" not in config.skip:
+        compiled = torch.compile(explainer, dynamic=False)
+        _allow_recompiles(len(config.batch_sizes))
+        built["compile"] = Variant(
+            "compile",
+            "torch.compile (inductor), dynamic=False",
+            lambda x: _torch_call(compiled, x),
+            note="compiles on the first call at each batch size (first_call_ms)",
+        )
+    if "autograd" not in config.skip:
+        autograd = AutogradGradCAM(explainer)
+        built["autograd"] = Variant(
+            "autograd",
+            "torch eager, autograd",
+            lambda x: lambda: autograd(x),
+            note="forward hook + tensor hook, zero_grad, backward of the top logit, per call",
+        )
+    if "gradcam_numpy" not in config.skip:
+        numpy_gradcam = NumpyGradCAM(explainer)
+        built["gradcam_numpy"] = Variant(
+            "gradcam_numpy",
+            "torch eager, autograd; numpy + cv2",
+            lambda x: lambda: numpy_gradcam(x),
+            note="pytorch-grad-cam's steps: A and its gradient copied to the host, "
+            "zero_grad, backward of the summed argmax logits, the map in numpy, min-max, "
+            "cv2.resize per image, min-max again",
+        )
+    return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in VARIANTS]
+
+
+def gradcam_explainer(explainer: Explainer, info: ExplainerInfo) -> Explainer | None:
+    """The same model and layer explained with ``gradcam``; None if ``explainer`` is one."""
+    if explainer.spec.needs_gradient:
+        return None
+    return Explainer(
+        explainer.model,
+        explainer.tap.spec,
+        "gradcam",
+        mean=info.mean,
+        std=info.std,
+        target=info.target,
+        clone=info.cloned,
+        layout=info.layout,
+    ).eval()
+
+
+def exportable(explainer: nn.Module, example: Tensor) -> nn.Module:
+    """``explainer``, or its lowered graph where it needs a gradient (:mod:`.lowering`)."""
+    if isinstance(explainer, Explainer) and explainer.spec.needs_gradient:
+        with quiet():
+            return lowering.lower(explainer, (example,), {0: [0]})
+    return explainer
+
+
+def _torchscript_variant(explainer: Explainer, example: Tensor, workdir: str) -> Variant:
+    t0 = time.perf_counter()
+    path = os.path.join(workdir, "explainer.torchscript.pt")
+    try:
+        to_torchscript(exportable(explainer, example), (example,), path)
+        with quiet():
+            script = torch.jit.load(path, map_location=example.device)
+    except Exception as exc:
+        return Variant("torchscript", "torch.jit", None, f"failed: {first_line(exc)}")
+    return Variant(
+        "torchscript",
+        "torch.jit trace + freeze",
+        lambda x: _torch_call(script, x),
+        setup_s=time.perf_counter() - t0,
+    )
+
+
+def _allow_recompiles(batch_sizes: int) -> None:
+    """One static graph per batch size: keep dynamo from giving up after its recompile limit."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for attr in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.7
+        if hasattr(cfg, attr):
+            setattr(cfg, attr, max(getattr(cfg, attr), batch_sizes + 2))
+            return
