@@ -7,6 +7,8 @@ import tempfile
 
 from .errors import UsageError
 
+__all__ = ["ensure_out_dir", "write_atomic"]
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

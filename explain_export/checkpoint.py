@@ -20,6 +20,17 @@ from torch import Tensor, nn
 
 from .errors import UsageError, first_line
 
+__all__ = [
+    "PREFIXES",
+    "STATE_DICT_KEYS",
+    "CheckpointInfo",
+    "build_arch",
+    "load_model",
+    "load_weights",
+    "read_checkpoint",
+    "unpack",
+]
+
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _LIST_MAX = 8

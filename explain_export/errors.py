@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["ExplainExportError", "ParityError", "UsageError", "first_line"]
+
 
 def first_line(exc: BaseException, with_type: bool = True, limit: int = 200) -> str:
     """One line for an exception: ``Type: first line of its message`` (``limit`` characters of

@@ -30,6 +30,18 @@ from .methods import AUTO
 from .runtime import HEATMAP_DTYPES, graph_image
 from .tap import Tap, TapSpec
 
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Explainer",
+    "ExplainerInfo",
+    "GraphOptions",
+    "HeatmapHead",
+    "build_explainer",
+    "check_norm",
+    "target_class",
+]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -32,6 +32,24 @@ from .errors import ExplainExportError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
 from .runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
 
+__all__ = [
+    "DEFAULT_FORMATS",
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "RUNTIMES",
+    "ExportResult",
+    "build_metadata",
+    "export_explainer",
+    "output_names",
+    "quiet",
+    "root_cause",
+    "stamp",
+    "to_onnx",
+    "to_pt2",
+    "to_torchscript",
+    "versions",
+]
+
 FORMATS = ("torchscript", "onnx", "pt2")
 DEFAULT_FORMATS = ("torchscript", "onnx")
 RUNTIMES = {

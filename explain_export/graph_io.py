@@ -15,6 +15,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = [
+    "INPUT_FORMATS",
+    "colormap_lut",
+    "heatmap_output",
+    "image_size",
+    "overlay_rgb",
+    "pixels_nhwc",
+    "to_float_nchw",
+]
+
 INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
 
 

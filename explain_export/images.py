@@ -21,6 +21,22 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "RESIZE_MODES",
+    "Geometry",
+    "ImageError",
+    "PixelLimitError",
+    "decode_bgr",
+    "fit",
+    "header_size",
+    "list_images",
+    "map_back",
+    "read_bgr",
+    "to_input",
+]
+
 DEFAULT_MAX_PIXELS = 20_000 * 20_000
 RESIZE_MODES = ("stretch", "pad")
 IMAGE_EXTENSIONS = (

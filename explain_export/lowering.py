@@ -33,6 +33,19 @@ from torch import Tensor, nn
 
 from .errors import UsageError
 
+__all__ = [
+    "Lowered",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_backward",
+    "avg_pool2d_backward",
+    "check_lowered",
+    "convolution_backward",
+    "decompositions",
+    "lower",
+    "max_pool2d_with_indices_backward",
+    "to_script",
+]
+
 aten = torch.ops.aten
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
+__all__ = ["AUTO", "CAM", "CHOICES", "GRADCAM", "METHODS", "SUM", "Method", "get"]
+
 if TYPE_CHECKING:  # the CLI reads the choices without importing torch
     from torch import Tensor
 

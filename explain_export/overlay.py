@@ -15,12 +15,28 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+__all__ = [
+    "COLORMAPS",
+    "DEFAULT_ALPHA",
+    "DEFAULT_COLORMAP",
+    "blend",
+    "colorize",
+    "colormap_id",
+    "encode_png",
+    "levels",
+    "overlay",
+    "seed_blend",
+    "sheet_row",
+    "stack_rows",
+]
+
 COLORMAPS: dict[str, int] = {
     name[len("COLORMAP_") :]: getattr(cv2, name)
     for name in dir(cv2)
     if name.startswith("COLORMAP_")
 }
 DEFAULT_ALPHA = 0.4
+DEFAULT_COLORMAP = "JET"
 
 
 def colormap_id(name: str) -> int:
@@ -36,7 +52,7 @@ def levels(heatmap: np.ndarray) -> np.ndarray:
     return np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def colorize(heatmap: np.ndarray, colormap: str = "JET") -> np.ndarray:
+def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """``[h, w]`` in [0, 1] -> BGR uint8 ``[h, w, 3]``: ``applyColorMap(round(255·m))``."""
     return cv2.applyColorMap(levels(heatmap), colormap_id(colormap))
 
@@ -65,7 +81,7 @@ def overlay(
     image: np.ndarray,
     heatmap: np.ndarray,
     alpha: float = DEFAULT_ALPHA,
-    colormap: str = "JET",
+    colormap: str = DEFAULT_COLORMAP,
     seed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colour ``heatmap`` (same ``h × w`` as ``image``) and blend it; returns (heat, overlay)."""

@@ -16,8 +16,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import images, overlay
+from .errors import UsageError
 
-__all__ = ["Blend", "Fitted", "Rendered", "fit", "infer", "render", "softmax_topk"]
+__all__ = [
+    "Fitted",
+    "OptionError",
+    "OverlayOptions",
+    "Rendered",
+    "fit",
+    "infer",
+    "render",
+    "softmax_topk",
+]
 
 
 class Fitted(NamedTuple):
@@ -28,13 +38,42 @@ class Fitted(NamedTuple):
     geometry: images.Geometry
 
 
-@dataclass(frozen=True)
-class Blend:
-    """How the heatmap is drawn over the image (see :mod:`.overlay`)."""
+class OptionError(UsageError):
+    """A bad option value; ``field`` names it, and the message's ``{name}`` is where a caller
+    puts its own name for it (the CLI puts its flag: :meth:`for_name`)."""
 
-    alpha: float = overlay.DEFAULT_ALPHA
-    colormap: str = "JET"
-    seed_blend: bool = False
+    def __init__(self, field: str, template: str) -> None:
+        self.field, self.template = field, template
+        super().__init__(template.format(name=field))
+
+    def for_name(self, name: str) -> UsageError:
+        return UsageError(self.template.format(name=name))
+
+
+@dataclass(frozen=True)
+class OverlayOptions:
+    """How images are fitted to the graph and the heatmap drawn over them, for the runner and
+    the server alike (see :mod:`.images`, :mod:`.overlay`). Checked when made."""
+
+    alpha: float = overlay.DEFAULT_ALPHA  # heat weight in the blend
+    colormap: str = overlay.DEFAULT_COLORMAP  # an OpenCV colormap name
+    seed_blend: bool = False  # rescale alpha·heat + image by its max, instead of saturating
+    resize: str = "stretch"  # or "pad" (scale, keep the aspect, pad)
+    max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger images are refused
+
+    def __post_init__(self) -> None:
+        if not self.alpha >= 0:  # NaN too
+            raise OptionError("alpha", "{name} must not be negative")
+        if self.colormap.upper() not in overlay.COLORMAPS:
+            names = ", ".join(sorted(overlay.COLORMAPS))
+            given = self.colormap.replace("{", "{{").replace("}", "}}")
+            raise OptionError("colormap", f"unknown {{name}} '{given}'; choose one of {names}")
+        if self.resize not in images.RESIZE_MODES:
+            modes = ", ".join(images.RESIZE_MODES)
+            given = self.resize.replace("{", "{{").replace("}", "}}")
+            raise OptionError("resize", f"{{name}} must be one of {modes}, not '{given}'")
+        if self.max_pixels < 1:
+            raise OptionError("max_pixels", "{name} must be at least 1")
 
 
 class Rendered(NamedTuple):
@@ -63,7 +102,7 @@ def render(
     heatmap: np.ndarray,
     topk: int,
     labels: Sequence[str] | None,
-    blend: Blend,
+    blend: OverlayOptions,
     draw: bool = True,
 ) -> Rendered:
     """Top-k of ``logits``; ``heatmap`` (the graph's, at the input size) mapped back to the

@@ -27,6 +27,23 @@ from torch import Tensor, nn
 from .errors import UsageError, first_line
 from .tap import TapSpec, resolve_module
 
+__all__ = [
+    "CallRecord",
+    "Head",
+    "Probe",
+    "default_layer",
+    "device_of",
+    "find_gap_linear_head",
+    "format_layers",
+    "gap_input",
+    "layout",
+    "pool_input",
+    "probe",
+    "probe_at_size",
+    "select",
+    "spatial",
+]
+
 # Tolerances for "this Linear's input is the spatial mean of that map" (float32 sums).
 _HEAD_RTOL = 1e-4
 _HEAD_ATOL = 1e-5

@@ -25,23 +25,34 @@ from .artifact import ArtifactMetadata, MetadataError
 from .errors import UsageError
 from .runtime import Artifact
 
+__all__ = [
+    "PREDICTIONS",
+    "SHEET",
+    "ImageResult",
+    "RunOptions",
+    "RunReport",
+    "check_metadata",
+    "collect",
+    "output_stems",
+    "planned_files",
+    "prepare_out_dir",
+    "run",
+]
+
 PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
 
 
-@dataclass
-class RunOptions:
-    out_dir: str
+@dataclass(frozen=True)
+class RunOptions(pipeline.OverlayOptions):
+    """Where and what ``explain-run`` writes, and :class:`~.pipeline.OverlayOptions`."""
+
+    out_dir: str = "overlays"
     batch_size: int = 8
-    alpha: float = overlay.DEFAULT_ALPHA
-    colormap: str = "JET"
-    seed_blend: bool = False
     topk: int = 5
     sheet: bool = False
     save_heatmaps: bool = False
     overwrite: bool = False
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    resize: str = "stretch"
     sheet_height: int = 200
 
 
@@ -169,7 +180,6 @@ def run(
     meta = check_metadata(artifact)
     size = meta.input_size
     labels = list(meta.labels) if meta.labels else None
-    blend = pipeline.Blend(opts.alpha, opts.colormap, opts.seed_blend)
     results = [ImageResult(p, n) for p, n in zip(paths, output_stems(paths), strict=True)]
     prepare_out_dir([r.name for r in results], opts)
     rows: list[np.ndarray] = []
@@ -187,7 +197,7 @@ def run(
             continue
         outputs = pipeline.infer(artifact, [image.input for _, image in ready])
         for (result, image), (lg, hm) in zip(ready, outputs, strict=True):
-            done = pipeline.render(image, lg, hm, opts.topk, labels, blend)
+            done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
             result.topk = done.topk
             row = _write_outputs(result, image.bgr, done, opts)
             if row is not None:

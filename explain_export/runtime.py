@@ -21,6 +21,19 @@ import numpy as np
 from .artifact import METADATA_FILE, METADATA_KEY
 from .errors import first_line
 
+__all__ = [
+    "HEATMAP_DTYPES",
+    "SUFFIXES",
+    "Artifact",
+    "ExportedProgramExplainer",
+    "OnnxExplainer",
+    "TorchScriptExplainer",
+    "graph_image",
+    "heatmap_unit",
+    "load",
+    "sidecar_metadata",
+]
+
 HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 

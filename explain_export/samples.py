@@ -12,6 +12,8 @@ import numpy as np
 
 from . import images
 
+__all__ = ["PHOTOS", "load_rgb", "photo_path"]
+
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 

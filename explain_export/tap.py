@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from .errors import UsageError
 
+__all__ = ["LAYER_SYNTAX", "Tap", "TapSpec", "resolve_module"]
+
 LAYER_SYNTAX = "NAME[:input|:output][@CALL]"
 _SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?::(?P<port>input|output))?(?:@(?P<call>\d+))?$")
 

@@ -26,6 +26,32 @@ from . import samples
 from .explainer import Explainer
 from .runtime import graph_image
 
+__all__ = [
+    "CORR_MIN",
+    "HALF_HEATMAP_TOL",
+    "HALF_LOGITS_TOL",
+    "HEATMAP_TOL",
+    "LOGITS_TOL",
+    "NOISE",
+    "NOISE_DRAWS",
+    "Case",
+    "DeviceRow",
+    "ParityRow",
+    "cases",
+    "check_onnx",
+    "correlation",
+    "eager",
+    "format_device_rows",
+    "format_report",
+    "heatmap_limits",
+    "limits",
+    "logits_limit",
+    "on_device",
+    "overlay_limit",
+    "parity",
+    "references",
+]
+
 LOGITS_TOL = 1e-3
 HEATMAP_TOL = 1e-4
 HALF_LOGITS_TOL = 5e-2

@@ -15,6 +15,8 @@ from torch import nn
 from .checkpoint import load_weights, read_checkpoint
 from .errors import ExplainExportError
 
+__all__ = ["DEFAULT_LAYER", "DESCRIPTION", "NAME", "ZooModel", "imagenet_labels", "load_default"]
+
 NAME = "efficientnet-lite0"
 DESCRIPTION = "EfficientNet-Lite0, ImageNet-1k weights (embedded default)"
 # The tensor that feeds the global average pooling, after the head's ReLU6: CAM is exact here.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
+
+__all__ = ["ArgumentParser", "add_overlay_flags", "log", "overlay_options", "run_main"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -54,3 +56,61 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
 def log(message: str) -> None:
     """A progress line on stderr, so stdout keeps only the results."""
     print(message, file=sys.stderr, flush=True)
+
+
+def add_overlay_flags(group: Any, server: bool = False) -> None:
+    """The image flags ``explain-run`` and ``explain-serve`` share (:class:`.OverlayOptions`),
+    with the library's defaults and choices."""
+    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
+    from ..overlay import DEFAULT_ALPHA, DEFAULT_COLORMAP
+
+    group.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"heat weight in the blend (default: {DEFAULT_ALPHA})",
+    )
+    group.add_argument(
+        "--colormap",
+        default=DEFAULT_COLORMAP,
+        help=f"an OpenCV colormap name (default: {DEFAULT_COLORMAP})",
+    )
+    group.add_argument(
+        "--seed-blend",
+        action="store_true",
+        help="blend as alpha*heat + image rescaled by its max (no clipping; darker), instead "
+        "of saturating at 255",
+    )
+    group.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="stretch",
+        help="fit images to the export size by stretching, or by scaling and padding "
+        "(aspect kept); the overlay is drawn at the original size either way"
+        + ("" if not server else " (default: stretch)"),
+    )
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
+    )
+
+
+def overlay_options(cls: Any, args: argparse.Namespace, **fields: Any) -> Any:
+    """``cls`` (an :class:`.OverlayOptions`) from the shared image flags and ``fields``; a bad
+    value is a usage error that names its flag."""
+    from ..pipeline import OptionError
+
+    try:
+        return cls(
+            alpha=args.alpha,
+            colormap=args.colormap,
+            seed_blend=args.seed_blend,
+            resize=args.resize,
+            max_pixels=args.max_pixels,
+            **fields,
+        )
+    except OptionError as exc:
+        raise exc.for_name("--" + exc.field.replace("_", "-")) from exc

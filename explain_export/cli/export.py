@@ -13,6 +13,8 @@ from ..methods import AUTO, CHOICES
 from ..runtime import HEATMAP_DTYPES
 from ._common import ArgumentParser, log, run_main
 
+__all__ = ["EPILOG", "PROG", "build_parser", "main"]
+
 PROG = "explain-export"
 
 EPILOG = """\

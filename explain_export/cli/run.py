@@ -10,7 +10,9 @@ import os
 import sys
 
 from ..errors import first_line
-from ._common import ArgumentParser, log, run_main
+from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
+
+__all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
 
 PROG = "explain-run"
 DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
@@ -32,7 +34,6 @@ exit codes: 0 all images done, 1 some images failed, 2 usage error (nothing was 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
     p = ArgumentParser(
         prog=PROG,
@@ -73,22 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "batch size is captured once, then replayed)",
     )
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the runtime's)")
-    p.add_argument(
-        "--alpha", type=float, default=0.4, help="heat weight in the blend (default: 0.4)"
-    )
-    p.add_argument("--colormap", default="JET", help="an OpenCV colormap name (default: JET)")
-    p.add_argument(
-        "--seed-blend",
-        action="store_true",
-        help="the article's blend: rescale alpha*heat + image by its max",
-    )
-    p.add_argument(
-        "--resize",
-        choices=RESIZE_MODES,
-        default="stretch",
-        help="fit images to the export size by stretching, or by scaling and padding "
-        "(aspect kept); the overlay is drawn at the original size either way",
-    )
+    add_overlay_flags(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default: 5)")
     p.add_argument(
         "--sheet", action="store_true", help="also write sheet.png: original | heatmap | overlay"
@@ -104,13 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-heatmaps", action="store_true", help="also write NAME.heatmap.png and .npy"
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -118,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     from ..errors import UsageError
-    from ..overlay import COLORMAPS
+    from ..pipeline import OverlayOptions
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -126,16 +105,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--topk must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
-    if args.alpha < 0:
-        raise UsageError("--alpha must not be negative")
     if args.sheet_height < 16:
         raise UsageError("--sheet-height must be at least 16")
-    if args.max_pixels < 1:
-        raise UsageError("--max-pixels must be at least 1")
-    if args.colormap.upper() not in COLORMAPS:
-        raise UsageError(
-            f"unknown --colormap '{args.colormap}'; choose one of {', '.join(sorted(COLORMAPS))}"
-        )
+    overlay_options(OverlayOptions, args)  # checked before any work
 
 
 def _demo_model(args: argparse.Namespace) -> str:
@@ -214,18 +186,15 @@ def _run(args: argparse.Namespace) -> int:
         if skipped:
             log(f"ignoring {skipped} non-image file(s) in the folder(s)")
 
-    opts = runner.RunOptions(
+    opts = overlay_options(
+        runner.RunOptions,
+        args,
         out_dir=args.out,
         batch_size=args.batch_size,
-        alpha=args.alpha,
-        colormap=args.colormap,
-        seed_blend=args.seed_blend,
         topk=args.topk,
         sheet=args.sheet,
         save_heatmaps=args.save_heatmaps,
         overwrite=args.overwrite,
-        max_pixels=args.max_pixels,
-        resize=args.resize,
         sheet_height=args.sheet_height,
     )
     from tqdm import tqdm

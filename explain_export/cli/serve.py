@@ -12,7 +12,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from ._common import ArgumentParser, log, run_main
+from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
+
+__all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
 
 if TYPE_CHECKING:
     from ..serve.ray_app import ServerConfig
@@ -42,7 +44,6 @@ exit codes: 0 stopped cleanly, 1 failure, 2 usage (bad flag or model, port in us
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
     from ..serve.app import DEFAULT_MAX_BODY_BYTES
 
     p = ArgumentParser(
@@ -123,26 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--access-log", action="store_true", help="log every request")
     o = p.add_argument_group("images (as in explain-run)")
-    o.add_argument("--alpha", type=float, default=0.4, help="heat weight (default: 0.4)")
-    o.add_argument("--colormap", default="JET", help="an OpenCV colormap name (default: JET)")
-    o.add_argument("--seed-blend", action="store_true", help="the article's blend")
-    o.add_argument(
-        "--resize", choices=RESIZE_MODES, default="stretch", help="fit to the export size"
-    )
-    o.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        metavar="N",
-        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
-    )
+    add_overlay_flags(o, server=True)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     from ..errors import UsageError
-    from ..overlay import COLORMAPS
     from ..serve.app import ServeOptions
     from ..serve.ray_app import ServerConfig
 
@@ -164,12 +152,6 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         raise UsageError("--batch-wait-ms must not be negative")
     if args.max_body_mb <= 0:
         raise UsageError("--max-body-mb must be positive")
-    if args.alpha < 0:
-        raise UsageError("--alpha must not be negative")
-    if args.colormap.upper() not in COLORMAPS:
-        raise UsageError(
-            f"unknown --colormap '{args.colormap}'; choose one of {', '.join(sorted(COLORMAPS))}"
-        )
     return ServerConfig(
         model_path=os.path.abspath(args.model),
         host=args.host,
@@ -183,14 +165,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         num_gpus=args.num_gpus if args.device == "cuda" else 0,
         cuda_graph=not args.no_cuda_graphs,
-        options=ServeOptions(
-            alpha=args.alpha,
-            colormap=args.colormap,
-            seed_blend=args.seed_blend,
-            resize=args.resize,
-            max_pixels=args.max_pixels,
-            max_body_bytes=int(args.max_body_mb * 2**20),
-        ),
+        options=overlay_options(ServeOptions, args, max_body_bytes=int(args.max_body_mb * 2**20)),
     )
 
 

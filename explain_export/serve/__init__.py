@@ -2,3 +2,5 @@
 
 Importing this package imports neither Ray nor torch.
 """
+
+__all__ = []

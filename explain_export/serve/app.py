@@ -48,6 +48,30 @@ from ..errors import UsageError, first_line
 from ..runner import check_metadata
 from ..runtime import OnnxExplainer
 
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "QUERY_PARAMS",
+    "ROUTES",
+    "Model",
+    "Prepared",
+    "Query",
+    "Reply",
+    "RequestError",
+    "ServeOptions",
+    "answer",
+    "check_length",
+    "health",
+    "internal_error",
+    "model_failure",
+    "open_model",
+    "parse_query",
+    "png_base64",
+    "prepare",
+    "route",
+    "run_model",
+    "too_long",
+]
+
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 ROUTES = {"/explain": "POST", "/healthz": "GET"}
 QUERY_PARAMS = ("overlay", "heatmap", "topk")
@@ -77,14 +101,10 @@ class Reply(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """How every image is answered; the same meanings as explain-run's flags."""
+class ServeOptions(pipeline.OverlayOptions):
+    """How every image is answered: :class:`~..pipeline.OverlayOptions` (the same meanings as
+    explain-run's flags), and the largest request body."""
 
-    alpha: float = overlay.DEFAULT_ALPHA
-    colormap: str = "JET"
-    seed_blend: bool = False
-    resize: str = "stretch"
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
@@ -259,8 +279,7 @@ def answer(
 ) -> dict[str, Any]:
     """The JSON for one image, from the graph's outputs: the heatmap mapped back to the original
     resolution, and blended over the original pixels, as explain-run does."""
-    blend = pipeline.Blend(opts.alpha, opts.colormap, opts.seed_blend)
-    done = pipeline.render(image, logits, heatmap, query.topk, model.labels, blend, query.overlay)
+    done = pipeline.render(image, logits, heatmap, query.topk, model.labels, opts, query.overlay)
     body: dict[str, Any] = {
         "topk": done.topk,
         "height": int(image.bgr.shape[0]),

@@ -34,6 +34,8 @@ from .app import (
     too_long,
 )
 
+__all__ = ["ServerConfig", "build_app", "deploy", "start_ray", "stop"]
+
 
 @dataclass(frozen=True)
 class ServerConfig:

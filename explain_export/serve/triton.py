@@ -29,6 +29,18 @@ from google.protobuf import text_format
 from ..artifact import ArtifactMetadata, MetadataError, TensorSpec
 from ..errors import ExplainExportError, UsageError
 
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "KINDS",
+    "MODEL_FILES",
+    "PIP_EXTRA",
+    "VERSION",
+    "check_repo",
+    "model_config",
+    "write_triton_repo",
+]
+
 BACKENDS = {"onnx": ("", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch")}
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}  # each backend's default name
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
