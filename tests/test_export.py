@@ -169,7 +169,7 @@ def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
 
 
 def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
-    from explain_export.export import root_cause
+    from explain_export.writers import root_cause
 
     try:
         try:

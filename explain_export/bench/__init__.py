@@ -5,9 +5,9 @@ logits alone where its name says so:
 
 - ``eager``: the :class:`~.explainer.Explainer` in PyTorch, under ``inference_mode``;
 - ``eager_logits``: the model alone, ``model((image - mean) / std)``, the baseline for the head;
-- ``torchscript``: the explainer traced and frozen, as :func:`.export.to_torchscript` writes it;
-- ``ort``: the ONNX explainer of :func:`.export.to_onnx` on ONNX Runtime (CPU or CUDA provider);
-- ``ort_logits``: the normalized model alone, exported by the same :func:`.export.to_onnx`;
+- ``torchscript``: the explainer traced and frozen, as :func:`.writers.to_torchscript` writes it;
+- ``ort``: the ONNX explainer of :func:`.writers.to_onnx` on ONNX Runtime (CPU or CUDA provider);
+- ``ort_logits``: the normalized model alone, exported by the same :func:`.writers.to_onnx`;
 - ``compile``: ``torch.compile(explainer)``, one static graph per batch size;
 - ``autograd``: Grad-CAM as it is usually written: forward hooks, backward of the top logit
   ``y_c``, ``α_k = mean_ij ∂y_c/∂A_k(i,j)``, ``m = ReLU(Σ_k α_k A_k)``, then the same bilinear

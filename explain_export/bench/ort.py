@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import first_line
-from ..export import to_onnx
+from ..writers import to_onnx
 from .config import CUDA_GRAPH_NEEDS_CUDA, ORT_CUDA_MISSING, BenchConfig, Call, Variant
 
 __all__ = ["export_onnx", "ort_session"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..explainer import Explainer, ExplainerInfo
-from ..export import versions
+from ..writers import versions
 from .config import VARIANTS, BenchConfig
 from .machine import machine
 from .profile import head_profiles

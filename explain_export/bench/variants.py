@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import lowering
 from ..errors import first_line
 from ..explainer import Explainer, ExplainerInfo
-from ..export import quiet, to_torchscript
+from ..writers import quiet, to_torchscript
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
 from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant
 from .ort import (
