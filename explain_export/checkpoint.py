@@ -8,6 +8,7 @@ unpickling it runs code from the file.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 from collections import OrderedDict
@@ -24,6 +25,8 @@ __all__ = [
     "PREFIXES",
     "STATE_DICT_KEYS",
     "CheckpointInfo",
+    "LoadedModel",
+    "ModelSource",
     "build_arch",
     "load_model",
     "load_weights",
@@ -236,3 +239,55 @@ def load_model(
             model = build_arch(arch, arch_kwargs)
             load_weights(model, found, f"checkpoint '{ckpt}'")
     return model.float().eval(), info
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from, as ``explain-export`` and ``explain-bench`` take it: a
+    checkpoint and/or an ``--arch`` callable with its keyword arguments, or neither for the
+    embedded EfficientNet-Lite0 (:mod:`.zoo`). ``arch_kwargs`` may be given as JSON text."""
+
+    ckpt: str | None = None
+    arch: str | None = None
+    arch_kwargs: Mapping[str, Any] | str = field(default_factory=dict)
+    trust: bool = False
+
+    def __post_init__(self) -> None:
+        kwargs = self.arch_kwargs
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as exc:
+                raise UsageError(
+                    f"--arch-kwargs is not valid JSON ({exc.msg}); e.g. '{{\"num_classes\": 10}}'"
+                ) from exc
+        if not isinstance(kwargs, Mapping):
+            raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+        object.__setattr__(self, "arch_kwargs", dict(kwargs))
+
+    @property
+    def embedded(self) -> bool:
+        """No checkpoint and no ``--arch``: the embedded default model."""
+        return self.ckpt is None and self.arch is None
+
+    def load(self, input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
+        """The model in eval mode on the CPU, with what is known about it."""
+        if self.embedded:
+            from .zoo import load_default
+
+            zoo = load_default(input_size)
+            return LoadedModel(zoo.model, zoo.description, list(zoo.labels), zoo.layer, None)
+        model, info = load_model(self.ckpt, self.arch, dict(self.arch_kwargs), self.trust)
+        return LoadedModel(model, self.arch or type(model).__name__, None, None, info)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model from a :class:`ModelSource`: its description, labels and default layer where the
+    source knows them, and the checkpoint's facts (None for the embedded model)."""
+
+    model: nn.Module
+    description: str
+    labels: list[str] | None
+    layer: str | None
+    checkpoint: CheckpointInfo | None

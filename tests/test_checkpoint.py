@@ -165,3 +165,20 @@ def test_state_dict_without_versions_is_a_clear_error(tmp_path):
     torch.save(dict(Versioned().state_dict()), tmp_path / "m.pt")  # dict() drops _metadata
     with pytest.raises(UsageError, match=r"refused checkpoint.*version should be set.*_metadata"):
         load_model(str(tmp_path / "m.pt"), "models:Versioned")
+
+
+def test_model_source_reads_its_kwargs_as_json_or_a_mapping(tmp_path):
+    from explain_export.checkpoint import ModelSource
+
+    torch.save(TinyResNet(num_classes=3).state_dict(), tmp_path / "sd.pt")
+    source = ModelSource(str(tmp_path / "sd.pt"), ARCH, '{"num_classes": 3}')
+    assert source.arch_kwargs == {"num_classes": 3} and not source.embedded
+    loaded = source.load((32, 32))
+    assert loaded.description == ARCH and loaded.labels is None and loaded.layer is None
+    assert loaded.checkpoint is not None and loaded.model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    assert ModelSource(arch=ARCH, arch_kwargs={"num_classes": 3}).arch_kwargs == {"num_classes": 3}
+    assert ModelSource().embedded
+    with pytest.raises(UsageError, match="--arch-kwargs is not valid JSON"):
+        ModelSource(arch=ARCH, arch_kwargs="{width: 3}")
+    with pytest.raises(UsageError, match="--arch-kwargs must be a JSON object"):
+        ModelSource(arch=ARCH, arch_kwargs="[1]")

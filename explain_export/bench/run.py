@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import ModelSource
 from ..explainer import Explainer, ExplainerInfo
 from ..writers import versions
 from .config import VARIANTS, BenchConfig
@@ -117,26 +118,17 @@ def run_bench(
 
 
 def load_explainer(
-    ckpt: str | None,
-    arch: str | None,
-    arch_kwargs: dict[str, Any],
-    trust: bool,
+    source: ModelSource,
     layer: str | None,
     method: str,
     head: str | None,
     input_size: tuple[int, int],
 ) -> tuple[Explainer, ExplainerInfo, str]:
-    """The explainer the ``explain-export`` flags describe (no flags: the embedded default)."""
-    from ..checkpoint import load_model
+    """The explainer the ``explain-export`` flags describe (no model flags: the embedded
+    default), and the model's description."""
     from ..explainer import build_explainer
 
-    if ckpt is None and arch is None:
-        from ..zoo import load_default
-
-        zoo = load_default(input_size)
-        model, description, layer = zoo.model, zoo.description, layer or zoo.layer
-    else:
-        model, _ = load_model(ckpt, arch, arch_kwargs, trust)
-        description = arch or type(model).__name__
-    explainer, info = build_explainer(model, layer, method, input_size, head=head)
-    return explainer, info, description
+    loaded = source.load(input_size)
+    layer = layer or loaded.layer
+    explainer, info = build_explainer(loaded.model, layer, method, input_size, head=head)
+    return explainer, info, loaded.description

@@ -114,3 +114,40 @@ def overlay_options(cls: Any, args: argparse.Namespace, **fields: Any) -> Any:
         )
     except OptionError as exc:
         raise exc.for_name("--" + exc.field.replace("_", "-")) from exc
+
+
+def add_model_flags(group: Any) -> None:
+    """Where the model comes from (:class:`.ModelSource`): the flags ``explain-export`` and
+    ``explain-bench`` share."""
+    group.add_argument(
+        "--ckpt",
+        metavar="PATH",
+        help="checkpoint: a state_dict, a training dict holding one under "
+        "state_dict/model/model_state_dict, or (with --trust-checkpoint) a "
+        "pickled nn.Module. Default: the embedded EfficientNet-Lite0",
+    )
+    group.add_argument(
+        "--arch",
+        metavar="MOD:FN",
+        help="callable that builds the model, as package.module:callable "
+        "(e.g. torchvision.models:resnet50)",
+    )
+    group.add_argument(
+        "--arch-kwargs",
+        metavar="JSON",
+        default="{}",
+        help="keyword arguments for --arch, as a JSON object",
+    )
+    group.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that unpickles Python objects; this runs code from "
+        "the file, so only use it for files you trust",
+    )
+
+
+def model_source(args: argparse.Namespace) -> Any:
+    """The :class:`.ModelSource` the model flags describe (checked: JSON of --arch-kwargs)."""
+    from ..checkpoint import ModelSource
+
+    return ModelSource(args.ckpt, args.arch, args.arch_kwargs, args.trust_checkpoint)

