@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import METADATA_FILE, METADATA_KEY
+from .artifact import METADATA_FILE, METADATA_KEY, ArtifactMetadata, MetadataError
 from .errors import first_line
 
 __all__ = [
@@ -65,10 +65,15 @@ def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
     return np.full(n, -1, np.int64) if class_index is None else class_index.astype(np.int64)
 
 
-def _input_format(metadata: dict[str, Any] | None, given: str | None) -> str:
-    if given:
-        return given
-    return str((metadata or {}).get("input_format", "float-nchw"))
+def typed_metadata(metadata: Any) -> ArtifactMetadata | None:
+    """``metadata`` as :class:`~.artifact.ArtifactMetadata`, or None where there is none or it
+    is not usable (:func:`.runner.check_metadata` says why, for the commands)."""
+    if metadata is None:
+        return None
+    try:
+        return ArtifactMetadata.from_json(metadata)
+    except MetadataError:
+        return None
 
 
 class _Artifact:
@@ -91,6 +96,44 @@ class _Artifact:
     ) -> tuple[np.ndarray, np.ndarray]:
         out = self.outputs(image, class_index)
         return out["logits"], heatmap_unit(out["heatmap"])
+
+
+def ort_session(
+    path: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    *,
+    device_id: int = 0,
+    cuda_graph: bool = False,
+    optimized_path: str | None = None,
+    profile_prefix: str | None = None,
+) -> Any:
+    """An ONNX Runtime session for ``path``: the CUDA provider first on ``device="cuda"`` where
+    this onnxruntime lists it (with ``enable_cuda_graph`` if ``cuda_graph``; ONNX Runtime raises
+    where a node would run on the CPU provider), the CPU provider always; ``session
+    .get_providers()`` says which loaded. ``threads``: ``intra_op_num_threads`` (the executor is
+    sequential: ``inter_op_num_threads=1``). ``optimized_path`` saves the optimized graph there;
+    ``profile_prefix`` turns the profiler on. A CUDA provider whose libraries are missing logs a
+    red error and falls back to the CPU: the session's log level hides it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        cuda: dict[str, Any] = {"device_id": device_id}
+        if cuda_graph:
+            cuda["enable_cuda_graph"] = "1"
+        providers.insert(0, ("CUDAExecutionProvider", cuda))
+    return ort.InferenceSession(path, options, providers=providers)
 
 
 class _Binding:
@@ -180,24 +223,14 @@ class OnnxExplainer(_Artifact):
         self.input_format = input_format or ("uint8-nhwc" if uint8 else "float-nchw")
 
     def _session(self, ort: Any, path: str, threads: int | None, cuda: bool, graph: bool) -> Any:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if cuda:
-            cuda_options = {"enable_cuda_graph": "1"} if graph else {}
-            providers.insert(0, ("CUDAExecutionProvider", cuda_options))
-        # A CUDA provider whose libraries are missing logs a red error and falls back to the
-        # CPU: this session's own log level hides it, and `providers` reports what was used.
+        device = "cuda" if cuda else "cpu"
         try:
-            return ort.InferenceSession(path, options, providers=providers)
+            return ort_session(path, device, threads, cuda_graph=graph)
         except Exception as exc:
             if not graph:
                 raise
             self.note = f"CUDA graphs refused ({first_line(exc)}); running without"
-            providers[0] = ("CUDAExecutionProvider", {})
-            return ort.InferenceSession(path, options, providers=providers)
+            return ort_session(path, device, threads)
 
     @property
     def backend(self) -> str:
@@ -324,9 +357,9 @@ class _TorchArtifact(_Artifact):
         self.module, self.input_names = self._load(extra)
         text = extra[METADATA_FILE]
         self.metadata = json.loads(text) if text else sidecar_metadata(path)
-        self.input_format = _input_format(self.metadata, input_format)
-        outputs = (self.metadata or {}).get("outputs")
-        self.output_names = [o["name"] for o in outputs] if outputs else ["logits", "heatmap"]
+        typed = typed_metadata(self.metadata)  # neither format says its own I/O: ask the contract
+        self.input_format = input_format or (typed.input_format if typed else "float-nchw")
+        self.output_names = (typed and typed.output_names) or ["logits", "heatmap"]
         self._replay = _GraphReplay(self.module) if self.cuda_graph else None
 
     def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:

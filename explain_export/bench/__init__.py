@@ -63,7 +63,7 @@ from .config import (
 from .machine import machine
 from .ort import _ort_cudagraph_variant as _ort_cudagraph_variant
 from .ort import _ort_numpy_variant as _ort_numpy_variant
-from .ort import export_onnx, ort_session
+from .ort import export_onnx
 from .profile import PROFILE_BUDGET_S, head_profiles, logits_ancestors, ort_head_share
 from .report import head_profile_line, table, target_value, write_report
 from .run import load_explainer, run_bench
@@ -115,7 +115,6 @@ __all__ = [
     "machine",
     "measure",
     "ort_head_share",
-    "ort_session",
     "others_cpu_share",
     "ratios",
     "run_bench",

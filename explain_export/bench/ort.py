@@ -12,10 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import first_line
+from ..runtime import ort_session
 from ..writers import to_onnx
 from .config import CUDA_GRAPH_NEEDS_CUDA, ORT_CUDA_MISSING, BenchConfig, Call, Variant
 
-__all__ = ["export_onnx", "ort_session"]
+__all__ = ["export_onnx"]
 
 _CUDA_GRAPH = "onnxruntime CUDA, CUDA graph"
 
@@ -26,37 +27,6 @@ def export_onnx(
     """``module`` (on the CPU) to ``path``, the batch dimension free, as explain-export does."""
     shapes = {"image": {0: torch.export.Dim("batch")}}
     to_onnx(module, (example,), path, opset, shapes, outputs)
-
-
-def ort_session(
-    path: str,
-    device: torch.device,
-    threads: int,
-    optimized_path: str | None = None,
-    cuda_graph: bool = False,
-) -> Any:
-    """An ONNX Runtime session: the CUDA provider on a CUDA device where this onnxruntime has
-    one, else CPU. ``session.get_providers()`` says which loaded.
-
-    ``intra_op_num_threads = threads`` matches ``torch.set_num_threads(threads)``.
-    ``cuda_graph``: the CUDA provider's ``enable_cuda_graph`` (ORT refuses to create the session
-    where a node would run on the CPU provider).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if optimized_path:
-        options.optimized_model_filepath = optimized_path
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        cuda: dict[str, Any] = {"device_id": device.index or 0}
-        if cuda_graph:
-            cuda["enable_cuda_graph"] = "1"
-        providers.insert(0, ("CUDAExecutionProvider", cuda))
-    return ort.InferenceSession(path, options, providers=providers)
 
 
 def _ort_call(
@@ -96,9 +66,15 @@ def _ort_variant(
     """Open the exported ``path`` on ``device``'s provider, driven through IO binding."""
     t0 = time.perf_counter()
     try:
-        session = ort_session(path, device, threads)
+        session = ort_session(path, device.type, threads, device_id=device.index or 0)
         if config.models_dir:  # ORT's optimized graph, for reading, from a separate session
-            ort_session(path, device, threads, path.replace(".onnx", ".ort-optimized.onnx"))
+            ort_session(
+                path,
+                device.type,
+                threads,
+                device_id=device.index or 0,
+                optimized_path=path.replace(".onnx", ".ort-optimized.onnx"),
+            )
     except Exception as exc:
         return Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
     used = list(session.get_providers())
@@ -184,7 +160,9 @@ def _ort_cudagraph_variant(
 
     t0 = time.perf_counter()
     try:
-        session = ort_session(path, device, threads, cuda_graph=True)
+        session = ort_session(
+            path, device.type, threads, device_id=device.index or 0, cuda_graph=True
+        )
     except Exception as exc:
         why = f"not measured: ORT refused CUDA graphs ({first_line(exc)})"
         return Variant("ort_cudagraph", _CUDA_GRAPH, None, why)

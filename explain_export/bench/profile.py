@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import first_line
+from ..runtime import ort_session
 from .config import BenchConfig, Variant
 
 __all__ = ["PROFILE_BUDGET_S", "head_profiles", "logits_ancestors", "ort_head_share"]
@@ -55,17 +56,16 @@ def ort_head_share(
     (kernels, the executor between them, the profiler's overhead). The profile file is deleted.
     """
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="explain-bench-profile-") as folder:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "profile")
-        options.optimized_model_filepath = os.path.join(folder, "optimized.onnx")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        optimized = os.path.join(folder, "optimized.onnx")
+        session = ort_session(
+            path,
+            "cpu",
+            threads,
+            optimized_path=optimized,
+            profile_prefix=os.path.join(folder, "profile"),
+        )
         feeds: dict[str, np.ndarray] = {}
         for tensor in session.get_inputs():
             if tensor.name == "class_index":
@@ -80,7 +80,7 @@ def ort_head_share(
                 events = json.load(f)
         finally:
             os.remove(profile)
-        graph = onnx.load(options.optimized_model_filepath).graph
+        graph = onnx.load(optimized).graph
     ops = {node.name: node.op_type for node in graph.node}
     logits_path = logits_ancestors(graph)
     head_only = set(ops) - logits_path

@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
     source = model_source(args)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if args.triton_repo:  # check the flags before a long export
-        from ..serve.triton import check_repo
+        from ..triton import check_repo
 
         check_repo(
             args.triton_repo,
@@ -288,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     for path in result.paths.values():
         print(f"wrote {path}")
     if args.triton_repo:
-        from ..serve.triton import write_triton_repo
+        from ..triton import write_triton_repo
 
         folders = write_triton_repo(
             result.paths,
