@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import graph_io, heads, methods, probe, samples
+from . import graph_io, heads, layers, methods, probe, samples
 from .errors import UsageError
 from .heatmap_head import GraphOptions, HeatmapHead, target_class
 from .methods import AUTO
@@ -257,7 +257,7 @@ def build_explainer(
 ) -> tuple[Explainer, ExplainerInfo]:
     """Probe ``model`` at ``input_size``, check the layer (and for ``cam`` the head), build.
 
-    ``layer=None`` takes the map the classifier pools (see :func:`.probe.default_layer`).
+    ``layer=None`` takes the map the classifier pools (see :func:`.layers.default_layer`).
     ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
     ``nn.Linear``), else ``gradcam``; the info says which and why. ``target`` fixes the class to
     explain (default: the argmax). ``graph`` sets the input format, the in-graph overlay and
@@ -273,7 +273,7 @@ def build_explainer(
         raise UsageError(f"--input-size must be positive, got {h} {w}")
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std)
-    spec = TapSpec.parse(layer) if layer else probe.default_layer(result)
+    spec = TapSpec.parse(layer) if layer else layers.default_layer(result)
     record = probe.select(result, model, spec)
     shape = record.shape(spec.port)
     layout = probe.layout(shape, result.input_size)

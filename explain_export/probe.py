@@ -28,25 +28,28 @@ from .errors import UsageError, first_line
 from .tap import TapSpec, resolve_module
 
 __all__ = [
+    "HEAD_ATOL",
+    "HEAD_RTOL",
     "CallRecord",
     "Head",
     "Probe",
-    "default_layer",
+    "classifiers",
     "device_of",
     "find_gap_linear_head",
-    "format_layers",
     "gap_input",
+    "is_spatial",
     "layout",
-    "pool_input",
+    "mean_of",
     "probe",
     "probe_at_size",
     "select",
     "spatial",
+    "spec_for",
 ]
 
 # Tolerances for "this Linear's input is the spatial mean of that map" (float32 sums).
-_HEAD_RTOL = 1e-4
-_HEAD_ATOL = 1e-5
+HEAD_RTOL = 1e-4
+HEAD_ATOL = 1e-5
 
 
 @dataclass
@@ -272,7 +275,7 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     if h * w == 1:
         hint = (
             f" (e.g. '{TapSpec(spec.module, 'input', spec.call)}')"
-            if spec.port == "output" and _is_spatial(record.input_shape, result.input_size)
+            if spec.port == "output" and is_spatial(record.input_shape, result.input_size)
             else ""
         )
         raise UsageError(
@@ -282,7 +285,7 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     return record
 
 
-def _is_spatial(shape: Sequence[int] | None, input_size: tuple[int, int] | None) -> bool:
+def is_spatial(shape: Sequence[int] | None, input_size: tuple[int, int] | None) -> bool:
     """A 4-D map with more than one pixel."""
     if shape is None or len(shape) != 4:
         return False
@@ -290,11 +293,11 @@ def _is_spatial(shape: Sequence[int] | None, input_size: tuple[int, int] | None)
     return h * w > 1
 
 
-def _mean_of(record: CallRecord, port: str) -> Tensor | None:
+def mean_of(record: CallRecord, port: str) -> Tensor | None:
     return record.input_mean if port == "input" else record.output_mean
 
 
-def _classifiers(result: Probe) -> list[CallRecord]:
+def classifiers(result: Probe) -> list[CallRecord]:
     """Linear calls whose output is the model's logits."""
     found = []
     for r in result.records:
@@ -318,11 +321,11 @@ def find_gap_linear_head(
         module = resolve_module(model, head)
         if not isinstance(module, nn.Linear):
             raise UsageError(f"--head '{head}' is a {type(module).__name__}, not an nn.Linear")
-        candidates = [r for r in _classifiers(result) if r.name == head]
+        candidates = [r for r in classifiers(result) if r.name == head]
         if not candidates:
             raise UsageError(f"--head '{head}' does not produce the model's logits")
     else:
-        candidates = _classifiers(result)
+        candidates = classifiers(result)
         if not candidates:
             seen = ", ".join(dict.fromkeys(linears)) or "none"
             raise UsageError(
@@ -331,7 +334,7 @@ def find_gap_linear_head(
             )
     rec = candidates[-1]
     linear_in = rec.linear_io[0]
-    pooled = _mean_of(tapped, spec.port)
+    pooled = mean_of(tapped, spec.port)
     if linear_in.dim() != 2 or pooled is None or linear_in.shape != pooled.shape:
         got = "a map" if pooled is None else f"{pooled.shape[1]} channels"
         raise UsageError(
@@ -339,13 +342,34 @@ def find_gap_linear_head(
             f"'{rec.name}' takes {list(linear_in.shape[1:])} features and '{spec}' has {got}; "
             f"{_suggest(result)}"
         )
-    if not torch.allclose(linear_in.float(), pooled, rtol=_HEAD_RTOL, atol=_HEAD_ATOL):
+    if not torch.allclose(linear_in.float(), pooled, rtol=HEAD_RTOL, atol=HEAD_ATOL):
         diff = (linear_in.float() - pooled).abs().max().item()
         raise UsageError(
             f"cam needs '{rec.name}' to take the global average of '{spec}', but its input "
             f"differs from that average by up to {diff:.3g}; {_suggest(result)}"
         )
     return Head(rec.name)
+
+
+def gap_input(result: Probe) -> TapSpec | None:
+    """The latest map whose global average is the classifier's input, if there is one."""
+    found = classifiers(result)
+    if not found:
+        return None
+    linear_in = found[-1].linear_io[0].float()
+    for rec in reversed(result.records):
+        for port in ("input", "output"):
+            mean = mean_of(rec, port)
+            shape = rec.shape(port)
+            if (
+                mean is not None
+                and shape[2] * shape[3] > 1
+                and layout(shape, result.input_size) == "NCHW"
+                and mean.shape == linear_in.shape
+                and torch.allclose(linear_in, mean, rtol=HEAD_RTOL, atol=HEAD_ATOL)
+            ):
+                return spec_for(result, rec, port)
+    return None
 
 
 def _suggest(result: Probe) -> str:
@@ -356,111 +380,6 @@ def _suggest(result: Probe) -> str:
     return f"use --layer {spec} (the map that feeds the pooling) or --method gradcam"
 
 
-def gap_input(result: Probe) -> TapSpec | None:
-    """The latest map whose global average is the classifier's input, if there is one."""
-    classifiers = _classifiers(result)
-    if not classifiers:
-        return None
-    linear_in = classifiers[-1].linear_io[0].float()
-    for rec in reversed(result.records):
-        for port in ("input", "output"):
-            mean = _mean_of(rec, port)
-            shape = rec.shape(port)
-            if (
-                mean is not None
-                and shape[2] * shape[3] > 1
-                and layout(shape, result.input_size) == "NCHW"
-                and mean.shape == linear_in.shape
-                and torch.allclose(linear_in, mean, rtol=_HEAD_RTOL, atol=_HEAD_ATOL)
-            ):
-                return _spec_for(result, rec, port)
-    return None
-
-
-def pool_input(result: Probe) -> TapSpec | None:
-    """The input of the last global pooling module: a spatial ``[N,C,h,w]`` map in, ``[N,C,1,1]``
-    or ``[N,C]`` out (``AdaptiveAvgPool2d(1)``, timm's ``SelectAdaptivePool2d``, ...)."""
-    for rec in reversed(result.records):
-        shape_in, shape_out = rec.input_shape, rec.output_shape
-        if (
-            _is_spatial(shape_in, result.input_size)
-            and layout(shape_in, result.input_size) == "NCHW"
-            and shape_out is not None
-            and tuple(shape_out) in {(shape_in[0], shape_in[1], 1, 1), (shape_in[0], shape_in[1])}
-        ):
-            return _spec_for(result, rec, "input")
-    return None
-
-
-def default_layer(result: Probe) -> TapSpec:
-    """The map the classifier pools, where it can be found, else the last spatial map.
-
-    In order: the map whose global average is the classifier's input (:func:`gap_input`, where
-    ``cam`` is exact); the input of the last global pooling module (:func:`pool_input`); the last
-    4-D map with more than one pixel, in either layout. A model whose last map becomes a token
-    sequence before the classifier (a vision transformer) is refused.
-    """
-    spec = gap_input(result) or pool_input(result)
-    if spec is not None:
-        return spec
-    for i in range(len(result.records) - 1, -1, -1):
-        rec = result.records[i]
-        if _is_spatial(rec.output_shape, result.input_size):
-            _refuse_tokens(result, rec, result.records[i + 1 :])
-            return _spec_for(result, rec, "output")
-    raise UsageError(
-        "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
-    )
-
-
-def _refuse_tokens(result: Probe, rec: CallRecord, later: list[CallRecord]) -> None:
-    """A UsageError if a token sequence ``[N, L, D]`` with at least ``h·w`` tokens comes later."""
-    _, h, w = spatial(rec.output_shape, result.input_size)
-    for r in later:
-        shape = r.output_shape
-        if shape is not None and len(shape) == 3 and shape[1] >= h * w:
-            raise UsageError(
-                f"the model turns its last map '{rec.name}' "
-                f"({'x'.join(map(str, rec.output_shape[1:]))}) into a token sequence "
-                f"{list(shape[1:])} that its classifier reads, as a vision transformer does; "
-                "a heatmap needs the spatial map a CNN classifier pools, so explain-export "
-                "explains CNNs (pass --layer to explain that early map anyway)"
-            )
-
-
-def _spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:
+def spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:
     call = rec.call if len(result.calls(rec.name)) > 1 else None
     return TapSpec(rec.name, port, call)
-
-
-def format_layers(result: Probe, default: TapSpec | None) -> str:
-    """A table of the tap candidates (spatial maps larger than 1x1), the default marked.
-
-    Channels-last maps are listed with ``(NHWC)``; the explainer permutes them.
-    """
-    counts: dict[str, int] = {}
-    for r in result.records:
-        counts[r.name] = counts.get(r.name, 0) + 1
-    rows = [("layer", "type", "shape [C,h,w]", "")]
-    for r in result.records:
-        specs = []
-        if default is not None and default.port == "input" and _matches(default, r, counts):
-            specs.append((_spec_for(result, r, "input"), r.input_shape))
-        if _is_spatial(r.output_shape, result.input_size):
-            specs.append((_spec_for(result, r, "output"), r.output_shape))
-        for spec, shape in specs:
-            is_default = default is not None and str(spec) == str(default)
-            text = "x".join(map(str, spatial(shape, result.input_size)))
-            if layout(shape, result.input_size) == "NHWC":
-                text += " (NHWC)"
-            rows.append((str(spec), r.kind, text, "<- default" if is_default else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-        for row in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _matches(spec: TapSpec, r: CallRecord, counts: dict[str, int]) -> bool:
-    return r.name == spec.module and (spec.call is None or spec.call == r.call)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import METADATA_FILE, METADATA_KEY, ArtifactMetadata, MetadataError
+from .device_io import Binding, GraphReplay
 from .errors import first_line
 
 __all__ = [
@@ -136,39 +137,6 @@ def ort_session(
     return ort.InferenceSession(path, options, providers=providers)
 
 
-class _Binding:
-    """One batch shape's IO binding: the input and output buffers stay at fixed addresses on
-    the session's device, as a CUDA graph replay needs; a call copies the batch in."""
-
-    def __init__(
-        self,
-        session: Any,
-        kind: str,
-        inputs: dict[str, np.ndarray],
-        outputs: list[str],
-        first_run: Any = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        self.binding = session.io_binding()
-        self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, kind, 0) for n, a in inputs.items()}
-        for name, value in self.inputs.items():
-            self.binding.bind_ortvalue_input(name, value)
-        # a first run allocates the outputs on the device; they are then bound by value, so
-        # every later run (and a captured graph) writes to the same memory
-        for name in outputs:
-            self.binding.bind_output(name, kind, 0)
-        session.run_with_iobinding(self.binding, first_run)
-        self.outputs = dict(zip(outputs, self.binding.get_outputs(), strict=True))
-        self.binding.clear_binding_outputs()
-        for name, value in self.outputs.items():
-            self.binding.bind_ortvalue_output(name, value)
-
-    def feed(self, inputs: dict[str, np.ndarray]) -> None:
-        for name, array in inputs.items():
-            self.inputs[name].update_inplace(array)
-
-
 class OnnxExplainer(_Artifact):
     """An ``explainer.onnx`` on ONNX Runtime.
 
@@ -210,7 +178,7 @@ class OnnxExplainer(_Artifact):
             self.note = "CUDA graphs need ONNX Runtime's CUDA provider; running without"
         self.io_binding = bool(io_binding if io_binding is not None else on_cuda) or self.cuda_graph
         self._kind = "cuda" if on_cuda else "cpu"
-        self._bindings: dict[tuple[tuple[int, ...], ...], _Binding] = {}
+        self._bindings: dict[tuple[tuple[int, ...], ...], Binding] = {}
         self._run_options: dict[tuple[tuple[int, ...], ...], Any] = {}
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_names = [i.name for i in inputs]
@@ -258,7 +226,7 @@ class OnnxExplainer(_Artifact):
         if bound is None:
             # the allocating run captures nothing (graph id -1); the shape's graph comes after
             first = self._graph_options(-1)
-            bound = _Binding(self.session, self._kind, feeds, self.output_names, first)
+            bound = Binding(self.session, self._kind, feeds, self.output_names, first)
             self._bindings[key] = bound
             self._run_options[key] = self._graph_options(len(self._bindings))
         else:
@@ -280,54 +248,14 @@ class OnnxExplainer(_Artifact):
         return options
 
 
-class _GraphReplay:
-    """Run ``fn`` by replaying a ``torch.cuda.CUDAGraph``, one per input shape (at most
-    ``limit``; further shapes run plainly). A shape's first call warms up on a side stream,
-    captures, then replays; later calls copy the inputs into the captured ones and replay.
-    The outputs are the captured tensors, overwritten by the next call of that shape."""
-
-    def __init__(self, fn: Any, limit: int = 16) -> None:
-        import torch
-
-        self._torch = torch
-        self.fn = fn
-        self.limit = limit
-        self.graphs: dict[tuple[Any, ...], tuple[Any, list[Any], Any]] = {}
-
-    def __call__(self, *args: Any) -> Any:
-        key = tuple((tuple(a.shape), a.dtype) for a in args)
-        entry = self.graphs.get(key)
-        if entry is None:
-            if len(self.graphs) >= self.limit:
-                return self.fn(*args)
-            entry = self.graphs[key] = self._capture([a.clone() for a in args])
-        graph, inputs, outputs = entry
-        for static, arg in zip(inputs, args, strict=True):
-            static.copy_(arg)
-        graph.replay()
-        return outputs
-
-    def _capture(self, inputs: list[Any]) -> tuple[Any, list[Any], Any]:
-        torch = self._torch
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # TorchScript's executor specializes over the first runs
-                self.fn(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self.fn(*inputs)
-        return graph, inputs, outputs
-
-
 class _TorchArtifact(_Artifact):
     """Shared by the TorchScript and torch.export artifacts; subclasses say how to load.
 
-    On CUDA, ``cuda_graph`` (default on) replays each batch shape from a ``torch.cuda.CUDAGraph``
-    (:class:`_GraphReplay`); a graph that cannot be captured turns it off, and ``note`` says
-    why. ``io_binding`` is accepted for symmetry with :class:`OnnxExplainer` (torch tensors stay
-    on the device anyway: ``outputs(..., to_host=False)``)."""
+    On CUDA, ``cuda_graph`` (default on) replays each batch shape from a
+    ``torch.cuda.CUDAGraph`` (:class:`~.device_io.GraphReplay`); a graph that cannot be captured
+    turns it off, and ``note`` says why. ``io_binding`` is accepted for symmetry with
+    :class:`OnnxExplainer` (torch tensors stay on the device anyway:
+    ``outputs(..., to_host=False)``)."""
 
     kind = ""
 
@@ -360,7 +288,7 @@ class _TorchArtifact(_Artifact):
         typed = typed_metadata(self.metadata)  # neither format says its own I/O: ask the contract
         self.input_format = input_format or (typed.input_format if typed else "float-nchw")
         self.output_names = (typed and typed.output_names) or ["logits", "heatmap"]
-        self._replay = _GraphReplay(self.module) if self.cuda_graph else None
+        self._replay = GraphReplay(self.module) if self.cuda_graph else None
 
     def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
         """The callable module and its input names; fills ``extra`` with the metadata file."""

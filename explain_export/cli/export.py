@@ -200,7 +200,8 @@ def _run(args: argparse.Namespace) -> int:
         check_norm,
     )
     from ..export import DEFAULT_OPSET, export_explainer
-    from ..probe import default_layer, format_layers, probe_at_size
+    from ..layers import default_layer, format_layers
+    from ..probe import probe_at_size
     from ..tap import TapSpec
     from ..verify import format_device_rows, format_report
 
