@@ -360,6 +360,7 @@ def _export(
             os.replace(path, final[fmt])
         final["metadata"] = os.path.join(out_dir, METADATA_FILE)
         os.replace(meta_tmp, final["metadata"])
-        return ExportResult(final, metadata, rows, gpu_rows)
+        report = verify.ParityReport(rows, info.graph.half, overlay_tol or 0)
+        return ExportResult(final, metadata, report, gpu_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

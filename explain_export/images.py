@@ -33,6 +33,7 @@ __all__ = [
     "header_size",
     "list_images",
     "map_back",
+    "quiet_decoder_warnings",
     "read_bgr",
     "to_input",
 ]
@@ -104,6 +105,13 @@ def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
     return decode_bgr(data, max_pixels)
+
+
+def quiet_decoder_warnings() -> None:
+    """Keep OpenCV's decoder warnings (``[ WARN:0@…] global grfmt_png.cpp …`` for a truncated
+    file) off stderr, for this process: the commands report a bad file in their own one line.
+    A command calls this once at start; the library itself leaves OpenCV's settings alone."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

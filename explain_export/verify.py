@@ -36,6 +36,7 @@ __all__ = [
     "NOISE_DRAWS",
     "Case",
     "DeviceRow",
+    "ParityReport",
     "ParityRow",
     "cases",
     "check_onnx",
@@ -291,6 +292,17 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
             f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}{extra}  {'ok' if r.ok else 'FAIL'}{note}"
         )
     return "\n".join(lines)
+
+
+class ParityReport(list[ParityRow]):
+    """The parity rows of an export; prints as the table ``explain-export`` prints."""
+
+    def __init__(self, rows: list[ParityRow], half: bool = False, overlay_tol: float = 0) -> None:
+        super().__init__(rows)
+        self.half, self.overlay_tol = half, overlay_tol
+
+    def __str__(self) -> str:
+        return format_report(list(self), self.half, self.overlay_tol)
 
 
 CORR_MIN = 0.99  # heatmap correlation a device's rows must reach, per image

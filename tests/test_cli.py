@@ -176,3 +176,30 @@ def test_onnx_export_matches_eager_on_real_photos(default_export, default_model)
         ref_logits, ref_heat = explainer(torch.from_numpy(x))
     np.testing.assert_allclose(logits, ref_logits.numpy(), atol=verify.LOGITS_TOL)
     np.testing.assert_allclose(heat, ref_heat.numpy(), atol=verify.HEATMAP_TOL)
+
+
+def test_labels_imagenet_takes_the_shipped_names(tmp_path, capsys):
+    from models import TinyResNet
+
+    torch.save(TinyResNet(num_classes=1000).state_dict(), tmp_path / "m.pt")
+    args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet"]
+    args += ["--arch-kwargs", '{"num_classes": 1000}', "--input-size", "32", "32"]
+    assert (
+        main([*args, "--labels", "imagenet", "--formats", "onnx", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
+    assert len(meta["labels"]) == 1000 and meta["labels"][281] == "tabby"
+    # a 10-class model cannot take them: one line, exit 2
+    torch.save(tiny_resnet().state_dict(), tmp_path / "ten.pt")
+    ten = [
+        "--ckpt",
+        str(tmp_path / "ten.pt"),
+        "--arch",
+        "models:TinyResNet",
+        "--input-size",
+        "32",
+        "32",
+    ]
+    assert main([*ten, "--labels", "imagenet", "--out", str(tmp_path / "t")]) == 2
+    assert "1000 labels for a model with 10 classes" in capsys.readouterr().err

@@ -193,3 +193,10 @@ def test_pt2_exported_on_the_cpu_runs_on_cuda(tmp_path, method):
     assert on_cuda.device == "cuda"
     for got, ref in zip(on_cuda(image), on_cpu, strict=True):
         np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_the_parity_result_prints_as_the_cli_table(exported):
+    _, result, _ = exported
+    text = str(result.parity)
+    assert text.startswith("parity vs eager") and "ParityRow(" not in text
+    assert all(r.format in text for r in result.parity) and len(result.parity) >= 3

@@ -340,5 +340,21 @@ def test_demo_exports_the_default_model_and_writes_the_sheet(tmp_path, monkeypat
     first = json.loads((tmp_path / "overlays" / "predictions.jsonl").read_text().splitlines()[0])
     assert first["file"].endswith("chelsea.png") and 281 <= first["topk"][0]["class"] <= 285
     assert "4 of 4 images done" in stdout
-    assert _run([], capsys)[0] == 2  # a second demo would overwrite: refused
+    assert _run([], capsys)[0] == 0  # a second demo replaces its own outputs
     assert _run(["--overwrite"], capsys)[0] == 0  # and reuses the exported model
+
+
+def test_a_corrupt_png_is_one_line_of_ours_and_no_opencv_warning(tiny_export, messy_dir, tmp_path):
+    """OpenCV logs ``[ WARN:0@…] global grfmt_png.cpp …`` for a truncated PNG from C++, past
+    Python's stderr: the command silences its decoder warnings, and reports the file itself."""
+    code = "from explain_export.cli.run import main; raise SystemExit(main())"
+    args = ["--model", str(tiny_export / "explainer.onnx"), "--images", str(messy_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr  # some files failed, the rest were done
+    assert "truncated.png" in proc.stderr and "not a readable image" in proc.stderr
+    assert "WARN" not in proc.stderr and "grfmt" not in proc.stderr

@@ -6,6 +6,7 @@ Without --ckpt it exports the embedded default model, EfficientNet-Lite0 with Im
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..methods import AUTO, CHOICES
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--labels",
         metavar="FILE",
-        help="class names, one per line, stored in the metadata (default model: ImageNet)",
+        help="class names, one per line, stored in the metadata; 'imagenet' takes the 1000 "
+        "ImageNet-1k names the package ships (default model: those)",
     )
     e = p.add_argument_group("explanation")
     e.add_argument(
@@ -234,7 +236,11 @@ def _run(args: argparse.Namespace) -> int:
             log("note: the checkpoint holds the whole model; --arch was not used")
     elif args.ckpt is None:
         log("note: no --ckpt, so the weights are those --arch built")
-    if args.labels:
+    if args.labels == "imagenet" and not os.path.exists("imagenet"):
+        from ..zoo import imagenet_labels
+
+        labels = list(imagenet_labels())
+    elif args.labels:
         try:
             with open(args.labels) as f:
                 labels = [line.rstrip("\n") for line in f if line.strip()]

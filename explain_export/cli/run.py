@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="FILE_OR_DIR",
         help="image files and/or folders (their image files, not recursive). "
-        "Default: a demo on photos that scikit-image ships, with --sheet",
+        "Default: a demo on photos that scikit-image ships, with --sheet (it replaces its own "
+        "earlier outputs)",
     )
     p.add_argument(
         "--out", metavar="DIR", default="overlays", help="output folder (default: overlays)"
@@ -144,6 +145,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
     _check_args(args)
+    from ..images import quiet_decoder_warnings
+
+    quiet_decoder_warnings()
     demo = not args.images
     if demo:
         from ..samples import PHOTOS, photo_path
@@ -153,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         except FileNotFoundError as exc:
             raise UsageError(f"demo: {exc}; or pass --images") from exc
         args.sheet = True
+        args.overwrite = True  # the demo's files, named after scikit-image's photos: run it again
     else:
         # a missing or unreadable file named directly fails on its own line, the rest go on
         paths, skipped = runner.collect(args.images)

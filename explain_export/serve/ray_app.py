@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..images import quiet_decoder_warnings
 from .app import (
     Reply,
     RequestError,
@@ -89,6 +90,7 @@ def build_app(config: ServerConfig) -> Any:
         def __init__(self) -> None:
             if config.threads:
                 cv2.setNumThreads(config.threads)
+            quiet_decoder_warnings()  # a bad body gets its own one-line 400, not a log line
             self.model = open_model(
                 config.model_path, config.threads, config.device, config.cuda_graph
             )
