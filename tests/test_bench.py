@@ -428,3 +428,23 @@ def test_head_profile_line_reads_as_a_percentage(tiny_run):
         "% over the logits-only path"
     )
     assert "\n" not in line
+
+
+def test_a_busy_machine_is_said_and_its_targets_not_judged():
+    from explain_export.bench.run import busy
+    from explain_export.bench.targets import Target, check_targets
+
+    assert busy({1: 0.5, 8: 0.01, 32: None}) == {"1": 0.5}
+    t1 = Target("x >= 3, batch 1", ("speedup_vs_eager", "ort", "1"), 3.0, key="paired_median")
+    t8 = Target("x >= 3, batch 8", ("speedup_vs_eager", "ort", "8"), 3.0, key="paired_median")
+    found = {
+        "speedup_vs_eager": {"ort": {"1": {"paired_median": 1.0}, "8": {"paired_median": 4.0}}}
+    }
+    rows = check_targets(found, "cpu", (t1, t8), busy={"1"})
+    assert [(r["met"], r["judged"]) for r in rows] == [(False, False), (True, True)]
+
+
+def test_a_printed_ratio_lies_within_its_paired_range():
+    r = bench.time_ratio([10.0, 20.0, 30.0], [5.0, 5.0, 10.0])  # medians 4.0, rounds 2, 4, 3
+    text = benchreport._fmt_ratio(r)
+    assert text.startswith("3.00×") and "paired 2.50…3.50" in text

@@ -67,11 +67,13 @@ def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
 
 
 def _fmt_ratio(r: dict[str, float] | None, percent: bool = False) -> str:
+    """The round-by-round (paired) median and quartiles: the figure lies within its own range,
+    where the ratio of two medians need not."""
     if r is None:
         return "–"
     if percent:
-        return f"{r['value']:+.1%} (paired {r['paired_p25']:+.1%}…{r['paired_p75']:+.1%})"
-    return f"{r['value']:.2f}× (paired {r['paired_p25']:.2f}…{r['paired_p75']:.2f})"
+        return f"{r['paired_median']:+.1%} (paired {r['paired_p25']:+.1%}…{r['paired_p75']:+.1%})"
+    return f"{r['paired_median']:.2f}× (paired {r['paired_p25']:.2f}…{r['paired_p75']:.2f})"
 
 
 def _label(result: dict[str, Any], name: str) -> str:
@@ -136,7 +138,7 @@ def table(result: dict[str, Any]) -> str:
             if not m or "median_ms" not in m:
                 continue
             ratio = speedups.get(name, {}).get(str(batch))
-            vs = f"{ratio['value']:.2f}×" if ratio else ("1.00×" if name == "eager" else "")
+            vs = f"{ratio['paired_median']:.2f}×" if ratio else ("1.00×" if name == "eager" else "")
             lines.append(
                 f"| {v['label']} | {v['backend']} | {batch} | {m['median_ms']:.2f} | "
                 f"{m['p90_ms']:.2f} | {m['p99_ms']:.2f} | {m['images_per_s']:.1f} | {vs} | "
@@ -236,7 +238,7 @@ def markdown(result: dict[str, Any], plot: str | None = None) -> str:
         "",
         table(result),
         "",
-        "## Ratios (this run; paired: the ratio round by round, 25th…75th percentile)",
+        "## Ratios (this run; the ratio round by round: its median, and its 25th…75th percentile)",
         "",
         ratio_table(result),
     ]
@@ -274,7 +276,10 @@ def markdown(result: dict[str, Any], plot: str | None = None) -> str:
             "| --- | ---: | --- |",
         ]
         for t in result["targets"]:
-            out.append(f"| {t['target']} | {target_value(t)} | {'yes' if t['met'] else '**no**'} |")
+            verdict = "yes" if t["met"] else "**no**"
+            if not t.get("judged", True):
+                verdict = "not judged (machine busy)"
+            out.append(f"| {t['target']} | {target_value(t)} | {verdict} |")
     notes = [
         f"{var['label']}: {var['note']}" for var in result["variants"].values() if var["note"]
     ] + result["notes"]

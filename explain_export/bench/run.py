@@ -22,7 +22,7 @@ from .targets import check_targets, load_targets
 from .timing import HEAP_KEEP, keep_freed_memory, measure
 from .variants import build_variants
 
-__all__ = ["load_explainer", "run_bench"]
+__all__ = ["BUSY_SHARE", "busy", "load_explainer", "run_bench"]
 
 
 def run_bench(
@@ -110,11 +110,25 @@ def run_bench(
         "ratios": found,
         "best_exported": fastest,
         "head_profile": profile,
+        "busy": busy(others),
         "targets": check_targets(
-            {**found, "best_exported": fastest, "head_profile": profile}, config.device, targets
+            {**found, "best_exported": fastest, "head_profile": profile},
+            config.device,
+            targets,
+            busy=set(busy(others)),
         ),
         "notes": notes,
     }
+
+
+BUSY_SHARE = 0.10  # other processes using more of the CPUs than this make the timings unreliable
+
+
+def busy(others: dict[int, float | None]) -> dict[str, float]:
+    """The batch sizes (as text) during whose timing other processes used more than
+    ``BUSY_SHARE`` of the CPUs, with that share: their figures are not reliable (measured runs
+    have varied 7-50x under 50-70% load)."""
+    return {str(b): s for b, s in others.items() if s is not None and s > BUSY_SHARE}
 
 
 def load_explainer(

@@ -98,10 +98,13 @@ def check_targets(
     found: dict[str, Any],
     device: str | None = None,
     targets: tuple[Target, ...] | None = None,
+    busy: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Each target whose value was measured, with the value and whether it is met. ``found``:
     the ratios, plus ``best_exported`` and ``head_profile`` where known. Targets for a device
-    other than ``device`` are left out silently. ``targets``: default :func:`load_targets`."""
+    other than ``device`` are left out silently. ``targets``: default :func:`load_targets`.
+    A target at a batch size in ``busy`` (the machine was busy while it was timed) is reported
+    with ``judged`` false: its value is shown, not held against the bound."""
     rows = []
     for t in load_targets() if targets is None else targets:
         if t.device is not None and t.device != device:
@@ -109,9 +112,12 @@ def check_targets(
         node: Any = found
         for key in t.path:
             node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or node.get(t.key) is None:
+        if not isinstance(node, dict):
             continue
-        value = node[t.key]
+        # a ratio from an older bench.json has only its value (the ratio of the two medians)
+        value = node.get(t.key, node.get("value") if t.key == "paired_median" else None)
+        if value is None:
+            continue
         met = value <= t.bound if t.at_most else value >= t.bound
         rows.append(
             {
@@ -121,6 +127,7 @@ def check_targets(
                 "bound": t.bound,
                 "unit": t.unit,
                 "met": bool(met),
+                "judged": t.path[-1] not in busy,
             }
         )
     return rows

@@ -234,8 +234,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(head_profile_line(batch, profile))
     for note in result["notes"]:
         print(f"note: {note}")
+    if result.get("busy"):
+        shares = ", ".join(f"{s:.0%} at batch {b}" for b, s in result["busy"].items())
+        print(
+            f"warning: the machine was busy: other processes used {shares} of the CPUs while "
+            "timing; those figures are not reliable and their targets are not judged; rerun on "
+            "an idle machine"
+        )
     for t in result["targets"]:
-        print(f"target {'met' if t['met'] else 'MISSED'}: {t['target']} ({target_value(t)})")
+        verdict = "met" if t["met"] else "MISSED"
+        if not t.get("judged", True):
+            verdict = "not judged (machine busy)"
+        print(f"target {verdict}: {t['target']} ({target_value(t)})")
     for path in paths.values():
         print(f"wrote {path}")
     return 0
