@@ -235,11 +235,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     for note in result["notes"]:
         print(f"note: {note}")
     if result.get("busy"):
-        shares = ", ".join(f"{s:.0%} at batch {b}" for b, s in result["busy"].items())
+        shares = ", ".join(
+            f"{s:.0%} of the CPUs while timing batch {b}" for b, s in result["busy"].items()
+        )
         print(
-            f"warning: the machine was busy: other processes used {shares} of the CPUs while "
-            "timing; those figures are not reliable and their targets are not judged; rerun on "
-            "an idle machine"
+            f"warning: the machine was busy: other processes used {shares}; those figures are "
+            "not reliable and their targets are not judged; rerun on an idle machine"
         )
     for t in result["targets"]:
         verdict = "met" if t["met"] else "MISSED"
