@@ -1,7 +1,8 @@
 # Two targets a new user needs: `make export` and `make test`. Both set up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of PyTorch; set TORCH=torch to let pip choose (a CUDA build on Linux x86_64).
+# PyTorch as pip resolves this pin: from PyPI on Linux x86_64 the CUDA build; for the CPU build,
+# install it into .venv from https://download.pytorch.org/whl/cpu first (README, Quickstart).
 TORCH ?= torch==2.13.0
 ARGS ?=
 BIN := $(VENV)/bin
