@@ -192,8 +192,11 @@ def map_back(heatmap: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def list_images(folder: str) -> tuple[list[str], int]:
-    """Files in ``folder`` (not recursive) with an image extension, sorted; and how many others."""
-    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    files = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    """Files under ``folder`` and its subfolders with an image extension, in sorted order (hidden
+    files and folders left out); and how many other files there were."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return images, len(files) - len(images)

@@ -117,23 +117,31 @@ def check_metadata(artifact: Artifact) -> ArtifactMetadata:
     return meta
 
 
-def collect(paths: Iterable[str]) -> tuple[list[str], int]:
-    """Files named directly, plus the image files of named folders; and the non-images skipped."""
+def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:
+    """Files named directly, plus the image files of named folders and their subfolders; the
+    non-images skipped; and each file's output ``NAME`` (:func:`output_stems`): the stem of a
+    file named directly, the path below its folder (``a/x`` for ``FOLDER/a/x.png``) otherwise,
+    so ``a/x.png`` and ``b/x.png`` do not collide."""
     found: list[str] = []
+    stems: list[str] = []
     skipped = 0
     for p in paths:
         if os.path.isdir(p):
             imgs, others = images.list_images(p)
             found += imgs
+            stems += [os.path.splitext(os.path.relpath(f, p))[0] for f in imgs]
             skipped += others
         else:
             found.append(p)  # tried as given; a missing or bad file fails alone, later
-    return found, skipped
+            stems.append(os.path.splitext(os.path.basename(p))[0])
+    return found, skipped, output_stems(found, stems)
 
 
-def output_stems(paths: list[str]) -> list[str]:
-    """``NAME`` per input: the file's stem, or ``stem_ext`` where two inputs share a stem."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+def output_stems(paths: list[str], stems: list[str] | None = None) -> list[str]:
+    """``NAME`` per input: its stem (by default the file's name without extension; may hold
+    subfolders, ``a/x``), or ``stem_ext`` where two inputs share a stem."""
+    if stems is None:
+        stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     names = []
     for p, stem in zip(paths, stems, strict=True):
         ext = os.path.splitext(p)[1].lstrip(".").lower()
@@ -175,12 +183,16 @@ def run(
     opts: RunOptions,
     progress: Callable[[int], None] = lambda _n: None,
     report_error: Callable[[str, str], None] = lambda _path, _msg: None,
+    names: list[str] | None = None,
 ) -> RunReport:
-    """Explain every image in ``paths``; bad files are reported and skipped, the rest go on."""
+    """Explain every image in ``paths``; bad files are reported and skipped, the rest go on.
+    ``names``: each image's output ``NAME`` (:func:`collect` gives them; default
+    :func:`output_stems`); a name with subfolders writes into them."""
     meta = check_metadata(artifact)
     size = meta.input_size
     labels = list(meta.labels) if meta.labels else None
-    results = [ImageResult(p, n) for p, n in zip(paths, output_stems(paths), strict=True)]
+    names = output_stems(paths) if names is None else names
+    results = [ImageResult(p, n) for p, n in zip(paths, names, strict=True)]
     prepare_out_dir([r.name for r in results], opts)
     rows: list[np.ndarray] = []
     for start in range(0, len(results), opts.batch_size):
@@ -219,6 +231,7 @@ def _write_outputs(
     heatmap, heat, blended = done.heatmap, done.heat, done.blended
     assert heat is not None and blended is not None  # the runner always draws
     files = planned_files(result.name, opts)
+    os.makedirs(os.path.dirname(os.path.join(opts.out_dir, files[0])), exist_ok=True)
     write_atomic(os.path.join(opts.out_dir, files[0]), overlay.encode_png(blended))
     if opts.save_heatmaps:
         write_atomic(

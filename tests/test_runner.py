@@ -358,3 +358,39 @@ def test_a_corrupt_png_is_one_line_of_ours_and_no_opencv_warning(tiny_export, me
     assert proc.returncode == 1, proc.stderr  # some files failed, the rest were done
     assert "truncated.png" in proc.stderr and "not a readable image" in proc.stderr
     assert "WARN" not in proc.stderr and "grfmt" not in proc.stderr
+
+
+def test_folders_are_walked_and_outputs_keep_the_path_below_them(
+    tiny_export, photo_dir, tmp_path, capsys
+):
+    """a/x.png and b/x.png are two images with two outputs, a/x.* and b/x.*; hidden entries and
+    non-images are left out."""
+    tree = tmp_path / "tree"
+    for sub, photo in (("a", "chelsea.png"), ("b", "rocket.jpg"), ("b/deeper", "chelsea.png")):
+        (tree / sub).mkdir(parents=True)
+        shutil.copy(photo_dir / photo, tree / sub / ("x" + os.path.splitext(photo)[1]))
+    shutil.copy(photo_dir / "chelsea.png", tree / "top.png")
+    (tree / ".hidden").mkdir()
+    shutil.copy(photo_dir / "chelsea.png", tree / ".hidden" / "no.png")
+    (tree / "a" / "notes.txt").write_text("not an image")
+    out = tmp_path / "o"
+    args = [
+        "--model",
+        str(tiny_export / "explainer.onnx"),
+        "--images",
+        str(tree),
+        "--out",
+        str(out),
+    ]
+    code, stdout, _ = _run(args, capsys)
+    assert code == 0 and "4 of 4 images done" in stdout
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.overlay.png"))
+    assert written == [
+        "a/x.overlay.png",
+        "b/deeper/x.overlay.png",
+        "b/x.overlay.png",
+        "top.overlay.png",
+    ]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["outputs"][0] for r in rows} == set(written)
+    assert _run(args, capsys)[0] == 2  # a rerun would overwrite them: refused, as before

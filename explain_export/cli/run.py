@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--images",
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="image files and/or folders (their image files, not recursive). "
+        help="image files and/or folders (their image files, subfolders included; outputs keep "
+        "the path below the folder). "
         "Default: a demo on photos that scikit-image ships, with --sheet (it replaces its own "
         "earlier outputs)",
     )
@@ -156,11 +157,12 @@ def _run(args: argparse.Namespace) -> int:
             paths, skipped = [photo_path(n) for n in PHOTOS], 0
         except FileNotFoundError as exc:
             raise UsageError(f"demo: {exc}; or pass --images") from exc
+        names = runner.output_stems(paths)
         args.sheet = True
         args.overwrite = True  # the demo's files, named after scikit-image's photos: run it again
     else:
         # a missing or unreadable file named directly fails on its own line, the rest go on
-        paths, skipped = runner.collect(args.images)
+        paths, skipped, names = runner.collect(args.images)
         if not paths:
             raise UsageError(f"no image files in {', '.join(args.images)}")
     model_path = _demo_model(args)
@@ -210,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         bar.write(f"{PROG}: skipped {path}: {message}", file=sys.stderr)
 
     try:
-        report = runner.run(artifact, paths, opts, bar.update, report_error)
+        report = runner.run(artifact, paths, opts, bar.update, report_error, names)
     finally:
         bar.close()
     ok = len(report.results) - len(report.failed)
