@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Binding", "GraphReplay"]
+__all__ = ["MAX_GRAPHS", "Binding", "GraphReplay"]
+
+MAX_GRAPHS = 16  # batch shapes that get a CUDA graph; further shapes run without one
 
 
 class Binding:
@@ -54,7 +56,7 @@ class GraphReplay:
     captures, then replays; later calls copy the inputs into the captured ones and replay.
     The outputs are the captured tensors, overwritten by the next call of that shape."""
 
-    def __init__(self, fn: Any, limit: int = 16) -> None:
+    def __init__(self, fn: Any, limit: int = MAX_GRAPHS) -> None:
         import torch
 
         self._torch = torch

@@ -62,13 +62,15 @@ def overlay_rgb(pixels: Tensor, heatmap: Tensor, lut: Tensor, alpha: float) -> T
 
     ``pixels`` float ``[N,H,W,3]`` on 0..255, ``heatmap`` ``[N,1,H,W]`` in [0,1].
     """
-    levels = (heatmap[:, 0] * 255.0).round().clamp(0, 255).to(torch.int64)
-    heat = lut[levels]  # [N, H, W, 3]
+    heat = lut[levels(heatmap[:, 0]).to(torch.int64)]  # [N, H, W, 3]
     return (alpha * heat + pixels).round().clamp(0, 255).to(torch.uint8)
+
+
+def levels(heatmap: Tensor) -> Tensor:
+    """``round(255·m)`` on 0..255 (float): the colormap index, and the uint8 heatmap output."""
+    return (heatmap * 255.0).round().clamp(0, 255)
 
 
 def heatmap_output(heatmap: Tensor, dtype: str) -> Tensor:
     """The heatmap as the graph returns it: float32 in [0, 1], or uint8 ``round(255·m)``."""
-    if dtype == "uint8":
-        return (heatmap * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return heatmap
+    return levels(heatmap).to(torch.uint8) if dtype == "uint8" else heatmap

@@ -34,7 +34,6 @@ __all__ = [
     "render",
     "resize_bilinear",
     "resize_matrix",
-    "unit_scale",
     "weighted_sum",
 ]
 
@@ -156,16 +155,6 @@ def resize_matrix(n_in: int, n_out: int) -> Tensor:
     eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # [1, n_in, n_in]: n_in signals
     rows = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0]
     return rows.T.contiguous().to(torch.float32)
-
-
-def unit_scale(maps: Tensor) -> Tensor:
-    r"""Divide each image's map by its largest magnitude: :math:`m / \max(\max |m|, tiny)`.
-
-    Every head and the min-max are invariant to this positive factor; it keeps sums of huge
-    values finite and lifts tiny ones, so the result never overflows to inf or NaN.
-    """
-    peak = maps.abs().amax(dim=tuple(range(1, maps.dim())), keepdim=True)
-    return maps / peak.clamp_min(torch.finfo(maps.dtype).tiny)
 
 
 def _span_to_unit(maps: Tensor, eps: float) -> Tensor:

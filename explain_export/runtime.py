@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import METADATA_FILE, METADATA_KEY, ArtifactMetadata, MetadataError
-from .device_io import Binding, GraphReplay
+from .device_io import MAX_GRAPHS, Binding, GraphReplay
 from .errors import first_line
 
 __all__ = [
@@ -152,7 +152,7 @@ class OnnxExplainer(_Artifact):
     get a graph; further shapes run without one.
     """
 
-    max_graphs = 16
+    max_graphs = MAX_GRAPHS
 
     def __init__(
         self,
@@ -253,9 +253,8 @@ class _TorchArtifact(_Artifact):
 
     On CUDA, ``cuda_graph`` (default on) replays each batch shape from a
     ``torch.cuda.CUDAGraph`` (:class:`~.device_io.GraphReplay`); a graph that cannot be captured
-    turns it off, and ``note`` says why. ``io_binding`` is accepted for symmetry with
-    :class:`OnnxExplainer` (torch tensors stay on the device anyway:
-    ``outputs(..., to_host=False)``)."""
+    turns it off, and ``note`` says why. Torch tensors stay on the device with
+    ``outputs(..., to_host=False)``: no IO binding is needed."""
 
     kind = ""
 
@@ -265,7 +264,6 @@ class _TorchArtifact(_Artifact):
         device: str = "cpu",
         threads: int | None = None,
         input_format: str | None = None,
-        io_binding: bool | None = None,
         cuda_graph: bool | None = None,
     ) -> None:
         import torch
@@ -275,7 +273,6 @@ class _TorchArtifact(_Artifact):
         self.path = path
         self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.providers = [self.device]
-        self.io_binding = False
         self.cuda_graph = self.device == "cuda" and cuda_graph is not False
         self.note: str | None = None
         if cuda_graph and self.device != "cuda":

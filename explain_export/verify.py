@@ -24,7 +24,7 @@ import torch
 
 from . import samples
 from .explainer import Explainer
-from .runtime import graph_image
+from .runtime import graph_image, heatmap_unit
 
 __all__ = [
     "CORR_MIN",
@@ -158,11 +158,8 @@ def eager(
     return {n: t.cpu().numpy() for n, t in zip(names, result, strict=False)}
 
 
-def _as_unit(heatmap: np.ndarray | None) -> np.ndarray | None:
-    """A uint8 heatmap (0..255) on the [0, 1] scale, to compare with limits in those units."""
-    if heatmap is None or heatmap.dtype != np.uint8:
-        return heatmap
-    return heatmap.astype(np.float64) / 255.0
+def _unit(heatmap: np.ndarray | None) -> np.ndarray | None:
+    return None if heatmap is None else heatmap_unit(heatmap)
 
 
 def _max_diff(a: np.ndarray | None, b: np.ndarray | None) -> float:
@@ -238,7 +235,7 @@ def parity(
     for case, heat_limit, ref in zip(all_cases, heat_limits, refs, strict=True):
         got = artifact.outputs(case.image, case.class_index)
         le = _max_diff(got.get("logits"), ref["logits"])
-        he = _max_diff(_as_unit(got.get("heatmap")), _as_unit(ref["heatmap"]))
+        he = _max_diff(_unit(got.get("heatmap")), heatmap_unit(ref["heatmap"]))
         levels = ref["heatmap"].dtype == np.uint8
         if levels:  # a value on a rounding boundary moves one level
             heat_limit = heat_limit + 1 / 255
@@ -351,7 +348,7 @@ def on_device(
         logits, heat = artifact(case.image, case.class_index)
         agree += int((logits.argmax(1) == ref["logits"].argmax(1)).sum())
         images += logits.shape[0]
-        ref_heat = _as_unit(ref["heatmap"])
+        ref_heat = heatmap_unit(ref["heatmap"])
         corr = min([corr] + [correlation(h, r) for h, r in zip(heat, ref_heat, strict=True)])
         le = max(le, _max_diff(logits, ref["logits"]))
         he = max(he, _max_diff(heat, ref_heat))

@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
             paths, skipped = [photo_path(n) for n in PHOTOS], 0
         except FileNotFoundError as exc:
             raise UsageError(f"demo: {exc}; or pass --images") from exc
-        names = runner.output_stems(paths)
+        names = None  # runner.run names them after the photos
         args.sheet = True
         args.overwrite = True  # the demo's files, named after scikit-image's photos: run it again
     else:
