@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .errors import UsageError
+from .errors import OptionError
 
 __all__ = ["ensure_out_dir", "write_atomic"]
 
@@ -14,15 +14,20 @@ os.umask(_UMASK)
 
 
 def ensure_out_dir(out_dir: str) -> None:
-    """Create ``out_dir`` and check that it takes files; a UsageError (naming --out) if not."""
+    """Create ``out_dir`` and check that it takes files; an :class:`.OptionError` if not."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out '{out_dir}' is a file; give a folder")
+        raise OptionError("out_dir", "{name} '{path}' is a file; give a folder", path=out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to --out '{out_dir}': {exc.strerror or exc}") from exc
+        raise OptionError(
+            "out_dir",
+            "cannot write to {name} '{path}': {why}",
+            path=out_dir,
+            why=exc.strerror or exc,
+        ) from exc
 
 
 def write_atomic(path: str, data: bytes) -> None:

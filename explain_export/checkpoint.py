@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError, first_line
+from .errors import OptionError, UsageError, first_line
 
 __all__ = [
     "PREFIXES",
@@ -69,9 +69,11 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if not trust and "weights_only" in str(exc).lower().replace(" ", "_"):
-            raise UsageError(
-                f"checkpoint '{path}' holds pickled Python objects, and loading them would run "
-                "code from the file; if you trust its source, rerun with --trust-checkpoint"
+            raise OptionError(
+                "trust",
+                "checkpoint '{path}' holds pickled Python objects, and loading them would run "
+                "code from the file; if you trust its source, rerun with {name}",
+                path=path,
             ) from exc
         raise UsageError(
             f"cannot read checkpoint '{path}': {first_line(exc, with_type=False)}"
@@ -153,28 +155,46 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Call ``package.module:callable`` with ``kwargs`` and return the module it builds."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"--arch '{arch}' must look like package.module:callable")
+        raise OptionError(
+            "arch", "{name} '{arch}' must look like package.module:callable", arch=arch
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(
-            f"--arch: cannot import '{module_name}': {first_line(exc, with_type=False)}"
+        raise OptionError(
+            "arch",
+            "{name}: cannot import '{module}': {why}",
+            module=module_name,
+            why=first_line(exc, with_type=False),
         ) from exc
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise UsageError(f"--arch: '{module_name}' has no attribute '{attr}'")
+            raise OptionError(
+                "arch",
+                "{name}: '{module}' has no attribute '{attr}'",
+                module=module_name,
+                attr=attr,
+            )
         target = getattr(target, part)
     if not callable(target):
-        raise UsageError(f"--arch: '{arch}' is not callable")
+        raise OptionError("arch", "{name}: '{arch}' is not callable", arch=arch)
     try:
         model = target(**(kwargs or {}))
     except TypeError as exc:
-        raise UsageError(
-            f"--arch '{arch}' rejected --arch-kwargs: {first_line(exc, with_type=False)}"
+        raise OptionError(
+            "arch",
+            "{name} '{arch}' rejected {arch_kwargs}: {why}",
+            arch=arch,
+            why=first_line(exc, with_type=False),
         ) from exc
     if not isinstance(model, nn.Module):
-        raise UsageError(f"--arch '{arch}' returned a {type(model).__name__}, not an nn.Module")
+        raise OptionError(
+            "arch",
+            "{name} '{arch}' returned a {t}, not an nn.Module",
+            arch=arch,
+            t=type(model).__name__,
+        )
     return model
 
 
@@ -196,9 +216,11 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
     if mismatched:
         problems.append(f"shape mismatches: {_names(mismatched)}")
     if problems:
-        raise UsageError(
-            f"{source} does not fit the model ({'; '.join(problems)}); "
-            "check --arch and --arch-kwargs"
+        raise OptionError(
+            "arch",
+            "{source} does not fit the model ({problems}); check {name} and {arch_kwargs}",
+            source=source,
+            problems="; ".join(problems),
         )
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -224,21 +246,28 @@ def load_model(
     info = None
     if ckpt is None:
         if arch is None:
-            raise UsageError("give --ckpt and --arch, or neither for the embedded default model")
+            raise OptionError(
+                "ckpt", "give {name} and {arch}, or neither for the embedded default model"
+            )
         model = build_arch(arch, arch_kwargs)
     else:
         found, info = unpack(read_checkpoint(ckpt, trust), ckpt)
         if isinstance(found, nn.Module):
             model = found
         elif arch is None:
-            raise UsageError(
-                f"checkpoint '{ckpt}' is a state_dict; name the model that it fits with "
-                "--arch package.module:callable"
+            raise OptionError(
+                "arch",
+                "checkpoint '{ckpt}' is a state_dict; name the model that it fits with "
+                "{name} package.module:callable",
+                ckpt=ckpt,
             )
         else:
             model = build_arch(arch, arch_kwargs)
             load_weights(model, found, f"checkpoint '{ckpt}'")
     return model.float().eval(), info
+
+
+_KWARGS_EXAMPLE = '{"num_classes": 10}'
 
 
 @dataclass(frozen=True)
@@ -258,11 +287,18 @@ class ModelSource:
             try:
                 kwargs = json.loads(kwargs)
             except json.JSONDecodeError as exc:
-                raise UsageError(
-                    f"--arch-kwargs is not valid JSON ({exc.msg}); e.g. '{{\"num_classes\": 10}}'"
+                raise OptionError(
+                    "arch_kwargs",
+                    "{name} is not valid JSON ({why}); e.g. '{example}'",
+                    why=exc.msg,
+                    example=_KWARGS_EXAMPLE,
                 ) from exc
         if not isinstance(kwargs, Mapping):
-            raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+            raise OptionError(
+                "arch_kwargs",
+                "{name} must be a JSON object, e.g. '{example}'",
+                example=_KWARGS_EXAMPLE,
+            )
         object.__setattr__(self, "arch_kwargs", dict(kwargs))
 
     @property

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ExplainExportError", "ParityError", "UsageError", "first_line"]
+from collections.abc import Callable
+
+__all__ = ["ExplainExportError", "OptionError", "ParityError", "UsageError", "first_line"]
 
 
 def first_line(exc: BaseException, with_type: bool = True, limit: int = 200) -> str:
@@ -29,3 +31,47 @@ class UsageError(ExplainExportError):
 
 class ParityError(ExplainExportError):
     """An exported artifact does not compute what the eager explainer computes (exit code 1)."""
+
+
+# how library messages name a switch or a helper that is not one parameter's value
+_LIBRARY_NAMES = {
+    "list_layers": "layers.format_layers()",
+    "overwrite": "overwrite=True",
+    "trust": "trust=True",
+    "tuned_malloc": "tuned_malloc=True",
+}
+
+
+class _Names(dict):  # type: ignore[type-arg]
+    """Template values: given ones as they are, any other key an argument, named by ``namer``."""
+
+    def __init__(self, namer: Callable[[str], str], field: str, values: dict[str, object]):
+        super().__init__(values)
+        self.namer, self.field = namer, field
+
+    def __missing__(self, key: str) -> str:
+        return self.namer(self.field if key == "name" else key)
+
+
+class OptionError(UsageError):
+    """A bad argument, worded for whoever passed it.
+
+    The message is a template: ``{name}`` stands for the argument at fault (``field``), any other
+    ``{key}`` not in ``values`` for the argument ``key``. As raised it names the library's
+    parameters (``target``); a command line words it with its flags (``--class-index``) through
+    :meth:`worded`.
+
+    >>> exc = OptionError("input_size", "{name} must be positive; got {h} {w}", h=0, w=224)
+    >>> str(exc)
+    'input_size must be positive; got 0 224'
+    >>> exc.worded(lambda key: "--" + key.replace("_", "-"))
+    '--input-size must be positive; got 0 224'
+    """
+
+    def __init__(self, field: str, template: str, **values: object) -> None:
+        self.field, self.template, self.values = field, template, values
+        super().__init__(self.worded(lambda key: _LIBRARY_NAMES.get(key, key)))
+
+    def worded(self, namer: Callable[[str], str]) -> str:
+        """The message with each argument named by ``namer(parameter name)``."""
+        return self.template.format_map(_Names(namer, self.field, self.values))

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import graph_io, heads, layers, methods, probe, samples
-from .errors import UsageError
+from .errors import OptionError, UsageError
 from .heatmap_head import GraphOptions, HeatmapHead, target_class
 from .methods import AUTO
 from .runtime import HEATMAP_DTYPES, graph_image
@@ -233,14 +233,16 @@ def check_norm(
     """Three means and three positive stds, as float tuples."""
     mean, std = _check_triplet("mean", mean), _check_triplet("std", std)
     if any(s <= 0 for s in std):
-        raise UsageError(f"--std values must be positive, got {' '.join(map(str, std))}")
+        raise OptionError(
+            "std", "{name} values must be positive, got {v}", v=" ".join(map(str, std))
+        )
     return mean, std
 
 
 def _check_triplet(name: str, values: Sequence[float]) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) != 3:
-        raise UsageError(f"--{name} takes 3 values (R G B), got {len(values)}")
+        raise OptionError(name, "{name} takes 3 values (R G B), got {n}", n=len(values))
     return values
 
 
@@ -270,7 +272,7 @@ def build_explainer(
     mean, std = check_norm(mean, std)
     h, w = input_size
     if h <= 0 or w <= 0:
-        raise UsageError(f"--input-size must be positive, got {h} {w}")
+        raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std)
     spec = TapSpec.parse(layer) if layer else layers.default_layer(result)
@@ -282,17 +284,22 @@ def build_explainer(
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     if target is not None:
         if not methods.get(chosen).has_class:
-            raise UsageError(
-                f"--class-index needs a method that explains a class (cam, gradcam); {chosen} "
-                "has no target class"
+            raise OptionError(
+                "target",
+                "{name} needs a method that explains a class (cam, gradcam); {chosen} has no "
+                "target class",
+                chosen=chosen,
             )
         if not 0 <= target < num_classes:
-            raise UsageError(
-                f"--class-index {target} is out of range: the model has {num_classes} classes "
-                f"(0..{num_classes - 1})"
+            raise OptionError(
+                "target",
+                "{name} {target} is out of range: the model has {n} classes (0..{last})",
+                target=target,
+                n=num_classes,
+                last=num_classes - 1,
             )
     if graph.overlay and graph.overlay_alpha < 0:
-        raise UsageError("--overlay-alpha must not be negative")
+        raise OptionError("overlay_alpha", "{name} must not be negative")
     if graph.half:
         model = model.half()
     explainer = Explainer(
@@ -345,7 +352,9 @@ def _choose_method(
         method = "cam"
     if method not in (AUTO, "cam"):
         if head is not None:
-            raise UsageError(f"--head names cam's linear layer; {method} does not use one")
+            raise OptionError(
+                "head", "{name} names cam's linear layer; {m} does not use one", m=method
+            )
         return method, "", None
     if method == "cam":
         found = probe.find_gap_linear_head(result, model, record, spec, head)
@@ -379,8 +388,11 @@ def _check_signal(explainer: Explainer, info: ExplainerInfo) -> None:
             graph_input = graph_input.to(explainer.mean.device)
             if explainer(graph_input)[1].amax() > 0:
                 return
-    raise UsageError(
-        f"the {info.method} map of '{info.layer}' is flat on every probe image (it varies by less "
-        "than 1e-5 of the magnitude of the terms it sums, e.g. a channel sum that cancels to "
-        "rounding noise), so it has no signal to show; pick another --layer or --method"
+    raise OptionError(
+        "layer",
+        "the {m} map of '{spec}' is flat on every probe image (it varies by less than 1e-5 of "
+        "the magnitude of the terms it sums, e.g. a channel sum that cancels to rounding noise), "
+        "so it has no signal to show; pick another {name} or {method}",
+        m=info.method,
+        spec=info.layer,
     )

@@ -23,7 +23,7 @@ import torch
 from . import lowering, methods, verify
 from ._files import ensure_out_dir
 from .artifact import FILES, METADATA_FILE, ArtifactMetadata, TensorSpec
-from .errors import ExplainExportError, ParityError, UsageError
+from .errors import ExplainExportError, OptionError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
 from .runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
 from .writers import (
@@ -236,11 +236,17 @@ def export_explainer(
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise UsageError(f"--formats takes a comma list of {', '.join(FORMATS)}; got {formats}")
+        raise OptionError(
+            "formats",
+            "{name} takes a comma list of {known}; got {given}",
+            known=", ".join(FORMATS),
+            given=formats,
+        )
     if class_input and not methods.get(info.method).has_class:
-        raise UsageError(
-            f"--class-input needs a method that explains a class (cam, gradcam); {info.method} "
-            "has none"
+        raise OptionError(
+            "class_input",
+            "{name} needs a method that explains a class (cam, gradcam); {m} has none",
+            m=info.method,
         )
     if labels is not None and len(labels) != info.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")

@@ -8,7 +8,7 @@ classifier (a vision transformer) is refused with one line.
 
 from __future__ import annotations
 
-from .errors import UsageError
+from .errors import OptionError, UsageError
 from .probe import (
     CallRecord,
     Probe,
@@ -65,12 +65,15 @@ def _refuse_tokens(result: Probe, rec: CallRecord, later: list[CallRecord]) -> N
     for r in later:
         shape = r.output_shape
         if shape is not None and len(shape) == 3 and shape[1] >= h * w:
-            raise UsageError(
-                f"the model turns its last map '{rec.name}' "
-                f"({'x'.join(map(str, rec.output_shape[1:]))}) into a token sequence "
-                f"{list(shape[1:])} that its classifier reads, as a vision transformer does; "
-                "a heatmap needs the spatial map a CNN classifier pools, so explain-export "
-                "explains CNNs (pass --layer to explain that early map anyway)"
+            raise OptionError(
+                "layer",
+                "the model turns its last map '{last}' ({size}) into a token sequence {tokens} "
+                "that its classifier reads, as a vision transformer does; a heatmap needs the "
+                "spatial map a CNN classifier pools, so explain-export explains CNNs (pass "
+                "{name} to explain that early map anyway)",
+                last=rec.name,
+                size="x".join(map(str, rec.output_shape[1:])),
+                tokens=list(shape[1:]),
             )
 
 

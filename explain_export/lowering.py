@@ -38,7 +38,7 @@ from .adjoints import (
     convolution_backward,
     max_pool2d_with_indices_backward,
 )
-from .errors import UsageError
+from .errors import OptionError
 
 __all__ = [
     "Lowered",
@@ -200,9 +200,11 @@ def check_lowered(graph: torch.fx.GraphModule) -> None:
         }
     )
     if left:
-        raise UsageError(
-            f"gradcam cannot put the gradient of {', '.join(left)} into the exported graph; "
-            "tap a layer after that op (see --list-layers)"
+        raise OptionError(
+            "layer",
+            "gradcam cannot put the gradient of {ops} into the exported graph; tap a layer "
+            "after that op (see {list_layers})",
+            ops=", ".join(left),
         )
 
 

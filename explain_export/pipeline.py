@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import images, overlay
-from .errors import UsageError
+from .errors import OptionError
 
 __all__ = [
     "Fitted",
@@ -38,18 +38,6 @@ class Fitted(NamedTuple):
     geometry: images.Geometry
 
 
-class OptionError(UsageError):
-    """A bad option value; ``field`` names it, and the message's ``{name}`` is where a caller
-    puts its own name for it (the CLI puts its flag: :meth:`for_name`)."""
-
-    def __init__(self, field: str, template: str) -> None:
-        self.field, self.template = field, template
-        super().__init__(template.format(name=field))
-
-    def for_name(self, name: str) -> UsageError:
-        return UsageError(self.template.format(name=name))
-
-
 @dataclass(frozen=True)
 class OverlayOptions:
     """How images are fitted to the graph and the heatmap drawn over them, for the runner and
@@ -66,12 +54,20 @@ class OverlayOptions:
             raise OptionError("alpha", "{name} must not be negative")
         if self.colormap.upper() not in overlay.COLORMAPS:
             names = ", ".join(sorted(overlay.COLORMAPS))
-            given = self.colormap.replace("{", "{{").replace("}", "}}")
-            raise OptionError("colormap", f"unknown {{name}} '{given}'; choose one of {names}")
+            raise OptionError(
+                "colormap",
+                "unknown {name} '{given}'; choose one of {names}",
+                given=self.colormap,
+                names=names,
+            )
         if self.resize not in images.RESIZE_MODES:
             modes = ", ".join(images.RESIZE_MODES)
-            given = self.resize.replace("{", "{{").replace("}", "}}")
-            raise OptionError("resize", f"{{name}} must be one of {modes}, not '{given}'")
+            raise OptionError(
+                "resize",
+                "{name} must be one of {modes}, not '{given}'",
+                modes=modes,
+                given=self.resize,
+            )
         if self.max_pixels < 1:
             raise OptionError("max_pixels", "{name} must be at least 1")
 

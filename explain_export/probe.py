@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError, first_line
+from .errors import OptionError, UsageError, first_line
 from .tap import TapSpec, resolve_module
 
 __all__ = [
@@ -197,8 +197,12 @@ def probe_at_size(
         raise
     except RuntimeError as exc:
         first = first_line(exc, with_type=False)
-        raise UsageError(
-            f"the model fails on a {h}x{w} input ({first}); check --input-size"
+        raise OptionError(
+            "input_size",
+            "the model fails on a {h}x{w} input ({why}); check {name}",
+            h=h,
+            w=w,
+            why=first,
         ) from exc
 
 
@@ -242,9 +246,11 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     resolve_module(model, spec.module)
     calls = result.calls(spec.module)
     if not calls:
-        raise UsageError(
-            f"layer '{spec.module}' never runs in the model's forward pass; "
-            "pick one that does (see --list-layers)"
+        raise OptionError(
+            "layer",
+            "layer '{spec}' never runs in the model's forward pass; pick one that does "
+            "(see {list_layers})",
+            spec=spec.module,
         )
     if spec.call is None and len(calls) > 1:
         raise UsageError(
@@ -260,16 +266,22 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     record = calls[index]
     shape = record.shape(spec.port)
     if shape is not None and len(shape) == 3:
-        raise UsageError(
-            f"layer '{spec}' gives a token sequence {list(shape)} ([N, tokens, dim], as in a "
-            "vision transformer), not a spatial map [N,C,h,w]; a heatmap needs a convolutional "
-            "feature map (see --list-layers)"
+        raise OptionError(
+            "layer",
+            "layer '{spec}' gives a token sequence {shape} ([N, tokens, dim], as in a vision "
+            "transformer), not a spatial map [N,C,h,w]; a heatmap needs a convolutional feature "
+            "map (see {list_layers})",
+            spec=spec,
+            shape=list(shape),
         )
     if shape is None or len(shape) != 4:
         got = "not a tensor" if shape is None else f"of shape {list(shape)}"
-        raise UsageError(
-            f"layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map; "
-            "pick a convolutional layer (see --list-layers)"
+        raise OptionError(
+            "layer",
+            "layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map; pick a "
+            "convolutional layer (see {list_layers})",
+            spec=spec,
+            got=got,
         )
     _, h, w = spatial(shape, result.input_size)
     if h * w == 1:
@@ -278,9 +290,12 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
             if spec.port == "output" and is_spatial(record.input_shape, result.input_size)
             else ""
         )
-        raise UsageError(
-            f"layer '{spec}' gives a 1x1 map, which has no spatial detail to show; "
-            f"pick an earlier layer{hint} or a larger --input-size (see --list-layers)"
+        raise OptionError(
+            "layer",
+            "layer '{spec}' gives a 1x1 map, which has no spatial detail to show; pick an "
+            "earlier layer{hint} or a larger {input_size} (see {list_layers})",
+            spec=spec,
+            hint=hint,
         )
     return record
 
@@ -320,33 +335,54 @@ def find_gap_linear_head(
     if head is not None:
         module = resolve_module(model, head)
         if not isinstance(module, nn.Linear):
-            raise UsageError(f"--head '{head}' is a {type(module).__name__}, not an nn.Linear")
+            raise OptionError(
+                "head",
+                "{name} '{head}' is a {t}, not an nn.Linear",
+                head=head,
+                t=type(module).__name__,
+            )
         candidates = [r for r in classifiers(result) if r.name == head]
         if not candidates:
-            raise UsageError(f"--head '{head}' does not produce the model's logits")
+            raise OptionError(
+                "head", "{name} '{head}' does not produce the model's logits", head=head
+            )
     else:
         candidates = classifiers(result)
         if not candidates:
             seen = ", ".join(dict.fromkeys(linears)) or "none"
-            raise UsageError(
+            raise OptionError(
+                "method",
                 "cam needs a head of global average pooling + one nn.Linear that gives the "
-                f"logits; no nn.Linear gives them (Linear layers: {seen}); use --method gradcam"
+                "logits; no nn.Linear gives them (Linear layers: {seen}); use {name} gradcam",
+                seen=seen,
             )
     rec = candidates[-1]
     linear_in = rec.linear_io[0]
     pooled = mean_of(tapped, spec.port)
     if linear_in.dim() != 2 or pooled is None or linear_in.shape != pooled.shape:
         got = "a map" if pooled is None else f"{pooled.shape[1]} channels"
-        raise UsageError(
-            f"cam needs '{spec}' to feed global average pooling + '{rec.name}', but "
-            f"'{rec.name}' takes {list(linear_in.shape[1:])} features and '{spec}' has {got}; "
-            f"{_suggest(result)}"
+        suggest, values = _suggest(result)
+        raise OptionError(
+            "method",
+            "cam needs '{spec}' to feed global average pooling + '{linear}', but '{linear}' "
+            "takes {features} features and '{spec}' has {got}; " + suggest,
+            spec=spec,
+            linear=rec.name,
+            features=list(linear_in.shape[1:]),
+            got=got,
+            **values,
         )
     if not torch.allclose(linear_in.float(), pooled, rtol=HEAD_RTOL, atol=HEAD_ATOL):
         diff = (linear_in.float() - pooled).abs().max().item()
-        raise UsageError(
-            f"cam needs '{rec.name}' to take the global average of '{spec}', but its input "
-            f"differs from that average by up to {diff:.3g}; {_suggest(result)}"
+        suggest, values = _suggest(result)
+        raise OptionError(
+            "method",
+            "cam needs '{linear}' to take the global average of '{spec}', but its input differs "
+            "from that average by up to {diff:.3g}; " + suggest,
+            linear=rec.name,
+            spec=spec,
+            diff=diff,
+            **values,
         )
     return Head(rec.name)
 
@@ -372,12 +408,15 @@ def gap_input(result: Probe) -> TapSpec | None:
     return None
 
 
-def _suggest(result: Probe) -> str:
-    """What to do instead, for cam errors: the layer where cam is exact, or gradcam."""
+def _suggest(result: Probe) -> tuple[str, dict[str, Any]]:
+    """What to do instead, for cam errors (an :class:`.OptionError` template and its values):
+    the layer where cam is exact, or gradcam."""
     spec = gap_input(result)
     if spec is None:
-        return "use --method gradcam (any head)"
-    return f"use --layer {spec} (the map that feeds the pooling) or --method gradcam"
+        return "use {method} gradcam (any head)", {}
+    return "use {layer} {exact} (the map that feeds the pooling) or {method} gradcam", {
+        "exact": spec
+    }
 
 
 def spec_for(result: Probe, rec: CallRecord, port: str) -> TapSpec:

@@ -22,7 +22,7 @@ import numpy as np
 from . import images, overlay, pipeline
 from ._files import ensure_out_dir, write_atomic
 from .artifact import ArtifactMetadata, MetadataError
-from .errors import UsageError
+from .errors import OptionError, UsageError
 from .runtime import Artifact
 
 __all__ = [
@@ -171,9 +171,11 @@ def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
     existing = [f for f in planned if os.path.exists(os.path.join(opts.out_dir, f))]
     if existing:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise UsageError(
-            f"'{os.path.join(opts.out_dir, existing[0])}'{more} already exist(s); "
-            "pass --overwrite to replace, or choose another --out"
+        raise OptionError(
+            "overwrite",
+            "'{path}'{more} already exist(s); pass {name} to replace, or choose another {out_dir}",
+            path=os.path.join(opts.out_dir, existing[0]),
+            more=more,
         )
 
 

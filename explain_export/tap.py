@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import UsageError
+from .errors import OptionError, UsageError
 
 __all__ = ["LAYER_SYNTAX", "Tap", "TapSpec", "resolve_module"]
 
@@ -60,8 +60,16 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     if name in modules:
         return modules[name]
     close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else "see --list-layers for the names"
-    raise UsageError(f"no layer '{name}' in the model; {hint}")
+    if close:
+        raise OptionError(
+            "layer",
+            "no layer '{v}' in the model; did you mean {close}?",
+            v=name,
+            close=", ".join(close),
+        )
+    raise OptionError(
+        "layer", "no layer '{v}' in the model; see {list_layers} for the names", v=name
+    )
 
 
 class Tap:
@@ -128,9 +136,12 @@ class Tap:
         self._calls, self._value, self._armed = 0, None, False
         expected = (self.spec.call or 0) + 1
         if calls < expected or (self.spec.call is None and calls != 1):
-            raise UsageError(
-                f"layer '{self.spec}' ran {calls} time(s) in this forward pass; "
-                "pick another layer or call (see --list-layers)"
+            raise OptionError(
+                "layer",
+                "layer '{spec}' ran {calls} time(s) in this forward pass; pick another layer or "
+                "call (see {list_layers})",
+                spec=self.spec,
+                calls=calls,
             )
         if not isinstance(value, Tensor) or value.dim() != 4:
             raise UsageError(f"layer '{self.spec}' is not a 4-D [N,C,h,w] feature map")

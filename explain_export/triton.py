@@ -27,7 +27,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from .artifact import ArtifactMetadata, MetadataError, TensorSpec
-from .errors import ExplainExportError, UsageError
+from .errors import ExplainExportError, OptionError, UsageError
 
 __all__ = [
     "BACKENDS",
@@ -63,15 +63,19 @@ def _model_config_pb2() -> Any:
 
 def _check_options(name: str, max_batch_size: int, instances: int, kind: str) -> None:
     if not _NAME.fullmatch(name):
-        raise UsageError(f"--triton-name '{name}' must be letters, digits, '_', '.' or '-'")
+        raise OptionError("name", "{name} '{v}' must be letters, digits, '_', '.' or '-'", v=name)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-        raise UsageError(f"--max-batch-size must be an integer >= 1; got {max_batch_size!r}")
+        raise OptionError(
+            "max_batch_size", "{name} must be an integer >= 1; got {v!r}", v=max_batch_size
+        )
     if max_batch_size < 1:
-        raise UsageError(f"--max-batch-size must be >= 1; got {max_batch_size}")
+        raise OptionError("max_batch_size", "{name} must be >= 1; got {v}", v=max_batch_size)
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
-        raise UsageError(f"--instances must be an integer >= 1; got {instances!r}")
+        raise OptionError("instances", "{name} must be an integer >= 1; got {v!r}", v=instances)
     if kind not in KINDS:
-        raise UsageError(f"--kind must be one of {', '.join(KINDS)}; got '{kind}'")
+        raise OptionError(
+            "kind", "{name} must be one of {kinds}; got '{v}'", kinds=", ".join(KINDS), v=kind
+        )
 
 
 def _tensor_dims(tensor: TensorSpec) -> tuple[list[int], list[int] | None]:
@@ -213,15 +217,17 @@ def check_repo(
     _check_options(name, max_batch_size, instances, kind)
     chosen = [fmt for fmt in BACKENDS if fmt in formats]
     if not chosen:
-        raise UsageError(f"--triton-repo needs an onnx or torchscript export; got {formats}")
+        raise OptionError(
+            "repo_dir", "{name} needs an onnx or torchscript export; got {v}", v=formats
+        )
     if os.path.exists(repo_dir) and not os.path.isdir(repo_dir):
-        raise UsageError(f"--triton-repo '{repo_dir}' is a file; give a folder")
+        raise OptionError("repo_dir", "{name} '{v}' is a file; give a folder", v=repo_dir)
     if not overwrite:
         for fmt in chosen:
             path = os.path.join(repo_dir, f"{name}_{fmt}")
             if os.path.lexists(path):
-                raise UsageError(
-                    f"'{path}' already exists; remove it or choose another --triton-name"
+                raise OptionError(
+                    "name", "'{path}' already exists; remove it or choose another {name}", path=path
                 )
     _model_config_pb2()
     return chosen
@@ -260,7 +266,9 @@ def write_triton_repo(
     try:
         os.makedirs(repo_dir, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create --triton-repo '{repo_dir}': {exc.strerror}") from exc
+        raise OptionError(
+            "repo_dir", "cannot create {name} '{v}': {why}", v=repo_dir, why=exc.strerror
+        ) from exc
     tmp = _staging_dir(repo_dir)
     try:
         staged = {}

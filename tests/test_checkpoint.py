@@ -49,7 +49,7 @@ def test_arch_kwargs_are_passed(tmp_path):
 def test_pickled_module_needs_trust(tmp_path):
     src = tiny_resnet(seed=5)
     torch.save(src, tmp_path / "whole.pt")
-    with pytest.raises(UsageError, match="run code from the file.*--trust-checkpoint"):
+    with pytest.raises(UsageError, match="run code from the file.*trust=True"):
         load_model(str(tmp_path / "whole.pt"), None)
     model, info = load_model(str(tmp_path / "whole.pt"), None, trust=True)
     assert info.format == "pickled module"
@@ -71,7 +71,7 @@ def test_malicious_pickle_does_not_run_without_trust(tmp_path):
     torch.save(
         {"state_dict": tiny_resnet().state_dict(), "x": _Payload(str(marker))}, tmp_path / "evil.pt"
     )
-    with pytest.raises(UsageError, match="--trust-checkpoint"):
+    with pytest.raises(UsageError, match="rerun with trust=True"):
         load_model(str(tmp_path / "evil.pt"), ARCH)
     assert not marker.exists()
 
@@ -122,7 +122,7 @@ def test_unknown_dict_layout_lists_its_keys(tmp_path):
 
 def test_state_dict_without_arch(tmp_path):
     torch.save(tiny_resnet().state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(UsageError, match="--arch"):
+    with pytest.raises(UsageError, match="name the model that it fits with arch package"):
         load_model(str(tmp_path / "sd.pt"), None)
 
 
@@ -132,7 +132,7 @@ def test_state_dict_without_arch(tmp_path):
         ("no_such_package.nets:Net", None, "cannot import 'no_such_package.nets'"),
         ("models:NoSuchNet", None, "has no attribute 'NoSuchNet'"),
         ("models", None, "package.module:callable"),
-        ("models:TinyResNet", {"depth": 50}, "rejected --arch-kwargs"),
+        ("models:TinyResNet", {"depth": 50}, "rejected arch_kwargs"),
         ("models:Block", {"cin": 3, "cout": 4, "stride": 1}, None),
     ],
 )
@@ -178,7 +178,7 @@ def test_model_source_reads_its_kwargs_as_json_or_a_mapping(tmp_path):
     assert loaded.checkpoint is not None and loaded.model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
     assert ModelSource(arch=ARCH, arch_kwargs={"num_classes": 3}).arch_kwargs == {"num_classes": 3}
     assert ModelSource().embedded
-    with pytest.raises(UsageError, match="--arch-kwargs is not valid JSON"):
+    with pytest.raises(UsageError, match="arch_kwargs is not valid JSON"):
         ModelSource(arch=ARCH, arch_kwargs="{width: 3}")
-    with pytest.raises(UsageError, match="--arch-kwargs must be a JSON object"):
+    with pytest.raises(UsageError, match="arch_kwargs must be a JSON object"):
         ModelSource(arch=ARCH, arch_kwargs="[1]")

@@ -135,7 +135,7 @@ def test_cam_refuses_a_flatten_linear_head():
     with pytest.raises(
         UsageError,
         match=r"global average pooling.*'fc' takes \[1024\] features and 'features' has 4 "
-        r"channels; use --method gradcam \(any head\)$",
+        r"channels; use method gradcam \(any head\)$",
     ):
         build_explainer(FlattenHead(), layer="features", method="cam", input_size=(32, 32))
 
@@ -148,11 +148,11 @@ def test_sum_works_on_a_flatten_linear_head():
 
 def test_cam_refuses_a_layer_that_does_not_feed_the_pool():
     # same channel count as the pooled map, but before the residual sum and the ReLU
-    with pytest.raises(UsageError, match="global average of 'layer3.bn2'.*--layer avgpool:input"):
+    with pytest.raises(UsageError, match="global average of 'layer3.bn2'.*use layer avgpool:input"):
         build_explainer(tiny_resnet(), layer="layer3.bn2", method="cam", input_size=(32, 32))
     with pytest.raises(
         UsageError,
-        match=r"'fc' takes \[32\] features and 'layer2' has 16 channels; use --layer avgpool:input",
+        match=r"'fc' takes \[32\] features and 'layer2' has 16 channels; use layer avgpool:input",
     ):
         build_explainer(tiny_resnet(), layer="layer2", method="cam", input_size=(32, 32))
 
@@ -162,7 +162,7 @@ def test_cam_refuses_a_layer_that_does_not_feed_the_pool():
     [
         ("layr3", "no layer 'layr3' in the model; did you mean layer3"),
         ("fc", "not a 4-D"),
-        ("avgpool", r"1x1 map.*earlier layer \(e.g. 'avgpool:input'\) or a larger --input-size"),
+        ("avgpool", r"1x1 map.*earlier layer \(e.g. 'avgpool:input'\) or a larger input_size"),
         ("layer3@2", "call @2 does not exist"),
         ("layer3:middle", "cannot read layer"),
     ],
@@ -191,7 +191,7 @@ def test_bad_normalization_and_sizes():
         build_explainer(tiny_resnet(), mean=(0.5, 0.5), input_size=(32, 32))
     with pytest.raises(UsageError, match="positive"):
         build_explainer(tiny_resnet(), std=(0.2, 0.0, 0.2), input_size=(32, 32))
-    with pytest.raises(UsageError, match="input-size"):
+    with pytest.raises(UsageError, match="input_size must be positive"):
         build_explainer(tiny_resnet(), input_size=(0, 32))
 
 
@@ -244,9 +244,7 @@ def test_fixed_target_class_is_explained_for_every_image():
 
 
 def test_fixed_target_class_is_checked():
-    with pytest.raises(
-        UsageError, match=r"--class-index 10 is out of range.*10 classes \(0\.\.9\)"
-    ):
+    with pytest.raises(UsageError, match=r"target 10 is out of range.*10 classes \(0\.\.9\)"):
         build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), target=10)
     with pytest.raises(UsageError, match="needs a method that explains a class"):
         build_explainer(tiny_resnet(), method="sum", input_size=(32, 32), target=1)

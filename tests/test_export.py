@@ -116,7 +116,7 @@ def test_class_input_is_a_graph_input(tmp_path):
 
 
 def test_class_input_needs_cam(tmp_path):
-    with pytest.raises(UsageError, match="class-input needs a method that explains a class"):
+    with pytest.raises(UsageError, match="class_input needs a method that explains a class"):
         _export(tmp_path, method="sum", class_input=True)
 
 
@@ -150,7 +150,7 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
 
 
 def test_unknown_format_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="--formats"):
+    with pytest.raises(UsageError, match="formats takes a comma list"):
         _export(tmp_path, formats=("tflite",))
     assert os.listdir(tmp_path) == []
 

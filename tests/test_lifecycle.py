@@ -7,8 +7,8 @@ import doctest
 import pytest
 import torch
 
+from explain_export import errors, heads
 from explain_export import explainer as explainer_mod
-from explain_export import heads
 from explain_export.errors import first_line
 from explain_export.explainer import build_explainer
 from explain_export.tap import Tap, TapSpec
@@ -42,7 +42,7 @@ def test_a_tap_is_a_context_manager():
     assert _hooks(model) == 0
 
 
-@pytest.mark.parametrize("module", [heads, explainer_mod])
+@pytest.mark.parametrize("module", [heads, explainer_mod, errors])
 def test_docstring_examples_run(module):
     torch.manual_seed(0)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

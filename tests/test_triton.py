@@ -257,13 +257,13 @@ def test_a_failed_write_leaves_the_repo_as_it_was(pb2, static_export, tmp_path, 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_batch_size": 0}, "--max-batch-size must be >= 1"),
-        ({"max_batch_size": -4}, "--max-batch-size must be >= 1"),
-        ({"max_batch_size": 2.5}, "--max-batch-size must be an integer"),
-        ({"instances": 0}, "--instances must be an integer >= 1"),
-        ({"kind": "tpu"}, "--kind must be one of cpu, gpu; got 'tpu'"),
-        ({"name": "a/b"}, "--triton-name 'a/b' must be"),
-        ({"name": ""}, "--triton-name '' must be"),
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1"),
+        ({"max_batch_size": -4}, "max_batch_size must be >= 1"),
+        ({"max_batch_size": 2.5}, "max_batch_size must be an integer"),
+        ({"instances": 0}, "instances must be an integer >= 1"),
+        ({"kind": "tpu"}, "kind must be one of cpu, gpu; got 'tpu'"),
+        ({"name": "a/b"}, "name 'a/b' must be"),
+        ({"name": ""}, "name '' must be"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(static_export, tmp_path, kwargs, message):

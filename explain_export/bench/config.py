@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import OptionError
 from ..export import DEFAULT_OPSET
 
 __all__ = [
@@ -69,25 +69,33 @@ class BenchConfig:
     profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
 
     def check(self) -> None:
-        """Raise :class:`~.errors.UsageError` for values no run can use."""
+        """Raise :class:`~.errors.OptionError` for values no run can use."""
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
-            raise UsageError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+            raise OptionError(
+                "batch_sizes", "{name} must be positive integers, got {v}", v=self.batch_sizes
+            )
         if self.warmup < 0 or self.iters < 1 or self.prime < 0 or self.settle_s < 0:
-            raise UsageError("--warmup, --prime and --settle must be >= 0, --iters >= 1")
+            raise OptionError("warmup", "{name}, {prime} and {settle_s} must be >= 0, {iters} >= 1")
         if self.profile_runs < 0:
-            raise UsageError(f"--profile-runs must be >= 0, got {self.profile_runs}")
+            raise OptionError("profile_runs", "{name} must be >= 0, got {v}", v=self.profile_runs)
         if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+            raise OptionError("threads", "{name} must be >= 1, got {v}", v=self.threads)
         bad = sorted(self.skip - set(VARIANTS) | (self.skip & {REFERENCE}))
         if bad:
             names = ", ".join(v for v in VARIANTS if v != REFERENCE)
-            raise UsageError(f"--skip takes a comma list of {names}; got {', '.join(bad)}")
+            raise OptionError(
+                "skip",
+                "{name} takes a comma list of {names}; got {v}",
+                names=names,
+                v=", ".join(bad),
+            )
         if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"--device must be cpu or cuda, got '{self.device}'")
+            raise OptionError("device", "{name} must be cpu or cuda, got '{v}'", v=self.device)
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError(
-                "--device cuda, but this PyTorch sees no CUDA device "
-                f"(torch {torch.__version__}); use --device cpu"
+            raise OptionError(
+                "device",
+                "{name} cuda, but this PyTorch sees no CUDA device (torch {v}); use {name} cpu",
+                v=torch.__version__,
             )
 
 

@@ -25,7 +25,7 @@ try:
 except ImportError:  # not on Windows
     resource = None  # type: ignore[assignment]
 
-from ..errors import ExplainExportError, UsageError, first_line
+from ..errors import ExplainExportError, OptionError, first_line
 from .config import REFERENCE, BenchConfig, Call, Variant
 from .stats import summarize
 
@@ -120,7 +120,7 @@ def keep_freed_memory() -> None:
     except (OSError, AttributeError):
         ok = False
     if not ok:
-        raise UsageError("--tuned-malloc needs glibc (mallopt); it is not available here")
+        raise OptionError("tuned_malloc", "{name} needs glibc (mallopt); it is not available here")
 
 
 def _cpu_snapshot() -> tuple[float, float, float] | None:

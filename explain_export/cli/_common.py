@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser", "add_overlay_flags", "log", "overlay_options", "run_main"]
+__all__ = [
+    "FLAGS",
+    "ArgumentParser",
+    "add_model_flags",
+    "add_overlay_flags",
+    "flag_namer",
+    "log",
+    "model_source",
+    "overlay_options",
+    "run_main",
+]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -17,19 +27,42 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
+# library parameters whose flag is named otherwise; the others are ``--`` + the name with - for _
+FLAGS = {
+    "out_dir": "--out",
+    "path": "--model",  # explain-serve's model file
+    "repo_dir": "--triton-repo",
+    "name": "--triton-name",
+    "settle_s": "--settle",
+    "target": "--class-index",
+    "trust": "--trust-checkpoint",
+}
+
+
+def flag_namer(flags: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """How the commands name the library's parameters: ``flags[name]`` (default :data:`FLAGS`),
+    else ``--name`` with ``_`` as ``-`` (``input_size`` -> ``--input-size``)."""
+    names = FLAGS if flags is None else flags
+    return lambda name: names.get(name) or "--" + name.replace("_", "-")
+
+
+def run_main(
+    prog: str, body: Callable[[], int], debug: bool, flags: Mapping[str, str] | None = None
+) -> int:
     """Run ``body``; turn errors into one line on stderr and an exit code.
 
-    A traceback is shown only with ``--debug``.
+    A bad argument (:class:`.OptionError`) is worded with the command's flags (see
+    :func:`flag_namer`). A traceback is shown only with ``--debug``.
     """
-    from ..errors import ExplainExportError, first_line
+    from ..errors import ExplainExportError, OptionError, first_line
 
     try:
         return body()
     except ExplainExportError as exc:
         if debug:
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        message = exc.worded(flag_namer(flags)) if isinstance(exc, OptionError) else str(exc)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # disk full, permissions, ... while writing
         if debug:
@@ -100,20 +133,15 @@ def add_overlay_flags(group: Any, server: bool = False) -> None:
 
 def overlay_options(cls: Any, args: argparse.Namespace, **fields: Any) -> Any:
     """``cls`` (an :class:`.OverlayOptions`) from the shared image flags and ``fields``; a bad
-    value is a usage error that names its flag."""
-    from ..pipeline import OptionError
-
-    try:
-        return cls(
-            alpha=args.alpha,
-            colormap=args.colormap,
-            seed_blend=args.seed_blend,
-            resize=args.resize,
-            max_pixels=args.max_pixels,
-            **fields,
-        )
-    except OptionError as exc:
-        raise exc.for_name("--" + exc.field.replace("_", "-")) from exc
+    value is an :class:`.OptionError`, which :func:`run_main` words with the flag's name."""
+    return cls(
+        alpha=args.alpha,
+        colormap=args.colormap,
+        seed_blend=args.seed_blend,
+        resize=args.resize,
+        max_pixels=args.max_pixels,
+        **fields,
+    )
 
 
 def add_model_flags(group: Any) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 
 from .. import images, overlay, pipeline
 from ..artifact import ArtifactMetadata
-from ..errors import UsageError, first_line
+from ..errors import OptionError, first_line
 from ..runner import check_metadata
 from ..runtime import OnnxExplainer
 
@@ -137,16 +137,22 @@ def open_model(
     with ``device="cuda"`` the CUDA provider (IO binding, and CUDA graphs unless
     ``cuda_graph=False``; :class:`~..runtime.OnnxExplainer`)."""
     if not path.endswith(".onnx"):
-        raise UsageError(
-            f"--model '{path}' is not .onnx; explain-serve runs ONNX explainers (no torch): "
-            "export with explain-export --formats onnx"
+        raise OptionError(
+            "path",
+            "{name} '{v}' is not .onnx; explain-serve runs ONNX explainers (no torch): export "
+            "with explain-export --formats onnx",
+            v=path,
         )
     if not os.path.isfile(path):
-        raise UsageError(f"no model at '{path}'; pass --model explainer.onnx from explain-export")
+        raise OptionError(
+            "path", "no model at '{v}'; give {name} an explainer.onnx from explain-export", v=path
+        )
     try:
         artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
     except Exception as exc:
-        raise UsageError(f"cannot load --model '{path}': {first_line(exc)}") from exc
+        raise OptionError(
+            "path", "cannot load {name} '{v}': {why}", v=path, why=first_line(exc)
+        ) from exc
     meta = check_metadata(artifact)
     logits = artifact.shapes.get("logits")
     labels = list(meta.labels) if meta.labels else None
