@@ -63,9 +63,13 @@ class PixelLimitError(ImageError):
     """The image has more pixels than allowed (a server answers 413)."""
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last bytes of a whole PNG
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """``(height, width)`` from a PNG, JPEG, BMP or GIF header, without decoding; else None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
         w, h = struct.unpack(">II", data[16:24])
         return h, w
     if data[:2] == b"BM" and len(data) >= 26:
@@ -127,6 +131,9 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     size = header_size(data)
     if size is not None:
         _check_pixels(size, max_pixels)
+    if data.startswith(_PNG_SIGNATURE) and _PNG_END not in data:
+        # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
+        raise ImageError("not a readable image (corrupt, truncated, or not an image format)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageError("not a readable image (corrupt, truncated, or not an image format)")

@@ -10,6 +10,7 @@ ONNX artifact.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -26,14 +27,19 @@ from .errors import OptionError, UsageError
 from .runtime import Artifact
 
 __all__ = [
+    "JOURNAL",
     "PREDICTIONS",
     "SHEET",
     "ImageResult",
+    "Journal",
     "RunOptions",
     "RunReport",
     "check_metadata",
     "collect",
+    "explain_batch",
+    "finish",
     "output_stems",
+    "plan",
     "planned_files",
     "prepare_out_dir",
     "run",
@@ -41,6 +47,7 @@ __all__ = [
 
 PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
+JOURNAL = "predictions.partial.jsonl"  # the rows of a run not yet finished; --resume reads it
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class RunOptions(pipeline.OverlayOptions):
     save_heatmaps: bool = False
     overwrite: bool = False
     sheet_height: int = 200
+    resume: bool = False  # keep the images an earlier run in out_dir finished (see plan)
 
 
 @dataclass
@@ -63,6 +71,7 @@ class ImageResult:
     topk: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
+    resumed: bool = False  # kept from an earlier run (--resume), not explained again
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
@@ -173,7 +182,8 @@ def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise OptionError(
             "overwrite",
-            "'{path}'{more} already exist(s); pass {name} to replace, or choose another {out_dir}",
+            "'{path}'{more} already exist(s); pass {name} to replace, {resume} to keep what an "
+            "earlier run finished and explain the rest, or choose another {out_dir}",
             path=os.path.join(opts.out_dir, existing[0]),
             more=more,
         )
@@ -189,40 +199,130 @@ def run(
 ) -> RunReport:
     """Explain every image in ``paths``; bad files are reported and skipped, the rest go on.
     ``names``: each image's output ``NAME`` (:func:`collect` gives them; default
-    :func:`output_stems`); a name with subfolders writes into them."""
+    :func:`output_stems`); a name with subfolders writes into them. With ``opts.resume`` the
+    images an earlier run finished (see :func:`plan`) are kept, not redone."""
     meta = check_metadata(artifact)
-    size = meta.input_size
-    labels = list(meta.labels) if meta.labels else None
+    results, todo = plan(paths, names, opts)
+    progress(len(results) - len(todo))
+    rows: list[np.ndarray] = []
+    with Journal(opts) as journal:
+        for start in range(0, len(todo), opts.batch_size):
+            batch = [results[i] for i in todo[start : start + opts.batch_size]]
+            rows += [r for r in explain_batch(artifact, meta, batch, opts) if r is not None]
+            journal.add(batch)
+            for result in batch:
+                if result.error is not None:
+                    report_error(result.path, result.error)
+            progress(len(batch))
+        return finish(results, rows, opts)
+
+
+def plan(
+    paths: list[str], names: list[str] | None, opts: RunOptions
+) -> tuple[list[ImageResult], list[int]]:
+    """One :class:`ImageResult` per path, and the indices of those to explain.
+
+    Without ``opts.resume``: all of them, once :func:`prepare_out_dir` found nothing to
+    overwrite. With it: all but the images whose row an earlier run left (in its
+    ``predictions.jsonl``, or the :data:`JOURNAL` of a run that was stopped) with no error, the
+    same output names, and every output file on disk; those results are filled in from it."""
     names = output_stems(paths) if names is None else names
     results = [ImageResult(p, n) for p, n in zip(paths, names, strict=True)]
-    prepare_out_dir([r.name for r in results], opts)
-    rows: list[np.ndarray] = []
-    for start in range(0, len(results), opts.batch_size):
-        ready: list[tuple[ImageResult, pipeline.Fitted]] = []
-        for result in results[start : start + opts.batch_size]:
-            try:
-                bgr = images.read_bgr(result.path, opts.max_pixels)
-                ready.append((result, pipeline.fit(bgr, size, opts.resize)))
-            except images.ImageError as exc:
-                result.error = str(exc)
-                report_error(result.path, result.error)
-                progress(1)
-        if not ready:
+    if not opts.resume:
+        prepare_out_dir(names, opts)
+        return results, list(range(len(results)))
+    ensure_out_dir(opts.out_dir)
+    earlier = _earlier_rows(opts.out_dir)
+    todo = []
+    for i, result in enumerate(results):
+        files = planned_files(result.name, opts)
+        row = earlier.get((result.path, files[0]))
+        if row and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
+            result.topk, result.outputs, result.resumed = row["topk"], files, True
+        else:
+            todo.append(i)
+    return results, todo
+
+
+def _earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Finished rows of earlier runs by ``(file, first output)``; unreadable lines ignored (a
+    journal line cut short when its run was killed)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in (PREDICTIONS, JOURNAL):
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path):
             continue
-        outputs = pipeline.infer(artifact, [image.input for _, image in ready])
-        for (result, image), (lg, hm) in zip(ready, outputs, strict=True):
-            done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
-            result.topk = done.topk
-            row = _write_outputs(result, image.bgr, done, opts)
-            if row is not None:
-                rows.append(row)
-            progress(1)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    key = (row["file"], row["outputs"][0])
+                    if row.get("topk"):
+                        rows[key] = row
+                except (ValueError, KeyError, IndexError, TypeError):
+                    continue
+    return rows
+
+
+class Journal:
+    """The rows of a run as its batches finish, appended to :data:`JOURNAL` in ``out_dir``:
+    what ``--resume`` reads when the run is stopped before :func:`finish` writes
+    ``predictions.jsonl`` (which removes the journal). A run without ``resume`` starts it anew."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.path = os.path.join(opts.out_dir, JOURNAL)
+        self._file = open(self.path, "a" if opts.resume else "w", encoding="utf-8")  # noqa: SIM115
+
+    def add(self, results: Iterable[ImageResult]) -> None:
+        self._file.write("".join(json.dumps(r.to_json()) + "\n" for r in results))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def explain_batch(
+    artifact: Artifact, meta: ArtifactMetadata, batch: list[ImageResult], opts: RunOptions
+) -> list[np.ndarray | None]:
+    """Read, fit, run as one batch, map back, draw and write the outputs of ``batch``; fills in
+    each result (its top-k and outputs, or its error). Returns each image's sheet row (None
+    where no sheet is wanted or the image failed)."""
+    ready: list[tuple[int, pipeline.Fitted]] = []
+    for i, result in enumerate(batch):
+        try:
+            bgr = images.read_bgr(result.path, opts.max_pixels)
+            ready.append((i, pipeline.fit(bgr, meta.input_size, opts.resize)))
+        except images.ImageError as exc:
+            result.error = str(exc)
+    rows: list[np.ndarray | None] = [None] * len(batch)
+    if not ready:
+        return rows
+    labels = list(meta.labels) if meta.labels else None
+    outputs = pipeline.infer(artifact, [image.input for _, image in ready])
+    for (i, image), (lg, hm) in zip(ready, outputs, strict=True):
+        done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
+        batch[i].topk = done.topk
+        rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
+    return rows
+
+
+def finish(results: list[ImageResult], rows: list[np.ndarray], opts: RunOptions) -> RunReport:
+    """Write ``predictions.jsonl`` (every file in input order), the sheet of ``rows`` where
+    asked, and remove the journal."""
     predictions = os.path.join(opts.out_dir, PREDICTIONS)
     write_atomic(predictions, "".join(json.dumps(r.to_json()) + "\n" for r in results).encode())
     sheet = None
     if opts.sheet and rows:
         sheet = os.path.join(opts.out_dir, SHEET)
         write_atomic(sheet, overlay.encode_png(overlay.stack_rows(rows), compression=9))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(opts.out_dir, JOURNAL))
     return RunReport(results, predictions, sheet)
 
 

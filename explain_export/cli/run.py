@@ -75,7 +75,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --device cuda: run every batch without CUDA graph replay (default: each "
         "batch size is captured once, then replayed)",
     )
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the runtime's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads (default: the runtime's; with --engine ray: per worker, default 1)",
+    )
+    ray = p.add_argument_group("engine (a large image set: Ray Data)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process, batch by batch; ray: a Ray Data actor pool, one ONNX Runtime "
+        "session per worker (.onnx models; pip install 'explain-export[batch]'). "
+        "Default: local",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --engine ray: actors in the pool (default: the CPUs Ray sees / --threads)",
+    )
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --engine ray: join this Ray cluster (e.g. auto, or ray://head:10001); the "
+        "images and --out must be at the same path on every node. Default: start Ray here",
+    )
     add_overlay_flags(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default: 5)")
     p.add_argument(
@@ -92,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-heatmaps", action="store_true", help="also write NAME.heatmap.png and .npy"
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the images an earlier run into --out finished (their outputs exist and "
+        "predictions list them, also after Ctrl-C) and explain the rest",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -109,6 +141,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--threads must be at least 1")
     if args.sheet_height < 16:
         raise UsageError("--sheet-height must be at least 16")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume keeps earlier outputs and --overwrite replaces them; pick one")
+    if args.engine != "ray" and (args.workers is not None or args.address):
+        raise UsageError("--workers and --address need --engine ray")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     overlay_options(OverlayOptions, args)  # checked before any work
 
 
@@ -172,6 +210,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not model_path.endswith(tuple(runtime.SUFFIXES)):
         raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
+    if args.engine == "ray" and not model_path.endswith(".onnx"):
+        raise UsageError(
+            f"--model '{model_path}' is not .onnx; the Ray engine runs ONNX explainers"
+        )
     try:
         graphs = False if args.no_cuda_graphs else None
         if args.threads and not model_path.endswith(".onnx"):
@@ -203,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         save_heatmaps=args.save_heatmaps,
         overwrite=args.overwrite,
         sheet_height=args.sheet_height,
+        resume=args.resume,
     )
     from tqdm import tqdm
 
@@ -212,14 +255,25 @@ def _run(args: argparse.Namespace) -> int:
         bar.write(f"{PROG}: skipped {path}: {message}", file=sys.stderr)
 
     try:
-        report = runner.run(artifact, paths, opts, bar.update, report_error, names)
+        if args.engine == "ray":
+            from ..ray_run import RayOptions
+            from ..ray_run import run as ray_run
+
+            where = RayOptions(args.workers, args.threads or 1, args.address, args.device)
+            report = ray_run(
+                model_path, paths, opts, where, bar.update, report_error, names, bar.write
+            )
+        else:
+            report = runner.run(artifact, paths, opts, bar.update, report_error, names)
     finally:
         bar.close()
     ok = len(report.results) - len(report.failed)
     if not args.quiet:
+        kept = sum(r.resumed for r in report.results)
         print(
-            f"{ok} of {len(report.results)} images done, {len(report.failed)} failed; "
-            f"outputs in {args.out}/"
+            f"{ok} of {len(report.results)} images done"
+            + (f" ({kept} kept from an earlier run)" if kept else "")
+            + f", {len(report.failed)} failed; outputs in {args.out}/"
         )
         for r in report.results[:10]:
             if r.error is None:

@@ -1,0 +1,245 @@
+"""``explain-run --engine ray``: the runner's steps on Ray Data, for image sets one machine is
+too slow for.
+
+The driver lists the images (:func:`.runner.collect`) and plans the run (:func:`.runner.plan`:
+what ``--resume`` keeps, what must not be overwritten). A dataset of ``(index, path, name)``
+rows goes through ``map_batches`` on a fixed actor pool, one ONNX Runtime session per actor (no
+torch), where each batch is read, explained and written by :func:`.runner.explain_batch`, the
+function the local engine runs. The rows stream back to the driver as batches finish: the
+journal, the progress bar and the error lines; at the end ``predictions.jsonl`` (input order),
+``predictions.parquet`` and the sheet. On a cluster the images and ``out_dir`` must be at the
+same path on every node (shared storage).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import overlay
+from ._files import write_atomic
+from .errors import ExplainExportError, OptionError
+from .runner import (
+    ImageResult,
+    Journal,
+    RunOptions,
+    RunReport,
+    check_metadata,
+    explain_batch,
+    finish,
+    plan,
+)
+
+__all__ = ["PARQUET", "RayOptions", "parquet_bytes", "run"]
+
+PARQUET = "predictions.parquet"
+NEEDS = "--engine ray needs Ray Data: pip install 'explain-export[batch]'"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the actors run and how many there are."""
+
+    workers: int | None = None  # actors; None: the CPUs Ray sees / threads
+    threads: int = 1  # ONNX Runtime threads per actor, and the CPUs each one asks Ray for
+    address: str | None = None  # join this Ray cluster; None: start Ray on this machine
+    device: str = "cpu"  # "cuda": each actor takes one GPU (ONNX Runtime's CUDA provider)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise OptionError("workers", "{name} must be at least 1")
+        if self.threads < 1:
+            raise OptionError("threads", "{name} must be at least 1")
+
+
+class _Explain:
+    """One actor of the pool: an ONNX Runtime session, and the runner's batch step."""
+
+    def __init__(self, model_path: str, opts: RunOptions, threads: int, device: str) -> None:
+        from .runtime import OnnxExplainer
+
+        self.artifact = OnnxExplainer(model_path, device, threads)
+        self.meta = check_metadata(self.artifact)
+        self.opts = opts
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [
+            ImageResult(str(p), str(n)) for p, n in zip(batch["path"], batch["name"], strict=True)
+        ]
+        rows = explain_batch(self.artifact, self.meta, results, self.opts)
+        return {
+            "index": batch["index"],
+            "result": np.array([json.dumps(r.to_json()) for r in results], dtype=object),
+            "sheet_png": np.array(
+                [b"" if row is None else overlay.encode_png(row) for row in rows], dtype=object
+            ),
+        }
+
+
+def run(
+    model_path: str,
+    paths: list[str],
+    opts: RunOptions,
+    ray_opts: RayOptions = RayOptions(),
+    progress: Callable[[int], None] = lambda _n: None,
+    report_error: Callable[[str, str], None] = lambda _path, _msg: None,
+    names: list[str] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> RunReport:
+    """:func:`.runner.run`'s result and files for the ``.onnx`` explainer at ``model_path``,
+    computed by a Ray Data actor pool; also writes :data:`PARQUET`. Starts Ray on this machine
+    and stops it after, unless ``ray_opts.address`` names a running cluster."""
+    if not model_path.endswith(".onnx"):
+        raise OptionError(
+            "model",
+            "{name} '{path}' is not .onnx; the Ray engine runs ONNX explainers",
+            path=model_path,
+        )
+    try:
+        import pyarrow  # noqa: F401  (Ray Data's, and the Parquet writer's)
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ExplainExportError(NEEDS) from exc
+    from .runtime import OnnxExplainer
+
+    check_metadata(OnnxExplainer(model_path, "cpu", 1))  # a bad model fails here, not in actors
+    results, todo = plan(paths, names, opts)
+    progress(len(results) - len(todo))
+    started = _start_ray(ray, ray_opts, log) if todo else False
+    try:
+        rows = _explain(ray, model_path, results, todo, opts, ray_opts, progress, report_error)
+        write_atomic(os.path.join(opts.out_dir, PARQUET), parquet_bytes(results))
+        return finish(results, rows, opts)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _start_ray(ray: Any, ray_opts: RayOptions, log: Callable[[str], None]) -> bool:
+    """Join ``ray_opts.address``, or start Ray here; True where this call started it."""
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=ray_opts.address or "local",  # "local": a new instance, whatever RAY_ADDRESS says
+        include_dashboard=False,
+        logging_level=logging.ERROR,  # not its notes on local instances and tokens
+        log_to_driver=False,
+        configure_logging=True,
+    )
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the command draws its own
+    for name in ("print_on_execution_start", "enable_operator_progress_bars"):
+        if hasattr(ctx, name):
+            setattr(ctx, name, False)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    where = f"cluster at {ray_opts.address}" if ray_opts.address else "this machine"
+    log(f"ray: {cpus} CPU(s) on {where}")
+    return True
+
+
+def _explain(
+    ray: Any,
+    model_path: str,
+    results: list[ImageResult],
+    todo: list[int],
+    opts: RunOptions,
+    ray_opts: RayOptions,
+    progress: Callable[[int], None],
+    report_error: Callable[[str, str], None],
+) -> list[np.ndarray]:
+    """Run the pool over ``todo``; fill in ``results``; the sheet rows in input order."""
+    if not todo:
+        with Journal(opts):
+            return []
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = ray_opts.workers or max(1, cpus // ray_opts.threads)
+    items = [{"index": i, "path": results[i].path, "name": results[i].name} for i in todo]
+    blocks = min(len(items), max(4 * workers, math.ceil(len(items) / (16 * opts.batch_size))))
+    dataset = _map(
+        ray.data.from_items(items, override_num_blocks=blocks),
+        local=not ray_opts.address,
+        fn=_Explain,
+        fn_constructor_kwargs={
+            "model_path": os.path.abspath(model_path),
+            "opts": opts,
+            "threads": ray_opts.threads,
+            "device": ray_opts.device,
+        },
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=ray_opts.threads,
+        num_gpus=1 if ray_opts.device == "cuda" else 0,
+    )
+    sheet: dict[int, np.ndarray] = {}
+    with Journal(opts) as journal:
+        for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            done = []
+            for index, text, png in zip(out["index"], out["result"], out["sheet_png"], strict=True):
+                result = results[int(index)]
+                row = json.loads(text)
+                result.error = row.get("error")
+                result.topk, result.outputs = row.get("topk", []), row.get("outputs", [])
+                done.append(result)
+                if png:
+                    sheet[int(index)] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+                if result.error is not None:
+                    report_error(result.path, result.error)
+            journal.add(done)
+            progress(len(done))
+    return [sheet[i] for i in sorted(sheet)]
+
+
+def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:
+    """``dataset.map_batches(**kwargs)``. On this machine without actor restarts: a crash ends
+    the run (``--resume`` goes on from it), and Ray's core worker does not print its error-level
+    note on restarting actors whose arguments sit in the object store. Ray marks extra remote
+    arguments (``max_restarts``) deprecated; where a Ray no longer takes them, restarts stay."""
+    if local:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return dataset.map_batches(**kwargs, max_restarts=0)
+            except TypeError:
+                pass
+    return dataset.map_batches(**kwargs)
+
+
+def parquet_bytes(results: list[ImageResult]) -> bytes:
+    """The predictions as a Parquet file: ``file``, ``error`` (null where none), ``outputs``
+    and ``topk`` (a list of ``{class, label, score}``), one row per image in input order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    topk = pa.list_(
+        pa.struct([("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())])
+    )
+    schema = pa.schema(
+        [
+            ("file", pa.string()),
+            ("error", pa.string()),
+            ("outputs", pa.list_(pa.string())),
+            ("topk", topk),
+        ]
+    )
+    table = pa.Table.from_pylist(
+        [{"file": r.path, "error": r.error, "outputs": r.outputs, "topk": r.topk} for r in results],
+        schema=schema,
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()

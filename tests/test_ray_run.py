@@ -1,0 +1,167 @@
+"""explain-run --engine ray: a local Ray instance (loopback), real photos mixed with broken files;
+its outputs against the local engine's, resume after a stop, and the usage errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from explain_export import runner, samples
+from explain_export.cli.run import main
+
+pytest.importorskip("ray.data")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Five real photos in a folder tree (one name twice, in two subfolders), three broken
+    files and a text file."""
+    d = tmp_path_factory.mktemp("tree")
+    (d / "a").mkdir()
+    (d / "b" / "c").mkdir(parents=True)
+    for sub, name in (
+        ("", "chelsea.png"),
+        ("a", "coffee.png"),
+        ("a", "rocket.jpg"),
+        ("b", "motorcycle_left.png"),
+        ("b/c", "chelsea.png"),
+    ):
+        shutil.copy(samples.photo_path(name), d / sub / name)
+    data = (d / "chelsea.png").read_bytes()
+    (d / "a" / "truncated.png").write_bytes(data[: len(data) // 3])
+    (d / "b" / "empty.jpg").write_bytes(b"")
+    (d / "b" / "c" / "corrupt.png").write_bytes(os.urandom(3000))
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def local_run(default_export, tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    args = ["--model", str(default_export / "explainer.onnx"), "--images", str(tree)]
+    args += ["--out", str(out), "--save-heatmaps", "--sheet", "--quiet"]
+    assert main([*args, "--batch-size", "4"]) == 1
+    return out, args
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(local_run, tmp_path, capsys):
+    local, args = local_run
+    out = tmp_path / "ray"
+    args = [*args[: args.index("--out")], "--out", str(out), "--save-heatmaps", "--sheet"]
+    code, stdout, err = _run(
+        [*args, "--engine", "ray", "--workers", "2", "--batch-size", "3"], capsys
+    )
+    assert code == 1, err
+    assert "5 of 8 images done, 3 failed" in stdout
+    skipped = [line.split(": ", 2)[1] for line in err.splitlines() if "skipped" in line]
+    assert sorted(map(os.path.basename, skipped)) == ["corrupt.png", "empty.jpg", "truncated.png"]
+
+    ours, theirs = _rows(out), _rows(local)
+    assert [r["file"] for r in ours] == [r["file"] for r in theirs]  # input order, both
+    for a, b in zip(ours, theirs, strict=True):
+        assert ("error" in a) == ("error" in b)
+        if "error" in a:
+            continue
+        assert a["outputs"] == b["outputs"]
+        assert [t["class"] for t in a["topk"]] == [t["class"] for t in b["topk"]]
+        assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
+        assert np.allclose(
+            [t["score"] for t in a["topk"]], [t["score"] for t in b["topk"]], atol=1e-5
+        )
+        heat = a["outputs"][2]
+        assert np.abs(np.load(out / heat) - np.load(local / heat)).max() <= 1 / 255
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.overlay.png"))
+    assert written == [
+        "a/coffee.overlay.png",
+        "a/rocket.overlay.png",
+        "b/c/chelsea.overlay.png",
+        "b/motorcycle_left.overlay.png",
+        "chelsea.overlay.png",
+    ]
+    cat = next(r for r in ours if r["file"].endswith(os.path.join("b", "c", "chelsea.png")))
+    assert 281 <= cat["topk"][0]["class"] <= 285  # a cat, on the real model
+    assert (out / "sheet.png").is_file() and not (out / runner.JOURNAL).exists()
+
+    table = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert [t["file"] for t in table] == [r["file"] for r in ours]
+    for t, r in zip(table, ours, strict=True):
+        assert t["error"] == r.get("error") and t["outputs"] == r.get("outputs", [])
+        assert t["topk"] == r.get("topk", [])
+
+    import ray
+
+    assert not ray.is_initialized()  # the command stopped the instance it started
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_resume_keeps_what_a_stopped_run_finished(local_run, tmp_path, capsys, engine):
+    """A run stopped after some batches leaves their files and the journal; --resume keeps those
+    images, explains the rest and ends with the same predictions as one whole run."""
+    local, args = local_run
+    out = tmp_path / "o"
+    shutil.copytree(local, out)
+    rows = _rows(local)
+    good = [r for r in rows if "error" not in r]
+    # stopped: no predictions.jsonl yet; the journal has all but the last good row, and its
+    # last line was cut short; one journaled image lost its heatmap file since
+    (out / "predictions.jsonl").unlink()
+    (out / "sheet.png").unlink()
+    lines = [json.dumps(r) for r in rows if r is not good[-1]]
+    (out / runner.JOURNAL).write_text("\n".join(lines) + "\n" + lines[0][:25])
+    (out / good[0]["outputs"][2]).unlink()
+    args = [*args[: args.index("--out")], "--out", str(out), "--save-heatmaps", "--sheet"]
+    code, stdout, _ = _run([*args, "--engine", engine, "--resume"], capsys)
+    assert code == 1
+    assert "5 of 8 images done (3 kept from an earlier run), 3 failed" in stdout
+    assert [r["file"] for r in _rows(out)] == [r["file"] for r in rows]
+    for a, b in zip(_rows(out), rows, strict=True):
+        assert a.get("outputs") == b.get("outputs")
+        assert [t["class"] for t in a.get("topk", [])] == [t["class"] for t in b.get("topk", [])]
+    assert (out / good[0]["outputs"][2]).is_file() and not (out / runner.JOURNAL).exists()
+    assert (out / "sheet.png").is_file()
+
+
+def test_ray_engine_usage_errors_write_nothing(default_export, tree, tmp_path, capsys):
+    out = tmp_path / "o"
+    model = ["--model", str(default_export / "explainer.onnx"), "--images", str(tree)]
+    cases = [
+        ([*model, "--workers", "2"], "--workers and --address need --engine ray"),
+        ([*model, "--resume", "--overwrite"], "pick one"),
+        ([*model, "--engine", "ray", "--workers", "0"], "--workers must be at least 1"),
+        (
+            [
+                "--model",
+                str(default_export / "explainer.torchscript.pt"),
+                "--images",
+                str(tree),
+                "--engine",
+                "ray",
+            ],
+            "is not .onnx; the Ray engine runs ONNX explainers",
+        ),
+    ]
+    for args, message in cases:
+        code, _, err = _run([*args, "--out", str(out)], capsys)
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_ray_engine_refuses_to_overwrite(local_run, capsys):
+    _, args = local_run
+    code, _, err = _run([*args[: args.index("--quiet")], "--engine", "ray"], capsys)
+    assert code == 2 and "already exist" in err and "--resume" in err
