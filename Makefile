@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup export test lint clean
+.PHONY: setup export test test-all lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ export: setup
 	$(BIN)/explain-export $(ARGS)
 
 test: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: setup
 	$(BIN)/python -m pytest
 
 lint: setup

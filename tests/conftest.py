@@ -24,3 +24,10 @@ def default_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("default_export")
     assert main(["--out", str(out)]) == 0
     return out
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts a live server is slow too."""
+    for item in items:
+        if item.get_closest_marker("serve"):
+            item.add_marker(pytest.mark.slow)

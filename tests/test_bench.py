@@ -45,6 +45,7 @@ def tiny_run(tmp_path_factory):
     return out, json.loads((out / "bench.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_variant_is_measured_at_every_batch_size(tiny_run):
     _, result = tiny_run
     assert list(result["variants"]) == list(bench.VARIANTS)
@@ -62,6 +63,7 @@ def test_every_variant_is_measured_at_every_batch_size(tiny_run):
             assert all(isinstance(m[k], float) and math.isfinite(m[k]) for k in STATS)
 
 
+@pytest.mark.slow
 def test_every_variant_computes_what_eager_computes(tiny_run):
     _, result = tiny_run
     for name, v in result["variants"].items():
@@ -74,6 +76,7 @@ def test_every_variant_computes_what_eager_computes(tiny_run):
                 assert diff["heatmap"] <= 1e-4, name
 
 
+@pytest.mark.slow
 def test_ratios_and_targets_come_from_the_same_run(tiny_run):
     _, result = tiny_run
     r = result["ratios"]
@@ -104,6 +107,7 @@ def test_ratios_and_targets_come_from_the_same_run(tiny_run):
     assert not any("(CUDA)" in t["target"] for t in result["targets"])
 
 
+@pytest.mark.slow
 def test_machine_versions_and_providers_are_recorded(tiny_run):
     _, result = tiny_run
     m = result["machine"]
@@ -119,6 +123,7 @@ def test_machine_versions_and_providers_are_recorded(tiny_run):
     assert result["command"].startswith("explain-bench --arch models:TinyResNet")
 
 
+@pytest.mark.slow
 def test_markdown_and_png_are_written(tiny_run):
     out, result = tiny_run
     text = (out / "bench.md").read_text()
@@ -135,6 +140,7 @@ def test_markdown_and_png_are_written(tiny_run):
     assert image is not None and image.ndim == 3
 
 
+@pytest.mark.slow
 def test_default_model_at_batch_1(tmp_path):
     """The embedded EfficientNet-Lite0 through every path; torch.compile (slow to compile) and
     the second ONNX export (the tiny run covers it) are skipped to keep this quick."""
@@ -154,6 +160,7 @@ def test_default_model_at_batch_1(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_channels_last_and_tuned_malloc(tmp_path):
     """The torch variants in channels-last layout, glibc keeping freed memory; same outputs."""
     args = [*TINY, *QUICK, "--batch-sizes", "1", "--skip", "compile", "--channels-last"]

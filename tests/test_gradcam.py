@@ -145,6 +145,7 @@ def test_gradcam_explains_a_chosen_class_per_image(tmp_path):
     np.testing.assert_allclose(heat, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradcam_with_a_dynamic_size_uint8_input_and_overlay(tmp_path):
     from explain_export.explainer import GraphOptions
 
@@ -158,6 +159,7 @@ def test_gradcam_with_a_dynamic_size_uint8_input_and_overlay(tmp_path):
     assert {r.size for r in result.parity} >= {SIZE, (SIZE[0] + 32, SIZE[1] + 32)}
 
 
+@pytest.mark.slow
 def test_channels_last_map_is_permuted(tmp_path):
     """ConvNeXt's block LayerNorm gives [N,h,w,C]; the tap permutes it to [N,C,h,w]."""
     model = head_kind("layernorm-head")
@@ -253,6 +255,7 @@ def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypat
     assert not (tmp_path / "out" / "explainer.onnx").exists()
 
 
+@pytest.mark.slow
 def test_gradcam_in_fp16(tmp_path):
     """The class logit is picked by a masked sum (no scatter-add, which ORT lacks in fp16)."""
     from explain_export.explainer import GraphOptions

@@ -13,6 +13,8 @@ import pytest
 from explain_export import runner, samples
 from explain_export.cli.run import main
 
+pytestmark = pytest.mark.slow  # each test starts a local Ray instance, or runs beside them
+
 pytest.importorskip("ray.data")
 pq = pytest.importorskip("pyarrow.parquet")
 

@@ -330,6 +330,7 @@ def test_onnx_path_does_not_import_torch(tiny_export, photo_dir, tmp_path):
     assert proc.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_demo_exports_the_default_model_and_writes_the_sheet(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, stdout, err = _run([], capsys)

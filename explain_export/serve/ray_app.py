@@ -35,7 +35,9 @@ from .app import (
     too_long,
 )
 
-__all__ = ["ServerConfig", "build_app", "deploy", "start_ray", "stop"]
+__all__ = ["APP_NAME", "ServerConfig", "build_app", "deploy", "start_ray", "stop"]
+
+APP_NAME = "explain-export"  # the Serve application's name
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def start_ray(config: ServerConfig) -> None:
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus if config.device == "cuda" else 0,
         include_dashboard=False,
-        logging_level=logging.WARNING,
+        # not Ray's notes on local instances and tokens; Serve's logger is set in deploy()
+        logging_level=logging.ERROR,
     )
 
 
@@ -163,17 +166,18 @@ def deploy(config: ServerConfig) -> None:
     serve.start(
         http_options={"host": config.host, "port": config.port}, logging_config=logging_config
     )
-    serve.run(
-        build_app(config), name="explain-export", route_prefix="/", logging_config=logging_config
-    )
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=logging_config)
 
 
 def stop() -> None:
-    """Shut the app, Serve and the local Ray instance down."""
+    """Shut the app down (its replicas drain their requests), then the local Ray instance with
+    Serve's controller and proxy in it. Not ``serve.shutdown()``: its controller can be killed
+    while its own shutdown task runs, and Ray then prints "Task ServeController.graceful_shutdown
+    failed ... killed by ray.kill" on the console, which reads as an error."""
     import ray
     from ray import serve
 
     try:
-        serve.shutdown()
+        serve.delete(APP_NAME)
     finally:
         ray.shutdown()
