@@ -165,8 +165,7 @@ def _explain(
     if not todo:
         with Journal(opts):
             return []
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = ray_opts.workers or max(1, cpus // ray_opts.threads)
+    workers = _workers(ray.cluster_resources(), ray_opts)
     items = [{"index": i, "path": results[i].path, "name": results[i].name} for i in todo]
     blocks = min(len(items), max(4 * workers, math.ceil(len(items) / (16 * opts.batch_size))))
     dataset = _map(
@@ -202,6 +201,24 @@ def _explain(
             journal.add(done)
             progress(len(done))
     return [sheet[i] for i in sorted(sheet)]
+
+
+def _workers(resources: dict[str, float], ray_opts: RayOptions) -> int:
+    """The pool's size: ``ray_opts.workers``, by default one per GPU for ``cuda``, else the
+    CPUs / threads. A GPU pool larger than the cluster's GPUs would wait for ever: refused."""
+    if ray_opts.device != "cuda":
+        return ray_opts.workers or max(1, int(resources.get("CPU", 1)) // ray_opts.threads)
+    gpus = int(resources.get("GPU", 0))
+    if gpus < 1:
+        raise OptionError("device", "{name} cuda, but the Ray cluster has no GPU; use {name} cpu")
+    if ray_opts.workers is not None and ray_opts.workers > gpus:
+        raise OptionError(
+            "workers",
+            "{name} {n} with {device} cuda takes {n} GPUs, and the Ray cluster has {gpus}",
+            n=ray_opts.workers,
+            gpus=gpus,
+        )
+    return ray_opts.workers or gpus
 
 
 def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:

@@ -167,3 +167,17 @@ def test_ray_engine_refuses_to_overwrite(local_run, capsys):
     _, args = local_run
     code, _, err = _run([*args[: args.index("--quiet")], "--engine", "ray"], capsys)
     assert code == 2 and "already exist" in err and "--resume" in err
+
+
+def test_pool_size_by_device():
+    from explain_export.errors import OptionError
+    from explain_export.ray_run import RayOptions, _workers
+
+    assert _workers({"CPU": 8.0}, RayOptions()) == 8
+    assert _workers({"CPU": 8.0}, RayOptions(threads=3)) == 2
+    assert _workers({"CPU": 2.0}, RayOptions(workers=5)) == 5  # Ray Data runs what fits
+    assert _workers({"CPU": 8.0, "GPU": 2.0}, RayOptions(device="cuda")) == 2
+    with pytest.raises(OptionError, match="device cuda, but the Ray cluster has no GPU"):
+        _workers({"CPU": 8.0}, RayOptions(device="cuda"))
+    with pytest.raises(OptionError, match="workers 3 with device cuda takes 3 GPUs"):
+        _workers({"CPU": 8.0, "GPU": 2.0}, RayOptions(workers=3, device="cuda"))

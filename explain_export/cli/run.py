@@ -22,9 +22,12 @@ examples:
   explain-run                                         demo: scikit-image's photos, default model
   explain-run --model explainer/explainer.onnx --images photos/ --out overlays/ --sheet
   explain-run --model out/explainer.torchscript.pt --images a.jpg b.png --save-heatmaps
+  explain-run --engine ray --workers 4 --images big_tree/ --out overlays/ --resume
 
 outputs in --out: NAME.overlay.png per image (NAME.heatmap.png/.npy with --save-heatmaps),
-predictions.jsonl (file, top-k labels and scores, or the error), sheet.png with --sheet.
+predictions.jsonl (file, top-k labels and scores, or the error), sheet.png with --sheet;
+with --engine ray also predictions.parquet. While a run goes, predictions.partial.jsonl holds
+the rows of the batches done so far; --resume reads it after a stop.
 
 overlay = saturate(alpha * colormap(255 * heatmap) + image), in uint8 BGR, at the original
 resolution; --seed-blend: s = alpha * heat + image; s = s / max(s); overlay = 255 * s.
@@ -220,12 +223,22 @@ def _run(args: argparse.Namespace) -> int:
             import torch  # this process runs torch: its threads, once, not at every call
 
             torch.set_num_threads(args.threads)
-        artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
+        if args.engine == "ray":  # checked here; the workers open their own sessions
+            artifact = runtime.load(model_path, "cpu", 1)
+        else:
+            artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
     except UsageError:
         raise
     except Exception as exc:
         raise UsageError(f"cannot load --model '{model_path}': {first_line(exc)}") from exc
-    if not args.quiet:
+    if not args.quiet and args.engine == "ray":
+        log(
+            f"engine: ray; each worker runs onnxruntime on {args.device}, "
+            f"{args.threads or 1} thread(s)"
+        )
+        if skipped:
+            log(f"ignoring {skipped} non-image file(s) in the folder(s)")
+    elif not args.quiet:
         note = ""
         if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
             note = " (cuda asked for, but no working CUDA backend here)"
