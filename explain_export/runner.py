@@ -15,6 +15,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,19 +197,23 @@ def run(
     progress: Callable[[int], None] = lambda _n: None,
     report_error: Callable[[str, str], None] = lambda _path, _msg: None,
     names: list[str] | None = None,
+    image_threads: int | None = None,
 ) -> RunReport:
     """Explain every image in ``paths``; bad files are reported and skipped, the rest go on.
     ``names``: each image's output ``NAME`` (:func:`collect` gives them; default
     :func:`output_stems`); a name with subfolders writes into them. With ``opts.resume`` the
-    images an earlier run finished (see :func:`plan`) are kept, not redone."""
+    images an earlier run finished (see :func:`plan`) are kept, not redone. The per-image steps
+    run on ``image_threads`` threads (default: one per CPU; see :func:`explain_batch`)."""
     meta = check_metadata(artifact)
     results, todo = plan(paths, names, opts)
     progress(len(results) - len(todo))
     rows: list[np.ndarray] = []
-    with Journal(opts) as journal:
+    workers = image_threads or os.cpu_count() or 1
+    with Journal(opts) as journal, ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(todo), opts.batch_size):
             batch = [results[i] for i in todo[start : start + opts.batch_size]]
-            rows += [r for r in explain_batch(artifact, meta, batch, opts) if r is not None]
+            drawn = explain_batch(artifact, meta, batch, opts, pool if workers > 1 else None)
+            rows += [r for r in drawn if r is not None]
             journal.add(batch)
             for result in batch:
                 if result.error is not None:
@@ -288,28 +293,43 @@ class Journal:
 
 
 def explain_batch(
-    artifact: Artifact, meta: ArtifactMetadata, batch: list[ImageResult], opts: RunOptions
+    artifact: Artifact,
+    meta: ArtifactMetadata,
+    batch: list[ImageResult],
+    opts: RunOptions,
+    pool: Executor | None = None,
 ) -> list[np.ndarray | None]:
     """Read, fit, run as one batch, map back, draw and write the outputs of ``batch``; fills in
     each result (its top-k and outputs, or its error). Returns each image's sheet row (None
-    where no sheet is wanted or the image failed)."""
-    ready: list[tuple[int, pipeline.Fitted]] = []
-    for i, result in enumerate(batch):
-        try:
-            bgr = images.read_bgr(result.path, opts.max_pixels)
-            ready.append((i, pipeline.fit(bgr, meta.input_size, opts.resize)))
-        except images.ImageError as exc:
-            result.error = str(exc)
+    where no sheet is wanted or the image failed). With ``pool`` the per-image steps (reading
+    and fitting; mapping back, drawing and writing) run on its threads (OpenCV and numpy
+    release the GIL); the model call is one call either way."""
+    each = pool.map if pool is not None else map
+    fitted = list(each(lambda r: _read(r, meta.input_size, opts), batch))
+    ready = [(i, image) for i, image in enumerate(fitted) if image is not None]
     rows: list[np.ndarray | None] = [None] * len(batch)
     if not ready:
         return rows
     labels = list(meta.labels) if meta.labels else None
     outputs = pipeline.infer(artifact, [image.input for _, image in ready])
-    for (i, image), (lg, hm) in zip(ready, outputs, strict=True):
+
+    def draw(job: tuple[tuple[int, pipeline.Fitted], tuple[np.ndarray, np.ndarray]]) -> None:
+        (i, image), (lg, hm) = job
         done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
         batch[i].topk = done.topk
         rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
+
+    list(each(draw, zip(ready, outputs, strict=True)))
     return rows
+
+
+def _read(result: ImageResult, size: tuple[int, int], opts: RunOptions) -> pipeline.Fitted | None:
+    """The image fitted to the graph, or None with ``result.error`` set."""
+    try:
+        return pipeline.fit(images.read_bgr(result.path, opts.max_pixels), size, opts.resize)
+    except images.ImageError as exc:
+        result.error = str(exc)
+        return None
 
 
 def finish(results: list[ImageResult], rows: list[np.ndarray], opts: RunOptions) -> RunReport:

@@ -396,3 +396,19 @@ def test_folders_are_walked_and_outputs_keep_the_path_below_them(
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert {r["outputs"][0] for r in rows} == set(written)
     assert _run(args, capsys)[0] == 2  # a rerun would overwrite them: refused, as before
+
+
+def test_image_threads_change_nothing_but_the_speed(tiny_export, messy_dir, tmp_path):
+    """The per-image steps on a thread pool: the same files, byte for byte, as one thread."""
+    from explain_export import runner
+
+    artifact = runtime.load(str(tiny_export / "explainer.onnx"))
+    paths, _, names = runner.collect([str(messy_dir)])
+    written = {}
+    for threads in (1, 3):
+        out = tmp_path / f"t{threads}"
+        opts = runner.RunOptions(out_dir=str(out), batch_size=3, save_heatmaps=True, sheet=True)
+        report = runner.run(artifact, paths, opts, names=names, image_threads=threads)
+        assert len(report.failed) == 3
+        written[threads] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert written[1] == written[3] and len(written[1]) == 5 * 3 + 2
