@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads (default: the runtime's; with --engine ray: per worker, default 1)",
+        help="CPU threads: the model's, and the local engine's for reading and drawing images "
+        "(default: the runtime's, and one per CPU; with --engine ray: per worker, default 1)",
     )
     ray = p.add_argument_group("engine (a large image set: Ray Data)")
     ray.add_argument(
@@ -277,7 +278,9 @@ def _run(args: argparse.Namespace) -> int:
                 model_path, paths, opts, where, bar.update, report_error, names, bar.write
             )
         else:
-            report = runner.run(artifact, paths, opts, bar.update, report_error, names)
+            report = runner.run(
+                artifact, paths, opts, bar.update, report_error, names, image_threads=args.threads
+            )
     finally:
         bar.close()
     ok = len(report.results) - len(report.failed)
