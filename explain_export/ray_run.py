@@ -118,7 +118,13 @@ def run(
     progress(len(results) - len(todo))
     started = _start_ray(ray, ray_opts, log) if todo else False
     try:
-        rows = _explain(ray, model_path, results, todo, opts, ray_opts, progress, report_error)
+        try:
+            rows = _explain(ray, model_path, results, todo, opts, ray_opts, progress, report_error)
+        except ray.exceptions.RayError as exc:
+            raise ExplainExportError(
+                f"a Ray worker failed ({_root_cause(exc)}); the images finished so far are kept, "
+                "and a resumed run goes on from them"
+            ) from exc
         write_atomic(os.path.join(opts.out_dir, PARQUET), parquet_bytes(results))
         return finish(results, rows, opts)
     finally:
@@ -139,7 +145,8 @@ def _start_ray(ray: Any, ray_opts: RayOptions, log: Callable[[str], None]) -> bo
     )
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # not Ray Data's own stack traces: a failure is one line from run(), --debug shows it all
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the command draws its own
     for name in ("print_on_execution_start", "enable_operator_progress_bars"):
@@ -201,6 +208,12 @@ def _explain(
             journal.add(done)
             progress(len(done))
     return [sheet[i] for i in sorted(sheet)]
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The last line of a Ray error's text: the worker's own exception (``Type: message``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(exc).__name__
 
 
 def _workers(resources: dict[str, float], ray_opts: RayOptions) -> int:

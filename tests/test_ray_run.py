@@ -1,11 +1,14 @@
-"""explain-run --engine ray: a local Ray instance (loopback), real photos mixed with broken files;
-its outputs against the local engine's, resume after a stop, and the usage errors."""
+"""explain-run --engine ray: a local Ray instance on this machine, real photos mixed with broken
+files; its outputs against the local engine's, resume after a stop, no torch anywhere, and the
+usage errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -181,3 +184,52 @@ def test_pool_size_by_device():
         _workers({"CPU": 8.0}, RayOptions(device="cuda"))
     with pytest.raises(OptionError, match="workers 3 with device cuda takes 3 GPUs"):
         _workers({"CPU": 8.0, "GPU": 2.0}, RayOptions(workers=3, device="cuda"))
+
+
+NO_TORCH = """
+import sys
+
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_no_process_of_a_ray_run_imports_torch(default_export, tree, tmp_path):
+    """torch made unimportable for the command and, through the environment, for every Ray
+    process it starts (a ``sitecustomize`` on PYTHONPATH): the run still explains every image."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = ["--model", str(default_export / "explainer.onnx"), "--images", str(tree)]
+    code = "import sys\nfrom explain_export.cli.run import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(tmp_path / "o"), "--engine", "ray"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr  # the three broken files
+    assert "5 of 8 images done, 3 failed" in proc.stdout, proc.stderr
+    check = subprocess.run(
+        [sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env
+    )
+    assert check.returncode != 0 and "blocked" in check.stderr  # the block works
+
+
+def test_a_worker_failure_is_named_by_its_own_exception():
+    from explain_export.ray_run import _root_cause
+
+    text = "ActorDiedError: the actor died\n  File 'x.py', line 3\n    raise\nRuntimeError: disk gone\n"
+    assert _root_cause(RuntimeError(text)) == "RuntimeError: disk gone"
+    assert _root_cause(ValueError("")) == "ValueError"
