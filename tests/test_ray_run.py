@@ -230,6 +230,6 @@ def test_no_process_of_a_ray_run_imports_torch(default_export, tree, tmp_path):
 def test_a_worker_failure_is_named_by_its_own_exception():
     from explain_export.ray_run import _root_cause
 
-    text = "ActorDiedError: the actor died\n  File 'x.py', line 3\n    raise\nRuntimeError: disk gone\n"
+    text = "ActorDiedError: died\n  File 'x.py', line 3\n    raise\nRuntimeError: disk gone\n"
     assert _root_cause(RuntimeError(text)) == "RuntimeError: disk gone"
     assert _root_cause(ValueError("")) == "ValueError"
