@@ -289,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"{ok} of {len(report.results)} images done"
             + (f" ({kept} kept from an earlier run)" if kept else "")
-            + f", {len(report.failed)} failed; outputs in {args.out}/"
+            + f", {len(report.failed)} failed; outputs in {os.path.normpath(args.out)}{os.sep}"
         )
         for r in report.results[:10]:
             if r.error is None:
