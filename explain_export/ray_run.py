@@ -39,8 +39,9 @@ from .runner import (
     finish,
     plan,
 )
+from .runtime import Artifact
 
-__all__ = ["PARQUET", "RayOptions", "parquet_bytes", "run"]
+__all__ = ["PARQUET", "RayOptions", "check_model_path", "parquet_bytes", "run"]
 
 PARQUET = "predictions.parquet"
 NEEDS = "--engine ray needs Ray Data: pip install 'explain-export[batch]'"
@@ -86,8 +87,17 @@ class _Explain:
         }
 
 
+def check_model_path(path: str) -> None:
+    """An :class:`.OptionError` unless ``path`` is an ``.onnx`` file: the actors run ONNX
+    Runtime, no torch. Cheap, so a command can call it before loading anything."""
+    if not path.endswith(".onnx"):
+        raise OptionError(
+            "model", "{name} '{path}' is not .onnx; the Ray engine runs ONNX explainers", path=path
+        )
+
+
 def run(
-    model_path: str,
+    artifact: Artifact,
     paths: list[str],
     opts: RunOptions,
     ray_opts: RayOptions = RayOptions(),
@@ -96,24 +106,19 @@ def run(
     names: list[str] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> RunReport:
-    """:func:`.runner.run`'s result and files for the ``.onnx`` explainer at ``model_path``,
+    """:func:`.runner.run`'s result and files for an ``.onnx`` explainer (``artifact``, loaded
+    by :func:`.runtime.load`: its metadata is checked here, and the actors open its file),
     computed by a Ray Data actor pool; also writes :data:`PARQUET`. Starts Ray on this machine
     and stops it after, unless ``ray_opts.address`` names a running cluster."""
-    if not model_path.endswith(".onnx"):
-        raise OptionError(
-            "model",
-            "{name} '{path}' is not .onnx; the Ray engine runs ONNX explainers",
-            path=model_path,
-        )
+    check_model_path(artifact.path)
     try:
         import pyarrow  # noqa: F401  (Ray Data's, and the Parquet writer's)
         import ray
         import ray.data
     except ImportError as exc:
         raise ExplainExportError(NEEDS) from exc
-    from .runtime import OnnxExplainer
-
-    check_metadata(OnnxExplainer(model_path, "cpu", 1))  # a bad model fails here, not in actors
+    check_metadata(artifact)  # a bad model fails here, not in the actors
+    model_path = os.path.abspath(artifact.path)
     results, todo = plan(paths, names, opts)
     progress(len(results) - len(todo))
     started = _start_ray(ray, ray_opts, log) if todo else False
@@ -170,8 +175,7 @@ def _explain(
 ) -> list[np.ndarray]:
     """Run the pool over ``todo``; fill in ``results``; the sheet rows in input order."""
     if not todo:
-        with Journal(opts):
-            return []
+        return []
     workers = _workers(ray.cluster_resources(), ray_opts)
     items = [{"index": i, "path": results[i].path, "name": results[i].name} for i in todo]
     blocks = min(len(items), max(4 * workers, math.ceil(len(items) / (16 * opts.batch_size))))
@@ -180,7 +184,7 @@ def _explain(
         local=not ray_opts.address,
         fn=_Explain,
         fn_constructor_kwargs={
-            "model_path": os.path.abspath(model_path),
+            "model_path": model_path,
             "opts": opts,
             "threads": ray_opts.threads,
             "device": ray_opts.device,

@@ -214,10 +214,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not model_path.endswith(tuple(runtime.SUFFIXES)):
         raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
-    if args.engine == "ray" and not model_path.endswith(".onnx"):
-        raise UsageError(
-            f"--model '{model_path}' is not .onnx; the Ray engine runs ONNX explainers"
-        )
+    if args.engine == "ray":
+        from ..ray_run import check_model_path
+
+        check_model_path(model_path)  # before anything loads
     try:
         graphs = False if args.no_cuda_graphs else None
         if args.threads and not model_path.endswith(".onnx"):
@@ -232,20 +232,17 @@ def _run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise UsageError(f"cannot load --model '{model_path}': {first_line(exc)}") from exc
-    if not args.quiet and args.engine == "ray":
-        log(
-            f"engine: ray; each worker runs onnxruntime on {args.device}, "
-            f"{args.threads or 1} thread(s)"
-        )
-        if skipped:
-            log(f"ignoring {skipped} non-image file(s) in the folder(s)")
-    elif not args.quiet:
-        note = ""
-        if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
-            note = " (cuda asked for, but no working CUDA backend here)"
-        if artifact.note:
-            note += f" ({artifact.note})"
-        log(f"backend: {artifact.backend}{note}; threads: {args.threads or 'default'}")
+    if not args.quiet:
+        if args.engine == "ray":
+            threads = args.threads or 1
+            log(f"engine: ray; each worker runs onnxruntime on {args.device}, {threads} thread(s)")
+        else:
+            note = ""
+            if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
+                note = " (cuda asked for, but no working CUDA backend here)"
+            if artifact.note:
+                note += f" ({artifact.note})"
+            log(f"backend: {artifact.backend}{note}; threads: {args.threads or 'default'}")
         if skipped:
             log(f"ignoring {skipped} non-image file(s) in the folder(s)")
 
@@ -275,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
 
             where = RayOptions(args.workers, args.threads or 1, args.address, args.device)
             report = ray_run(
-                model_path, paths, opts, where, bar.update, report_error, names, bar.write
+                artifact, paths, opts, where, bar.update, report_error, names, bar.write
             )
         else:
             report = runner.run(
