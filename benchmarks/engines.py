@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from explain_export import samples
+from explain_export.artifact import samples
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from explain_export.artifact import ArtifactMetadata, MetadataError, TensorSpec
-from explain_export.explainer import GraphOptions, build_explainer
-from explain_export.export import METADATA_FILE, export_explainer
+from explain_export.artifact.contract import ArtifactMetadata, MetadataError, TensorSpec
+from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.export import METADATA_FILE, export_explainer
 
 from models import tiny_resnet
 

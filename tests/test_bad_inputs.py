@@ -19,7 +19,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from explain_export import samples
+from explain_export.artifact import samples
 from explain_export.cli import export as export_cli
 from explain_export.cli import run as run_cli
 
@@ -370,8 +370,8 @@ def test_disk_full_while_writing_keeps_the_previous_files(tmp_path, capsys, monk
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> pathlib.Path:
-    from explain_export.explainer import build_explainer
-    from explain_export.export import export_explainer
+    from explain_export.builder.explainer import build_explainer
+    from explain_export.builder.export import export_explainer
 
     out = tmp_path_factory.mktemp("tiny_run")
     explainer, info = build_explainer(tiny_resnet(), input_size=(32, 32))

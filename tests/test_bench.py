@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from explain_export import bench
+from explain_export.artifact.samples import load_rgb, photo_path
 from explain_export.bench import report as benchreport
+from explain_export.builder.explainer import build_explainer
 from explain_export.cli.bench import main
-from explain_export.explainer import build_explainer
-from explain_export.samples import load_rgb, photo_path
 
 from models import tiny_resnet
 from reference import correlation, gradcam, normalize

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import runtime, samples, verify
+from explain_export.artifact import runtime, samples
+from explain_export.builder import verify
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
@@ -166,7 +167,7 @@ def test_argparse_errors_exit_2():
 
 
 def test_onnx_export_matches_eager_on_real_photos(default_export, default_model):
-    from explain_export.explainer import build_explainer
+    from explain_export.builder.explainer import build_explainer
 
     explainer, _ = build_explainer(default_model.model, default_model.layer, "cam")
     names = ("coffee.png", "rocket.jpg", "motorcycle_left.png")

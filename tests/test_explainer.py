@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import heads, samples
+from explain_export.artifact import samples
+from explain_export.builder import heads
+from explain_export.builder.explainer import Explainer, build_explainer, target_class
 from explain_export.errors import UsageError
-from explain_export.explainer import Explainer, build_explainer, target_class
 
 import reference
 from models import FlattenHead, TwiceCalled, tiny_resnet

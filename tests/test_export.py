@@ -10,11 +10,12 @@ import onnx
 import pytest
 import torch
 
-from explain_export import export as export_mod
-from explain_export import runtime, verify
+from explain_export.artifact import runtime
+from explain_export.builder import export as export_mod
+from explain_export.builder import verify
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export import DEFAULT_FORMATS, FILES, METADATA_FILE, export_explainer
 from explain_export.errors import ParityError, UsageError
-from explain_export.explainer import build_explainer
-from explain_export.export import DEFAULT_FORMATS, FILES, METADATA_FILE, export_explainer
 
 from models import tiny_resnet
 
@@ -169,7 +170,7 @@ def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
 
 
 def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
-    from explain_export.writers import root_cause
+    from explain_export.builder.writers import root_cause
 
     try:
         try:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import runtime, samples
+from explain_export.artifact import runtime, samples
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export import export_explainer
+from explain_export.builder.tap import TapSpec
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
-from explain_export.explainer import build_explainer
-from explain_export.export import export_explainer
-from explain_export.tap import TapSpec
 
 import reference
 from models import HEAD_KINDS, TokenModel, head_kind, tiny_resnet
@@ -147,7 +147,7 @@ def test_gradcam_explains_a_chosen_class_per_image(tmp_path):
 
 @pytest.mark.slow
 def test_gradcam_with_a_dynamic_size_uint8_input_and_overlay(tmp_path):
-    from explain_export.explainer import GraphOptions
+    from explain_export.builder.explainer import GraphOptions
 
     model = tiny_resnet()
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
@@ -230,7 +230,7 @@ def test_an_input_tap_of_an_in_place_module_is_copied(method):
 
 def test_heatmap_limit_stays_strict_for_a_smooth_head():
     """LayerNorm, Linear after the pool: no ReLU mask can flip, so the limit is 1e-4."""
-    from explain_export import verify
+    from explain_export.builder import verify
 
     explainer, _ = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
     assert verify.heatmap_limits(explainer, verify.cases(SIZE)) == [1e-4] * 3
@@ -238,7 +238,7 @@ def test_heatmap_limit_stays_strict_for_a_smooth_head():
 
 def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypatch):
     """A decomposition with a bug (the kernel flipped) must not pass as the eager's spread."""
-    from explain_export import lowering
+    from explain_export.builder import lowering
     from explain_export.errors import ParityError
 
     right = lowering.convolution_backward
@@ -258,7 +258,7 @@ def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypat
 @pytest.mark.slow
 def test_gradcam_in_fp16(tmp_path):
     """The class logit is picked by a masked sum (no scatter-add, which ORT lacks in fp16)."""
-    from explain_export.explainer import GraphOptions
+    from explain_export.builder.explainer import GraphOptions
 
     graph = GraphOptions(half=True)
     explainer, info = build_explainer(

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import images, overlay, runtime, samples, verify
+from explain_export.artifact import contract, images, overlay, runtime, samples
+from explain_export.builder import verify
+from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.export import export_explainer
 from explain_export.cli.run import main as run_main
-from explain_export.explainer import GraphOptions, build_explainer
-from explain_export.export import export_explainer
 
 from models import tiny_resnet
 
@@ -97,7 +98,7 @@ def test_in_graph_overlay_equals_the_runners_opencv_overlay(uint8_overlay_export
 
 
 def test_overlay_of_a_hot_spot_is_red_in_rgb():
-    from explain_export import graph_io
+    from explain_export.builder import graph_io
 
     lut = graph_io.colormap_lut("JET")
     hot = graph_io.overlay_rgb(torch.zeros(1, 2, 2, 3), torch.ones(1, 1, 2, 2), lut, 1.0)
@@ -111,7 +112,7 @@ def test_dynamic_size_uint8_graph_runs_at_other_sizes(uint8_overlay_export):
     x = _photos((40, 90))
     out = art.outputs(x)
     with torch.no_grad():
-        ref = explainer(torch.from_numpy(runtime.graph_image(x, "uint8-nhwc")))
+        ref = explainer(torch.from_numpy(contract.graph_image(x, "uint8-nhwc")))
     np.testing.assert_allclose(out["heatmap"], ref[1].numpy(), atol=verify.HEATMAP_TOL)
     assert np.abs(out["overlay"].astype(int) - ref[2].numpy().astype(int)).max() <= 3
 
@@ -182,7 +183,7 @@ def test_runner_feeds_uint8_graphs(uint8_overlay_export, tmp_path):
 
 def test_default_model_uint8_with_overlay(tmp_path, default_export):
     """The embedded model, exported for servers, agrees with its float export on photos."""
-    from explain_export.zoo import load_default
+    from explain_export.builder.zoo import load_default
 
     zoo = load_default()
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
@@ -197,7 +198,7 @@ def test_default_model_uint8_with_overlay(tmp_path, default_export):
 
 def test_overlay_limit_grows_with_the_fp16_heatmap_limit():
     """fp16's heatmap limit (1e-2) lets round(255·m) move 3 colormap entries, not 1."""
-    from explain_export.verify import overlay_limit
+    from explain_export.builder.verify import overlay_limit
 
     def limit(half: bool) -> float:
         graph = GraphOptions(overlay=True, half=half)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import heads
+from explain_export.builder import heads
 
 
 def test_channel_sum_is_the_sum_over_channels():

@@ -7,11 +7,12 @@ import doctest
 import pytest
 import torch
 
-from explain_export import errors, heads
-from explain_export import explainer as explainer_mod
+from explain_export import errors
+from explain_export.builder import explainer as explainer_mod
+from explain_export.builder import heads
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.tap import Tap, TapSpec
 from explain_export.errors import first_line
-from explain_export.explainer import build_explainer
-from explain_export.tap import Tap, TapSpec
 
 from models import tiny_resnet
 
@@ -62,8 +63,8 @@ def test_loading_an_artifact_changes_no_process_setting(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from explain_export import runtime
-    from explain_export.export import export_explainer
+    from explain_export.artifact import runtime
+    from explain_export.builder.export import export_explainer
 
     explainer, info = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32))
     paths = export_explainer(explainer, info, str(tmp_path), ("torchscript", "onnx")).paths

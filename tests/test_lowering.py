@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explain_export import lowering
+from explain_export.builder import lowering
+from explain_export.builder.explainer import build_explainer
 from explain_export.errors import UsageError
-from explain_export.explainer import build_explainer
 
 from models import head_kind, tiny_resnet
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from explain_export import overlay
+from explain_export.artifact import overlay
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import runtime, verify
-from explain_export.explainer import build_explainer
-from explain_export.export import export_explainer
+from explain_export.artifact import runtime
+from explain_export.builder import verify
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export import export_explainer
 
 from models import tiny_resnet
 

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from explain_export import heads
+from explain_export.builder import heads
 
 SETTINGS = settings(max_examples=150, deadline=None)
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from explain_export import runner, samples
+from explain_export.artifact import runner, samples
 from explain_export.cli.run import main
 
 pytestmark = pytest.mark.slow  # each test starts a local Ray instance, or runs beside them
@@ -173,8 +173,8 @@ def test_ray_engine_refuses_to_overwrite(local_run, capsys):
 
 
 def test_pool_size_by_device():
+    from explain_export.artifact.ray_run import RayOptions, _workers
     from explain_export.errors import OptionError
-    from explain_export.ray_run import RayOptions, _workers
 
     assert _workers({"CPU": 8.0}, RayOptions()) == 8
     assert _workers({"CPU": 8.0}, RayOptions(threads=3)) == 2
@@ -228,7 +228,7 @@ def test_no_process_of_a_ray_run_imports_torch(default_export, tree, tmp_path):
 
 
 def test_a_worker_failure_is_named_by_its_own_exception():
-    from explain_export.ray_run import _root_cause
+    from explain_export.artifact.ray_run import _root_cause
 
     text = "ActorDiedError: died\n  File 'x.py', line 3\n    raise\nRuntimeError: disk gone\n"
     assert _root_cause(RuntimeError(text)) == "RuntimeError: disk gone"

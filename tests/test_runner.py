@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain_export import images, overlay, runtime, samples
+from explain_export.artifact import images, overlay, runtime, samples
 from explain_export.cli.run import main
 
 TESTS = os.path.dirname(__file__)
@@ -22,8 +22,8 @@ TESTS = os.path.dirname(__file__)
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     """A small explainer (TinyResNet, 64x64) in both formats, with labels."""
-    from explain_export.explainer import build_explainer
-    from explain_export.export import export_explainer
+    from explain_export.builder.explainer import build_explainer
+    from explain_export.builder.export import export_explainer
 
     from models import tiny_resnet
 
@@ -400,7 +400,7 @@ def test_folders_are_walked_and_outputs_keep_the_path_below_them(
 
 def test_image_threads_change_nothing_but_the_speed(tiny_export, messy_dir, tmp_path):
     """The per-image steps on a thread pool: the same files, byte for byte, as one thread."""
-    from explain_export import runner
+    from explain_export.artifact import runner
 
     artifact = runtime.load(str(tiny_export / "explainer.onnx"))
     paths, _, names = runner.collect([str(messy_dir)])

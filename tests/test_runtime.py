@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export import runtime, samples
+from explain_export.artifact import runtime, samples
+from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.export import export_explainer
+from explain_export.builder.probe import device_of
 from explain_export.cli.run import main as run_main
-from explain_export.explainer import GraphOptions, build_explainer
-from explain_export.export import export_explainer
-from explain_export.probe import device_of
 
 from models import tiny_resnet
 

@@ -24,11 +24,11 @@ import cv2
 import numpy as np
 import pytest
 
-from explain_export import images, samples
+from explain_export.artifact import images, samples
+from explain_export.artifact.serve import app
 from explain_export.cli.run import main as run_main
 from explain_export.cli.serve import main as serve_main
 from explain_export.errors import UsageError
-from explain_export.serve import app
 
 PHOTOS = samples.PHOTOS
 ALL = app.Query(overlay=True, heatmap=True, topk=5)
@@ -181,8 +181,8 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
 @pytest.fixture(scope="module")
 def uint8_export(tmp_path_factory) -> str:
     """A small explainer exported for servers: uint8 NHWC input, in-graph overlay, any size."""
-    from explain_export.explainer import GraphOptions, build_explainer
-    from explain_export.export import export_explainer
+    from explain_export.builder.explainer import GraphOptions, build_explainer
+    from explain_export.builder.export import export_explainer
 
     from models import tiny_resnet
 
@@ -294,7 +294,7 @@ def test_health_and_models_that_cannot_be_served(model, model_path, default_expo
 def test_importing_the_app_imports_neither_ray_nor_torch():
     code = (
         "import sys\n"
-        "import explain_export.serve.app, explain_export.cli.serve\n"
+        "import explain_export.artifact.serve.app, explain_export.cli.serve\n"
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

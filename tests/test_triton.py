@@ -16,10 +16,10 @@ import onnx
 import pytest
 import torch
 
-from explain_export import triton
+from explain_export.artifact import triton
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export import export_explainer
 from explain_export.errors import ExplainExportError, UsageError
-from explain_export.explainer import build_explainer
-from explain_export.export import export_explainer
 
 from models import tiny_resnet
 

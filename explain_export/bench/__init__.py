@@ -47,7 +47,7 @@ The modules, each importing only those above it:
 - :mod:`.report`: the result as JSON, Markdown and a PNG plot (imports none of the above).
 """
 
-from ..export import DEFAULT_OPSET
+from ..builder.export import DEFAULT_OPSET
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
 from .config import (
     CUDA_GRAPH_NEEDS_CUDA,

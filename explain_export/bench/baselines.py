@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import heads
+from ..builder import heads
+from ..builder.explainer import Explainer
+from ..builder.tap import Tap, TapSpec
 from ..errors import ExplainExportError, UsageError
-from ..explainer import Explainer
-from ..tap import Tap, TapSpec
 
 __all__ = ["AutogradGradCAM", "Normalized", "NumpyGradCAM"]
 

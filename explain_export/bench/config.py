@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..builder.export import DEFAULT_OPSET
 from ..errors import OptionError
-from ..export import DEFAULT_OPSET
 
 __all__ = [
     "CUDA_GRAPH_NEEDS_CUDA",

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..artifact.runtime import ort_session
+from ..builder.writers import to_onnx
 from ..errors import first_line
-from ..runtime import ort_session
-from ..writers import to_onnx
 from .config import CUDA_GRAPH_NEEDS_CUDA, ORT_CUDA_MISSING, BenchConfig, Call, Variant
 
 __all__ = ["export_onnx"]
@@ -96,7 +96,7 @@ def _ort_numpy_variant(path: str, device: torch.device, threads: int) -> Variant
     """``path`` through :class:`.runtime.OnnxExplainer`, as ``explain-run`` opens it: numpy
     float32 in (made once per batch size, outside the timed call), numpy out; CUDA graphs off
     (``ort_cudagraph`` measures them)."""
-    from ..runtime import OnnxExplainer
+    from ..artifact.runtime import OnnxExplainer
 
     t0 = time.perf_counter()
     try:
@@ -108,7 +108,7 @@ def _ort_numpy_variant(path: str, device: torch.device, threads: int) -> Variant
         "ort_numpy",
         f"onnxruntime {used[0].removesuffix('ExecutionProvider')}, numpy in/out",
         lambda x: _numpy_call(runner, x),
-        note="explain_export.runtime.OnnxExplainer as explain-run uses it (session.run with a "
+        note="artifact.runtime.OnnxExplainer as explain-run uses it (session.run with a "
         "numpy feed, numpy outputs); the ort variant's ONNX file",
         providers=used,
         setup_s=time.perf_counter() - t0,

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifact.runtime import ort_session
 from ..errors import first_line
-from ..runtime import ort_session
 from .config import BenchConfig, Variant
 
 __all__ = ["PROFILE_BUDGET_S", "head_profiles", "logits_ancestors", "ort_head_share"]

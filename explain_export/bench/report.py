@@ -15,9 +15,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .._files import ensure_out_dir, write_atomic
+from ..artifact.files import ensure_out_dir, write_atomic
+from ..artifact.overlay import encode_png
 from ..errors import ExplainExportError
-from ..overlay import encode_png
 
 __all__ = [
     "FILES",

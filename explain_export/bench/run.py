@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import ModelSource
-from ..explainer import Explainer, ExplainerInfo
-from ..writers import versions
+from ..builder.explainer import Explainer, ExplainerInfo
+from ..builder.source import ModelSource
+from ..builder.writers import versions
 from .config import VARIANTS, BenchConfig
 from .machine import machine
 from .profile import head_profiles
@@ -140,7 +140,7 @@ def load_explainer(
 ) -> tuple[Explainer, ExplainerInfo, str]:
     """The explainer the ``explain-export`` flags describe (no model flags: the embedded
     default), and the model's description."""
-    from ..explainer import build_explainer
+    from ..builder.explainer import build_explainer
 
     loaded = source.load(input_size)
     layer = layer or loaded.layer

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import lowering
+from ..builder import lowering
+from ..builder.explainer import Explainer, ExplainerInfo
+from ..builder.writers import quiet, to_torchscript
 from ..errors import first_line
-from ..explainer import Explainer, ExplainerInfo
-from ..writers import quiet, to_torchscript
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
 from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant
 from .ort import (

@@ -94,8 +94,8 @@ def log(message: str) -> None:
 def add_overlay_flags(group: Any, server: bool = False) -> None:
     """The image flags ``explain-run`` and ``explain-serve`` share (:class:`.OverlayOptions`),
     with the library's defaults and choices."""
-    from ..images import DEFAULT_MAX_PIXELS, RESIZE_MODES
-    from ..overlay import DEFAULT_ALPHA, DEFAULT_COLORMAP
+    from ..artifact.images import DEFAULT_MAX_PIXELS, RESIZE_MODES
+    from ..artifact.overlay import DEFAULT_ALPHA, DEFAULT_COLORMAP
 
     group.add_argument(
         "--alpha",
@@ -176,6 +176,6 @@ def add_model_flags(group: Any) -> None:
 
 def model_source(args: argparse.Namespace) -> Any:
     """The :class:`.ModelSource` the model flags describe (checked: JSON of --arch-kwargs)."""
-    from ..checkpoint import ModelSource
+    from ..builder.source import ModelSource
 
     return ModelSource(args.ckpt, args.arch, args.arch_kwargs, args.trust_checkpoint)

@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..methods import AUTO, CHOICES
+from ..builder.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -168,10 +168,10 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from .._files import ensure_out_dir
+    from ..artifact.files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
     from ..bench.report import head_profile_line, table, target_value, write_report
-    from ..export import DEFAULT_OPSET
+    from ..builder.export import DEFAULT_OPSET
 
     config = BenchConfig(
         batch_sizes=_batch_sizes(args.batch_sizes),

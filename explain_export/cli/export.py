@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 
-from ..methods import AUTO, CHOICES
-from ..runtime import HEATMAP_DTYPES
+from ..artifact.contract import HEATMAP_DTYPES
+from ..builder.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -193,24 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from ..explainer import (
+    from ..builder.explainer import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         GraphOptions,
         build_explainer,
         check_norm,
     )
-    from ..export import DEFAULT_OPSET, export_explainer
-    from ..layers import default_layer, format_layers
-    from ..probe import probe_at_size
-    from ..tap import TapSpec
-    from ..verify import format_device_rows, format_report
+    from ..builder.export import DEFAULT_OPSET, export_explainer
+    from ..builder.layers import default_layer, format_layers
+    from ..builder.probe import probe_at_size
+    from ..builder.tap import TapSpec
+    from ..builder.verify import format_device_rows, format_report
+    from ..errors import UsageError
 
     source = model_source(args)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     if args.triton_repo:  # check the flags before a long export
-        from ..triton import check_repo
+        from ..artifact.triton import check_repo
 
         check_repo(
             args.triton_repo,
@@ -237,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.ckpt is None:
         log("note: no --ckpt, so the weights are those --arch built")
     if args.labels == "imagenet" and not os.path.exists("imagenet"):
-        from ..zoo import imagenet_labels
+        from ..builder.zoo import imagenet_labels
 
         labels = list(imagenet_labels())
     elif args.labels:
@@ -295,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
     for path in result.paths.values():
         print(f"wrote {path}")
     if args.triton_repo:
-        from ..triton import write_triton_repo
+        from ..artifact.triton import write_triton_repo
 
         folders = write_triton_repo(
             result.paths,

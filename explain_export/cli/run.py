@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from ..artifact.pipeline import OverlayOptions
     from ..errors import UsageError
-    from ..pipeline import OverlayOptions
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -164,9 +164,9 @@ def _demo_model(args: argparse.Namespace) -> str:
         return DEFAULT_MODEL
     if args.images:
         raise UsageError(f"no model at {DEFAULT_MODEL}; run explain-export first, or pass --model")
-    from ..explainer import build_explainer
-    from ..export import export_explainer
-    from ..zoo import load_default
+    from ..builder.explainer import build_explainer
+    from ..builder.export import export_explainer
+    from ..builder.zoo import load_default
 
     log(f"demo: exporting the default model to {os.path.dirname(DEFAULT_MODEL)}/ first")
     zoo = load_default()
@@ -184,16 +184,16 @@ def _demo_model(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .. import runner, runtime
+    from ..artifact import runner, runtime
     from ..errors import UsageError
 
     _check_args(args)
-    from ..images import quiet_decoder_warnings
+    from ..artifact.images import quiet_decoder_warnings
 
     quiet_decoder_warnings()
     demo = not args.images
     if demo:
-        from ..samples import PHOTOS, photo_path
+        from ..artifact.samples import PHOTOS, photo_path
 
         try:
             paths, skipped = [photo_path(n) for n in PHOTOS], 0
@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     if not model_path.endswith(tuple(runtime.SUFFIXES)):
         raise UsageError(f"--model '{model_path}' is not .onnx, .pt or .pt2")
     if args.engine == "ray":
-        from ..ray_run import check_model_path
+        from ..artifact.ray_run import check_model_path
 
         check_model_path(model_path)  # before anything loads
     try:
@@ -267,8 +267,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if args.engine == "ray":
-            from ..ray_run import RayOptions
-            from ..ray_run import run as ray_run
+            from ..artifact.ray_run import RayOptions
+            from ..artifact.ray_run import run as ray_run
 
             where = RayOptions(args.workers, args.threads or 1, args.address, args.device)
             report = ray_run(

@@ -17,7 +17,7 @@ from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, ru
 __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
 
 if TYPE_CHECKING:
-    from ..serve.ray_app import ServerConfig
+    from ..artifact.serve.ray_app import ServerConfig
 
 PROG = "explain-serve"
 DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
@@ -44,7 +44,7 @@ exit codes: 0 stopped cleanly, 1 failure, 2 usage (bad flag or model, port in us
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..serve.app import DEFAULT_MAX_BODY_BYTES
+    from ..artifact.serve.app import DEFAULT_MAX_BODY_BYTES
 
     p = ArgumentParser(
         prog=PROG,
@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
+    from ..artifact.serve.app import ServeOptions
+    from ..artifact.serve.ray_app import ServerConfig
     from ..errors import UsageError
-    from ..serve.app import ServeOptions
-    from ..serve.ray_app import ServerConfig
 
     for flag, value, least in (
         ("--replicas", args.replicas, 1),
@@ -190,8 +190,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..artifact.serve import app, ray_app
     from ..errors import UsageError
-    from ..serve import app, ray_app
 
     config = _config(args)
     model = app.open_model(config.model_path, config.threads)  # usage errors before Ray starts

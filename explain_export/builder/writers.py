@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from . import __version__, lowering
-from .artifact import METADATA_FILE, METADATA_KEY
-from .errors import ExplainExportError
+from .. import __version__
+from ..artifact.contract import METADATA_FILE, METADATA_KEY
+from ..errors import ExplainExportError
+from . import lowering
 
 __all__ = ["quiet", "root_cause", "stamp", "to_onnx", "to_pt2", "to_torchscript", "versions"]
 

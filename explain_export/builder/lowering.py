@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import OptionError
 from .adjoints import (
     adaptive_avg_pool2d_backward,
     adaptive_max_pool2d_backward,
@@ -38,7 +39,6 @@ from .adjoints import (
     convolution_backward,
     max_pool2d_with_indices_backward,
 )
-from .errors import OptionError
 
 __all__ = [
     "Lowered",

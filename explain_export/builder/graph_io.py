@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "INPUT_FORMATS",
     "colormap_lut",
     "heatmap_output",
     "image_size",
@@ -24,8 +23,6 @@ __all__ = [
     "pixels_nhwc",
     "to_float_nchw",
 ]
-
-INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
 
 
 def to_float_nchw(image: Tensor, input_format: str) -> Tensor:
@@ -51,7 +48,7 @@ def colormap_lut(colormap: str = "JET") -> Tensor:
     """OpenCV's colormap as a ``[256, 3]`` float table in **RGB** order (OpenCV gives BGR)."""
     import cv2
 
-    from .overlay import colormap_id
+    from ..artifact.overlay import colormap_id
 
     bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), colormap_id(colormap))
     return torch.from_numpy(np.ascontiguousarray(bgr[:, 0, ::-1])).to(torch.float32)

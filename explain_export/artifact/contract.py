@@ -4,7 +4,11 @@
 ``metadata_props[METADATA_KEY]``, the extra file ``explainer.json`` of TorchScript and pt2
 archives) and written beside them. :meth:`ArtifactMetadata.from_json` checks a parsed JSON object
 once (it is data: parsed, never run) and says in one line what is wrong; the readers (the
-runner, the server, the Triton writer) then read typed fields. No torch here.
+runner, the server, the Triton writer) then read typed fields. Beside it: the graph's input
+formats and heatmap dtypes, its output names, how an image batch is fed to it
+(:func:`graph_image`) and a heatmap read back (:func:`heatmap_unit`), and
+:func:`check_metadata`, which checks an opened artifact against its metadata. Both sides read
+these from here; no torch here.
 """
 
 from __future__ import annotations
@@ -12,16 +16,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import UsageError
 
 __all__ = [
     "FILES",
     "FORMAT",
+    "HEATMAP_DTYPES",
+    "INPUT_FORMATS",
     "METADATA_FILE",
     "METADATA_KEY",
     "ArtifactMetadata",
     "MetadataError",
     "TensorSpec",
+    "check_metadata",
+    "graph_image",
+    "heatmap_unit",
+    "output_names",
 ]
 
 METADATA_KEY = "explain_export"  # ONNX metadata_props key
@@ -32,6 +46,30 @@ FILES = {
     "onnx": "explainer.onnx",
     "pt2": "explainer.pt2",
 }
+
+
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc")  # the image input: float [N,3,H,W] in [0,1], or uint8
+HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
+
+
+def output_names(overlay: bool = False) -> list[str]:
+    """The graph's outputs, in order: ``logits``, ``heatmap`` and, in-graph, ``overlay``."""
+    return ["logits", "heatmap", "overlay"] if overlay else ["logits", "heatmap"]
+
+
+def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
+    """float32 ``[N,3,H,W]`` in [0,1] -> what a graph of ``input_format`` takes."""
+    if input_format == "uint8-nhwc":
+        pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:
+    """A heatmap as float32 in [0, 1]: a ``uint8`` one (``--heatmap-dtype uint8``) is / 255."""
+    if heatmap.dtype == np.uint8:
+        return heatmap.astype(np.float32) / np.float32(255.0)
+    return heatmap
 
 
 class MetadataError(ValueError):
@@ -184,3 +222,48 @@ class ArtifactMetadata:
         if isinstance(metadata, ArtifactMetadata):
             return metadata
         return cls.from_json(dict(metadata))
+
+
+class Opened(Protocol):
+    """An opened artifact, as :func:`check_metadata` reads it (a :mod:`.runtime` session)."""
+
+    path: str
+    metadata: dict[str, Any] | None
+    output_names: list[str]
+    shapes: dict[str, list[Any]]
+
+
+def check_metadata(artifact: Opened) -> ArtifactMetadata:
+    """The artifact's metadata (:class:`ArtifactMetadata`), checked against the
+    graph it describes."""
+    raw = artifact.metadata
+    if raw is None:
+        raise UsageError(
+            f"'{artifact.path}' has no explain-export metadata, in the file or as explainer.json "
+            "beside it; export it with explain-export"
+        )
+    try:
+        meta = ArtifactMetadata.from_json(raw)
+    except MetadataError as exc:
+        raise UsageError(
+            f"metadata of '{artifact.path}' is not usable: {exc}; re-export it"
+        ) from exc
+    if "heatmap" not in artifact.output_names or meta.output_names[:2] != ["logits", "heatmap"]:
+        raise UsageError(
+            f"'{artifact.path}' is not an explainer: its outputs are "
+            f"{', '.join(artifact.output_names)}; expected logits and heatmap"
+        )
+    image = artifact.shapes.get("image")
+    size = list(meta.input_size)
+    if image and all(isinstance(d, int) for d in image[2:]) and image[2:] != size:
+        raise UsageError(
+            f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
+            f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
+        )
+    logits = artifact.shapes.get("logits")
+    if meta.labels and logits and isinstance(logits[-1], int) and len(meta.labels) != logits[-1]:
+        raise UsageError(
+            f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {logits[-1]} "
+            "classes; re-export it"
+        )
+    return meta

@@ -26,15 +26,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..errors import ExplainExportError, OptionError
 from . import overlay
-from ._files import write_atomic
-from .errors import ExplainExportError, OptionError
+from .contract import check_metadata
+from .files import write_atomic
 from .runner import (
     ImageResult,
     Journal,
     RunOptions,
     RunReport,
-    check_metadata,
     explain_batch,
     finish,
     plan,

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import samples
+from ..artifact import samples
+from ..artifact.contract import graph_image, heatmap_unit
 from .explainer import Explainer
-from .runtime import graph_image, heatmap_unit
 
 __all__ = [
     "CORR_MIN",

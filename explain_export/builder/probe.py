@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import OptionError, UsageError, first_line
+from ..errors import OptionError, UsageError, first_line
 from .tap import TapSpec, resolve_module
 
 __all__ = [

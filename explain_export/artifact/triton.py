@@ -26,8 +26,8 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from .artifact import ArtifactMetadata, MetadataError, TensorSpec
-from .errors import ExplainExportError, OptionError, UsageError
+from ..errors import ExplainExportError, OptionError, UsageError
+from .contract import ArtifactMetadata, MetadataError, TensorSpec
 
 __all__ = [
     "BACKENDS",

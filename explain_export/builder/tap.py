@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import OptionError, UsageError
+from ..errors import OptionError, UsageError
 
 __all__ = ["LAYER_SYNTAX", "Tap", "TapSpec", "resolve_module"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["AUTO", "CAM", "CHOICES", "GRADCAM", "METHODS", "SUM", "Method", "get"]
 

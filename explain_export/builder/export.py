@@ -20,20 +20,13 @@ from typing import Any
 
 import torch
 
+from ..artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, TensorSpec, output_names
+from ..artifact.files import ensure_out_dir
+from ..artifact.runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
+from ..errors import ExplainExportError, OptionError, ParityError, UsageError
 from . import lowering, methods, verify
-from ._files import ensure_out_dir
-from .artifact import FILES, METADATA_FILE, ArtifactMetadata, TensorSpec
-from .errors import ExplainExportError, OptionError, ParityError, UsageError
 from .explainer import Explainer, ExplainerInfo
-from .runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
-from .writers import (
-    root_cause,
-    stamp,
-    to_onnx,
-    to_pt2,
-    to_torchscript,
-    versions,
-)
+from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript, versions
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -43,7 +36,6 @@ __all__ = [
     "ExportResult",
     "build_metadata",
     "export_explainer",
-    "output_names",
 ]
 
 FORMATS = ("torchscript", "onnx", "pt2")
@@ -75,10 +67,6 @@ def _example_args(
     else:
         image = torch.rand(batch, 3, h, w, generator=g)
     return (image, torch.tensor([-1, 0])) if class_input else (image,)
-
-
-def output_names(info: ExplainerInfo) -> list[str]:
-    return ["logits", "heatmap", "overlay"] if info.graph.overlay else ["logits", "heatmap"]
 
 
 def _dynamic_shapes(
@@ -308,7 +296,7 @@ def _export(
             path = os.path.join(tmp, FILES[fmt])
             t0 = time.perf_counter()
             if fmt == "onnx":
-                to_onnx(module, args, path, opset, shapes, output_names(info))
+                to_onnx(module, args, path, opset, shapes, output_names(info.graph.overlay))
                 try:
                     verify.check_onnx(path)
                 except Exception as exc:

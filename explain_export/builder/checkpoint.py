@@ -8,7 +8,6 @@ unpickling it runs code from the file.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pickle
 from collections import OrderedDict
@@ -19,14 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import OptionError, UsageError, first_line
+from ..errors import OptionError, UsageError, first_line
 
 __all__ = [
     "PREFIXES",
     "STATE_DICT_KEYS",
     "CheckpointInfo",
     "LoadedModel",
-    "ModelSource",
     "build_arch",
     "load_model",
     "load_weights",
@@ -267,60 +265,11 @@ def load_model(
     return model.float().eval(), info
 
 
-_KWARGS_EXAMPLE = '{"num_classes": 10}'
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the model comes from, as ``explain-export`` and ``explain-bench`` take it: a
-    checkpoint and/or an ``--arch`` callable with its keyword arguments, or neither for the
-    embedded EfficientNet-Lite0 (:mod:`.zoo`). ``arch_kwargs`` may be given as JSON text."""
-
-    ckpt: str | None = None
-    arch: str | None = None
-    arch_kwargs: Mapping[str, Any] | str = field(default_factory=dict)
-    trust: bool = False
-
-    def __post_init__(self) -> None:
-        kwargs = self.arch_kwargs
-        if isinstance(kwargs, str):
-            try:
-                kwargs = json.loads(kwargs)
-            except json.JSONDecodeError as exc:
-                raise OptionError(
-                    "arch_kwargs",
-                    "{name} is not valid JSON ({why}); e.g. '{example}'",
-                    why=exc.msg,
-                    example=_KWARGS_EXAMPLE,
-                ) from exc
-        if not isinstance(kwargs, Mapping):
-            raise OptionError(
-                "arch_kwargs",
-                "{name} must be a JSON object, e.g. '{example}'",
-                example=_KWARGS_EXAMPLE,
-            )
-        object.__setattr__(self, "arch_kwargs", dict(kwargs))
-
-    @property
-    def embedded(self) -> bool:
-        """No checkpoint and no ``--arch``: the embedded default model."""
-        return self.ckpt is None and self.arch is None
-
-    def load(self, input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
-        """The model in eval mode on the CPU, with what is known about it."""
-        if self.embedded:
-            from .zoo import load_default
-
-            zoo = load_default(input_size)
-            return LoadedModel(zoo.model, zoo.description, list(zoo.labels), zoo.layer, None)
-        model, info = load_model(self.ckpt, self.arch, dict(self.arch_kwargs), self.trust)
-        return LoadedModel(model, self.arch or type(model).__name__, None, None, info)
-
-
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model from a :class:`ModelSource`: its description, labels and default layer where the
-    source knows them, and the checkpoint's facts (None for the embedded model)."""
+    """A model with what its source knows: a description, the class labels and default layer
+    where known (the embedded model, :mod:`.zoo`), and the checkpoint's facts (None without
+    one). :class:`.source.ModelSource` gives one for any source."""
 
     model: nn.Module
     description: str

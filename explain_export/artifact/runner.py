@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import OptionError
 from . import images, overlay, pipeline
-from ._files import ensure_out_dir, write_atomic
-from .artifact import ArtifactMetadata, MetadataError
-from .errors import OptionError, UsageError
+from .contract import ArtifactMetadata, check_metadata
+from .files import ensure_out_dir, write_atomic
 from .runtime import Artifact
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "Journal",
     "RunOptions",
     "RunReport",
-    "check_metadata",
     "collect",
     "explain_batch",
     "finish",
@@ -89,42 +88,6 @@ class RunReport:
     @property
     def failed(self) -> list[ImageResult]:
         return [r for r in self.results if r.error is not None]
-
-
-def check_metadata(artifact: Artifact) -> ArtifactMetadata:
-    """The artifact's metadata (:class:`~.artifact.ArtifactMetadata`), checked against the
-    graph it describes."""
-    raw = artifact.metadata
-    if raw is None:
-        raise UsageError(
-            f"'{artifact.path}' has no explain-export metadata, in the file or as explainer.json "
-            "beside it; export it with explain-export"
-        )
-    try:
-        meta = ArtifactMetadata.from_json(raw)
-    except MetadataError as exc:
-        raise UsageError(
-            f"metadata of '{artifact.path}' is not usable: {exc}; re-export it"
-        ) from exc
-    if "heatmap" not in artifact.output_names or meta.output_names[:2] != ["logits", "heatmap"]:
-        raise UsageError(
-            f"'{artifact.path}' is not an explainer: its outputs are "
-            f"{', '.join(artifact.output_names)}; expected logits and heatmap"
-        )
-    image = artifact.shapes.get("image")
-    size = list(meta.input_size)
-    if image and all(isinstance(d, int) for d in image[2:]) and image[2:] != size:
-        raise UsageError(
-            f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
-            f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
-        )
-    logits = artifact.shapes.get("logits")
-    if meta.labels and logits and isinstance(logits[-1], int) and len(meta.labels) != logits[-1]:
-        raise UsageError(
-            f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {logits[-1]} "
-            "classes; re-export it"
-        )
-    return meta
 
 
 def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:

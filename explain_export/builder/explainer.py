@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import graph_io, heads, layers, methods, probe, samples
-from .errors import OptionError, UsageError
+from ..artifact import samples
+from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS, graph_image
+from ..errors import OptionError, UsageError
+from . import graph_io, heads, layers, methods, probe
 from .heatmap_head import GraphOptions, HeatmapHead, target_class
 from .methods import AUTO
-from .runtime import HEATMAP_DTYPES, graph_image
 from .tap import Tap, TapSpec
 
 __all__ = [
@@ -140,10 +141,10 @@ class Explainer(nn.Module):
                 f"unknown heatmap dtype '{graph.heatmap_dtype}'; "
                 f"choose one of {', '.join(HEATMAP_DTYPES)}"
             )
-        if graph.input_format not in graph_io.INPUT_FORMATS:
+        if graph.input_format not in INPUT_FORMATS:
             raise UsageError(
                 f"unknown input format '{graph.input_format}'; "
-                f"choose one of {', '.join(graph_io.INPUT_FORMATS)}"
+                f"choose one of {', '.join(INPUT_FORMATS)}"
             )
         self.graph = graph
         bound = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .errors import OptionError
+from ..errors import OptionError
 
 __all__ = ["ensure_out_dir", "write_atomic"]
 

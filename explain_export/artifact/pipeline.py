@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import OptionError
 from . import images, overlay
-from .errors import OptionError
 
 __all__ = [
     "Fitted",

@@ -1,0 +1,65 @@
+"""Where the model comes from: a checkpoint, an ``--arch`` callable, or the embedded default.
+
+:class:`ModelSource` is the model flags of ``explain-export`` and ``explain-bench`` as one value,
+checked when made; :meth:`ModelSource.load` reads :mod:`.checkpoint` or :mod:`.zoo`, which
+know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import OptionError
+from .checkpoint import LoadedModel, load_model
+from .zoo import load_default
+
+__all__ = ["ModelSource"]
+
+_KWARGS_EXAMPLE = '{"num_classes": 10}'
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from, as ``explain-export`` and ``explain-bench`` take it: a
+    checkpoint and/or an ``--arch`` callable with its keyword arguments, or neither for the
+    embedded EfficientNet-Lite0 (:mod:`.zoo`). ``arch_kwargs`` may be given as JSON text."""
+
+    ckpt: str | None = None
+    arch: str | None = None
+    arch_kwargs: Mapping[str, Any] | str = field(default_factory=dict)
+    trust: bool = False
+
+    def __post_init__(self) -> None:
+        kwargs = self.arch_kwargs
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as exc:
+                raise OptionError(
+                    "arch_kwargs",
+                    "{name} is not valid JSON ({why}); e.g. '{example}'",
+                    why=exc.msg,
+                    example=_KWARGS_EXAMPLE,
+                ) from exc
+        if not isinstance(kwargs, Mapping):
+            raise OptionError(
+                "arch_kwargs",
+                "{name} must be a JSON object, e.g. '{example}'",
+                example=_KWARGS_EXAMPLE,
+            )
+        object.__setattr__(self, "arch_kwargs", dict(kwargs))
+
+    @property
+    def embedded(self) -> bool:
+        """No checkpoint and no ``--arch``: the embedded default model."""
+        return self.ckpt is None and self.arch is None
+
+    def load(self, input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
+        """The model in eval mode on the CPU, with what is known about it."""
+        if self.embedded:
+            return load_default(input_size)
+        model, info = load_model(self.ckpt, self.arch, dict(self.arch_kwargs), self.trust)
+        return LoadedModel(model, self.arch or type(model).__name__, None, None, info)
