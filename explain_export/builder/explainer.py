@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..artifact import samples
 from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS, graph_image
 from ..errors import OptionError, UsageError
-from . import graph_io, heads, layers, methods, probe
+from . import gap_head, graph_io, heads, layers, methods, probe
 from .heatmap_head import GraphOptions, HeatmapHead, target_class
 from .methods import AUTO
 from .tap import Tap, TapSpec
@@ -358,11 +358,11 @@ def _choose_method(
             )
         return method, "", None
     if method == "cam":
-        found = probe.find_gap_linear_head(result, model, record, spec, head)
+        found = gap_head.find_gap_linear_head(result, model, record, spec, head)
         return "cam", f"'{spec}' feeds global average pooling + '{found.linear}'", found.linear
     if layout == "NCHW":
         try:
-            found = probe.find_gap_linear_head(result, model, record, spec, head)
+            found = gap_head.find_gap_linear_head(result, model, record, spec, head)
         except UsageError as exc:
             why = str(exc).split(";")[0]
         else:

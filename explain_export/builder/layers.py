@@ -9,7 +9,8 @@ classifier (a vision transformer) is refused with one line.
 from __future__ import annotations
 
 from ..errors import OptionError, UsageError
-from .probe import CallRecord, Probe, gap_input, is_spatial, layout, spatial, spec_for
+from .gap_head import gap_input
+from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
 
 __all__ = ["default_layer", "format_layers", "pool_input"]
