@@ -7,6 +7,7 @@ Set ``EXPLAIN_SERVE_LOAD_OUT=benchmarks/results/serve-load.json`` to keep the lo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import json
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -34,26 +36,57 @@ PHOTOS = samples.PHOTOS
 ALL = app.Query(overlay=True, heatmap=True, topk=5)
 
 
-def explain_batch(model, requests, opts):
-    """The deployment's steps for a batch of ``(body, query)`` requests, without Ray:
-    :func:`app.prepare` per request (a bad image gets its own 4xx reply and the rest go on),
-    :func:`app.run_model` once, :func:`app.answer` per request; a failing model call is a 500
-    for the images in it."""
-    replies = [None] * len(requests)
-    ready = []
-    for i, (body, query) in enumerate(requests):
+class _OneBatch:
+    """What ``@serve.batch`` does with requests that all arrive within its wait: the graph inputs
+    of ``n`` concurrent requests go to ``run`` in one call, once each request has sent its input
+    or finished without one (a body that does not decode)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.finished, self.run = n, 0, None
+        self.waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.calls: list[asyncio.Task] = []
+
+    async def __call__(self, image_input: np.ndarray):
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((image_input, future))
+        self._flush()
+        return await future
+
+    def done(self, _task: asyncio.Task) -> None:
+        self.finished += 1
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.waiting and len(self.waiting) + self.finished == self.n:
+            waiting, self.waiting = self.waiting, []
+            self.calls.append(asyncio.ensure_future(self._call(waiting)))
+
+    async def _call(self, waiting: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         try:
-            ready.append((i, query, app.prepare(body, model, opts)))
-        except app.RequestError as exc:
-            replies[i] = exc.reply()
-    if ready:
-        try:
-            outputs = app.run_model(model, [image.input for _, _, image in ready])
+            outputs = await self.run([image_input for image_input, _ in waiting])
         except Exception as exc:
-            return [app.model_failure(exc) if r is None else r for r in replies]
-        for (i, query, image), (lg, hm) in zip(ready, outputs, strict=True):
-            replies[i] = app.Reply(200, app.answer(model, image, lg, hm, query, opts, len(ready)))
-    return replies
+            for _, future in waiting:
+                future.set_exception(exc)
+        else:
+            for (_, future), out in zip(waiting, outputs, strict=True):
+                future.set_result(out)
+
+
+def explain_batch(model, requests, opts):
+    """``(body, query)`` requests sent together through the deployment's own handling, without
+    Ray: :meth:`app.Handler.explain` per request (a bad image gets its own 4xx reply and the rest
+    go on), the graph inputs of the others to :meth:`app.Handler.run_batch` in one call."""
+    batch = _OneBatch(len(requests))
+    handler = app.Handler(model, opts, batch)
+    batch.run = handler.run_batch
+
+    async def send_all():
+        tasks = [asyncio.create_task(handler.explain(body, query)) for body, query in requests]
+        for task in tasks:
+            task.add_done_callback(batch.done)
+        return await asyncio.gather(*tasks)
+
+    return asyncio.run(send_all())
 
 
 def _huge_png(w: int = 100_000, h: int = 100_000) -> bytes:
@@ -181,16 +214,17 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
 @pytest.fixture(scope="module")
 def uint8_export(tmp_path_factory) -> str:
     """A small explainer exported for servers: uint8 NHWC input, in-graph overlay, any size."""
-    from explain_export.builder.explainer import GraphOptions, build_explainer
+    from explain_export.builder.explainer import build_explainer
     from explain_export.builder.export import export_explainer
+    from explain_export.builder.plan import GraphOptions
 
     from models import tiny_resnet
 
     out = tmp_path_factory.mktemp("uint8")
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
-    explainer, info = build_explainer(tiny_resnet(seed=3), input_size=(48, 64), graph=graph)
+    explainer = build_explainer(tiny_resnet(seed=3), input_size=(48, 64), graph=graph)
     labels = [f"class{i}" for i in range(10)]
-    export_explainer(explainer, info, str(out), ("onnx",), labels=labels, dynamic_size=True)
+    export_explainer(explainer, str(out), ("onnx",), labels=labels, dynamic_size=True)
     return str(out / "explainer.onnx")
 
 
@@ -289,6 +323,49 @@ def test_health_and_models_that_cannot_be_served(model, model_path, default_expo
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(UsageError, match="cannot load path"):
         app.open_model(str(tmp_path / "junk.onnx"))
+
+
+def test_the_deployment_hands_requests_and_batches_to_the_handler(monkeypatch, model_path):
+    """The Ray deployment only adapts: its __call__ is Handler.handle, its @serve.batch method
+    Handler.run_batch (called here undecorated, with no Ray instance)."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    from explain_export.artifact.serve import ray_app
+
+    calls = []
+
+    async def handle(self, *args):
+        calls.append(("handle", args[:4], [chunk async for chunk in args[4]]))
+        return app.Reply(405, {"error": "no"}, {"Allow": "GET"})
+
+    async def run_batch(self, inputs):
+        calls.append(("run_batch", inputs))
+        return ["outputs"] * len(inputs)
+
+    monkeypatch.setattr(app.Handler, "handle", handle)
+    monkeypatch.setattr(app.Handler, "run_batch", run_batch)
+    cls = ray_app.make_deployment(ray_app.ServerConfig(model_path)).func_or_class
+    replica = cls.__new__(cls)  # not __init__: that opens the model inside a Ray replica
+    replica.handler = app.Handler(None, app.ServeOptions(), replica.infer)
+
+    async def stream():
+        yield b"ab"
+        yield b"c"
+
+    request = SimpleNamespace(
+        method="PUT",
+        url=SimpleNamespace(path="/explain"),
+        query_params={"topk": "1"},
+        headers={"content-length": "3"},
+        stream=stream,
+    )
+    response = asyncio.run(replica(request))
+    assert (response.status_code, response.headers["allow"]) == (405, "GET")
+    assert json.loads(response.body) == {"error": "no"}
+    assert asyncio.run(cls.infer.__wrapped__(replica, ["x", "y"])) == ["outputs"] * 2
+    assert calls == [
+        ("handle", ("PUT", "/explain", {"topk": "1"}, "3"), [b"ab", b"c"]),
+        ("run_batch", ["x", "y"]),
+    ]
 
 
 def test_importing_the_app_imports_neither_ray_nor_torch():

@@ -3,10 +3,9 @@
 The request handling is plain functions that need neither Ray nor torch: :func:`route`,
 :func:`parse_query`, then :func:`prepare` (decode, fit) per request, :func:`run_model` per batch,
 :func:`answer` (map back, blend, encode) per request, the steps of :mod:`..pipeline` that
-``explain-run`` takes too.
-:func:`build_app` wraps them in a Ray Serve deployment that batches the model call with
-``@serve.batch`` and runs the per-request steps in threads; :func:`start_ray`, :func:`deploy` and
-:func:`stop` run it on a local Ray instance. Ray is imported only in those four.
+``explain-run`` takes too. :class:`Handler` is a replica's whole request handling on them (the
+per-request steps in threads, the model call through a batcher); :mod:`.ray_app`'s deployment
+only hands it each request and each ``@serve.batch`` batch.
 
 HTTP API (every body is JSON; every error is ``{"error": "one line"}`` with a 4xx status, or 500
 if the model itself fails):
@@ -31,12 +30,13 @@ if the model itself fails):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -51,7 +51,9 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "QUERY_PARAMS",
     "ROUTES",
+    "Handler",
     "Model",
+    "Outputs",
     "Prepared",
     "Query",
     "Reply",
@@ -307,3 +309,76 @@ def internal_error(exc: Exception) -> Reply:
     """The 500 reply for any other failure; the traceback goes to the server's log."""
     logging.getLogger("ray.serve").error("explain-serve: request failed", exc_info=exc)
     return Reply(500, {"error": f"internal error: {first_line(exc)}"})
+
+
+Outputs = tuple[np.ndarray, np.ndarray, int]  # one image's logits and heatmap, the batch's size
+
+
+class Handler:
+    """A replica's request handling, no Ray: :meth:`handle` answers one HTTP request (route,
+    query, body, then :meth:`explain`); :meth:`explain` one image (:func:`prepare` and
+    :func:`answer` in threads, concurrently with other requests; the model call through
+    ``infer``); :meth:`run_batch` is one model call for a batch of graph inputs. ``infer`` takes
+    one graph input and returns its :data:`Outputs`: in :mod:`.ray_app`, the deployment's
+    ``@serve.batch`` method, which calls :meth:`run_batch`. ``info``: more ``/healthz`` fields."""
+
+    def __init__(
+        self,
+        model: Model,
+        opts: ServeOptions,
+        infer: Callable[[np.ndarray], Awaitable[Outputs]],
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model, self.opts, self.infer = model, opts, infer
+        self.info = dict(info or {})
+
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        content_length: str | None,
+        chunks: AsyncIterable[bytes],
+    ) -> Reply:
+        """The reply to one request; ``chunks`` is its body, read up to the byte limit."""
+        limit = self.opts.max_body_bytes
+        try:
+            if route(method, path) == "/healthz":
+                return Reply(200, {**health(self.model), **self.info})
+            query = parse_query(params, self.model.num_classes)
+            check_length(content_length, limit)
+            body = bytearray()
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > limit:
+                    raise RequestError(413, too_long(len(body), limit))
+        except RequestError as exc:
+            return exc.reply()
+        except Exception as exc:
+            return internal_error(exc)
+        return await self.explain(bytes(body), query)
+
+    async def explain(self, body: bytes, query: Query) -> Reply:
+        """The reply to one ``/explain`` body: 200, a 4xx for a bad image, 500 if it fails."""
+        try:
+            image = await asyncio.to_thread(prepare, body, self.model, self.opts)
+        except RequestError as exc:
+            return exc.reply()
+        except Exception as exc:
+            return internal_error(exc)
+        try:
+            logits, heatmap, n = await self.infer(image.input)
+        except Exception as exc:
+            return model_failure(exc)
+        try:
+            result = await asyncio.to_thread(
+                answer, self.model, image, logits, heatmap, query, self.opts, n
+            )
+        except Exception as exc:
+            return internal_error(exc)
+        return Reply(200, result)
+
+    async def run_batch(self, inputs: Sequence[np.ndarray]) -> list[Outputs]:
+        """One model call (in a thread) for a batch: each image's outputs and the batch's size."""
+        outputs = await asyncio.to_thread(run_model, self.model, inputs)
+        return [(lg, hm, len(inputs)) for lg, hm in outputs]

@@ -1,14 +1,14 @@
 """The Ray Serve adapter for :mod:`.app`: a deployment that batches the model call.
 
-:func:`build_app` wraps the request functions of :mod:`.app` (decode and fit per request, one
-model call per batch with ``@serve.batch``, map back and draw per request, the per-request
-steps in threads); :func:`start_ray`, :func:`deploy` and :func:`stop` run it on a local Ray
-instance. Ray is imported only inside these functions.
+:func:`make_deployment` (and :func:`build_app`, its application) wraps an :class:`.app.Handler`
+per replica: each request goes to :meth:`~.app.Handler.handle` (decode and fit, map back and
+draw, in threads), each ``@serve.batch`` batch of graph inputs to
+:meth:`~.app.Handler.run_batch` (one model call); :func:`start_ray`, :func:`deploy` and
+:func:`stop` run it on a local Ray instance. Ray is imported only inside these functions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,24 +18,17 @@ import cv2
 import numpy as np
 
 from ..images import quiet_decoder_warnings
-from .app import (
-    Reply,
-    RequestError,
-    ServeOptions,
-    answer,
-    check_length,
-    health,
-    internal_error,
-    model_failure,
-    open_model,
-    parse_query,
-    prepare,
-    route,
-    run_model,
-    too_long,
-)
+from .app import Handler, Outputs, Reply, ServeOptions, open_model
 
-__all__ = ["APP_NAME", "ServerConfig", "build_app", "deploy", "start_ray", "stop"]
+__all__ = [
+    "APP_NAME",
+    "ServerConfig",
+    "build_app",
+    "deploy",
+    "make_deployment",
+    "start_ray",
+    "stop",
+]
 
 APP_NAME = "explain-export"  # the Serve application's name
 
@@ -69,12 +62,11 @@ class ServerConfig:
         return self.num_gpus / self.replicas if self.device == "cuda" else 0.0
 
 
-def build_app(config: ServerConfig) -> Any:
-    """The Ray Serve application (``Deployment.bind()``) for ``config``; imports Ray."""
+def make_deployment(config: ServerConfig) -> Any:
+    """The Ray Serve deployment for ``config`` (its class is ``.func_or_class``); imports Ray
+    but needs no Ray instance until it runs."""
     from ray import serve
     from starlette.responses import JSONResponse
-
-    opts = config.options
 
     def to_response(reply: Reply) -> JSONResponse:
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
@@ -93,48 +85,33 @@ def build_app(config: ServerConfig) -> Any:
             if config.threads:
                 cv2.setNumThreads(config.threads)
             quiet_decoder_warnings()  # a bad body gets its own one-line 400, not a log line
-            self.model = open_model(
-                config.model_path, config.threads, config.device, config.cuda_graph
-            )
-            self.replica = serve.get_replica_context().replica_id.unique_id
+            model = open_model(config.model_path, config.threads, config.device, config.cuda_graph)
+            replica = serve.get_replica_context().replica_id.unique_id
+            # decoding and drawing run in threads, concurrently with other requests; only the
+            # model call is batched (self.infer)
+            self.handler = Handler(model, config.options, self.infer, {"replica": replica})
 
         async def __call__(self, request: Any) -> JSONResponse:
-            try:
-                path = route(request.method, request.url.path)
-                if path == "/healthz":
-                    return to_response(Reply(200, {**health(self.model), "replica": self.replica}))
-                query = parse_query(dict(request.query_params), self.model.num_classes)
-                check_length(request.headers.get("content-length"), opts.max_body_bytes)
-                body = bytearray()
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > opts.max_body_bytes:
-                        raise RequestError(413, too_long(len(body), opts.max_body_bytes))
-                # decoding and drawing run in threads, concurrently with other requests;
-                # only the model call is batched
-                image = await asyncio.to_thread(prepare, bytes(body), self.model, opts)
-            except RequestError as exc:
-                return to_response(exc.reply())
-            except Exception as exc:
-                return to_response(internal_error(exc))
-            try:
-                logits, heatmap, n = await self.infer(image.input)
-            except Exception as exc:
-                return to_response(model_failure(exc))
-            try:
-                result = await asyncio.to_thread(
-                    answer, self.model, image, logits, heatmap, query, opts, n
-                )
-            except Exception as exc:
-                return to_response(internal_error(exc))
-            return to_response(Reply(200, result))
+            headers, params = request.headers, dict(request.query_params)
+            reply = await self.handler.handle(
+                request.method,
+                request.url.path,
+                params,
+                headers.get("content-length"),
+                request.stream(),
+            )
+            return to_response(reply)
 
         @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s)
-        async def infer(self, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-            outputs = await asyncio.to_thread(run_model, self.model, inputs)
-            return [(lg, hm, len(inputs)) for lg, hm in outputs]
+        async def infer(self, inputs: list[np.ndarray]) -> list[Outputs]:
+            return await self.handler.run_batch(inputs)
 
-    return ExplainerDeployment.bind()
+    return ExplainerDeployment
+
+
+def build_app(config: ServerConfig) -> Any:
+    """The Ray Serve application (``Deployment.bind()``) for ``config``; imports Ray."""
+    return make_deployment(config).bind()
 
 
 def start_ray(config: ServerConfig) -> None:
