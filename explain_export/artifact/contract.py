@@ -149,6 +149,7 @@ class ArtifactMetadata:
     opset: int | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     created: str | None = None
+    export_id: str | None = None  # one per export, in every file of its set and explainer.json
     parity: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

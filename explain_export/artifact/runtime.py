@@ -11,6 +11,7 @@ that ``explain-export`` wrote: from the file itself, or else from ``explainer.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import first_line
+from ..errors import UsageError, first_line
 from .contract import (
     METADATA_FILE,
     METADATA_KEY,
@@ -47,6 +48,23 @@ def sidecar_metadata(path: str) -> dict[str, Any] | None:
         return None
     with open(sidecar) as f:
         return json.load(f)
+
+
+def _own_metadata(path: str, embedded: str | None) -> dict[str, Any] | None:
+    """The metadata stamped in the file, else ``explainer.json`` beside it; a file whose
+    ``export_id`` differs from the one beside it is refused (a commit was interrupted)."""
+    if not embedded:
+        return sidecar_metadata(path)
+    meta, beside = json.loads(embedded), None
+    with contextlib.suppress(OSError, ValueError):  # an unreadable one says nothing
+        beside = sidecar_metadata(path)
+    ids = [m.get("export_id") if isinstance(m, dict) else None for m in (meta, beside)]
+    if all(ids) and ids[0] != ids[1]:
+        raise UsageError(
+            f"'{path}' and {METADATA_FILE} beside it come from different exports "
+            "(a commit was interrupted); re-export"
+        )
+    return meta
 
 
 def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
@@ -173,7 +191,7 @@ class OnnxExplainer(_Artifact):
         # per tensor, dims as ints, or names where dynamic (e.g. ["batch", 3, 224, 224])
         self.shapes = {t.name: list(t.shape) for t in inputs + outputs}
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        self.metadata = json.loads(raw) if raw else sidecar_metadata(path)
+        self.metadata = _own_metadata(path, raw)
         uint8 = inputs and inputs[0].type == "tensor(uint8)"
         self.input_format = input_format or ("uint8-nhwc" if uint8 else "float-nchw")
 
@@ -268,7 +286,7 @@ class _TorchArtifact(_Artifact):
         extra = {METADATA_FILE: ""}
         self.module, self.input_names = self._load(extra)
         text = extra[METADATA_FILE]
-        self.metadata = json.loads(text) if text else sidecar_metadata(path)
+        self.metadata = _own_metadata(path, text)
         typed = typed_metadata(self.metadata)  # neither format says its own I/O: ask the contract
         self.input_format = input_format or (typed.input_format if typed else "float-nchw")
         self.output_names = (typed and typed.output_names) or ["logits", "heatmap"]

@@ -28,6 +28,7 @@ from google.protobuf import text_format
 
 from ..errors import ExplainExportError, OptionError, UsageError
 from .contract import ArtifactMetadata, MetadataError, TensorSpec
+from .files import commit_set
 
 __all__ = [
     "BACKENDS",
@@ -179,27 +180,6 @@ def _staging_dir(repo_dir: str) -> str:
     return tempfile.mkdtemp(prefix=".triton-tmp-", dir=repo_dir)
 
 
-def _move_into_place(staged: dict[str, str], repo_dir: str, tmp: str) -> list[str]:
-    """Rename every staged folder into ``repo_dir``; on any failure, restore what was there."""
-    done: list[tuple[str, str | None]] = []
-    try:
-        for folder, path in staged.items():
-            final = os.path.join(repo_dir, folder)
-            backup = None
-            if os.path.lexists(final):
-                backup = os.path.join(tmp, f"{folder}.old")
-                os.rename(final, backup)
-            done.append((final, backup))
-            os.rename(path, final)
-    except BaseException:
-        for final, backup in reversed(done):
-            shutil.rmtree(final, ignore_errors=True)
-            if backup is not None:
-                os.rename(backup, final)
-        raise
-    return [final for final, _ in done]
-
-
 def check_repo(
     repo_dir: str,
     formats: list[str],
@@ -278,7 +258,8 @@ def write_triton_repo(
             _link_or_copy(artifacts[fmt], os.path.join(model_dir, VERSION, MODEL_FILES[fmt]))
             with open(os.path.join(model_dir, "config.pbtxt"), "w") as f:
                 f.write(texts[fmt])
-            staged[folders[fmt]] = model_dir
-        return _move_into_place(staged, repo_dir, tmp)
+            staged[os.path.join(repo_dir, folders[fmt])] = model_dir
+        commit_set(staged, os.path.dirname(tmp))  # all, or on a failure the repo as it was
+        return list(staged)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,18 +1,21 @@
-"""Write the explainer to TorchScript and ONNX, verify each file, then move it into place.
+"""Write the explainer to TorchScript, ONNX and pt2: stage, verify, commit (:func:`_export`).
 
-Every artifact is written under a temporary folder inside ``out_dir``, loaded back and checked
-against eager (:mod:`.verify`), stamped with the metadata, and only then renamed to its final
-name. A failed export leaves the final paths as they were: absent, or the previous files.
+Stage: every format is written into a temporary folder inside ``out_dir``. Verify: each file is
+loaded back and checked against eager (:mod:`.verify`). Commit: one metadata with a new export
+id is stamped into each file and written as explainer.json, and the set replaces the previous
+one together (:func:`.files.commit_set`). A failed export leaves the previous set, or nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 
 from ..artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, TensorSpec, output_names
-from ..artifact.files import ensure_out_dir
+from ..artifact.files import commit_set, ensure_out_dir
 from ..artifact.runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
 from ..errors import ExplainExportError, OptionError, ParityError, UsageError
 from . import lowering, methods, verify
@@ -275,64 +278,11 @@ def _export(
     class_input: bool,
     log: Callable[[str], None],
 ) -> ExportResult:
-    """:func:`export_explainer` after its argument checks."""
-    args = _example_args(info, class_input)
-    shapes = _dynamic_shapes(info, dynamic_size, class_input)
-    all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
-    overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
-    module: torch.nn.Module = explainer
-    if explainer.spec.needs_gradient:
-        t0 = time.perf_counter()
-        dims = {i: list(spec) for i, spec in enumerate(shapes.values())}  # as _dynamic_shapes
-        module = lowering.lower(explainer, args, dims)
-        log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
-    refs = verify.references(explainer, all_cases)
-    heat_limits = verify.heatmap_limits(explainer, all_cases, refs)
+    """:func:`export_explainer` after its argument checks: stage, verify, commit."""
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
-        staged: dict[str, str] = {}
-        rows: list[verify.ParityRow] = []
-        for fmt in formats:
-            path = os.path.join(tmp, FILES[fmt])
-            t0 = time.perf_counter()
-            if fmt == "onnx":
-                to_onnx(module, args, path, opset, shapes, output_names(info.graph.overlay))
-                try:
-                    verify.check_onnx(path)
-                except Exception as exc:
-                    raise ExplainExportError(
-                        f"the exported ONNX file fails onnx.checker: {root_cause(exc)}; "
-                        "nothing was written"
-                    ) from exc
-            elif fmt == "pt2":
-                to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
-            else:
-                to_torchscript(module, args, path)
-            log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s; verifying")
-            artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
-            try:
-                rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs)
-            except Exception as exc:
-                raise ExplainExportError(
-                    f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
-                ) from exc
-            staged[fmt] = path
-        failed = [r for r in rows if not r.ok]
-        if failed:
-            raise ParityError(
-                f"exported {', '.join(sorted({r.format for r in failed}))} differs from eager "
-                f"(worst: logits {max(r.logits_err for r in failed):.2e}, heatmap "
-                f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n"
-                + verify.format_report(rows, info.graph.half, overlay_tol or 0)
-            )
-        gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log)
-        failed_gpu = [r for r in gpu_rows if not r.ok]
-        if failed_gpu:
-            raise ParityError(
-                f"exported {', '.join(r.format for r in failed_gpu)} on the GPU disagrees with "
-                "eager (top-1 or heatmap correlation); nothing was written\n"
-                + verify.format_device_rows(gpu_rows)
-            )
+        staged = _stage(explainer, info, tmp, formats, opset, dynamic_size, class_input, log)
+        report, gpu_rows, overlay = _verify(explainer, info, staged, dynamic_size, class_input, log)
         metadata = build_metadata(
             info,
             model=model,
@@ -340,21 +290,110 @@ def _export(
             dynamic_size=dynamic_size,
             class_input=class_input,
             opset=opset,
-            parity=rows,
-            overlay_tol=overlay_tol,
+            parity=report,
+            overlay_tol=overlay,
             gpu_rows=gpu_rows,
-        ).to_json()
-        for fmt, path in staged.items():
-            stamp(path, fmt, metadata)
-        meta_tmp = os.path.join(tmp, METADATA_FILE)
-        with open(meta_tmp, "w") as f:
-            json.dump(metadata, f, indent=2)
-        final = {fmt: os.path.join(out_dir, FILES[fmt]) for fmt in staged}
-        for fmt, path in staged.items():
-            os.replace(path, final[fmt])
-        final["metadata"] = os.path.join(out_dir, METADATA_FILE)
-        os.replace(meta_tmp, final["metadata"])
-        report = verify.ParityReport(rows, info.graph.half, overlay_tol or 0)
-        return ExportResult(final, metadata, report, gpu_rows)
+        )
+        paths, written = _commit(staged, metadata, out_dir, tmp)
+        return ExportResult(paths, written, report, gpu_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stage(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    tmp: str,
+    formats: tuple[str, ...],
+    opset: int,
+    dynamic_size: bool,
+    class_input: bool,
+    log: Callable[[str], None],
+) -> dict[str, str]:
+    """Write every format into the staging folder ``tmp``; the file of each format by name."""
+    args = _example_args(info, class_input)
+    shapes = _dynamic_shapes(info, dynamic_size, class_input)
+    module: torch.nn.Module = explainer
+    if explainer.spec.needs_gradient:
+        t0 = time.perf_counter()
+        dims = {i: list(spec) for i, spec in enumerate(shapes.values())}  # as _dynamic_shapes
+        module = lowering.lower(explainer, args, dims)
+        log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
+    staged = {fmt: os.path.join(tmp, FILES[fmt]) for fmt in formats}
+    for fmt, path in staged.items():
+        t0 = time.perf_counter()
+        if fmt == "onnx":
+            to_onnx(module, args, path, opset, shapes, output_names(info.graph.overlay))
+        elif fmt == "pt2":
+            to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
+        else:
+            to_torchscript(module, args, path)
+        log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s")
+    return staged
+
+
+def _verify(
+    explainer: Explainer,
+    info: ExplainerInfo,
+    staged: dict[str, str],
+    dynamic_size: bool,
+    class_input: bool,
+    log: Callable[[str], None],
+) -> tuple[verify.ParityReport, list[verify.DeviceRow], float | None]:
+    """Check every staged file against eager (:mod:`.verify`), on the CPU and where there is
+    one on a GPU: ``(parity report, GPU rows, overlay limit)``, or an error saying what failed."""
+    all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
+    overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
+    refs = verify.references(explainer, all_cases)
+    heat_limits = verify.heatmap_limits(explainer, all_cases, refs)
+    rows: list[verify.ParityRow] = []
+    for fmt, path in staged.items():
+        try:
+            if fmt == "onnx":
+                verify.check_onnx(path)
+        except Exception as exc:
+            raise ExplainExportError(
+                f"the exported ONNX file fails onnx.checker: {root_cause(exc)}; nothing was written"
+            ) from exc
+        artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
+        try:
+            rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs)
+        except Exception as exc:
+            raise ExplainExportError(
+                f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
+            ) from exc
+    report = verify.ParityReport(rows, info.graph.half, overlay_tol or 0)
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        raise ParityError(
+            f"exported {', '.join(sorted({r.format for r in failed}))} differs from eager "
+            f"(worst: logits {max(r.logits_err for r in failed):.2e}, heatmap "
+            f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n" + str(report)
+        )
+    gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log)
+    failed_gpu = [r for r in gpu_rows if not r.ok]
+    if failed_gpu:
+        raise ParityError(
+            f"exported {', '.join(r.format for r in failed_gpu)} on the GPU disagrees with "
+            "eager (top-1 or heatmap correlation); nothing was written\n"
+            + verify.format_device_rows(gpu_rows)
+        )
+    return report, gpu_rows, overlay_tol
+
+
+def _commit(
+    staged: dict[str, str], metadata: ArtifactMetadata, out_dir: str, tmp: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Stamp ``metadata`` and a new export id into every staged file, write explainer.json
+    beside them, and move the set into ``out_dir`` together (:func:`.files.commit_set`,
+    explainer.json last); files of formats not exported now leave with the old set."""
+    written = dataclasses.replace(metadata, export_id=uuid.uuid4().hex).to_json()
+    for fmt, path in staged.items():
+        stamp(path, fmt, written)
+    files = {**staged, "metadata": os.path.join(tmp, METADATA_FILE)}
+    with open(files["metadata"], "w") as f:
+        json.dump(written, f, indent=2)
+    final = {fmt: os.path.join(out_dir, FILES.get(fmt, METADATA_FILE)) for fmt in files}
+    stale = {os.path.join(out_dir, FILES[fmt]): None for fmt in FILES if fmt not in staged}
+    commit_set({**stale, **{final[fmt]: path for fmt, path in files.items()}}, out_dir)
+    return final, written
