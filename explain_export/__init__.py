@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 _API = {
     "Explainer": "builder.explainer",
-    "ExplainerInfo": "builder.explainer",
-    "GraphOptions": "builder.explainer",
+    "Plan": "builder.plan",
+    "GraphOptions": "builder.plan",
     "build_explainer": "builder.explainer",
     "export_explainer": "builder.export",
     "load_model": "builder.checkpoint",

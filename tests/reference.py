@@ -87,3 +87,56 @@ def channel_sum(
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Smallest per-image Pearson correlation of two [N,1,H,W] batches."""
     return min(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b, strict=True))
+
+
+# The heads composed one by one, apart from the production path (explain_export.builder.heads
+# channel_terms + to_unit, which the methods' records call): the tests check each against this.
+
+
+def _check_map(features: Tensor) -> None:
+    if features.dim() != 4:
+        raise ValueError(f"expected a [N,C,h,w] feature map, got shape {list(features.shape)}")
+
+
+def map_sum(features: Tensor) -> Tensor:
+    """Feature-map superposition, m = Σ_k A_k: [N,C,h,w] -> [N,1,h,w]."""
+    _check_map(features)
+    return features.sum(dim=1, keepdim=True)
+
+
+def map_weighted(features: Tensor, weights: Tensor) -> Tensor:
+    """m = ReLU(Σ_k α_k A_k) per image, for weights α [N,C]."""
+    _check_map(features)
+    n, c, h, w = features.shape
+    m = torch.bmm(weights.unsqueeze(1), features.reshape(n, c, h * w))
+    return torch.relu(m).reshape(n, 1, h, w)
+
+
+def map_cam(features: Tensor, weight: Tensor, class_index: Tensor) -> Tensor:
+    """CAM, m = ReLU(Σ_k W[c,k] A_k), for the linear weight W [K,C] and c [N]."""
+    _check_map(features)
+    return map_weighted(features, weight[class_index])
+
+
+def map_gradcam(features: Tensor, grad: Tensor) -> Tensor:
+    """Grad-CAM, m = ReLU(Σ_k α_k A_k) with α_k = mean_ij ∂y/∂A_k(i,j)."""
+    _check_map(features)
+    return map_weighted(features, grad.mean(dim=(2, 3)))
+
+
+def head_by_name(
+    features: Tensor,
+    size: tuple[int, int],
+    method: str = "sum",
+    weight: Tensor | None = None,
+    class_index: Tensor | None = None,
+    eps: float | None = None,
+    grad: Tensor | None = None,
+) -> Tensor:
+    """The production head by the method's name: its record's function, then heads.to_unit."""
+    from explain_export.builder import heads, methods
+
+    target = None if class_index is None else class_index.reshape(-1, 1)
+    needs = methods.Needs(features, grad, weight, target)
+    terms = methods.get(method).terms(needs)
+    return heads.to_unit(terms.map, terms.scale, size, heads.DEFAULT_EPS if eps is None else eps)

@@ -9,8 +9,9 @@ import re
 import pytest
 
 from explain_export.artifact.contract import ArtifactMetadata, MetadataError, TensorSpec
-from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export import METADATA_FILE, export_explainer
+from explain_export.builder.plan import GraphOptions
 
 from models import tiny_resnet
 
@@ -19,8 +20,8 @@ from models import tiny_resnet
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifact")
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True, heatmap_dtype="uint8")
-    explainer, info = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), graph=graph)
-    export_explainer(explainer, info, str(out), ("onnx",), labels=[f"c{i}" for i in range(10)])
+    explainer = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), graph=graph)
+    export_explainer(explainer, str(out), ("onnx",), labels=[f"c{i}" for i in range(10)])
     with open(out / METADATA_FILE) as f:
         return json.load(f)
 

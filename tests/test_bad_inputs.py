@@ -374,8 +374,8 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
     from explain_export.builder.export import export_explainer
 
     out = tmp_path_factory.mktemp("tiny_run")
-    explainer, info = build_explainer(tiny_resnet(), input_size=(32, 32))
-    export_explainer(explainer, info, str(out), ("onnx",))
+    explainer = build_explainer(tiny_resnet(), input_size=(32, 32))
+    export_explainer(explainer, str(out), ("onnx",))
     return out / "explainer.onnx"
 
 

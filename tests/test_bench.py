@@ -268,7 +268,7 @@ def test_targets_met_and_missed():
 
 def test_autograd_gradcam_matches_the_reference_gradcam():
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, "layer3", "cam", (64, 64))
+    explainer = build_explainer(model, "layer3", "cam", (64, 64))
     image = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     logits, heat = bench.AutogradGradCAM(explainer)(image)
     ref_heat, ref_logits = gradcam(model, normalize(image), model.layer3)
@@ -290,7 +290,8 @@ def tiny_onnx(tmp_path_factory):
     """A TinyResNet ``cam`` explainer (width 16, 64x64) exported as the bench exports it, and
     its logits-only model."""
     folder = tmp_path_factory.mktemp("bench_onnx")
-    explainer, info = build_explainer(tiny_resnet(width=16), "layer3", "cam", (64, 64))
+    explainer = build_explainer(tiny_resnet(width=16), "layer3", "cam", (64, 64))
+    info = explainer.plan
     example = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     path, logits_path = str(folder / "explainer.onnx"), str(folder / "logits.onnx")
     bench.export_onnx(explainer, example, path, bench.DEFAULT_OPSET, ["logits", "heatmap"])
@@ -302,7 +303,7 @@ def tiny_onnx(tmp_path_factory):
 def test_gradcam_numpy_matches_the_cam_heatmap():
     """pytorch-grad-cam's steps (numpy, min-max, cv2.resize, min-max) give the cam heatmap of a
     GAP + linear model: on random images and on a photo."""
-    explainer, _ = build_explainer(tiny_resnet(), "layer3", "cam", (64, 64))
+    explainer = build_explainer(tiny_resnet(), "layer3", "cam", (64, 64))
     images = [torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))]
     with contextlib.suppress(FileNotFoundError):  # no scikit-image: the random batch only
         images.append(torch.from_numpy(load_rgb(photo_path("chelsea.png"), (64, 64)))[None])

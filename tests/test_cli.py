@@ -169,7 +169,7 @@ def test_argparse_errors_exit_2():
 def test_onnx_export_matches_eager_on_real_photos(default_export, default_model):
     from explain_export.builder.explainer import build_explainer
 
-    explainer, _ = build_explainer(default_model.model, default_model.layer, "cam")
+    explainer = build_explainer(default_model.model, default_model.layer, "cam")
     names = ("coffee.png", "rocket.jpg", "motorcycle_left.png")
     x = np.stack([samples.load_rgb(samples.photo_path(n), (224, 224)) for n in names])
     logits, heat = runtime.load(str(default_export / "explainer.onnx"))(x)

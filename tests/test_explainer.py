@@ -8,7 +8,8 @@ import torch
 
 from explain_export.artifact import samples
 from explain_export.builder import heads
-from explain_export.builder.explainer import Explainer, build_explainer, target_class
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.targets import target_class
 from explain_export.errors import UsageError
 
 import reference
@@ -22,7 +23,8 @@ def photos(size=(224, 224), names=("chelsea.png", "coffee.png", "rocket.jpg")) -
 
 
 def test_outputs_have_the_contract_shapes_and_range():
-    explainer, info = build_explainer(tiny_resnet(), input_size=(64, 48))
+    explainer = build_explainer(tiny_resnet(), input_size=(64, 48))
+    info = explainer.plan
     logits, heat = explainer(torch.rand(3, 3, 64, 48))
     assert logits.shape == (3, 10) and logits.dtype == torch.float32
     assert heat.shape == (3, 1, 64, 48) and heat.dtype == torch.float32
@@ -32,7 +34,7 @@ def test_outputs_have_the_contract_shapes_and_range():
 
 def test_logits_are_the_models_logits():
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, input_size=(32, 32))
+    explainer = build_explainer(model, input_size=(32, 32))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(explainer(x)[0], model(reference.normalize(x)))
@@ -41,7 +43,7 @@ def test_logits_are_the_models_logits():
 @pytest.mark.parametrize("layer", ["layer3", "avgpool:input"])
 def test_cam_equals_autograd_gradcam_on_gap_linear_model(layer):
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, layer=layer, method="cam", input_size=(64, 64))
+    explainer = build_explainer(model, layer=layer, method="cam", input_size=(64, 64))
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         _, heat = explainer(x)
@@ -55,7 +57,7 @@ def test_cam_equals_autograd_gradcam_on_gap_linear_model(layer):
 
 def test_class_index_selects_the_target_class():
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, method="cam", input_size=(64, 64))
+    explainer = build_explainer(model, method="cam", input_size=(64, 64))
     x = torch.rand(3, 3, 64, 64)
     chosen = torch.tensor([4, -1, 9])
     with torch.no_grad():
@@ -73,7 +75,7 @@ def test_class_index_selects_the_target_class():
 @pytest.mark.parametrize("layer", ["layer2", "layer3.conv1", "avgpool:input"])
 def test_sum_equals_numpy_channel_sum_then_cv2_resize(layer):
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, layer=layer, method="sum", input_size=(70, 50))
+    explainer = build_explainer(model, layer=layer, method="sum", input_size=(70, 50))
     x = torch.rand(3, 3, 70, 50)
     with torch.no_grad():
         _, heat = explainer(x)
@@ -94,7 +96,7 @@ def _make_constant(model) -> None:
 
 def test_constant_feature_map_gives_zero_heatmap_not_nan():
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, method="sum", input_size=(32, 32))
+    explainer = build_explainer(model, method="sum", input_size=(32, 32))
     _make_constant(model)
     _, heat = explainer(torch.rand(2, 3, 32, 32))
     assert not torch.isnan(heat).any()
@@ -115,7 +117,8 @@ def test_twice_called_module_is_refused_without_a_call_index():
 
 def test_twice_called_module_at_a_chosen_call():
     model = TwiceCalled().eval()
-    explainer, info = build_explainer(model, layer="act@1", method="cam", input_size=(32, 32))
+    explainer = build_explainer(model, layer="act@1", method="cam", input_size=(32, 32))
+    info = explainer.plan
     assert info.feature_shape == (12, 8, 8)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
@@ -123,12 +126,12 @@ def test_twice_called_module_at_a_chosen_call():
     ref, _ = reference.gradcam(model, reference.normalize(x), model.act, "output", call=1)
     np.testing.assert_allclose(heat.numpy(), ref, atol=1e-4)
     # the first call is a different map (the stem's), at half the resolution of the input
-    _, info0 = build_explainer(model, layer="act@0", method="sum", input_size=(32, 32))
+    info0 = build_explainer(model, layer="act@0", method="sum", input_size=(32, 32)).plan
     assert info0.feature_shape == (6, 16, 16)
 
 
 def test_default_layer_of_twice_called_model_is_the_pool_input():
-    _, info = build_explainer(TwiceCalled(), input_size=(32, 32))
+    info = build_explainer(TwiceCalled(), input_size=(32, 32)).plan
     assert info.layer == "pool:input"
 
 
@@ -142,7 +145,8 @@ def test_cam_refuses_a_flatten_linear_head():
 
 
 def test_sum_works_on_a_flatten_linear_head():
-    explainer, info = build_explainer(FlattenHead(), method="sum", input_size=(32, 32))
+    explainer = build_explainer(FlattenHead(), method="sum", input_size=(32, 32))
+    info = explainer.plan
     assert info.layer == "features"
     assert explainer(torch.rand(1, 3, 32, 32))[1].shape == (1, 1, 32, 32)
 
@@ -183,7 +187,7 @@ def test_layer_never_called_is_refused():
 def test_named_head_must_be_the_linear_that_gives_logits():
     with pytest.raises(UsageError, match="not an nn.Linear"):
         build_explainer(tiny_resnet(), method="cam", head="layer3", input_size=(32, 32))
-    _, info = build_explainer(tiny_resnet(), method="cam", head="fc", input_size=(32, 32))
+    info = build_explainer(tiny_resnet(), method="cam", head="fc", input_size=(32, 32)).plan
     assert info.head == "fc"
 
 
@@ -198,11 +202,12 @@ def test_bad_normalization_and_sizes():
 
 def test_explainer_rejects_unknown_method():
     with pytest.raises(UsageError, match="unknown method"):
-        Explainer(tiny_resnet(), "layer3", method="gradcam++")
+        build_explainer(tiny_resnet(), "layer3", method="gradcam++")
 
 
 def test_default_model_sees_a_cat_and_cam_equals_gradcam(default_model):
-    explainer, info = build_explainer(default_model.model, default_model.layer, "cam")
+    explainer = build_explainer(default_model.model, default_model.layer, "cam")
+    info = explainer.plan
     assert info.layer == "_avg_pooling:input" and info.head == "_fc"
     x = photos()
     with torch.no_grad():
@@ -217,7 +222,7 @@ def test_default_model_sees_a_cat_and_cam_equals_gradcam(default_model):
 
 
 def test_default_model_sum_equals_numpy_reference(default_model):
-    explainer, _ = build_explainer(default_model.model, "_swish@1", "sum")
+    explainer = build_explainer(default_model.model, "_swish@1", "sum")
     x = photos(names=("coffee.png",))
     with torch.no_grad():
         _, heat = explainer(x)
@@ -229,7 +234,8 @@ def test_default_model_sum_equals_numpy_reference(default_model):
 
 def test_fixed_target_class_is_explained_for_every_image():
     model = tiny_resnet()
-    explainer, info = build_explainer(model, method="cam", input_size=(48, 48), target=6)
+    explainer = build_explainer(model, method="cam", input_size=(48, 48), target=6)
+    info = explainer.plan
     assert info.target == 6
     x = torch.rand(3, 3, 48, 48)
     with torch.no_grad():
@@ -265,7 +271,8 @@ def test_the_head_resizes_by_matrices_at_the_export_size_only():
     """At the built size the head uses its constant matrices; at another size, and inside
     free_size (a graph whose size is free), bilinear resizing; all agree with the reference."""
     model = tiny_resnet()
-    explainer, info = build_explainer(model, method="cam", input_size=(64, 64))
+    explainer = build_explainer(model, method="cam", input_size=(64, 64))
+    info = explainer.plan
     head = explainer.heatmap_head
     assert head.sizes == ((info.feature_shape[1], info.feature_shape[2]), (64, 64))
     features = torch.rand(2, *info.feature_shape)

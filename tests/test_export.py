@@ -23,8 +23,8 @@ SIZE = (64, 48)
 
 
 def _export(tmp_path, method="cam", **kwargs):
-    explainer, info = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
-    result = export_explainer(explainer, info, str(tmp_path), model="tiny", **kwargs)
+    explainer = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
+    result = export_explainer(explainer, str(tmp_path), model="tiny", **kwargs)
     return explainer, result
 
 
@@ -162,8 +162,8 @@ def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
     with torch.no_grad():
         model.fc.weight.mul_(1e11)
         model.fc.bias.mul_(1e11)
-    explainer, info = build_explainer(model, input_size=SIZE)
-    result = export_explainer(explainer, info, str(tmp_path), ("onnx",))
+    explainer = build_explainer(model, input_size=SIZE)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",))
     assert all(r.ok for r in result.parity)
     assert max(r.logits_limit for r in result.parity) > 1e7
     assert verify.logits_limit(np.array([[0.5, -0.2]]), 1e-3) == 1e-3
@@ -186,8 +186,8 @@ def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
 def test_pt2_exported_on_the_cpu_runs_on_cuda(tmp_path, method):
-    explainer, info = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
-    result = export_explainer(explainer, info, str(tmp_path), ("pt2",))
+    explainer = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
+    result = export_explainer(explainer, str(tmp_path), ("pt2",))
     image = np.random.default_rng(0).random((2, 3, *SIZE), dtype=np.float32)
     on_cpu = runtime.load(result.paths["pt2"], device="cpu")(image)
     on_cuda = runtime.load(result.paths["pt2"], device="cuda")

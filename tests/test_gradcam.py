@@ -52,9 +52,10 @@ def ref_gradcam(model, images: np.ndarray, layer: str, layout="NCHW", class_inde
 def default_export(request, tmp_path_factory):
     """Each head kind exported with the defaults, in all three formats."""
     model = head_kind(request.param)
-    explainer, info = build_explainer(model, input_size=SIZE)
+    explainer = build_explainer(model, input_size=SIZE)
+    info = explainer.plan
     out = tmp_path_factory.mktemp(request.param)
-    result = export_explainer(explainer, info, str(out), FORMATS)
+    result = export_explainer(explainer, str(out), FORMATS)
     return request.param, model, info, result, out
 
 
@@ -82,7 +83,8 @@ def test_default_export_equals_autograd_gradcam_on_photos(default_export, fmt, b
 
 def test_functional_relu_tap_is_copied_before_the_in_place_relu():
     model = head_kind("functional-relu-pool")
-    explainer, info = build_explainer(model, input_size=SIZE)
+    explainer = build_explainer(model, input_size=SIZE)
+    info = explainer.plan
     assert info.cloned  # F.relu(..., inplace=True) changes 'features' afterwards
     with torch.no_grad():
         _, heat = explainer(torch.from_numpy(photos()))
@@ -93,7 +95,8 @@ def test_functional_relu_tap_is_copied_before_the_in_place_relu():
 def test_tap_holds_the_value_before_a_later_in_place_op(tmp_path, method):
     """``layer1.bn2``'s output is changed by ``out += x`` and an in-place ReLU afterwards."""
     model = head_kind("inplace-after-tap")
-    explainer, info = build_explainer(model, layer="layer1.bn2", method=method, input_size=SIZE)
+    explainer = build_explainer(model, layer="layer1.bn2", method=method, input_size=SIZE)
+    info = explainer.plan
     assert info.cloned
     x = torch.from_numpy(photos())
     if method == "sum":
@@ -107,7 +110,7 @@ def test_tap_holds_the_value_before_a_later_in_place_op(tmp_path, method):
     aliased = reference.channel_sum(model, reference.normalize(x), model.layer1)
     if method == "sum":
         assert reference.correlation(heat.numpy(), aliased) < 0.9
-    result = export_explainer(explainer, info, str(tmp_path), FORMATS)
+    result = export_explainer(explainer, str(tmp_path), FORMATS)
     assert all(r.ok for r in result.parity)
     for fmt in FORMATS:
         _, got = runtime.load(result.paths[fmt])(photos())
@@ -116,8 +119,8 @@ def test_tap_holds_the_value_before_a_later_in_place_op(tmp_path, method):
 
 def test_gradcam_equals_cam_where_cam_is_exact():
     model = tiny_resnet()
-    cam, _ = build_explainer(model, layer="avgpool:input", method="cam", input_size=SIZE)
-    grad, _ = build_explainer(model, layer="avgpool:input", method="gradcam", input_size=SIZE)
+    cam = build_explainer(model, layer="avgpool:input", method="cam", input_size=SIZE)
+    grad = build_explainer(model, layer="avgpool:input", method="gradcam", input_size=SIZE)
     x = torch.from_numpy(photos())
     with torch.no_grad():
         torch.testing.assert_close(grad(x)[1], cam(x)[1], atol=1e-5, rtol=0)
@@ -127,7 +130,7 @@ def test_gradcam_equals_cam_where_cam_is_exact():
 def test_gradcam_through_convolutions_after_the_tap(layer):
     """A tap in the middle: the gradient runs back through later blocks (convs, BN, ReLU)."""
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, layer=layer, method="gradcam", input_size=SIZE)
+    explainer = build_explainer(model, layer=layer, method="gradcam", input_size=SIZE)
     with torch.no_grad():
         _, heat = explainer(torch.from_numpy(photos()))
     np.testing.assert_allclose(heat.numpy(), ref_gradcam(model, photos(), layer), atol=1e-4)
@@ -135,9 +138,10 @@ def test_gradcam_through_convolutions_after_the_tap(layer):
 
 def test_gradcam_explains_a_chosen_class_per_image(tmp_path):
     model = head_kind("mlp-head")
-    explainer, info = build_explainer(model, method="gradcam", input_size=SIZE)
+    explainer = build_explainer(model, method="gradcam", input_size=SIZE)
+    info = explainer.plan
     chosen = np.array([3, -1, 7], np.int64)
-    result = export_explainer(explainer, info, str(tmp_path), ("onnx",), class_input=True)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",), class_input=True)
     assert all(r.ok for r in result.parity)
     logits, heat = runtime.load(result.paths["onnx"])(photos(), chosen)
     target = torch.tensor([3, int(logits[1].argmax()), 7])
@@ -147,14 +151,14 @@ def test_gradcam_explains_a_chosen_class_per_image(tmp_path):
 
 @pytest.mark.slow
 def test_gradcam_with_a_dynamic_size_uint8_input_and_overlay(tmp_path):
-    from explain_export.builder.explainer import GraphOptions
+    from explain_export.builder.plan import GraphOptions
 
     model = tiny_resnet()
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
-    explainer, info = build_explainer(
+    explainer = build_explainer(
         model, layer="layer2", method="gradcam", input_size=SIZE, graph=graph
     )
-    result = export_explainer(explainer, info, str(tmp_path), FORMATS, dynamic_size=True)
+    result = export_explainer(explainer, str(tmp_path), FORMATS, dynamic_size=True)
     assert all(r.ok for r in result.parity)
     assert {r.size for r in result.parity} >= {SIZE, (SIZE[0] + 32, SIZE[1] + 32)}
 
@@ -164,12 +168,13 @@ def test_channels_last_map_is_permuted(tmp_path):
     """ConvNeXt's block LayerNorm gives [N,h,w,C]; the tap permutes it to [N,C,h,w]."""
     model = head_kind("layernorm-head")
     layer = "features.3.block.2"
-    explainer, info = build_explainer(model, layer=layer, method="gradcam", input_size=SIZE)
+    explainer = build_explainer(model, layer=layer, method="gradcam", input_size=SIZE)
+    info = explainer.plan
     assert info.layout == "NHWC" and info.feature_shape == (48, 16, 16)
     ref = ref_gradcam(model, photos(), layer, layout="NHWC")
     with torch.no_grad():
         np.testing.assert_allclose(explainer(torch.from_numpy(photos()))[1].numpy(), ref, atol=1e-4)
-    result = export_explainer(explainer, info, str(tmp_path), FORMATS)
+    result = export_explainer(explainer, str(tmp_path), FORMATS)
     assert result.metadata["layout"] == "NHWC"
     for fmt in FORMATS:
         for batch in (3, 1):
@@ -207,7 +212,7 @@ def test_a_layernorm_output_sums_to_noise_and_is_refused_as_no_signal():
     model = head_kind("layernorm-head")
     with pytest.raises(UsageError, match=r"'features.1' is flat on every probe.*no signal"):
         build_explainer(model, layer="features.1", method="sum", input_size=SIZE)
-    explainer, _ = build_explainer(model, layer="features.1", method="gradcam", input_size=SIZE)
+    explainer = build_explainer(model, layer="features.1", method="gradcam", input_size=SIZE)
     with torch.no_grad():
         assert explainer(torch.from_numpy(photos()))[1].amax() == 1  # gradcam has a signal there
 
@@ -217,7 +222,8 @@ def test_an_input_tap_of_an_in_place_module_is_copied(method):
     """``stem.2`` is ``ReLU(inplace=True)``: it changes its own input, which the tap copies."""
     model = head_kind("inplace-after-tap")
     layer = "stem.2:input"
-    explainer, info = build_explainer(model, layer=layer, method=method, input_size=SIZE)
+    explainer = build_explainer(model, layer=layer, method=method, input_size=SIZE)
+    info = explainer.plan
     assert info.cloned
     x = torch.from_numpy(photos())
     if method == "sum":
@@ -232,7 +238,7 @@ def test_heatmap_limit_stays_strict_for_a_smooth_head():
     """LayerNorm, Linear after the pool: no ReLU mask can flip, so the limit is 1e-4."""
     from explain_export.builder import verify
 
-    explainer, _ = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
+    explainer = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
     assert verify.heatmap_limits(explainer, verify.cases(SIZE)) == [1e-4] * 3
 
 
@@ -247,22 +253,20 @@ def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypat
         return right(grad, input, weight.flip(-1, -2), *args)
 
     monkeypatch.setattr(lowering, "convolution_backward", flipped)
-    explainer, info = build_explainer(
-        tiny_resnet(), layer="layer2", method="gradcam", input_size=SIZE
-    )
+    explainer = build_explainer(tiny_resnet(), layer="layer2", method="gradcam", input_size=SIZE)
     with pytest.raises(ParityError, match="differs from eager"):
-        export_explainer(explainer, info, str(tmp_path / "out"), ("onnx",))
+        export_explainer(explainer, str(tmp_path / "out"), ("onnx",))
     assert not (tmp_path / "out" / "explainer.onnx").exists()
 
 
 @pytest.mark.slow
 def test_gradcam_in_fp16(tmp_path):
     """The class logit is picked by a masked sum (no scatter-add, which ORT lacks in fp16)."""
-    from explain_export.builder.explainer import GraphOptions
+    from explain_export.builder.plan import GraphOptions
 
     graph = GraphOptions(half=True)
-    explainer, info = build_explainer(
+    explainer = build_explainer(
         tiny_resnet(), layer="layer2", method="gradcam", input_size=SIZE, graph=graph
     )
-    result = export_explainer(explainer, info, str(tmp_path), FORMATS)
+    result = export_explainer(explainer, str(tmp_path), FORMATS)
     assert all(r.ok for r in result.parity)

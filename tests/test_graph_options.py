@@ -11,8 +11,9 @@ import torch
 
 from explain_export.artifact import contract, images, overlay, runtime, samples
 from explain_export.builder import verify
-from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export import export_explainer
+from explain_export.builder.plan import GraphOptions
 from explain_export.cli.run import main as run_main
 
 from models import tiny_resnet
@@ -22,8 +23,8 @@ ALL = ("onnx", "torchscript", "pt2")
 
 
 def _export(tmp, graph: GraphOptions, formats=ALL, **kwargs):
-    explainer, info = build_explainer(tiny_resnet(seed=2), input_size=SIZE, graph=graph)
-    result = export_explainer(explainer, info, str(tmp), formats, **kwargs)
+    explainer = build_explainer(tiny_resnet(seed=2), input_size=SIZE, graph=graph)
+    result = export_explainer(explainer, str(tmp), formats, **kwargs)
     return explainer, result
 
 
@@ -187,8 +188,8 @@ def test_default_model_uint8_with_overlay(tmp_path, default_export):
 
     zoo = load_default()
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
-    explainer, info = build_explainer(zoo.model, zoo.layer, "cam", graph=graph)
-    result = export_explainer(explainer, info, str(tmp_path), ("onnx",), labels=zoo.labels)
+    explainer = build_explainer(zoo.model, zoo.layer, "cam", graph=graph)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",), labels=zoo.labels)
     x = _photos((224, 224))
     out = runtime.load(result.paths["onnx"]).outputs(x)
     _, heat = runtime.load(str(default_export / "explainer.onnx"))(x)
@@ -202,9 +203,7 @@ def test_overlay_limit_grows_with_the_fp16_heatmap_limit():
 
     def limit(half: bool) -> float:
         graph = GraphOptions(overlay=True, half=half)
-        explainer, _ = build_explainer(
-            tiny_resnet(), method="cam", input_size=(32, 32), graph=graph
-        )
+        explainer = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32), graph=graph)
         return overlay_limit(explainer)
 
     assert limit(False) == 3  # JET at alpha 0.4: one step of at most 4.something levels

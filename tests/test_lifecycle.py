@@ -24,12 +24,12 @@ def _hooks(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
 def test_an_explainer_takes_its_hook_off_the_model(method):
     model = tiny_resnet()
-    explainer, _ = build_explainer(model, method=method, input_size=(32, 32))
+    explainer = build_explainer(model, method=method, input_size=(32, 32))
     assert _hooks(model) == 1  # the probe left none, the tap one
     with explainer:
         explainer(torch.rand(1, 3, 32, 32))
     assert _hooks(model) == 0
-    again, _ = build_explainer(model, method=method, input_size=(32, 32))
+    again = build_explainer(model, method=method, input_size=(32, 32))
     again.remove()
     assert _hooks(model) == 0
 
@@ -66,8 +66,8 @@ def test_loading_an_artifact_changes_no_process_setting(tmp_path):
     from explain_export.artifact import runtime
     from explain_export.builder.export import export_explainer
 
-    explainer, info = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32))
-    paths = export_explainer(explainer, info, str(tmp_path), ("torchscript", "onnx")).paths
+    explainer = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32))
+    paths = export_explainer(explainer, str(tmp_path), ("torchscript", "onnx")).paths
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
     artifact = runtime.load(paths["torchscript"], threads=wanted)

@@ -111,7 +111,7 @@ def test_adaptive_max_pool2d_backward():
 
 
 def _lowered(model, layer=None, size=(64, 64)):
-    explainer, _ = build_explainer(model, layer=layer, method="gradcam", input_size=size)
+    explainer = build_explainer(model, layer=layer, method="gradcam", input_size=size)
     return explainer, lowering.lower(explainer, (torch.rand(2, 3, *size),), {0: [0]})
 
 

@@ -21,8 +21,8 @@ SIZE = (40, 56)
 def tiny(request, tmp_path_factory):
     """TinyResNet exported with a dynamic size (ONNX) and a fixed one (TorchScript)."""
     out = tmp_path_factory.mktemp(f"sweep_{request.param}")
-    explainer, info = build_explainer(tiny_resnet(seed=7), method=request.param, input_size=SIZE)
-    export_explainer(explainer, info, str(out), dynamic_size=True)
+    explainer = build_explainer(tiny_resnet(seed=7), method=request.param, input_size=SIZE)
+    export_explainer(explainer, str(out), dynamic_size=True)
     return explainer, out
 
 
@@ -71,7 +71,7 @@ def test_edge_images_small_model(tiny, fmt):
 
 @pytest.fixture(scope="module")
 def default_explainer(default_model):
-    return build_explainer(default_model.model, default_model.layer, "cam")[0]
+    return build_explainer(default_model.model, default_model.layer, "cam")
 
 
 @pytest.mark.parametrize("fmt", ["explainer.onnx", "explainer.torchscript.pt"])

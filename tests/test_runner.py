@@ -28,8 +28,8 @@ def tiny_export(tmp_path_factory):
     from models import tiny_resnet
 
     out = tmp_path_factory.mktemp("tiny")
-    explainer, info = build_explainer(tiny_resnet(), input_size=(64, 64))
-    export_explainer(explainer, info, str(out), labels=[f"class{i}" for i in range(10)])
+    explainer = build_explainer(tiny_resnet(), input_size=(64, 64))
+    export_explainer(explainer, str(out), labels=[f"class{i}" for i in range(10)])
     return out
 
 

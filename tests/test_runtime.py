@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime, samples
-from explain_export.builder.explainer import GraphOptions, build_explainer
+from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export import export_explainer
+from explain_export.builder.plan import GraphOptions
 from explain_export.builder.probe import device_of
 from explain_export.cli.run import main as run_main
 
@@ -50,9 +51,9 @@ def exports(tmp_path_factory):
         ("uint8", GraphOptions(heatmap_dtype="uint8"), False),
     ):
         folder = tmp_path_factory.mktemp(f"runtime_{name}")
-        explainer, info = build_explainer(tiny_resnet(), method="cam", input_size=SIZE, graph=graph)
+        explainer = build_explainer(tiny_resnet(), method="cam", input_size=SIZE, graph=graph)
         formats = ("onnx", "torchscript", "pt2")
-        result = export_explainer(explainer, info, str(folder), formats, class_input=class_input)
+        result = export_explainer(explainer, str(folder), formats, class_input=class_input)
         out[name] = result.paths
     return out
 
@@ -113,8 +114,8 @@ def test_the_runner_draws_from_a_uint8_heatmap(exports, tmp_path, capsys):
 def test_torchscript_files_name_no_device(tmp_path, method):
     """Tensors the graph makes follow its input, so a file exported on the CPU runs on a GPU
     (the lowered gradcam graph's ``empty``/``arange`` included)."""
-    explainer, info = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
-    result = export_explainer(explainer, info, str(tmp_path), ("torchscript",))
+    explainer = build_explainer(tiny_resnet(), method=method, input_size=SIZE)
+    result = export_explainer(explainer, str(tmp_path), ("torchscript",))
     module = torch.jit.load(result.paths["torchscript"])
     graph = str(module.inlined_graph)
     assert 'value="cpu"' not in graph and "Device = prim::Constant" not in graph
@@ -156,13 +157,13 @@ def test_files_exported_on_the_cpu_run_on_cuda_with_and_without_graphs(exports, 
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
 def test_build_and_export_take_a_model_on_cuda(tmp_path, method):
     model = tiny_resnet().cuda()
-    explainer, info = build_explainer(model, method=method, input_size=SIZE)
+    explainer = build_explainer(model, method=method, input_size=SIZE)
     assert explainer.mean.device.type == "cuda"
     image = torch.from_numpy(_batch(2)).cuda()
     with torch.no_grad():
         _, heat = explainer(image)
     assert heat.device.type == "cuda"
-    result = export_explainer(explainer, info, str(tmp_path), ("onnx", "torchscript", "pt2"))
+    result = export_explainer(explainer, str(tmp_path), ("onnx", "torchscript", "pt2"))
     assert device_of(model).type == "cuda"  # moved back after the export on the CPU
     assert all(r.ok for r in result.parity)
     assert {r.format for r in result.gpu} >= {"torchscript", "pt2"}

@@ -42,8 +42,8 @@ def pb2():
 
 
 def _export(out, **kwargs):
-    explainer, info = build_explainer(tiny_resnet(), input_size=SIZE)
-    return export_explainer(explainer, info, str(out), model="tiny", **kwargs)
+    explainer = build_explainer(tiny_resnet(), input_size=SIZE)
+    return export_explainer(explainer, str(out), model="tiny", **kwargs)
 
 
 @pytest.fixture(scope="module")

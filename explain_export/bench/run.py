@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..builder.explainer import Explainer, ExplainerInfo
+from ..builder.explainer import Explainer
 from ..builder.source import ModelSource
 from ..builder.writers import versions
 from .config import VARIANTS, BenchConfig
@@ -27,7 +27,6 @@ __all__ = ["BUSY_SHARE", "busy", "load_explainer", "run_bench"]
 
 def run_bench(
     explainer: Explainer,
-    info: ExplainerInfo,
     config: BenchConfig,
     *,
     model: str = "user model",
@@ -42,6 +41,7 @@ def run_bench(
     """
     import onnxruntime as ort
 
+    info = explainer.plan
     config.check()
     targets = load_targets()  # a missing or broken targets file fails before any timing
     threads = config.threads or torch.get_num_threads()
@@ -56,7 +56,7 @@ def run_bench(
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="explain-bench-") as workdir:
-            variants = build_variants(explainer, info, config, workdir, log)
+            variants = build_variants(explainer, config, workdir, log)
             live = sum(v.make is not None and v.status == "ok" for v in variants)
             log(f"timing {live} variants at batch sizes {', '.join(map(str, config.batch_sizes))}")
             raw, others = measure(variants, config, info.input_size, tick)
@@ -137,12 +137,12 @@ def load_explainer(
     method: str,
     head: str | None,
     input_size: tuple[int, int],
-) -> tuple[Explainer, ExplainerInfo, str]:
+) -> tuple[Explainer, str]:
     """The explainer the ``explain-export`` flags describe (no model flags: the embedded
     default), and the model's description."""
     from ..builder.explainer import build_explainer
 
     loaded = source.load(input_size)
     layer = layer or loaded.layer
-    explainer, info = build_explainer(loaded.model, layer, method, input_size, head=head)
-    return explainer, info, loaded.description
+    explainer = build_explainer(loaded.model, layer, method, input_size, head=head)
+    return explainer, loaded.description

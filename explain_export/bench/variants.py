@@ -3,6 +3,7 @@ trace TorchScript, wrap ``torch.compile``, set up the baselines, and move them t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..builder import lowering
-from ..builder.explainer import Explainer, ExplainerInfo
+from ..builder import lowering, methods
+from ..builder.explainer import Explainer
+from ..builder.plan import GraphOptions
 from ..builder.writers import quiet, to_torchscript
 from ..errors import first_line
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
@@ -42,7 +44,6 @@ def _torch_call(fn: Callable[[Tensor], Any], image: Tensor, logits_only: bool = 
 
 def build_variants(
     explainer: Explainer,
-    info: ExplainerInfo,
     config: BenchConfig,
     workdir: str,
     log: Callable[[str], None] = lambda _msg: None,
@@ -56,11 +57,11 @@ def build_variants(
     device = torch.device(config.device)
     threads = config.threads or torch.get_num_threads()
     folder = config.models_dir or workdir
-    h, w = info.input_size
+    h, w = explainer.plan.input_size
     example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(1))  # see export
     explainer = explainer.eval().to("cpu")
     logits_model = Normalized(explainer).eval()
-    gradcam = gradcam_explainer(explainer, info)
+    gradcam = gradcam_explainer(explainer)
     built: dict[str, Variant] = {}
     if "ort_cudagraph" not in config.skip:
         refused = _cuda_graph_refusal(device)
@@ -76,7 +77,7 @@ def build_variants(
         if not wanted or module is None:
             continue
         log(f"exporting {VARIANTS[name]} to ONNX (dynamo, opset {config.opset})")
-        outputs = {"logits": (info.num_classes,)}
+        outputs = {"logits": (explainer.plan.num_classes,)}
         if name != "ort_logits":
             outputs["heatmap"] = (1, h, w)
         path = os.path.join(folder, file)
@@ -148,25 +149,20 @@ def build_variants(
     return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in VARIANTS]
 
 
-def gradcam_explainer(explainer: Explainer, info: ExplainerInfo) -> Explainer | None:
-    """The same model and layer explained with ``gradcam``; None if ``explainer`` is one."""
-    if explainer.spec.needs_gradient:
+def gradcam_explainer(explainer: Explainer) -> Explainer | None:
+    """The same model and layer explained with ``gradcam``; None if ``explainer`` already
+    computes a gradient. Its plan is ``explainer``'s with the method replaced."""
+    if explainer.method.needs_gradient:
         return None
-    return Explainer(
-        explainer.model,
-        explainer.tap.spec,
-        "gradcam",
-        mean=info.mean,
-        std=info.std,
-        target=info.target,
-        clone=info.cloned,
-        layout=info.layout,
-    ).eval()
+    plan = dataclasses.replace(
+        explainer.plan, method_spec=methods.GRADCAM, head=None, graph=GraphOptions()
+    )
+    return Explainer(explainer.model, plan).eval()
 
 
 def exportable(explainer: nn.Module, example: Tensor) -> nn.Module:
     """``explainer``, or its lowered graph where it needs a gradient (:mod:`.lowering`)."""
-    if isinstance(explainer, Explainer) and explainer.spec.needs_gradient:
+    if isinstance(explainer, Explainer) and explainer.method.needs_gradient:
         with quiet():
             return lowering.lower(explainer, (example,), {0: [0]})
     return explainer

@@ -18,18 +18,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
-from ..artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, TensorSpec, output_names
+from ..artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, output_names
 from ..artifact.files import commit_set, ensure_out_dir
 from ..artifact.runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
 from ..errors import ExplainExportError, OptionError, ParityError, UsageError
-from . import lowering, methods, verify
-from .explainer import Explainer, ExplainerInfo
-from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript, versions
+from . import lowering, verify
+from .explainer import Explainer
+from .metadata import build_metadata
+from .plan import Plan
+from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -37,7 +38,6 @@ __all__ = [
     "FORMATS",
     "RUNTIMES",
     "ExportResult",
-    "build_metadata",
     "export_explainer",
 ]
 
@@ -59,9 +59,7 @@ class ExportResult:
     gpu: list[verify.DeviceRow] = field(default_factory=list)  # where a GPU was present
 
 
-def _example_args(
-    info: ExplainerInfo, class_input: bool, batch: int = 2
-) -> tuple[torch.Tensor, ...]:
+def _example_args(info: Plan, class_input: bool, batch: int = 2) -> tuple[torch.Tensor, ...]:
     # Batch 2, not 1: exporters specialize a dimension of size 1 to a constant.
     g = torch.Generator().manual_seed(1)
     h, w = info.input_size
@@ -73,7 +71,7 @@ def _example_args(
 
 
 def _dynamic_shapes(
-    info: ExplainerInfo, dynamic_size: bool, class_input: bool, auto_size: bool = False
+    info: Plan, dynamic_size: bool, class_input: bool, auto_size: bool = False
 ) -> dict[str, Any]:
     """N dynamic; with ``dynamic_size`` H and W too (axes 2, 3 in NCHW, 1, 2 in NHWC).
 
@@ -97,93 +95,9 @@ def _dynamic_shapes(
     return shapes
 
 
-def build_metadata(
-    info: ExplainerInfo,
-    *,
-    model: str,
-    labels: list[str] | None,
-    dynamic_size: bool,
-    class_input: bool,
-    opset: int,
-    parity: list[verify.ParityRow],
-    overlay_tol: float | None = None,
-    gpu_rows: list[verify.DeviceRow] | None = None,
-) -> ArtifactMetadata:
-    """Everything a runner needs to feed the graph and read its outputs."""
-    h, w = info.input_size
-    hw: tuple[Any, ...] = ("H", "W") if dynamic_size else (h, w)
-    g = info.graph
-    if g.input_format == "uint8-nhwc":
-        image = TensorSpec(
-            "image", "uint8", ("N", *hw, 3), {"layout": "NHWC", "range": [0, 255], "color": "RGB"}
-        )
-    else:
-        image = TensorSpec(
-            "image",
-            "float32",
-            ("N", 3, *hw),
-            {"layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"},
-        )
-    inputs = [image]
-    if class_input:
-        meaning = f"target class per image for {info.method}; -1 takes the default class"
-        inputs.append(TensorSpec("class_index", "int64", ("N",), {"meaning": meaning}))
-    heat_range: dict[str, Any] = (
-        {"range": [0, 255], "meaning": "round(255 * heatmap)"}
-        if g.heatmap_dtype == "uint8"
-        else {"range": [0.0, 1.0]}
-    )
-    outputs = [
-        TensorSpec("logits", "float32", ("N", info.num_classes)),
-        TensorSpec("heatmap", g.heatmap_dtype, ("N", 1, *hw), heat_range),
-    ]
-    if g.overlay:
-        outputs.append(TensorSpec("overlay", "uint8", ("N", *hw, 3), {"color": "RGB"}))
-    return ArtifactMetadata(
-        input_size=(h, w),
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        model=model,
-        method=info.method,
-        method_requested=info.requested or info.method,
-        method_reason=info.reason,
-        layer=info.layer,
-        layout=info.layout,
-        tap_copied=info.cloned,
-        head=info.head,
-        target_class=info.target,
-        feature_shape=tuple(info.feature_shape),
-        num_classes=info.num_classes,
-        dynamic_size=dynamic_size,
-        mean=tuple(info.mean),
-        std=tuple(info.std),
-        input_format=g.input_format,
-        half=g.half,
-        heatmap_dtype=g.heatmap_dtype,
-        overlay=(
-            {"alpha": g.overlay_alpha, "colormap": g.colormap, "color": "RGB"}
-            if g.overlay
-            else None
-        ),
-        labels=None if labels is None else tuple(labels),
-        opset=opset,
-        versions=versions(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        parity={
-            "logits_tol": verify.limits(g.half)[0],
-            "logits_tol_times": "max(1, max |eager logits|)",
-            "heatmap_tol": verify.limits(g.half)[1],
-            "overlay_tol": overlay_tol,
-            "rows": [r.to_dict() for r in parity],
-            "gpu": [r.to_dict() for r in gpu_rows or []],
-            "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",
-        },
-    )
-
-
 def _verify_on_gpu(
     staged: dict[str, str],
-    info: ExplainerInfo,
+    info: Plan,
     all_cases: list[verify.Case],
     refs: list[dict[str, Any]],
     log: Callable[[str], None],
@@ -210,7 +124,6 @@ def _verify_on_gpu(
 
 def export_explainer(
     explainer: Explainer,
-    info: ExplainerInfo,
     out_dir: str,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     *,
@@ -233,7 +146,8 @@ def export_explainer(
             known=", ".join(FORMATS),
             given=formats,
         )
-    if class_input and not methods.get(info.method).has_class:
+    info = explainer.plan
+    if class_input and not info.method_spec.has_class:
         raise OptionError(
             "class_input",
             "{name} needs a method that explains a class (cam, gradcam); {m} has none",
@@ -268,7 +182,7 @@ def _on_cpu(explainer: Explainer, log: Callable[[str], None]) -> Iterator[None]:
 
 def _export(
     explainer: Explainer,
-    info: ExplainerInfo,
+    info: Plan,
     out_dir: str,
     formats: tuple[str, ...],
     model: str,
@@ -294,7 +208,7 @@ def _export(
             overlay_tol=overlay,
             gpu_rows=gpu_rows,
         )
-        paths, written = _commit(staged, metadata, out_dir, tmp)
+        paths, written = _commit(staged, metadata, out_dir, tmp, log)
         return ExportResult(paths, written, report, gpu_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,7 +216,7 @@ def _export(
 
 def _stage(
     explainer: Explainer,
-    info: ExplainerInfo,
+    info: Plan,
     tmp: str,
     formats: tuple[str, ...],
     opset: int,
@@ -314,7 +228,7 @@ def _stage(
     args = _example_args(info, class_input)
     shapes = _dynamic_shapes(info, dynamic_size, class_input)
     module: torch.nn.Module = explainer
-    if explainer.spec.needs_gradient:
+    if explainer.method.needs_gradient:
         t0 = time.perf_counter()
         dims = {i: list(spec) for i, spec in enumerate(shapes.values())}  # as _dynamic_shapes
         module = lowering.lower(explainer, args, dims)
@@ -334,7 +248,7 @@ def _stage(
 
 def _verify(
     explainer: Explainer,
-    info: ExplainerInfo,
+    info: Plan,
     staged: dict[str, str],
     dynamic_size: bool,
     class_input: bool,
@@ -382,7 +296,11 @@ def _verify(
 
 
 def _commit(
-    staged: dict[str, str], metadata: ArtifactMetadata, out_dir: str, tmp: str
+    staged: dict[str, str],
+    metadata: ArtifactMetadata,
+    out_dir: str,
+    tmp: str,
+    log: Callable[[str], None],
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Stamp ``metadata`` and a new export id into every staged file, write explainer.json
     beside them, and move the set into ``out_dir`` together (:func:`.files.commit_set`,
@@ -395,5 +313,7 @@ def _commit(
         json.dump(written, f, indent=2)
     final = {fmt: os.path.join(out_dir, FILES.get(fmt, METADATA_FILE)) for fmt in files}
     stale = {os.path.join(out_dir, FILES[fmt]): None for fmt in FILES if fmt not in staged}
+    for path in filter(os.path.exists, stale):
+        log(f"removing {path} of the earlier export: this export replaces the whole set")
     commit_set({**stale, **{final[fmt]: path for fmt, path in files.items()}}, out_dir)
     return final, written

@@ -1,14 +1,15 @@
-"""Heatmap heads as pure tensor functions (the Explainer module composes them).
+"""The heatmap's math as pure tensor functions; :mod:`.methods` and :mod:`.heatmap_head` compose
+them.
 
-Every head takes the tapped feature map ``A`` of shape ``[N, C, h, w]`` and channel weights
-``α`` ``[N, C]`` (none for ``sum``), and returns a map ``[N, 1, h, w]``:
-
-- ``sum``: :math:`m = \\sum_k A_k`;
-- ``cam``: :math:`α_k = W[c,k]`, the linear layer's weights for class ``c``;
-- ``gradcam``: :math:`α_k = \\frac{1}{hw}\\sum_{ij} \\partial y_c / \\partial A_k(i,j)`;
-
-and for ``cam`` and ``gradcam`` :math:`m = \\mathrm{ReLU}(\\sum_k α_k A_k)`. Then :func:`finish`
-resizes and min-maxes. They use only ops that trace and export to TorchScript and ONNX.
+A channel-weighted head takes the tapped map ``A`` ``[N, C, h, w]`` and channel weights ``α``
+``[N, C]`` (none for ``sum``) and gives a map ``[N, 1, h, w]``: ``sum`` is
+:math:`m = \\sum_k A_k`; ``cam`` (:func:`cam_weights`, :math:`α_k = W[c,k]`) and ``gradcam``
+(:func:`gradcam_weights`, :math:`α_k = \\frac{1}{hw}\\sum_{ij} \\partial y_c / \\partial A_k(i,j)`)
+are :math:`m = \\mathrm{ReLU}(\\sum_k α_k A_k)`. :func:`channel_terms` computes it scaled so
+that nothing overflows, with its terms' magnitude; :func:`to_unit` resizes and min-maxes any
+map before resize (:func:`render` is the two in one). :func:`finish` is the same tail for a map
+computed elsewhere (the benchmarks' eager Grad-CAM). Only ops that trace and export to
+TorchScript and ONNX.
 """
 
 from __future__ import annotations
@@ -21,20 +22,17 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_EPS",
-    "cam",
     "cam_weights",
-    "channel_sum",
+    "channel_terms",
     "finish",
-    "gradcam",
     "gradcam_weights",
     "guard",
-    "heatmap",
     "magnitude",
     "minmax_normalize",
     "render",
     "resize_bilinear",
     "resize_matrix",
-    "weighted_sum",
+    "to_unit",
 ]
 
 # A range below this fraction of the map's magnitude is float32 rounding noise, not signal.
@@ -44,30 +42,6 @@ DEFAULT_EPS = 1e-5
 def _check_map(features: Tensor) -> None:
     if features.dim() != 4:
         raise ValueError(f"expected a [N,C,h,w] feature map, got shape {list(features.shape)}")
-
-
-def channel_sum(features: Tensor) -> Tensor:
-    r"""Feature-map superposition: :math:`m = \sum_k A_k`.
-
-    Example:
-        >>> channel_sum(torch.ones(2, 3, 4, 4)).shape
-        torch.Size([2, 1, 4, 4])
-    """
-    _check_map(features)
-    return features.sum(dim=1, keepdim=True)
-
-
-def weighted_sum(features: Tensor, weights: Tensor) -> Tensor:
-    r""":math:`m = \mathrm{ReLU}(\sum_k α_k A_k)` per image, ``weights`` ``α`` of shape ``[N, C]``.
-
-    Example:
-        >>> weighted_sum(torch.ones(1, 2, 3, 3), torch.tensor([[1.0, -3.0]]))[0, 0, 0]
-        tensor([0., 0., 0.])
-    """
-    _check_map(features)
-    n, c, h, w = features.shape
-    m = torch.bmm(weights.unsqueeze(1), features.reshape(n, c, h * w))  # [N, 1, h*w]
-    return torch.relu(m).reshape(n, 1, h, w)
 
 
 def cam_weights(weight: Tensor, class_index: Tensor) -> Tensor:
@@ -83,39 +57,6 @@ def gradcam_weights(grad: Tensor) -> Tensor:
     """
     _check_map(grad)
     return grad.mean(dim=(2, 3))
-
-
-def cam(features: Tensor, weight: Tensor, class_index: Tensor) -> Tensor:
-    r"""Class activation map: :math:`m = \mathrm{ReLU}(\sum_k W[c,k]\,A_k)`.
-
-    For a head ``logits = W · GAP(A) + b`` this equals Grad-CAM up to the factor
-    :math:`1/(h w)`, since :math:`\partial y_c / \partial A_k(i,j) = W[c,k]/(h w)`.
-
-    Args:
-        features: ``A``, ``[N, C, h, w]``.
-        weight: the linear layer's weight ``W``, ``[K, C]``.
-        class_index: the target class ``c`` per image, int64 ``[N]``.
-
-    Example:
-        >>> a = torch.rand(2, 8, 7, 7); w = torch.randn(10, 8)
-        >>> cam(a, w, torch.tensor([3, 5])).shape
-        torch.Size([2, 1, 7, 7])
-    """
-    _check_map(features)
-    return weighted_sum(features, cam_weights(weight, class_index))
-
-
-def gradcam(features: Tensor, grad: Tensor) -> Tensor:
-    r"""Grad-CAM: :math:`m = \mathrm{ReLU}(\sum_k α_k A_k)`, :math:`α_k = \mathrm{mean}_{ij}
-    \partial y_c/\partial A_k(i,j)`, for ``grad`` = :math:`\partial y_c / \partial A`.
-
-    Example:
-        >>> a = torch.rand(2, 8, 7, 7)
-        >>> gradcam(a, torch.ones_like(a)).shape
-        torch.Size([2, 1, 7, 7])
-    """
-    _check_map(features)
-    return weighted_sum(features, gradcam_weights(grad))
 
 
 def magnitude(features: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -202,29 +143,17 @@ def guard(channels: int) -> float:
     return 2.0 ** -(math.ceil(math.log2(max(channels, 1))) + 1)
 
 
-def render(
-    features: Tensor,
-    weights: Tensor | None,
-    size: tuple[int, int] | torch.Size,
-    eps: float = DEFAULT_EPS,
-    matrices: tuple[Tensor, Tensor] | None = None,
-    bound: float | None = None,
-) -> Tensor:
-    r"""The heatmap: the head, resized to ``size`` and min-maxed, in one pass over ``A``.
+def channel_terms(
+    features: Tensor, weights: Tensor | None, bound: float | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""A channel-weighted head, scaled so that no sum overflows: ``(m̂ [N,1,h,w], s [N,1,1])``.
 
     With :math:`\hat α = g\,α / b` (:func:`guard` ``g``; ``b`` = ``bound`` if given, a known
     bound on :math:`|α|`, else :math:`\max_k |α_k|` per image; for ``sum``, where ``weights`` is
     None, :math:`\hat α_k = g`), the map :math:`\hat m = \sum_k \hat α_k A_k` (ReLU'd where
-    there are weights) has terms at most :math:`g` times a finite value, so every sum is finite.
-    Divided by its terms' magnitude :math:`s = \max_{ij} \sum_k |\hat α_k A_k|`
-    (:func:`magnitude`) it lies in [-1, 1]; it is resized to ``size`` and min-maxed, and a range
-    of at most ``eps`` is float32 noise (a sum that cancels): flat, 0. The result equals
-    ``finish(head(A), size, eps, magnitude)``, since every head is positively homogeneous in
-    ``A`` and ``α``.
-
-    ``weights`` ``[N, C]`` or ``[N, 1, C]``. ``matrices`` ``(R_h [H,h], R_wᵀ [w,W])``
-    (:func:`resize_matrix`) resize by two products instead of :func:`resize_bilinear` (the size
-    is then fixed).
+    there are weights) has terms at most :math:`g` times a finite value, so every sum is finite;
+    :math:`s = \max_{ij} \sum_k |\hat α_k A_k|` is its terms' magnitude (:func:`magnitude`).
+    ``weights`` ``[N, C]`` or ``[N, 1, C]``.
     """
     _check_map(features)
     n, c, h, w = features.shape
@@ -233,37 +162,52 @@ def render(
     if weights is None:  # a plain sum: no weights (and no constant made on a device)
         raw = (flat * g).sum(dim=1, keepdim=True).reshape(n, 1, h, w)
         scale = (flat.abs() * g).sum(dim=1, keepdim=True).amax(dim=2, keepdim=True)
+        return raw, scale
+    alpha = weights if weights.dim() == 3 else weights[:, None]
+    if bound is None:
+        peak = alpha.abs().amax(dim=2, keepdim=True)
+        alpha = alpha / peak.clamp_min(torch.finfo(alpha.dtype).tiny) * g
     else:
-        alpha = weights if weights.dim() == 3 else weights[:, None]
-        if bound is None:
-            peak = alpha.abs().amax(dim=2, keepdim=True)
-            alpha = alpha / peak.clamp_min(torch.finfo(alpha.dtype).tiny) * g
-        else:
-            alpha = alpha * (g / max(bound, torch.finfo(alpha.dtype).tiny))
-        # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw]
-        raw = torch.relu((alpha @ flat).reshape(n, 1, h, w))
-        scale = (alpha.abs() @ flat.abs()).amax(dim=2, keepdim=True)
-    # |m| <= 1 from here on: tiny (even subnormal) maps keep their precision through the resize
-    m = raw / scale.unsqueeze(3).clamp_min(torch.finfo(raw.dtype).tiny)
-    m = resize_bilinear(m, size) if matrices is None else matrices[0] @ m @ matrices[1]
-    lo = m.amin(dim=(1, 2, 3), keepdim=True)
-    span = m.amax(dim=(1, 2, 3), keepdim=True) - lo
-    # x / inf = 0: a flat map is 0 everywhere, with no NaN and no mask product
-    return (m - lo) / torch.where(span > eps, span, float("inf"))
+        alpha = alpha * (g / max(bound, torch.finfo(alpha.dtype).tiny))
+    # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw]
+    raw = torch.relu((alpha @ flat).reshape(n, 1, h, w))
+    scale = (alpha.abs() @ flat.abs()).amax(dim=2, keepdim=True)
+    return raw, scale
 
 
-def heatmap(
-    features: Tensor,
+def to_unit(
+    maps: Tensor,
+    scale: Tensor,
     size: tuple[int, int] | torch.Size,
-    method: str = "sum",
-    weight: Tensor | None = None,
-    class_index: Tensor | None = None,
     eps: float = DEFAULT_EPS,
-    grad: Tensor | None = None,
+    matrices: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """The whole head by name: ``sum``, ``cam`` (needs ``weight`` and ``class_index``) or
-    ``gradcam`` (needs ``grad`` = ∂y_c/∂A): the method's weights (:mod:`.methods`), then
-    :func:`render`."""
-    from . import methods
+    r"""A map before resize ``[N,1,h,w]`` to the heatmap: divided by its terms' magnitude
+    ``scale`` ``[N,1,1]`` it lies in [-1, 1]; resized to ``size``, then min-maxed
+    (:func:`_span_to_unit`), where a range of at most ``eps`` is float32 noise (a sum that
+    cancels): flat, 0.
 
-    return render(features, methods.get(method).weights(grad, weight, class_index), size, eps)
+    ``matrices`` ``(R_h [H,h], R_wᵀ [w,W])`` (:func:`resize_matrix`) resize by two products
+    instead of :func:`resize_bilinear` (the size is then fixed).
+    """
+    # |m| <= 1 from here on: tiny (even subnormal) maps keep their precision through the resize
+    m = maps / scale.unsqueeze(3).clamp_min(torch.finfo(maps.dtype).tiny)
+    m = resize_bilinear(m, size) if matrices is None else matrices[0] @ m @ matrices[1]
+    return _span_to_unit(m, eps)
+
+
+def render(
+    features: Tensor,
+    weights: Tensor | None,
+    size: tuple[int, int] | torch.Size,
+    eps: float = DEFAULT_EPS,
+    matrices: tuple[Tensor, Tensor] | None = None,
+    bound: float | None = None,
+) -> Tensor:
+    r"""The heatmap of a channel-weighted head in one pass over ``A``:
+    :func:`channel_terms`, then :func:`to_unit`.
+
+    The result equals ``finish(head(A), size, eps, magnitude)``, since every such head is
+    positively homogeneous in ``A`` and ``α``.
+    """
+    return to_unit(*channel_terms(features, weights, bound), size, eps, matrices)

@@ -1,67 +1,33 @@
 """The heatmap head as a module: ``(image, logits, A, ∂y/∂A) -> (logits, heatmap[, overlay])``.
 
 :class:`HeatmapHead` is steps 3-4 of :mod:`.explainer` and the optional in-graph overlay: the
-method's channel weights (:mod:`.methods`), :func:`.heads.render`, the output dtype and the
-overlay (:mod:`.graph_io`). It holds no model weights, so the same module follows the eager
-capture and a lowered ``gradcam`` graph (:mod:`.lowering`). :class:`GraphOptions` says how the
-graph meets a server.
+method's map before resize (its record's function, :mod:`.methods`), :func:`.heads.to_unit`,
+the output dtype and the overlay (:mod:`.graph_io`). It holds no model weights, so the same
+module follows the eager capture and a lowered gradient graph (:mod:`.lowering`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from . import graph_io, heads, methods
+from . import graph_io, heads
+from .methods import Method, Needs
+from .plan import GraphOptions
+from .targets import ClassLogit, Target
 
-__all__ = ["GraphOptions", "HeatmapHead", "target_class"]
-
-
-@dataclass(frozen=True)
-class GraphOptions:
-    """How the graph meets a server (see :mod:`.graph_io`).
-
-    ``input_format``: ``float-nchw`` or ``uint8-nhwc``. ``overlay``: add a third output, the
-    overlay as uint8 ``[N,H,W,3]`` RGB, blended with ``overlay_alpha`` and the ``colormap``.
-    ``half``: fp16 weights and compute in the backbone (the head and min-max stay float32).
-    ``heatmap_dtype``: ``float32`` in [0, 1], or ``uint8`` ``round(255·m)`` (4x fewer bytes out,
-    for servers that only draw).
-    """
-
-    input_format: str = "float-nchw"
-    overlay: bool = False
-    overlay_alpha: float = 0.4
-    colormap: str = "JET"
-    half: bool = False
-    heatmap_dtype: str = "float32"
-
-
-def target_class(
-    logits: Tensor,
-    class_index: Tensor | None = None,
-    default: int | None = None,
-    keepdim: bool = False,
-) -> Tensor:
-    """Per image, ``class_index`` where it is >= 0, else ``default``, else the logits' argmax:
-    ``[N]``, or ``[N, 1]`` with ``keepdim`` (then ``W[target]`` gathers ``[N, 1, C]``)."""
-    best = logits.argmax(dim=1, keepdim=keepdim)
-    if default is not None:
-        best = torch.full_like(best, default)
-    if class_index is None:
-        return best
-    chosen = class_index.to(best.dtype).reshape(best.shape)
-    return torch.where(chosen >= 0, chosen, best)
+__all__ = ["HeatmapHead"]
 
 
 class HeatmapHead(nn.Module):
     """Steps 3-4 and the optional overlay: ``(image, logits, A, ∂y/∂A) -> outputs``.
 
-    It holds no model weights (``cam``'s linear weight is passed in), so a lowered ``gradcam``
-    graph (:mod:`.lowering`) can be followed by this same module, traced as ``cam``'s is.
+    ``method`` is the resolved record (:mod:`.methods`), ``target`` what is explained
+    (:mod:`.targets`). It holds no model weights (``cam``'s linear weight is passed in), so a
+    lowered gradient graph (:mod:`.lowering`) can be followed by this same module, traced as
+    ``cam``'s is.
 
     ``sizes`` ``((h, w), (H, W))``, the map's and the image's size at export, lets the head
     resize by two constant matrix products (:func:`.heads.resize_matrix`) at exactly those
@@ -72,16 +38,16 @@ class HeatmapHead(nn.Module):
 
     def __init__(
         self,
-        method: str,
+        method: Method,
         eps: float = heads.DEFAULT_EPS,
-        target: int | None = None,
+        target: Target = ClassLogit(),
         layout: str = "NCHW",
         graph: GraphOptions = GraphOptions(),
         sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
         weight_bound: float | None = None,
     ) -> None:
         super().__init__()
-        self.spec = methods.get(method)
+        self.method = method
         self.weight_bound = weight_bound
         self.eps = eps
         self.target = target
@@ -125,17 +91,18 @@ class HeatmapHead(nn.Module):
     ) -> tuple[Tensor, ...]:
         """``(logits, heatmap[, overlay])`` for the graph input ``image`` (its size sets the
         heatmap's); ``features`` is ``A`` as tapped, ``grad`` its gradient for ``gradcam``,
-        ``weight`` the linear weight for ``cam``."""
+        ``weight`` the linear weight for ``cam``, ``class_index`` the run-time class per image."""
         if self.layout == "NHWC":
             features = features.permute(0, 3, 1, 2)
             grad = None if grad is None else grad.permute(0, 3, 1, 2)
-        target = None
-        if self.spec.has_class and self.spec.needs_linear:
-            target = target_class(logits, class_index, self.target, keepdim=True)
-        alpha = self.spec.weights(grad, weight, target)
+        classes = None
+        if self.method.has_class and self.method.needs_linear:
+            classes = self.target.classes(logits, class_index, keepdim=True)
+        bound = self.weight_bound if self.method.needs_linear else None
+        terms = self.method.terms(Needs(features, grad, weight, classes, bound))
         size = graph_io.image_size(image, self.graph.input_format)
-        bound = self.weight_bound if self.spec.needs_linear else None
-        heat = heads.render(features, alpha, size, self.eps, self._matrices(features, size), bound)
+        matrices = self._matrices(features, size)
+        heat = heads.to_unit(terms.map, terms.scale, size, self.eps, matrices)
         out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
         if not self.graph.overlay:
             return logits, out

@@ -13,7 +13,7 @@ from .gap_head import gap_input
 from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
 
-__all__ = ["default_layer", "format_layers", "pool_input"]
+__all__ = ["choose_layer", "default_layer", "format_layers", "pool_input"]
 
 
 def pool_input(result: Probe) -> TapSpec | None:
@@ -39,14 +39,24 @@ def default_layer(result: Probe) -> TapSpec:
     4-D map with more than one pixel, in either layout. A model whose last map becomes a token
     sequence before the classifier (a vision transformer) is refused.
     """
-    spec = gap_input(result) or pool_input(result)
+    return choose_layer(result)[0]
+
+
+def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[TapSpec, str]:
+    """The layer to explain and why: ``layer`` as given, else :func:`default_layer`'s choice."""
+    if layer:
+        return (TapSpec.parse(layer) if isinstance(layer, str) else layer), "as given"
+    spec = gap_input(result)
     if spec is not None:
-        return spec
+        return spec, "the map whose global average the classifier reads"
+    spec = pool_input(result)
+    if spec is not None:
+        return spec, "the input of the last global pooling"
     for i in range(len(result.records) - 1, -1, -1):
         rec = result.records[i]
         if is_spatial(rec.output_shape, result.input_size):
             _refuse_tokens(result, rec, result.records[i + 1 :])
-            return spec_for(result, rec, "output")
+            return spec_for(result, rec, "output"), "the last spatial map"
     raise UsageError(
         "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
     )

@@ -1,34 +1,61 @@
-"""The heatmap methods, one small record each: what it computes and what it needs.
+"""The heatmap methods: one record and one function each, in a registry.
 
-``build_explainer``, the CLI's choices, the metadata and ``explain-bench`` read this registry.
-Each method turns the tapped map ``A`` into channel weights ``α`` (or none, for a plain sum);
-:func:`.heads.render` does the rest. ``auto`` is not a method but a choice between two: ``cam``
-where it is exact (a global-average-pool + ``nn.Linear`` head after ``A``), else ``gradcam``.
+A method's function takes what it needs (:class:`Needs`: the tapped map ``A``, the gradient
+``∂y/∂A``, the linear head's weight ``W``, the class ``c``) and gives the map before resize,
+with the magnitude of the terms it was summed from (:class:`Terms`); :func:`.heads.to_unit`
+does the rest, the same for every method. The build resolves a name once (:func:`get`) into
+its :class:`Method` record; the explainer, the head, lowering and export read the record's
+flags and call its function, and never compare names.
+
+``auto`` is not a method but a choice between two: ``cam`` where it is exact (a
+global-average-pool + ``nn.Linear`` head after ``A``), else ``gradcam`` (:mod:`.plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UsageError
 
-__all__ = ["AUTO", "CAM", "CHOICES", "GRADCAM", "METHODS", "SUM", "Method", "get"]
-
-if TYPE_CHECKING:  # the CLI reads the choices without importing torch
+if TYPE_CHECKING:  # the commands read the choices without importing torch
     from torch import Tensor
 
+__all__ = ["AUTO", "CAM", "CHOICES", "GRADCAM", "METHODS", "SUM", "Method", "Needs", "Terms", "get"]
+
 AUTO = "auto"
+
+
+class Needs(NamedTuple):
+    """What a method may read. ``features``: ``A`` ``[N,C,h,w]``; ``grad``: ``∂y/∂A``, same
+    shape (methods with ``needs_gradient``); ``weight``: the linear head's ``W`` ``[K,C]`` and
+    ``weight_bound`` a bound on ``|W|`` (``needs_linear``); ``target``: the class per image
+    ``[N,1]`` (``needs_linear``; gradient methods see their class through ``grad``)."""
+
+    features: Tensor
+    grad: Tensor | None = None
+    weight: Tensor | None = None
+    target: Tensor | None = None
+    weight_bound: float | None = None
+
+
+class Terms(NamedTuple):
+    """The map before resize ``[N,1,h,w]``, and ``scale`` ``[N,1,1]``: the largest sum of its
+    terms' magnitudes per image, against which a map that cancels to rounding noise is flat."""
+
+    map: Tensor
+    scale: Tensor
 
 
 @dataclass(frozen=True)
 class Method:
     """A heatmap method.
 
-    ``needs_linear``: the weight ``W`` of an ``nn.Linear`` fed by ``GAP(A)`` (checked on a probe).
-    ``needs_gradient``: ``∂y_c/∂A``, by autograd in eager mode; an export lowers it to forward
-    ops (:mod:`.lowering`). ``has_class``: explains one class per image (top-1 or chosen).
+    ``formula``, ``when``: for the README, ``--help`` and the metadata. ``needs_linear``: the
+    weight ``W`` of an ``nn.Linear`` fed by ``GAP(A)`` (checked on a probe). ``needs_gradient``:
+    ``∂y/∂A``, by autograd in eager mode; an export lowers it to forward ops (:mod:`.lowering`).
+    ``has_class``: explains one class per image (top-1 or chosen). ``terms``: the function.
     """
 
     name: str
@@ -37,27 +64,30 @@ class Method:
     needs_linear: bool
     needs_gradient: bool
     has_class: bool
-    weights: Callable[[Tensor | None, Tensor | None, Tensor | None], Tensor | None]
+    terms: Callable[[Needs], Terms]
 
 
-def _no_weights(grad: Tensor | None, weight: Tensor | None, target: Tensor | None) -> None:
-    return None
-
-
-def _cam(grad: Tensor | None, weight: Tensor | None, target: Tensor | None) -> Tensor:
+def _sum(needs: Needs) -> Terms:
     from . import heads
 
-    if weight is None or target is None:
+    return Terms(*heads.channel_terms(needs.features, None))
+
+
+def _cam(needs: Needs) -> Terms:
+    from . import heads
+
+    if needs.weight is None or needs.target is None:
         raise ValueError("cam needs the linear weight and the class index")
-    return heads.cam_weights(weight, target)
+    alpha = heads.cam_weights(needs.weight, needs.target)
+    return Terms(*heads.channel_terms(needs.features, alpha, needs.weight_bound))
 
 
-def _gradcam(grad: Tensor | None, weight: Tensor | None, target: Tensor | None) -> Tensor:
+def _gradcam(needs: Needs) -> Terms:
     from . import heads
 
-    if grad is None:
+    if needs.grad is None:
         raise ValueError("gradcam needs the gradient of the class logit")
-    return heads.gradcam_weights(grad)
+    return Terms(*heads.channel_terms(needs.features, heads.gradcam_weights(needs.grad)))
 
 
 SUM = Method(
@@ -67,7 +97,7 @@ SUM = Method(
     needs_linear=False,
     needs_gradient=False,
     has_class=False,
-    weights=_no_weights,
+    terms=_sum,
 )
 CAM = Method(
     "cam",
@@ -77,7 +107,7 @@ CAM = Method(
     needs_linear=True,
     needs_gradient=False,
     has_class=True,
-    weights=_cam,
+    terms=_cam,
 )
 GRADCAM = Method(
     "gradcam",
@@ -86,14 +116,17 @@ GRADCAM = Method(
     needs_linear=False,
     needs_gradient=True,
     has_class=True,
-    weights=_gradcam,
+    terms=_gradcam,
 )
 METHODS: dict[str, Method] = {m.name: m for m in (SUM, CAM, GRADCAM)}
 CHOICES = (AUTO, *METHODS)
 
 
-def get(name: str) -> Method:
-    """The method called ``name``; a UsageError naming the choices otherwise."""
+def get(name: str | Method) -> Method:
+    """The method called ``name`` (a record is returned as it is); a UsageError naming the
+    choices otherwise."""
+    if isinstance(name, Method):
+        return name
     if name not in METHODS:
         raise UsageError(f"unknown method '{name}'; choose one of {', '.join(CHOICES)}")
     return METHODS[name]

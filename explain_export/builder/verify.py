@@ -152,8 +152,11 @@ def eager(
     device = explainer.mean.device
     image = torch.from_numpy(graph_image(case.image, explainer.graph.input_format)).to(device)
     index = None if case.class_index is None else torch.from_numpy(case.class_index).to(device)
-    noise = None if noise is None else noise.to(device)
-    result = explainer.explain(image, index, noise)
+    if noise is None:
+        result = explainer(image, index)
+    else:  # the same steps as forward, with the noise added between normalization and model
+        x = explainer.normalize(image) + noise.to(device)
+        result = explainer.finish(image, *explainer.run(x, index), index)
     names = ("logits", "heatmap", "overlay")
     return {n: t.cpu().numpy() for n, t in zip(names, result, strict=False)}
 
@@ -195,7 +198,7 @@ def heatmap_limits(
     differs by more than this computes something else. ``refs``: :func:`references`.
     """
     tol = limits(explainer.graph.half)[1]
-    if not explainer.spec.needs_gradient:
+    if not explainer.method.needs_gradient:
         return [tol] * len(all_cases)
     refs = refs or references(explainer, all_cases)
     out = []

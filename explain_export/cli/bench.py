@@ -192,8 +192,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     source = model_source(args)
     ensure_out_dir(args.out)
     size = (args.input_size[0], args.input_size[1])
-    explainer, info, description = load_explainer(source, args.layer, args.method, args.head, size)
+    explainer, description = load_explainer(source, args.layer, args.method, args.head, size)
     say = (lambda _msg: None) if args.quiet else log
+    info = explainer.plan
     say(f"model: {description}; {info.method} at {info.layer}, input {size[0]}x{size[1]}")
     rounds = len(config.batch_sizes) * (config.warmup + config.iters)
     bar: Any = None  # a tqdm bar over the rounds, opened when the first round ends
@@ -218,7 +219,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         result = run_bench(
             explainer,
-            info,
             config,
             model=description,
             command=shlex.join([PROG, *argv]),

@@ -193,17 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..builder.explainer import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        GraphOptions,
-        build_explainer,
-        check_norm,
-    )
+    from ..builder.explainer import build_explainer
     from ..builder.export import DEFAULT_OPSET, export_explainer
-    from ..builder.layers import default_layer, format_layers
+    from ..builder.layers import choose_layer, format_layers
+    from ..builder.plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, check_norm
     from ..builder.probe import probe_at_size
-    from ..builder.tap import TapSpec
     from ..builder.verify import format_device_rows, format_report
     from ..errors import UsageError
 
@@ -249,8 +243,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.list_layers:
         result = probe_at_size(model, size, mean, std)
-        default = TapSpec.parse(layer) if layer else default_layer(result)
+        default, why = choose_layer(result, layer)
         print(format_layers(result, default))
+        print(f"default: {default} ({why})")
         return 0
 
     graph = GraphOptions(
@@ -260,9 +255,10 @@ def _run(args: argparse.Namespace) -> int:
         half=args.half,
         heatmap_dtype=args.heatmap_dtype,
     )
-    explainer, info = build_explainer(
+    explainer = build_explainer(
         model, layer, args.method, size, mean, std, args.head, args.class_index, graph
     )
+    info = explainer.plan
     print(f"model:  {description}{origin}")
     print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
     head = f", head {info.head}" if info.head else ""
@@ -279,7 +275,6 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     result = export_explainer(
         explainer,
-        info,
         args.out,
         formats,
         model=description,

@@ -170,10 +170,9 @@ def _demo_model(args: argparse.Namespace) -> str:
 
     log(f"demo: exporting the default model to {os.path.dirname(DEFAULT_MODEL)}/ first")
     zoo = load_default()
-    explainer, info = build_explainer(zoo.model, zoo.layer, "cam")
+    explainer = build_explainer(zoo.model, zoo.layer, "cam")
     export_explainer(
         explainer,
-        info,
         os.path.dirname(DEFAULT_MODEL),
         ("onnx",),
         model=zoo.description,

@@ -1,0 +1,99 @@
+"""The metadata of an export, from its plan and its verification: what a runner needs to feed
+the graph and read its outputs, as the contract's type
+(:class:`explain_export.artifact.contract.ArtifactMetadata`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from ..artifact.contract import ArtifactMetadata, TensorSpec
+from . import verify
+from .plan import Plan
+from .writers import versions
+
+__all__ = ["build_metadata"]
+
+
+def build_metadata(
+    info: Plan,
+    *,
+    model: str,
+    labels: list[str] | None,
+    dynamic_size: bool,
+    class_input: bool,
+    opset: int,
+    parity: list[verify.ParityRow],
+    overlay_tol: float | None = None,
+    gpu_rows: list[verify.DeviceRow] | None = None,
+) -> ArtifactMetadata:
+    """Everything a runner needs to feed the graph and read its outputs."""
+    h, w = info.input_size
+    hw: tuple[Any, ...] = ("H", "W") if dynamic_size else (h, w)
+    g = info.graph
+    if g.input_format == "uint8-nhwc":
+        image = TensorSpec(
+            "image", "uint8", ("N", *hw, 3), {"layout": "NHWC", "range": [0, 255], "color": "RGB"}
+        )
+    else:
+        image = TensorSpec(
+            "image",
+            "float32",
+            ("N", 3, *hw),
+            {"layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"},
+        )
+    inputs = [image]
+    if class_input:
+        meaning = f"target class per image for {info.method}; -1 takes the default class"
+        inputs.append(TensorSpec("class_index", "int64", ("N",), {"meaning": meaning}))
+    heat_range: dict[str, Any] = (
+        {"range": [0, 255], "meaning": "round(255 * heatmap)"}
+        if g.heatmap_dtype == "uint8"
+        else {"range": [0.0, 1.0]}
+    )
+    outputs = [
+        TensorSpec("logits", "float32", ("N", info.num_classes)),
+        TensorSpec("heatmap", g.heatmap_dtype, ("N", 1, *hw), heat_range),
+    ]
+    if g.overlay:
+        outputs.append(TensorSpec("overlay", "uint8", ("N", *hw, 3), {"color": "RGB"}))
+    return ArtifactMetadata(
+        input_size=(h, w),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        model=model,
+        method=info.method,
+        method_requested=info.requested or info.method,
+        method_reason=info.reason,
+        layer=info.layer,
+        layout=info.layout,
+        tap_copied=info.cloned,
+        head=info.head,
+        target_class=info.target,
+        feature_shape=tuple(info.feature_shape),
+        num_classes=info.num_classes,
+        dynamic_size=dynamic_size,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        input_format=g.input_format,
+        half=g.half,
+        heatmap_dtype=g.heatmap_dtype,
+        overlay=(
+            {"alpha": g.overlay_alpha, "colormap": g.colormap, "color": "RGB"}
+            if g.overlay
+            else None
+        ),
+        labels=None if labels is None else tuple(labels),
+        opset=opset,
+        versions=versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        parity={
+            "logits_tol": verify.limits(g.half)[0],
+            "logits_tol_times": "max(1, max |eager logits|)",
+            "heatmap_tol": verify.limits(g.half)[1],
+            "overlay_tol": overlay_tol,
+            "rows": [r.to_dict() for r in parity],
+            "gpu": [r.to_dict() for r in gpu_rows or []],
+            "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",
+        },
+    )

@@ -1,0 +1,235 @@
+"""The plan: what an explainer explains and how, with the reason for each choice. Pure data.
+
+:func:`make_plan` reads one recorded forward pass (:mod:`.probe`) and the options, and decides,
+changing nothing:
+
+- the **layer** (:func:`.layers.choose_layer`): as given, else the map the classifier pools;
+- the **method** (:mod:`.methods`), resolved once into its record: ``auto`` takes ``cam`` where
+  the probe shows it exact (the map feeds global average pooling + one ``nn.Linear``,
+  :mod:`.gap_head`), else ``gradcam``;
+- the **target** (:mod:`.targets`): a fixed class, or the top-1 (and at run time a class per
+  image, where the graph takes one).
+
+The explainer is built from the plan (:meth:`.explainer.Explainer.from_plan`) and carries it;
+the export report and the metadata read it from there. :class:`GraphOptions`, how the graph
+meets a server, is part of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
+from ..errors import OptionError, UsageError
+from . import layers, methods, probe
+from .gap_head import find_gap_linear_head
+from .methods import AUTO, Method
+from .tap import TapSpec
+from .targets import ClassLogit, Target
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GraphOptions", "Plan", "check_norm", "make_plan"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How the graph meets a server (see :mod:`.graph_io`).
+
+    ``input_format``: ``float-nchw`` or ``uint8-nhwc``. ``overlay``: add a third output, the
+    overlay as uint8 ``[N,H,W,3]`` RGB, blended with ``overlay_alpha`` and the ``colormap``.
+    ``half``: fp16 weights and compute in the backbone (the head and min-max stay float32).
+    ``heatmap_dtype``: ``float32`` in [0, 1], or ``uint8`` ``round(255·m)`` (4x fewer bytes out,
+    for servers that only draw).
+    """
+
+    input_format: str = "float-nchw"
+    overlay: bool = False
+    overlay_alpha: float = 0.4
+    colormap: str = "JET"
+    half: bool = False
+    heatmap_dtype: str = "float32"
+
+    def check(self) -> None:
+        """A UsageError naming the choices for an unknown input format or heatmap dtype."""
+        if self.heatmap_dtype not in HEATMAP_DTYPES:
+            raise UsageError(
+                f"unknown heatmap dtype '{self.heatmap_dtype}'; "
+                f"choose one of {', '.join(HEATMAP_DTYPES)}"
+            )
+        if self.input_format not in INPUT_FORMATS:
+            raise UsageError(
+                f"unknown input format '{self.input_format}'; "
+                f"choose one of {', '.join(INPUT_FORMATS)}"
+            )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`make_plan` chose and checked, and why.
+
+    ``method_spec`` is the resolved :class:`~.methods.Method` (``method`` its name);
+    ``target_spec`` what is explained (``target`` its fixed class, None for the top-1).
+    """
+
+    method_spec: Method
+    layer: str
+    head: str | None  # the linear layer cam uses
+    target_spec: Target
+    num_classes: int
+    feature_shape: tuple[int, ...]  # A's shape [C, h, w] at the probe size
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    graph: GraphOptions = GraphOptions()
+    requested: str = ""  # the method asked for ("auto", or the method itself)
+    reason: str = ""  # why ``method`` was chosen, for auto
+    layer_reason: str = ""  # why ``layer``: as given, or which default
+    layout: str = "NCHW"  # the tapped tensor's layout; NHWC maps are permuted
+    cloned: bool = False  # an in-place op changes the tapped tensor later: the tap copies it
+
+    @property
+    def method(self) -> str:
+        """The method's name."""
+        return self.method_spec.name
+
+    @property
+    def target(self) -> int | None:
+        """The fixed class explained; None: the top-1 (or the class given at run time)."""
+        return self.target_spec.fixed
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((h, w), (H, W))``: the map's size at the input size the graph is exported for."""
+        return (int(self.feature_shape[1]), int(self.feature_shape[2])), self.input_size
+
+
+def check_norm(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Three means and three positive stds, as float tuples."""
+    mean, std = _check_triplet("mean", mean), _check_triplet("std", std)
+    if any(s <= 0 for s in std):
+        raise OptionError(
+            "std", "{name} values must be positive, got {v}", v=" ".join(map(str, std))
+        )
+    return mean, std
+
+
+def _check_triplet(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise OptionError(name, "{name} takes 3 values (R G B), got {n}", n=len(values))
+    return values
+
+
+def make_plan(
+    model: nn.Module,
+    result: probe.Probe,
+    layer: str | TapSpec | None = None,
+    method: str | Method = AUTO,
+    head: str | None = None,
+    target: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    graph: GraphOptions = GraphOptions(),
+) -> Plan:
+    """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
+
+    Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
+    is not a map, a head that is not the map's GAP + linear, a class out of range.
+    """
+    if method != AUTO:
+        method = methods.get(method)
+    mean, std = check_norm(mean, std)
+    graph.check()
+    if graph.overlay and graph.overlay_alpha < 0:
+        raise OptionError("overlay_alpha", "{name} must not be negative")
+    spec, layer_reason = layers.choose_layer(result, layer)
+    record = probe.select(result, model, spec)
+    shape = record.shape(spec.port)
+    layout = probe.layout(shape, result.input_size)
+    num_classes = int(result.logits.shape[1])
+    chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
+    _check_target(target, chosen, num_classes)
+    return Plan(
+        chosen,
+        str(spec),
+        head_name,
+        ClassLogit(target),
+        num_classes,
+        tuple(probe.spatial(shape, result.input_size)),
+        result.input_size,
+        mean,
+        std,
+        graph,
+        requested=method if isinstance(method, str) else method.name,
+        reason=reason,
+        layer_reason=layer_reason,
+        layout=layout,
+        cloned=record.mutated(spec.port),
+    )
+
+
+def _check_target(target: int | None, method: Method, num_classes: int) -> None:
+    if target is None:
+        return
+    if not method.has_class:
+        raise OptionError(
+            "target",
+            "{name} needs a method that explains a class (cam, gradcam); {chosen} has no "
+            "target class",
+            chosen=method.name,
+        )
+    if not 0 <= target < num_classes:
+        raise OptionError(
+            "target",
+            "{name} {target} is out of range: the model has {n} classes (0..{last})",
+            target=target,
+            n=num_classes,
+            last=num_classes - 1,
+        )
+
+
+def _choose_method(
+    method: str | Method,
+    result: probe.Probe,
+    model: nn.Module,
+    record: probe.CallRecord,
+    spec: TapSpec,
+    head: str | None,
+    layout: str,
+) -> tuple[Method, str, str | None]:
+    """``(method, why, linear head)``: ``auto`` takes cam where the probe shows it exact.
+
+    A ``head`` given by name asks for cam."""
+    if head is not None and method == AUTO:
+        method = methods.CAM
+    if isinstance(method, Method) and not method.needs_linear:
+        if head is not None:
+            raise OptionError(
+                "head", "{name} names cam's linear layer; {m} does not use one", m=method.name
+            )
+        return method, "", None
+    if isinstance(method, Method):  # cam
+        found = find_gap_linear_head(result, model, record, spec, head)
+        return method, f"'{spec}' feeds global average pooling + '{found.linear}'", found.linear
+    if layout == "NCHW":
+        try:
+            found = find_gap_linear_head(result, model, record, spec, head)
+        except UsageError as exc:
+            why = str(exc).split(";")[0]
+        else:
+            return (
+                methods.CAM,
+                f"'{spec}' feeds global average pooling + '{found.linear}', where cam equals "
+                "Grad-CAM",
+                found.linear,
+            )
+    else:
+        why = "the map is channels-last"
+    return methods.GRADCAM, f"cam is not exact here ({why}), so the gradient is computed", None
