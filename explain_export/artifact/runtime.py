@@ -72,7 +72,7 @@ def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
 
 
 def typed_metadata(metadata: Any) -> ArtifactMetadata | None:
-    """``metadata`` as :class:`~.artifact.ArtifactMetadata`, or None where there is none or it
+    """``metadata`` as :class:`~.contract.ArtifactMetadata`, or None where there is none or it
     is not usable (:func:`.contract.check_metadata` says why, for the commands)."""
     if metadata is None:
         return None

@@ -190,7 +190,7 @@ def build_explainer(
     :class:`~.errors.UsageError` naming what is wrong, also when the heatmap is flat (no
     signal) on the probe images.
     """
-    if method != AUTO:
+    if method != AUTO:  # the cheap checks before the probe; make_plan repeats them for callers
         method = methods.get(method)
     mean, std = check_norm(mean, std)
     h, w = input_size

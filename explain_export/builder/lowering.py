@@ -6,7 +6,7 @@ the explainer's capture step (normalize, model, tap, gradient) with ``make_fx``:
 engine runs during tracing, and what it executes (forward ops, then the backward ops of the path
 from ``A`` to the logits) is recorded as plain ATen ops. Weights are constants, and only the
 batch (and, with ``dynamic_size``, the image size) stays symbolic. :class:`Lowered` runs that
-graph, then the explainer's :class:`~.explainer.HeatmapHead`, which the exporters trace as they
+graph, then the explainer's :class:`~.heatmap_head.HeatmapHead`, which the exporters trace as they
 trace ``cam``'s.
 
 The backward ops are decomposed into forward ops as they are recorded, so that ONNX, TorchScript
@@ -212,7 +212,7 @@ class Lowered(nn.Module):
     """A lowered capture graph and the heatmap head: ``forward(image[, class_index])``.
 
     ``graph_module`` maps the inputs to ``(logits, A, ∂y_c/∂A)``; ``head`` is the explainer's
-    :class:`~.explainer.HeatmapHead` (no model weights in it).
+    :class:`~.heatmap_head.HeatmapHead` (no model weights in it).
     """
 
     def __init__(self, graph: torch.fx.GraphModule | nn.Module, head: nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""Serving: a Triton model repository (:mod:`.triton`) and a Ray Serve app (:mod:`.app`).
+"""Serving with Ray Serve: request handling and the per-batch work as plain code (:mod:`.app`),
+and the Ray Serve deployment over it (:mod:`.ray_app`).
 
 Importing this package imports neither Ray nor torch.
 """
