@@ -132,3 +132,12 @@ def test_list_layers_says_why_the_default(capsys):
     assert export_main(["--arch", "models:tiny_resnet", "--list-layers"]) == 0
     out = capsys.readouterr().out
     assert "default: avgpool:input (the map whose global average the classifier reads)" in out
+
+
+def test_list_layers_says_why_the_embedded_models_default(capsys):
+    assert export_main(["--list-layers"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (
+        "default: _avg_pooling:input (the embedded model's default: the map its global average "
+        "pooling reads)"
+    )

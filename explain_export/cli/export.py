@@ -244,6 +244,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_layers:
         result = probe_at_size(model, size, mean, std)
         default, why = choose_layer(result, layer)
+        if not args.layer and loaded.layer:
+            why = "the embedded model's default: the map its global average pooling reads"
         print(format_layers(result, default))
         print(f"default: {default} ({why})")
         return 0
