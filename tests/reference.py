@@ -140,3 +140,66 @@ def head_by_name(
     needs = methods.Needs(features, grad, weight, target)
     terms = methods.get(method).terms(needs)
     return heads.to_unit(terms.map, terms.scale, size, heads.DEFAULT_EPS if eps is None else eps)
+
+
+# The CAM family, written from the formulas with autograd and a cloning hook, in float64, one
+# method per branch; resize and min-max as numpy_finish (cv2).
+
+
+def family(
+    model: nn.Module,
+    x: Tensor,
+    module: nn.Module,
+    method: str,
+    port: str = "output",
+    call: int = 0,
+    class_index: Tensor | None = None,
+) -> np.ndarray:
+    """The heatmap of ``method`` (gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam,
+    eigencam, eigengradcam) for the normalized batch ``x``, at the tensor ``module`` gives."""
+    store: dict = {}
+    handle = _capture(module, port, call, store)
+    try:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            logits = model(x)
+            c = logits.argmax(1) if class_index is None else class_index
+            logits.gather(1, c[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    a, g = store["a"].detach().double(), store["a"].grad.double()
+    total = a.sum((2, 3), keepdim=True)
+    if method == "gradcam":
+        m = (g.mean((2, 3), keepdim=True) * a).sum(1)
+    elif method == "gradcam++":
+        alpha = g**2 / (2 * g**2 + total * g**3 + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        w = (alpha * torch.relu(g)).sum((2, 3), keepdim=True)
+        m = (w * a).sum(1)
+    elif method == "xgradcam":
+        w = (g * a / (total + 1e-7)).sum((2, 3), keepdim=True)
+        m = (w * a).sum(1)
+    elif method == "hirescam":
+        m = (g * a).sum(1)
+    elif method == "gradcam-elementwise":
+        m = torch.relu(g * a).sum(1)
+    elif method == "layercam":
+        m = (torch.relu(g) * a).sum(1)
+    elif method in ("eigencam", "eigengradcam"):
+        m = torch.from_numpy(projection((g * a if method == "eigengradcam" else a).numpy()))
+    else:
+        raise ValueError(method)
+    return numpy_finish(torch.relu(m).numpy(), tuple(x.shape[-2:]))
+
+
+def projection(maps: np.ndarray) -> np.ndarray:
+    """Each [C,h,w] map, centred per channel over the pixels, projected on its first right
+    singular vector (numpy SVD), with the sign that makes max >= |min|: [N,h,w]."""
+    out = []
+    for a in maps:
+        x = a.reshape(a.shape[0], -1).T
+        x = x - x.mean(axis=0)
+        vt = np.linalg.svd(x, full_matrices=False)[2]
+        m = x @ vt[0]
+        out.append((-m if -m.min() > m.max() else m).reshape(a.shape[1:]))
+    return np.stack(out)

@@ -262,7 +262,7 @@ EXPORT_CASES = [
         2,
         "--class-input needs a method that explains a class",
     ),
-    Case("method-unknown", lambda t: ["--method", "gradcam++"], 2, "invalid choice: 'gradcam++'"),
+    Case("method-unknown", lambda t: ["--method", "scorecam"], 2, "invalid choice: 'scorecam'"),
     # sizes and normalization
     Case("size-too-small", lambda t: ["--input-size", "16", "16"], 2, "gives a 1x1 map"),
     Case(

@@ -162,7 +162,7 @@ def test_subprocess_usage_error_has_no_traceback(tmp_path):
 
 
 def test_argparse_errors_exit_2():
-    proc = _run("--method", "gradcam++")
+    proc = _run("--method", "scorecam")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 

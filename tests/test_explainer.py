@@ -202,7 +202,7 @@ def test_bad_normalization_and_sizes():
 
 def test_explainer_rejects_unknown_method():
     with pytest.raises(UsageError, match="unknown method"):
-        build_explainer(tiny_resnet(), "layer3", method="gradcam++")
+        build_explainer(tiny_resnet(), "layer3", method="scorecam")
 
 
 def test_default_model_sees_a_cat_and_cam_equals_gradcam(default_model):

@@ -22,7 +22,25 @@ from ..errors import UsageError
 if TYPE_CHECKING:  # the commands read the choices without importing torch
     from torch import Tensor
 
-__all__ = ["AUTO", "CAM", "CHOICES", "GRADCAM", "METHODS", "SUM", "Method", "Needs", "Terms", "get"]
+__all__ = [
+    "AUTO",
+    "CAM",
+    "CHOICES",
+    "EIGENCAM",
+    "EIGENGRADCAM",
+    "GRADCAM",
+    "GRADCAMPP",
+    "GRADCAM_ELEMENTWISE",
+    "HIRESCAM",
+    "LAYERCAM",
+    "METHODS",
+    "SUM",
+    "XGRADCAM",
+    "Method",
+    "Needs",
+    "Terms",
+    "get",
+]
 
 AUTO = "auto"
 
@@ -118,7 +136,112 @@ GRADCAM = Method(
     has_class=True,
     terms=_gradcam,
 )
-METHODS: dict[str, Method] = {m.name: m for m in (SUM, CAM, GRADCAM)}
+
+
+def _gradcampp(needs: Needs) -> Terms:
+    from . import cams, heads
+
+    if needs.grad is None:
+        raise ValueError("gradcam++ needs the gradient of the class logit")
+    weights = cams.gradcampp_weights(needs.features, needs.grad)
+    return Terms(*heads.channel_terms(needs.features, weights))
+
+
+def _xgradcam(needs: Needs) -> Terms:
+    from . import cams, heads
+
+    if needs.grad is None:
+        raise ValueError("xgradcam needs the gradient of the class logit")
+    weights = cams.xgradcam_weights(needs.features, needs.grad)
+    return Terms(*heads.channel_terms(needs.features, weights))
+
+
+def _pixel(name: str) -> Callable[[Needs], Terms]:
+    """The method whose terms are ``cams.<name>(A, g)``."""
+
+    def terms(needs: Needs) -> Terms:
+        from . import cams
+
+        if needs.grad is None:
+            raise ValueError("this method needs the gradient of the class logit")
+        return Terms(*getattr(cams, name)(needs.features, needs.grad))
+
+    return terms
+
+
+def _eigencam(needs: Needs) -> Terms:
+    from . import cams
+
+    return Terms(*cams.eigen_terms(needs.features))
+
+
+def _gradient_method(name: str, formula: str, when: str, terms: Callable[[Needs], Terms]) -> Method:
+    return Method(name, formula, when, False, True, True, terms)
+
+
+_ANY_HEAD = "any differentiable head after A; the gradient is computed inside the exported graph"
+GRADCAMPP = _gradient_method(
+    "gradcam++",
+    "m = ReLU(Σ_k w_k A_k), w_k = Σ_ij a_kij ReLU(g_kij), "
+    "a = g² / (2g² + (Σ_ij A_kij) g³ + 1e-6), a = 0 where g = 0",
+    _ANY_HEAD,
+    _gradcampp,
+)
+XGRADCAM = _gradient_method(
+    "xgradcam",
+    "m = ReLU(Σ_k w_k A_k), w_k = Σ_ij g_kij A_kij / (Σ_ij A_kij + 1e-7)",
+    _ANY_HEAD,
+    _xgradcam,
+)
+HIRESCAM = _gradient_method(
+    "hirescam",
+    "m = ReLU(Σ_k g_k ⊙ A_k), the gradient per pixel (no averaging)",
+    _ANY_HEAD,
+    _pixel("hirescam_terms"),
+)
+GRADCAM_ELEMENTWISE = _gradient_method(
+    "gradcam-elementwise",
+    "m = Σ_k ReLU(g_k ⊙ A_k)",
+    _ANY_HEAD,
+    _pixel("gradcam_elementwise_terms"),
+)
+LAYERCAM = _gradient_method(
+    "layercam",
+    "m = ReLU(Σ_k ReLU(g_k) ⊙ A_k)",
+    _ANY_HEAD + "; finer maps from early layers",
+    _pixel("layercam_terms"),
+)
+EIGENCAM = Method(
+    "eigencam",
+    "m = ReLU(±X v), X the centred map (hw × C), v its first principal direction (48 power "
+    "steps), the sign that makes max m >= |min m|",
+    "any map; no class, no gradient",
+    needs_linear=False,
+    needs_gradient=False,
+    has_class=False,
+    terms=_eigencam,
+)
+EIGENGRADCAM = _gradient_method(
+    "eigengradcam",
+    "eigencam's projection of g ⊙ A",
+    _ANY_HEAD,
+    _pixel("eigengradcam_terms"),
+)
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        SUM,
+        CAM,
+        GRADCAM,
+        GRADCAMPP,
+        XGRADCAM,
+        HIRESCAM,
+        GRADCAM_ELEMENTWISE,
+        LAYERCAM,
+        EIGENCAM,
+        EIGENGRADCAM,
+    )
+}
 CHOICES = (AUTO, *METHODS)
 
 

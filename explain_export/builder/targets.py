@@ -47,12 +47,12 @@ class ClassLogit:
     the top-1 class.
 
     Example:
-        >>> logits = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 1.0]])
+        >>> logits = torch.tensor([[0.1, 2.0, 0.5], [5.0, 0.0, 1.0]])
         >>> target = ClassLogit()
         >>> target.classes(logits).tolist()
         [1, 0]
         >>> float(target.score(logits, target.classes(logits, torch.tensor([2, -1]))))
-        5.3
+        5.5
     """
 
     fixed: int | None = None

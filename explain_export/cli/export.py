@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cam: ReLU(sum_k W[c,k] A_k), equal to Grad-CAM where the map feeds global average "
         "pooling + one nn.Linear; gradcam: ReLU(sum_k a_k A_k), a_k = mean_ij dy_c/dA_k(i,j), "
         "for any differentiable head, the gradient computed inside the exported graph; "
-        "sum: the channel sum of the map",
+        "gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, eigengradcam: the rest "
+        "of the gradient family, the same way (README, Methods); eigencam: the map's first "
+        "principal component, no class; sum: the channel sum of the map",
     )
     e.add_argument(
         "--head",
