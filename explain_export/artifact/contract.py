@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 
 __all__ = [
     "FILES",
@@ -33,6 +33,7 @@ __all__ = [
     "MetadataError",
     "TensorSpec",
     "check_metadata",
+    "class_feed",
     "graph_image",
     "heatmap_unit",
     "output_names",
@@ -70,6 +71,49 @@ def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:
     if heatmap.dtype == np.uint8:
         return heatmap.astype(np.float32) / np.float32(255.0)
     return heatmap
+
+
+def class_feed(
+    path: str,
+    input_names: list[str],
+    num_classes: int | None,
+    n: int,
+    class_index: Any = None,
+) -> np.ndarray | None:
+    """The ``class_index`` input for a batch of ``n``: int64 ``[n]``, -1 for the top-1 where
+    ``class_index`` is None; one value is given to every image. None where the graph has no
+    such input and none is asked for (-1 asks for nothing: the graph explains its default).
+
+    Raises an OptionError for a class out of range, and a UsageError where a class is asked of
+    a graph without the input (it would be ignored: the heatmap would show another class).
+    """
+    takes = "class_index" in input_names
+    if class_index is None:
+        return np.full(n, -1, np.int64) if takes else None
+    index = np.asarray(class_index).astype(np.int64).reshape(-1)
+    if index.size == 1:
+        index = np.full(n, index[0], np.int64)
+    if index.shape != (n,):
+        raise OptionError("class_index", "{name} has {k} values for {n} images", k=index.size, n=n)
+    if not takes:
+        if (index == -1).all():
+            return None
+        raise UsageError(
+            f"'{path}' takes no class at run time (it explains the top-1 class, or the one "
+            "fixed at export); re-export it with explain-export --class-input"
+        )
+    top = num_classes if isinstance(num_classes, int) else None
+    bad = index[(index < -1) | (index >= top if top is not None else False)]
+    if bad.size:
+        last = f"0..{top - 1}" if top is not None else "0 or more"
+        raise OptionError(
+            "class_index",
+            "{name} {v} is out of range: the model has {k} classes ({last}); -1 takes the top-1",
+            v=int(bad[0]),
+            k=top if top is not None else "its",
+            last=last,
+        )
+    return index
 
 
 class MetadataError(ValueError):

@@ -86,9 +86,13 @@ def fit(bgr: np.ndarray, size: tuple[int, int], resize: str) -> Fitted:
     return Fitted(bgr, *images.to_input(bgr, size, resize))
 
 
-def infer(artifact: Any, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image."""
-    logits, heatmaps = artifact(np.stack(inputs))
+def infer(
+    artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image;
+    ``class_index`` the class each heatmap explains, one int for all or one per image (None:
+    the graph's default)."""
+    logits, heatmaps = artifact(np.stack(inputs), class_index)
     return [(lg, hm[0]) for lg, hm in zip(logits, heatmaps, strict=True)]
 
 

@@ -35,6 +35,7 @@ from .runner import (
     Journal,
     RunOptions,
     RunReport,
+    check_class,
     explain_batch,
     finish,
     plan,
@@ -117,7 +118,7 @@ def run(
         import ray.data
     except ImportError as exc:
         raise ExplainExportError(NEEDS) from exc
-    check_metadata(artifact)  # a bad model fails here, not in the actors
+    check_class(artifact, check_metadata(artifact), opts)  # fails here, not in the actors
     model_path = os.path.abspath(artifact.path)
     results, todo = plan(paths, names, opts)
     progress(len(results) - len(todo))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import OptionError
 from . import images, overlay, pipeline
-from .contract import ArtifactMetadata, check_metadata
+from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
 from .runtime import Artifact
 
@@ -35,6 +35,7 @@ __all__ = [
     "Journal",
     "RunOptions",
     "RunReport",
+    "check_class",
     "collect",
     "explain_batch",
     "finish",
@@ -62,6 +63,7 @@ class RunOptions(pipeline.OverlayOptions):
     overwrite: bool = False
     sheet_height: int = 200
     resume: bool = False  # keep the images an earlier run in out_dir finished (see plan)
+    class_index: int | None = None  # the class every heatmap explains; None: the graph's default
 
 
 @dataclass
@@ -168,6 +170,7 @@ def run(
     images an earlier run finished (see :func:`plan`) are kept, not redone. The per-image steps
     run on ``image_threads`` threads (default: one per CPU; see :func:`explain_batch`)."""
     meta = check_metadata(artifact)
+    check_class(artifact, meta, opts)
     results, todo = plan(paths, names, opts)
     progress(len(results) - len(todo))
     rows: list[np.ndarray] = []
@@ -183,6 +186,13 @@ def run(
                     report_error(result.path, result.error)
             progress(len(batch))
         return finish(results, rows, opts)
+
+
+def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) -> None:
+    """A one-line error, before any work, where ``opts.class_index`` is out of range or the
+    graph takes no class (:func:`.contract.class_feed`)."""
+    if opts.class_index is not None:
+        class_feed(artifact.path, artifact.input_names, meta.num_classes, 1, opts.class_index)
 
 
 def plan(
@@ -274,7 +284,7 @@ def explain_batch(
     if not ready:
         return rows
     labels = list(meta.labels) if meta.labels else None
-    outputs = pipeline.infer(artifact, [image.input for _, image in ready])
+    outputs = pipeline.infer(artifact, [image.input for _, image in ready], opts.class_index)
 
     def draw(job: tuple[tuple[int, pipeline.Fitted], tuple[np.ndarray, np.ndarray]]) -> None:
         (i, image), (lg, hm) = job

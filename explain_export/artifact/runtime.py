@@ -25,6 +25,7 @@ from .contract import (
     METADATA_KEY,
     ArtifactMetadata,
     MetadataError,
+    class_feed,
     graph_image,
     heatmap_unit,
 )
@@ -67,10 +68,6 @@ def _own_metadata(path: str, embedded: str | None) -> dict[str, Any] | None:
     return meta
 
 
-def _class_feed(n: int, class_index: np.ndarray | None) -> np.ndarray:
-    return np.full(n, -1, np.int64) if class_index is None else class_index.astype(np.int64)
-
-
 def typed_metadata(metadata: Any) -> ArtifactMetadata | None:
     """``metadata`` as :class:`~.contract.ArtifactMetadata`, or None where there is none or it
     is not usable (:func:`.contract.check_metadata` says why, for the commands)."""
@@ -96,6 +93,11 @@ class _Artifact:
         self, image: np.ndarray, class_index: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _class_input(self, n: int, class_index: Any) -> np.ndarray | None:
+        """The checked ``class_index`` feed (:func:`.contract.class_feed`)."""
+        classes = (self.metadata or {}).get("num_classes")
+        return class_feed(self.path, self.input_names, classes, n, class_index)
 
     def __call__(
         self, image: np.ndarray, class_index: np.ndarray | None = None
@@ -212,9 +214,8 @@ class OnnxExplainer(_Artifact):
 
     def _feeds(self, image: np.ndarray, class_index: np.ndarray | None) -> dict[str, np.ndarray]:
         feeds = {"image": graph_image(image, self.input_format)}
-        if "class_index" in self.input_names:
-            feeds["class_index"] = _class_feed(image.shape[0], class_index)
-        return feeds
+        index = self._class_input(image.shape[0], class_index)
+        return feeds if index is None else {**feeds, "class_index": index}
 
     def outputs(
         self, image: np.ndarray, class_index: np.ndarray | None = None, to_host: bool = True
@@ -307,8 +308,9 @@ class _TorchArtifact(_Artifact):
         the device (with CUDA graphs: valid until the next call with the same batch shape)."""
         torch = self._torch
         args = [torch.from_numpy(graph_image(image, self.input_format)).to(self.device)]
-        if "class_index" in self.input_names:
-            args.append(torch.from_numpy(_class_feed(image.shape[0], class_index)).to(self.device))
+        index = self._class_input(image.shape[0], class_index)
+        if index is not None:
+            args.append(torch.from_numpy(index).to(self.device))
         with torch.inference_mode():
             result = self._run(args)
         names = self.output_names if len(self.output_names) == len(result) else None

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_overlay_flags(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default: 5)")
     p.add_argument(
+        "--class-index",
+        type=int,
+        metavar="K",
+        help="explain class K in every image instead of each image's top-1 (the model needs "
+        "the class input: explain-export --class-input); -1 is the top-1",
+    )
+    p.add_argument(
         "--sheet", action="store_true", help="also write sheet.png: original | heatmap | overlay"
     )
     p.add_argument(
@@ -184,6 +191,7 @@ def _demo_model(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from ..artifact import runner, runtime
+    from ..artifact.contract import check_metadata
     from ..errors import UsageError
 
     _check_args(args)
@@ -231,6 +239,20 @@ def _run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         raise UsageError(f"cannot load --model '{model_path}': {first_line(exc)}") from exc
+    opts = overlay_options(
+        runner.RunOptions,
+        args,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        topk=args.topk,
+        sheet=args.sheet,
+        save_heatmaps=args.save_heatmaps,
+        overwrite=args.overwrite,
+        sheet_height=args.sheet_height,
+        resume=args.resume,
+        class_index=args.class_index,
+    )
+    runner.check_class(artifact, check_metadata(artifact), opts)  # before any line of ours
     if not args.quiet:
         if args.engine == "ray":
             threads = args.threads or 1
@@ -245,18 +267,6 @@ def _run(args: argparse.Namespace) -> int:
         if skipped:
             log(f"ignoring {skipped} non-image file(s) in the folder(s)")
 
-    opts = overlay_options(
-        runner.RunOptions,
-        args,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        topk=args.topk,
-        sheet=args.sheet,
-        save_heatmaps=args.save_heatmaps,
-        overwrite=args.overwrite,
-        sheet_height=args.sheet_height,
-        resume=args.resume,
-    )
     from tqdm import tqdm
 
     bar = tqdm(total=len(paths), unit="img", disable=args.quiet or len(paths) < 2, file=sys.stderr)

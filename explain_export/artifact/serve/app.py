@@ -10,10 +10,11 @@ only hands it each request and each ``@serve.batch`` batch.
 HTTP API (every body is JSON; every error is ``{"error": "one line"}`` with a 4xx status, or 500
 if the model itself fails):
 
-- ``POST /explain?overlay=1&heatmap=0&topk=5``: the body is the image file's bytes (PNG, JPEG,
-  anything OpenCV decodes). Query parameters, all optional: ``overlay`` (default 1) and
-  ``heatmap`` (default 0) choose the base64 PNGs in the answer (``1/0``, ``true/false``,
-  ``yes/no``, or the bare name for 1); ``topk`` (default 5) the number of labels. Answer::
+- ``POST /explain?overlay=1&heatmap=0&topk=5&class=-1``: the body is the image file's bytes
+  (PNG, JPEG, anything OpenCV decodes). All optional: ``overlay`` (1) and ``heatmap`` (0) pick
+  the base64 PNGs in the answer (``1/0``, ``true/false``, ``yes/no``, the bare name for 1);
+  ``topk`` (5) the number of labels; ``class`` the class the heatmap explains (-1: the top-1;
+  other classes need a graph exported with ``--class-input``). Answer::
 
       {"topk": [{"class": 285, "label": "Egyptian cat", "score": 0.777125}, ...],
        "height": 300, "width": 451, "batch_size": 3,
@@ -24,8 +25,8 @@ if the model itself fails):
   them (decode, fit, run, map back, blend). ``batch_size`` is how many requests shared the
   model call. Statuses: 400 empty body, not an image, bad query; 413 body over the byte limit
   or image over the pixel limit; 404 unknown path; 405 wrong method; 500 the model failed.
-- ``GET /healthz``: model path, backend and providers, input size, classes, method and layer,
-  threads, the replica's id, and whether torch is loaded (never, for ONNX).
+- ``GET /healthz``: model path, backend, providers, input size, classes, method, layer, threads,
+  replica, and whether torch is loaded (never, for ONNX).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 ROUTES = {"/explain": "POST", "/healthz": "GET"}
-QUERY_PARAMS = ("overlay", "heatmap", "topk")
+QUERY_PARAMS = ("overlay", "heatmap", "topk", "class")
 _TRUE = ("1", "true", "yes", "on", "")
 _FALSE = ("0", "false", "no", "off")
 _COUNT = re.compile(r"\s*[0-9]{1,9}\s*")  # ASCII digits, few enough for int()
@@ -116,6 +117,7 @@ class Query:
     overlay: bool = True
     heatmap: bool = False
     topk: int = 5
+    class_index: int = -1  # the class the heatmap explains; -1: the top-1
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,11 @@ def _flag(name: str, value: str) -> bool:
     raise RequestError(400, f"query parameter {name}={value!r} is not a boolean; use 1 or 0")
 
 
-def parse_query(params: Mapping[str, str], num_classes: int | None = None) -> Query:
-    """``overlay``, ``heatmap`` and ``topk`` from the query string; RequestError 400 if bad."""
+def parse_query(
+    params: Mapping[str, str], num_classes: int | None = None, takes_class: bool = True
+) -> Query:
+    """``overlay``, ``heatmap``, ``topk`` and ``class`` from the query string; RequestError 400
+    if bad (``class`` where the graph has no class input, too)."""
     unknown = sorted(set(params) - set(QUERY_PARAMS))
     if unknown:
         raise RequestError(
@@ -221,10 +226,16 @@ def parse_query(params: Mapping[str, str], num_classes: int | None = None) -> Qu
         if not _COUNT.fullmatch(raw) or not 1 <= int(raw) <= top:
             raise RequestError(400, f"query parameter topk={raw!r} must be an integer 1 to {top}")
         topk = int(raw)
+    chosen, top = params.get("class", "-1").strip(), (num_classes or 1_000_000) - 1
+    if not re.fullmatch(r"-1|[0-9]{1,9}", chosen) or int(chosen) > top:
+        raise RequestError(400, f"query parameter class={chosen!r} must be an integer -1 to {top}")
+    if int(chosen) != -1 and not takes_class:
+        raise RequestError(400, "this model takes no class; export it with --class-input")
     return Query(
         overlay=_flag("overlay", params["overlay"]) if "overlay" in params else default.overlay,
         heatmap=_flag("heatmap", params["heatmap"]) if "heatmap" in params else default.heatmap,
         topk=topk,
+        class_index=int(chosen),
     )
 
 
@@ -269,10 +280,13 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
     return pipeline.fit(bgr, model.size, opts.resize)
 
 
-def run_model(model: Model, inputs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def run_model(
+    model: Model, inputs: Sequence[np.ndarray], classes: Sequence[int] = ()
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image
-    (:func:`.pipeline.infer`)."""
-    return pipeline.infer(model.artifact, inputs)
+    (:func:`.pipeline.infer`), each explaining its class in ``classes`` (-1, or none: top-1)."""
+    chosen = None if all(c == -1 for c in classes) else np.asarray(classes, np.int64)
+    return pipeline.infer(model.artifact, inputs, chosen)
 
 
 def answer(
@@ -345,7 +359,8 @@ class Handler:
         try:
             if route(method, path) == "/healthz":
                 return Reply(200, {**health(self.model), **self.info})
-            query = parse_query(params, self.model.num_classes)
+            takes = "class_index" in self.model.artifact.input_names
+            query = parse_query(params, self.model.num_classes, takes)
             check_length(content_length, limit)
             body = bytearray()
             async for chunk in chunks:
@@ -367,7 +382,7 @@ class Handler:
         except Exception as exc:
             return internal_error(exc)
         try:
-            logits, heatmap, n = await self.infer(image.input)
+            logits, heatmap, n = await self.infer((image.input, query.class_index))
         except Exception as exc:
             return model_failure(exc)
         try:
@@ -378,7 +393,8 @@ class Handler:
             return internal_error(exc)
         return Reply(200, result)
 
-    async def run_batch(self, inputs: Sequence[np.ndarray]) -> list[Outputs]:
-        """One model call (in a thread) for a batch: each image's outputs and the batch's size."""
-        outputs = await asyncio.to_thread(run_model, self.model, inputs)
+    async def run_batch(self, inputs: Sequence[tuple[np.ndarray, int]]) -> list[Outputs]:
+        """One model call (in a thread) for a batch of (graph input, class): each image's
+        outputs and the batch's size."""
+        outputs = await asyncio.to_thread(run_model, self.model, *zip(*inputs, strict=True))
         return [(lg, hm, len(inputs)) for lg, hm in outputs]

@@ -103,7 +103,7 @@ def make_deployment(config: ServerConfig) -> Any:
             return to_response(reply)
 
         @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.batch_wait_s)
-        async def infer(self, inputs: list[np.ndarray]) -> list[Outputs]:
+        async def infer(self, inputs: list[tuple[np.ndarray, int]]) -> list[Outputs]:
             return await self.handler.run_batch(inputs)
 
     return ExplainerDeployment
