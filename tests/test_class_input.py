@@ -5,6 +5,7 @@ takes none, is one line of ours (it would otherwise be ignored, or fail inside O
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -157,3 +158,24 @@ def test_the_server_refuses_a_bad_class_with_400():
             app.parse_query(params, 10, takes)
         assert err.value.status == 400
     assert app.parse_query({"class": "-1"}, 10, False).class_index == -1
+
+
+def test_predictions_name_the_class_and_resume_keeps_only_the_same_class(exports, tmp_path, capsys):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("chelsea.png", "rocket.jpg"):
+        shutil.copy(samples.photo_path(name), images / name)
+    out = tmp_path / "o"
+    args = ["--model", str(exports["input"]), "--images", str(images), "--out", str(out)]
+    assert run_main([*args, "--quiet", "--class-index", str(CLASS)]) == 0
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["class_index"] for r in rows] == [CLASS, CLASS]
+    heat = {p: p.read_bytes() for p in out.glob("*.overlay.png")}
+    capsys.readouterr()
+    assert run_main([*args, "--resume", "--class-index", str(CLASS)]) == 0
+    assert "2 of 2 images done (2 kept from an earlier run)" in capsys.readouterr().out
+    assert run_main([*args, "--resume"]) == 0  # the top-1 now: both redone
+    assert "2 of 2 images done, 0 failed" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all("class_index" not in r for r in rows)
+    assert {p: p.read_bytes() for p in out.glob("*.overlay.png")} != heat

@@ -205,6 +205,7 @@ def _explain(
                 row = json.loads(text)
                 result.error = row.get("error")
                 result.topk, result.outputs = row.get("topk", []), row.get("outputs", [])
+                result.class_index = row.get("class_index")
                 done.append(result)
                 if png:
                     sheet[int(index)] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)

@@ -74,11 +74,13 @@ class ImageResult:
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
     resumed: bool = False  # kept from an earlier run (--resume), not explained again
+    class_index: int | None = None  # the class the heatmap explains, where one was chosen
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.path, "error": self.error}
-        return {"file": self.path, "topk": self.topk, "outputs": self.outputs}
+        chosen = {} if self.class_index is None else {"class_index": self.class_index}
+        return {"file": self.path, "topk": self.topk, **chosen, "outputs": self.outputs}
 
 
 @dataclass
@@ -203,7 +205,8 @@ def plan(
     Without ``opts.resume``: all of them, once :func:`prepare_out_dir` found nothing to
     overwrite. With it: all but the images whose row an earlier run left (in its
     ``predictions.jsonl``, or the :data:`JOURNAL` of a run that was stopped) with no error, the
-    same output names, and every output file on disk; those results are filled in from it."""
+    same output names, the same chosen class, and every output file on disk; those results are
+    filled in from it."""
     names = output_stems(paths) if names is None else names
     results = [ImageResult(p, n) for p, n in zip(paths, names, strict=True)]
     if not opts.resume:
@@ -215,8 +218,10 @@ def plan(
     for i, result in enumerate(results):
         files = planned_files(result.name, opts)
         row = earlier.get((result.path, files[0]))
-        if row and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
+        same = row and row.get("class_index") == opts.class_index
+        if same and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
             result.topk, result.outputs, result.resumed = row["topk"], files, True
+            result.class_index = opts.class_index
         else:
             todo.append(i)
     return results, todo
@@ -289,7 +294,7 @@ def explain_batch(
     def draw(job: tuple[tuple[int, pipeline.Fitted], tuple[np.ndarray, np.ndarray]]) -> None:
         (i, image), (lg, hm) = job
         done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
-        batch[i].topk = done.topk
+        batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
 
     list(each(draw, zip(ready, outputs, strict=True)))

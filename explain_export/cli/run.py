@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         sheet_height=args.sheet_height,
         resume=args.resume,
-        class_index=args.class_index,
+        class_index=None if args.class_index == -1 else args.class_index,  # -1: the default
     )
     runner.check_class(artifact, check_metadata(artifact), opts)  # before any line of ours
     if not args.quiet:
