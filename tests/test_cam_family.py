@@ -61,7 +61,14 @@ def check(model, layer: str, method: str, out, formats) -> None:
     explainer.remove()
 
 
-@pytest.mark.parametrize("method", FAMILY)
+# `make test` keeps one method of each kind (channel weights, pixel-wise, principal component);
+# the rest run with the slow tests.
+FAST = ("gradcam++", "layercam", "eigencam")
+
+
+@pytest.mark.parametrize(
+    "method", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in FAMILY]
+)
 def test_every_method_equals_its_reference_on_a_gap_linear_model(tmp_path, method):
     check(tiny_resnet(seed=2), "layer2.bn2", method, tmp_path, ("onnx",))
 

@@ -25,7 +25,10 @@ SIZE = (64, 64)
 CLASS = 7
 
 
-@pytest.fixture(scope="module", params=[("cam", None), ("gradcam", "layer2")])
+@pytest.fixture(
+    scope="module",
+    params=[("cam", None), pytest.param(("gradcam", "layer2"), marks=pytest.mark.slow)],
+)
 def exports(request, tmp_path_factory):
     """The same model and method three ways: a class input, the class fixed, neither."""
     method, layer = request.param
