@@ -37,8 +37,8 @@ def export_all(folder: str, methods: list[str], layer: str | None = None) -> dic
     """One verified ONNX export of the embedded model per method, at ``layer`` (default: the
     model's own); ``{method: path}``. A method the layer does not allow is left out, said."""
     paths = {}
+    zoo = load_default()  # one model: each explainer takes its hook off again (remove)
     for method in methods:
-        zoo = load_default()
         t0 = time.perf_counter()
         try:
             explainer = build_explainer(zoo.model, layer or zoo.layer, method)

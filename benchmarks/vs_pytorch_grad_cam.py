@@ -72,17 +72,6 @@ import torch
 from torch import nn
 
 MODELS = ("efficientnet-lite0", "resnet50", "convnext_tiny")
-METHODS = (
-    "cam",
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "hirescam",
-    "gradcam-elementwise",
-    "layercam",
-    "eigencam",
-    "eigengradcam",
-)
 # our method -> pytorch-grad-cam class name (cam: GradCAM, equal at GAP + Linear)
 PGC_CLASS = {
     "cam": "GradCAM",
@@ -95,6 +84,7 @@ PGC_CLASS = {
     "eigencam": "EigenCAM",
     "eigengradcam": "EigenGradCAM",
 }
+METHODS = tuple(PGC_CLASS)
 EIGEN = ("eigencam", "eigengradcam")
 SIZE = (224, 224)
 TARGET = 0.999

@@ -100,12 +100,17 @@ def _cam(needs: Needs) -> Terms:
     return Terms(*heads.channel_terms(needs.features, alpha, needs.weight_bound))
 
 
+def _grad(needs: Needs) -> Tensor:
+    """``∂y/∂A``, which every gradient method needs."""
+    if needs.grad is None:
+        raise ValueError("this method needs the gradient of the class logit")
+    return needs.grad
+
+
 def _gradcam(needs: Needs) -> Terms:
     from . import heads
 
-    if needs.grad is None:
-        raise ValueError("gradcam needs the gradient of the class logit")
-    return Terms(*heads.channel_terms(needs.features, heads.gradcam_weights(needs.grad)))
+    return Terms(*heads.channel_terms(needs.features, heads.gradcam_weights(_grad(needs))))
 
 
 SUM = Method(
@@ -141,32 +146,39 @@ GRADCAM = Method(
 def _gradcampp(needs: Needs) -> Terms:
     from . import cams, heads
 
-    if needs.grad is None:
-        raise ValueError("gradcam++ needs the gradient of the class logit")
-    weights = cams.gradcampp_weights(needs.features, needs.grad)
+    weights = cams.gradcampp_weights(needs.features, _grad(needs))
     return Terms(*heads.channel_terms(needs.features, weights))
 
 
 def _xgradcam(needs: Needs) -> Terms:
     from . import cams, heads
 
-    if needs.grad is None:
-        raise ValueError("xgradcam needs the gradient of the class logit")
-    weights = cams.xgradcam_weights(needs.features, needs.grad)
+    weights = cams.xgradcam_weights(needs.features, _grad(needs))
     return Terms(*heads.channel_terms(needs.features, weights))
 
 
-def _pixel(name: str) -> Callable[[Needs], Terms]:
-    """The method whose terms are ``cams.<name>(A, g)``."""
+def _hirescam(needs: Needs) -> Terms:
+    from . import cams
 
-    def terms(needs: Needs) -> Terms:
-        from . import cams
+    return Terms(*cams.hirescam_terms(needs.features, _grad(needs)))
 
-        if needs.grad is None:
-            raise ValueError("this method needs the gradient of the class logit")
-        return Terms(*getattr(cams, name)(needs.features, needs.grad))
 
-    return terms
+def _gradcam_elementwise(needs: Needs) -> Terms:
+    from . import cams
+
+    return Terms(*cams.gradcam_elementwise_terms(needs.features, _grad(needs)))
+
+
+def _layercam(needs: Needs) -> Terms:
+    from . import cams
+
+    return Terms(*cams.layercam_terms(needs.features, _grad(needs)))
+
+
+def _eigengradcam(needs: Needs) -> Terms:
+    from . import cams
+
+    return Terms(*cams.eigengradcam_terms(needs.features, _grad(needs)))
 
 
 def _eigencam(needs: Needs) -> Terms:
@@ -197,19 +209,19 @@ HIRESCAM = _gradient_method(
     "hirescam",
     "m = ReLU(Σ_k g_k ⊙ A_k), the gradient per pixel (no averaging)",
     _ANY_HEAD,
-    _pixel("hirescam_terms"),
+    _hirescam,
 )
 GRADCAM_ELEMENTWISE = _gradient_method(
     "gradcam-elementwise",
     "m = Σ_k ReLU(g_k ⊙ A_k)",
     _ANY_HEAD,
-    _pixel("gradcam_elementwise_terms"),
+    _gradcam_elementwise,
 )
 LAYERCAM = _gradient_method(
     "layercam",
     "m = ReLU(Σ_k ReLU(g_k) ⊙ A_k)",
     _ANY_HEAD + "; finer maps from early layers",
-    _pixel("layercam_terms"),
+    _layercam,
 )
 EIGENCAM = Method(
     "eigencam",
@@ -225,7 +237,7 @@ EIGENGRADCAM = _gradient_method(
     "eigengradcam",
     "eigencam's projection of g ⊙ A",
     _ANY_HEAD,
-    _pixel("eigengradcam_terms"),
+    _eigengradcam,
 )
 METHODS: dict[str, Method] = {
     m.name: m
