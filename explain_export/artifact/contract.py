@@ -53,9 +53,12 @@ INPUT_FORMATS = ("float-nchw", "uint8-nhwc")  # the image input: float [N,3,H,W]
 HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 
-def output_names(overlay: bool = False) -> list[str]:
-    """The graph's outputs, in order: ``logits``, ``heatmap`` and, in-graph, ``overlay``."""
-    return ["logits", "heatmap", "overlay"] if overlay else ["logits", "heatmap"]
+def output_names(overlay: bool = False, classes: bool = False) -> list[str]:
+    """The graph's outputs, in order: ``logits``, ``heatmap``, and the in-graph ``overlay`` or a
+    top-k graph's ``classes``."""
+    return (
+        ["logits", "heatmap"] + (["overlay"] if overlay else []) + (["classes"] if classes else [])
+    )
 
 
 def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
@@ -180,6 +183,7 @@ class ArtifactMetadata:
     tap_copied: bool | None = None
     head: str | None = None
     target_class: int | None = None
+    top_k: int | None = None  # heatmap [N, top_k, H, W] and classes [N, top_k]; None: [N, 1, H, W]
     feature_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     dynamic_size: bool = False

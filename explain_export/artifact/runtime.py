@@ -314,7 +314,8 @@ class _TorchArtifact(_Artifact):
         with torch.inference_mode():
             result = self._run(args)
         names = self.output_names if len(self.output_names) == len(result) else None
-        names = names or ["logits", "heatmap", "overlay"][: len(result)]
+        third = "overlay" if len(result) < 3 or result[2].dim() == 4 else "classes"  # no metadata
+        names = names or ["logits", "heatmap", third][: len(result)]
         if not to_host:
             return dict(zip(names, result, strict=True))
         return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}

@@ -151,7 +151,9 @@ class Explainer(nn.Module):
 
         The tap makes ``A`` a leaf, so only the path from ``A`` to the logits is differentiated;
         ``y`` is the target's score (:mod:`.targets`), summed over the batch (images are
-        independent). Works under ``torch.inference_mode`` and ``torch.no_grad`` too.
+        independent). A top-k target has ``k`` scores: ``∂y_j/∂A`` for each, by ``k`` backward
+        passes from the logits to ``A`` (the backbone before ``A`` runs once), stacked image by
+        image, ``[N·k, ...]``. Works under ``torch.inference_mode`` and ``torch.no_grad`` too.
         """
         with torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
@@ -159,13 +161,18 @@ class Explainer(nn.Module):
             self.tap.clear()
             logits = self.model(x.half() if self.graph.half else x)
             a = self.tap.take()
-            y = self.target.score(logits, self.target.classes(logits.detach(), class_index))
-            grad = None
-            if y.requires_grad:
-                grad = torch.autograd.grad(y, a, allow_unused=True)[0]
-            if grad is None:  # the logits do not depend on A
-                grad = torch.zeros_like(a)
+            ys = self.target.scores(logits, self.target.classes(logits.detach(), class_index))
+            grads = [self._grad(y, a, retain=j < len(ys) - 1) for j, y in enumerate(ys)]
+        grad = grads[0] if self.target.top_k is None else torch.stack(grads, 1).flatten(0, 1)
         return logits.detach().float(), a.detach().float(), grad.float()
+
+    @staticmethod
+    def _grad(y: Tensor, a: Tensor, retain: bool) -> Tensor:
+        """``∂y/∂A``; zeros where the logits do not depend on ``A``."""
+        grad = None
+        if y.requires_grad:
+            grad = torch.autograd.grad(y, a, retain_graph=retain, allow_unused=True)[0]
+        return torch.zeros_like(a) if grad is None else grad
 
 
 def build_explainer(
@@ -178,15 +185,18 @@ def build_explainer(
     head: str | None = None,
     target: int | None = None,
     graph: GraphOptions = GraphOptions(),
+    top_k: int | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
     ``layer=None`` takes the map the classifier pools (see :func:`.layers.default_layer`).
     ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
     ``nn.Linear``), else ``gradcam``; ``explainer.plan`` says which and why. ``target`` fixes the
-    class to explain (default: the argmax). ``graph`` sets the input format, the in-graph
-    overlay and fp16; with ``graph.half`` the model is converted to fp16 in place, after the
-    probe; with a gradient method its parameters stop requiring grad. Raises
+    class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
+    image instead, one map each (``heatmap [N,k,H,W]`` and ``classes [N,k]``). ``graph`` sets the
+    input format, the in-graph overlay and fp16; with ``graph.half`` the model is converted to
+    fp16 in place, after the probe; with a gradient method its parameters stop requiring grad.
+    Raises
     :class:`~.errors.UsageError` naming what is wrong, also when the heatmap is flat (no
     signal) on the probe images.
     """
@@ -198,7 +208,7 @@ def build_explainer(
         raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std)
-    plan = make_plan(model, result, layer, method, head, target, mean, std, graph)
+    plan = make_plan(model, result, layer, method, head, target, mean, std, graph, top_k)
     if graph.half:
         model = model.half()
     explainer = Explainer(model, plan)

@@ -153,6 +153,13 @@ def export_explainer(
             "{name} needs a method that explains a class (cam, gradcam); {m} has none",
             m=info.method,
         )
+    if class_input and info.top_k is not None:
+        raise OptionError(
+            "class_input",
+            "{name} picks one class per image; a top-{k} export explains the "
+            "{k} best, so drop {top_k} or {name}",
+            k=info.top_k,
+        )
     if labels is not None and len(labels) != info.num_classes:
         raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
     ensure_out_dir(out_dir)
@@ -237,7 +244,14 @@ def _stage(
     for fmt, path in staged.items():
         t0 = time.perf_counter()
         if fmt == "onnx":
-            to_onnx(module, args, path, opset, shapes, output_names(info.graph.overlay))
+            to_onnx(
+                module,
+                args,
+                path,
+                opset,
+                shapes,
+                output_names(info.graph.overlay, info.top_k is not None),
+            )
         elif fmt == "pt2":
             to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
         else:

@@ -80,6 +80,21 @@ class HeatmapHead(nn.Module):
             return None  # symbolic sizes: a graph whose size is free
         return (self.resize_rows, self.resize_cols) if now == self.sizes else None
 
+    def _heat(
+        self,
+        image: Tensor,
+        features: Tensor,
+        grad: Tensor | None,
+        weight: Tensor | None,
+        classes: Tensor | None,
+        matrices: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """The method's map, resized and min-maxed: float32 ``[M, 1, H, W]`` for ``M`` maps."""
+        bound = self.weight_bound if self.method.needs_linear else None
+        terms = self.method.terms(Needs(features, grad, weight, classes, bound))
+        size = graph_io.image_size(image, self.graph.input_format)
+        return heads.to_unit(terms.map, terms.scale, size, self.eps, matrices)
+
     def forward(
         self,
         image: Tensor,
@@ -91,19 +106,29 @@ class HeatmapHead(nn.Module):
     ) -> tuple[Tensor, ...]:
         """``(logits, heatmap[, overlay])`` for the graph input ``image`` (its size sets the
         heatmap's); ``features`` is ``A`` as tapped, ``grad`` its gradient for ``gradcam``,
-        ``weight`` the linear weight for ``cam``, ``class_index`` the run-time class per image."""
+        ``weight`` the linear weight for ``cam``, ``class_index`` the run-time class per image.
+
+        A top-k target (:class:`~.targets.TopK`) gives ``(logits, heatmap [N,k,H,W], classes
+        [N,k])``: each image's map is made for each of its ``k`` classes (``grad`` then holds
+        ``N·k`` gradients, image by image) and min-maxed on its own."""
         if self.layout == "NHWC":
             features = features.permute(0, 3, 1, 2)
             grad = None if grad is None else grad.permute(0, 3, 1, 2)
+        k = self.target.top_k
         classes = None
-        if self.method.has_class and self.method.needs_linear:
+        if self.method.has_class and (self.method.needs_linear or k is not None):
             classes = self.target.classes(logits, class_index, keepdim=True)
-        bound = self.weight_bound if self.method.needs_linear else None
-        terms = self.method.terms(Needs(features, grad, weight, classes, bound))
-        size = graph_io.image_size(image, self.graph.input_format)
-        matrices = self._matrices(features, size)
-        heat = heads.to_unit(terms.map, terms.scale, size, self.eps, matrices)
-        out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
+        matrices = self._matrices(features, graph_io.image_size(image, self.graph.input_format))
+        if k is None:
+            heat = self._heat(image, features, grad, weight, classes, matrices)
+            out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
+        else:  # image by image, k maps each: the batch of N·k maps, back to [N, k, H, W]
+            assert classes is not None
+            n = features.shape[0]
+            many = features[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
+            heat = self._heat(image, many, grad, weight, classes.reshape(-1, 1), matrices)
+            heat = heat.reshape(n, k, heat.shape[2], heat.shape[3])
+            return logits, graph_io.heatmap_output(heat, self.graph.heatmap_dtype), classes
         if not self.graph.overlay:
             return logits, out
         pixels = graph_io.pixels_nhwc(image, self.graph.input_format)

@@ -51,12 +51,16 @@ def build_metadata(
         if g.heatmap_dtype == "uint8"
         else {"range": [0.0, 1.0]}
     )
+    k = info.top_k
     outputs = [
         TensorSpec("logits", "float32", ("N", info.num_classes)),
-        TensorSpec("heatmap", g.heatmap_dtype, ("N", 1, *hw), heat_range),
+        TensorSpec("heatmap", g.heatmap_dtype, ("N", k or 1, *hw), heat_range),
     ]
     if g.overlay:
         outputs.append(TensorSpec("overlay", "uint8", ("N", *hw, 3), {"color": "RGB"}))
+    if k is not None:
+        meaning = f"the {k} classes heatmap[:, j] explains, best first"
+        outputs.append(TensorSpec("classes", "int64", ("N", k), {"meaning": meaning}))
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=tuple(inputs),
@@ -70,6 +74,7 @@ def build_metadata(
         tap_copied=info.cloned,
         head=info.head,
         target_class=info.target,
+        top_k=k,
         feature_shape=tuple(info.feature_shape),
         num_classes=info.num_classes,
         dynamic_size=dynamic_size,

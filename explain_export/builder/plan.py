@@ -8,7 +8,7 @@ changing nothing:
   the probe shows it exact (the map feeds global average pooling + one ``nn.Linear``,
   :mod:`.gap_head`), else ``gradcam``;
 - the **target** (:mod:`.targets`): a fixed class, or the top-1 (and at run time a class per
-  image, where the graph takes one).
+  image, where the graph takes one), or the ``top_k`` best classes, one map each.
 
 The explainer is built from the plan (:meth:`.explainer.Explainer.from_plan`) and carries it;
 the export report and the metadata read it from there. :class:`GraphOptions`, how the graph
@@ -28,7 +28,7 @@ from . import layers, methods, probe
 from .gap_head import find_gap_linear_head
 from .methods import AUTO, Method
 from .tap import TapSpec
-from .targets import ClassLogit, Target
+from .targets import ClassLogit, Target, TopK
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GraphOptions", "Plan", "check_norm", "make_plan"]
 
@@ -103,6 +103,11 @@ class Plan:
         return self.target_spec.fixed
 
     @property
+    def top_k(self) -> int | None:
+        """How many classes each image gets a map for, with a top-k target; else None."""
+        return self.target_spec.top_k
+
+    @property
     def sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """``((h, w), (H, W))``: the map's size at the input size the graph is exported for."""
         return (int(self.feature_shape[1]), int(self.feature_shape[2])), self.input_size
@@ -137,9 +142,11 @@ def make_plan(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     graph: GraphOptions = GraphOptions(),
+    top_k: int | None = None,
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
+    ``top_k``: a map for each of the ``top_k`` best classes of each image (:class:`.TopK`).
     Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
     is not a map, a head that is not the map's GAP + linear, a class out of range.
     """
@@ -156,11 +163,12 @@ def make_plan(
     num_classes = int(result.logits.shape[1])
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     _check_target(target, chosen, num_classes)
+    _check_top_k(top_k, target, chosen, num_classes, graph)
     return Plan(
         chosen,
         str(spec),
         head_name,
-        ClassLogit(target),
+        ClassLogit(target) if top_k is None else TopK(top_k),
         num_classes,
         tuple(probe.spatial(shape, result.input_size)),
         result.input_size,
@@ -192,6 +200,32 @@ def _check_target(target: int | None, method: Method, num_classes: int) -> None:
             target=target,
             n=num_classes,
             last=num_classes - 1,
+        )
+
+
+def _check_top_k(
+    top_k: int | None, target: int | None, method: Method, num_classes: int, graph: GraphOptions
+) -> None:
+    if top_k is None:
+        return
+    if not method.has_class:
+        raise OptionError(
+            "top_k", "{name} needs a method that explains a class; {m} has none", m=method.name
+        )
+    if not 1 <= top_k <= num_classes:
+        raise OptionError(
+            "top_k",
+            "{name} must be 1..{n} (the model has {n} classes), got {k}",
+            n=num_classes,
+            k=top_k,
+        )
+    if target is not None:
+        raise OptionError("top_k", "{name} explains the best classes; drop {target} or {name}")
+    if graph.overlay:
+        raise OptionError(
+            "top_k",
+            "{name} gives several maps per image, which the in-graph overlay cannot draw; drop "
+            "{overlay} (explain-run and explain-serve draw each map)",
         )
 
 

@@ -5,11 +5,11 @@ A target is one small record with two pure functions over the logits; the captur
 nothing else about it, so another target replaces it whole:
 
 - :meth:`ClassLogit.classes`: the class ``c_n`` explained for each image;
-- :meth:`ClassLogit.score`: the scalar ``y`` that autograd differentiates, summed over the batch
-  (images are independent, so ``∂y/∂A_n = ∂y_n/∂A_n``).
+- :meth:`ClassLogit.scores`: the scalars ``y`` that autograd differentiates, one per map an image
+  gets, each summed over the batch (images are independent, so ``∂y/∂A_n = ∂y_n/∂A_n``).
 
-Today there is one target, a class logit per image. Several classes at once and a segmentation
-region are further targets of the same shape.
+:class:`ClassLogit` explains one class per image; :class:`TopK` the ``k`` best, one map each
+(``top_k`` says how many maps per image, None for one map and no ``classes`` output).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ClassLogit", "Target", "target_class"]
+__all__ = ["ClassLogit", "Target", "TopK", "target_class"]
 
 
 def target_class(
@@ -57,6 +57,7 @@ class ClassLogit:
 
     fixed: int | None = None
     name: str = "class"
+    top_k: None = None  # one map per image
 
     @property
     def describe(self) -> str:
@@ -75,8 +76,57 @@ class ClassLogit:
         A masked sum, not a gather: its backward is a product, where a gather's is a
         scatter-add, which ONNX Runtime's CPU provider lacks in fp16.
         """
-        index = torch.arange(logits.shape[1], device=logits.device)
-        return (logits * (index[None, :] == classes[:, None]).to(logits.dtype)).sum()
+        return _masked_sum(logits, classes)
+
+    def scores(self, logits: Tensor, classes: Tensor) -> list[Tensor]:
+        """``[y]``: one map per image."""
+        return [self.score(logits, classes)]
 
 
-Target = ClassLogit  # the targets there are; a union as more come
+def _masked_sum(logits: Tensor, classes: Tensor) -> Tensor:
+    """``Σ_n logits[n, classes[n]]`` as a masked sum (see :meth:`ClassLogit.score`)."""
+    index = torch.arange(logits.shape[1], device=logits.device)
+    return (logits * (index[None, :] == classes[:, None]).to(logits.dtype)).sum()
+
+
+@dataclass(frozen=True)
+class TopK:
+    r"""The ``top_k`` best classes per image, in logit order, one map each:
+    :math:`y_j = \sum_n \mathrm{logits}[n, c_{n,j}]` for :math:`j < k`, with
+    :math:`c_{n,\cdot}` the indices of image ``n``'s ``k`` largest logits.
+
+    Each :math:`y_j` is differentiated on its own (``k`` backward passes through the part of
+    the model after the tap; the backbone before it runs once).
+
+    Example:
+        >>> logits = torch.tensor([[0.1, 2.0, 0.5], [5.0, 0.0, 1.0]])
+        >>> target = TopK(2)
+        >>> target.classes(logits).tolist()
+        [[1, 2], [0, 2]]
+        >>> [float(y) for y in target.scores(logits, target.classes(logits))]
+        [7.0, 1.5]
+    """
+
+    top_k: int = 1
+    name: str = "top-k"
+    fixed: None = None  # no class is fixed at export
+
+    @property
+    def describe(self) -> str:
+        """The target in words, for reports."""
+        return f"the top-{self.top_k} classes"
+
+    def classes(
+        self, logits: Tensor, class_index: Tensor | None = None, keepdim: bool = False
+    ) -> Tensor:
+        """The ``k`` best classes per image, int64 ``[N, k]`` (``keepdim`` changes nothing)."""
+        if class_index is not None:
+            raise ValueError("a top-k target takes no class at run time")
+        return logits.topk(self.top_k, dim=1).indices
+
+    def scores(self, logits: Tensor, classes: Tensor) -> list[Tensor]:
+        """``[y_0, ..., y_{k-1}]``, one scalar per rank."""
+        return [_masked_sum(logits, classes[:, j]) for j in range(self.top_k)]
+
+
+Target = ClassLogit | TopK  # the targets there are

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..artifact import samples
-from ..artifact.contract import graph_image, heatmap_unit
+from ..artifact.contract import graph_image, heatmap_unit, output_names
 from .explainer import Explainer
 
 __all__ = [
@@ -157,8 +157,8 @@ def eager(
     else:  # the same steps as forward, with the noise added between normalization and model
         x = explainer.normalize(image) + noise.to(device)
         result = explainer.finish(image, *explainer.run(x, index), index)
-    names = ("logits", "heatmap", "overlay")
-    return {n: t.cpu().numpy() for n, t in zip(names, result, strict=False)}
+    names = output_names(explainer.graph.overlay, explainer.plan.top_k is not None)
+    return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}
 
 
 def _unit(heatmap: np.ndarray | None) -> np.ndarray | None:
@@ -245,6 +245,8 @@ def parity(
         oe = _max_diff(got.get("overlay"), ref["overlay"]) if "overlay" in ref else None
         limit = logits_limit(ref["logits"], logits_tol)
         ok = bool(le <= limit and he <= heat_limit and (oe is None or oe <= overlay_tol))
+        if "classes" in ref:  # a top-k graph: the same classes, in the same order
+            ok = ok and _max_diff(got.get("classes"), ref["classes"]) == 0
         n, _, hh, ww = case.image.shape
         rows.append(  # NaN fails
             ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit, levels)

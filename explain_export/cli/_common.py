@@ -33,6 +33,7 @@ FLAGS = {
     "path": "--model",  # explain-serve's model file
     "repo_dir": "--triton-repo",
     "name": "--triton-name",
+    "overlay": "--overlay-output",
     "settle_s": "--settle",
     "target": "--class-index",
     "trust": "--trust-checkpoint",

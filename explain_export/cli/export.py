@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="for cam and gradcam, add a graph input class_index int64 [N] choosing the class "
         "per image (-1: the top-1 class, or --class-index)",
     )
+    e.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="explain the K best classes of every image, one map each, from one pass of the "
+        "backbone: the heatmap output becomes [N,K,H,W] and an output classes int64 [N,K] "
+        "names them, best first (methods that explain a class)",
+    )
     g = p.add_argument_group("graph")
     g.add_argument(
         "--input-size",
@@ -260,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         heatmap_dtype=args.heatmap_dtype,
     )
     explainer = build_explainer(
-        model, layer, args.method, size, mean, std, args.head, args.class_index, graph
+        model, layer, args.method, size, mean, std, args.head, args.class_index, graph, args.top_k
     )
     info = explainer.plan
     print(f"model:  {description}{origin}")
@@ -269,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
     if info.target is not None:
         label = f" '{labels[info.target]}'" if labels else ""
         head += f", class {info.target}{label}"
+    if info.top_k is not None:
+        head += f", the top-{info.top_k} classes, one map each"
     print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
     if info.reason and info.requested == AUTO:
         print(f"        auto: {info.reason}")
