@@ -72,7 +72,8 @@ def test_map_j_is_the_reference_for_the_jth_best_class(tmp_path, kind, method, l
     assert [o["name"] for o in result.metadata["outputs"]] == ["logits", "heatmap", "classes"]
     images = photos()
     # "cam" at a GAP + Linear head equals Grad-CAM, which the reference computes
-    classes, expected = expected_maps(model, images, layer, "gradcam" if method == "cam" else method)
+    same = "gradcam" if method == "cam" else method
+    classes, expected = expected_maps(model, images, layer, same)
     with torch.no_grad():
         _, eager, eager_classes = explainer(torch.from_numpy(images))
     np.testing.assert_array_equal(eager_classes.numpy(), classes)
