@@ -456,3 +456,106 @@ def test_a_printed_ratio_lies_within_its_paired_range():
     r = bench.time_ratio([10.0, 20.0, 30.0], [5.0, 5.0, 10.0])  # medians 4.0, rounds 2, 4, 3
     text = benchreport._fmt_ratio(r)
     assert text.startswith("3.00×") and "paired 2.50…3.50" in text
+
+
+# one round untimed, two timed, one thread: a check of the plumbing, not a measurement
+FEW = [*TINY, "--iters", "2", "--warmup", "0", "--prime", "0", "--settle", "0", "--threads", "1"]
+FEW += ["--batch-sizes", "1", "--profile-runs", "0"]
+NOT_EAGER = "compile,torchscript,autograd,gradcam_numpy,ort_numpy,ort_logits,eager_gradcam"
+
+
+def test_methods_add_one_ort_variant_each(tmp_path):
+    """``--methods``: ``ort_<method>`` after the fixed variants, once each, timed in the same
+    rounds, with its speedup vs eager and its time over ``ort_cam``."""
+    args = [*FEW, "--skip", f"{NOT_EAGER},ort,ort_gradcam", "--methods", "cam,sum,cam"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["config"]["methods"] == ["cam", "sum"]
+    assert list(result["variants"]) == [*bench.VARIANTS, "ort_cam", "ort_sum"]
+    for name in ("ort_cam", "ort_sum"):
+        v = result["variants"][name]
+        assert v["status"] == "ok" and v["label"] == "ORT explainer, " + name[4:]
+        assert v["providers"] == ["CPUExecutionProvider"] and v["batches"]["1"]["n"] == 2
+    cam = result["variants"]["ort_cam"]["batches"]["1"]["max_abs_diff_vs_eager"]
+    assert cam["heatmap"] < 1e-4  # the explainer's own method
+    r = result["ratios"]
+    assert set(r["speedup_vs_eager"]) == {"ort_cam", "ort_sum"}
+    assert set(r["time_vs_cam"]) == {"ort_sum"} and set(r["time_vs_cam"]["ort_sum"]["1"]) == (
+        RATIO_KEYS
+    )
+    text = (tmp_path / "bench.md").read_text()
+    assert "| ORT explainer, sum | onnxruntime CPU | 1 |" in text
+    assert "| ORT explainer, sum: time over ORT explainer, cam |" in text
+
+
+def test_a_method_the_layer_cannot_take_is_not_measured(tmp_path):
+    """cam needs GAP + one Linear after the map: LayerNormHead's is refused in one line. Its
+    explainer is gradcam, so ort_gradcam, asked for, runs the ort file."""
+    args = [*FEW, "--skip", NOT_EAGER, "--arch", "models:LayerNormHead", "--methods", "cam,gradcam"]
+    assert main([*args, "--save-models", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["config"]["method"] == "gradcam"
+    cam = result["variants"]["ort_cam"]
+    assert cam["status"].startswith("not measured: cam needs") and "\n" not in cam["status"]
+    assert cam["batches"] == {}
+    assert result["variants"]["ort_gradcam"]["status"] == "ok"
+    models = sorted(os.listdir(tmp_path / "models"))
+    assert models == ["explainer.onnx", "explainer.ort-optimized.onnx"]  # no second export
+    assert result["ratios"]["time_vs_cam"] == {}
+    assert f"ORT explainer, cam: {cam['status']}" in result["notes"]
+
+
+@pytest.mark.parametrize(
+    "args", [["--methods", "cam,nope"], ["--methods", "gradcam", "--skip", "ort_gradcam"]]
+)
+def test_bad_methods_are_usage_errors(args, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--methods" in err
+
+
+def test_methods_all_and_the_help():
+    from explain_export.builder.methods import METHODS
+    from explain_export.cli.bench import _methods, build_parser
+
+    assert _methods("all") == tuple(METHODS)
+    assert _methods("eigencam, cam,eigencam") == ("eigencam", "cam")
+    assert "ort_<method>" in build_parser().format_help()
+
+
+def test_time_vs_cam_divides_by_ort_cam_and_judges_eigencam():
+    raw = {1: {"ort_cam": [2.0, 2.0, 4.0], "ort_eigencam": [3.0, 2.0, 4.0], "eager": [9.0] * 3}}
+    r = bench.ratios(raw, ["ort_cam", "ort_eigencam"])
+    assert r["time_vs_cam"]["ort_eigencam"]["1"]["value"] == 1.5
+    assert r["time_vs_cam"]["ort_eigencam"]["1"]["paired_median"] == 1.0  # 1.5, 1.0, 1.0
+    assert set(r["speedup_vs_eager"]) == {"ort_cam", "ort_eigencam"}
+    assert bench.ratios(raw)["time_vs_cam"] == {}  # without --methods, none
+    rows = [t for t in bench.check_targets(r, "cpu") if t["kind"] == "time_vs_cam"]
+    assert [(t["target"], t["met"]) for t in rows] == [
+        ("ORT eigencam <= 1.3x the time of ORT cam, batch 1 (--methods)", True)
+    ]
+
+
+@pytest.mark.slow
+def test_every_method_on_ort_computes_its_eager_explainer(tmp_path):
+    """--methods all: every method's ONNX file gives what that method's eager explainer gives;
+    cam and gradcam are the ort and ort_gradcam files."""
+    from explain_export.artifact import runtime
+
+    torch.save(tiny_resnet().state_dict(), tmp_path / "m.pt")
+    args = [*FEW, "--skip", NOT_EAGER, "--methods", "all", "--save-models"]
+    assert main([*args, "--ckpt", str(tmp_path / "m.pt"), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    layer = result["config"]["layer"]
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    for method in result["config"]["methods"]:
+        v = result["variants"][f"ort_{method}"]
+        assert v["status"] == "ok", (method, v["status"])
+        path = {"cam": "explainer.onnx", "gradcam": "gradcam.onnx"}.get(method)
+        out = runtime.load(str(tmp_path / "models" / (path or f"method-{method}.onnx")))
+        got = out.outputs(image.numpy())["heatmap"]
+        with build_explainer(tiny_resnet(), layer, method, (64, 64)) as eager:
+            want = eager(image)[1].detach().numpy()
+        assert np.abs(got - want).max() < 1e-3, method
+    assert not os.path.exists(tmp_path / "models" / "method-cam.onnx")
+    assert len(result["ratios"]["time_vs_cam"]) == len(result["config"]["methods"]) - 1

@@ -18,6 +18,9 @@ logits alone where its name says so:
   ``explain-run`` runs it;
 - ``ort_cudagraph`` (CUDA only): the ``ort`` file on the CUDA provider with
   ``enable_cuda_graph``, one captured graph per batch size, replayed on every call.
+- ``ort_<method>`` (with ``BenchConfig.methods``, ``--methods``): the same model and layer
+  exported with each of those methods, on ONNX Runtime as ``ort``; ``not measured:`` where the
+  layer cannot take the method. With ``cam`` among them, each one's time over ``ort_cam``.
 
 Timing: per batch size, ``warmup`` rounds, then ``iters`` rounds. In a round every variant takes
 one turn, in an order rotated by one each round, so drift (clocks, other processes) hits all

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..builder.export import DEFAULT_OPSET
+from ..builder.methods import METHODS
 from ..errors import OptionError
 
 __all__ = [
@@ -49,6 +50,17 @@ ON_EXPLAINER_ONNX = ("ort", "ort_numpy", "ort_cudagraph")  # the variants that r
 Call = Callable[[], tuple[Tensor, Tensor | None]]
 
 
+def _method_variant(method: str) -> str:
+    """The variant that runs ``method``'s ONNX explainer (``--methods``): ``ort_<method>``;
+    ``gradcam``'s is the ``ort_gradcam`` of :data:`VARIANTS`."""
+    return f"ort_{method}"
+
+
+def _label(name: str) -> str:
+    """A variant's label: from :data:`VARIANTS`, else a ``--methods`` variant's."""
+    return VARIANTS.get(name) or f"{VARIANTS['ort']}, {name.removeprefix('ort_')}"
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure, and how often."""
@@ -67,6 +79,7 @@ class BenchConfig:
     seed: int = 0
     models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
     profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
+    methods: tuple[str, ...] = ()  # one more ORT variant per method (_method_variant)
 
     def check(self) -> None:
         """Raise :class:`~.errors.OptionError` for values no run can use."""
@@ -89,6 +102,7 @@ class BenchConfig:
                 names=names,
                 v=", ".join(bad),
             )
+        self._check_methods()
         if self.device not in ("cpu", "cuda"):
             raise OptionError("device", "{name} must be cpu or cuda, got '{v}'", v=self.device)
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -97,6 +111,18 @@ class BenchConfig:
                 "{name} cuda, but this PyTorch sees no CUDA device (torch {v}); use {name} cpu",
                 v=torch.__version__,
             )
+
+    def _check_methods(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise OptionError(
+                "methods",
+                "{name}: unknown method(s) {v}; choose from {choices}",
+                choices=", ".join(METHODS),
+                v=", ".join(unknown),
+            )
+        if "gradcam" in self.methods and _method_variant("gradcam") in self.skip:
+            raise OptionError("methods", "{name} gradcam asks for ort_gradcam, which {skip} skips")
 
 
 @dataclass
@@ -116,7 +142,7 @@ class Variant:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (batch sizes as string keys)."""
         out = {
-            "label": VARIANTS[self.name],
+            "label": _label(self.name),
             "backend": self.backend,
             "status": self.status,
             "note": self.note,

@@ -49,6 +49,7 @@ _COLORS = {
     "ort_cudagraph": (194, 119, 227),
 }
 _DASHED = {"eager_logits", "ort_logits"}
+_LEGEND_STEP = 22  # px per legend entry
 
 
 def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
@@ -176,6 +177,8 @@ def ratio_table(result: dict[str, Any]) -> str:
                 False,
             )
         )
+    for name, by_batch in r.get("time_vs_cam", {}).items():
+        rows.append((f"{_label(result, name)}: time over ORT explainer, cam", by_batch, False))
     if r.get("best_exported_vs_gradcam_numpy"):
         rows.append(
             (
@@ -299,6 +302,12 @@ def _series(result: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def _method_color(i: int) -> tuple[int, ...]:
+    """The ``i``-th ``--methods`` variant's colour (BGR): TURBO, ten steps apart."""
+    lut = cv2.applyColorMap(np.uint8([[(20 + 24 * i) % 256]]), cv2.COLORMAP_TURBO)
+    return tuple(int(c) for c in lut[0, 0])
+
+
 def _dashed_line(img: np.ndarray, p: tuple[int, int], q: tuple[int, int], color: Any) -> None:
     length = math.hypot(q[0] - p[0], q[1] - p[1])
     steps = max(int(length // 6), 1)
@@ -310,16 +319,19 @@ def _dashed_line(img: np.ndarray, p: tuple[int, int], q: tuple[int, int], color:
 
 
 def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarray:
-    """Median ms per batch vs batch size (log-log), one line per variant, legend at the right.
+    """Median ms per batch vs batch size (log-log), one line per variant, legend at the right
+    (the image grows where the legend needs it; ``--methods`` variants dashed).
 
     Returns a BGR uint8 image.
     """
-    width, height = size
-    img = np.full((height, width, 3), 255, np.uint8)
-    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200), (40, 40, 40)
-    left, right, top, bottom = 62, 230, 36, 48
-    x0, x1, y0, y1 = left, width - right, top, height - bottom
     series = _series(result)
+    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200), (40, 40, 40)
+    labels = [cv2.getTextSize(result["variants"][n]["label"], font, 0.42, 1)[0][0] for n in series]
+    left, right, top, bottom = 62, max([230, *(56 + w for w in labels)]), 36, 48
+    width = size[0] + right - 230
+    height = max(size[1], top + bottom + 10 + _LEGEND_STEP * len(series))
+    img = np.full((height, width, 3), 255, np.uint8)
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
     c = result["config"]
     title = f"{c['model'].split(',')[0]} {c['input_size'][0]}x{c['input_size'][1]}, {c['device']}"
     title += f", {result['machine']['torch_threads']} threads: median ms per batch"
@@ -362,19 +374,21 @@ def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarr
     cv2.putText(img, "batch size", ((x0 + x1) // 2 - 30, y1 + 36), font, 0.45, black, 1)
     cv2.putText(img, "ms", (x0 - 30, y0 - 8), font, 0.45, black, 1, cv2.LINE_AA)
 
+    extra = itertools.count()
     for i, (name, points) in enumerate(series.items()):
-        color = _COLORS.get(name, black)
+        color = _COLORS.get(name) or _method_color(next(extra))
+        dashed = name in _DASHED or name not in _COLORS
         xy = [(px(b), py(ms)) for b, ms in points]
         for p, q in itertools.pairwise(xy):
-            if name in _DASHED:
+            if dashed:
                 _dashed_line(img, p, q, color)
             else:
                 cv2.line(img, p, q, color, 2, cv2.LINE_AA)
         for p in xy:
             cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
-        ly = y0 + 10 + 22 * i
+        ly = y0 + 10 + _LEGEND_STEP * i
         lx = x1 + 14
-        if name in _DASHED:
+        if dashed:
             _dashed_line(img, (lx, ly), (lx + 26, ly), color)
         else:
             cv2.line(img, (lx, ly), (lx + 26, ly), color, 2, cv2.LINE_AA)

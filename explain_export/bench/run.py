@@ -14,7 +14,7 @@ import torch
 from ..builder.explainer import Explainer
 from ..builder.source import ModelSource
 from ..builder.writers import versions
-from .config import VARIANTS, BenchConfig
+from .config import BenchConfig, _label, _method_variant
 from .machine import machine
 from .profile import head_profiles
 from .stats import best_exported, ratios
@@ -63,9 +63,9 @@ def run_bench(
             profile = head_profiles(variants, config, info.input_size, threads, log)
     finally:
         torch.set_num_threads(previous_threads)
-    found = ratios(raw)
+    found = ratios(raw, [_method_variant(m) for m in config.methods])
     fastest = best_exported(raw)
-    notes = [f"{VARIANTS[v.name]}: {v.status}" for v in variants if v.status != "ok"]
+    notes = [f"{_label(v.name)}: {v.status}" for v in variants if v.status != "ok"]
     return {
         "format": "explain-bench/1",
         "created": started.isoformat(timespec="seconds"),
@@ -85,6 +85,7 @@ def run_bench(
             "iters": config.iters,
             "opset": config.opset,
             "skip": sorted(config.skip),
+            "methods": list(config.methods),
             "channels_last": config.channels_last,
             "malloc": f"glibc mmap and trim thresholds {HEAP_KEEP >> 20} MiB"
             if config.tuned_malloc

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import EXPORTED, ON_EXPLAINER_ONNX, REFERENCE
+from .config import EXPORTED, ON_EXPLAINER_ONNX, REFERENCE, _method_variant
+
+_CAM = _method_variant("cam")  # what time_vs_cam divides by
 
 __all__ = ["best_exported", "ratios", "summarize", "time_ratio"]
 
@@ -43,10 +45,15 @@ def time_ratio(slow: Sequence[float], fast: Sequence[float]) -> dict[str, float]
     }
 
 
-def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """All ratios, from samples of one run.
+def ratios(
+    raw: dict[int, dict[str, list[float]]], methods: Sequence[str] = ()
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """All ratios, from samples of one run; ``methods``: the ``--methods`` variants' names.
 
-    - ``speedup_vs_eager[v][batch]``: eager explainer time / ``v`` time, for every explainer;
+    - ``speedup_vs_eager[v][batch]``: eager explainer time / ``v`` time, for every explainer
+      (the ``methods`` variants included);
+    - ``time_vs_cam[v][batch]``: ``v`` time / ``ort_cam`` time, for the other ``methods``
+      variants, where ``ort_cam`` is one of them (what each method costs over ``cam``);
     - ``heatmap_overhead[backend][batch]``: explainer time / logits-only time − 1, on ``eager``
       and ``ort``;
     - ``ort_vs_autograd[batch]``: heatmaps/s of the ORT explainer / heatmaps/s of autograd
@@ -68,11 +75,12 @@ def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[s
         "ort_gradcam_vs_autograd": {},
         "vs_gradcam_numpy": {},
         "best_exported_vs_gradcam_numpy": {},
+        "time_vs_cam": {},
     }
     fastest = best_exported(raw)
     for batch, t in raw.items():
         key = str(batch)
-        for name in ("torchscript", "ort", "compile"):
+        for name in dict.fromkeys(("torchscript", "ort", "compile", *methods)):
             if REFERENCE in t and name in t:
                 out["speedup_vs_eager"].setdefault(name, {})[key] = time_ratio(
                     t[REFERENCE], t[name]
@@ -96,6 +104,10 @@ def ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, dict[s
             if key in fastest:
                 best = fastest[key]["variant"]
                 out["best_exported_vs_gradcam_numpy"][key] = time_ratio(t["gradcam_numpy"], t[best])
+        if _CAM in methods and _CAM in t:
+            for name in methods:
+                if name != _CAM and name in t:
+                    out["time_vs_cam"].setdefault(name, {})[key] = time_ratio(t[name], t[_CAM])
     return out
 
 

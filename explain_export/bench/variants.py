@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..builder import lowering, methods
+from ..builder import lowering, methods, probe
 from ..builder.explainer import Explainer
-from ..builder.plan import GraphOptions
+from ..builder.plan import GraphOptions, make_plan
 from ..builder.writers import quiet, to_torchscript
-from ..errors import first_line
+from ..errors import UsageError, first_line
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
-from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant
+from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant, _method_variant
 from .ort import (
     _CUDA_GRAPH,
     _cuda_graph_refusal,
@@ -52,7 +52,8 @@ def build_variants(
 
     The ONNX files are exported on the CPU first; then the explainer moves to the device, where
     TorchScript is traced and ``torch.compile`` wraps it. A variant that cannot be built gets a
-    ``failed:`` or ``not measured:`` status; a skipped one ``skipped: --skip``.
+    ``failed:`` or ``not measured:`` status; a skipped one ``skipped: --skip``. The variants
+    of ``config.methods`` (:func:`_method_variants`) come last.
     """
     device = torch.device(config.device)
     threads = config.threads or torch.get_num_threads()
@@ -98,6 +99,8 @@ def build_variants(
     if gradcam is None:
         for name in ("eager_gradcam", "ort_gradcam"):
             built[name] = Variant(name, "", None, "skipped: the explainer is gradcam already")
+    if config.methods:
+        _method_variants(explainer, config, folder, example, built, log)
 
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     explainer.to(device, memory_format=layout)
@@ -146,7 +149,72 @@ def build_variants(
             "zero_grad, backward of the summed argmax logits, the map in numpy, min-max, "
             "cv2.resize per image, min-max again",
         )
-    return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in VARIANTS]
+    extra = [_method_variant(m) for m in config.methods if _method_variant(m) not in VARIANTS]
+    return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in [*VARIANTS, *extra]]
+
+
+def _method_variants(
+    explainer: Explainer,
+    config: BenchConfig,
+    folder: str,
+    example: Tensor,
+    built: dict[str, Variant],
+    log: Callable[[str], None],
+) -> None:
+    """``ort_<method>`` for each of ``config.methods`` (on the CPU, before anything moves): the
+    same model and layer exported with that method and opened on ONNX Runtime as ``ort`` is.
+    ``gradcam``'s is ``ort_gradcam``, where built already; the explainer's own method reuses
+    the ``ort`` file. A method the layer cannot take is ``not measured:``, with the reason."""
+    device = torch.device(config.device)
+    threads = config.threads or torch.get_num_threads()
+    h, w = explainer.plan.input_size
+    outputs = {"logits": (explainer.plan.num_classes,), "heatmap": (1, h, w)}
+    for method in config.methods:
+        name = _method_variant(method)
+        done, ort = built.get(name), built.get("ort")
+        if done is not None and done.status == "ok":
+            continue
+        own = method == explainer.plan.method
+        if own and ort is not None and ort.status == "ok" and ort.path:
+            built[name] = _ort_variant(name, ort.path, outputs, device, threads, config)
+            continue
+        try:
+            module = explainer if own else _method_explainer(explainer, method)
+        except UsageError as exc:
+            why = first_line(exc, with_type=False)
+            built[name] = Variant(name, "onnxruntime", None, f"not measured: {why}")
+            continue
+        log(f"exporting ORT explainer, {method} to ONNX (dynamo, opset {config.opset})")
+        path = os.path.join(folder, f"method-{method}.onnx")
+        t0 = time.perf_counter()
+        try:
+            export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
+        except Exception as exc:
+            built[name] = Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
+            continue
+        finally:
+            if module is not explainer:
+                module.remove()  # its tap off the model: only the ONNX file runs
+        export_s = time.perf_counter() - t0
+        built[name] = _ort_variant(name, path, outputs, device, threads, config, export_s)
+
+
+def _method_explainer(explainer: Explainer, method: str) -> Explainer:
+    """The same model and layer explained with ``method`` (its tap on the model until
+    ``remove()``). A method with a linear head (``cam``) takes the explainer's, or the one a
+    fresh probe finds; a :class:`~.errors.UsageError` where there is none."""
+    spec, plan = methods.get(method), explainer.plan
+    head = None
+    if spec.needs_linear:
+        head = plan.head
+        if head is None:  # planned again: the check that the map feeds GAP + one nn.Linear
+            found = probe.probe_at_size(explainer.model, plan.input_size, plan.mean, plan.std)
+            layer, model = plan.layer, explainer.model
+            head = make_plan(model, found, layer, spec, mean=plan.mean, std=plan.std).head
+    plan = dataclasses.replace(
+        plan, method_spec=spec, head=head, graph=GraphOptions(), requested=method, reason=""
+    )
+    return Explainer(explainer.model, plan).eval()
 
 
 def gradcam_explainer(explainer: Explainer) -> Explainer | None:

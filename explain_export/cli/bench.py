@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..builder.methods import AUTO, CHOICES
+from ..builder.methods import AUTO, CHOICES, METHODS
 from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -38,6 +38,10 @@ variants (all on the same inputs, interleaved round by round):
                 as explain-run runs it
   ort_cudagraph the ort file on the CUDA provider with CUDA graphs, one per batch size
                 (--device cuda only; not measured where ORT refuses them)
+  ort_<method>  with --methods, one per method: the same model and layer exported with that
+                method, on ORT as ort is (gradcam's is ort_gradcam); "not measured: <why>"
+                where the layer cannot take it (cam without GAP + one Linear after the map).
+                With cam among them, each method's time over ort_cam is reported too
 
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
@@ -50,6 +54,7 @@ examples:
   explain-bench --threads 2 --channels-last --tuned-malloc     eager PyTorch at its best
   explain-bench --device cuda --batch-sizes 1,8,32,64 --skip compile
   explain-bench --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4
+  explain-bench --threads 2 --batch-sizes 1,8 --skip compile --methods all    every method
 
 exit codes: 0 ok, 1 failure, 2 usage (bad flag, path, layer, or --device cuda without CUDA).
 """
@@ -120,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compile or compile,autograd,gradcam_numpy",
     )
     b.add_argument(
+        "--methods",
+        default="",
+        metavar="LIST",
+        help="also time these methods on ONNX Runtime, one variant ort_<method> each, on the "
+        f"same model and layer, in the same rounds: all, or a comma list of {', '.join(METHODS)} "
+        "(default: none)",
+    )
+    b.add_argument(
         "--profile-runs",
         type=int,
         default=100,
@@ -167,6 +180,12 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    """``--methods``: ``all``, or the names in order, once each (checked by the config)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    return tuple(METHODS) if names == ["all"] else tuple(dict.fromkeys(names))
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from ..artifact.files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
@@ -187,6 +206,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         opset=args.opset or DEFAULT_OPSET,
         models_dir=os.path.join(args.out, "models") if args.save_models else None,
         profile_runs=args.profile_runs,
+        methods=_methods(args.methods),
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
     source = model_source(args)
