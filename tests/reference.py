@@ -203,3 +203,18 @@ def projection(maps: np.ndarray) -> np.ndarray:
         m = x @ vt[0]
         out.append((-m if -m.min() > m.max() else m).reshape(a.shape[1:]))
     return np.stack(out)
+
+
+def fused(
+    model: nn.Module,
+    x: Tensor,
+    modules: list[nn.Module],
+    method: str,
+    class_index: Tensor | None = None,
+) -> np.ndarray:
+    """Several layers' heatmaps fused: each layer's :func:`family` map (ReLU'd, resized,
+    min-maxed), averaged over the layers, min-maxed again (numpy)."""
+    maps = np.mean([family(model, x, m, method, class_index=class_index) for m in modules], 0)
+    lo = maps.min(axis=(1, 2, 3), keepdims=True)
+    span = maps.max(axis=(1, 2, 3), keepdims=True) - lo
+    return (maps - lo) / np.where(span > 0, span, np.inf)

@@ -44,13 +44,14 @@ class RunnerUp:
 
     fixed: int | None = None
     name: str = "runner-up"
+    top_k: None = None  # one map per image
 
     def classes(self, logits, class_index=None, keepdim=False):
         second = logits.topk(2, dim=1).indices[:, 1:]
         return second if keepdim else second[:, 0]
 
-    def score(self, logits, classes):
-        return ClassLogit().score(logits, classes)
+    def scores(self, logits, classes):
+        return ClassLogit().scores(logits, classes)
 
 
 def _images(n: int = 3) -> np.ndarray:

@@ -179,6 +179,7 @@ class ArtifactMetadata:
     method_requested: str | None = None
     method_reason: str | None = None
     layer: str | None = None
+    layers: tuple[str, ...] | None = None  # every tapped map; several: their maps are fused
     layout: str | None = None
     tap_copied: bool | None = None
     head: str | None = None

@@ -29,12 +29,14 @@ from ..artifact import samples
 from ..artifact.contract import graph_image
 from ..errors import OptionError, UsageError
 from . import graph_io, heads, methods, probe
-from .heatmap_head import HeatmapHead
+from .heatmap_head import FusedHead, HeatmapHead
 from .methods import AUTO, Method
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
 from .tap import Tap, TapSpec
 
-__all__ = ["Explainer", "build_explainer"]
+__all__ = ["Explainer", "Maps", "build_explainer"]
+
+Maps = Tensor | list[Tensor]  # one layer's map (or gradient), or one per fused layer
 
 
 class Explainer(nn.Module):
@@ -76,21 +78,30 @@ class Explainer(nn.Module):
         self.method = method
         self.target = plan.target_spec
         self.graph = plan.graph
-        self.tap = Tap(
-            model, TapSpec.parse(plan.layer), clone=plan.cloned, grad=method.needs_gradient
-        )
+        self.taps = [
+            Tap(model, TapSpec.parse(p.layer), clone=p.cloned, grad=method.needs_gradient)
+            for p in plan.layers
+        ]
+        self.tap = self.taps[0]
         self.register_buffer("mean", torch.tensor(plan.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(plan.std, dtype=torch.float32).view(1, 3, 1, 1))
         bound = None
         if method.needs_linear:
             bound = float(model.get_submodule(plan.head).weight.detach().abs().max())
-        self.heatmap_head = HeatmapHead(
-            method, eps, plan.target_spec, plan.layout, plan.graph, plan.sizes, bound
+        layer_heads = [
+            HeatmapHead(
+                method, eps, plan.target_spec, p.layout, plan.graph, p.sizes(plan.input_size), bound
+            )
+            for p in plan.layers
+        ]
+        self.heatmap_head: HeatmapHead | FusedHead = (
+            layer_heads[0] if len(layer_heads) == 1 else FusedHead(layer_heads, eps)
         )
 
     def remove(self) -> None:
-        """Take the tap's hook off the model (the explainer cannot run after this)."""
-        self.tap.remove()
+        """Take the taps' hooks off the model (the explainer cannot run after this)."""
+        for tap in self.taps:
+            tap.remove()
 
     def __enter__(self) -> Explainer:
         return self
@@ -116,26 +127,25 @@ class Explainer(nn.Module):
 
     def capture(
         self, image: Tensor, class_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Maps, Maps | None]:
         """Steps 1-2: ``(logits, A, ∂y/∂A or None)`` for the graph input ``image``."""
         return self.run(self.normalize(image), class_index)
 
-    def run(
-        self, x: Tensor, class_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def run(self, x: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, Maps, Maps | None]:
         """Step 2: ``(logits, A, ∂y/∂A or None)`` for the normalized batch ``x``."""
         if self.method.needs_gradient:
             return self.gradient(x, class_index)
-        self.tap.clear()
+        for tap in self.taps:
+            tap.clear()
         logits = self.model(x.half() if self.graph.half else x).float()
-        return logits, self.tap.take().float(), None
+        return logits, _one([tap.take().float() for tap in self.taps]), None
 
     def finish(
         self,
         image: Tensor,
         logits: Tensor,
-        features: Tensor,
-        grad: Tensor | None,
+        features: Maps,
+        grad: Maps | None,
         class_index: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """Steps 3-4 (:class:`.HeatmapHead`), given ``cam``'s linear weight."""
@@ -144,10 +154,9 @@ class Explainer(nn.Module):
             weight = self.model.get_submodule(self.plan.head).weight.float()
         return self.heatmap_head(image, logits, features, grad, weight, class_index)
 
-    def gradient(
-        self, x: Tensor, class_index: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(logits, A, ∂y/∂A)`` for the normalized batch ``x``, by autograd.
+    def gradient(self, x: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, Maps, Maps]:
+        """``(logits, A, ∂y/∂A)`` for the normalized batch ``x``, by autograd (lists of them
+        for fused layers).
 
         The tap makes ``A`` a leaf, so only the path from ``A`` to the logits is differentiated;
         ``y`` is the target's score (:mod:`.targets`), summed over the batch (images are
@@ -158,26 +167,34 @@ class Explainer(nn.Module):
         with torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():
                 x = x.clone()
-            self.tap.clear()
+            for tap in self.taps:
+                tap.clear()
             logits = self.model(x.half() if self.graph.half else x)
-            a = self.tap.take()
+            maps = [tap.take() for tap in self.taps]
             ys = self.target.scores(logits, self.target.classes(logits.detach(), class_index))
-            grads = [self._grad(y, a, retain=j < len(ys) - 1) for j, y in enumerate(ys)]
-        grad = grads[0] if self.target.top_k is None else torch.stack(grads, 1).flatten(0, 1)
-        return logits.detach().float(), a.detach().float(), grad.float()
+            per_y = [self._grads(y, maps, retain=j < len(ys) - 1) for j, y in enumerate(ys)]
+        grads = [  # per map: ∂y/∂A, or the k of a top-k target image by image [N·k, ...]
+            g[0] if self.target.top_k is None else torch.stack(g, 1).flatten(0, 1)
+            for g in zip(*per_y, strict=True)
+        ]
+        return (
+            logits.detach().float(),
+            _one([a.detach().float() for a in maps]),
+            _one([g.float() for g in grads]),
+        )
 
     @staticmethod
-    def _grad(y: Tensor, a: Tensor, retain: bool) -> Tensor:
-        """``∂y/∂A``; zeros where the logits do not depend on ``A``."""
-        grad = None
+    def _grads(y: Tensor, maps: list[Tensor], retain: bool) -> list[Tensor]:
+        """``∂y/∂A`` for each map; zeros where the logits do not depend on it."""
+        grads: list[Tensor | None] = [None] * len(maps)
         if y.requires_grad:
-            grad = torch.autograd.grad(y, a, retain_graph=retain, allow_unused=True)[0]
-        return torch.zeros_like(a) if grad is None else grad
+            grads = list(torch.autograd.grad(y, maps, retain_graph=retain, allow_unused=True))
+        return [torch.zeros_like(a) if g is None else g for a, g in zip(maps, grads, strict=True)]
 
 
 def build_explainer(
     model: nn.Module,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     method: str | Method = AUTO,
     input_size: tuple[int, int] = (224, 224),
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -189,7 +206,8 @@ def build_explainer(
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
-    ``layer=None`` takes the map the classifier pools (see :func:`.layers.default_layer`).
+    ``layer=None`` takes the map the classifier pools (see :func:`.layers.default_layer`); a
+    list of layers fuses their maps (:class:`.heatmap_head.FusedHead`).
     ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
     ``nn.Linear``), else ``gradcam``; ``explainer.plan`` says which and why. ``target`` fixes the
     class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
@@ -215,6 +233,11 @@ def build_explainer(
     explainer.to(probe.device_of(model))  # its buffers (mean, std, head) where the model is
     _check_signal(explainer)
     return explainer
+
+
+def _one(tensors: list[Tensor]) -> Maps:
+    """One layer's tensor as it is; several layers' as the list (:class:`.FusedHead`)."""
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def _check_signal(explainer: Explainer) -> None:

@@ -7,7 +7,8 @@ A channel-weighted head takes the tapped map ``A`` ``[N, C, h, w]`` and channel 
 (:func:`gradcam_weights`, :math:`α_k = \\frac{1}{hw}\\sum_{ij} \\partial y_c / \\partial A_k(i,j)`)
 are :math:`m = \\mathrm{ReLU}(\\sum_k α_k A_k)`. :func:`channel_terms` computes it scaled so
 that nothing overflows, with its terms' magnitude; :func:`to_unit` resizes and min-maxes any
-map before resize (:func:`render` is the two in one). :func:`finish` is the same tail for a map
+map before resize (:func:`render` is the two in one); :func:`fuse` averages the heatmaps of
+several layers. :func:`finish` is the same tail for a map
 computed elsewhere (the benchmarks' eager Grad-CAM). Only ops that trace and export to
 TorchScript and ONNX.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "cam_weights",
     "channel_terms",
     "finish",
+    "fuse",
     "gradcam_weights",
     "guard",
     "magnitude",
@@ -211,3 +213,15 @@ def render(
     positively homogeneous in ``A`` and ``α``.
     """
     return to_unit(*channel_terms(features, weights, bound), size, eps, matrices)
+
+
+def fuse(maps: list[Tensor], eps: float = DEFAULT_EPS) -> Tensor:
+    r"""Several layers' heatmaps, each ``[M,1,H,W]`` in [0, 1] (ReLU'd, resized, min-maxed), as
+    one: :math:`\mathrm{minmax}(\frac{1}{L}\sum_l m_l)`; flat (a range of at most ``eps``)
+    gives 0.
+
+    Example:
+        >>> fuse([torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([[[[0.0, 0.5]]]])])
+        tensor([[[[0., 1.]]]])
+    """
+    return _span_to_unit(torch.stack(maps).mean(dim=0), eps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from . import graph_io, heads
@@ -18,7 +19,7 @@ from .methods import Method, Needs
 from .plan import GraphOptions
 from .targets import ClassLogit, Target
 
-__all__ = ["HeatmapHead"]
+__all__ = ["FusedHead", "HeatmapHead"]
 
 
 class HeatmapHead(nn.Module):
@@ -80,20 +81,52 @@ class HeatmapHead(nn.Module):
             return None  # symbolic sizes: a graph whose size is free
         return (self.resize_rows, self.resize_cols) if now == self.sizes else None
 
-    def _heat(
+    def maps(
         self,
         image: Tensor,
+        logits: Tensor,
         features: Tensor,
-        grad: Tensor | None,
-        weight: Tensor | None,
-        classes: Tensor | None,
-        matrices: tuple[Tensor, Tensor] | None,
-    ) -> Tensor:
-        """The method's map, resized and min-maxed: float32 ``[M, 1, H, W]`` for ``M`` maps."""
-        bound = self.weight_bound if self.method.needs_linear else None
-        terms = self.method.terms(Needs(features, grad, weight, classes, bound))
+        grad: Tensor | None = None,
+        weight: Tensor | None = None,
+        class_index: Tensor | None = None,
+        relu: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(heatmaps float32 [M,1,H,W] in [0,1], classes)``: the method's map per image (per
+        image and class with a top-k target, ``M = N·k``), ReLU'd first with ``relu``, resized
+        and min-maxed; ``classes`` the top-k target's ``[N,k]``, else None."""
+        if self.layout == "NHWC":
+            features = features.permute(0, 3, 1, 2)
+            grad = None if grad is None else grad.permute(0, 3, 1, 2)
+        k = self.target.top_k
+        classes = None
+        if self.method.has_class and (self.method.needs_linear or k is not None):
+            classes = self.target.classes(logits, class_index, keepdim=True)
         size = graph_io.image_size(image, self.graph.input_format)
-        return heads.to_unit(terms.map, terms.scale, size, self.eps, matrices)
+        matrices = self._matrices(features, size)
+        target = classes
+        if k is not None and classes is not None:  # image by image, k maps each
+            features = features[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
+            target = classes.reshape(-1, 1)
+        bound = self.weight_bound if self.method.needs_linear else None
+        terms = self.method.terms(Needs(features, grad, weight, target, bound))
+        m = torch.relu(terms.map) if relu else terms.map
+        heat = heads.to_unit(m, terms.scale, size, self.eps, matrices)
+        return heat, (classes if k is not None else None)
+
+    def assemble(
+        self, image: Tensor, logits: Tensor, heat: Tensor, classes: Tensor | None
+    ) -> tuple[Tensor, ...]:
+        """The graph's outputs from :meth:`maps`' heatmaps: ``(logits, heatmap[, overlay])``,
+        or with a top-k target ``(logits, heatmap [N,k,H,W], classes [N,k])``."""
+        k = self.target.top_k
+        if k is not None and classes is not None:
+            heat = heat.reshape(-1, k, heat.shape[2], heat.shape[3])
+            return logits, graph_io.heatmap_output(heat, self.graph.heatmap_dtype), classes
+        out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
+        if not self.graph.overlay:
+            return logits, out
+        pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
+        return logits, out, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
 
     def forward(
         self,
@@ -111,25 +144,44 @@ class HeatmapHead(nn.Module):
         A top-k target (:class:`~.targets.TopK`) gives ``(logits, heatmap [N,k,H,W], classes
         [N,k])``: each image's map is made for each of its ``k`` classes (``grad`` then holds
         ``N·k`` gradients, image by image) and min-maxed on its own."""
-        if self.layout == "NHWC":
-            features = features.permute(0, 3, 1, 2)
-            grad = None if grad is None else grad.permute(0, 3, 1, 2)
-        k = self.target.top_k
-        classes = None
-        if self.method.has_class and (self.method.needs_linear or k is not None):
-            classes = self.target.classes(logits, class_index, keepdim=True)
-        matrices = self._matrices(features, graph_io.image_size(image, self.graph.input_format))
-        if k is None:
-            heat = self._heat(image, features, grad, weight, classes, matrices)
-            out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
-        else:  # image by image, k maps each: the batch of N·k maps, back to [N, k, H, W]
-            assert classes is not None
-            n = features.shape[0]
-            many = features[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
-            heat = self._heat(image, many, grad, weight, classes.reshape(-1, 1), matrices)
-            heat = heat.reshape(n, k, heat.shape[2], heat.shape[3])
-            return logits, graph_io.heatmap_output(heat, self.graph.heatmap_dtype), classes
-        if not self.graph.overlay:
-            return logits, out
-        pixels = graph_io.pixels_nhwc(image, self.graph.input_format)
-        return logits, out, graph_io.overlay_rgb(pixels, heat, self.lut, self.graph.overlay_alpha)
+        heat, classes = self.maps(image, logits, features, grad, weight, class_index)
+        return self.assemble(image, logits, heat, classes)
+
+
+class FusedHead(nn.Module):
+    """Several layers' heads as one (:func:`.heads.fuse`): each layer's map is made by its
+    :class:`HeatmapHead`, ReLU'd, resized and min-maxed; the maps are averaged and min-maxed
+    again. Takes the maps and gradients as lists, one per layer, in the heads' order."""
+
+    def __init__(self, layer_heads: Sequence[HeatmapHead], eps: float = heads.DEFAULT_EPS) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(layer_heads)
+        self.eps = eps
+
+    @property
+    def lut(self) -> Tensor:
+        return self.heads[0].lut
+
+    @contextlib.contextmanager
+    def free_size(self) -> Iterator[None]:
+        """Every layer's :meth:`HeatmapHead.free_size`."""
+        with contextlib.ExitStack() as stack:
+            for head in self.heads:
+                stack.enter_context(head.free_size())
+            yield
+
+    def forward(
+        self,
+        image: Tensor,
+        logits: Tensor,
+        features: Sequence[Tensor],
+        grad: Sequence[Tensor] | None = None,
+        weight: Tensor | None = None,
+        class_index: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        grads = [None] * len(features) if grad is None else list(grad)
+        units, classes = [], None
+        for head, a, g in zip(self.heads, features, grads, strict=True):
+            heat, classes = head.maps(image, logits, a, g, weight, class_index, relu=True)
+            units.append(heat)
+        return self.heads[0].assemble(image, logits, heads.fuse(units, self.eps), classes)

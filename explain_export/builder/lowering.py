@@ -99,8 +99,9 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         fakes.append(mode.from_tensor(arg, symbolic_context=context))
     explainer.eval()
 
-    def capture(*inputs: Tensor) -> tuple[Tensor, ...]:
-        return tuple(explainer.capture(*inputs))
+    def capture(*inputs: Tensor) -> tuple[Tensor, ...]:  # flat: (logits, *maps, *gradients)
+        logits, features, grads = explainer.capture(*inputs)
+        return (logits, *_as_list(features), *_as_list(grads))
 
     with _quiet():
         graph = make_fx(
@@ -111,7 +112,11 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         )(*fakes)
     _as_strided_to_views(graph)
     check_lowered(graph)
-    return Lowered(graph, explainer.heatmap_head)
+    return Lowered(graph, explainer.heatmap_head, len(explainer.taps))
+
+
+def _as_list(maps: Tensor | list[Tensor]) -> list[Tensor]:
+    return list(maps) if isinstance(maps, list | tuple) else [maps]
 
 
 def _value(arg: Any) -> Any:
@@ -211,21 +216,29 @@ def check_lowered(graph: torch.fx.GraphModule) -> None:
 class Lowered(nn.Module):
     """A lowered capture graph and the heatmap head: ``forward(image[, class_index])``.
 
-    ``graph_module`` maps the inputs to ``(logits, A, ∂y_c/∂A)``; ``head`` is the explainer's
-    :class:`~.heatmap_head.HeatmapHead` (no model weights in it).
+    ``graph_module`` maps the inputs to ``(logits, A, ∂y_c/∂A)`` (``(logits, A_1..A_L, ∂y_c/∂A_1
+    ..∂y_c/∂A_L)`` for ``layers`` fused maps); ``head`` is the explainer's
+    :class:`~.heatmap_head.HeatmapHead` or :class:`~.heatmap_head.FusedHead` (no model weights).
     """
 
-    def __init__(self, graph: torch.fx.GraphModule | nn.Module, head: nn.Module) -> None:
+    def __init__(
+        self, graph: torch.fx.GraphModule | nn.Module, head: nn.Module, layers: int = 1
+    ) -> None:
         super().__init__()
         self.graph_module = graph
         self.head = head
+        self.layers = layers
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         if class_index is None:
-            logits, features, grad = self.graph_module(image)
+            out = self.graph_module(image)
         else:
-            logits, features, grad = self.graph_module(image, class_index)
-        return self.head(image, logits, features, grad, None, class_index)
+            out = self.graph_module(image, class_index)
+        n = self.layers
+        features, grad = list(out[1 : 1 + n]), list(out[1 + n : 1 + 2 * n])
+        if n == 1:
+            return self.head(image, out[0], features[0], grad[0], None, class_index)
+        return self.head(image, out[0], features, grad, None, class_index)
 
 
 _SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
@@ -280,4 +293,5 @@ def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptMod
     wrapper = _ScriptWithClass(graph) if len(args) > 1 else _Script(graph)
     with _quiet():
         scripted = torch.jit.script(wrapper.eval())
-        return torch.jit.trace(Lowered(scripted, lowered.head).eval(), args, check_trace=False)
+        traced = Lowered(scripted, lowered.head, lowered.layers).eval()
+        return torch.jit.trace(traced, args, check_trace=False)

@@ -70,6 +70,7 @@ def build_metadata(
         method_requested=info.requested or info.method,
         method_reason=info.reason,
         layer=info.layer,
+        layers=tuple(p.layer for p in info.layers),
         layout=info.layout,
         tap_copied=info.cloned,
         head=info.head,

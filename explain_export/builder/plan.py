@@ -4,6 +4,7 @@
 changing nothing:
 
 - the **layer** (:func:`.layers.choose_layer`): as given, else the map the classifier pools;
+  several given layers are fused (:class:`LayerPlan`, one per layer);
 - the **method** (:mod:`.methods`), resolved once into its record: ``auto`` takes ``cam`` where
   the probe shows it exact (the map feeds global average pooling + one ``nn.Linear``,
   :mod:`.gap_head`), else ``gradcam``;
@@ -30,7 +31,15 @@ from .methods import AUTO, Method
 from .tap import TapSpec
 from .targets import ClassLogit, Target, TopK
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GraphOptions", "Plan", "check_norm", "make_plan"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "GraphOptions",
+    "LayerPlan",
+    "Plan",
+    "check_norm",
+    "make_plan",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +78,22 @@ class GraphOptions:
 
 
 @dataclass(frozen=True)
+class LayerPlan:
+    """One tapped map: its name, shape ``[C, h, w]`` at the probe size, layout, whether the tap
+    copies it (an in-place op changes it later), and why it was chosen."""
+
+    layer: str
+    feature_shape: tuple[int, ...]
+    layout: str = "NCHW"
+    cloned: bool = False
+    reason: str = ""
+
+    def sizes(self, input_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((h, w), (H, W))``: the map's size at the input size the graph is exported for."""
+        return (int(self.feature_shape[1]), int(self.feature_shape[2])), input_size
+
+
+@dataclass(frozen=True)
 class Plan:
     """What :func:`make_plan` chose and checked, and why.
 
@@ -91,6 +116,7 @@ class Plan:
     layer_reason: str = ""  # why ``layer``: as given, or which default
     layout: str = "NCHW"  # the tapped tensor's layout; NHWC maps are permuted
     cloned: bool = False  # an in-place op changes the tapped tensor later: the tap copies it
+    fused: tuple[LayerPlan, ...] = ()  # with several layers, all of them (the first is above)
 
     @property
     def method(self) -> str:
@@ -103,14 +129,20 @@ class Plan:
         return self.target_spec.fixed
 
     @property
+    def layers(self) -> tuple[LayerPlan, ...]:
+        """Every tapped map: the fused layers, or the one layer."""
+        one = LayerPlan(self.layer, self.feature_shape, self.layout, self.cloned, self.layer_reason)
+        return self.fused or (one,)
+
+    @property
     def top_k(self) -> int | None:
         """How many classes each image gets a map for, with a top-k target; else None."""
         return self.target_spec.top_k
 
     @property
     def sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """``((h, w), (H, W))``: the map's size at the input size the graph is exported for."""
-        return (int(self.feature_shape[1]), int(self.feature_shape[2])), self.input_size
+        """``((h, w), (H, W))``: the (first) map's size at the input size of the export."""
+        return self.layers[0].sizes(self.input_size)
 
 
 def check_norm(
@@ -135,7 +167,7 @@ def _check_triplet(name: str, values: Sequence[float]) -> tuple[float, ...]:
 def make_plan(
     model: nn.Module,
     result: probe.Probe,
-    layer: str | TapSpec | None = None,
+    layer: str | TapSpec | Sequence[str | TapSpec] | None = None,
     method: str | Method = AUTO,
     head: str | None = None,
     target: int | None = None,
@@ -146,7 +178,10 @@ def make_plan(
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
-    ``top_k``: a map for each of the ``top_k`` best classes of each image (:class:`.TopK`).
+    ``layer`` may list several layers: each one's map is made, and the maps are fused
+    (:func:`.heads.fuse`); a method that reads one map only (``cam``) is refused there, and
+    ``auto`` takes ``gradcam``. ``top_k``: a map for each of the ``top_k`` best classes of each
+    image (:class:`.TopK`).
     Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
     is not a map, a head that is not the map's GAP + linear, a class out of range.
     """
@@ -156,12 +191,22 @@ def make_plan(
     graph.check()
     if graph.overlay and graph.overlay_alpha < 0:
         raise OptionError("overlay_alpha", "{name} must not be negative")
-    spec, layer_reason = layers.choose_layer(result, layer)
+    several = layer is not None and not isinstance(layer, str | TapSpec)
+    given = list(layer) if several else [layer]  # type: ignore[arg-type]
+    fused = tuple(_layer_plan(model, result, one) for one in given) if several else ()
+    auto_fused = several and method == AUTO
+    if several:
+        _check_fused(fused, method)
+        if auto_fused:
+            method = methods.GRADCAM
+    spec, layer_reason = layers.choose_layer(result, given[0])
     record = probe.select(result, model, spec)
     shape = record.shape(spec.port)
     layout = probe.layout(shape, result.input_size)
     num_classes = int(result.logits.shape[1])
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
+    if auto_fused:
+        reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
     _check_target(target, chosen, num_classes)
     _check_top_k(top_k, target, chosen, num_classes, graph)
     return Plan(
@@ -175,12 +220,38 @@ def make_plan(
         mean,
         std,
         graph,
-        requested=method if isinstance(method, str) else method.name,
+        requested=AUTO if auto_fused else method if isinstance(method, str) else method.name,
         reason=reason,
         layer_reason=layer_reason,
         layout=layout,
         cloned=record.mutated(spec.port),
+        fused=fused,
     )
+
+
+def _layer_plan(model: nn.Module, result: probe.Probe, layer: str | TapSpec | None) -> LayerPlan:
+    """One of several fused layers, checked as a single one is."""
+    if not layer:
+        raise OptionError("layer", "each fused {name} needs a name")
+    spec, why = layers.choose_layer(result, layer)
+    record = probe.select(result, model, spec)
+    shape = record.shape(spec.port)
+    feature_shape = tuple(probe.spatial(shape, result.input_size))
+    layout = probe.layout(shape, result.input_size)
+    return LayerPlan(str(spec), feature_shape, layout, record.mutated(spec.port), why)
+
+
+def _check_fused(fused: tuple[LayerPlan, ...], method: str | Method) -> None:
+    names = [p.layer for p in fused]
+    if len(set(names)) != len(names):
+        raise OptionError("layer", "{name} lists a layer twice: {names}", names=", ".join(names))
+    if isinstance(method, Method) and method.needs_linear:
+        raise OptionError(
+            "layer",
+            "{m} reads the one map a GAP + linear head pools; to fuse several {name}s pick "
+            "{method} gradcam (or another gradient method)",
+            m=method.name,
+        )
 
 
 def _check_target(target: int | None, method: Method, num_classes: int) -> None:

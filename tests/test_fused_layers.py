@@ -1,0 +1,115 @@
+"""Several layers, fused (``--layer`` repeated): each layer's map is made, ReLU'd and min-maxed
+at full size; the maps are averaged and min-maxed again. Checked against the reference fusion
+(tests/reference.py: autograd and a cloning hook per layer), on real photos, in every format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from explain_export.artifact import runtime, samples
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export import export_explainer
+from explain_export.cli.export import main as export_main
+from explain_export.errors import OptionError
+
+import reference
+from models import head_kind, tiny_resnet
+
+SIZE = (64, 64)
+PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+LAYERS = ["layer1", "layer2", "layer3"]
+
+
+def photos() -> np.ndarray:
+    return np.stack([samples.load_rgb(samples.photo_path(n), SIZE) for n in PHOTOS])
+
+
+def check(model, layers, method, out, formats, top_k=None) -> None:
+    explainer = build_explainer(model, layers, method, SIZE, top_k=top_k)
+    assert [p.layer for p in explainer.plan.layers] == layers
+    result = export_explainer(explainer, str(out), formats)
+    assert all(r.ok for r in result.parity)
+    assert result.metadata["layers"] == layers
+    images = photos()
+    x = reference.normalize(torch.from_numpy(images))
+    modules = [model.get_submodule(name) for name in layers]
+    if top_k is None:
+        expected = reference.fused(model, x, modules, method)
+    else:
+        with torch.no_grad():
+            classes = model(x).topk(top_k, dim=1).indices
+        expected = np.concatenate(
+            [reference.fused(model, x, modules, method, classes[:, j]) for j in range(top_k)], 1
+        )
+    single = reference.family(model, x, modules[-1], method)
+    assert np.abs(expected - single).max() > 0.05  # the fusion is not the last layer's map
+    with torch.no_grad():
+        eager = explainer(torch.from_numpy(images))[1].numpy()
+    np.testing.assert_allclose(eager, expected, atol=1e-4)
+    for fmt in formats:
+        artifact = runtime.load(result.paths[fmt])
+        for batch in (3, 1):
+            got = artifact.outputs(images[:batch])["heatmap"]
+            np.testing.assert_allclose(got, expected[:batch], atol=1e-4, err_msg=fmt)
+    explainer.remove()
+
+
+@pytest.mark.parametrize(
+    "method, formats",
+    [
+        ("gradcam", ("onnx",)),
+        pytest.param("layercam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
+        pytest.param("eigencam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
+    ],
+)
+def test_fused_layers_equal_the_reference_fusion(tmp_path, method, formats):
+    check(tiny_resnet(seed=3), LAYERS, method, tmp_path, formats)
+
+
+@pytest.mark.slow
+def test_fused_layers_of_a_layernorm_head_in_every_format(tmp_path):
+    model = head_kind("layernorm-head", seed=1)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
+    check(model, names, "gradcam++", tmp_path, ("torchscript", "onnx", "pt2"))
+
+
+@pytest.mark.slow
+def test_fused_layers_with_top_k(tmp_path):
+    check(tiny_resnet(seed=3), LAYERS[1:], "gradcam", tmp_path, ("onnx",), top_k=2)
+
+
+def test_auto_fuses_with_the_gradient_and_says_why():
+    explainer = build_explainer(tiny_resnet(), LAYERS[:2], input_size=SIZE)
+    plan = explainer.plan
+    assert plan.method == "gradcam" and plan.requested == "auto" and "fused" in plan.reason
+    explainer.remove()
+
+
+@pytest.mark.parametrize(
+    "layers, method, words",
+    [
+        (["layer2", "layer2"], "gradcam", "lists a layer twice"),
+        (["layer2", "avgpool:input"], "cam", "to fuse several layers pick method gradcam"),
+        (["layer2", "nope"], "gradcam", "nope"),
+    ],
+)
+def test_what_cannot_be_fused_is_refused_in_one_line(layers, method, words):
+    with pytest.raises(OptionError) as info:
+        build_explainer(tiny_resnet(), layers, method, SIZE)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_command_fuses_repeated_layers(tmp_path, capsys):
+    torch.save({"model_state_dict": tiny_resnet().state_dict()}, tmp_path / "m.pt")
+    args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet"]
+    args += ["--input-size", "64", "64", "--layer", "layer2", "--layer", "layer3"]
+    code = export_main([*args, "--formats", "onnx", "--out", str(tmp_path / "o")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "layer:  layer2" in out and "layer:  layer3" in out and "fused" in out
+    meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
+    assert meta["layers"] == ["layer2", "layer3"] and meta["method"] == "gradcam"
