@@ -14,7 +14,7 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ from ..errors import OptionError
 from . import images, overlay, pipeline
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
+from .run_files import JOURNAL, PREDICTIONS, SHEET, Journal, collect, earlier_rows, output_stems
 from .runtime import Artifact
 
 __all__ = [
@@ -45,10 +46,6 @@ __all__ = [
     "prepare_out_dir",
     "run",
 ]
-
-PREDICTIONS = "predictions.jsonl"
-SHEET = "sheet.png"
-JOURNAL = "predictions.partial.jsonl"  # the rows of a run not yet finished; --resume reads it
 
 
 @dataclass(frozen=True)
@@ -92,43 +89,6 @@ class RunReport:
     @property
     def failed(self) -> list[ImageResult]:
         return [r for r in self.results if r.error is not None]
-
-
-def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:
-    """Files named directly, plus the image files of named folders and their subfolders; the
-    non-images skipped; and each file's output ``NAME`` (:func:`output_stems`): the stem of a
-    file named directly, the path below its folder (``a/x`` for ``FOLDER/a/x.png``) otherwise,
-    so ``a/x.png`` and ``b/x.png`` do not collide."""
-    found: list[str] = []
-    stems: list[str] = []
-    skipped = 0
-    for p in paths:
-        if os.path.isdir(p):
-            imgs, others = images.list_images(p)
-            found += imgs
-            stems += [os.path.splitext(os.path.relpath(f, p))[0] for f in imgs]
-            skipped += others
-        else:
-            found.append(p)  # tried as given; a missing or bad file fails alone, later
-            stems.append(os.path.splitext(os.path.basename(p))[0])
-    return found, skipped, output_stems(found, stems)
-
-
-def output_stems(paths: list[str], stems: list[str] | None = None) -> list[str]:
-    """``NAME`` per input: its stem (by default the file's name without extension; may hold
-    subfolders, ``a/x``), or ``stem_ext`` where two inputs share a stem."""
-    if stems is None:
-        stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    names = []
-    for p, stem in zip(paths, stems, strict=True):
-        ext = os.path.splitext(p)[1].lstrip(".").lower()
-        names.append(f"{stem}_{ext}" if stems.count(stem) > 1 and ext else stem)
-    seen: dict[str, int] = {}
-    unique = []
-    for n in names:  # the same file given twice, or a.png + a_png.png
-        seen[n] = seen.get(n, 0) + 1
-        unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
-    return unique
 
 
 def planned_files(name: str, opts: RunOptions) -> list[str]:
@@ -213,7 +173,7 @@ def plan(
         prepare_out_dir(names, opts)
         return results, list(range(len(results)))
     ensure_out_dir(opts.out_dir)
-    earlier = _earlier_rows(opts.out_dir)
+    earlier = earlier_rows(opts.out_dir)
     todo = []
     for i, result in enumerate(results):
         files = planned_files(result.name, opts)
@@ -225,49 +185,6 @@ def plan(
         else:
             todo.append(i)
     return results, todo
-
-
-def _earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Finished rows of earlier runs by ``(file, first output)``; unreadable lines ignored (a
-    journal line cut short when its run was killed)."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for name in (PREDICTIONS, JOURNAL):
-        path = os.path.join(out_dir, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    key = (row["file"], row["outputs"][0])
-                    if row.get("topk"):
-                        rows[key] = row
-                except (ValueError, KeyError, IndexError, TypeError):
-                    continue
-    return rows
-
-
-class Journal:
-    """The rows of a run as its batches finish, appended to :data:`JOURNAL` in ``out_dir``:
-    what ``--resume`` reads when the run is stopped before :func:`finish` writes
-    ``predictions.jsonl`` (which removes the journal). A run without ``resume`` starts it anew."""
-
-    def __init__(self, opts: RunOptions) -> None:
-        self.path = os.path.join(opts.out_dir, JOURNAL)
-        self._file = open(self.path, "a" if opts.resume else "w", encoding="utf-8")  # noqa: SIM115
-
-    def add(self, results: Iterable[ImageResult]) -> None:
-        self._file.write("".join(json.dumps(r.to_json()) + "\n" for r in results))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def explain_batch(

@@ -1,0 +1,116 @@
+"""explain-run's files: each input's output ``NAME``, and the rows that
+``--resume`` reads (:data:`PREDICTIONS`, and the :class:`Journal` of a run not yet finished).
+
+Plain names and JSON lines, no images: :mod:`.runner` writes the files and decides what a
+resumed run keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from . import images
+
+__all__ = [
+    "JOURNAL",
+    "PREDICTIONS",
+    "SHEET",
+    "Journal",
+    "collect",
+    "earlier_rows",
+    "output_stems",
+]
+
+PREDICTIONS = "predictions.jsonl"
+SHEET = "sheet.png"
+JOURNAL = "predictions.partial.jsonl"  # the rows of a run not yet finished; --resume reads it
+
+
+class Row(Protocol):
+    """One image's row of ``predictions.jsonl`` (a :class:`.runner.ImageResult`)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:
+    """Files named directly, plus the image files of named folders and their subfolders; the
+    non-images skipped; and each file's output ``NAME`` (:func:`output_stems`): the stem of a
+    file named directly, the path below its folder (``a/x`` for ``FOLDER/a/x.png``) otherwise,
+    so ``a/x.png`` and ``b/x.png`` do not collide."""
+    found: list[str] = []
+    stems: list[str] = []
+    skipped = 0
+    for p in paths:
+        if os.path.isdir(p):
+            imgs, others = images.list_images(p)
+            found += imgs
+            stems += [os.path.splitext(os.path.relpath(f, p))[0] for f in imgs]
+            skipped += others
+        else:
+            found.append(p)  # tried as given; a missing or bad file fails alone, later
+            stems.append(os.path.splitext(os.path.basename(p))[0])
+    return found, skipped, output_stems(found, stems)
+
+
+def output_stems(paths: list[str], stems: list[str] | None = None) -> list[str]:
+    """``NAME`` per input: its stem (by default the file's name without extension; may hold
+    subfolders, ``a/x``), or ``stem_ext`` where two inputs share a stem."""
+    if stems is None:
+        stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = []
+    for p, stem in zip(paths, stems, strict=True):
+        ext = os.path.splitext(p)[1].lstrip(".").lower()
+        names.append(f"{stem}_{ext}" if stems.count(stem) > 1 and ext else stem)
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:  # the same file given twice, or a.png + a_png.png
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return unique
+
+
+def earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Finished rows of earlier runs by ``(file, first output)``; unreadable lines ignored (a
+    journal line cut short when its run was killed)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in (PREDICTIONS, JOURNAL):
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    key = (row["file"], row["outputs"][0])
+                    if row.get("topk"):
+                        rows[key] = row
+                except (ValueError, KeyError, IndexError, TypeError):
+                    continue
+    return rows
+
+
+class Journal:
+    """The rows of a run as its batches finish, appended to :data:`JOURNAL` in ``out_dir``:
+    what ``--resume`` reads when the run is stopped before :func:`.runner.finish` writes
+    ``predictions.jsonl`` (which removes the journal). A run without ``resume`` starts it anew.
+    ``opts``: the run's :class:`.runner.RunOptions` (``out_dir``, ``resume``)."""
+
+    def __init__(self, opts: Any) -> None:
+        self.path = os.path.join(opts.out_dir, JOURNAL)
+        self._file = open(self.path, "a" if opts.resume else "w", encoding="utf-8")  # noqa: SIM115
+
+    def add(self, results: Iterable[Row]) -> None:
+        self._file.write("".join(json.dumps(r.to_json()) + "\n" for r in results))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

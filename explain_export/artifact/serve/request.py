@@ -1,0 +1,129 @@
+"""What an HTTP request asks of explain-serve, checked before its body is read: the route, the
+query string (:func:`parse_query` -> :class:`Query`) and the declared length; and the replies
+that refuse it (:class:`RequestError` -> :class:`Reply`). Plain code: no Ray, no model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "QUERY_PARAMS",
+    "ROUTES",
+    "Query",
+    "Reply",
+    "RequestError",
+    "check_length",
+    "parse_query",
+    "route",
+    "too_long",
+]
+
+ROUTES = {"/explain": "POST", "/healthz": "GET"}
+QUERY_PARAMS = ("overlay", "heatmap", "topk", "class")
+_TRUE = ("1", "true", "yes", "on", "")
+_FALSE = ("0", "false", "no", "off")
+_COUNT = re.compile(r"\s*[0-9]{1,9}\s*")  # ASCII digits, few enough for int()
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+    def reply(self) -> Reply:
+        return Reply(self.status, {"error": str(self)}, self.headers or None)
+
+
+class Reply(NamedTuple):
+    """An HTTP answer: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """What one ``/explain`` request asks for."""
+
+    overlay: bool = True
+    heatmap: bool = False
+    topk: int = 5
+    class_index: int = -1  # the class the heatmap explains; -1: the top-1
+
+
+def route(method: str, path: str) -> str:
+    """The route for a request (``/explain`` or ``/healthz``); RequestError 404/405 otherwise."""
+    path = path.rstrip("/") or "/"
+    if path not in ROUTES:
+        raise RequestError(404, f"no route {path[:100]!r}; use POST /explain or GET /healthz")
+    allowed = ROUTES[path]
+    if method.upper() != allowed:
+        raise RequestError(
+            405, f"{method} {path} is not allowed; use {allowed} {path}", {"Allow": allowed}
+        )
+    return path
+
+
+def _flag(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise RequestError(400, f"query parameter {name}={value!r} is not a boolean; use 1 or 0")
+
+
+def parse_query(
+    params: Mapping[str, str], num_classes: int | None = None, takes_class: bool = True
+) -> Query:
+    """``overlay``, ``heatmap``, ``topk`` and ``class`` from the query string; RequestError 400
+    if bad (``class`` where the graph has no class input, too)."""
+    unknown = sorted(set(params) - set(QUERY_PARAMS))
+    if unknown:
+        raise RequestError(
+            400, f"unknown query parameter {unknown[0]!r}; use {', '.join(QUERY_PARAMS)}"
+        )
+    default = Query()
+    topk = min(default.topk, num_classes or default.topk)
+    if "topk" in params:
+        raw, top = params["topk"], num_classes or 1_000_000
+        if not _COUNT.fullmatch(raw) or not 1 <= int(raw) <= top:
+            raise RequestError(400, f"query parameter topk={raw!r} must be an integer 1 to {top}")
+        topk = int(raw)
+    chosen, top = params.get("class", "-1").strip(), (num_classes or 1_000_000) - 1
+    if not re.fullmatch(r"-1|[0-9]{1,9}", chosen) or int(chosen) > top:
+        raise RequestError(400, f"query parameter class={chosen!r} must be an integer -1 to {top}")
+    if int(chosen) != -1 and not takes_class:
+        raise RequestError(400, "this model takes no class; export it with --class-input")
+    return Query(
+        overlay=_flag("overlay", params["overlay"]) if "overlay" in params else default.overlay,
+        heatmap=_flag("heatmap", params["heatmap"]) if "heatmap" in params else default.heatmap,
+        topk=topk,
+        class_index=int(chosen),
+    )
+
+
+def check_length(content_length: str | None, limit: int) -> None:
+    """Refuse a declared body length over ``limit`` before reading it (RequestError 413/400)."""
+    if content_length is None:
+        return
+    if not re.fullmatch(r"\s*[0-9]+\s*", content_length):
+        raise RequestError(400, f"bad Content-Length {content_length[:40]!r}")
+    declared = content_length.strip().lstrip("0") or "0"
+    if len(declared) > 15:  # more than any limit, and int() of it would be slow
+        raise RequestError(413, too_long(f"{declared[:15]}...", limit))
+    if int(declared) > limit:
+        raise RequestError(413, too_long(int(declared), limit))
+
+
+def too_long(size: int | str, limit: int) -> str:
+    size = f"{size:,}" if isinstance(size, int) else size
+    return f"body of {size} bytes is over the limit of {limit:,}; raise --max-body-mb to allow it"
