@@ -107,6 +107,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_run, tmp_path, cap
     for t, r in zip(table, ours, strict=True):
         assert t["error"] == r.get("error") and t["outputs"] == r.get("outputs", [])
         assert t["topk"] == r.get("topk", [])
+        assert t["class_index"] is None and t["explained"] is None  # the top-1, one map
 
     import ray
 
@@ -170,6 +171,66 @@ def test_ray_engine_refuses_to_overwrite(local_run, capsys):
     _, args = local_run
     code, _, err = _run([*args[: args.index("--quiet")], "--engine", "ray"], capsys)
     assert code == 2 and "already exist" in err and "--resume" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    """A small model exported top-2, and with a class input (ONNX, labelled)."""
+    from explain_export.builder.explainer import build_explainer
+    from explain_export.builder.export import export_explainer
+
+    from models import tiny_resnet
+
+    paths = {}
+    for kind, kwargs, export in (("top", {"top_k": 2}, {}), ("input", {}, {"class_input": True})):
+        out = tmp_path_factory.mktemp(kind)
+        explainer = build_explainer(tiny_resnet(seed=3), None, "cam", (64, 64), **kwargs)
+        labels = [f"class{i}" for i in range(10)]
+        export_explainer(explainer, str(out), ("onnx",), labels=labels, **export)
+        explainer.remove()
+        paths[kind] = str(out / "explainer.onnx")
+    return paths
+
+
+def test_top_k_and_a_chosen_class_on_the_ray_engine(tiny_exports, tree, tmp_path, capsys):
+    """A top-2 artifact: the local engine's files and rows (two maps per image, ``explained``),
+    and ``predictions.parquet`` holds them; a class chosen with --class-index is its
+    ``class_index`` column."""
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["--model", tiny_exports["top"], "--images", str(tree), "--out", str(out)]
+        code, _, err = _run([*args, "--save-heatmaps", "--engine", engine, "--quiet"], capsys)
+        assert code == 1, err  # the three broken files
+        runs[engine] = out
+    ours, theirs = _rows(runs["ray"]), _rows(runs["local"])
+    assert [r["file"] for r in ours] == [r["file"] for r in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        if "error" in b:
+            continue
+        assert a["outputs"] == b["outputs"] and len(a["outputs"]) == 6
+        assert [(m["class"], m["label"], m["outputs"]) for m in a["explained"]] == [
+            (m["class"], m["label"], m["outputs"]) for m in b["explained"]
+        ]
+        for heat in a["outputs"][2::3]:  # NAME.heatmap.npy, NAME.top2.heatmap.npy
+            diff = np.load(runs["ray"] / heat) - np.load(runs["local"] / heat)
+            assert np.abs(diff).max() <= 1 / 255
+    table = pq.read_table(runs["ray"] / "predictions.parquet").to_pylist()
+    for t, r in zip(table, ours, strict=True):
+        assert t["explained"] == r.get("explained") and t["class_index"] is None
+
+    out = tmp_path / "chosen"
+    args = ["--model", tiny_exports["input"], "--images", str(tree), "--out", str(out)]
+    assert _run([*args, "--engine", "ray", "--class-index", "7", "--quiet"], capsys)[0] == 1
+    table = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert [t["class_index"] for t in table] == [
+        None if "error" in r else 7 for r in _rows(out)
+    ]  # as predictions.jsonl records it
+    assert all(t["explained"] is None for t in table)
+
+    code, _, err = _run([*args[:-2], "--out", str(tmp_path / "no"), "--engine", "ray",
+                         "--model", tiny_exports["top"], "--class-index", "7"], capsys)  # fmt: skip
+    assert code == 2 and "--class-index 7 cannot apply" in err and len(err.splitlines()) == 1
 
 
 def test_pool_size_by_device():

@@ -639,3 +639,43 @@ def test_live_sigterm_while_starting_up_still_shuts_down_cleanly(model_path, tmp
     assert "shutting down" in log and "stopped" in log and "SIGTERM received" not in log
     with socket.socket() as s:
         s.bind(("127.0.0.1", srv.port))
+
+
+@pytest.mark.serve
+def test_live_top_k_answers_carry_k_maps_with_their_labels(photos, tmp_path):
+    """A top-2 export behind the live server: ``explained`` holds two maps, best first, each
+    with its label and PNGs, as the handling without Ray answers; ``class`` is refused."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    from explain_export.builder.explainer import build_explainer
+    from explain_export.builder.export import export_explainer
+
+    from models import tiny_resnet
+
+    explainer = build_explainer(tiny_resnet(seed=3), None, "cam", (64, 64), top_k=2)
+    labels = [f"class{i}" for i in range(10)]
+    path = export_explainer(explainer, str(tmp_path), ("onnx",), labels=labels).paths["onnx"]
+    explainer.remove()
+    query = app.Query(overlay=True, heatmap=True, topk=3)
+    requests = [(photos[n], query) for n in PHOTOS]
+    here = explain_batch(app.open_model(path), requests, app.ServeOptions())
+    srv = Server(path, str(tmp_path / "server.log"), replicas=1)
+    try:
+        srv.wait_ready()
+        assert _request(srv.port, "GET", "/healthz")[1]["top_k"] == 2
+        for name, want in zip(PHOTOS, here, strict=True):
+            status, body, _ = _post(srv.port, photos[name], "heatmap=1&topk=3")
+            assert status == 200 and "overlay_png" not in body
+            got, expected_maps = body["explained"], want.body["explained"]
+            assert [(m["class"], m["label"]) for m in got] == [
+                (m["class"], m["label"]) for m in expected_maps
+            ]
+            assert [m["label"] for m in got] == [labels[m["class"]] for m in got]
+            for a, b in zip(got, expected_maps, strict=True):
+                for key in ("overlay_png", "heatmap_png"):
+                    diff = _png(a[key]).astype(int) - _png(b[key])
+                    assert np.abs(diff).max() <= 3
+        status, body, _ = _post(srv.port, photos["coffee.png"], "class=1")
+        assert status == 400 and "explains the 2 best classes" in body["error"]
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log()[-3000:]

@@ -1,4 +1,5 @@
-"""Colour maps, blends and the three-panel sheet, in uint8 OpenCV.
+"""Colour maps, blends and the sheet's rows (original | heatmap | overlay, or original | one
+overlay per class of a top-k export), in uint8 OpenCV.
 
 Colour order: every image here is **BGR** (OpenCV's order, what ``cv2.imread`` gives and
 ``cv2.imwrite`` expects). Heatmaps are float ``[h, w]`` in [0, 1].
@@ -11,6 +12,8 @@ Blends, with ``heat = colormap(round(255·m))``:
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -98,19 +101,32 @@ def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
     )
 
 
+def _text(image: np.ndarray, text: str, y: int, scale: float) -> None:
+    cv2.putText(image, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
 def sheet_row(
-    panels: list[np.ndarray], caption: str, height: int = 200, gap: int = 6
+    panels: list[np.ndarray],
+    caption: str,
+    height: int = 200,
+    gap: int = 6,
+    captions: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """One row of the sheet: the panels scaled to ``height`` side by side, a caption above."""
+    """One row of the sheet: the panels scaled to ``height`` side by side, a caption above;
+    with ``captions``, one more line above the panels naming each (cut at its width)."""
     scaled = [_fit_height(p, height) for p in panels]
     width = sum(p.shape[1] for p in scaled) + gap * (len(scaled) - 1)
-    strip = 30
-    row = np.full((strip + height, width, 3), 255, np.uint8)
+    strip, line = 30, 22 if captions else 0
+    row = np.full((strip + line + height, width, 3), 255, np.uint8)
     x = 0
-    for p in scaled:
-        row[strip:, x : x + p.shape[1]] = p
+    for i, p in enumerate(scaled):
+        row[strip + line :, x : x + p.shape[1]] = p
+        if captions and captions[i]:
+            cell = np.full((line, p.shape[1], 3), 255, np.uint8)  # the text clipped to its panel
+            _text(cell, captions[i], 16, 0.5)
+            row[strip : strip + line, x : x + p.shape[1]] = cell
         x += p.shape[1] + gap
-    cv2.putText(row, caption, (4, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    _text(row, caption, 21, 0.6)
     return row
 
 

@@ -3,8 +3,12 @@
 ``explain-run`` (:func:`.runner.run`) and ``explain-serve`` (:mod:`.serve.app`) take the same
 steps, and it matters that they agree, so both call these: :func:`fit` per image (the decoded
 BGR pixels to the graph's float input), :func:`infer` per batch (one model call), and
-:func:`render` per image (top-k, the heatmap at the original resolution, the blend). Decoding
+:func:`render` per image (top-k, each heatmap at the original resolution, its blend). Decoding
 stays with the callers: files there, request bodies here, each with its own errors. No torch.
+
+A ``--top-k K`` export returns K maps per image (``heatmap [N,K,H,W]``) and the classes they
+explain (``classes [N,K]``, best first): :func:`render` draws each map, and names its class with
+:func:`explained` (label and softmax score, as in the top-k list). Any other export has one map.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import numpy as np
 
 from ..errors import OptionError
 from . import images, overlay
+from .contract import heatmap_unit
 
 __all__ = [
+    "Drawn",
     "Fitted",
+    "Inferred",
     "OptionError",
     "OverlayOptions",
     "Rendered",
+    "explained",
     "fit",
     "infer",
     "render",
@@ -72,13 +80,42 @@ class OverlayOptions:
             raise OptionError("max_pixels", "{name} must be at least 1")
 
 
-class Rendered(NamedTuple):
-    """One image explained: top-k, the heatmap at the original resolution, and its drawing."""
+class Inferred(NamedTuple):
+    """One image's graph outputs."""
 
-    topk: list[dict[str, Any]]
+    logits: np.ndarray  # float32 [C]
+    heatmaps: np.ndarray  # float32 [K, H, W] in [0, 1]; K = 1 unless the export is top-k
+    classes: np.ndarray | None  # int64 [K], the class each map explains (top-k exports only)
+
+
+class Drawn(NamedTuple):
+    """One heatmap at the original resolution, and its drawing."""
+
     heatmap: np.ndarray  # float32 [h, w] in [0, 1]
     heat: np.ndarray | None  # uint8 BGR [h, w, 3], the colour-mapped heatmap (if drawn)
     blended: np.ndarray | None  # uint8 BGR [h, w, 3] (if drawn)
+
+
+class Rendered(NamedTuple):
+    """One image explained: top-k, each heatmap at the original resolution and its drawing,
+    in the graph's order, and (top-k exports) the class each map explains."""
+
+    topk: list[dict[str, Any]]
+    maps: list[Drawn]
+    explained: list[dict[str, Any]] | None = None  # per map: class, label, score
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """The first (the best class's) heatmap."""
+        return self.maps[0].heatmap
+
+    @property
+    def heat(self) -> np.ndarray | None:
+        return self.maps[0].heat
+
+    @property
+    def blended(self) -> np.ndarray | None:
+        return self.maps[0].blended
 
 
 def fit(bgr: np.ndarray, size: tuple[int, int], resize: str) -> Fitted:
@@ -86,46 +123,69 @@ def fit(bgr: np.ndarray, size: tuple[int, int], resize: str) -> Fitted:
     return Fitted(bgr, *images.to_input(bgr, size, resize))
 
 
-def infer(
-    artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image;
-    ``class_index`` the class each heatmap explains, one int for all or one per image (None:
-    the graph's default)."""
-    logits, heatmaps = artifact(np.stack(inputs), class_index)
-    return [(lg, hm[0]) for lg, hm in zip(logits, heatmaps, strict=True)]
+def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) -> list[Inferred]:
+    """One model call for a batch of graph inputs: :class:`Inferred` per image (heatmaps as
+    float in [0, 1], a uint8 one / 255); ``class_index`` the class each heatmap explains, one
+    int for all or one per image (None: the graph's default)."""
+    out = artifact.outputs(np.stack(inputs), class_index)
+    heatmaps, classes = heatmap_unit(out["heatmap"]), out.get("classes")
+    return [
+        Inferred(lg, hm, None if classes is None else classes[i])
+        for i, (lg, hm) in enumerate(zip(out["logits"], heatmaps, strict=True))
+    ]
 
 
 def render(
     image: Fitted,
     logits: np.ndarray,
-    heatmap: np.ndarray,
+    heatmaps: np.ndarray,
     topk: int,
     labels: Sequence[str] | None,
     blend: OverlayOptions,
     draw: bool = True,
+    classes: np.ndarray | None = None,
 ) -> Rendered:
-    """Top-k of ``logits``; ``heatmap`` (the graph's, at the input size) mapped back to the
-    original resolution and, with ``draw``, blended over the original pixels."""
-    full = images.map_back(heatmap, image.geometry)
-    heat = blended = None
-    if draw:
-        heat, blended = overlay.overlay(
-            image.bgr, full, blend.alpha, blend.colormap, blend.seed_blend
-        )
-    return Rendered(softmax_topk(logits, topk, labels), full, heat, blended)
+    """Top-k of ``logits``; each of ``heatmaps`` (``[H, W]``, or ``[K, H, W]``: the graph's, at
+    the input size) mapped back to the original resolution and, with ``draw``, blended over the
+    original pixels; with ``classes`` (``[K]``) the class each map explains
+    (:func:`explained`)."""
+    drawn = []
+    for heatmap in heatmaps.reshape(-1, *heatmaps.shape[-2:]):
+        full = images.map_back(heatmap, image.geometry)
+        heat = blended = None
+        if draw:
+            heat, blended = overlay.overlay(
+                image.bgr, full, blend.alpha, blend.colormap, blend.seed_blend
+            )
+        drawn.append(Drawn(full, heat, blended))
+    named = None if classes is None else explained(logits, classes, labels)
+    return Rendered(softmax_topk(logits, topk, labels), drawn, named)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """``p = exp(z - max z) / Σ exp(z - max z)`` in float64."""
+    z = np.exp(logits.astype(np.float64) - logits.max())
+    return z / z.sum()
+
+
+def _entry(p: np.ndarray, i: int, labels: Sequence[str] | None) -> dict[str, Any]:
+    return {
+        "class": int(i),
+        "label": labels[i] if labels else str(int(i)),
+        "score": round(float(p[i]), 6),
+    }
 
 
 def softmax_topk(logits: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict[str, Any]]:
     """Top-``k`` classes of one logit vector, with softmax scores (at least one)."""
-    z = logits.astype(np.float64) - logits.max()
-    p = np.exp(z) / np.exp(z).sum()
-    order = np.argsort(-p)[: max(1, k)]
-    return [
-        {
-            "class": int(i),
-            "label": labels[i] if labels else str(int(i)),
-            "score": round(float(p[i]), 6),
-        }
-        for i in order
-    ]
+    p = _softmax(logits)
+    return [_entry(p, i, labels) for i in np.argsort(-p)[: max(1, k)]]
+
+
+def explained(
+    logits: np.ndarray, classes: np.ndarray, labels: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    """``{class, label, score}`` for each of ``classes`` (a top-k graph's, in its order), the
+    score the softmax of ``logits`` at that class, as in :func:`softmax_topk`."""
+    p = _softmax(logits)
+    return [_entry(p, int(c), labels) for c in np.asarray(classes).reshape(-1)]

@@ -7,7 +7,8 @@ rows goes through ``map_batches`` on a fixed actor pool, one ONNX Runtime sessio
 torch), where each batch is read, explained and written by :func:`.runner.explain_batch`, the
 function the local engine runs. The rows stream back to the driver as batches finish: the
 journal, the progress bar and the error lines; at the end ``predictions.jsonl`` (input order),
-``predictions.parquet`` and the sheet. On a cluster the images and ``out_dir`` must be at the
+``predictions.parquet`` and the sheet. A top-k export's K maps per image are drawn and named as
+the local engine does (:mod:`.runner`). On a cluster the images and ``out_dir`` must be at the
 same path on every node (shared storage).
 """
 
@@ -118,9 +119,10 @@ def run(
         import ray.data
     except ImportError as exc:
         raise ExplainExportError(NEEDS) from exc
-    check_class(artifact, check_metadata(artifact), opts)  # fails here, not in the actors
+    meta = check_metadata(artifact)
+    check_class(artifact, meta, opts)  # fails here, not in the actors
     model_path = os.path.abspath(artifact.path)
-    results, todo = plan(paths, names, opts)
+    results, todo = plan(paths, names, opts, meta.top_k)
     progress(len(results) - len(todo))
     started = _start_ray(ray, ray_opts, log) if todo else False
     try:
@@ -206,6 +208,7 @@ def _explain(
                 result.error = row.get("error")
                 result.topk, result.outputs = row.get("topk", []), row.get("outputs", [])
                 result.class_index = row.get("class_index")
+                result.explained = row.get("explained")
                 done.append(result)
                 if png:
                     sheet[int(index)] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
@@ -256,26 +259,38 @@ def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:
 
 
 def parquet_bytes(results: list[ImageResult]) -> bytes:
-    """The predictions as a Parquet file: ``file``, ``error`` (null where none), ``outputs``
-    and ``topk`` (a list of ``{class, label, score}``), one row per image in input order."""
+    """The predictions as a Parquet file, one row per image in input order: ``file``,
+    ``error`` (null where none), ``outputs``, ``topk`` (a list of ``{class, label, score}``),
+    ``class_index`` (the class the heatmap explains where one was chosen, ``--class-index``;
+    null: the graph's default) and ``explained`` (a top-k export's K classes, best first, as
+    ``{class, label, score, outputs}``; null for other exports): the JSON lines' fields."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    topk = pa.list_(
-        pa.struct([("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())])
-    )
+    entry = [("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())]
+    maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string()))]))
     schema = pa.schema(
         [
             ("file", pa.string()),
             ("error", pa.string()),
             ("outputs", pa.list_(pa.string())),
-            ("topk", topk),
+            ("topk", pa.list_(pa.struct(entry))),
+            ("class_index", pa.int64()),
+            ("explained", maps),
         ]
     )
-    table = pa.Table.from_pylist(
-        [{"file": r.path, "error": r.error, "outputs": r.outputs, "topk": r.topk} for r in results],
-        schema=schema,
-    )
+    rows = [
+        {
+            "file": r.path,
+            "error": r.error,
+            "outputs": r.outputs,
+            "topk": r.topk,
+            "class_index": r.class_index,
+            "explained": r.explained,
+        }
+        for r in results
+    ]
+    table = pa.Table.from_pylist(rows, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()

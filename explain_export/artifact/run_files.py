@@ -1,4 +1,4 @@
-"""explain-run's files: each input's output ``NAME``, and the rows that
+"""explain-run's files: each input's output ``NAME``, each map's stem, and the rows that
 ``--resume`` reads (:data:`PREDICTIONS`, and the :class:`Journal` of a run not yet finished).
 
 Plain names and JSON lines, no images: :mod:`.runner` writes the files and decides what a
@@ -21,7 +21,9 @@ __all__ = [
     "Journal",
     "collect",
     "earlier_rows",
+    "map_stem",
     "output_stems",
+    "row_maps",
 ]
 
 PREDICTIONS = "predictions.jsonl"
@@ -72,6 +74,11 @@ def output_stems(paths: list[str], stems: list[str] | None = None) -> list[str]:
     return unique
 
 
+def map_stem(name: str, rank: int) -> str:
+    """The stem of map ``rank``'s files (from 1, best first): ``NAME``, then ``NAME.topJ``."""
+    return name if rank == 1 else f"{name}.top{rank}"
+
+
 def earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Finished rows of earlier runs by ``(file, first output)``; unreadable lines ignored (a
     journal line cut short when its run was killed)."""
@@ -114,3 +121,14 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def row_maps(row: dict[str, Any]) -> int | None:
+    """How many maps an earlier row lists in ``explained`` (a top-k export's), None where it
+    has no such list (any other export), -1 where the list cannot be read."""
+    maps = row.get("explained")
+    if maps is None:
+        return None
+    keys = {"class", "label", "score"}
+    ok = isinstance(maps, list) and all(isinstance(m, dict) and keys <= m.keys() for m in maps)
+    return len(maps) if ok else -1

@@ -6,6 +6,13 @@ and write ``NAME.overlay.png`` (plus ``NAME.heatmap.png``/``.npy`` on request). 
 ``predictions.jsonl`` lists every file with its top-k labels and scores, or its error, and
 ``sheet.png`` shows original | heatmap | overlay per image. Nothing here imports torch for an
 ONNX artifact.
+
+A ``--top-k K`` export explains K classes per image, best first: map 1's files keep the plain
+names (``NAME.overlay.png`` is the best class's, as for any export) and map j > 1 writes
+``NAME.topJ.overlay.png`` (``NAME.topJ.heatmap.png``/``.npy``): named by rank, not by class,
+so the files are known before the model runs (``--resume``, the overwrite check). The row's
+``explained`` lists the K classes (class, label, score, outputs) in map order, and the sheet
+row is original | K overlays, each captioned with its class.
 """
 
 from __future__ import annotations
@@ -21,11 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import OptionError, UsageError
 from . import images, overlay, pipeline
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
-from .run_files import JOURNAL, PREDICTIONS, SHEET, Journal, collect, earlier_rows, output_stems
+from .run_files import (
+    JOURNAL,
+    PREDICTIONS,
+    SHEET,
+    Journal,
+    collect,
+    earlier_rows,
+    map_stem,
+    output_stems,
+    row_maps,
+)
 from .runtime import Artifact
 
 __all__ = [
@@ -37,9 +54,11 @@ __all__ = [
     "RunOptions",
     "RunReport",
     "check_class",
+    "check_names",
     "collect",
     "explain_batch",
     "finish",
+    "map_stem",
     "output_stems",
     "plan",
     "planned_files",
@@ -72,12 +91,15 @@ class ImageResult:
     outputs: list[str] = field(default_factory=list)
     resumed: bool = False  # kept from an earlier run (--resume), not explained again
     class_index: int | None = None  # the class the heatmap explains, where one was chosen
+    # top-k exports: per map, best first, {class, label, score, outputs} (the files of that map)
+    explained: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.path, "error": self.error}
         chosen = {} if self.class_index is None else {"class_index": self.class_index}
-        return {"file": self.path, "topk": self.topk, **chosen, "outputs": self.outputs}
+        maps = {} if self.explained is None else {"explained": self.explained}
+        return {"file": self.path, "topk": self.topk, **chosen, **maps, "outputs": self.outputs}
 
 
 @dataclass
@@ -91,19 +113,50 @@ class RunReport:
         return [r for r in self.results if r.error is not None]
 
 
-def planned_files(name: str, opts: RunOptions) -> list[str]:
-    files = [f"{name}.overlay.png"]
+def _map_files(name: str, opts: RunOptions, rank: int) -> list[str]:
+    stem = map_stem(name, rank)
+    files = [f"{stem}.overlay.png"]
     if opts.save_heatmaps:
-        files += [f"{name}.heatmap.png", f"{name}.heatmap.npy"]
+        files += [f"{stem}.heatmap.png", f"{stem}.heatmap.npy"]
     return files
 
 
-def prepare_out_dir(names: list[str], opts: RunOptions) -> None:
+def planned_files(name: str, opts: RunOptions, maps: int = 1) -> list[str]:
+    """The files of image ``NAME``, map by map (``maps``: a top-k export's K, else 1); the
+    first is always ``NAME.overlay.png``."""
+    return [f for rank in range(1, maps + 1) for f in _map_files(name, opts, rank)]
+
+
+def check_names(
+    paths: list[str], names: list[str] | None, opts: RunOptions, top_k: int | None = None
+) -> None:
+    """A usage error where two images would write one file (``x.png`` and ``x.top2.png`` with
+    a top-2 export); ``names`` as :func:`plan` takes them."""
+    maps = top_k or 1
+    if maps == 1:
+        return  # output_stems keeps the names apart
+    names = output_stems(paths) if names is None else names
+    owner: dict[str, str] = {}
+    for path, name in zip(paths, names, strict=True):
+        for f in planned_files(name, opts, maps):
+            if owner.setdefault(f, path) != path:
+                raise OptionError(
+                    "images",
+                    "'{a}' and '{b}' would both write '{f}' (map j > 1 of a top-{k} export is "
+                    "NAME.topJ); rename one, or explain them in two runs",
+                    a=owner[f],
+                    b=path,
+                    f=f,
+                    k=maps,
+                )
+
+
+def prepare_out_dir(names: list[str], opts: RunOptions, maps: int = 1) -> None:
     """Create the output folder, check that it takes files and that nothing would be overwritten."""
     ensure_out_dir(opts.out_dir)
     if opts.overwrite:
         return
-    planned = [f for n in names for f in planned_files(n, opts)] + [PREDICTIONS]
+    planned = [f for n in names for f in planned_files(n, opts, maps)] + [PREDICTIONS]
     planned += [SHEET] if opts.sheet else []
     existing = [f for f in planned if os.path.exists(os.path.join(opts.out_dir, f))]
     if existing:
@@ -133,7 +186,7 @@ def run(
     run on ``image_threads`` threads (default: one per CPU; see :func:`explain_batch`)."""
     meta = check_metadata(artifact)
     check_class(artifact, meta, opts)
-    results, todo = plan(paths, names, opts)
+    results, todo = plan(paths, names, opts, meta.top_k)
     progress(len(results) - len(todo))
     rows: list[np.ndarray] = []
     workers = image_threads or os.cpu_count() or 1
@@ -151,40 +204,63 @@ def run(
 
 
 def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) -> None:
-    """A one-line error, before any work, where ``opts.class_index`` is out of range or the
-    graph takes no class (:func:`.contract.class_feed`)."""
-    if opts.class_index is not None:
-        class_feed(artifact.path, artifact.input_names, meta.num_classes, 1, opts.class_index)
+    """A one-line error, before any work, where ``opts.class_index`` is out of range, the graph
+    takes no class (:func:`.contract.class_feed`), or it is a top-k graph (it picks its
+    classes)."""
+    if opts.class_index is None:
+        return
+    if meta.top_k is not None:
+        raise OptionError(
+            "class_index",
+            "{name} {v} cannot apply to '{path}': a top-{k} export explains the {k} best "
+            "classes of each image, and its graph picks them; drop {name}",
+            v=opts.class_index,
+            path=artifact.path,
+            k=meta.top_k,
+        )
+    class_feed(artifact.path, artifact.input_names, meta.num_classes, 1, opts.class_index)
 
 
 def plan(
-    paths: list[str], names: list[str] | None, opts: RunOptions
+    paths: list[str], names: list[str] | None, opts: RunOptions, top_k: int | None = None
 ) -> tuple[list[ImageResult], list[int]]:
-    """One :class:`ImageResult` per path, and the indices of those to explain.
+    """One :class:`ImageResult` per path, and the indices of those to explain; ``top_k``: the
+    export's (K maps per image), None for one map.
 
     Without ``opts.resume``: all of them, once :func:`prepare_out_dir` found nothing to
     overwrite. With it: all but the images whose row an earlier run left (in its
     ``predictions.jsonl``, or the :data:`JOURNAL` of a run that was stopped) with no error, the
-    same output names, the same chosen class, and every output file on disk; those results are
-    filled in from it."""
+    same output names, the same chosen class, as many maps, and every output file on disk;
+    those results are filled in from it."""
     names = output_stems(paths) if names is None else names
+    check_names(paths, names, opts, top_k)
     results = [ImageResult(p, n) for p, n in zip(paths, names, strict=True)]
     if not opts.resume:
-        prepare_out_dir(names, opts)
+        prepare_out_dir(names, opts, top_k or 1)
         return results, list(range(len(results)))
     ensure_out_dir(opts.out_dir)
     earlier = earlier_rows(opts.out_dir)
     todo = []
     for i, result in enumerate(results):
-        files = planned_files(result.name, opts)
+        files = planned_files(result.name, opts, top_k or 1)
         row = earlier.get((result.path, files[0]))
-        same = row and row.get("class_index") == opts.class_index
+        same = row and row.get("class_index") == opts.class_index and row_maps(row) == top_k
         if same and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
             result.topk, result.outputs, result.resumed = row["topk"], files, True
             result.class_index = opts.class_index
+            if top_k is not None:
+                result.explained = _with_files(row["explained"], result.name, opts)
         else:
             todo.append(i)
     return results, todo
+
+
+def _with_files(maps: list[dict[str, Any]], name: str, opts: RunOptions) -> list[dict[str, Any]]:
+    """``{class, label, score}`` per map, best first, each with its files' names."""
+    return [
+        {**{k: m[k] for k in ("class", "label", "score")}, "outputs": _map_files(name, opts, j)}
+        for j, m in enumerate(maps, 1)
+    ]
 
 
 def explain_batch(
@@ -207,10 +283,18 @@ def explain_batch(
         return rows
     labels = list(meta.labels) if meta.labels else None
     outputs = pipeline.infer(artifact, [image.input for _, image in ready], opts.class_index)
+    maps = meta.top_k or 1
+    if outputs[0].heatmaps.shape[0] != maps:
+        raise UsageError(
+            f"'{artifact.path}' returns {outputs[0].heatmaps.shape[0]} heatmaps per image, its "
+            f"metadata says {maps}; the metadata belongs to another export, re-export it"
+        )
 
-    def draw(job: tuple[tuple[int, pipeline.Fitted], tuple[np.ndarray, np.ndarray]]) -> None:
-        (i, image), (lg, hm) = job
-        done = pipeline.render(image, lg, hm, opts.topk, labels, opts)
+    def draw(job: tuple[tuple[int, pipeline.Fitted], pipeline.Inferred]) -> None:
+        (i, image), out = job
+        done = pipeline.render(
+            image, out.logits, out.heatmaps, opts.topk, labels, opts, classes=out.classes
+        )
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
 
@@ -244,22 +328,31 @@ def finish(results: list[ImageResult], rows: list[np.ndarray], opts: RunOptions)
 def _write_outputs(
     result: ImageResult, bgr: np.ndarray, done: pipeline.Rendered, opts: RunOptions
 ) -> np.ndarray | None:
-    """Write one image's files; return its sheet row when a sheet is wanted."""
-    heatmap, heat, blended = done.heatmap, done.heat, done.blended
-    assert heat is not None and blended is not None  # the runner always draws
-    files = planned_files(result.name, opts)
-    os.makedirs(os.path.dirname(os.path.join(opts.out_dir, files[0])), exist_ok=True)
-    write_atomic(os.path.join(opts.out_dir, files[0]), overlay.encode_png(blended))
-    if opts.save_heatmaps:
-        write_atomic(
-            os.path.join(opts.out_dir, files[1]), overlay.encode_png(overlay.levels(heatmap))
-        )
-        buf = io.BytesIO()
-        np.save(buf, heatmap.astype(np.float32))
-        write_atomic(os.path.join(opts.out_dir, files[2]), buf.getvalue())
-    result.outputs = files
+    """Write one image's files, map by map; return its sheet row when a sheet is wanted."""
+    result.outputs = []
+    for rank, drawn in enumerate(done.maps, 1):
+        assert drawn.heat is not None and drawn.blended is not None  # the runner always draws
+        files = _map_files(result.name, opts, rank)
+        path = os.path.join(opts.out_dir, files[0])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, overlay.encode_png(drawn.blended))
+        if opts.save_heatmaps:
+            heatmap = drawn.heatmap
+            write_atomic(
+                os.path.join(opts.out_dir, files[1]), overlay.encode_png(overlay.levels(heatmap))
+            )
+            buf = io.BytesIO()
+            np.save(buf, heatmap.astype(np.float32))
+            write_atomic(os.path.join(opts.out_dir, files[2]), buf.getvalue())
+        result.outputs += files
+    if done.explained is not None:
+        result.explained = _with_files(done.explained, result.name, opts)
     if not opts.sheet:
         return None
-    top = result.topk[0]
-    caption = f"{os.path.basename(result.path)}: {top['label']} ({top['score']:.2f})"
-    return overlay.sheet_row([bgr, heat, blended], caption, opts.sheet_height)
+    top, base = result.topk[0], os.path.basename(result.path)
+    if result.explained is None:
+        caption = f"{base}: {top['label']} ({top['score']:.2f})"
+        return overlay.sheet_row([bgr, done.heat, done.blended], caption, opts.sheet_height)
+    panels = [bgr] + [d.blended for d in done.maps]
+    captions = ["original"] + [f"{m['label']} ({m['score']:.2f})" for m in result.explained]
+    return overlay.sheet_row(panels, base, opts.sheet_height, captions=captions)

@@ -26,8 +26,12 @@ examples:
 
 outputs in --out: NAME.overlay.png per image (NAME.heatmap.png/.npy with --save-heatmaps),
 predictions.jsonl (file, top-k labels and scores, or the error), sheet.png with --sheet;
-with --engine ray also predictions.parquet. While a run goes, predictions.partial.jsonl holds
-the rows of the batches done so far; --resume reads it after a stop.
+with --engine ray also predictions.parquet. A model exported with --top-k K explains the K
+best classes of each image: NAME.overlay.png is the best one's, NAME.top2.overlay.png ...
+NAME.topK.overlay.png the others' (and NAME.topJ.heatmap.*); each row's "explained" lists
+the K classes (class, label, score, outputs), and the sheet shows original | K overlays.
+While a run goes, predictions.partial.jsonl holds the rows of the batches done so far;
+--resume reads it after a stop.
 
 overlay = saturate(alpha * colormap(255 * heatmap) + image), in uint8 BGR, at the original
 resolution; --seed-blend: s = alpha * heat + image; s = s / max(s); overlay = 255 * s.
@@ -113,10 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="explain class K in every image instead of each image's top-1 (the model needs "
-        "the class input: explain-export --class-input); -1 is the top-1",
+        "the class input: explain-export --class-input; not a --top-k export, whose graph "
+        "picks its classes); -1 is the top-1",
     )
     p.add_argument(
-        "--sheet", action="store_true", help="also write sheet.png: original | heatmap | overlay"
+        "--sheet",
+        action="store_true",
+        help="also write sheet.png: original | heatmap | overlay (a --top-k export: original | "
+        "one overlay per class)",
     )
     p.add_argument(
         "--sheet-height",
@@ -252,7 +260,9 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         class_index=None if args.class_index == -1 else args.class_index,  # -1: the default
     )
-    runner.check_class(artifact, check_metadata(artifact), opts)  # before any line of ours
+    meta = check_metadata(artifact)
+    runner.check_class(artifact, meta, opts)  # before any line of ours
+    runner.check_names(paths, names, opts, meta.top_k)
     if not args.quiet:
         if args.engine == "ray":
             threads = args.threads or 1

@@ -25,8 +25,23 @@ if the model itself fails):
   them (decode, fit, run, map back, blend). ``batch_size`` is how many requests shared the
   model call. Statuses: 400 empty body, not an image, bad query; 413 body over the byte limit
   or image over the pixel limit; 404 unknown path; 405 wrong method; 500 the model failed.
-- ``GET /healthz``: model path, backend, providers, input size, classes, method, layer, threads,
-  replica, and whether torch is loaded (never, for ONNX).
+
+  A ``--top-k K`` export explains the K best classes of each image, picked by its graph, so
+  its answer carries K maps, best first, in ``explained`` instead of the two top-level PNGs
+  (``class`` other than -1 is a 400)::
+
+      {"topk": [...], "height": 300, "width": 451, "batch_size": 1,
+       "explained": [{"class": 285, "label": "Egyptian cat", "score": 0.777125,
+                      "overlay_png": "<as explain-run's NAME.overlay.png>",
+                      "heatmap_png": "<as NAME.heatmap.png>"},
+                     {"class": 281, "label": "tabby", "score": 0.1,
+                      "overlay_png": "<as NAME.top2.overlay.png>", ...}, ...]}
+
+  ``score`` is the softmax score, as in ``topk``; ``overlay`` and ``heatmap`` pick the PNGs of
+  every map.
+- ``GET /healthz``: model path, backend, providers, input size, classes, method, layer,
+  top_k (null unless a top-k export), threads, replica, and whether torch is loaded (never,
+  for ONNX).
 """
 
 from __future__ import annotations
@@ -157,6 +172,7 @@ def health(model: Model) -> dict[str, Any]:
         "classes": model.num_classes,
         "method": model.meta.method,
         "layer": model.meta.layer,
+        "top_k": model.meta.top_k,
         "threads": model.threads,
         "torch_imported": "torch" in sys.modules,
     }
@@ -187,9 +203,10 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
 
 def run_model(
     model: Model, inputs: Sequence[np.ndarray], classes: Sequence[int] = ()
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One model call for a batch of graph inputs: ``(logits [K], heatmap [H, W])`` per image
-    (:func:`.pipeline.infer`), each explaining its class in ``classes`` (-1, or none: top-1)."""
+) -> list[pipeline.Inferred]:
+    """One model call for a batch of graph inputs: logits, heatmaps (and a top-k graph's
+    classes) per image (:func:`.pipeline.infer`), each explaining its class in ``classes`` (-1,
+    or none: top-1)."""
     chosen = None if all(c == -1 for c in classes) else np.asarray(classes, np.int64)
     return pipeline.infer(model.artifact, inputs, chosen)
 
@@ -202,21 +219,34 @@ def answer(
     query: Query,
     opts: ServeOptions,
     batch_size: int = 1,
+    classes: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The JSON for one image, from the graph's outputs: the heatmap mapped back to the original
-    resolution, and blended over the original pixels, as explain-run does."""
-    done = pipeline.render(image, logits, heatmap, query.topk, model.labels, opts, query.overlay)
+    """The JSON for one image, from the graph's outputs: each heatmap (``[H, W]``, or a top-k
+    graph's ``[K, H, W]`` with its ``classes``) mapped back to the original resolution, and
+    blended over the original pixels, as explain-run does."""
+    done = pipeline.render(
+        image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
+    )
     body: dict[str, Any] = {
         "topk": done.topk,
         "height": int(image.bgr.shape[0]),
         "width": int(image.bgr.shape[1]),
         "batch_size": batch_size,
     }
-    if done.blended is not None:
-        body["overlay_png"] = png_base64(done.blended)
+    if done.explained is None:
+        return {**body, **_pngs(done.maps[0], query)}
+    maps = [{**e, **_pngs(d, query)} for e, d in zip(done.explained, done.maps, strict=True)]
+    return {**body, "explained": maps}
+
+
+def _pngs(drawn: pipeline.Drawn, query: Query) -> dict[str, str]:
+    """``overlay_png`` (where drawn) and ``heatmap_png`` (where asked) of one map."""
+    out = {}
+    if drawn.blended is not None:
+        out["overlay_png"] = png_base64(drawn.blended)
     if query.heatmap:
-        body["heatmap_png"] = png_base64(overlay.levels(done.heatmap))
-    return body
+        out["heatmap_png"] = png_base64(overlay.levels(drawn.heatmap))
+    return out
 
 
 def model_failure(exc: Exception) -> Reply:
@@ -230,7 +260,7 @@ def internal_error(exc: Exception) -> Reply:
     return Reply(500, {"error": f"internal error: {first_line(exc)}"})
 
 
-Outputs = tuple[np.ndarray, np.ndarray, int]  # one image's logits and heatmap, the batch's size
+Outputs = tuple[pipeline.Inferred, int]  # one image's graph outputs, and the batch's size
 
 
 class Handler:
@@ -245,7 +275,7 @@ class Handler:
         self,
         model: Model,
         opts: ServeOptions,
-        infer: Callable[[np.ndarray], Awaitable[Outputs]],
+        infer: Callable[[tuple[np.ndarray, int]], Awaitable[Outputs]],
         info: Mapping[str, Any] | None = None,
     ) -> None:
         self.model, self.opts, self.infer = model, opts, infer
@@ -265,7 +295,7 @@ class Handler:
             if route(method, path) == "/healthz":
                 return Reply(200, {**health(self.model), **self.info})
             takes = "class_index" in self.model.artifact.input_names
-            query = parse_query(params, self.model.num_classes, takes)
+            query = parse_query(params, self.model.num_classes, takes, self.model.meta.top_k)
             check_length(content_length, limit)
             body = bytearray()
             async for chunk in chunks:
@@ -287,12 +317,20 @@ class Handler:
         except Exception as exc:
             return internal_error(exc)
         try:
-            logits, heatmap, n = await self.infer((image.input, query.class_index))
+            out, n = await self.infer((image.input, query.class_index))
         except Exception as exc:
             return model_failure(exc)
         try:
             result = await asyncio.to_thread(
-                answer, self.model, image, logits, heatmap, query, self.opts, n
+                answer,
+                self.model,
+                image,
+                out.logits,
+                out.heatmaps,
+                query,
+                self.opts,
+                n,
+                out.classes,
             )
         except Exception as exc:
             return internal_error(exc)
@@ -302,4 +340,4 @@ class Handler:
         """One model call (in a thread) for a batch of (graph input, class): each image's
         outputs and the batch's size."""
         outputs = await asyncio.to_thread(run_model, self.model, *zip(*inputs, strict=True))
-        return [(lg, hm, len(inputs)) for lg, hm in outputs]
+        return [(out, len(inputs)) for out in outputs]

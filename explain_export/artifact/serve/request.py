@@ -82,10 +82,13 @@ def _flag(name: str, value: str) -> bool:
 
 
 def parse_query(
-    params: Mapping[str, str], num_classes: int | None = None, takes_class: bool = True
+    params: Mapping[str, str],
+    num_classes: int | None = None,
+    takes_class: bool = True,
+    top_k: int | None = None,
 ) -> Query:
     """``overlay``, ``heatmap``, ``topk`` and ``class`` from the query string; RequestError 400
-    if bad (``class`` where the graph has no class input, too)."""
+    if bad (``class`` where the graph has no class input, or is a ``top_k`` graph, too)."""
     unknown = sorted(set(params) - set(QUERY_PARAMS))
     if unknown:
         raise RequestError(
@@ -101,6 +104,12 @@ def parse_query(
     chosen, top = params.get("class", "-1").strip(), (num_classes or 1_000_000) - 1
     if not re.fullmatch(r"-1|[0-9]{1,9}", chosen) or int(chosen) > top:
         raise RequestError(400, f"query parameter class={chosen!r} must be an integer -1 to {top}")
+    if int(chosen) != -1 and top_k is not None:
+        raise RequestError(
+            400,
+            f"this model explains the {top_k} best classes of each image, which its graph "
+            "picks; drop class",
+        )
     if int(chosen) != -1 and not takes_class:
         raise RequestError(400, "this model takes no class; export it with --class-input")
     return Query(
