@@ -182,6 +182,29 @@ def test_dynamic_size_and_class_input(pb2, dynamic_class_export, tmp_path):
     check_torchscript(pb2, ts_cfg, str(repo / "cam_torchscript" / "1" / "model.pt"), OTHER_SIZE)
 
 
+@pytest.mark.slow
+def test_top_k_lists_k_maps_and_the_classes_output(pb2, tmp_path):
+    """A top-3 export: ``heatmap`` has dims [3, H, W] and ``classes`` (int64, [3]) is listed
+    third, checked against both model files (TorchScript at a size the export never saw)."""
+    explainer = build_explainer(tiny_resnet(), input_size=SIZE, top_k=3)
+    result = export_explainer(explainer, str(tmp_path / "out"), dynamic_size=True)
+    explainer.remove()
+    repo = tmp_path / "repo"
+    _write(result, repo, name="top")
+    for fmt, names in (("onnx", ["logits", "heatmap", "classes"]),
+                       ("torchscript", ["logits__0", "heatmap__1", "classes__2"])):  # fmt: skip
+        cfg = _parse(pb2, repo / f"top_{fmt}" / "config.pbtxt")
+        assert [(o.name, _type(pb2, o), list(o.dims)) for o in cfg.output] == [
+            (names[0], "TYPE_FP32", [10]),
+            (names[1], "TYPE_FP32", [3, -1, -1]),
+            (names[2], "TYPE_INT64", [3]),
+        ]
+        assert [i.name for i in cfg.input] == ["image"]  # a top-k graph picks its classes
+    check_onnx(pb2, _parse(pb2, repo / "top_onnx" / "config.pbtxt"), result.paths["onnx"])
+    ts_cfg = _parse(pb2, repo / "top_torchscript" / "config.pbtxt")
+    check_torchscript(pb2, ts_cfg, result.paths["torchscript"], OTHER_SIZE)
+
+
 def test_batch_size_instances_and_kind(pb2, static_export, tmp_path):
     repo = tmp_path / "repo"
     _write(static_export, repo, max_batch_size=32, instances=3, kind="gpu")
@@ -323,6 +346,26 @@ def test_uint8_nhwc_input_and_overlay_output(pb2, hw, dims):
             (names[1], "TYPE_FP32", [1, *dims]),
             (names[2], "TYPE_UINT8", [*dims, 3]),
         ]
+
+
+def test_top_k_metadata_gives_k_maps_and_int64_classes(pb2):
+    """The metadata of a top-4 export as explain-export writes it; the model files are checked
+    against the config in the slow test above."""
+    meta = {
+        "inputs": [{"name": "image", "dtype": "float32", "shape": ["N", 3, 32, 32]}],
+        "outputs": [
+            {"name": "logits", "dtype": "float32", "shape": ["N", 10]},
+            {"name": "heatmap", "dtype": "float32", "shape": ["N", 4, 32, 32]},
+            {"name": "classes", "dtype": "int64", "shape": ["N", 4]},
+        ],
+        "top_k": 4,
+    }
+    config = triton.model_config(meta, "torchscript", "x_torchscript")
+    assert [(o.name, _type(pb2, o), list(o.dims)) for o in config.output] == [
+        ("logits__0", "TYPE_FP32", [10]),
+        ("heatmap__1", "TYPE_FP32", [4, 32, 32]),
+        ("classes__2", "TYPE_INT64", [4]),
+    ]
 
 
 @pytest.mark.parametrize(

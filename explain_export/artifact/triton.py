@@ -138,9 +138,10 @@ def model_config(
     Triton's PyTorch backend binds them by convention (Triton's model_configuration.md,
     "Special Conventions for PyTorch Backend"): inputs named like the ``forward`` arguments
     (``image``, ``class_index``), and outputs named ``<name>__<index>`` with the index the
-    position in the returned tuple (``logits__0``, ``heatmap__1``, ``overlay__2``). A backend
-    older than the forward-argument rule takes inputs in the configuration's order, which is
-    the forward order too. The metadata lists inputs and outputs in graph order.
+    position in the returned tuple (``logits__0``, ``heatmap__1``, then ``overlay__2`` or a
+    top-k export's ``classes__2``: int64, dims ``[K]``, beside a heatmap of ``[K, H, W]``). A
+    backend older than the forward-argument rule takes inputs in the configuration's order,
+    which is the forward order too. The metadata lists inputs and outputs in graph order.
     """
     if fmt not in BACKENDS:
         raise UsageError(f"no Triton backend for format '{fmt}'; choose {', '.join(BACKENDS)}")
