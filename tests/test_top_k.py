@@ -17,7 +17,7 @@ from explain_export.builder.export import export_explainer
 from explain_export.builder.plan import GraphOptions
 from explain_export.builder.tap import TapSpec
 from explain_export.cli.export import main as export_main
-from explain_export.errors import OptionError
+from explain_export.errors import OptionError, UsageError
 
 import reference
 from models import head_kind, tiny_resnet
@@ -147,3 +147,13 @@ def test_the_metadata_says_k_and_names_the_classes(tmp_path):
     heat, classes = meta["outputs"][1], meta["outputs"][2]
     assert heat["shape"] == ["N", 2, *SIZE] and classes["shape"] == ["N", 2]
     assert classes["dtype"] == "int64" and meta["top_k"] == 2
+
+
+def test_the_runtime_refuses_a_class_for_a_top_k_file(tmp_path):
+    explainer = build_explainer(tiny_resnet(), None, "cam", SIZE, top_k=2)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",))
+    artifact = runtime.load(result.paths["onnx"])
+    with pytest.raises(UsageError) as info:
+        artifact.outputs(photos(), class_index=3)
+    assert "top-2 classes" in str(info.value) and "--class-input" in str(info.value)
+    assert artifact.outputs(photos(), class_index=-1)["heatmap"].shape == (3, 2, *SIZE)

@@ -82,13 +82,15 @@ def class_feed(
     num_classes: int | None,
     n: int,
     class_index: Any = None,
+    top_k: int | None = None,
 ) -> np.ndarray | None:
     """The ``class_index`` input for a batch of ``n``: int64 ``[n]``, -1 for the top-1 where
     ``class_index`` is None; one value is given to every image. None where the graph has no
     such input and none is asked for (-1 asks for nothing: the graph explains its default).
 
     Raises an OptionError for a class out of range, and a UsageError where a class is asked of
-    a graph without the input (it would be ignored: the heatmap would show another class).
+    a graph without the input (it would be ignored: the heatmap would show another class; a
+    top-k graph, ``top_k``, picks its own classes).
     """
     takes = "class_index" in input_names
     if class_index is None:
@@ -101,6 +103,11 @@ def class_feed(
     if not takes:
         if (index == -1).all():
             return None
+        if top_k is not None:
+            raise UsageError(
+                f"'{path}' explains the top-{top_k} classes of every image and takes no class; "
+                "for a chosen class export without --top-k and with --class-input"
+            )
         raise UsageError(
             f"'{path}' takes no class at run time (it explains the top-1 class, or the one "
             "fixed at export); re-export it with explain-export --class-input"

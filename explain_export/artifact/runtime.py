@@ -96,8 +96,9 @@ class _Artifact:
 
     def _class_input(self, n: int, class_index: Any) -> np.ndarray | None:
         """The checked ``class_index`` feed (:func:`.contract.class_feed`)."""
-        classes = (self.metadata or {}).get("num_classes")
-        return class_feed(self.path, self.input_names, classes, n, class_index)
+        meta = self.metadata or {}
+        classes, top_k = meta.get("num_classes"), meta.get("top_k")
+        return class_feed(self.path, self.input_names, classes, n, class_index, top_k)
 
     def __call__(
         self, image: np.ndarray, class_index: np.ndarray | None = None
