@@ -559,3 +559,28 @@ def test_every_method_on_ort_computes_its_eager_explainer(tmp_path):
         assert np.abs(got - want).max() < 1e-3, method
     assert not os.path.exists(tmp_path / "models" / "method-cam.onnx")
     assert len(result["ratios"]["time_vs_cam"]) == len(result["config"]["methods"]) - 1
+
+
+def test_top_k_adds_one_variant_per_method_with_its_time_over_top_1(tmp_path):
+    """``--top-k 3``: ``ort_<method>_top3`` beside each ``ort_<method>``, its best class's map
+    equal to eager's (the explainer's own method), and its time over its top-1; a method with no
+    class is not measured."""
+    skip = f"{NOT_EAGER},ort,ort_gradcam"
+    args = [*FEW, "--skip", skip, "--methods", "cam,sum", "--top-k", "3"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    names = ["ort_cam", "ort_sum", "ort_cam_top3", "ort_sum_top3"]
+    assert list(result["variants"]) == [*bench.VARIANTS, *names]
+    top3 = result["variants"]["ort_cam_top3"]
+    assert top3["status"] == "ok"
+    assert top3["batches"]["1"]["max_abs_diff_vs_eager"]["heatmap"] < 1e-4
+    assert result["variants"]["ort_sum_top3"]["status"].startswith("not measured: sum explains")
+    r = result["ratios"]
+    assert set(r["time_vs_top1"]) == {"ort_cam_top3"} and "ort_cam_top3" not in r["time_vs_cam"]
+    assert "| ORT explainer, cam_top3: time over its top-1 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_top_k_needs_methods(tmp_path, capsys):
+    assert main([*FEW, "--top-k", "3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--top-k" in err and "--methods" in err

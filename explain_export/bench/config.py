@@ -56,6 +56,11 @@ def _method_variant(method: str) -> str:
     return f"ort_{method}"
 
 
+def _top_k_variant(method: str, k: int) -> str:
+    """The variant that runs ``method``'s top-``k`` ONNX explainer (``--top-k``)."""
+    return f"ort_{method}_top{k}"
+
+
 def _label(name: str) -> str:
     """A variant's label: from :data:`VARIANTS`, else a ``--methods`` variant's."""
     return VARIANTS.get(name) or f"{VARIANTS['ort']}, {name.removeprefix('ort_')}"
@@ -80,6 +85,14 @@ class BenchConfig:
     models_dir: str | None = None  # keep the ONNX files and ORT's optimized graphs here
     profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
     methods: tuple[str, ...] = ()  # one more ORT variant per method (_method_variant)
+    top_k: int | None = None  # and per method, its top-k export (_top_k_variant)
+
+    def method_variants(self) -> list[str]:
+        """The ``--methods`` and ``--top-k`` variants' names, in the order they are timed."""
+        names = [_method_variant(m) for m in self.methods]
+        if self.top_k is not None:
+            names += [_top_k_variant(m, self.top_k) for m in self.methods]
+        return names
 
     def check(self) -> None:
         """Raise :class:`~.errors.OptionError` for values no run can use."""
@@ -120,6 +133,12 @@ class BenchConfig:
                 "{name}: unknown method(s) {v}; choose from {choices}",
                 choices=", ".join(METHODS),
                 v=", ".join(unknown),
+            )
+        if self.top_k is not None and (self.top_k < 1 or not self.methods):
+            raise OptionError(
+                "top_k",
+                "{name} K (K >= 1) times each of {methods} with its K best classes beside its "
+                "top-1; give both",
             )
         if "gradcam" in self.methods and _method_variant("gradcam") in self.skip:
             raise OptionError("methods", "{name} gradcam asks for ort_gradcam, which {skip} skips")

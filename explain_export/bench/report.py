@@ -179,6 +179,8 @@ def ratio_table(result: dict[str, Any]) -> str:
         )
     for name, by_batch in r.get("time_vs_cam", {}).items():
         rows.append((f"{_label(result, name)}: time over ORT explainer, cam", by_batch, False))
+    for name, by_batch in r.get("time_vs_top1", {}).items():
+        rows.append((f"{_label(result, name)}: time over its top-1", by_batch, False))
     if r.get("best_exported_vs_gradcam_numpy"):
         rows.append(
             (

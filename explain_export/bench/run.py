@@ -14,7 +14,7 @@ import torch
 from ..builder.explainer import Explainer
 from ..builder.source import ModelSource
 from ..builder.writers import versions
-from .config import BenchConfig, _label, _method_variant
+from .config import BenchConfig, _label
 from .machine import machine
 from .profile import head_profiles
 from .stats import best_exported, ratios
@@ -63,7 +63,7 @@ def run_bench(
             profile = head_profiles(variants, config, info.input_size, threads, log)
     finally:
         torch.set_num_threads(previous_threads)
-    found = ratios(raw, [_method_variant(m) for m in config.methods])
+    found = ratios(raw, config.method_variants())
     fastest = best_exported(raw)
     notes = [f"{_label(v.name)}: {v.status}" for v in variants if v.status != "ok"]
     return {
@@ -86,6 +86,7 @@ def run_bench(
             "opset": config.opset,
             "skip": sorted(config.skip),
             "methods": list(config.methods),
+            "top_k": config.top_k,
             "channels_last": config.channels_last,
             "malloc": f"glibc mmap and trim thresholds {HEAP_KEEP >> 20} MiB"
             if config.tuned_malloc

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 from .config import EXPORTED, ON_EXPLAINER_ONNX, REFERENCE, _method_variant
 
 _CAM = _method_variant("cam")  # what time_vs_cam divides by
+_TOP_K = re.compile(r"_top\d+$")  # a --top-k variant's suffix
 
 __all__ = ["best_exported", "ratios", "summarize", "time_ratio"]
 
@@ -54,6 +56,8 @@ def ratios(
       (the ``methods`` variants included);
     - ``time_vs_cam[v][batch]``: ``v`` time / ``ort_cam`` time, for the other ``methods``
       variants, where ``ort_cam`` is one of them (what each method costs over ``cam``);
+    - ``time_vs_top1[v][batch]``: a ``--top-k`` variant's time / its method's top-1 time
+      (``ort_<method>_top<K>`` / ``ort_<method>``: what K maps cost over one);
     - ``heatmap_overhead[backend][batch]``: explainer time / logits-only time − 1, on ``eager``
       and ``ort``;
     - ``ort_vs_autograd[batch]``: heatmaps/s of the ORT explainer / heatmaps/s of autograd
@@ -76,6 +80,7 @@ def ratios(
         "vs_gradcam_numpy": {},
         "best_exported_vs_gradcam_numpy": {},
         "time_vs_cam": {},
+        "time_vs_top1": {},
     }
     fastest = best_exported(raw)
     for batch, t in raw.items():
@@ -106,8 +111,12 @@ def ratios(
                 out["best_exported_vs_gradcam_numpy"][key] = time_ratio(t["gradcam_numpy"], t[best])
         if _CAM in methods and _CAM in t:
             for name in methods:
-                if name != _CAM and name in t:
+                if name != _CAM and name in t and not _TOP_K.search(name):
                     out["time_vs_cam"].setdefault(name, {})[key] = time_ratio(t[name], t[_CAM])
+        for name in methods:
+            top1 = _TOP_K.sub("", name)
+            if top1 != name and name in t and top1 in t:
+                out["time_vs_top1"].setdefault(name, {})[key] = time_ratio(t[name], t[top1])
     return out
 
 

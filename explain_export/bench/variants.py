@@ -15,10 +15,19 @@ from torch import Tensor, nn
 from ..builder import lowering, methods, probe
 from ..builder.explainer import Explainer
 from ..builder.plan import GraphOptions, make_plan
+from ..builder.targets import TopK
 from ..builder.writers import quiet, to_torchscript
 from ..errors import UsageError, first_line
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
-from .config import ON_EXPLAINER_ONNX, VARIANTS, BenchConfig, Call, Variant, _method_variant
+from .config import (
+    ON_EXPLAINER_ONNX,
+    VARIANTS,
+    BenchConfig,
+    Call,
+    Variant,
+    _method_variant,
+    _top_k_variant,
+)
 from .ort import (
     _CUDA_GRAPH,
     _cuda_graph_refusal,
@@ -149,7 +158,7 @@ def build_variants(
             "zero_grad, backward of the summed argmax logits, the map in numpy, min-max, "
             "cv2.resize per image, min-max again",
         )
-    extra = [_method_variant(m) for m in config.methods if _method_variant(m) not in VARIANTS]
+    extra = [n for n in config.method_variants() if n not in VARIANTS]
     return [built.get(n) or Variant(n, "", None, "skipped: --skip") for n in [*VARIANTS, *extra]]
 
 
@@ -197,12 +206,65 @@ def _method_variants(
                 module.remove()  # its tap off the model: only the ONNX file runs
         export_s = time.perf_counter() - t0
         built[name] = _ort_variant(name, path, outputs, device, threads, config, export_s)
+    if config.top_k is not None:
+        for method in config.methods:
+            _top_k_variant_of(explainer, method, config, folder, example, built, log)
 
 
-def _method_explainer(explainer: Explainer, method: str) -> Explainer:
+def _top_k_variant_of(
+    explainer: Explainer,
+    method: str,
+    config: BenchConfig,
+    folder: str,
+    example: Tensor,
+    built: dict[str, Variant],
+    log: Callable[[str], None],
+) -> None:
+    """``ort_<method>_top<K>``: ``method``'s explainer with a top-K target (K maps per image,
+    the ``classes`` output left unbound), exported and opened as its ``ort_<method>`` is."""
+    k = config.top_k
+    assert k is not None
+    name = _top_k_variant(method, k)
+    device = torch.device(config.device)
+    threads = config.threads or torch.get_num_threads()
+    h, w = explainer.plan.input_size
+    outputs = {"logits": (explainer.plan.num_classes,), "heatmap": (k, h, w)}
+    try:
+        module = _method_explainer(explainer, method, k)
+    except UsageError as exc:
+        built[name] = Variant(name, "onnxruntime", None, f"not measured: {first_line(exc, False)}")
+        return
+    log(f"exporting ORT explainer, {method}, top-{k} to ONNX (dynamo, opset {config.opset})")
+    path = os.path.join(folder, f"method-{method}-top{k}.onnx")
+    t0 = time.perf_counter()
+    try:
+        export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
+    except Exception as exc:
+        built[name] = Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
+        return
+    finally:
+        module.remove()
+    export_s = time.perf_counter() - t0
+    variant = _ort_variant(name, path, outputs, device, threads, config, export_s)
+    make = variant.make
+    if make is not None:  # compared with eager by its best class's map (a view: no copy)
+        variant.make = lambda x: _first_map(make(x))
+    built[name] = variant
+
+
+def _first_map(call: Call) -> Call:
+    def first() -> tuple[Tensor, Tensor | None]:
+        logits, heatmap = call()
+        return logits, None if heatmap is None else heatmap[:, :1]
+
+    return first
+
+
+def _method_explainer(explainer: Explainer, method: str, top_k: int | None = None) -> Explainer:
     """The same model and layer explained with ``method`` (its tap on the model until
-    ``remove()``). A method with a linear head (``cam``) takes the explainer's, or the one a
-    fresh probe finds; a :class:`~.errors.UsageError` where there is none."""
+    ``remove()``), for the ``top_k`` best classes where given. A method with a linear head
+    (``cam``) takes the explainer's, or the one a fresh probe finds; a
+    :class:`~.errors.UsageError` where there is none, or where ``method`` has no class."""
     spec, plan = methods.get(method), explainer.plan
     head = None
     if spec.needs_linear:
@@ -211,8 +273,19 @@ def _method_explainer(explainer: Explainer, method: str) -> Explainer:
             found = probe.probe_at_size(explainer.model, plan.input_size, plan.mean, plan.std)
             layer, model = plan.layer, explainer.model
             head = make_plan(model, found, layer, spec, mean=plan.mean, std=plan.std).head
+    target = plan.target_spec
+    if top_k is not None:
+        if not spec.has_class:
+            raise UsageError(f"{method} explains no class, so it has no top-{top_k}")
+        target = TopK(top_k)
     plan = dataclasses.replace(
-        plan, method_spec=spec, head=head, graph=GraphOptions(), requested=method, reason=""
+        plan,
+        method_spec=spec,
+        head=head,
+        graph=GraphOptions(),
+        requested=method,
+        reason="",
+        target_spec=target,
     )
     return Explainer(explainer.model, plan).eval()
 

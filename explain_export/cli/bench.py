@@ -42,6 +42,8 @@ variants (all on the same inputs, interleaved round by round):
                 method, on ORT as ort is (gradcam's is ort_gradcam); "not measured: <why>"
                 where the layer cannot take it (cam without GAP + one Linear after the map).
                 With cam among them, each method's time over ort_cam is reported too
+  ort_<method>_top<K>  with --methods and --top-k K: that method exported with --top-k K
+                (heatmap [N,K,H,W]); its time over ort_<method> is reported
 
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
@@ -55,6 +57,7 @@ examples:
   explain-bench --device cuda --batch-sizes 1,8,32,64 --skip compile
   explain-bench --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4
   explain-bench --threads 2 --batch-sizes 1,8 --skip compile --methods all    every method
+  explain-bench --threads 2 --batch-sizes 1,8 --methods cam,gradcam --top-k 5  top-5 vs top-1
 
 exit codes: 0 ok, 1 failure, 2 usage (bad flag, path, layer, or --device cuda without CUDA).
 """
@@ -133,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none)",
     )
     b.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="with --methods: also time each of those methods exported with --top-k K (K maps "
+        "per image), one variant ort_<method>_top<K> each, and report its time over the "
+        "method's top-1",
+    )
+    b.add_argument(
         "--profile-runs",
         type=int,
         default=100,
@@ -207,6 +218,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         models_dir=os.path.join(args.out, "models") if args.save_models else None,
         profile_runs=args.profile_runs,
         methods=_methods(args.methods),
+        top_k=args.top_k,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
     source = model_source(args)
