@@ -561,6 +561,7 @@ def test_every_method_on_ort_computes_its_eager_explainer(tmp_path):
     assert len(result["ratios"]["time_vs_cam"]) == len(result["config"]["methods"]) - 1
 
 
+@pytest.mark.slow
 def test_top_k_adds_one_variant_per_method_with_its_time_over_top_1(tmp_path):
     """``--top-k 3``: ``ort_<method>_top3`` beside each ``ort_<method>``, its best class's map
     equal to eager's (the explainer's own method), and its time over its top-1; a method with no
@@ -584,3 +585,10 @@ def test_top_k_needs_methods(tmp_path, capsys):
     assert main([*FEW, "--top-k", "3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--top-k" in err and "--methods" in err
+
+
+def test_time_vs_top1_divides_a_top_k_variant_by_its_method():
+    raw = {1: {"ort_cam": [2.0, 2.0, 2.0], "ort_cam_top5": [2.4, 2.2, 2.2], "eager": [9.0] * 3}}
+    r = bench.ratios(raw, ["ort_cam", "ort_cam_top5"])
+    assert r["time_vs_top1"]["ort_cam_top5"]["1"]["paired_median"] == 1.1
+    assert r["time_vs_cam"] == {}  # a top-k variant is not another method

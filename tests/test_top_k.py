@@ -140,19 +140,25 @@ def test_the_command_exports_top_k_and_names_its_flags(capsys, tmp_path):
     assert meta["top_k"] == 2 and meta["outputs"][2]["name"] == "classes"
 
 
-def test_the_metadata_says_k_and_names_the_classes(tmp_path):
+@pytest.fixture(scope="module")
+def top2(tmp_path_factory):
+    """A top-2 cam export of the tiny ResNet: its folder."""
+    out = tmp_path_factory.mktemp("top2")
     explainer = build_explainer(tiny_resnet(), None, "cam", SIZE, top_k=2)
-    export_explainer(explainer, str(tmp_path), ("onnx",))
-    meta = json.loads((tmp_path / "explainer.json").read_text())
+    export_explainer(explainer, str(out), ("onnx",))
+    explainer.remove()
+    return out
+
+
+def test_the_metadata_says_k_and_names_the_classes(top2):
+    meta = json.loads((top2 / "explainer.json").read_text())
     heat, classes = meta["outputs"][1], meta["outputs"][2]
     assert heat["shape"] == ["N", 2, *SIZE] and classes["shape"] == ["N", 2]
     assert classes["dtype"] == "int64" and meta["top_k"] == 2
 
 
-def test_the_runtime_refuses_a_class_for_a_top_k_file(tmp_path):
-    explainer = build_explainer(tiny_resnet(), None, "cam", SIZE, top_k=2)
-    result = export_explainer(explainer, str(tmp_path), ("onnx",))
-    artifact = runtime.load(result.paths["onnx"])
+def test_the_runtime_refuses_a_class_for_a_top_k_file(top2):
+    artifact = runtime.load(str(top2 / "explainer.onnx"))
     with pytest.raises(UsageError) as info:
         artifact.outputs(photos(), class_index=3)
     assert "top-2 classes" in str(info.value) and "--class-input" in str(info.value)
