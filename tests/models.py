@@ -329,3 +329,37 @@ class Versioned(TinyResNet):
         if version not in (1, 2):
             raise ValueError(f"version should be set to 1 or 2 instead of {version}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+class Returns(TinyResNet):
+    """TinyResNet whose forward returns its logits inside a structure: ``kind`` ``tuple``
+    (``(features, logits)``: the logits second), ``dict`` (``{"aux": …, "out": logits}``),
+    ``list`` (``[logits, features]``) or ``object`` (an object with ``.logits`` and ``.pooled``).
+    """
+
+    def __init__(self, kind: str = "dict", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def forward(self, x: Tensor):  # type: ignore[override]
+        a = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        pooled = torch.flatten(self.avgpool(a), 1)
+        logits = self.fc(pooled)
+        if self.kind == "tuple":
+            return pooled, logits
+        if self.kind == "dict":
+            return {"aux": pooled, "out": logits}
+        if self.kind == "list":
+            return [logits, pooled]
+        return ModelOutput(logits, pooled)
+
+
+class ModelOutput:
+    """An output object in the Hugging Face style: attributes, not a tensor."""
+
+    def __init__(self, logits: Tensor, pooled: Tensor) -> None:
+        self.logits, self.pooled = logits, pooled
+
+
+def returns(kind: str, seed: int = 0) -> Returns:
+    return _seeded(Returns, seed, kind=kind)

@@ -182,6 +182,7 @@ class ArtifactMetadata:
     outputs: tuple[TensorSpec, ...]
     format: str = FORMAT
     model: str | None = None
+    output: str | None = None  # which of the model's outputs the logits are ("['out']", "[0]")
     method: str | None = None
     method_requested: str | None = None
     method_reason: str | None = None

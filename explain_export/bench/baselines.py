@@ -26,11 +26,12 @@ class Normalized(nn.Module):
     def __init__(self, explainer: Explainer) -> None:
         super().__init__()
         self.model = explainer.model
+        self.output = explainer.plan.output
         self.register_buffer("mean", explainer.mean.detach().clone())
         self.register_buffer("std", explainer.std.detach().clone())
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.model((image - self.mean) / self.std)
+        return self.output.pick(self.model((image - self.mean) / self.std))
 
 
 class AutogradGradCAM:
@@ -86,7 +87,7 @@ class AutogradGradCAM:
     def _forward(self, x: Tensor) -> Tensor:
         """The model's logits on ``x``; keeps ``A`` and hooks it, so the backward keeps its
         gradient."""
-        logits = self.explainer.model(x)
+        logits = self.explainer.plan.output.pick(self.explainer.model(x))
         a = self._tap.take()
         self._map = self._held(a)
         if a.requires_grad:

@@ -137,7 +137,7 @@ class Explainer(nn.Module):
             return self.gradient(x, class_index)
         for tap in self.taps:
             tap.clear()
-        logits = self.model(x.half() if self.graph.half else x).float()
+        logits = self.plan.output.pick(self.model(x.half() if self.graph.half else x)).float()
         return logits, _one([tap.take().float() for tap in self.taps]), None
 
     def finish(
@@ -169,7 +169,7 @@ class Explainer(nn.Module):
                 x = x.clone()
             for tap in self.taps:
                 tap.clear()
-            logits = self.model(x.half() if self.graph.half else x)
+            logits = self.plan.output.pick(self.model(x.half() if self.graph.half else x))
             maps = [tap.take() for tap in self.taps]
             ys = self.target.scores(logits, self.target.classes(logits.detach(), class_index))
             per_y = [self._grads(y, maps, retain=j < len(ys) - 1) for j, y in enumerate(ys)]
@@ -203,6 +203,7 @@ def build_explainer(
     target: int | None = None,
     graph: GraphOptions = GraphOptions(),
     top_k: int | None = None,
+    output: str | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
@@ -211,7 +212,9 @@ def build_explainer(
     ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
     ``nn.Linear``), else ``gradcam``; ``explainer.plan`` says which and why. ``target`` fixes the
     class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
-    image instead, one map each (``heatmap [N,k,H,W]`` and ``classes [N,k]``). ``graph`` sets the
+    image instead, one map each (``heatmap [N,k,H,W]`` and ``classes [N,k]``). ``output`` picks
+    the logits where the model returns several outputs (a dict key, a position, an attribute;
+    default: :func:`.outputs.choose_output`'s obvious one). ``graph`` sets the
     input format, the in-graph overlay and fp16; with ``graph.half`` the model is converted to
     fp16 in place, after the probe; with a gradient method its parameters stop requiring grad.
     Raises
@@ -225,7 +228,7 @@ def build_explainer(
     if h <= 0 or w <= 0:
         raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
     model = model.eval()
-    result = probe.probe_at_size(model, (h, w), mean, std)
+    result = probe.probe_at_size(model, (h, w), mean, std, output)
     plan = make_plan(model, result, layer, method, head, target, mean, std, graph, top_k)
     if graph.half:
         model = model.half()

@@ -66,6 +66,7 @@ def build_metadata(
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         model=model,
+        output=None if info.output.kind == "tensor" else str(info.output),
         method=info.method,
         method_requested=info.requested or info.method,
         method_reason=info.reason,

@@ -19,7 +19,7 @@ meets a server, is part of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -28,6 +28,7 @@ from ..errors import OptionError, UsageError
 from . import layers, methods, probe
 from .gap_head import find_gap_linear_head
 from .methods import AUTO, Method
+from .outputs import OutputKey
 from .tap import TapSpec
 from .targets import ClassLogit, Target, TopK
 
@@ -117,6 +118,7 @@ class Plan:
     layout: str = "NCHW"  # the tapped tensor's layout; NHWC maps are permuted
     cloned: bool = False  # an in-place op changes the tapped tensor later: the tap copies it
     fused: tuple[LayerPlan, ...] = ()  # with several layers, all of them (the first is above)
+    output: OutputKey = field(default_factory=OutputKey)  # the model output with the logits
 
     @property
     def method(self) -> str:
@@ -226,6 +228,7 @@ def make_plan(
         layout=layout,
         cloned=record.mutated(spec.port),
         fused=fused,
+        output=result.output,
     )
 
 

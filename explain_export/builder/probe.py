@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError, first_line
+from .outputs import OutputKey, choose_output, describe
 from .tap import TapSpec, resolve_module
 
 __all__ = [
@@ -68,6 +69,7 @@ class Probe:
     logits: Tensor
     records: list[CallRecord] = field(default_factory=list)
     input_size: tuple[int, int] | None = None  # (H, W) of the probe batch
+    output: OutputKey = field(default_factory=OutputKey)  # which output holds the logits
 
     def calls(self, name: str) -> list[CallRecord]:
         return [r for r in self.records if r.name == name]
@@ -88,8 +90,9 @@ def _version(value: Any) -> int | None:
 
 
 @torch.no_grad()
-def probe(model: nn.Module, example: Tensor) -> Probe:
-    """Run ``model(example)`` once, recording every module call.
+def probe(model: nn.Module, example: Tensor, output: str | None = None) -> Probe:
+    """Run ``model(example)`` once, recording every module call; ``output`` chooses which of
+    its outputs holds the logits (:func:`.outputs.choose_output`; default: the obvious one).
 
     A pre-hook records each call's input before the module runs (an in-place module changes
     it); a hook records the output. Both keep the tensor until the pass ends, to see whether
@@ -144,12 +147,18 @@ def probe(model: nn.Module, example: Tensor) -> Probe:
     for rec, port, tensor, version in watched:
         if tensor._version != version:
             setattr(rec, f"{port}_mutated", True)
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise UsageError(
-            f"the model returns {_describe(logits)}, not logits [N,K]; "
-            "wrap it so that forward returns one [N,K] tensor"
+    key = choose_output(logits, output)
+    picked = key.pick(logits)
+    if picked.dim() != 2:
+        where = "the model returns" if key.kind == "tensor" else f"its output {key} is"
+        raise OptionError(
+            "output",
+            "{where} {d}, not logits [N,K]; pick the logits with {name} KEY|INDEX, or wrap the "
+            "model so that forward returns them",
+            where=where,
+            d=describe(picked),
         )
-    return Probe(logits.detach(), records, tuple(example.shape[-2:]))
+    return Probe(picked.detach(), records, tuple(example.shape[-2:]), key)
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -164,6 +173,7 @@ def probe_at_size(
     input_size: tuple[int, int],
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    output: str | None = None,
 ) -> Probe:
     """:func:`probe` on a normalized random batch of 2 at ``input_size``, on the model's
     device."""
@@ -172,7 +182,7 @@ def probe_at_size(
     example = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     example = example.to(device_of(model))
     try:
-        return probe(model.eval(), example)
+        return probe(model.eval(), example, output)
     except UsageError:
         raise
     except RuntimeError as exc:
@@ -184,12 +194,6 @@ def probe_at_size(
             w=w,
             why=first,
         ) from exc
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {list(value.shape)}"
-    return f"a {type(value).__name__}"
 
 
 def _stride_consistent(p: int, q: int, size: tuple[int, int]) -> bool:

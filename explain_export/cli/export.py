@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "per image (-1: the top-1 class, or --class-index)",
     )
     e.add_argument(
+        "--output",
+        metavar="KEY|INDEX",
+        help="where the model returns several outputs, the one with the logits [N,K]: a dict "
+        "key, a tuple or list position, or an attribute. Default: the tensor itself, a dict's "
+        "'out' or else its first tensor, .logits, a sequence's first tensor",
+    )
+    e.add_argument(
         "--top-k",
         type=int,
         metavar="K",
@@ -256,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read --labels '{args.labels}': {exc.strerror}") from exc
 
     if args.list_layers:
-        result = probe_at_size(model, size, mean, std)
+        result = probe_at_size(model, size, mean, std, args.output)
         default, why = choose_layer(result, given[0] if given else loaded.layer)
         if not args.layer and loaded.layer:
             why = "the embedded model's default: the map its global average pooling reads"
@@ -272,10 +279,22 @@ def _run(args: argparse.Namespace) -> int:
         heatmap_dtype=args.heatmap_dtype,
     )
     explainer = build_explainer(
-        model, layer, args.method, size, mean, std, args.head, args.class_index, graph, args.top_k
+        model,
+        layer,
+        args.method,
+        size,
+        mean,
+        std,
+        args.head,
+        args.class_index,
+        graph,
+        args.top_k,
+        args.output,
     )
     info = explainer.plan
     print(f"model:  {description}{origin}")
+    if info.output.kind != "tensor":
+        print(f"output: {info.output} of what the model returns (the logits)")
     for one in info.layers:
         shape = "x".join(map(str, one.feature_shape))
         print(f"layer:  {one.layer}  (feature map {shape})")
