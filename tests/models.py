@@ -363,3 +363,102 @@ class ModelOutput:
 
 def returns(kind: str, seed: int = 0) -> Returns:
     return _seeded(Returns, seed, kind=kind)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention by ``F.scaled_dot_product_attention``, as timm's ViTs do."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(y.transpose(1, 2).reshape(n, t, c))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A ViT with a class token and ``registers`` register tokens (timm's names: ``cls_token``,
+    ``reg_token``, ``patch_embed``, ``blocks``), reading the class token after the final norm."""
+
+    def __init__(
+        self, num_classes: int = 10, dim: int = 32, patch: int = 8, depth: int = 2, registers=2
+    ) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.reg_token = nn.Parameter(torch.randn(1, registers, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 64, dim) * 0.5)
+        self.blocks = nn.Sequential(*[ViTBlock(dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        n = x.shape[0]
+        x = torch.cat([self.cls_token.expand(n, -1, -1), self.reg_token.expand(n, -1, -1), x], 1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class MixerBlock(nn.Module):
+    """MLP-Mixer block: token mixing across the sequence, then channel mixing."""
+
+    def __init__(self, tokens: int, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mlp_tokens = nn.Sequential(nn.Linear(tokens, 2 * tokens), nn.GELU())
+        self.out_tokens = nn.Linear(2 * tokens, tokens)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp_channels = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.out_tokens(self.mlp_tokens(self.norm1(x).transpose(1, 2))).transpose(1, 2)
+        x = x + y
+        return x + self.mlp_channels(self.norm2(x))
+
+
+class TokenHybrid(nn.Module):
+    """A conv stem (two convs, a 16x16 grid at 64x64), then tokens: a Mixer block and an
+    attention block, a final norm, the mean over tokens and a linear head. No prefix tokens."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, dim, 3, 2, 1)
+        )
+        self.blocks = nn.Sequential(MixerBlock(256, dim), ViTBlock(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def tiny_vit(seed: int = 0, registers: int = 2) -> TinyViT:
+    return _seeded(TinyViT, seed, registers=registers)
+
+
+def token_hybrid(seed: int = 0) -> TokenHybrid:
+    return _seeded(TokenHybrid, seed)

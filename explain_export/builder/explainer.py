@@ -33,6 +33,7 @@ from .heatmap_head import FusedHead, HeatmapHead
 from .methods import AUTO, Method
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
 from .tap import Tap, TapSpec
+from .tokens import to_map
 
 __all__ = ["Explainer", "Maps", "build_explainer"]
 
@@ -138,7 +139,12 @@ class Explainer(nn.Module):
         for tap in self.taps:
             tap.clear()
         logits = self.plan.output.pick(self.model(x.half() if self.graph.half else x)).float()
-        return logits, _one([tap.take().float() for tap in self.taps]), None
+        return logits, self._as_maps([tap.take().float() for tap in self.taps]), None
+
+    def _as_maps(self, tensors: list[Tensor]) -> Maps:
+        """Each layer's tensor as a map ``[N,C,h,w]``: token sequences laid on their grid
+        (:func:`.tokens.to_map`), maps as they are."""
+        return _one([to_map(t, p.layout) for t, p in zip(tensors, self.plan.layers, strict=True)])
 
     def finish(
         self,
@@ -179,8 +185,8 @@ class Explainer(nn.Module):
         ]
         return (
             logits.detach().float(),
-            _one([a.detach().float() for a in maps]),
-            _one([g.float() for g in grads]),
+            self._as_maps([a.detach().float() for a in maps]),
+            self._as_maps([g.float() for g in grads]),
         )
 
     @staticmethod
@@ -204,6 +210,7 @@ def build_explainer(
     graph: GraphOptions = GraphOptions(),
     top_k: int | None = None,
     output: str | None = None,
+    tokens: int | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
@@ -214,7 +221,9 @@ def build_explainer(
     class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
     image instead, one map each (``heatmap [N,k,H,W]`` and ``classes [N,k]``). ``output`` picks
     the logits where the model returns several outputs (a dict key, a position, an attribute;
-    default: :func:`.outputs.choose_output`'s obvious one). ``graph`` sets the
+    default: :func:`.outputs.choose_output`'s obvious one). ``tokens``: how many prefix tokens
+    (class, register) a token layer holds (default: what the model says, else ``T − h·w``).
+    ``graph`` sets the
     input format, the in-graph overlay and fp16; with ``graph.half`` the model is converted to
     fp16 in place, after the probe; with a gradient method its parameters stop requiring grad.
     Raises
@@ -229,7 +238,9 @@ def build_explainer(
         raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std, output)
-    plan = make_plan(model, result, layer, method, head, target, mean, std, graph, top_k)
+    plan = make_plan(
+        model, result, layer, method, head, target, mean, std, graph, top_k, tokens=tokens
+    )
     if graph.half:
         model = model.half()
     explainer = Explainer(model, plan)

@@ -2,13 +2,16 @@
 recorded forward pass (:class:`.probe.Probe`).
 
 The default is the map the classifier pools, where it can be found (there ``cam`` is exact),
-else the last spatial map; a model whose last map becomes a token sequence before its
-classifier (a vision transformer) is refused with one line.
+else the last spatial map; where that map becomes a token sequence before the classifier (a
+vision transformer), the input of the last transformer block (what its first norm reads),
+laid on the patch grid (:mod:`.tokens`).
 """
 
 from __future__ import annotations
 
-from ..errors import OptionError, UsageError
+from collections.abc import Sequence
+
+from ..errors import UsageError
 from .gap_head import gap_input
 from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
@@ -36,8 +39,8 @@ def default_layer(result: Probe) -> TapSpec:
 
     In order: the map whose global average is the classifier's input (:func:`gap_input`, where
     ``cam`` is exact); the input of the last global pooling module (:func:`pool_input`); the last
-    4-D map with more than one pixel, in either layout. A model whose last map becomes a token
-    sequence before the classifier (a vision transformer) is refused.
+    4-D map with more than one pixel, in either layout; where that map becomes a token sequence
+    before the classifier (a vision transformer), :func:`token_default`.
     """
     return choose_layer(result)[0]
 
@@ -55,49 +58,81 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
     for i in range(len(result.records) - 1, -1, -1):
         rec = result.records[i]
         if is_spatial(rec.output_shape, result.input_size):
-            _refuse_tokens(result, rec, result.records[i + 1 :])
-            return spec_for(result, rec, "output"), "the last spatial map"
+            found = token_default(result, rec, result.records[i + 1 :])
+            return found or (spec_for(result, rec, "output"), "the last spatial map")
     raise UsageError(
         "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
     )
 
 
-def _refuse_tokens(result: Probe, rec: CallRecord, later: list[CallRecord]) -> None:
-    """A UsageError if a token sequence ``[N, L, D]`` with at least ``h·w`` tokens comes later."""
+def _on_grid(shape: Sequence[int] | None, hw: int) -> bool:
+    """A token sequence ``[N, T, C]`` that can be a few prefix tokens and an ``hw`` grid."""
+    return shape is not None and len(shape) == 3 and 0 <= shape[1] - hw < hw
+
+
+def token_default(
+    result: Probe, rec: CallRecord, later: list[CallRecord]
+) -> tuple[TapSpec, str] | None:
+    """Where the last map ``rec`` becomes a token sequence: the input of the last block, the
+    tensor its first norm reads (``blocks.11:input`` in timm, ``encoder.layers.encoder_layer_11
+    :input`` in torchvision); else the last token sequence on the grid; None if none follows.
+
+    A block is a module with two norms whose inputs are token sequences on the grid. Its input
+    is the residual stream before the last attention: there every patch token still reaches the
+    class token, so the gradient is not zero, as it is for the patch tokens after the last block
+    of a class-token classifier. It is tapped at the block, not at the norm, so that ``∂y/∂A``
+    is the whole gradient at the tensor, the residual path's included (an ``:input`` tap hands
+    its leaf to that module alone).
+    """
     _, h, w = spatial(rec.output_shape, result.input_size)
+    norms: dict[str, list[CallRecord]] = {}
     for r in later:
-        shape = r.output_shape
-        if shape is not None and len(shape) == 3 and shape[1] >= h * w:
-            raise OptionError(
-                "layer",
-                "the model turns its last map '{last}' ({size}) into a token sequence {tokens} "
-                "that its classifier reads, as a vision transformer does; a heatmap needs the "
-                "spatial map a CNN classifier pools, so explain-export explains CNNs (pass "
-                "{name} to explain that early map anyway)",
-                last=rec.name,
-                size="x".join(map(str, rec.output_shape[1:])),
-                tokens=list(shape[1:]),
-            )
+        if "Norm" in r.kind and _on_grid(r.input_shape, h * w):
+            norms.setdefault(r.name.rpartition(".")[0], []).append(r)
+    blocks = [(parent, group) for parent, group in norms.items() if len(group) >= 2]
+    if blocks:
+        parent, group = blocks[-1]
+        first = group[0]
+        for r in later:
+            if r.name == parent and r.input_shape == first.input_shape:
+                return spec_for(result, r, "input"), "the input of the last transformer block"
+        return spec_for(result, first, "input"), "the input of the last block's first norm"
+    for r in reversed(later):
+        if _on_grid(r.output_shape, h * w):
+            return spec_for(result, r, "output"), "the last token sequence on the patch grid"
+    return None
 
 
 def format_layers(result: Probe, default: TapSpec | None) -> str:
     """A table of the tap candidates (spatial maps larger than 1x1), the default marked.
 
-    Channels-last maps are listed with ``(NHWC)``; the explainer permutes them.
+    Channels-last maps are listed with ``(NHWC)``; the explainer permutes them. Token sequences
+    ``[N,T,C]`` as wide as a norm's input (a transformer's residual stream) are listed as
+    ``tokens TxC``; the explainer lays them on their patch grid.
     """
     counts: dict[str, int] = {}
     for r in result.records:
         counts[r.name] = counts.get(r.name, 0) + 1
+    streams = {
+        tuple(r.input_shape)
+        for r in result.records
+        if "Norm" in r.kind and r.input_shape is not None and len(r.input_shape) == 3
+    }
     rows = [("layer", "type", "shape [C,h,w]", "")]
     for r in result.records:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
             specs.append((spec_for(result, r, "input"), r.input_shape))
-        if is_spatial(r.output_shape, result.input_size):
+        if is_spatial(r.output_shape, result.input_size) or (
+            r.output_shape is not None and tuple(r.output_shape) in streams
+        ):
             specs.append((spec_for(result, r, "output"), r.output_shape))
         for spec, shape in specs:
             is_default = default is not None and str(spec) == str(default)
-            text = "x".join(map(str, spatial(shape, result.input_size)))
+            if shape is not None and len(shape) == 3:
+                text = f"tokens {shape[1]}x{shape[2]}"
+            else:
+                text = "x".join(map(str, spatial(shape, result.input_size)))
             if layout(shape, result.input_size) == "NHWC":
                 text += " (NHWC)"
             rows.append((str(spec), r.kind, text, "<- default" if is_default else ""))

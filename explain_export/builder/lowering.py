@@ -18,6 +18,8 @@ activations, softmax ...) plus the ones here, written as the adjoint of each for
 - adaptive average pooling: ``Pₕᵀ (∂L/∂y / counts) P_w`` with 0/1 window-membership matrices;
 - max pooling (fixed and adaptive): ``∂L/∂y`` scattered (summed) to the argmax indices.
 
+Attention (``F.scaled_dot_product_attention``, which timm's ViTs and ``nn.MultiheadAttention``
+call) is traced on its math path, whose backward is matmuls and softmax (:func:`_math_attention`).
 A backward op that none of these covers is refused by name (:func:`check_lowered`).
 """
 
@@ -75,6 +77,21 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    """Within: ``F.scaled_dot_product_attention`` takes its math path (``softmax(QKᵀ/√d)V`` as
+    matmuls and a softmax), whose backward autograd records as forward ops; the fused kernels'
+    backward ops (``_scaled_dot_product_flash_attention_for_cpu_backward``) have no
+    decomposition. The math path computes the same attention."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no backend choice
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
 def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]) -> Lowered:
     """Trace ``explainer.capture(*args)`` to an FX graph of forward ATen ops, autograd included,
     and return it followed by the explainer's heatmap head.
@@ -103,7 +120,7 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         logits, features, grads = explainer.capture(*inputs)
         return (logits, *_as_list(features), *_as_list(grads))
 
-    with _quiet():
+    with _quiet(), _math_attention():
         graph = make_fx(
             capture,
             decomposition_table=decompositions(),

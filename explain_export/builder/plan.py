@@ -31,6 +31,7 @@ from .methods import AUTO, Method
 from .outputs import OutputKey
 from .tap import TapSpec
 from .targets import ClassLogit, Target, TopK
+from .tokens import token_grid, token_layout
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -177,13 +178,15 @@ def make_plan(
     std: Sequence[float] = IMAGENET_STD,
     graph: GraphOptions = GraphOptions(),
     top_k: int | None = None,
+    tokens: int | None = None,
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
     ``layer`` may list several layers: each one's map is made, and the maps are fused
     (:func:`.heads.fuse`); a method that reads one map only (``cam``) is refused there, and
     ``auto`` takes ``gradcam``. ``top_k``: a map for each of the ``top_k`` best classes of each
-    image (:class:`.TopK`).
+    image (:class:`.TopK`). ``tokens``: how many prefix tokens a token layer holds (default:
+    what the model says, else ``T − h·w``; :func:`.tokens.token_grid`).
     Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
     is not a map, a head that is not the map's GAP + linear, a class out of range.
     """
@@ -195,7 +198,7 @@ def make_plan(
         raise OptionError("overlay_alpha", "{name} must not be negative")
     several = layer is not None and not isinstance(layer, str | TapSpec)
     given = list(layer) if several else [layer]  # type: ignore[arg-type]
-    fused = tuple(_layer_plan(model, result, one) for one in given) if several else ()
+    fused = tuple(_layer_plan(model, result, one, tokens) for one in given) if several else ()
     auto_fused = several and method == AUTO
     if several:
         _check_fused(fused, method)
@@ -203,8 +206,7 @@ def make_plan(
             method = methods.GRADCAM
     spec, layer_reason = layers.choose_layer(result, given[0])
     record = probe.select(result, model, spec)
-    shape = record.shape(spec.port)
-    layout = probe.layout(shape, result.input_size)
+    feature_shape, layout = _map_of(model, result, record, spec, tokens)
     num_classes = int(result.logits.shape[1])
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     if auto_fused:
@@ -217,7 +219,7 @@ def make_plan(
         head_name,
         ClassLogit(target) if top_k is None else TopK(top_k),
         num_classes,
-        tuple(probe.spatial(shape, result.input_size)),
+        feature_shape,
         result.input_size,
         mean,
         std,
@@ -232,16 +234,32 @@ def make_plan(
     )
 
 
-def _layer_plan(model: nn.Module, result: probe.Probe, layer: str | TapSpec | None) -> LayerPlan:
+def _layer_plan(
+    model: nn.Module, result: probe.Probe, layer: str | TapSpec | None, tokens: int | None
+) -> LayerPlan:
     """One of several fused layers, checked as a single one is."""
     if not layer:
         raise OptionError("layer", "each fused {name} needs a name")
     spec, why = layers.choose_layer(result, layer)
     record = probe.select(result, model, spec)
-    shape = record.shape(spec.port)
-    feature_shape = tuple(probe.spatial(shape, result.input_size))
-    layout = probe.layout(shape, result.input_size)
+    feature_shape, layout = _map_of(model, result, record, spec, tokens)
     return LayerPlan(str(spec), feature_shape, layout, record.mutated(spec.port), why)
+
+
+def _map_of(
+    model: nn.Module,
+    result: probe.Probe,
+    record: probe.CallRecord,
+    spec: TapSpec,
+    tokens: int | None,
+) -> tuple[tuple[int, ...], str]:
+    """``([C, h, w], layout)`` of the tapped tensor: a map's, or a token sequence's laid on its
+    grid (:func:`.tokens.token_grid`, layout ``tokens:P+hxw``)."""
+    shape = record.shape(spec.port)
+    if shape is not None and len(shape) == 3:
+        prefix, h, w, _ = token_grid(model, result, record, spec.port, shape, tokens)
+        return (int(shape[2]), h, w), token_layout(prefix, h, w)
+    return tuple(probe.spatial(shape, result.input_size)), probe.layout(shape, result.input_size)
 
 
 def _check_fused(fused: tuple[LayerPlan, ...], method: str | Method) -> None:
@@ -339,5 +357,5 @@ def _choose_method(
                 found.linear,
             )
     else:
-        why = "the map is channels-last"
+        why = "the map is channels-last" if layout == "NHWC" else "the map is a token sequence"
     return methods.GRADCAM, f"cam is not exact here ({why}), so the gradient is computed", None

@@ -250,20 +250,13 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     record = calls[index]
     shape = record.shape(spec.port)
     if shape is not None and len(shape) == 3:
-        raise OptionError(
-            "layer",
-            "layer '{spec}' gives a token sequence {shape} ([N, tokens, dim], as in a vision "
-            "transformer), not a spatial map [N,C,h,w]; a heatmap needs a convolutional feature "
-            "map (see {list_layers})",
-            spec=spec,
-            shape=list(shape),
-        )
+        return record  # a token sequence [N, T, C]: its grid is found by tokens.token_grid
     if shape is None or len(shape) != 4:
         got = "not a tensor" if shape is None else f"of shape {list(shape)}"
         raise OptionError(
             "layer",
-            "layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map; pick a "
-            "convolutional layer (see {list_layers})",
+            "layer '{spec}' gives a value {got}, not a 4-D [N,C,h,w] feature map or an [N,T,C] "
+            "token sequence; pick a convolutional layer (see {list_layers})",
             spec=spec,
             got=got,
         )

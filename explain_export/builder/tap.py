@@ -148,8 +148,10 @@ class Tap:
                 spec=self.spec,
                 calls=calls,
             )
-        if not isinstance(value, Tensor) or value.dim() != 4:
-            raise UsageError(f"layer '{self.spec}' is not a 4-D [N,C,h,w] feature map")
+        if not isinstance(value, Tensor) or value.dim() not in (3, 4):
+            raise UsageError(
+                f"layer '{self.spec}' is neither a [N,C,h,w] map nor an [N,T,C] token sequence"
+            )
         return value
 
     def remove(self) -> None:

@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "principal component, no class; sum: the channel sum of the map",
     )
     e.add_argument(
+        "--tokens",
+        type=int,
+        metavar="N",
+        help="a token layer (a vision transformer's [N,T,C]) holds N prefix tokens (class, "
+        "distillation, register) before its patch grid. Default: what the model says "
+        "(num_prefix_tokens, cls_token, reg_token, dist_token), else T - h*w",
+    )
+    e.add_argument(
         "--head",
         metavar="NAME",
         help="for cam, the nn.Linear after the pooling (default: found automatically)",
@@ -290,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         graph,
         args.top_k,
         args.output,
+        tokens=args.tokens,
     )
     info = explainer.plan
     print(f"model:  {description}{origin}")
@@ -311,6 +320,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"        auto: {info.reason}")
     if info.layout == "NHWC":
         print("        the map is channels-last [N,h,w,C]; it is permuted to [N,C,h,w]")
+    elif info.layout.startswith("tokens:"):
+        prefix, grid = info.layout.removeprefix("tokens:").split("+")
+        print(f"        a token sequence: {prefix} prefix tokens dropped, the rest laid on {grid}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
     sys.stdout.flush()
