@@ -12,7 +12,7 @@ import torch
 
 from explain_export.artifact import runtime
 from explain_export.builder import export as export_mod
-from explain_export.builder import verify
+from explain_export.builder import parity64, verify
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export import DEFAULT_FORMATS, FILES, METADATA_FILE, export_explainer
 from explain_export.errors import ParityError, UsageError
@@ -124,7 +124,8 @@ def test_class_input_needs_cam(tmp_path):
 def test_failed_parity_writes_nothing_and_keeps_previous_files(tmp_path, monkeypatch):
     previous = tmp_path / FILES["onnx"]
     previous.write_bytes(b"previous")
-    monkeypatch.setattr(verify, "HEATMAP_TOL", -1.0)  # every comparison fails
+    monkeypatch.setattr(verify, "HEATMAP_TOL", -1.0)  # every comparison fails,
+    monkeypatch.setattr(parity64, "TIMES", -1.0)  # against float64 too
     with pytest.raises(ParityError, match="differs from eager"):
         _export(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [FILES["onnx"]]

@@ -29,7 +29,9 @@ from ..errors import ExplainExportError, OptionError, ParityError, UsageError
 from . import lowering, verify
 from .explainer import Explainer
 from .metadata import build_metadata
+from .parity64 import TIMES, Float64Reference
 from .plan import Plan
+from .trace_state import kept_attributes
 from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript
 
 __all__ = [
@@ -202,7 +204,8 @@ def _export(
     """:func:`export_explainer` after its argument checks: stage, verify, commit."""
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
-        staged = _stage(explainer, info, tmp, formats, opset, dynamic_size, class_input, log)
+        with kept_attributes(explainer):  # a trace's fake tensors leave no cache behind
+            staged = _stage(explainer, info, tmp, formats, opset, dynamic_size, class_input, log)
         report, gpu_rows, overlay = _verify(explainer, info, staged, dynamic_size, class_input, log)
         metadata = build_metadata(
             info,
@@ -274,6 +277,7 @@ def _verify(
     overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
     refs = verify.references(explainer, all_cases)
     heat_limits = verify.heatmap_limits(explainer, all_cases, refs)
+    exact = Float64Reference(explainer, all_cases, refs)  # runs only where a case fails
     rows: list[verify.ParityRow] = []
     for fmt, path in staged.items():
         try:
@@ -285,7 +289,7 @@ def _verify(
             ) from exc
         artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
         try:
-            rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs)
+            rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs, exact)
         except Exception as exc:
             raise ExplainExportError(
                 f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
@@ -296,7 +300,8 @@ def _verify(
         raise ParityError(
             f"exported {', '.join(sorted({r.format for r in failed}))} differs from eager "
             f"(worst: logits {max(r.logits_err for r in failed):.2e}, heatmap "
-            f"{max(r.heatmap_err for r in failed):.2e}); nothing was written\n" + str(report)
+            f"{max(r.heatmap_err for r in failed):.2e}){_float64_said(exact)}; nothing was "
+            "written\n" + str(report)
         )
     gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log)
     failed_gpu = [r for r in gpu_rows if not r.ok]
@@ -307,6 +312,15 @@ def _verify(
             + verify.format_device_rows(gpu_rows)
         )
     return report, gpu_rows, overlay_tol
+
+
+def _float64_said(exact: Float64Reference) -> str:
+    """What the failure message says of the float64 check (:mod:`.parity64`)."""
+    if exact.error is not None:
+        return f", and the model cannot run in float64 to judge it there ({exact.error})"
+    if exact.outputs is not None:
+        return f" and from float64 eager by more than {TIMES:g}x eager float32's own error"
+    return ""
 
 
 def _commit(

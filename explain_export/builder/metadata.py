@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..artifact.contract import ArtifactMetadata, TensorSpec
-from . import verify
+from . import parity64, verify
 from .plan import Plan
 from .writers import versions
 
@@ -99,6 +99,7 @@ def build_metadata(
             "logits_tol_times": "max(1, max |eager logits|)",
             "heatmap_tol": verify.limits(g.half)[1],
             "overlay_tol": overlay_tol,
+            "float64_rule": parity64.RULE,
             "rows": [r.to_dict() for r in parity],
             "gpu": [r.to_dict() for r in gpu_rows or []],
             "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",

@@ -11,12 +11,13 @@ compute, whose kernels round differently per backend) the limits are 5e-2 (also 
 quantization boundary (a 1e-6 change moves ``round(255·m)`` by one level):
 ``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4; with
 ``--half`` three colormap steps (:func:`overlay_limit`). ONNX
-files also pass ``onnx.checker`` with ``full_check=True``.
+files also pass ``onnx.checker`` with ``full_check=True``. Where a case of a float32 graph fails,
+its logits and heatmap are judged again against float64 eager (:mod:`.parity64`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,9 @@ import torch
 
 from ..artifact import samples
 from ..artifact.contract import graph_image, heatmap_unit, output_names
+from . import parity64
 from .explainer import Explainer
+from .parity64 import Float64Reference
 
 __all__ = [
     "CORR_MIN",
@@ -64,12 +67,13 @@ def limits(half: bool = False) -> tuple[float, float]:
     return (HALF_LOGITS_TOL, HALF_HEATMAP_TOL) if half else (LOGITS_TOL, HEATMAP_TOL)
 
 
-def overlay_limit(explainer: Explainer) -> float:
+def overlay_limit(explainer: Explainer, heatmap_limit: float | None = None) -> float:
     """Largest allowed overlay difference, in levels: ``k`` colormap steps at ``alpha``, plus 1,
     where ``k = 1 + floor(255 · heatmap limit)`` is how many of the colormap's 256 entries a
     heatmap within its limit can move (1 in float32; 3 with ``--half``, whose limit is 1e-2)."""
     step = explainer.lut.diff(dim=0).abs().max().item()
-    moves = 1 + int(np.floor(255 * limits(explainer.graph.half)[1]))
+    heat = limits(explainer.graph.half)[1] if heatmap_limit is None else heatmap_limit
+    moves = 1 + int(np.floor(255 * heat))
     return float(np.ceil(explainer.graph.overlay_alpha * step * moves) + 1)
 
 
@@ -95,6 +99,7 @@ class ParityRow:
     logits_limit: float | None = None  # the logits' limit for this case, scaled by magnitude
     heatmap_limit: float | None = None  # the heatmap's limit for this case (see heatmap_limits)
     heatmap_levels: bool = False  # a uint8 heatmap: the limit includes one level (1/255)
+    float64: dict | None = None  # where a fixed limit failed: vs float64 eager (.parity64)
 
     def to_dict(self) -> dict:
         """JSON-ready (the size as a list)."""
@@ -225,17 +230,19 @@ def parity(
     all_cases: list[Case],
     heat_limits: list[float] | None = None,
     refs: list[dict[str, np.ndarray]] | None = None,
+    exact: Float64Reference | None = None,
 ) -> list[ParityRow]:
     """Compare every output of ``artifact`` with the eager explainer, on every case.
 
     ``heat_limits``: per case (:func:`heatmap_limits`), default the fixed limit; ``refs``: the
-    eager outputs (:func:`references`), computed here if not given."""
+    eager outputs (:func:`references`), computed here if not given; ``exact``: where a case
+    fails, the logits and heatmap are judged again against float64 eager (:mod:`.parity64`)."""
     logits_tol, heat_tol = limits(explainer.graph.half)
     overlay_tol = overlay_limit(explainer) if explainer.graph.overlay else 0.0
     heat_limits = heat_limits or [heat_tol] * len(all_cases)
     refs = refs or references(explainer, all_cases)
     rows = []
-    for case, heat_limit, ref in zip(all_cases, heat_limits, refs, strict=True):
+    for i, (case, heat_limit, ref) in enumerate(zip(all_cases, heat_limits, refs, strict=True)):
         got = artifact.outputs(case.image, case.class_index)
         le = _max_diff(got.get("logits"), ref["logits"])
         he = _max_diff(_unit(got.get("heatmap")), heatmap_unit(ref["heatmap"]))
@@ -244,13 +251,21 @@ def parity(
             heat_limit = heat_limit + 1 / 255
         oe = _max_diff(got.get("overlay"), ref["overlay"]) if "overlay" in ref else None
         limit = logits_limit(ref["logits"], logits_tol)
-        ok = bool(le <= limit and he <= heat_limit and (oe is None or oe <= overlay_tol))
-        if "classes" in ref:  # a top-k graph: the same classes, in the same order
-            ok = ok and _max_diff(got.get("classes"), ref["classes"]) == 0
+        same = "classes" not in ref or _max_diff(got.get("classes"), ref["classes"]) == 0
+        ok = bool(le <= limit and he <= heat_limit and (oe is None or oe <= overlay_tol) and same)
+        f64 = None if ok or exact is None else exact.check(i, got, limit, heat_limit)
+        if f64 is not None:  # each output within its fixed limit or the float64 one
+            heat_ok = he <= heat_limit or f64.heatmap_err <= f64.heatmap_limit
+            over_tol = overlay_limit(explainer, max(he, heat_limit)) if oe is not None else 0
+            ok = bool(
+                (le <= limit or f64.logits_err <= f64.logits_limit)
+                and heat_ok
+                and (oe is None or oe <= over_tol)
+                and same
+            )
         n, _, hh, ww = case.image.shape
-        rows.append(  # NaN fails
-            ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit, levels)
-        )
+        row = ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit, levels)
+        rows.append(row if f64 is None else replace(row, float64=f64.to_dict()))  # NaN fails
     return rows
 
 
@@ -292,7 +307,10 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
         lines.append(
             f"  {r.format:<12} {r.input:<28} {r.batch:>5} {size:>9} "
             f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}{extra}  {'ok' if r.ok else 'FAIL'}{note}"
+            + (parity64.note(r.float64) if r.float64 else "")
         )
+    if any(r.float64 for r in rows):
+        lines.append(parity64.LEGEND)
     return "\n".join(lines)
 
 
