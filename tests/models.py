@@ -366,18 +366,20 @@ def returns(kind: str, seed: int = 0) -> Returns:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention by ``F.scaled_dot_product_attention``, as timm's ViTs do."""
+    """Multi-head self-attention by ``F.scaled_dot_product_attention``, as timm's ViTs do (with
+    their ``k_norm``, a module whose output is the 4-D keys ``[N, heads, T, d]``)."""
 
     def __init__(self, dim: int, heads: int = 2) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.k_norm = nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         n, t, c = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        y = F.scaled_dot_product_attention(qkv[0], self.k_norm(qkv[1]), qkv[2])
         return self.proj(y.transpose(1, 2).reshape(n, t, c))
 
 

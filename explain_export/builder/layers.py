@@ -15,6 +15,7 @@ from ..errors import UsageError
 from .gap_head import gap_input
 from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
+from .tokens import is_grid
 
 __all__ = ["choose_layer", "default_layer", "format_layers", "pool_input"]
 
@@ -55,11 +56,14 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
     spec = pool_input(result)
     if spec is not None:
         return spec, "the input of the last global pooling"
-    for i in range(len(result.records) - 1, -1, -1):
-        rec = result.records[i]
+    records = result.records
+    grids = [i for i, r in enumerate(records) if is_grid(r.output_shape, result.input_size)]
+    found = token_default(result, records[grids[-1]], records[grids[-1] + 1 :]) if grids else None
+    if found is not None:
+        return found
+    for rec in reversed(records):
         if is_spatial(rec.output_shape, result.input_size):
-            found = token_default(result, rec, result.records[i + 1 :])
-            return found or (spec_for(result, rec, "output"), "the last spatial map")
+            return spec_for(result, rec, "output"), "the last spatial map"
     raise UsageError(
         "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
     )
@@ -77,7 +81,8 @@ def token_default(
     tensor its first norm reads (``blocks.11:input`` in timm, ``encoder.layers.encoder_layer_11
     :input`` in torchvision); else the last token sequence on the grid; None if none follows.
 
-    A block is a module with two norms whose inputs are token sequences on the grid. Its input
+    A block is a module with a norm whose input is a token sequence on the grid, and either
+    another such norm or a number for its name (an element of a list of blocks). Its input
     is the residual stream before the last attention: there every patch token still reaches the
     class token, so the gradient is not zero, as it is for the patch tokens after the last block
     of a class-token classifier. It is tapped at the block, not at the norm, so that ``∂y/∂A``
@@ -89,7 +94,11 @@ def token_default(
     for r in later:
         if "Norm" in r.kind and _on_grid(r.input_shape, h * w):
             norms.setdefault(r.name.rpartition(".")[0], []).append(r)
-    blocks = [(parent, group) for parent, group in norms.items() if len(group) >= 2]
+    blocks = [
+        (parent, group)
+        for parent, group in norms.items()
+        if parent and (len(group) >= 2 or parent[-1].isdigit())
+    ]
     if blocks:
         parent, group = blocks[-1]
         first = group[0]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..errors import OptionError
 from .probe import CallRecord, Probe, is_spatial, spatial
 
-__all__ = ["model_prefix", "parse_layout", "to_map", "token_grid", "token_layout"]
+__all__ = ["is_grid", "model_prefix", "parse_layout", "to_map", "token_grid", "token_layout"]
 
 _LAYOUT = re.compile(r"^tokens:(\d+)\+(\d+)x(\d+)$")
 PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "reg_token")
@@ -69,6 +69,16 @@ def model_prefix(model: nn.Module) -> tuple[int, str] | None:
     return (count, " + ".join(found)) if found else None
 
 
+def is_grid(shape: Sequence[int] | None, input_size: tuple[int, int] | None) -> bool:
+    """A spatial map whose two sides are the image's, each divided by about the same stride
+    (a patch grid; not the ``[N, heads, T, d]`` queries inside an attention)."""
+    if input_size is None or not is_spatial(shape, input_size):
+        return False
+    _, h, w = spatial(shape, input_size)  # type: ignore[arg-type]
+    sh, sw = input_size[0] / h, input_size[1] / w
+    return max(sh, sw) / min(sh, sw) <= 1.5
+
+
 def _grid_records(result: Probe, record: CallRecord, port: str) -> list[CallRecord]:
     """The records before the tapped value, nearest first (an ``:input`` tap's value comes
     before the module's own children ran)."""
@@ -109,7 +119,7 @@ def token_grid(
             layer=record.name,
         )
     for r in _grid_records(result, record, port):
-        if not is_spatial(r.output_shape, result.input_size):
+        if not is_grid(r.output_shape, result.input_size):
             continue
         _, h, w = spatial(r.output_shape, result.input_size)
         if (prefix is not None and h * w == t - prefix) or (
