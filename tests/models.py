@@ -464,3 +464,24 @@ def tiny_vit(seed: int = 0, registers: int = 2) -> TinyViT:
 
 def token_hybrid(seed: int = 0) -> TokenHybrid:
     return _seeded(TokenHybrid, seed)
+
+
+class PooledTokens(nn.Module):
+    """LeViT-like: a conv stem (an 8x8 grid at 64x64), a transformer block, the tokens
+    subsampled to 4x4 without any 4-D module, a second block, mean over tokens, a linear head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, dim, 4, 4))
+        self.blocks = nn.ModuleList([ViTBlock(dim), ViTBlock(dim)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks[0](self.stem(x).flatten(2).transpose(1, 2))
+        n, _, c = x.shape
+        x = x.reshape(n, 8, 8, c)[:, ::2, ::2].reshape(n, 16, c)
+        return self.head(self.blocks[1](x).mean(1))
+
+
+def pooled_tokens(seed: int = 0) -> PooledTokens:
+    return _seeded(PooledTokens, seed)

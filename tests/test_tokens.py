@@ -18,7 +18,7 @@ from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
 import reference
-from models import tiny_vit, token_hybrid
+from models import pooled_tokens, tiny_vit, token_hybrid
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -26,6 +26,7 @@ PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 CASES = {
     "vit": (tiny_vit, "blocks.1", 3, (8, 8)),
     "hybrid": (token_hybrid, "blocks.1", 0, (16, 16)),
+    "pooled": (pooled_tokens, "blocks.1", 0, (4, 4)),  # a square grid with no map: inferred
 }
 
 
@@ -159,3 +160,14 @@ def test_cli_explains_a_token_layer(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "0 prefix tokens dropped, the rest laid on 16x16" in out
+
+
+def test_tokens_pooled_without_a_map_lie_on_a_square_grid():
+    images = photos()
+    model = pooled_tokens()
+    with build_explainer(model, input_size=SIZE) as explainer:
+        assert explainer.plan.layer == "blocks.1:input"
+        assert explainer.plan.layout == "tokens:0+4x4"
+        with torch.no_grad():
+            got = explainer(torch.from_numpy(images))[1].numpy()
+    np.testing.assert_allclose(got, expected(model, images, "pooled", "gradcam"), atol=1e-4)

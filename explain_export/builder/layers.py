@@ -9,6 +9,7 @@ laid on the patch grid (:mod:`.tokens`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..errors import UsageError
@@ -69,9 +70,13 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
     )
 
 
-def _on_grid(shape: Sequence[int] | None, hw: int) -> bool:
-    """A token sequence ``[N, T, C]`` that can be a few prefix tokens and an ``hw`` grid."""
-    return shape is not None and len(shape) == 3 and 0 <= shape[1] - hw < hw
+def _on_grid(shape: Sequence[int] | None, hw: int, square: bool = False) -> bool:
+    """A token sequence ``[N, T, C]`` that can be a few prefix tokens and an ``hw`` grid, or,
+    for a square image (``square``), a square grid of its own (tokens pooled without a map)."""
+    if shape is None or len(shape) != 3:
+        return False
+    side = math.isqrt(shape[1])
+    return 0 <= shape[1] - hw < hw or (square and side > 1 and side * side == shape[1])
 
 
 def token_default(
@@ -80,6 +85,7 @@ def token_default(
     """Where the last map ``rec`` becomes a token sequence: the input of the last block, the
     tensor its first norm reads (``blocks.11:input`` in timm, ``encoder.layers.encoder_layer_11
     :input`` in torchvision); else the last token sequence on the grid; None if none follows.
+    Tokens that a model pools without a map (LeViT: 14x14, 7x7, 4x4) count where T is a square.
 
     A block is a module with a norm whose input is a token sequence on the grid, and either
     another such norm or a number for its name (an element of a list of blocks). Its input
@@ -90,9 +96,10 @@ def token_default(
     its leaf to that module alone).
     """
     _, h, w = spatial(rec.output_shape, result.input_size)
+    square = result.input_size is not None and result.input_size[0] == result.input_size[1]
     norms: dict[str, list[CallRecord]] = {}
     for r in later:
-        if "Norm" in r.kind and _on_grid(r.input_shape, h * w):
+        if "Norm" in r.kind and _on_grid(r.input_shape, h * w, square):
             norms.setdefault(r.name.rpartition(".")[0], []).append(r)
     blocks = [
         (parent, group)
