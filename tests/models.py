@@ -365,6 +365,39 @@ def returns(kind: str, seed: int = 0) -> Returns:
     return _seeded(Returns, seed, kind=kind)
 
 
+class TinySeg(nn.Module):
+    """A segmentation net in torchvision's shape: a backbone (stem, two stages at stride 4), a
+    1x1 classifier, a bilinear upsampling to the input size; returns ``{"out": scores
+    [N,K,H,W], "aux": …}``."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU()),
+            Block(width, width, 1),
+            Block(width, 2 * width, 2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Conv2d(2 * width, 2 * width, 3, 1, 1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, num_classes, 1),
+        )
+        self.aux = nn.Conv2d(2 * width, num_classes, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(x)
+        size = x.shape[-2:]
+        out = F.interpolate(
+            self.classifier(features), size=size, mode="bilinear", align_corners=False
+        )
+        aux = F.interpolate(self.aux(features), size=size, mode="bilinear", align_corners=False)
+        return {"out": out, "aux": aux}
+
+
+def tiny_seg(seed: int = 0, **kwargs) -> TinySeg:
+    return _seeded(TinySeg, seed, **kwargs)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention by ``F.scaled_dot_product_attention``, as timm's ViTs do (with
     their ``k_norm``, a module whose output is the 4-D keys ``[N, heads, T, d]``)."""

@@ -218,3 +218,42 @@ def fused(
     lo = maps.min(axis=(1, 2, 3), keepdims=True)
     span = maps.max(axis=(1, 2, 3), keepdims=True) - lo
     return (maps - lo) / np.where(span > 0, span, np.inf)
+
+
+def region_gradcam(
+    model: nn.Module,
+    x: Tensor,
+    module: nn.Module,
+    class_index: list[int] | None = None,
+    background: int | None = 0,
+) -> tuple[np.ndarray, list[int]]:
+    """Grad-CAM of a segmentation model's region (``model(x)["out"]``, scores [N,K,H,W]): per
+    image the class c (given, else the one with most predicted pixels, ``background`` left
+    out, counted with numpy), ``y = Σ_ij [argmax = c] · S_c`` with the mask held constant,
+    the map's gradient by autograd through a cloning hook; then as :func:`gradcam`."""
+    store: dict = {}
+    handle = _capture(module, "output", 0, store)
+    try:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            scores = model(x)["out"]
+            predicted = scores.argmax(1).detach().numpy()
+            classes = []
+            for n in range(scores.shape[0]):
+                if class_index is not None and class_index[n] >= 0:
+                    classes.append(int(class_index[n]))
+                    continue
+                counts = np.bincount(predicted[n].ravel(), minlength=scores.shape[1]).astype(float)
+                if background is not None:
+                    counts[background] = -1
+                classes.append(int(counts.argmax()))
+            y = sum(
+                (scores[n, c] * torch.from_numpy(predicted[n] == c).float()).sum()
+                for n, c in enumerate(classes)
+            )
+            y.backward()
+    finally:
+        handle.remove()
+    a, g = store["a"], store["a"].grad
+    m = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).detach().numpy()
+    return numpy_finish(m, tuple(x.shape[-2:])), classes

@@ -90,8 +90,10 @@ def test_the_obvious_output_and_what_cannot_be_chosen():
 
 def test_an_output_that_is_no_logits_is_refused_with_the_flag(tmp_path, capsys):
     with pytest.raises(OptionError) as info:
-        build_explainer(nn.Sequential(nn.Conv2d(3, 4, 3)), input_size=SIZE)
-    assert "the model returns a tensor of shape [2, 4, 62, 62], not logits [N,K]" in str(info.value)
+        build_explainer(nn.Sequential(nn.Conv2d(3, 4, 8, 8)), input_size=SIZE)  # a map at 1/8
+    assert "the model returns a tensor of shape [2, 4, 8, 8], neither logits [N,K] nor" in str(
+        info.value
+    )
     first = build_explainer(returns("tuple"), "layer2", input_size=SIZE)  # (pooled, logits)
     assert str(first.plan.output) == "[0]" and first.plan.num_classes == 32  # named in the report
     first.remove()

@@ -192,6 +192,8 @@ class ArtifactMetadata:
     tap_copied: bool | None = None
     head: str | None = None
     target_class: int | None = None
+    task: str | None = None  # "segmentation": logits are per-pixel scores [N, K, H', W']
+    background: int | None = None  # segmentation: the class the default target leaves out
     top_k: int | None = None  # heatmap [N, top_k, H, W] and classes [N, top_k]; None: [N, 1, H, W]
     feature_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
@@ -310,6 +312,11 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
         raise UsageError(
             f"'{artifact.path}' is not an explainer: its outputs are "
             f"{', '.join(artifact.output_names)}; expected logits and heatmap"
+        )
+    if meta.task == "segmentation":
+        raise UsageError(
+            f"'{artifact.path}' explains a segmentation model, whose regions explain-run and "
+            "explain-serve cannot draw yet; run it from Python (explain_export.load)"
         )
     image = artifact.shapes.get("image")
     size = list(meta.input_size)

@@ -210,6 +210,7 @@ def build_explainer(
     graph: GraphOptions = GraphOptions(),
     top_k: int | None = None,
     output: str | None = None,
+    background: int | None = 0,
     tokens: int | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
@@ -221,11 +222,13 @@ def build_explainer(
     class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
     image instead, one map each (``heatmap [N,k,H,W]`` and ``classes [N,k]``). ``output`` picks
     the logits where the model returns several outputs (a dict key, a position, an attribute;
-    default: :func:`.outputs.choose_output`'s obvious one). ``tokens``: how many prefix tokens
-    (class, register) a token layer holds (default: what the model says, else ``T − h·w``).
-    ``graph`` sets the
-    input format, the in-graph overlay and fp16; with ``graph.half`` the model is converted to
-    fp16 in place, after the probe; with a gradient method its parameters stop requiring grad.
+    default: :func:`.outputs.choose_output`'s obvious one); a segmentation model's per-pixel
+    scores explain the class with most pixels, ``background`` left out (:class:`.targets.Region`).
+    ``tokens``: how many prefix tokens (class, register) a token layer holds (default: what the
+    model says, else ``T − h·w``).
+    ``graph`` sets the input format, the in-graph overlay and fp16; with ``graph.half`` the model
+    is converted to fp16 in place, after the probe; with a gradient method its parameters stop
+    requiring grad.
     Raises
     :class:`~.errors.UsageError` naming what is wrong, also when the heatmap is flat (no
     signal) on the probe images.
@@ -239,7 +242,7 @@ def build_explainer(
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std, output)
     plan = make_plan(
-        model, result, layer, method, head, target, mean, std, graph, top_k, tokens=tokens
+        model, result, layer, method, head, target, mean, std, graph, top_k, background, tokens
     )
     if graph.half:
         model = model.half()

@@ -253,7 +253,7 @@ def _stage(
                 path,
                 opset,
                 shapes,
-                output_names(info.graph.overlay, info.top_k is not None),
+                output_names(info.graph.overlay, info.names_classes),
             )
         elif fmt == "pt2":
             to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import graph_io, heads
 from .methods import Method, Needs
 from .plan import GraphOptions
-from .targets import ClassLogit, Target
+from .targets import ClassLogit, Region, Target
 
 __all__ = ["FusedHead", "HeatmapHead"]
 
@@ -98,8 +98,9 @@ class HeatmapHead(nn.Module):
             features = features.permute(0, 3, 1, 2)
             grad = None if grad is None else grad.permute(0, 3, 1, 2)
         k = self.target.top_k
+        region = isinstance(self.target, Region)
         classes = None
-        if self.method.has_class and (self.method.needs_linear or k is not None):
+        if self.method.has_class and (self.method.needs_linear or k is not None or region):
             classes = self.target.classes(logits, class_index, keepdim=True)
         size = graph_io.image_size(image, self.graph.input_format)
         matrices = self._matrices(features, size)
@@ -111,16 +112,17 @@ class HeatmapHead(nn.Module):
         terms = self.method.terms(Needs(features, grad, weight, target, bound))
         m = torch.relu(terms.map) if relu else terms.map
         heat = heads.to_unit(m, terms.scale, size, self.eps, matrices)
-        return heat, (classes if k is not None else None)
+        return heat, (classes if k is not None or region else None)
 
     def assemble(
         self, image: Tensor, logits: Tensor, heat: Tensor, classes: Tensor | None
     ) -> tuple[Tensor, ...]:
         """The graph's outputs from :meth:`maps`' heatmaps: ``(logits, heatmap[, overlay])``,
-        or with a top-k target ``(logits, heatmap [N,k,H,W], classes [N,k])``."""
+        or with a top-k target ``(logits, heatmap [N,k,H,W], classes [N,k])``, with a
+        segmentation region ``(scores [N,K,H',W'], heatmap, classes [N,1])``."""
         k = self.target.top_k
-        if k is not None and classes is not None:
-            heat = heat.reshape(-1, k, heat.shape[2], heat.shape[3])
+        if classes is not None:  # top-k: [N,k] maps; a segmentation region: its class [N,1]
+            heat = heat.reshape(-1, k or 1, heat.shape[2], heat.shape[3])
             return logits, graph_io.heatmap_output(heat, self.graph.heatmap_dtype), classes
         out = graph_io.heatmap_output(heat, self.graph.heatmap_dtype)
         if not self.graph.overlay:

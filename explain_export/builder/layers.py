@@ -36,6 +36,32 @@ def pool_input(result: Probe) -> TapSpec | None:
     return None
 
 
+def backbone_output(result: Probe) -> TapSpec | None:
+    """For a segmentation model (per-pixel scores), the last map of its backbone, which the
+    decoder reads: the last spatial output of a direct child of ``backbone`` (torchvision's
+    FCN, DeepLabV3 and LRASPP: ``backbone.layer4``, ``backbone.16``), else the last map at the
+    smallest size whose channels are not the classes (the decoder's input). None for a
+    classifier."""
+    if result.logits.dim() != 4:
+        return None
+    maps = [
+        r
+        for r in result.records
+        if is_spatial(r.output_shape, result.input_size)
+        and layout(r.output_shape, result.input_size) == "NCHW"
+    ]
+    children = [r for r in maps if r.name.startswith("backbone.") and r.name.count(".") == 1]
+    if children:
+        return spec_for(result, children[-1], "output")
+    classes = int(result.logits.shape[1])
+    features = [r for r in maps if r.output_shape is not None and r.output_shape[1] != classes]
+    if not features:
+        return None
+    smallest = min(r.output_shape[2] * r.output_shape[3] for r in features)  # type: ignore[index]
+    deepest = [r for r in features if r.output_shape[2] * r.output_shape[3] == smallest]  # type: ignore[index]
+    return spec_for(result, deepest[-1], "output")
+
+
 def default_layer(result: Probe) -> TapSpec:
     """The map the classifier pools, where it can be found, else the last spatial map.
 
@@ -51,6 +77,9 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
     """The layer to explain and why: ``layer`` as given, else :func:`default_layer`'s choice."""
     if layer:
         return (TapSpec.parse(layer) if isinstance(layer, str) else layer), "as given"
+    spec = backbone_output(result)
+    if spec is not None:
+        return spec, "the last map of the backbone, which the segmentation decoder reads"
     spec = gap_input(result)
     if spec is not None:
         return spec, "the map whose global average the classifier reads"

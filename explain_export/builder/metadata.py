@@ -52,15 +52,24 @@ def build_metadata(
         else {"range": [0.0, 1.0]}
     )
     k = info.top_k
-    outputs = [
-        TensorSpec("logits", "float32", ("N", info.num_classes)),
-        TensorSpec("heatmap", g.heatmap_dtype, ("N", k or 1, *hw), heat_range),
-    ]
+    logits = TensorSpec("logits", "float32", ("N", info.num_classes))
+    if info.segmentation:
+        scores_hw = ("H'", "W'") if dynamic_size else tuple(info.output_size or ())
+        logits = TensorSpec(
+            "logits",
+            "float32",
+            ("N", info.num_classes, *scores_hw),
+            {"meaning": "per-pixel scores"},
+        )
+    outputs = [logits, TensorSpec("heatmap", g.heatmap_dtype, ("N", k or 1, *hw), heat_range)]
     if g.overlay:
         outputs.append(TensorSpec("overlay", "uint8", ("N", *hw, 3), {"color": "RGB"}))
     if k is not None:
         meaning = f"the {k} classes heatmap[:, j] explains, best first"
         outputs.append(TensorSpec("classes", "int64", ("N", k), {"meaning": meaning}))
+    elif info.segmentation:
+        meaning = "the class whose predicted pixels the heatmap explains"
+        outputs.append(TensorSpec("classes", "int64", ("N", 1), {"meaning": meaning}))
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=tuple(inputs),
@@ -77,6 +86,8 @@ def build_metadata(
         head=info.head,
         target_class=info.target,
         top_k=k,
+        task="segmentation" if info.segmentation else None,
+        background=getattr(info.target_spec, "background", None),
         feature_shape=tuple(info.feature_shape),
         num_classes=info.num_classes,
         dynamic_size=dynamic_size,

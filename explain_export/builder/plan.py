@@ -30,7 +30,7 @@ from .gap_head import find_gap_linear_head
 from .methods import AUTO, Method
 from .outputs import OutputKey
 from .tap import TapSpec
-from .targets import ClassLogit, Target, TopK
+from .targets import ClassLogit, Region, Target, TopK
 from .tokens import token_grid, token_layout
 
 __all__ = [
@@ -120,6 +120,7 @@ class Plan:
     cloned: bool = False  # an in-place op changes the tapped tensor later: the tap copies it
     fused: tuple[LayerPlan, ...] = ()  # with several layers, all of them (the first is above)
     output: OutputKey = field(default_factory=OutputKey)  # the model output with the logits
+    output_size: tuple[int, ...] | None = None  # segmentation: (H', W') of the scores at export
 
     @property
     def method(self) -> str:
@@ -136,6 +137,16 @@ class Plan:
         """Every tapped map: the fused layers, or the one layer."""
         one = LayerPlan(self.layer, self.feature_shape, self.layout, self.cloned, self.layer_reason)
         return self.fused or (one,)
+
+    @property
+    def segmentation(self) -> bool:
+        """A segmentation model: per-pixel scores, a class over its pixels (:class:`.Region`)."""
+        return isinstance(self.target_spec, Region)
+
+    @property
+    def names_classes(self) -> bool:
+        """The graph has a ``classes`` output (top-k, or a segmentation region's class)."""
+        return self.top_k is not None or self.segmentation
 
     @property
     def top_k(self) -> int | None:
@@ -178,6 +189,7 @@ def make_plan(
     std: Sequence[float] = IMAGENET_STD,
     graph: GraphOptions = GraphOptions(),
     top_k: int | None = None,
+    background: int | None = 0,
     tokens: int | None = None,
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
@@ -185,7 +197,9 @@ def make_plan(
     ``layer`` may list several layers: each one's map is made, and the maps are fused
     (:func:`.heads.fuse`); a method that reads one map only (``cam``) is refused there, and
     ``auto`` takes ``gradcam``. ``top_k``: a map for each of the ``top_k`` best classes of each
-    image (:class:`.TopK`). ``tokens``: how many prefix tokens a token layer holds (default:
+    image (:class:`.TopK`). A segmentation model (per-pixel scores ``[N,K,H',W']``) explains a
+    class over its predicted pixels (:class:`.Region`); ``background`` is the class its default
+    leaves out (None: none). ``tokens``: how many prefix tokens a token layer holds (default:
     what the model says, else ``T − h·w``; :func:`.tokens.token_grid`).
     Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
     is not a map, a head that is not the map's GAP + linear, a class out of range.
@@ -213,11 +227,29 @@ def make_plan(
         reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
     _check_target(target, chosen, num_classes)
     _check_top_k(top_k, target, chosen, num_classes, graph)
+    segmentation = result.logits.dim() == 4
+    if segmentation and top_k is not None:
+        raise OptionError(
+            "top_k",
+            "{name} ranks the classes of a classifier; a segmentation "
+            "model explains one class per image (drop {name})",
+        )
+    if segmentation and background is not None and not 0 <= background < num_classes:
+        raise OptionError(
+            "background",
+            "{name} {b} is out of range: the model has {n} classes",
+            b=background,
+            n=num_classes,
+        )
     return Plan(
         chosen,
         str(spec),
         head_name,
-        ClassLogit(target) if top_k is None else TopK(top_k),
+        Region(target, background)
+        if segmentation
+        else ClassLogit(target)
+        if top_k is None
+        else TopK(top_k),
         num_classes,
         feature_shape,
         result.input_size,
@@ -231,6 +263,7 @@ def make_plan(
         cloned=record.mutated(spec.port),
         fused=fused,
         output=result.output,
+        output_size=tuple(result.logits.shape[2:]) if segmentation else None,
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "CallRecord",
     "Probe",
     "device_of",
+    "is_segmentation",
     "is_spatial",
     "layout",
     "mean_of",
@@ -149,16 +150,26 @@ def probe(model: nn.Module, example: Tensor, output: str | None = None) -> Probe
             setattr(rec, f"{port}_mutated", True)
     key = choose_output(logits, output)
     picked = key.pick(logits)
-    if picked.dim() != 2:
+    if picked.dim() != 2 and not is_segmentation(picked, tuple(example.shape[-2:])):
         where = "the model returns" if key.kind == "tensor" else f"its output {key} is"
         raise OptionError(
             "output",
-            "{where} {d}, not logits [N,K]; pick the logits with {name} KEY|INDEX, or wrap the "
-            "model so that forward returns them",
+            "{where} {d}, neither logits [N,K] nor per-pixel scores [N,K,H',W'] at a quarter of "
+            "the input size or more; pick them with {name} KEY|INDEX, or wrap the model so that "
+            "forward returns them",
             where=where,
             d=describe(picked),
         )
     return Probe(picked.detach(), records, tuple(example.shape[-2:]), key)
+
+
+def is_segmentation(scores: Tensor, input_size: tuple[int, int]) -> bool:
+    """Per-pixel class scores ``[N, K, H', W']``: 4-D, at least a quarter of the input's height
+    and width (a segmentation model's output, not a backbone's map)."""
+    if scores.dim() != 4:
+        return False
+    h, w = scores.shape[2:]
+    return 4 * h >= input_size[0] and 4 * w >= input_size[1]
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ClassLogit", "Target", "TopK", "target_class"]
+__all__ = ["ClassLogit", "Region", "Target", "TopK", "target_class"]
 
 
 def target_class(
@@ -30,7 +30,11 @@ def target_class(
 ) -> Tensor:
     """Per image, ``class_index`` where it is >= 0, else ``default``, else the logits' argmax:
     ``[N]``, or ``[N, 1]`` with ``keepdim`` (then ``W[target]`` gathers ``[N, 1, C]``)."""
-    best = logits.argmax(dim=1, keepdim=keepdim)
+    return _chosen(logits.argmax(dim=1, keepdim=keepdim), class_index, default)
+
+
+def _chosen(best: Tensor, class_index: Tensor | None, default: int | None) -> Tensor:
+    """``class_index`` where it is >= 0, else ``default``, else ``best`` (its shape)."""
     if default is not None:
         best = torch.full_like(best, default)
     if class_index is None:
@@ -129,4 +133,55 @@ class TopK:
         return [_masked_sum(logits, classes[:, j]) for j in range(self.top_k)]
 
 
-Target = ClassLogit | TopK  # the targets there are
+@dataclass(frozen=True)
+class Region:
+    r"""A segmentation class over the pixels predicted as it: for scores ``S`` ``[N, K, H', W']``,
+    :math:`y = \sum_n \sum_{ij} M_{n,ij}\, S_{n, c_n, ij}` with the mask
+    :math:`M_n = [\mathrm{argmax}_k S_{n,k} = c_n]` held constant (pytorch-grad-cam's
+    ``SemanticSegmentationTarget``).
+
+    ``c_n`` is the run-time ``class_index[n]`` where it is >= 0, else ``fixed``, else the class
+    that covers most pixels of image ``n``, ``background`` left out (None: none left out).
+
+    Example:
+        >>> s = torch.zeros(1, 3, 2, 2); s[0, 0] = 1.0; s[0, 2, 0, 0] = 5.0  # class 2 at one pixel
+        >>> Region().classes(s).tolist()  # class 0 covers three pixels, but it is background
+        [2]
+        >>> float(Region().scores(s, Region().classes(s))[0])
+        5.0
+    """
+
+    fixed: int | None = None
+    background: int | None = 0
+    name: str = "region"
+    top_k: None = None  # one map per image
+
+    @property
+    def describe(self) -> str:
+        """The target in words, for reports."""
+        if self.fixed is not None:
+            return f"the pixels of class {self.fixed}"
+        left = "" if self.background is None else f", class {self.background} left out"
+        return f"the class that covers most pixels{left}"
+
+    def classes(
+        self, scores: Tensor, class_index: Tensor | None = None, keepdim: bool = False
+    ) -> Tensor:
+        """``c`` per image, int64 ``[N]`` (``[N, 1]`` with ``keepdim``)."""
+        predicted = scores.argmax(dim=1)  # [N, H', W']
+        index = torch.arange(scores.shape[1], device=scores.device)
+        counts = (predicted[:, None] == index[None, :, None, None]).sum(dim=(2, 3))  # [N, K]
+        if self.background is not None:
+            counts = torch.where(index[None, :] == self.background, -1, counts)
+        return _chosen(counts.argmax(dim=1, keepdim=keepdim), class_index, self.fixed)
+
+    def scores(self, scores: Tensor, classes: Tensor) -> list[Tensor]:
+        """``[y]``: the class's scores summed over its predicted pixels."""
+        index = torch.arange(scores.shape[1], device=scores.device)
+        chosen = (index[None, :] == classes.reshape(-1, 1)).to(scores.dtype)  # [N, K]
+        mask = scores.detach().argmax(dim=1, keepdim=True) == classes.reshape(-1, 1, 1, 1)
+        per_class = (scores * mask.to(scores.dtype)).sum(dim=(2, 3))  # [N, K]
+        return [(per_class * chosen).sum()]
+
+
+Target = ClassLogit | TopK | Region  # the targets there are

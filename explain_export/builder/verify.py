@@ -162,7 +162,7 @@ def eager(
     else:  # the same steps as forward, with the noise added between normalization and model
         x = explainer.normalize(image) + noise.to(device)
         result = explainer.finish(image, *explainer.run(x, index), index)
-    names = output_names(explainer.graph.overlay, explainer.plan.top_k is not None)
+    names = output_names(explainer.graph.overlay, explainer.plan.names_classes)
     return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}
 
 

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'out' or else its first tensor, .logits, a sequence's first tensor",
     )
     e.add_argument(
+        "--background",
+        default="0",
+        metavar="K|none",
+        help="segmentation models: the class that the default target leaves out when it picks "
+        "the class with most predicted pixels (default: 0; none: leave none out)",
+    )
+    e.add_argument(
         "--top-k",
         type=int,
         metavar="K",
@@ -298,6 +305,7 @@ def _run(args: argparse.Namespace) -> int:
         graph,
         args.top_k,
         args.output,
+        _background(args.background),
         tokens=args.tokens,
     )
     info = explainer.plan
@@ -358,6 +366,20 @@ def _run(args: argparse.Namespace) -> int:
         for folder in folders:
             print(f"wrote {folder}")
     return 0
+
+
+def _background(text: str) -> int | None:
+    """``--background``: a class index, or ``none``."""
+    from ..errors import OptionError
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionError(
+            "background", "{name} takes a class index or none, not '{t}'", t=text
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
