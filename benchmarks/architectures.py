@@ -46,8 +46,9 @@ TIMEOUT_S = 600
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 
 
-def tv(name, kwargs=None, extra=(), key=None, ckpt=True, note=""):
+def tv(name, kwargs=None, extra=(), key=None, ckpt=True, note="", head_init=None):
     return {
+        "head_init": head_init,
         "key": key or name,
         "family": "torchvision",
         "arch": f"torchvision.models:{name}",
@@ -58,8 +59,9 @@ def tv(name, kwargs=None, extra=(), key=None, ckpt=True, note=""):
     }
 
 
-def tm(name, extra=(), note=""):
+def tm(name, extra=(), note="", head_init=None):
     return {
+        "head_init": head_init,
         "key": f"timm-{name}",
         "family": "timm",
         "arch": "timm:create_model",
@@ -97,7 +99,14 @@ MODELS = [
     tv("googlenet", {"init_weights": True, "aux_logits": False}),
     tv("maxvit_t"),
     tv("swin_t"),
-    tv("vit_b_16", note="expected: refused with one clear line"),
+    tv(
+        "vit_b_16",
+        head_init="heads.head",
+        extra=["--formats", "onnx"],
+        note="torchvision zero-initialises the classifier (every logit 0, every gradient 0: "
+        "refused as flat), so the head is drawn from N(0, 0.02^2) after seeding; ONNX only: "
+        "with the default formats the export was OOM-killed at 19.5 GB RSS on a 23 GB host",
+    ),
     tv("mobilenet_v2"),
     tv("resnext50_32x4d"),
     tv("wide_resnet50_2"),
@@ -110,6 +119,20 @@ MODELS = [
     tm("densenet121"),
     tm("vgg11"),
     tm("regnety_008"),
+    tm("vit_tiny_patch16_224"),
+    tm("deit_tiny_distilled_patch16_224"),
+    tm("eva02_tiny_patch14_224"),
+    tm("pit_ti_224"),
+    tm("xcit_nano_12_p16_224"),
+    tm("efficientformer_l1"),
+    tm("twins_pcpvt_small"),
+    tm(
+        "mixer_s16_224",
+        head_init="head",
+        note="timm zero-initialises the head (every logit equal: refused as flat), so the head "
+        "is drawn from N(0, 0.02^2) after seeding",
+    ),
+    tm("levit_128s", note="at random init its logits vary by 2e-5: every map is flat"),
 ]
 
 
@@ -129,6 +152,8 @@ def build(spec):
         import torchvision.models as tvm
 
         model = getattr(tvm, spec["arch"].split(":")[1])(weights=None, **spec["kwargs"])
+    if spec.get("head_init"):
+        torch.nn.init.normal_(model.get_submodule(spec["head_init"]).weight, std=0.02)
     return model.float().eval()
 
 
@@ -283,6 +308,13 @@ def compare_gradcam(model, out_dir):
 
     tap = install_tap(model, meta["layer"])
     reshape = (lambda t: t.permute(0, 3, 1, 2)) if meta.get("layout") == "NHWC" else None
+    tokens = re.match(r"^tokens:(\d+)\+(\d+)x(\d+)$", meta.get("layout") or "")
+    if tokens:  # pytorch-grad-cam's usual ViT reshape_transform: drop the prefix, lay on the grid
+        prefix, gh, gw = map(int, tokens.groups())
+
+        def reshape(t):
+            return t[:, prefix:].reshape(t.size(0), gh, gw, t.size(2)).permute(0, 3, 1, 2)
+
     torch.set_grad_enabled(True)
     for p in model.parameters():
         p.requires_grad_(True)
