@@ -41,6 +41,7 @@ from .adjoints import (
     convolution_backward,
     max_pool2d_with_indices_backward,
 )
+from .trace_state import kept_attributes
 
 __all__ = [
     "Lowered",
@@ -120,7 +121,9 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         logits, features, grads = explainer.capture(*inputs)
         return (logits, *_as_list(features), *_as_list(grads))
 
-    with _quiet(), _math_attention():
+    # kept_attributes: a model that caches tensors in plain attributes (timm's TinyViT) keeps
+    # its own, not the trace's fake ones; explain-bench lowers without the export around it
+    with _quiet(), _math_attention(), kept_attributes(explainer):
         graph = make_fx(
             capture,
             decomposition_table=decompositions(),
