@@ -195,17 +195,9 @@ def _method_variants(
             continue
         log(f"exporting ORT explainer, {method} to ONNX (dynamo, opset {config.opset})")
         path = os.path.join(folder, f"method-{method}.onnx")
-        t0 = time.perf_counter()
-        try:
-            export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
-        except Exception as exc:
-            built[name] = Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
-            continue
-        finally:
-            if module is not explainer:
-                module.remove()  # its tap off the model: only the ONNX file runs
-        export_s = time.perf_counter() - t0
-        built[name] = _ort_variant(name, path, outputs, device, threads, config, export_s)
+        built[name] = _exported_variant(
+            name, module, module is not explainer, path, outputs, config, example
+        )
     if config.top_k is not None:
         for method in config.methods:
             _top_k_variant_of(explainer, method, config, folder, example, built, log)
@@ -225,8 +217,6 @@ def _top_k_variant_of(
     k = config.top_k
     assert k is not None
     name = _top_k_variant(method, k)
-    device = torch.device(config.device)
-    threads = config.threads or torch.get_num_threads()
     h, w = explainer.plan.input_size
     outputs = {"logits": (explainer.plan.num_classes,), "heatmap": (k, h, w)}
     try:
@@ -236,20 +226,36 @@ def _top_k_variant_of(
         return
     log(f"exporting ORT explainer, {method}, top-{k} to ONNX (dynamo, opset {config.opset})")
     path = os.path.join(folder, f"method-{method}-top{k}.onnx")
-    t0 = time.perf_counter()
-    try:
-        export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
-    except Exception as exc:
-        built[name] = Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
-        return
-    finally:
-        module.remove()
-    export_s = time.perf_counter() - t0
-    variant = _ort_variant(name, path, outputs, device, threads, config, export_s)
+    variant = _exported_variant(name, module, True, path, outputs, config, example)
     make = variant.make
     if make is not None:  # compared with eager by its best class's map (a view: no copy)
         variant.make = lambda x: _first_map(make(x))
     built[name] = variant
+
+
+def _exported_variant(
+    name: str,
+    module: Explainer,
+    owned: bool,
+    path: str,
+    outputs: dict[str, tuple[int, ...]],
+    config: BenchConfig,
+    example: Tensor,
+) -> Variant:
+    """``module`` exported to ``path`` and opened on ONNX Runtime as ``ort`` is; ``failed:``
+    where the export fails. An ``owned`` module's tap comes off the model after the export
+    (only the ONNX file runs)."""
+    t0 = time.perf_counter()
+    try:
+        export_onnx(exportable(module, example), example, path, config.opset, list(outputs))
+    except Exception as exc:
+        return Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}")
+    finally:
+        if owned:
+            module.remove()
+    device = torch.device(config.device)
+    threads = config.threads or torch.get_num_threads()
+    return _ort_variant(name, path, outputs, device, threads, config, time.perf_counter() - t0)
 
 
 def _first_map(call: Call) -> Call:
