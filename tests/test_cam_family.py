@@ -114,6 +114,20 @@ def test_eigencam_power_iteration_matches_svd_on_the_default_model(default_model
     np.testing.assert_allclose(ours, reference.numpy_finish(svd[:, 0], (7, 7)), atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 64, 3, 3), (2, 8, 6, 6)], ids=["hw<C", "hw>C"])
+def test_gram_squaring_gives_the_power_steps_vector(shape):
+    """Both ways to ``(XᵀX)^65 1`` (Gram matrix of either side squared six times, 65 plain
+    steps) agree, even where the top two directions are too close for either to have converged
+    (random maps): an export that takes the other way (a free size, a trace) stays at parity."""
+    a = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x = cams.unit_peak(a.flatten(2).transpose(1, 2))
+    x = x - x.mean(dim=1, keepdim=True)
+    gram, power = cams.gram_direction(x), cams.power_direction(x, 2**cams.EIGEN_SQUARINGS + 1)
+    torch.testing.assert_close(gram, power, atol=1e-5, rtol=0)
+    assert cams._gram_is_cheaper(49, 1280, cams.EIGEN_SQUARINGS)
+    assert not cams._gram_is_cheaper(196, 512, cams.EIGEN_SQUARINGS)
+
+
 def test_eigencam_sign_is_fixed_and_needs_no_class():
     a = torch.randn(2, 8, 5, 5)
     m, _ = cams.eigen_terms(a)

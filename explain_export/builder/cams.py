@@ -32,6 +32,7 @@ from .heads import guard
 
 __all__ = [
     "EIGEN_ITERATIONS",
+    "EIGEN_SQUARINGS",
     "GRADCAMPP_EPS",
     "XGRADCAM_EPS",
     "eigen_terms",
@@ -39,19 +40,24 @@ __all__ = [
     "elementwise_terms",
     "gradcam_elementwise_terms",
     "gradcampp_weights",
+    "gram_direction",
     "hirescam_terms",
     "layercam_terms",
+    "power_direction",
     "unit_peak",
     "xgradcam_weights",
 ]
 
 GRADCAMPP_EPS = 1e-6  # pytorch-grad-cam's GradCAMPlusPlus
 XGRADCAM_EPS = 1e-7  # pytorch-grad-cam's XGradCAM
-# Power iterations for EigenCAM. The map's error after K steps shrinks like (σ₂/σ₁)^(2K); 48
-# steps give 1e-4 or better for σ₂/σ₁ <= 0.9. Measured: 0.61 to 0.81 for the embedded model on
-# the photos (20 steps gave 3e-5 against SVD there), up to 0.90 for a ConvNeXt-Tiny (1e-4 after
-# 40 steps). Each step is two [hw, C] products: 48 cost about 1.2x cam on the embedded model.
-EIGEN_ITERATIONS = 48
+# EigenCAM's power steps: v ∝ (XᵀX)^K 1, K = 2^q + 1. The map's error shrinks like
+# (σ₂/σ₁)^(2K): K = 65 gives 1e-6 for σ₂/σ₁ <= 0.9. Measured: 0.61 to 0.81 for the embedded
+# model on the photos, up to 0.90 for a ConvNeXt-Tiny. Where the smaller side S of X (hw or C)
+# is small, the S × S Gram matrix is squared q times instead of K plain steps: the same vector,
+# in q products. On the embedded model (S = 49, C = 1280) that loop takes 0.26 ms on ONNX
+# Runtime against 3.4 ms for 48 plain steps (benchmarks/eigencam_loop.py).
+EIGEN_SQUARINGS = 6
+EIGEN_ITERATIONS = 2**EIGEN_SQUARINGS + 1
 
 
 def unit_peak(x: Tensor) -> Tensor:
@@ -107,16 +113,17 @@ def elementwise_terms(products: Tensor, relu_terms: bool) -> tuple[Tensor, Tenso
     return torch.relu(raw), scale
 
 
-def eigen_terms(features: Tensor, iterations: int = EIGEN_ITERATIONS) -> tuple[Tensor, Tensor]:
+def eigen_terms(features: Tensor, squarings: int = EIGEN_SQUARINGS) -> tuple[Tensor, Tensor]:
     r"""EigenCAM's map: the centred map ``X`` (``hw × C`` per image, each channel's spatial mean
     removed) projected onto its first right singular vector ``v``, :math:`m = X v`, with the
     sign that makes :math:`\max m \ge |\min m|`, then ReLU.
 
-    ``v`` comes from ``iterations`` power steps :math:`v \leftarrow X^\top X v / \|X^\top X v\|`
-    from the all-ones direction: an SVD's first vector to :math:`(σ_2/σ_1)^{2K}` (see
-    :data:`EIGEN_ITERATIONS`). The sign of a singular vector is arbitrary, so an SVD-based
-    EigenCAM (pytorch-grad-cam's ``EigenCAM``) may show the negative of this map. Returns
-    ``(m [N,1,h,w], s [N,1,1])``, ``s = max_i Σ_k |X_ik v_k|``.
+    ``v`` is :math:`(X^\top X)^K \mathbf 1` normalized, ``K = 2^squarings + 1``, from the
+    all-ones direction: an SVD's first vector to :math:`(σ_2/σ_1)^{2K}` (see
+    :data:`EIGEN_SQUARINGS`), by :func:`gram_direction` where that is cheaper for this shape,
+    else by :func:`power_direction`; both give the same vector. The sign of a singular vector is
+    arbitrary, so an SVD-based EigenCAM (pytorch-grad-cam's ``EigenCAM``) may show the negative
+    of this map. Returns ``(m [N,1,h,w], s [N,1,1])``, ``s = max_i Σ_k |X_ik v_k|``.
 
     Example:
         >>> a = torch.zeros(1, 2, 3, 3); a[0, 0, 1, 1] = 5.0; a[0, 1, 1, 1] = 5.0
@@ -126,18 +133,67 @@ def eigen_terms(features: Tensor, iterations: int = EIGEN_ITERATIONS) -> tuple[T
     """
     n, c, h, w = features.shape
     x = features.reshape(n, c, h * w).transpose(1, 2)  # [N, hw, C]
-    x = unit_peak(x - x.mean(dim=1, keepdim=True)) * guard(max(c, h * w))
-    xt = x.transpose(1, 2).contiguous()  # [N, C, hw], once: not a transpose per step
-    v = torch.ones_like(xt[:, :, :1])  # [N, C, 1]
-    tiny = torch.finfo(x.dtype).tiny
-    for _ in range(iterations):
-        v = xt @ (x @ v)
-        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(tiny)
+    x = unit_peak(x - x.mean(dim=1, keepdim=True))  # every |X_ik| <= 1
+    if _gram_is_cheaper(h * w, c, squarings):
+        v = gram_direction(x, squarings)
+    else:
+        v = power_direction(x, 2**squarings + 1)
     m = (x @ v).transpose(1, 2)  # [N, 1, hw]
     flip = (-m.amin(dim=2, keepdim=True)) > m.amax(dim=2, keepdim=True)
     m = torch.where(flip, -m, m)
     scale = (x.abs() @ v.abs()).amax(dim=1, keepdim=True)  # [N, 1, 1]
     return torch.relu(m).reshape(n, 1, h, w), scale
+
+
+def _gram_is_cheaper(hw: object, c: int, squarings: int) -> bool:
+    """Multiply-adds: the Gram matrix (``S² L``) and its ``q`` squarings (``q S³``) against
+    ``2^q + 1`` power steps (``2 S L`` each), ``S ≤ L`` the sides of ``X``. A size that is not
+    a plain int (symbolic in a graph with a free size, or traced) takes the power steps, which
+    suit every size."""
+    if not isinstance(hw, int):
+        return False
+    s, big = min(hw, c), max(hw, c)
+    return s * s * big + squarings * s**3 < 2 * (2**squarings + 1) * s * big
+
+
+def _unit(v: Tensor, dim: int) -> Tensor:
+    """``v / ‖v‖`` along ``dim`` (zero stays zero)."""
+    norm = torch.linalg.vector_norm(v, dim=dim, keepdim=True)
+    return v / norm.clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def gram_direction(x: Tensor, squarings: int = EIGEN_SQUARINGS) -> Tensor:
+    r""":math:`v ∝ (X^\top X)^{2^q + 1} \mathbf 1` (``q = squarings``) for ``x`` ``[N, hw, C]``
+    with every entry in [-1, 1], as ``[N, C, 1]`` of norm 1 (or 0).
+
+    Squares the Gram matrix of the smaller side, :math:`G = X X^\top` (``hw ≤ C``, then
+    :math:`v ∝ X^\top G^{2^q} X \mathbf 1`) or :math:`G = X^\top X` (then
+    :math:`v ∝ G^{2^q} G \mathbf 1`), scaled to a peak of 1 before each squaring, so every
+    entry stays at most the side's length."""
+    hw, c = x.shape[1], x.shape[2]
+    ones = torch.ones_like(x[:, :1, :]).transpose(1, 2)  # [N, C, 1]
+    if hw <= c:
+        g, start = x @ x.transpose(1, 2), x @ ones  # [N, hw, hw], [N, hw, 1]
+    else:
+        g = x.transpose(1, 2) @ x  # [N, C, C]
+        start = g @ ones
+    for _ in range(squarings):
+        g = unit_peak(g)
+        g = g @ g
+    u = _unit(g @ _unit(start, 1), 1)
+    return _unit(x.transpose(1, 2) @ u, 1) if hw <= c else u
+
+
+def power_direction(x: Tensor, iterations: int = EIGEN_ITERATIONS) -> Tensor:
+    r"""``iterations`` power steps :math:`v \leftarrow X^\top X v / \|X^\top X v\|` from
+    :math:`\mathbf 1`, for ``x`` ``[N, hw, C]`` with every entry in [-1, 1] (so every sum is at
+    most ``hw·C``): ``[N, C, 1]``. No constant factor on ``x`` here: ONNX Runtime would fold it
+    into every step's products (4x the loop's time, ``benchmarks/eigencam_loop.py``)."""
+    xt = x.transpose(1, 2).contiguous()  # [N, C, hw], once: not a transpose per step
+    v = torch.ones_like(xt[:, :, :1])  # [N, C, 1]
+    for _ in range(iterations):
+        v = _unit(xt @ (x @ v), 1)
+    return v
 
 
 def hirescam_terms(features: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:

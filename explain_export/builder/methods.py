@@ -225,8 +225,8 @@ LAYERCAM = _gradient_method(
 )
 EIGENCAM = Method(
     "eigencam",
-    "m = ReLU(±X v), X the centred map (hw × C), v its first principal direction (48 power "
-    "steps), the sign that makes max m >= |min m|",
+    "m = ReLU(±X v), X the centred map (hw × C), v its first principal direction (65 power "
+    "steps, or 6 squarings of the smaller Gram matrix), the sign that makes max m >= |min m|",
     "any map; no class, no gradient",
     needs_linear=False,
     needs_gradient=False,
