@@ -592,3 +592,19 @@ def test_time_vs_top1_divides_a_top_k_variant_by_its_method():
     r = bench.ratios(raw, ["ort_cam", "ort_cam_top5"])
     assert r["time_vs_top1"]["ort_cam_top5"]["1"]["paired_median"] == 1.1
     assert r["time_vs_cam"] == {}  # a top-k variant is not another method
+
+
+@pytest.mark.parametrize(
+    "method, compared", [("gradcam", False), ("layercam", True), ("cam", True)]
+)
+def test_gradcam_variants_are_skipped_only_for_gradcam_itself(method, compared):
+    from explain_export.bench.variants import gradcam_explainer
+
+    layer = "avgpool:input" if method == "cam" else "layer2"
+    explainer = build_explainer(tiny_resnet(seed=0), layer, method)
+    other = gradcam_explainer(explainer)
+    explainer.remove()
+    assert (other is not None) == compared
+    if other is not None:
+        assert other.method.name == "gradcam" and other.plan.layer == explainer.plan.layer
+        other.remove()

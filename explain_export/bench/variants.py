@@ -297,9 +297,9 @@ def _method_explainer(explainer: Explainer, method: str, top_k: int | None = Non
 
 
 def gradcam_explainer(explainer: Explainer) -> Explainer | None:
-    """The same model and layer explained with ``gradcam``; None if ``explainer`` already
-    computes a gradient. Its plan is ``explainer``'s with the method replaced."""
-    if explainer.method.needs_gradient:
+    """The same model and layer explained with ``gradcam``; None if ``explainer`` is gradcam
+    already. Its plan is ``explainer``'s with the method replaced."""
+    if explainer.method.name == methods.GRADCAM.name:
         return None
     plan = dataclasses.replace(
         explainer.plan, method_spec=methods.GRADCAM, head=None, graph=GraphOptions()
