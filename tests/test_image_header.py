@@ -148,3 +148,31 @@ def test_data_whose_size_cannot_be_read_is_refused_undecoded(monkeypatch):
         images.decode_bgr(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 10 +X 10\n")
     with pytest.raises(images.ImageError, match="a JPEG file with a cut-short or corrupt header"):
         images.decode_bgr(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+
+
+def _photo_of(h: int, w: int) -> np.ndarray:
+    tile = cv2.imread(samples.photo_path("coffee.png"))
+    return np.tile(tile, (-(-h // tile.shape[0]), -(-w // tile.shape[1]), 1))[:h, :w]
+
+
+@pytest.mark.parametrize(
+    "ext, flag", [(".jpg", cv2.IMREAD_REDUCED_COLOR_8), (".png", cv2.IMREAD_COLOR)]
+)
+def test_decode_capped_never_holds_a_large_jpeg_whole(ext, flag, monkeypatch):
+    """A JPEG eight times too large decodes at 1/8 (libjpeg's scaling); a PNG cannot, so it is
+    decoded whole and then shrunk. Both come back at the cap with the file's own size, and
+    close to the whole image shrunk by area averaging."""
+    image = _photo_of(600, 800)
+    data = cv2.imencode(ext, image)[1].tobytes()
+    flags = []
+    real = cv2.imdecode
+    monkeypatch.setattr(images.cv2, "imdecode", lambda buf, f: flags.append(f) or real(buf, f))
+    got = images.decode_capped(data, max_side=100)
+    assert flags == [flag]
+    assert got.bgr.shape == (75, 100, 3) and got.original == (600, 800)
+    whole = cv2.resize(
+        real(np.frombuffer(data, np.uint8), 1), (100, 75), interpolation=cv2.INTER_AREA
+    )
+    assert np.abs(got.bgr.astype(int) - whole).mean() < 4
+    assert images.decode_capped(data, max_side=None).bgr.shape == (600, 800, 3)
+    assert images.decode_capped(data, max_side=800).bgr.shape == (600, 800, 3)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -24,12 +25,15 @@ from . import image_header
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_SIDE",
     "IMAGE_EXTENSIONS",
     "RESIZE_MODES",
+    "Decoded",
     "Geometry",
     "ImageError",
     "PixelLimitError",
     "decode_bgr",
+    "decode_capped",
     "fit",
     "header_size",
     "list_images",
@@ -43,6 +47,9 @@ __all__ = [
 # 150 MB decoded as 8-bit BGR (up to 400 MB while a 16-bit RGBA PNG converts): what one
 # request may cost a server. Larger scans need --max-pixels.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Overlays and heatmaps are drawn at most this long on their longer side (4096 x 3072 holds a
+# 4K screen's worth): an 8160 x 6120 photo's overlay costs 38 MB instead of 150 MB per copy.
+DEFAULT_MAX_SIDE = 4096
 RESIZE_MODES = ("stretch", "pad")
 IMAGE_EXTENSIONS = (
     ".png",
@@ -107,6 +114,39 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     header before anything is decoded, so a small file that decodes to gigabytes costs nothing;
     data whose size its header does not give is refused undecoded).
     """
+    return _decode(data, _checked_size(data, max_pixels), 1)
+
+
+class Decoded(NamedTuple):
+    """An image decoded no larger than asked, and the size of the file's own pixels."""
+
+    bgr: np.ndarray  # uint8 [h', w', 3], the longer side at most the cap
+    original: tuple[int, int]  # (h, w) of the file (after its EXIF orientation)
+
+
+def decode_capped(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE
+) -> Decoded:
+    """:func:`decode_bgr`, shrunk (area averaging) so its longer side is at most ``max_side``
+    (None or 0: as decoded). A JPEG at least twice too large is decoded at 1/2, 1/4 or 1/8 of
+    its size by libjpeg's DCT scaling, so its full size is never held in memory."""
+    h, w = size = _checked_size(data, max_pixels)
+    factor = 1
+    if max_side and image_header.image_format(data) == "JPEG":
+        while factor < 8 and max(h, w) // (2 * factor) >= max_side:
+            factor *= 2
+    image = _decode(data, size, factor)
+    dh, dw = image.shape[:2]
+    original = (w, h) if (dh > dw) != (h > w) and h != w else (h, w)  # EXIF turned it
+    if max_side and max(dh, dw) > max_side:
+        s = max_side / max(dh, dw)
+        target = (max(1, round(dw * s)), max(1, round(dh * s)))
+        image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+    return Decoded(image, original)
+
+
+def _checked_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """The header's ``(h, w)``, within ``max_pixels`` (:class:`ImageError` otherwise)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     size = header_size(data)
@@ -116,13 +156,24 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
             raise ImageError(_NOT_AN_IMAGE)
         raise ImageError(f"not a readable image (a {kind} file with a cut-short or corrupt header)")
     _check_pixels(size, max_pixels)
+    return size
+
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+_REDUCED[8] = cv2.IMREAD_REDUCED_COLOR_8
+
+
+def _decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray:
+    """OpenCV's decode at ``1/factor`` of the size (JPEG only for ``factor > 1``); the result is
+    checked against the header's ``size`` (a decoder must not give more)."""
     if data.startswith(_PNG_SIGNATURE) and _PNG_END not in data:
         # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
         raise ImageError(_NOT_AN_IMAGE)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
     if image is None or image.size == 0:
         raise ImageError(_NOT_AN_IMAGE)
-    _check_pixels(image.shape[:2], max_pixels)
+    if image.shape[0] * image.shape[1] > size[0] * size[1]:
+        raise ImageError(f"{_NOT_AN_IMAGE[:-1]}: it decodes larger than its header says)")
     return image
 
 
