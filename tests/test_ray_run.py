@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -231,6 +232,55 @@ def test_top_k_and_a_chosen_class_on_the_ray_engine(tiny_exports, tree, tmp_path
     code, _, err = _run([*args[:-2], "--out", str(tmp_path / "no"), "--engine", "ray",
                          "--model", tiny_exports["top"], "--class-index", "7"], capsys)  # fmt: skip
     assert code == 2 and "--class-index 7 cannot apply" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def seg_export(tmp_path_factory):
+    """A small segmentation model (TinySeg, class 4 left out), ONNX with a class input."""
+    from explain_export.builder.explainer import build_explainer
+    from explain_export.builder.export import export_explainer
+
+    from models import tiny_seg
+
+    out = tmp_path_factory.mktemp("seg")
+    explainer = build_explainer(tiny_seg(seed=5), None, "gradcam", (64, 64), background=4)
+    labels = ["sky", "road", "cat", "grass", "wall"]
+    export_explainer(explainer, str(out), ("onnx",), labels=labels, class_input=True)
+    explainer.remove()
+    return str(out / "explainer.onnx")
+
+
+def test_segmentation_regions_on_the_ray_engine(seg_export, tree, tmp_path, capsys):
+    """A segmentation artifact: the local engine's rows (class, label, pixel_share, predicted,
+    no top-k) and outlined overlays, and ``predictions.parquet`` holds the region's fields; a
+    class that no pixel is (--class-index 0) is share 0 with its note."""
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["--model", seg_export, "--images", str(tree), "--out", str(out)]
+        code, stdout, err = _run([*args, "--save-heatmaps", "--engine", engine], capsys)
+        assert code == 1, err  # the three broken files
+        assert "  chelsea.png: road, " in stdout and "of the pixels" in stdout
+        runs[engine] = out
+    ours, theirs = _rows(runs["ray"]), _rows(runs["local"])
+    assert ours == theirs
+    for row in ours:
+        if "error" in row:
+            continue
+        assert "topk" not in row and row["class"] == 1 and 0 < row["pixel_share"] < 1
+        a, b = (cv2.imread(str(runs[e] / row["outputs"][0])).astype(int) for e in runs)
+        assert np.abs(a - b).max() <= 3
+    table = pq.read_table(runs["ray"] / "predictions.parquet").to_pylist()
+    # the JSON lines' fields; a failed file's row has no outputs there, and [] here
+    assert [{k: v for k, v in t.items() if v not in (None, [])} for t in table] == ours
+
+    out = tmp_path / "none"
+    args = ["--model", seg_export, "--images", str(tree), "--out", str(out), "--quiet"]
+    assert _run([*args, "--engine", "ray", "--class-index", "0"], capsys)[0] == 1
+    table = pq.read_table(out / "predictions.parquet").to_pylist()
+    done = [t for t in table if t["error"] is None]
+    assert len(done) == 5 and all(t["pixel_share"] == 0 and t["class_index"] == 0 for t in done)
+    assert all(t["note"].startswith("no pixel of the image is predicted as sky") for t in done)
 
 
 def test_pool_size_by_device():

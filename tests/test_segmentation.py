@@ -4,6 +4,8 @@ inside the graph; checked against an autograd reference written in the tests, on
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -86,9 +88,31 @@ def test_what_a_segmentation_model_cannot_take(tmp_path):
         assert words in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_commands_say_they_cannot_draw_it_yet(tmp_path):
-    explainer = build_explainer(tiny_seg(), None, "gradcam", SIZE)
-    result = export_explainer(explainer, str(tmp_path), ("onnx",))
+def test_the_commands_take_it_and_count_its_classes_on_dim_1():
+    """explain-run, explain-serve and the Ray engine once refused a segmentation artifact (they
+    could not draw its regions; test_segmentation_consumers checks that they do now):
+    check_metadata takes it, and counts its classes on the scores' dim 1, not their width."""
+    outputs = [
+        {"name": "logits", "dtype": "float32", "shape": ["N", 5, 64, 64]},
+        {"name": "heatmap", "dtype": "float32", "shape": ["N", 1, 64, 64]},
+        {"name": "classes", "dtype": "int64", "shape": ["N", 1]},
+    ]
+    meta = {
+        "input_size": [64, 64],
+        "inputs": [{"name": "image", "dtype": "float32", "shape": ["N", 3, 64, 64]}],
+        "outputs": outputs,
+        "task": "segmentation",
+    }
+    shapes = {"image": ["batch", 3, 64, 64]} | {
+        o["name"]: ["batch", *o["shape"][1:]] for o in outputs
+    }
+    names = [o["name"] for o in outputs]
+
+    def opened(labels):
+        data = {**meta, "labels": labels}
+        return SimpleNamespace(path="seg.onnx", metadata=data, output_names=names, shapes=shapes)
+
+    assert check_metadata(opened([f"c{i}" for i in range(5)])).task == "segmentation"
     with pytest.raises(UsageError) as info:
-        check_metadata(runtime.load(result.paths["onnx"]))
-    assert "segmentation model" in str(info.value) and "explain_export.load" in str(info.value)
+        check_metadata(opened([f"c{i}" for i in range(64)]))
+    assert "has 64 labels for 5 classes; re-export it" in str(info.value)

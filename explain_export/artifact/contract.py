@@ -33,6 +33,7 @@ __all__ = [
     "MetadataError",
     "TensorSpec",
     "check_metadata",
+    "class_count",
     "class_feed",
     "graph_image",
     "heatmap_unit",
@@ -313,11 +314,6 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
             f"'{artifact.path}' is not an explainer: its outputs are "
             f"{', '.join(artifact.output_names)}; expected logits and heatmap"
         )
-    if meta.task == "segmentation":
-        raise UsageError(
-            f"'{artifact.path}' explains a segmentation model, whose regions explain-run and "
-            "explain-serve cannot draw yet; run it from Python (explain_export.load)"
-        )
     image = artifact.shapes.get("image")
     size = list(meta.input_size)
     if image and all(isinstance(d, int) for d in image[2:]) and image[2:] != size:
@@ -325,10 +321,20 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
             f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
             f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
         )
-    logits = artifact.shapes.get("logits")
-    if meta.labels and logits and isinstance(logits[-1], int) and len(meta.labels) != logits[-1]:
+    classes = class_count(meta, artifact.shapes.get("logits"))
+    if meta.labels and classes is not None and len(meta.labels) != classes:
         raise UsageError(
-            f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {logits[-1]} "
+            f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {classes} "
             "classes; re-export it"
         )
     return meta
+
+
+def class_count(meta: ArtifactMetadata, logits: list[Any] | None) -> int | None:
+    """The class count K from the graph's ``logits`` shape: its last dim (``[N, K]``), or for
+    a segmentation model (per-pixel scores ``[N, K, H', W']``) dim 1; None where the graph does
+    not fix it."""
+    if not logits:
+        return None
+    k = logits[1] if meta.task == "segmentation" and len(logits) > 1 else logits[-1]
+    return k if isinstance(k, int) else None

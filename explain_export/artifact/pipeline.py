@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import OptionError
-from . import images, overlay
+from . import images, overlay, regions
 from .contract import heatmap_unit
 
 __all__ = [
@@ -83,9 +83,9 @@ class OverlayOptions:
 class Inferred(NamedTuple):
     """One image's graph outputs."""
 
-    logits: np.ndarray  # float32 [C]
+    logits: np.ndarray  # float32 [C]; a segmentation export's per-pixel scores [C, H', W']
     heatmaps: np.ndarray  # float32 [K, H, W] in [0, 1]; K = 1 unless the export is top-k
-    classes: np.ndarray | None  # int64 [K], the class each map explains (top-k exports only)
+    classes: np.ndarray | None  # int64 [K], the class each map explains (top-k, segmentation)
 
 
 class Drawn(NamedTuple):
@@ -98,11 +98,13 @@ class Drawn(NamedTuple):
 
 class Rendered(NamedTuple):
     """One image explained: top-k, each heatmap at the original resolution and its drawing,
-    in the graph's order, and (top-k exports) the class each map explains."""
+    in the graph's order, and (top-k exports) the class each map explains; a segmentation
+    export's has no top-k but its ``region`` (:func:`.regions.fields`)."""
 
     topk: list[dict[str, Any]]
     maps: list[Drawn]
     explained: list[dict[str, Any]] | None = None  # per map: class, label, score
+    region: dict[str, Any] | None = None  # segmentation: class, label, pixel_share, ...
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -148,7 +150,11 @@ def render(
     """Top-k of ``logits``; each of ``heatmaps`` (``[H, W]``, or ``[K, H, W]``: the graph's, at
     the input size) mapped back to the original resolution and, with ``draw``, blended over the
     original pixels; with ``classes`` (``[K]``) the class each map explains
-    (:func:`explained`)."""
+    (:func:`explained`). Per-pixel ``logits`` (``[K, H', W']``, a segmentation export's, with
+    its class in ``classes``) give the region of that class instead of a top-k, outlined on the
+    blend; ``topk`` is then how many of the classes predicted most it lists."""
+    if logits.ndim == 3:
+        return _render_region(image, logits, heatmaps, topk, labels, blend, draw, classes)
     drawn = []
     for heatmap in heatmaps.reshape(-1, *heatmaps.shape[-2:]):
         full = images.map_back(heatmap, image.geometry)
@@ -160,6 +166,33 @@ def render(
         drawn.append(Drawn(full, heat, blended))
     named = None if classes is None else explained(logits, classes, labels)
     return Rendered(softmax_topk(logits, topk, labels), drawn, named)
+
+
+def _render_region(
+    image: Fitted,
+    scores: np.ndarray,
+    heatmaps: np.ndarray,
+    topk: int,
+    labels: Sequence[str] | None,
+    blend: OverlayOptions,
+    draw: bool,
+    classes: np.ndarray | None,
+) -> Rendered:
+    """:func:`render` for a segmentation export: one map, its class's region named and
+    outlined."""
+    if classes is None:
+        raise ValueError("a segmentation graph returns the class it explains (classes)")
+    heatmap = heatmaps.reshape(-1, *heatmaps.shape[-2:])[0]
+    found = regions.region(scores, int(np.asarray(classes).reshape(-1)[0]), image.geometry)
+    full = images.map_back(heatmap, image.geometry)
+    heat = blended = None
+    if draw:
+        heat, blended = overlay.overlay(
+            image.bgr, full, blend.alpha, blend.colormap, blend.seed_blend
+        )
+        blended = regions.draw_outline(blended, found.mask)
+    named = regions.fields(found, labels, bool(heatmap.max() <= heatmap.min()), topk)
+    return Rendered([], [Drawn(full, heat, blended)], region=named)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,9 +7,9 @@ rows goes through ``map_batches`` on a fixed actor pool, one ONNX Runtime sessio
 torch), where each batch is read, explained and written by :func:`.runner.explain_batch`, the
 function the local engine runs. The rows stream back to the driver as batches finish: the
 journal, the progress bar and the error lines; at the end ``predictions.jsonl`` (input order),
-``predictions.parquet`` and the sheet. A top-k export's K maps per image are drawn and named as
-the local engine does (:mod:`.runner`). On a cluster the images and ``out_dir`` must be at the
-same path on every node (shared storage).
+``predictions.parquet`` and the sheet. A top-k export's K maps per image, and a segmentation
+export's regions, are drawn and named as the local engine does (:mod:`.runner`). On a cluster
+the images and ``out_dir`` must be at the same path on every node (shared storage).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def run(
     meta = check_metadata(artifact)
     check_class(artifact, meta, opts)  # fails here, not in the actors
     model_path = os.path.abspath(artifact.path)
-    results, todo = plan(paths, names, opts, meta.top_k)
+    results, todo = plan(paths, names, opts, meta.top_k, meta.task)
     progress(len(results) - len(todo))
     started = _start_ray(ray, ray_opts, log) if todo else False
     try:
@@ -133,7 +133,8 @@ def run(
                 f"a Ray worker failed ({_root_cause(exc)}); the images finished so far are kept, "
                 "and a resumed run goes on from them"
             ) from exc
-        write_atomic(os.path.join(opts.out_dir, PARQUET), parquet_bytes(results))
+        parquet = parquet_bytes(results, meta.task == "segmentation")
+        write_atomic(os.path.join(opts.out_dir, PARQUET), parquet)
         return finish(results, rows, opts)
     finally:
         if started:
@@ -205,10 +206,8 @@ def _explain(
             for index, text, png in zip(out["index"], out["result"], out["sheet_png"], strict=True):
                 result = results[int(index)]
                 row = json.loads(text)
-                result.error = row.get("error")
-                result.topk, result.outputs = row.get("topk", []), row.get("outputs", [])
-                result.class_index = row.get("class_index")
-                result.explained = row.get("explained")
+                result.fill(row)
+                result.outputs = row.get("outputs", [])
                 done.append(result)
                 if png:
                     sheet[int(index)] = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
@@ -258,27 +257,28 @@ def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:
     return dataset.map_batches(**kwargs)
 
 
-def parquet_bytes(results: list[ImageResult]) -> bytes:
-    """The predictions as a Parquet file, one row per image in input order: ``file``,
-    ``error`` (null where none), ``outputs``, ``topk`` (a list of ``{class, label, score}``),
-    ``class_index`` (the class the heatmap explains where one was chosen, ``--class-index``;
-    null: the graph's default) and ``explained`` (a top-k export's K classes, best first, as
-    ``{class, label, score, outputs}``; null for other exports): the JSON lines' fields."""
+def parquet_bytes(results: list[ImageResult], segmentation: bool = False) -> bytes:
+    """The predictions as a Parquet file, one row per image in input order, with the JSON
+    lines' fields: ``file``, ``error`` (null where none), ``outputs``, ``topk`` (a list of
+    ``{class, label, score}``), ``class_index`` (the class the heatmap explains where one was
+    chosen, ``--class-index``; null: the graph's default) and ``explained`` (a top-k export's K
+    classes, best first, as ``{class, label, score, outputs}``; null for other exports). A
+    ``segmentation`` export's rows have its region's fields instead of ``topk`` and
+    ``explained``: ``class``, ``label``, ``pixel_share``, ``note`` (null unless no pixel is the
+    class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    entry = [("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())]
-    maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string()))]))
-    schema = pa.schema(
-        [
-            ("file", pa.string()),
-            ("error", pa.string()),
-            ("outputs", pa.list_(pa.string())),
-            ("topk", pa.list_(pa.struct(entry))),
-            ("class_index", pa.int64()),
-            ("explained", maps),
-        ]
-    )
+    head = [("file", pa.string()), ("error", pa.string()), ("outputs", pa.list_(pa.string()))]
+    if segmentation:
+        share = [("class", pa.int64()), ("label", pa.string()), ("pixel_share", pa.float64())]
+        found = [*share, ("note", pa.string()), ("predicted", pa.list_(pa.struct(share)))]
+        schema = pa.schema([*head, *found, ("class_index", pa.int64())])
+    else:
+        entry = [("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())]
+        maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string()))]))
+        topk = ("topk", pa.list_(pa.struct(entry)))
+        schema = pa.schema([*head, topk, ("class_index", pa.int64()), ("explained", maps)])
     rows = [
         {
             "file": r.path,
@@ -287,6 +287,7 @@ def parquet_bytes(results: list[ImageResult]) -> bytes:
             "topk": r.topk,
             "class_index": r.class_index,
             "explained": r.explained,
+            **(r.region or {}),
         }
         for r in results
     ]

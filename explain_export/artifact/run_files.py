@@ -29,6 +29,7 @@ __all__ = [
 PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
 JOURNAL = "predictions.partial.jsonl"  # the rows of a run not yet finished; --resume reads it
+_REGION = {"class", "label", "pixel_share"}  # what a segmentation export's row has instead
 
 
 class Row(Protocol):
@@ -92,7 +93,7 @@ def earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
                 try:
                     row = json.loads(line)
                     key = (row["file"], row["outputs"][0])
-                    if row.get("topk"):
+                    if row.get("topk") or row.keys() >= _REGION:  # a top-k, or a region
                         rows[key] = row
                 except (ValueError, KeyError, IndexError, TypeError):
                     continue

@@ -13,6 +13,12 @@ names (``NAME.overlay.png`` is the best class's, as for any export) and map j > 
 so the files are known before the model runs (``--resume``, the overwrite check). The row's
 ``explained`` lists the K classes (class, label, score, outputs) in map order, and the sheet
 row is original | K overlays, each captioned with its class.
+
+A segmentation export (per-pixel scores) names the region of the class its map explains
+instead of a softmax top-k: the row has ``class``, ``label``, ``pixel_share`` (the fraction of
+the image's pixels predicted as it), ``predicted`` (the classes with most pixels) and, where no
+pixel is the class, a ``note`` (:mod:`.regions`); the overlay carries the region's outline, and
+the sheet's caption names the class and its share.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError, UsageError
-from . import images, overlay, pipeline
+from . import images, overlay, pipeline, regions
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
 from .run_files import (
@@ -93,13 +99,33 @@ class ImageResult:
     class_index: int | None = None  # the class the heatmap explains, where one was chosen
     # top-k exports: per map, best first, {class, label, score, outputs} (the files of that map)
     explained: list[dict[str, Any]] | None = None
+    # segmentation exports, instead of topk: class, label, pixel_share, [note], predicted
+    region: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.path, "error": self.error}
         chosen = {} if self.class_index is None else {"class_index": self.class_index}
         maps = {} if self.explained is None else {"explained": self.explained}
-        return {"file": self.path, "topk": self.topk, **chosen, **maps, "outputs": self.outputs}
+        named = {"topk": self.topk} if self.region is None else self.region
+        return {"file": self.path, **named, **chosen, **maps, "outputs": self.outputs}
+
+    def fill(self, row: dict[str, Any]) -> None:
+        """Take a finished row's findings (:meth:`to_json`'s, without its outputs)."""
+        self.error, self.class_index = row.get("error"), row.get("class_index")
+        self.explained = row.get("explained")
+        if "topk" in row or self.error is not None:
+            self.topk, self.region = row.get("topk", []), None
+        else:
+            self.region = {k: row[k] for k in regions.FIELDS if k in row}
+
+    @property
+    def summary(self) -> str:
+        """What was found, in words: the top label and its score, or the region's class and
+        its pixel share."""
+        if self.region is not None:
+            return regions.describe(self.region)
+        return f"{self.topk[0]['label']} ({self.topk[0]['score']:.2f})"
 
 
 @dataclass
@@ -186,7 +212,7 @@ def run(
     run on ``image_threads`` threads (default: one per CPU; see :func:`explain_batch`)."""
     meta = check_metadata(artifact)
     check_class(artifact, meta, opts)
-    results, todo = plan(paths, names, opts, meta.top_k)
+    results, todo = plan(paths, names, opts, meta.top_k, meta.task)
     progress(len(results) - len(todo))
     rows: list[np.ndarray] = []
     workers = image_threads or os.cpu_count() or 1
@@ -222,15 +248,21 @@ def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) ->
 
 
 def plan(
-    paths: list[str], names: list[str] | None, opts: RunOptions, top_k: int | None = None
+    paths: list[str],
+    names: list[str] | None,
+    opts: RunOptions,
+    top_k: int | None = None,
+    task: str | None = None,
 ) -> tuple[list[ImageResult], list[int]]:
     """One :class:`ImageResult` per path, and the indices of those to explain; ``top_k``: the
-    export's (K maps per image), None for one map.
+    export's (K maps per image), None for one map; ``task``: the export's (``segmentation``
+    rows name a region, others a top-k).
 
     Without ``opts.resume``: all of them, once :func:`prepare_out_dir` found nothing to
     overwrite. With it: all but the images whose row an earlier run left (in its
     ``predictions.jsonl``, or the :data:`JOURNAL` of a run that was stopped) with no error, the
-    same output names, the same chosen class, as many maps, and every output file on disk;
+    same output names, the same chosen class, as many maps, of the same task, and every output
+    file on disk;
     those results are filled in from it."""
     names = output_stems(paths) if names is None else names
     check_names(paths, names, opts, top_k)
@@ -245,9 +277,10 @@ def plan(
         files = planned_files(result.name, opts, top_k or 1)
         row = earlier.get((result.path, files[0]))
         same = row and row.get("class_index") == opts.class_index and row_maps(row) == top_k
+        same = same and ("topk" not in row) == (task == "segmentation")
         if same and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
-            result.topk, result.outputs, result.resumed = row["topk"], files, True
-            result.class_index = opts.class_index
+            result.fill(row)
+            result.outputs, result.resumed = files, True
             if top_k is not None:
                 result.explained = _with_files(row["explained"], result.name, opts)
         else:
@@ -296,6 +329,7 @@ def explain_batch(
             image, out.logits, out.heatmaps, opts.topk, labels, opts, classes=out.classes
         )
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
+        batch[i].region = done.region
         rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
 
     list(each(draw, zip(ready, outputs, strict=True)))
@@ -349,9 +383,9 @@ def _write_outputs(
         result.explained = _with_files(done.explained, result.name, opts)
     if not opts.sheet:
         return None
-    top, base = result.topk[0], os.path.basename(result.path)
+    base = os.path.basename(result.path)
     if result.explained is None:
-        caption = f"{base}: {top['label']} ({top['score']:.2f})"
+        caption = f"{base}: {result.summary}"
         return overlay.sheet_row([bgr, done.heat, done.blended], caption, opts.sheet_height)
     panels = [bgr] + [d.blended for d in done.maps]
     captions = ["original"] + [f"{m['label']} ({m['score']:.2f})" for m in result.explained]

@@ -139,7 +139,9 @@ def model_config(
     "Special Conventions for PyTorch Backend"): inputs named like the ``forward`` arguments
     (``image``, ``class_index``), and outputs named ``<name>__<index>`` with the index the
     position in the returned tuple (``logits__0``, ``heatmap__1``, then ``overlay__2`` or a
-    top-k export's ``classes__2``: int64, dims ``[K]``, beside a heatmap of ``[K, H, W]``). A
+    top-k export's ``classes__2``: int64, dims ``[K]``, beside a heatmap of ``[K, H, W]``; a
+    segmentation export's ``logits`` are its per-pixel scores, dims ``[K, H', W']``, and its
+    ``classes`` the one class its heatmap explains, dims ``[1]``). A
     backend older than the forward-argument rule takes inputs in the configuration's order,
     which is the forward order too. The metadata lists inputs and outputs in graph order.
     """

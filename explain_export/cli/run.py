@@ -30,6 +30,9 @@ with --engine ray also predictions.parquet. A model exported with --top-k K expl
 best classes of each image: NAME.overlay.png is the best one's, NAME.top2.overlay.png ...
 NAME.topK.overlay.png the others' (and NAME.topJ.heatmap.*); each row's "explained" lists
 the K classes (class, label, score, outputs), and the sheet shows original | K overlays.
+A segmentation model's rows name the class its heatmap explains and its region instead of a
+top-k: class, label, pixel_share (the fraction of the image's pixels predicted as it), and
+predicted (the --topk classes with most pixels); its overlays outline the region.
 While a run goes, predictions.partial.jsonl holds the rows of the batches done so far;
 --resume reads it after a stop.
 
@@ -111,14 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
         "images and --out must be at the same path on every node. Default: start Ray here",
     )
     add_overlay_flags(p)
-    p.add_argument("--topk", type=int, default=5, metavar="K", help="labels per image (default: 5)")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=5,
+        metavar="K",
+        help="labels per image (a segmentation model: the classes with most pixels; default: 5)",
+    )
     p.add_argument(
         "--class-index",
         type=int,
         metavar="K",
-        help="explain class K in every image instead of each image's top-1 (the model needs "
-        "the class input: explain-export --class-input; not a --top-k export, whose graph "
-        "picks its classes); -1 is the top-1",
+        help="explain class K in every image instead of each image's top-1 (a segmentation "
+        "model: its class with most pixels); the model needs the class input: explain-export "
+        "--class-input; not a --top-k export, whose graph picks its classes. -1 is the default",
     )
     p.add_argument(
         "--sheet",
@@ -309,8 +318,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         for r in report.results[:10]:
             if r.error is None:
-                top = r.topk[0]
-                print(f"  {os.path.basename(r.path)}: {top['label']} ({top['score']:.2f})")
+                print(f"  {os.path.basename(r.path)}: {r.summary}")
         if report.sheet:
             print(f"sheet: {report.sheet}")
     return 1 if report.failed else 0

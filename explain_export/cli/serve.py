@@ -35,6 +35,9 @@ with --class-input). Answer: JSON with topk (class, label, score), height, width
 and overlay_png / heatmap_png as base64 PNGs at the original resolution, computed as
 explain-run computes them. A model exported with --top-k K answers K maps instead, best
 first: explained = [{class, label, score, overlay_png, heatmap_png}, ...] (no class= then).
+A segmentation model answers the region of the class explained in place of topk: class,
+label, pixel_share (the fraction of the image's pixels predicted as it), predicted (the topk
+classes with most pixels), a note where no pixel is the class; overlay_png outlines the region.
 Errors: {"error": "..."}, status 400 (empty, not an image, bad query), 413 (too many bytes or
 pixels), 404, 405; 500 model failure.
 
@@ -206,8 +209,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"Ray Serve is not installed ({exc.name}); pip install 'explain-export[serve]'"
         ) from exc
+    task = f", {model.meta.task}" if model.meta.task else ""  # segmentation: regions drawn
     log(
-        f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}); "
+        f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}"
+        f"{task}); "
         f"{config.replicas} replica(s) x {config.replica_cpus:g} CPU, {config.threads} thread(s); "
         f"batches of up to {config.max_batch_size}, {args.batch_wait_ms:g} ms wait"
     )

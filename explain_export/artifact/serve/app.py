@@ -39,9 +39,20 @@ if the model itself fails):
 
   ``score`` is the softmax score, as in ``topk``; ``overlay`` and ``heatmap`` pick the PNGs of
   every map.
-- ``GET /healthz``: model path, backend, providers, input size, classes, method, layer,
-  top_k (null unless a top-k export), threads, replica, and whether torch is loaded (never,
-  for ONNX).
+
+  A segmentation export (per-pixel scores) names the region of the class its heatmap explains
+  instead of a ``topk`` (:mod:`..regions`; ``topk`` is how many classes ``predicted`` lists,
+  ``class`` the class to explain, as above), and its overlay outlines that region::
+
+      {"class": 3, "label": "cat", "pixel_share": 0.256, "predicted": [{"class": 0,
+       "label": "background", "pixel_share": 0.744}, {"class": 3, ...}],
+       "height": 300, "width": 451, "batch_size": 1, "overlay_png": "...", "heatmap_png": "..."}
+
+  ``pixel_share`` is the fraction of the image's pixels predicted as the class; where it is 0
+  a ``note`` says so (the heatmap is then flat).
+- ``GET /healthz``: model path, backend, providers, input size, task (``classification`` or
+  ``segmentation``), classes, method, layer, top_k (null unless a top-k export), threads,
+  replica, and whether torch is loaded (never, for ONNX).
 """
 
 from __future__ import annotations
@@ -59,7 +70,7 @@ import numpy as np
 
 from ...errors import OptionError, first_line
 from .. import images, overlay, pipeline
-from ..contract import ArtifactMetadata, check_metadata
+from ..contract import ArtifactMetadata, check_metadata, class_count
 from ..runtime import OnnxExplainer
 from .request import (
     QUERY_PARAMS,
@@ -147,9 +158,8 @@ def open_model(
             "path", "cannot load {name} '{v}': {why}", v=path, why=first_line(exc)
         ) from exc
     meta = check_metadata(artifact)
-    logits = artifact.shapes.get("logits")
     labels = list(meta.labels) if meta.labels else None
-    classes = logits[-1] if logits and isinstance(logits[-1], int) else None
+    classes = class_count(meta, artifact.shapes.get("logits"))
     return Model(
         path=os.path.abspath(path),
         artifact=artifact,
@@ -169,6 +179,7 @@ def health(model: Model) -> dict[str, Any]:
         "backend": model.artifact.backend,
         "providers": model.artifact.providers,
         "input_size": list(model.size),
+        "task": model.meta.task or "classification",
         "classes": model.num_classes,
         "method": model.meta.method,
         "layer": model.meta.layer,
@@ -223,12 +234,13 @@ def answer(
 ) -> dict[str, Any]:
     """The JSON for one image, from the graph's outputs: each heatmap (``[H, W]``, or a top-k
     graph's ``[K, H, W]`` with its ``classes``) mapped back to the original resolution, and
-    blended over the original pixels, as explain-run does."""
+    blended over the original pixels, as explain-run does; a segmentation graph's region
+    (per-pixel ``logits``, its class in ``classes``) named and outlined."""
     done = pipeline.render(
         image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
     )
     body: dict[str, Any] = {
-        "topk": done.topk,
+        **({"topk": done.topk} if done.region is None else done.region),
         "height": int(image.bgr.shape[0]),
         "width": int(image.bgr.shape[1]),
         "batch_size": batch_size,
