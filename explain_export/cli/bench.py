@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from ..builder.methods import AUTO, CHOICES, METHODS
-from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
+from ._common import ArgumentParser, add_model_flags, input_size, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -221,9 +221,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         top_k=args.top_k,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
-    source = model_source(args)
+    size = input_size(args)
+    source = model_source(args)  # the checkpoint file is there, --arch resolves
     ensure_out_dir(args.out)
-    size = (args.input_size[0], args.input_size[1])
     explainer, description = load_explainer(source, args.layer, args.method, args.head, size)
     say = (lambda _msg: None) if args.quiet else log
     info = explainer.plan
