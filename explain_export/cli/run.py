@@ -314,6 +314,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {os.path.basename(r.path)}: {top['label']} ({top['score']:.2f})")
         if len(done) > _SHOWN:
             print(f"  … and {len(done) - _SHOWN} more (see {os.path.normpath(report.predictions)})")
+        if done and not meta.labels and meta.num_classes == 1000:
+            print(
+                "  (class numbers: the model has no labels; if they are ImageNet-1k's, "
+                "explain-export --labels imagenet stores the names)"
+            )
         if report.sheet:
             print(f"sheet: {report.sheet}")
     return 1 if report.failed else 0
