@@ -295,3 +295,20 @@ def test_a_1000_class_model_without_labels_is_told_of_labels_imagenet(tmp_path):
         "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores their "
         "names (explain-run and explain-serve then show names, not class numbers)"
     ) in proc.stdout.splitlines()
+    model = str(tmp_path / "explainer" / "explainer.onnx")
+    photo = samples.photo_path("chelsea.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "explain_export.cli.run", "--model", model, "--images", photo],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("  chelsea.png: ") and lines[1].split(": ")[1].split()[0].isdigit()
+    assert lines[2] == (
+        "  (class numbers: the model has no labels; if they are ImageNet-1k's, explain-export "
+        "--labels imagenet stores the names)"
+    )
