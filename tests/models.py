@@ -518,3 +518,8 @@ class PooledTokens(nn.Module):
 
 def pooled_tokens(seed: int = 0) -> PooledTokens:
     return _seeded(PooledTokens, seed)
+
+
+def never_built(**kwargs) -> nn.Module:
+    """An ``--arch`` for the checks that must fail before the model is built: calling it fails."""
+    raise AssertionError("the model was built")

@@ -190,6 +190,7 @@ def test_labels_imagenet_takes_the_shipped_names(tmp_path, capsys):
         main([*args, "--labels", "imagenet", "--formats", "onnx", "--out", str(tmp_path / "o")])
         == 0
     )
+    assert "labels: none" not in capsys.readouterr().out  # they were given
     meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
     assert len(meta["labels"]) == 1000 and meta["labels"][281] == "tabby"
     # a 10-class model cannot take them: one line, exit 2
@@ -205,3 +206,109 @@ def test_labels_imagenet_takes_the_shipped_names(tmp_path, capsys):
     ]
     assert main([*ten, "--labels", "imagenet", "--out", str(tmp_path / "t")]) == 2
     assert "1000 labels for a model with 10 classes" in capsys.readouterr().err
+
+
+def test_list_layers_of_a_long_list_shows_the_blocks_and_says_how_to_see_the_rest():
+    """EfficientNet-Lite0 has about 200 maps: the list shows its own modules and its blocks,
+    the default marked, and says how many are left out (as printed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "explain_export", "--list-layers"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    names = [line.split()[0] for line in lines[1:-2]]
+    assert names[:4] == ["_conv_stem", "_bn0", "_swish@0", "_blocks.0"]
+    assert names[3:19] == [f"_blocks.{i}" for i in range(16)]
+    assert lines[-3].split()[0] == "_avg_pooling:input" and lines[-3].endswith("<- default")
+    assert lines[-1].startswith("default: _avg_pooling:input (")
+    shown, total = len(names), int(lines[-2].split()[2])
+    assert total > 150 and lines[-2] == (
+        f"{shown} of {total} layers shown: the model's own modules and its blocks; "
+        "--list-layers all shows every one, --list-layers PATTERN those whose name matches"
+    )
+
+
+def test_list_layers_pattern(capsys):
+    assert main(["--list-layers", "_blocks.15.*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in out[1:-2]]
+    assert names[-1] == "_avg_pooling:input" and out[-3].endswith("<- default")  # always shown
+    assert len(names) > 5 and all(n.startswith("_blocks.15.") for n in names[:-1])
+    assert "those matching '_blocks.15.*', and the default" in out[-2]
+
+
+def test_pick_layers_by_glob_part_of_the_name_or_blocks():
+    from explain_export.builder.layers import BRIEF, LayerRow, pick_layers
+
+    def row(name: str, block: bool = False, default: bool = False) -> LayerRow:
+        return LayerRow(name, "Conv2d", "8x4x4", default, block)
+
+    rows = [
+        row("stem", True),
+        row("layer4.0.conv1"),
+        row("layer4.0", True),
+        row("fc_in", default=True),
+    ]
+    assert pick_layers(rows) == rows  # a short list: every row
+    assert [r.name for r in pick_layers(rows, "layer4.*")] == [
+        "layer4.0.conv1",
+        "layer4.0",
+        "fc_in",
+    ]
+    assert [r.name for r in pick_layers(rows, "conv")] == ["layer4.0.conv1", "fc_in"]
+    assert pick_layers(rows, "*") == rows
+    long = rows[:3] * BRIEF + rows[3:]
+    assert [r.name for r in pick_layers(long)] == ["stem", "layer4.0"] * BRIEF + ["fc_in"]
+
+
+def test_list_layers_of_a_short_list_shows_every_map(capsys):
+    assert main(["--arch", "models:TinyResNet", "--list-layers"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "layer3.conv1" in [line.split()[0] for line in out[1:]]
+    assert out[-1].startswith("default: ")
+
+
+@pytest.mark.slow
+def test_a_1000_class_model_without_labels_is_told_of_labels_imagenet(tmp_path):
+    """As printed by the export report; with --labels (test above) the line is not there."""
+    from models import TinyResNet
+
+    torch.save(TinyResNet(num_classes=1000).state_dict(), tmp_path / "m.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet"]
+    args += ["--arch-kwargs", '{"num_classes": 1000}', "--input-size", "32", "32"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "explain_export", *args, "--formats", "onnx"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores their "
+        "names (explain-run and explain-serve then show names, not class numbers)"
+    ) in proc.stdout.splitlines()
+    model = str(tmp_path / "explainer" / "explainer.onnx")
+    photo = samples.photo_path("chelsea.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "explain_export.cli.run", "--model", model, "--images", photo],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("  chelsea.png: ") and lines[1].split(": ")[1].split()[0].isdigit()
+    assert lines[2] == (
+        "  (class numbers: the model has no labels; if they are ImageNet-1k's, explain-export "
+        "--labels imagenet stores the names)"
+    )

@@ -412,3 +412,27 @@ def test_image_threads_change_nothing_but_the_speed(tiny_export, messy_dir, tmp_
         assert len(report.failed) == 3
         written[threads] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     assert written[1] == written[3] and len(written[1]) == 5 * 3 + 2
+
+
+def test_the_summary_says_how_many_images_it_does_not_list(tiny_export, tmp_path):
+    """13 images done: the summary lists 10 and says where the other 3 are (as printed)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    small = cv2.resize(cv2.imread(samples.photo_path("chelsea.png")), (48, 32))
+    for i in range(13):
+        cv2.imwrite(str(photos / f"cat{i:02d}.png"), small)
+    out = tmp_path / "o"
+    code = "from explain_export.cli.run import main; raise SystemExit(main())"
+    args = ["--model", str(tiny_export / "explainer.onnx"), "--images", str(photos)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("13 of 13 images done")
+    listed = [line for line in lines if line.startswith("  cat")]
+    assert [line.split(":")[0].strip() for line in listed] == [f"cat{i:02d}.png" for i in range(10)]
+    assert f"  … and 3 more (see {out / 'predictions.jsonl'})" in lines

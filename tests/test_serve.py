@@ -400,6 +400,89 @@ def test_usage_errors_exit_2_before_ray_starts(model_path, tmp_path, capsys):
     assert exc.value.code == 2
 
 
+class _Health:
+    """A stand-in for the Serve proxy: GET /healthz answers 200 on ``port`` once started."""
+
+    def __init__(self, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if self.path == "/healthz" else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_serving_on_is_said_once_healthz_answers_before_every_replica_is_up(
+    answers, model_path, monkeypatch
+):
+    """``deploy`` (Serve's wait for the whole application) is held until the command says
+    "serving on": the line comes once /healthz answers, not when deploy returns. Where nothing
+    answers, it comes when deploy returns; where deploy fails, never."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    from explain_export.artifact.serve import ray_app
+    from explain_export.cli import serve as serve_cli
+
+    said: list[str] = []
+    serving = threading.Event()
+
+    def log(message: str) -> None:
+        said.append(message)
+        if message.startswith("serving on"):
+            serving.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # the command's own handler: stop
+
+    def deploy(config) -> None:
+        said.append("deploy: waiting for every replica")
+        if answers:  # held until the line is said, while deploy still waits
+            health = _Health(config.port)
+            try:
+                assert serving.wait(60)
+            finally:
+                health.close()
+        said.append("deploy: every replica up")
+
+    monkeypatch.setattr(serve_cli, "log", log)
+    monkeypatch.setattr(ray_app, "start_ray", lambda config: None)
+    monkeypatch.setattr(ray_app, "deploy", deploy)
+    monkeypatch.setattr(ray_app, "stop", lambda: said.append("ray stopped"))
+    port = _free_port()
+    assert serve_main(["--model", model_path, "--port", str(port), "--num-cpus", "1"]) == 0
+    line = f"serving on http://127.0.0.1:{port} (POST /explain, GET /healthz); Ctrl-C to stop"
+    up, done = (
+        said.index("deploy: waiting for every replica"),
+        said.index("deploy: every replica up"),
+    )
+    assert said.index(line) in ((up + 1,) if answers else (done + 1,))
+    assert said[-3:] == ["shutting down", "ray stopped", "stopped"]
+
+
+def test_serving_on_is_not_said_where_deploy_fails(model_path, monkeypatch, capsys):
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    from explain_export.artifact.serve import ray_app
+
+    def deploy(config) -> None:
+        raise RuntimeError("Deploying application explain-export failed: replica died")
+
+    monkeypatch.setattr(ray_app, "start_ray", lambda config: None)
+    monkeypatch.setattr(ray_app, "deploy", deploy)
+    monkeypatch.setattr(ray_app, "stop", lambda: None)
+    assert serve_main(["--model", model_path, "--port", str(_free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "serving on" not in err and "replica died" in err
+
+
 # ---- the live server (Ray Serve on 127.0.0.1) -------------------------------------------------
 
 REPLICAS, MAX_BATCH, WAIT_MS, MAX_BODY_MB = 2, 8, 10, 1
@@ -456,6 +539,16 @@ class Server:
                 pass
             time.sleep(poll)
         pytest.fail(f"explain-serve not ready in {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+    def wait_said(self, text: str, timeout: float = 150, poll: float = 0.1) -> None:
+        """Until the log has ``text`` (a failure if the server exits or the time runs out)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.proc.poll() is not None:
+                pytest.fail(f"explain-serve exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"explain-serve never said {text!r}:\n{self.log()[-3000:]}")
+            time.sleep(poll)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -606,12 +699,15 @@ def test_live_load_every_answer_correct_none_lost(server, photos, expected):
 
 @pytest.mark.serve
 def test_live_ctrl_c_shuts_down_cleanly_and_frees_the_port(model_path, tmp_path):
-    """A server of its own (the shared one stays up for the other tests, in any order): SIGINT
-    stops it, it exits 0, and its port can be bound again."""
+    """A server of its own (the shared one stays up for the other tests, in any order): it says
+    "serving on" when it takes requests (/healthz answers right after), SIGINT stops it, it
+    exits 0, and its port can be bound again."""
     pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
     srv = Server(model_path, str(tmp_path / "server.log"), replicas=1)
     try:
-        srv.wait_ready()
+        srv.wait_said(f"serving on http://127.0.0.1:{srv.port} (POST /explain, GET /healthz)")
+        status, body, _ = _request(srv.port, "GET", "/healthz")  # said once it answers
+        assert status == 200 and body["status"] == "ok"
     finally:
         code = srv.stop(signal.SIGINT)
     log = srv.log()

@@ -47,7 +47,8 @@ The modules, each importing only those above it:
 - :mod:`.timing`: the rounds, page faults, other processes' CPU, malloc tuning, :func:`measure`;
 - :mod:`.profile`: the heatmap head on ONNX Runtime's profiler;
 - :mod:`.run`: :func:`run_bench`, :func:`load_explainer`;
-- :mod:`.report`: the result as JSON, Markdown and a PNG plot (imports none of the above).
+- :mod:`.plot`: the PNG plot of the medians against the batch size (imports none of the above);
+- :mod:`.report`: the result as JSON, Markdown and the plot (imports :mod:`.plot` alone).
 """
 
 from ..builder.export import DEFAULT_OPSET

@@ -94,6 +94,36 @@ class BenchConfig:
             names += [_top_k_variant(m, self.top_k) for m in self.methods]
         return names
 
+    def describe(self, method: str, gradient: bool) -> str:
+        """One line on what a run will do, before it starts: the variants, the rounds, and the
+        slow steps (ONNX exports, TorchScript, torch.compile, the profiler). ``method``: the
+        explainer's; ``gradient``: whether it computes a gradient (then it has no separate
+        gradcam variants)."""
+        gone = set(self.skip) | ({"eager_gradcam", "ort_gradcam"} if gradient else set())
+        if self.device != "cuda":
+            gone.add("ort_cudagraph")
+        names = [n for n in VARIANTS if n not in gone] + self.method_variants()
+        has_ort = any(n in names for n in ON_EXPLAINER_ONNX)
+        reused = {method} if "ort" in names else set()  # ort's file, opened once more
+        reused |= {"gradcam"} if "ort_gradcam" in names else set()
+        exports = has_ort + ("ort_logits" in names) + ("ort_gradcam" in names)
+        exports += sum(m not in reused for m in self.methods)
+        exports += len(self.methods) if self.top_k is not None else 0
+        steps = [f"{exports} ONNX export{'s' * (exports != 1)}"] if exports else []
+        if "torchscript" in names:
+            steps.append("a TorchScript trace")
+        if "compile" in names:
+            steps.append("torch.compile at each batch size (minutes on few cores)")
+        if self.profile_runs and self.device == "cpu" and "ort" in names:
+            steps.append(f"up to {self.profile_runs} profiled ORT runs per batch size")
+        rounds = self.warmup + self.iters
+        sizes = ",".join(map(str, self.batch_sizes))
+        text = (
+            f"plan: {len(names)} variants ({', '.join(names)}), {rounds} rounds "
+            f"({self.warmup} warm-up + {self.iters} timed) at each batch size {sizes}"
+        )
+        return text + (f"; besides: {', '.join(steps)}" if steps else "")
+
     def check(self) -> None:
         """Raise :class:`~.errors.OptionError` for values no run can use."""
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):

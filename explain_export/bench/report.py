@@ -1,26 +1,20 @@
-"""Write a benchmark result (:func:`.run.run_bench`) as JSON, a Markdown report and a PNG plot.
-
-The plot shows the median latency (ms per batch) against the batch size, one line per variant,
-both axes logarithmic. It is drawn with OpenCV, so no plotting library is needed.
-"""
+"""Write a benchmark result (:func:`.run.run_bench`) as JSON, a Markdown report and a PNG plot
+(:mod:`.plot`)."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
 from typing import Any
-
-import cv2
-import numpy as np
 
 from ..artifact.files import ensure_out_dir, write_atomic
 from ..artifact.overlay import encode_png
 from ..errors import ExplainExportError
+from .plot import plot
 
 __all__ = [
     "FILES",
+    "SPEEDUP_LEGEND",
     "head_profile_line",
     "head_profile_table",
     "markdown",
@@ -32,24 +26,6 @@ __all__ = [
 ]
 
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
-
-# BGR, one per variant in .config.VARIANTS order; distinguishable in colour and in grey.
-_COLORS = {
-    "eager": (180, 119, 31),
-    "eager_logits": (232, 199, 174),
-    "torchscript": (44, 160, 44),
-    "ort": (40, 39, 214),
-    "ort_logits": (150, 152, 255),
-    "compile": (189, 103, 148),
-    "autograd": (14, 127, 255),
-    "eager_gradcam": (127, 127, 127),
-    "ort_gradcam": (34, 189, 188),
-    "gradcam_numpy": (75, 86, 140),
-    "ort_numpy": (0, 0, 128),
-    "ort_cudagraph": (194, 119, 227),
-}
-_DASHED = {"eager_logits", "ort_logits"}
-_LEGEND_STEP = 22  # px per legend entry
 
 
 def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
@@ -86,13 +62,15 @@ _PERCENT_KINDS = ("heatmap_overhead", "gradcam_overhead", "head_profile")
 
 def target_value(t: dict[str, Any]) -> str:
     """A target's measured value in its unit: ``3.52×``, ``+1.2%``, ``0.412 ms``,
-    ``12,345 images/s`` (rows written before units were recorded: by their kind)."""
+    ``12,345 images/s`` (rows written before units were recorded: by their kind); a ratio
+    taken round by round says ``paired`` (``3.41× paired``, as the latency table's column)."""
     unit = t.get("unit") or ("%" if t["kind"] in _PERCENT_KINDS else "×")
     value = t["value"]
+    paired = " paired" if t.get("key") == "paired_median" else ""
     if unit == "%":
-        return f"{value:+.1%}"
+        return f"{value:+.1%}{paired}"
     if unit == "×":
-        return f"{value:.2f}×"
+        return f"{value:.2f}×{paired}"
     if unit == "ms":
         return f"{value:.3f} ms"
     return f"{value:,.0f} {unit}"
@@ -125,27 +103,54 @@ def head_profile_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SPEEDUP_LEGEND = (
+    "speedup = the eager explainer's time / this variant's (2.00×: twice as fast); medians: "
+    "eager's median / this one's, from the median ms column; paired: the median of that ratio "
+    "taken round by round (both timed in the same round), which drift disturbs less"
+)
+_DISAGREE = 1.5  # the two speedups of a row differ by more than this factor: a note says so
+
+
 def table(result: dict[str, Any]) -> str:
-    """The latency table: one row per measured variant and batch size."""
+    """The latency table: one row per measured variant and batch size, each with its speedup
+    over the eager explainer two ways (``t_eager / t``: of the medians, and the median of the
+    round-by-round ratios); then :data:`SPEEDUP_LEGEND`, and a note for each row whose two
+    speedups disagree (one above 1 and one below, or more than 1.5x apart)."""
     speedups = result["ratios"]["speedup_vs_eager"]
     lines = [
-        "| variant | backend | batch | median ms | p90 ms | p99 ms | images/s | vs eager "
-        "| page faults/call |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | backend | batch | median ms | p90 ms | p99 ms | images/s "
+        "| speedup (medians) | speedup (paired) | page faults/call |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    notes = []
     for batch in result["config"]["batch_sizes"]:
         for name, v in result["variants"].items():
             m = v["batches"].get(str(batch))
             if not m or "median_ms" not in m:
                 continue
             ratio = speedups.get(name, {}).get(str(batch))
-            vs = f"{ratio['paired_median']:.2f}×" if ratio else ("1.00×" if name == "eager" else "")
+            of_medians = paired = "1.00×" if name == "eager" else ""
+            if ratio:
+                of_medians, paired = f"{ratio['value']:.2f}×", f"{ratio['paired_median']:.2f}×"
+                notes += _disagreement(v["label"], batch, ratio)
             lines.append(
                 f"| {v['label']} | {v['backend']} | {batch} | {m['median_ms']:.2f} | "
-                f"{m['p90_ms']:.2f} | {m['p99_ms']:.2f} | {m['images_per_s']:.1f} | {vs} | "
-                f"{m.get('page_faults_per_call', 0):.0f} |"
+                f"{m['p90_ms']:.2f} | {m['p99_ms']:.2f} | {m['images_per_s']:.1f} | "
+                f"{of_medians} | {paired} | {m.get('page_faults_per_call', 0):.0f} |"
             )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", SPEEDUP_LEGEND, *(part for n in notes for part in ("", n))])
+
+
+def _disagreement(label: str, batch: int, r: dict[str, float]) -> list[str]:
+    """A note where a row's two speedups disagree, else none."""
+    a, b = r["value"], r["paired_median"]
+    if min(a, b) <= 0 or ((a - 1) * (b - 1) >= 0 and max(a, b) / min(a, b) <= _DISAGREE):
+        return []
+    return [
+        f"note: {label}, batch {batch}: {a:.2f}× by the medians but {b:.2f}× paired: the "
+        "times varied widely from round to round, so neither figure is reliable; rerun with "
+        "more --iters on an idle machine"
+    ]
 
 
 def ratio_table(result: dict[str, Any]) -> str:
@@ -293,108 +298,3 @@ def markdown(result: dict[str, Any], plot: str | None = None) -> str:
     if plot:
         out += ["", f"![median latency vs batch size]({plot})"]
     return "\n".join(out) + "\n"
-
-
-def _series(result: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
-    series = {}
-    for name, v in result["variants"].items():
-        points = [(int(b), m["median_ms"]) for b, m in v["batches"].items() if "median_ms" in m]
-        if points:
-            series[name] = sorted(points)
-    return series
-
-
-def _method_color(i: int) -> tuple[int, ...]:
-    """The ``i``-th ``--methods`` variant's colour (BGR): TURBO, ten steps apart."""
-    lut = cv2.applyColorMap(np.uint8([[(20 + 24 * i) % 256]]), cv2.COLORMAP_TURBO)
-    return tuple(int(c) for c in lut[0, 0])
-
-
-def _dashed_line(img: np.ndarray, p: tuple[int, int], q: tuple[int, int], color: Any) -> None:
-    length = math.hypot(q[0] - p[0], q[1] - p[1])
-    steps = max(int(length // 6), 1)
-    for i in range(0, steps, 2):
-        a = (p[0] + (q[0] - p[0]) * i // steps, p[1] + (q[1] - p[1]) * i // steps)
-        j = min(i + 1, steps)
-        b = (p[0] + (q[0] - p[0]) * j // steps, p[1] + (q[1] - p[1]) * j // steps)
-        cv2.line(img, a, b, color, 2, cv2.LINE_AA)
-
-
-def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarray:
-    """Median ms per batch vs batch size (log-log), one line per variant, legend at the right
-    (the image grows where the legend needs it; ``--methods`` variants dashed).
-
-    Returns a BGR uint8 image.
-    """
-    series = _series(result)
-    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200), (40, 40, 40)
-    labels = [cv2.getTextSize(result["variants"][n]["label"], font, 0.42, 1)[0][0] for n in series]
-    left, right, top, bottom = 62, max([230, *(56 + w for w in labels)]), 36, 48
-    width = size[0] + right - 230
-    height = max(size[1], top + bottom + 10 + _LEGEND_STEP * len(series))
-    img = np.full((height, width, 3), 255, np.uint8)
-    x0, x1, y0, y1 = left, width - right, top, height - bottom
-    c = result["config"]
-    title = f"{c['model'].split(',')[0]} {c['input_size'][0]}x{c['input_size'][1]}, {c['device']}"
-    title += f", {result['machine']['torch_threads']} threads: median ms per batch"
-    cv2.putText(img, title, (left, 22), font, 0.45, black, 1, cv2.LINE_AA)
-    if not series:
-        cv2.putText(img, "nothing measured", (x0 + 20, (y0 + y1) // 2), font, 0.6, black, 1)
-        return img
-    batches = sorted({b for pts in series.values() for b, _ in pts})
-    values = [ms for pts in series.values() for _, ms in pts]
-    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
-    hi = max(hi, lo + 1)
-    bx_lo, bx_hi = math.log2(batches[0]), math.log2(batches[-1])
-    span = bx_hi - bx_lo or 1.0
-
-    def px(batch: int) -> int:
-        if len(batches) == 1:
-            return (x0 + x1) // 2
-        return round(x0 + 20 + (x1 - x0 - 40) * (math.log2(batch) - bx_lo) / span)
-
-    def py(ms: float) -> int:
-        return round(y1 - (y1 - y0) * (math.log10(ms) - lo) / (hi - lo))
-
-    for decade in range(lo, hi + 1):
-        for mult in (1, 2, 5):
-            ms = mult * 10.0**decade
-            if ms > 10.0**hi:
-                break
-            y = py(ms)
-            cv2.line(img, (x0, y), (x1, y), grey if mult == 1 else (235, 235, 235), 1)
-            if mult == 1 or hi - lo <= 2:
-                text = f"{ms:g}"
-                tw = cv2.getTextSize(text, font, 0.4, 1)[0][0]
-                cv2.putText(img, text, (x0 - 6 - tw, y + 4), font, 0.4, black, 1, cv2.LINE_AA)
-    for b in batches:
-        x = px(b)
-        cv2.line(img, (x, y0), (x, y1), (235, 235, 235), 1)
-        tw = cv2.getTextSize(str(b), font, 0.4, 1)[0][0]
-        cv2.putText(img, str(b), (x - tw // 2, y1 + 16), font, 0.4, black, 1, cv2.LINE_AA)
-    cv2.rectangle(img, (x0, y0), (x1, y1), black, 1)
-    cv2.putText(img, "batch size", ((x0 + x1) // 2 - 30, y1 + 36), font, 0.45, black, 1)
-    cv2.putText(img, "ms", (x0 - 30, y0 - 8), font, 0.45, black, 1, cv2.LINE_AA)
-
-    extra = itertools.count()
-    for i, (name, points) in enumerate(series.items()):
-        color = _COLORS.get(name) or _method_color(next(extra))
-        dashed = name in _DASHED or name not in _COLORS
-        xy = [(px(b), py(ms)) for b, ms in points]
-        for p, q in itertools.pairwise(xy):
-            if dashed:
-                _dashed_line(img, p, q, color)
-            else:
-                cv2.line(img, p, q, color, 2, cv2.LINE_AA)
-        for p in xy:
-            cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
-        ly = y0 + 10 + _LEGEND_STEP * i
-        lx = x1 + 14
-        if dashed:
-            _dashed_line(img, (lx, ly), (lx + 26, ly), color)
-        else:
-            cv2.line(img, (lx, ly), (lx + 26, ly), color, 2, cv2.LINE_AA)
-        cv2.circle(img, (lx + 13, ly), 4, color, -1, cv2.LINE_AA)
-        label = result["variants"][name]["label"]
-        cv2.putText(img, label, (lx + 34, ly + 4), font, 0.42, black, 1, cv2.LINE_AA)
-    return img

@@ -115,7 +115,8 @@ def check_targets(
         if not isinstance(node, dict):
             continue
         # a ratio from an older bench.json has only its value (the ratio of the two medians)
-        value = node.get(t.key, node.get("value") if t.key == "paired_median" else None)
+        key = t.key if t.key in node or t.key != "paired_median" else "value"
+        value = node.get(key)
         if value is None:
             continue
         met = value <= t.bound if t.at_most else value >= t.bound
@@ -126,6 +127,7 @@ def check_targets(
                 "value": value,
                 "bound": t.bound,
                 "unit": t.unit,
+                "key": key,
                 "met": bool(met),
                 "judged": t.path[-1] not in busy,
             }

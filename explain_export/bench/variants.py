@@ -124,9 +124,10 @@ def build_variants(
             note="the eager gradcam explainer: weights frozen, only the path from A is "
             "differentiated",
         )
-    built["eager_logits"] = Variant(
-        "eager_logits", _TORCH_EAGER, lambda x: _torch_call(logits_model, x, logits_only=True)
-    )
+    if "eager_logits" not in config.skip:
+        built["eager_logits"] = Variant(
+            "eager_logits", _TORCH_EAGER, lambda x: _torch_call(logits_model, x, logits_only=True)
+        )
     if "torchscript" not in config.skip:
         log("tracing TorchScript (trace + freeze)")
         example = example.to(device).contiguous(memory_format=layout)

@@ -11,7 +11,7 @@ import importlib
 import os
 import pickle
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,11 @@ __all__ = [
     "CheckpointInfo",
     "LoadedModel",
     "build_arch",
+    "check_checkpoint_file",
     "load_model",
     "load_weights",
     "read_checkpoint",
+    "resolve_arch",
     "unpack",
 ]
 
@@ -55,14 +57,19 @@ def _names(items: list[str]) -> str:
     return shown + (f" and {len(items) - _LIST_MAX} more" if len(items) > _LIST_MAX else "")
 
 
-def read_checkpoint(path: str, trust: bool = False) -> Any:
-    """``torch.load`` the file on the CPU; weights only unless ``trust``."""
+def check_checkpoint_file(path: str) -> None:
+    """A :class:`.UsageError` unless ``path`` is a file with something in it (nothing read)."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint '{path}' does not exist")
     if os.path.isdir(path):
         raise UsageError(f"checkpoint '{path}' is a directory; pass the .pt/.pth file")
     if os.path.getsize(path) == 0:
         raise UsageError(f"checkpoint '{path}' is empty (0 bytes)")
+
+
+def read_checkpoint(path: str, trust: bool = False) -> Any:
+    """``torch.load`` the file on the CPU; weights only unless ``trust``."""
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -149,8 +156,10 @@ def _strip_metadata(meta: Mapping[str, Any], prefix: str) -> OrderedDict[str, An
     return out
 
 
-def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """Call ``package.module:callable`` with ``kwargs`` and return the module it builds."""
+def resolve_arch(arch: str) -> Callable[..., Any]:
+    """The callable that ``package.module:callable`` names: its module is imported, nothing is
+    called. An :class:`.OptionError` where the name is malformed, the module cannot be imported,
+    or the attribute is missing or not callable."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise OptionError(
@@ -177,6 +186,13 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
         target = getattr(target, part)
     if not callable(target):
         raise OptionError("arch", "{name}: '{arch}' is not callable", arch=arch)
+    return target
+
+
+def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Call ``package.module:callable`` (:func:`resolve_arch`) with ``kwargs`` and return the
+    module it builds."""
+    target = resolve_arch(arch)
     try:
         model = target(**(kwargs or {}))
     except TypeError as exc:

@@ -35,7 +35,7 @@ from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, m
 from .tap import Tap, TapSpec
 from .tokens import to_map
 
-__all__ = ["Explainer", "Maps", "build_explainer"]
+__all__ = ["Explainer", "Maps", "build_explainer", "check_input_size"]
 
 Maps = Tensor | list[Tensor]  # one layer's map (or gradient), or one per fused layer
 
@@ -198,6 +198,14 @@ class Explainer(nn.Module):
         return [torch.zeros_like(a) if g is None else g for a, g in zip(maps, grads, strict=True)]
 
 
+def check_input_size(input_size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)``, checked: both positive; else an :class:`.OptionError`."""
+    h, w = input_size
+    if h <= 0 or w <= 0:
+        raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
+    return h, w
+
+
 def build_explainer(
     model: nn.Module,
     layer: str | Sequence[str] | None = None,
@@ -236,9 +244,7 @@ def build_explainer(
     if method != AUTO:  # the cheap checks before the probe; make_plan repeats them for callers
         method = methods.get(method)
     mean, std = check_norm(mean, std)
-    h, w = input_size
-    if h <= 0 or w <= 0:
-        raise OptionError("input_size", "{name} must be positive, got {h} {w}", h=h, w=w)
+    h, w = check_input_size(input_size)
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std, output)
     plan = make_plan(

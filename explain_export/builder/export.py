@@ -40,6 +40,7 @@ __all__ = [
     "FORMATS",
     "RUNTIMES",
     "ExportResult",
+    "check_formats",
     "export_explainer",
 ]
 
@@ -124,6 +125,19 @@ def _verify_on_gpu(
     return rows
 
 
+def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """``formats``, checked: one or more of :data:`FORMATS`; else an :class:`.OptionError`."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise OptionError(
+            "formats",
+            "{name} takes a comma list of {known}; got {given}",
+            known=", ".join(FORMATS),
+            given=", ".join(formats) or "none",
+        )
+    return formats
+
+
 def export_explainer(
     explainer: Explainer,
     out_dir: str,
@@ -140,14 +154,7 @@ def export_explainer(
 
     Raises :class:`~.errors.ParityError` (nothing moved into place) if any check fails.
     """
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise OptionError(
-            "formats",
-            "{name} takes a comma list of {known}; got {given}",
-            known=", ".join(FORMATS),
-            given=formats,
-        )
+    check_formats(formats)
     info = explainer.plan
     if class_input and not info.method_spec.has_class:
         raise OptionError(

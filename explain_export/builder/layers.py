@@ -9,8 +9,10 @@ laid on the patch grid (:mod:`.tokens`).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import UsageError
 from .gap_head import gap_input
@@ -18,7 +20,16 @@ from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
 from .tokens import is_grid
 
-__all__ = ["choose_layer", "default_layer", "format_layers", "pool_input"]
+__all__ = [
+    "BRIEF",
+    "LayerRow",
+    "choose_layer",
+    "default_layer",
+    "format_layers",
+    "layer_rows",
+    "pick_layers",
+    "pool_input",
+]
 
 
 def pool_input(result: Probe) -> TapSpec | None:
@@ -148,8 +159,25 @@ def token_default(
     return None
 
 
-def format_layers(result: Probe, default: TapSpec | None) -> str:
-    """A table of the tap candidates (spatial maps larger than 1x1), the default marked.
+BRIEF = 40  # a longer list is cut to the model's own modules and its blocks (pick_layers)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One tap candidate of :func:`layer_rows`: the name ``--layer`` takes, the module's type,
+    the map's shape as text, whether it is the default, and whether it is a block: one of the
+    model's own modules, or a module of modules whose name ends in a number (``layer4.2``,
+    ``_blocks.15``, ``encoder_layer_11``)."""
+
+    name: str
+    kind: str
+    shape: str
+    default: bool
+    block: bool
+
+
+def layer_rows(result: Probe, default: TapSpec | None) -> list[LayerRow]:
+    """The tap candidates (spatial maps larger than 1x1) in the order they ran.
 
     Channels-last maps are listed with ``(NHWC)``; the explainer permutes them. Token sequences
     ``[N,T,C]`` as wide as a norm's input (a transformer's residual stream) are listed as
@@ -158,12 +186,13 @@ def format_layers(result: Probe, default: TapSpec | None) -> str:
     counts: dict[str, int] = {}
     for r in result.records:
         counts[r.name] = counts.get(r.name, 0) + 1
+    parents = {r.name.rpartition(".")[0] for r in result.records}
     streams = {
         tuple(r.input_shape)
         for r in result.records
         if "Norm" in r.kind and r.input_shape is not None and len(r.input_shape) == 3
     }
-    rows = [("layer", "type", "shape [C,h,w]", "")]
+    rows = []
     for r in result.records:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
@@ -172,6 +201,7 @@ def format_layers(result: Probe, default: TapSpec | None) -> str:
             r.output_shape is not None and tuple(r.output_shape) in streams
         ):
             specs.append((spec_for(result, r, "output"), r.output_shape))
+        block = "." not in r.name or (r.name in parents and r.name[-1].isdigit())
         for spec, shape in specs:
             is_default = default is not None and str(spec) == str(default)
             if shape is not None and len(shape) == 3:
@@ -180,11 +210,32 @@ def format_layers(result: Probe, default: TapSpec | None) -> str:
                 text = "x".join(map(str, spatial(shape, result.input_size)))
             if layout(shape, result.input_size) == "NHWC":
                 text += " (NHWC)"
-            rows.append((str(spec), r.kind, text, "<- default" if is_default else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+            rows.append(LayerRow(str(spec), r.kind, text, is_default, block))
+    return rows
+
+
+def pick_layers(rows: Sequence[LayerRow], pattern: str | None = None) -> list[LayerRow]:
+    """The rows to show, the default always among them. ``pattern``: the names it matches, a
+    glob where it has ``*``, ``?`` or ``[`` (``layer4*``), else a part of the name
+    (``layer4``); None: every row of a list of at most :data:`BRIEF`, else the blocks."""
+    if pattern is None:
+        return list(rows) if len(rows) <= BRIEF else [r for r in rows if r.block or r.default]
+    glob = any(c in pattern for c in "*?[")
+    return [
+        r
+        for r in rows
+        if r.default or (fnmatch.fnmatchcase(r.name, pattern) if glob else pattern in r.name)
+    ]
+
+
+def format_layers(rows: Sequence[LayerRow]) -> str:
+    """``rows`` as a table: layer, type, shape [C,h,w], the default marked ``<- default``."""
+    cells = [("layer", "type", "shape [C,h,w]", "")]
+    cells += [(r.name, r.kind, r.shape, "<- default" if r.default else "") for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(3)]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
-        for row in rows
+        for row in cells
     ]
     return "\n".join(line.rstrip() for line in lines)
 

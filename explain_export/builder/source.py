@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OptionError
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, check_checkpoint_file, load_model, resolve_arch
 from .zoo import load_default
 
 __all__ = ["ModelSource"]
@@ -56,6 +56,14 @@ class ModelSource:
     def embedded(self) -> bool:
         """No checkpoint and no ``--arch``: the embedded default model."""
         return self.ckpt is None and self.arch is None
+
+    def check(self) -> None:
+        """What can be checked without a model, in moments: the checkpoint is a file with
+        something in it, and ``arch`` names a callable (its module imported, nothing built)."""
+        if self.ckpt is not None:
+            check_checkpoint_file(self.ckpt)
+        if self.arch is not None:
+            resolve_arch(self.arch)
 
     def load(self, input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
         """The model in eval mode on the CPU, with what is known about it."""

@@ -13,6 +13,7 @@ __all__ = [
     "add_model_flags",
     "add_overlay_flags",
     "flag_namer",
+    "input_size",
     "log",
     "model_source",
     "overlay_options",
@@ -176,7 +177,18 @@ def add_model_flags(group: Any) -> None:
 
 
 def model_source(args: argparse.Namespace) -> Any:
-    """The :class:`.ModelSource` the model flags describe (checked: JSON of --arch-kwargs)."""
+    """The :class:`.ModelSource` the model flags describe, checked before anything loads
+    (:meth:`.ModelSource.check`: the JSON of --arch-kwargs, the checkpoint file is there,
+    --arch names a callable)."""
     from ..builder.source import ModelSource
 
-    return ModelSource(args.ckpt, args.arch, args.arch_kwargs, args.trust_checkpoint)
+    source = ModelSource(args.ckpt, args.arch, args.arch_kwargs, args.trust_checkpoint)
+    source.check()
+    return source
+
+
+def input_size(args: argparse.Namespace) -> tuple[int, int]:
+    """``--input-size H W``, checked (both positive) before anything loads."""
+    from ..builder.explainer import check_input_size
+
+    return check_input_size((args.input_size[0], args.input_size[1]))

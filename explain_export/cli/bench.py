@@ -14,11 +14,16 @@ import sys
 from typing import Any
 
 from ..builder.methods import AUTO, CHOICES, METHODS
-from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
+from ._common import ArgumentParser, add_model_flags, input_size, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
 PROG = "explain-bench"
+
+# the flags --quick sets (a flag given keeps its value), and their values without it
+FULL = {"batch_sizes": "1,8,32", "warmup": 5, "iters": 30, "profile_runs": 100, "skip": ""}
+QUICK = {"batch_sizes": "1", "warmup": 2, "iters": 10, "profile_runs": 0, "skip": None}
+QUICK_VARIANTS = ("eager", "ort")  # --quick skips the others
 
 EPILOG = """\
 variants (all on the same inputs, interleaved round by round):
@@ -52,6 +57,7 @@ On the CPU, ONNX Runtime's profiler also measures the heatmap head: the kernel t
 nodes that logits does not depend on, over that of the rest (--profile-runs).
 
 examples:
+  explain-bench --quick                                     eager vs ORT, in well under a minute
   explain-bench --threads 2 --batch-sizes 1,8,32 --out bench/
   explain-bench --threads 2 --channels-last --tuned-malloc     eager PyTorch at its best
   explain-bench --device cuda --batch-sizes 1,8,32,64 --skip compile
@@ -93,7 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_argument_group("benchmark")
     b.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     b.add_argument(
-        "--batch-sizes", default="1,8,32", metavar="LIST", help="comma list (default: 1,8,32)"
+        "--quick",
+        action="store_true",
+        help="how fast is my model, in well under a minute: the eager explainer against the "
+        "ONNX explainer on ONNX Runtime alone (one ONNX export; no TorchScript, torch.compile, "
+        "baselines or profiler), batch size 1, 2 warm-up + 10 timed rounds; flags given "
+        "explicitly keep their values",
+    )
+    b.add_argument(
+        "--batch-sizes",
+        metavar="LIST",
+        help=f"comma list (default: {FULL['batch_sizes']}; --quick: {QUICK['batch_sizes']})",
     )
     b.add_argument(
         "--threads",
@@ -102,8 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.set_num_threads(N) and ONNX Runtime intra_op_num_threads=N "
         "(default: torch's default)",
     )
-    b.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up rounds (default: 5)")
-    b.add_argument("--iters", type=int, default=30, metavar="N", help="timed rounds (default: 30)")
+    b.add_argument(
+        "--warmup",
+        type=int,
+        metavar="N",
+        help=f"warm-up rounds (default: {FULL['warmup']}; --quick: {QUICK['warmup']})",
+    )
+    b.add_argument(
+        "--iters",
+        type=int,
+        metavar="N",
+        help=f"timed rounds (default: {FULL['iters']}; --quick: {QUICK['iters']})",
+    )
     b.add_argument(
         "--prime",
         type=int,
@@ -122,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--skip",
-        default="",
         metavar="LIST",
         help="comma list of the variants listed below not to run (any but eager), e.g. "
         "compile or compile,autograd,gradcam_numpy",
@@ -146,10 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--profile-runs",
         type=int,
-        default=100,
         metavar="N",
         help="CPU: profiled runs of the ORT explainer per batch size for the heatmap head's "
-        "share, fewer where they would take over 5 s; 0: no profile (default: 100)",
+        "share, fewer where they would take over 5 s; 0: no profile "
+        f"(default: {FULL['profile_runs']}; --quick: {QUICK['profile_runs']})",
     )
     b.add_argument(
         "--channels-last",
@@ -179,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _preset(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that ``--quick`` sets: :data:`QUICK` with it, else :data:`FULL`, each one
+    given on the command line kept."""
+    from ..errors import UsageError
+
+    if args.quick and (args.skip or args.methods or args.top_k is not None):
+        raise UsageError(
+            "--quick times the eager and the ONNX explainer alone; drop --skip, --methods and "
+            "--top-k, or --quick"
+        )
+    preset = dict(QUICK if args.quick else FULL)
+    if args.quick:
+        from ..bench.config import VARIANTS
+
+        preset["skip"] = ",".join(v for v in VARIANTS if v not in QUICK_VARIANTS)
+    given = {k: getattr(args, k) for k in preset if getattr(args, k) is not None}
+    return {**preset, **given}
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     from ..errors import UsageError
 
@@ -203,31 +247,34 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from ..bench.report import head_profile_line, table, target_value, write_report
     from ..builder.export import DEFAULT_OPSET
 
+    preset = _preset(args)
     config = BenchConfig(
-        batch_sizes=_batch_sizes(args.batch_sizes),
+        batch_sizes=_batch_sizes(preset["batch_sizes"]),
         device=args.device,
         threads=args.threads,
-        warmup=args.warmup,
-        iters=args.iters,
+        warmup=preset["warmup"],
+        iters=preset["iters"],
         prime=args.prime,
         settle_s=args.settle / 1000,
         channels_last=args.channels_last,
         tuned_malloc=args.tuned_malloc,
-        skip=frozenset(s.strip() for s in args.skip.split(",") if s.strip()),
+        skip=frozenset(s.strip() for s in preset["skip"].split(",") if s.strip()),
         opset=args.opset or DEFAULT_OPSET,
         models_dir=os.path.join(args.out, "models") if args.save_models else None,
-        profile_runs=args.profile_runs,
+        profile_runs=preset["profile_runs"],
         methods=_methods(args.methods),
         top_k=args.top_k,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
-    source = model_source(args)
+    size = input_size(args)
+    source = model_source(args)  # the checkpoint file is there, --arch resolves
     ensure_out_dir(args.out)
-    size = (args.input_size[0], args.input_size[1])
     explainer, description = load_explainer(source, args.layer, args.method, args.head, size)
     say = (lambda _msg: None) if args.quiet else log
     info = explainer.plan
     say(f"model: {description}; {info.method} at {info.layer}, input {size[0]}x{size[1]}")
+    plan = config.describe(info.method, explainer.method.needs_gradient)
+    say(plan + ("" if args.quick else "; --quick: eager vs ORT alone, in well under a minute"))
     rounds = len(config.batch_sizes) * (config.warmup + config.iters)
     bar: Any = None  # a tqdm bar over the rounds, opened when the first round ends
 
@@ -265,7 +312,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     for batch, profile in result.get("head_profile", {}).items():
         print(head_profile_line(batch, profile))
     for note in result["notes"]:
-        print(f"note: {note}")
+        if not note.endswith(": skipped: --skip"):  # as asked (bench.md lists them)
+            print(f"note: {note}")
     if result.get("busy"):
         shares = ", ".join(
             f"{s:.0%} of the CPUs while timing batch {b}" for b, s in result["busy"].items()

@@ -6,12 +6,14 @@ Without --ckpt it exports the embedded default model, EfficientNet-Lite0 with Im
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import Any
 
 from ..artifact.contract import HEATMAP_DTYPES
+from ..builder.layers import BRIEF
 from ..builder.methods import AUTO, CHOICES
-from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
+from ._common import ArgumentParser, add_model_flags, log, run_main
+from ._export_checks import Checked, check_flags
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -20,9 +22,10 @@ PROG = "explain-export"
 EPILOG = """\
 examples:
   explain-export                                   the embedded default model -> ./explainer/
-  explain-export --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4 --out out/
+  explain-export --ckpt model.pt --arch torchvision.models:resnet50 --labels imagenet --out out/
   explain-export --ckpt model.pt --arch mypkg.nets:Net --arch-kwargs '{"num_classes": 10}'
   explain-export --list-layers                     the tap candidates of the default model
+  explain-export --list-layers '_blocks.15*'       those whose name matches (all: every one)
 
 layers are NAME[:input|:output][@CALL]: a dotted name from model.named_modules(); ':input'
 takes the tensor going into the module (e.g. the map that feeds the pooling); '@CALL' picks
@@ -220,8 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--list-layers",
-        action="store_true",
-        help="print the layers that can be tapped, with shapes, and exit",
+        nargs="?",
+        const="",
+        metavar="PATTERN",
+        help="print the layers that can be tapped, with shapes, the default marked, and exit. "
+        f"A list longer than {BRIEF} rows shows the model's own modules and its blocks "
+        "(layer4.2, _blocks.15); PATTERN shows the names it matches instead, a glob "
+        "('layer4*') or a part of the name (layer4); all: every one",
     )
     o.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -230,31 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from ..builder.explainer import build_explainer
     from ..builder.export import DEFAULT_OPSET, export_explainer
-    from ..builder.layers import choose_layer, format_layers
-    from ..builder.plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, check_norm
-    from ..builder.probe import probe_at_size
+    from ..builder.plan import GraphOptions
     from ..builder.verify import format_device_rows, format_report
-    from ..errors import UsageError
 
-    source = model_source(args)
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    if args.triton_repo:  # check the flags before a long export
-        from ..artifact.triton import check_repo
-
-        check_repo(
-            args.triton_repo,
-            list(formats),
-            args.triton_name,
-            args.max_batch_size,
-            args.instances,
-            args.kind,
-            overwrite=True,
-        )
-    size = (args.input_size[0], args.input_size[1])
-    mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
-
+    flags = check_flags(args)  # before the model loads
+    source, size, formats = flags.source, flags.size, flags.formats
     loaded = source.load(size)
-    model, labels, description = loaded.model, loaded.labels, loaded.description
+    model, description = loaded.model, loaded.description
+    labels = loaded.labels if flags.labels is None else flags.labels
     given: list[str] = args.layer or []
     layer: str | list[str] | None = (given[0] if len(given) == 1 else given) or loaded.layer
     origin = ""
@@ -266,25 +257,9 @@ def _run(args: argparse.Namespace) -> int:
             log("note: the checkpoint holds the whole model; --arch was not used")
     elif args.ckpt is None:
         log("note: no --ckpt, so the weights are those --arch built")
-    if args.labels == "imagenet" and not os.path.exists("imagenet"):
-        from ..builder.zoo import imagenet_labels
 
-        labels = list(imagenet_labels())
-    elif args.labels:
-        try:
-            with open(args.labels) as f:
-                labels = [line.rstrip("\n") for line in f if line.strip()]
-        except OSError as exc:
-            raise UsageError(f"cannot read --labels '{args.labels}': {exc.strerror}") from exc
-
-    if args.list_layers:
-        result = probe_at_size(model, size, mean, std, args.output)
-        default, why = choose_layer(result, given[0] if given else loaded.layer)
-        if not args.layer and loaded.layer:
-            why = "the embedded model's default: the map its global average pooling reads"
-        print(format_layers(result, default))
-        print(f"default: {default} ({why})")
-        return 0
+    if args.list_layers is not None:
+        return _list_layers(args, model, flags, given[0] if given else loaded.layer)
 
     graph = GraphOptions(
         input_format=args.input_format,
@@ -298,14 +273,14 @@ def _run(args: argparse.Namespace) -> int:
         layer,
         args.method,
         size,
-        mean,
-        std,
+        flags.mean,
+        flags.std,
         args.head,
         args.class_index,
         graph,
         args.top_k,
         args.output,
-        _background(args.background),
+        flags.background,
         tokens=args.tokens,
     )
     info = explainer.plan
@@ -333,6 +308,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"        a token sequence: {prefix} prefix tokens dropped, the rest laid on {grid}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
+    if labels is None and info.num_classes == 1000:
+        print(
+            "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores "
+            "their names (explain-run and explain-serve then show names, not class numbers)"
+        )
     sys.stdout.flush()
     result = export_explainer(
         explainer,
@@ -368,18 +348,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _background(text: str) -> int | None:
-    """``--background``: a class index, or ``none``."""
-    from ..errors import OptionError
+def _list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str | None) -> int:
+    """``--list-layers [PATTERN]``: the tap candidates, the default marked, and why it is."""
+    from ..builder.layers import choose_layer, format_layers, layer_rows, pick_layers
+    from ..builder.probe import probe_at_size
 
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise OptionError(
-            "background", "{name} takes a class index or none, not '{t}'", t=text
-        ) from None
+    result = probe_at_size(model, flags.size, flags.mean, flags.std, args.output)
+    default, why = choose_layer(result, layer)
+    if not args.layer and layer:
+        why = "the embedded model's default: the map its global average pooling reads"
+    rows = layer_rows(result, default)
+    pattern = {"": None, "all": "*"}.get(args.list_layers, args.list_layers)
+    shown = pick_layers(rows, pattern)
+    print(format_layers(shown))
+    if len(shown) < len(rows):
+        which = "the model's own modules and its blocks"
+        if pattern is not None:
+            which = f"those matching '{pattern}', and the default"
+        print(
+            f"{len(shown)} of {len(rows)} layers shown: {which}; --list-layers all shows every "
+            "one, --list-layers PATTERN those whose name matches"
+        )
+    print(f"default: {default} ({why})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

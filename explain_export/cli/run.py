@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
 
 PROG = "explain-run"
 DEFAULT_MODEL = os.path.join("explainer", "explainer.onnx")
+_SHOWN = 10  # images listed in the summary; predictions.jsonl has them all
 
 EPILOG = """\
 examples:
@@ -316,9 +317,16 @@ def _run(args: argparse.Namespace) -> int:
             + (f" ({kept} kept from an earlier run)" if kept else "")
             + f", {len(report.failed)} failed; outputs in {os.path.normpath(args.out)}{os.sep}"
         )
-        for r in report.results[:10]:
-            if r.error is None:
-                print(f"  {os.path.basename(r.path)}: {r.summary}")
+        done = [r for r in report.results if r.error is None]
+        for r in done[:_SHOWN]:
+            print(f"  {os.path.basename(r.path)}: {r.summary}")
+        if len(done) > _SHOWN:
+            print(f"  … and {len(done) - _SHOWN} more (see {os.path.normpath(report.predictions)})")
+        if done and not meta.labels and meta.num_classes == 1000:
+            print(
+                "  (class numbers: the model has no labels; if they are ImageNet-1k's, "
+                "explain-export --labels imagenet stores the names)"
+            )
         if report.sheet:
             print(f"sheet: {report.sheet}")
     return 1 if report.failed else 0

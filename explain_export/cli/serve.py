@@ -195,6 +195,34 @@ def _check_port(host: str, port: int) -> None:
             ) from exc
 
 
+def _announce(
+    host: str, port: int, stop: threading.Event, deployed: threading.Event, poll_s: float = 0.05
+) -> None:
+    """Log the "serving on" line as soon as ``GET /healthz`` answers 200 on ``host:port``: the
+    proxy routes to a replica that is up (Serve's own wait for the whole application ends
+    later). Where nothing answers by the time ``deployed`` is set (the app runs), the line is
+    logged then; a stop first logs nothing."""
+    import http.client
+
+    local = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    address = f"[{local}]" if ":" in local else local
+    answered = False
+    while not (answered or stop.is_set() or deployed.is_set()):
+        conn = http.client.HTTPConnection(address, port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            answered = conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if not answered:
+            stop.wait(poll_s)
+    if not stop.is_set():
+        shown = f"[{host}]" if ":" in host else host
+        log(f"serving on http://{shown}:{port} (POST /explain, GET /healthz); Ctrl-C to stop")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ..artifact.serve import app, ray_app
     from ..errors import UsageError
@@ -224,15 +252,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    deployed = threading.Event()  # deploy() returned or failed: the announcer stops polling
+    announcer = threading.Thread(
+        target=_announce, args=(config.host, config.port, stop, deployed), daemon=True
+    )
     try:
         ray_app.start_ray(config)
         signal.signal(signal.SIGTERM, on_signal)  # ray.init installs its own
-        ray_app.deploy(config)
-        if not stop.is_set():
-            log(
-                f"serving on http://{config.host}:{config.port} "
-                "(POST /explain, GET /healthz); Ctrl-C to stop"
-            )
+        announcer.start()  # says "serving on" once /healthz answers: the first replica is up
+        try:
+            ray_app.deploy(config)  # returns once every replica is up
+        except BaseException:
+            stop.set()  # nothing to announce
+            raise
+        finally:
+            deployed.set()
+        announcer.join()
         while not stop.wait(0.5):
             pass
         log("shutting down")

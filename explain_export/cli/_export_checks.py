@@ -1,0 +1,91 @@
+"""``explain-export``'s flags, checked before anything loads.
+
+A bad size, format, normalization, label file, checkpoint path, output folder or ``--arch``
+fails in about the time it takes to import torch, not after the model is read and built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ._common import input_size, model_source
+
+__all__ = ["Checked", "check_flags"]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The flags as values, each checked."""
+
+    source: Any  # a ModelSource whose checkpoint file is there and whose --arch resolves
+    size: tuple[int, int]
+    formats: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: list[str] | None  # from --labels; None: the model's own, if it has them
+    background: int | None
+
+
+def check_flags(args: argparse.Namespace) -> Checked:
+    """Every check of the flags that needs no model; an :class:`.OptionError` or
+    :class:`.UsageError` for the first that fails."""
+    from ..builder.export import check_formats
+    from ..builder.plan import IMAGENET_MEAN, IMAGENET_STD, check_norm
+    from ..errors import OptionError
+
+    size = input_size(args)
+    formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
+    background = _background(args.background)
+    if args.list_layers is None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise OptionError("out_dir", "{name} '{path}' is a file; give a folder", path=args.out)
+    labels = _labels(args.labels)
+    if args.triton_repo:
+        from ..artifact.triton import check_repo
+
+        check_repo(
+            args.triton_repo,
+            list(formats),
+            args.triton_name,
+            args.max_batch_size,
+            args.instances,
+            args.kind,
+            overwrite=True,
+        )
+    source = model_source(args)  # last: --arch imports its module
+    return Checked(source, size, formats, tuple(mean), tuple(std), labels, background)
+
+
+def _labels(given: str | None) -> list[str] | None:
+    """``--labels``: the shipped ImageNet names for ``imagenet`` (unless a file has that name),
+    else the file's non-empty lines; None without the flag."""
+    from ..errors import UsageError
+
+    if given is None:
+        return None
+    if given == "imagenet" and not os.path.exists(given):
+        from ..builder.zoo import imagenet_labels
+
+        return list(imagenet_labels())
+    try:
+        with open(given) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except OSError as exc:
+        raise UsageError(f"cannot read --labels '{given}': {exc.strerror}") from exc
+
+
+def _background(text: str) -> int | None:
+    """``--background``: a class index, or ``none``."""
+    from ..errors import OptionError
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionError(
+            "background", "{name} takes a class index or none, not '{t}'", t=text
+        ) from None

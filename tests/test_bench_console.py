@@ -1,0 +1,147 @@
+"""What explain-bench prints (issue 20, items 8 and 12): a speedup column that agrees with the
+medians beside it, the paired one labelled as such; the plan of a run, said before it starts;
+``--quick``. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from explain_export.bench import BenchConfig
+from explain_export.bench.report import SPEEDUP_LEGEND, markdown, table, target_value
+from explain_export.cli.bench import main
+
+TESTS = os.path.dirname(__file__)
+
+
+def _result(eager_ms: float, compile_ms: float, value: float, paired: float) -> dict:
+    def stats(ms: float) -> dict:
+        return {"median_ms": ms, "p90_ms": 2 * ms, "p99_ms": 3 * ms, "images_per_s": 1e3 / ms}
+
+    ratio = {"value": value, "paired_median": paired, "paired_p25": 1.0, "paired_p75": 3.0}
+    return {
+        "config": {"batch_sizes": [1]},
+        "variants": {
+            "eager": {
+                "label": "eager explainer",
+                "backend": "torch",
+                "batches": {"1": stats(eager_ms)},
+            },
+            "compile": {
+                "label": "torch.compile explainer",
+                "backend": "inductor",
+                "batches": {"1": stats(compile_ms)},
+            },
+        },
+        "ratios": {"speedup_vs_eager": {"compile": {"1": ratio}}},
+    }
+
+
+def test_the_speedup_of_the_medians_and_the_paired_one_are_both_labelled():
+    """The row of the issue: eager 328.89 ms, torch.compile 607.00 ms, 2.44× round by round.
+    The medians' column reads 0.54×, as a reader checks; the paired one is labelled, and a note
+    says the two disagree."""
+    text = table(_result(328.89, 607.0, 328.89 / 607.0, 2.44))
+    lines = text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[7:9] == ["speedup (medians)", "speedup (paired)"]
+    row = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert row[0] == "torch.compile explainer" and row[3] == "607.00"
+    assert row[7] == "0.54×" and row[8] == "2.44×"
+    assert SPEEDUP_LEGEND in lines
+    assert lines[-1].startswith(
+        "note: torch.compile explainer, batch 1: 0.54× by the medians but 2.44× paired"
+    )
+    agree = table(_result(300.0, 100.0, 3.0, 2.9))  # the same story: no note
+    assert not agree.splitlines()[-1].startswith("note:")
+
+
+def test_a_paired_target_says_paired_and_an_old_one_does_not():
+    row = {"kind": "speedup_vs_eager", "value": 3.5, "unit": "×", "key": "paired_median"}
+    assert target_value(row) == "3.50× paired"
+    assert target_value({**row, "key": "value"}) == "3.50×"
+    assert target_value({"kind": "heatmap_overhead", "value": 0.012}) == "+1.2%"
+
+
+def test_the_plan_names_the_variants_and_the_slow_steps():
+    full = BenchConfig().describe("cam", gradient=False)
+    assert full.startswith(
+        "plan: 11 variants (eager, eager_logits, torchscript, ort, ort_logits, compile, autograd, "
+        "eager_gradcam, ort_gradcam, gradcam_numpy, ort_numpy), 35 rounds (5 warm-up + 30 "
+        "timed) at each batch size 1,8,32; besides: 3 ONNX exports, a TorchScript trace, "
+        "torch.compile at each batch size"
+    )
+    assert full.endswith("up to 100 profiled ORT runs per batch size")
+    gradient = BenchConfig(skip=frozenset({"compile"})).describe("gradcam", gradient=True)
+    assert "ort_gradcam" not in gradient and "2 ONNX exports" in gradient
+    assert "torch.compile" not in gradient
+    methods = BenchConfig(methods=("cam", "gradcam", "sum"), top_k=5).describe("cam", False)
+    # ort, ort_logits, ort_gradcam; cam and gradcam open those again; sum; three top-5 files
+    assert "besides: 7 ONNX exports" in methods and methods.count("_top5") == 3
+
+
+@pytest.mark.slow
+def test_quick_says_what_it_does_and_times_eager_against_ort_alone(tmp_path):
+    """As a user runs it: the plan on stderr before the work, the table and the legend on
+    stdout, the speedup of the medians equal to the medians' ratio; only eager and ort ran."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    args = ["--arch", "models:TinyResNet", "--input-size", "64", "64", "--quick"]
+    args += ["--settle", "0", "--threads", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "explain_export.cli.bench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert err[1] == (
+        "plan: 2 variants (eager, ort), 12 rounds (2 warm-up + 10 timed) at each batch size 1; "
+        "besides: 1 ONNX export"
+    )
+    out = proc.stdout.splitlines()
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in out[2:4])}
+    assert set(rows) == {"eager explainer", "ORT explainer"}
+    result = json.loads((tmp_path / "bench.json").read_text())
+    medians = {n: v["batches"].get("1", {}).get("median_ms") for n, v in result["variants"].items()}
+    for name, row in (("eager", rows["eager explainer"]), ("ort", rows["ORT explainer"])):
+        assert row[3] == f"{medians[name]:.2f}"
+    # the speedup a reader checks against the medians (printed to 0.01 ms; bench.json's to 1e-4)
+    speedup = float(rows["ORT explainer"][7].rstrip("×"))
+    assert speedup == pytest.approx(medians["eager"] / medians["ort"], abs=0.011)
+    assert rows["ORT explainer"][8].endswith("×")  # and the paired one beside it
+    assert SPEEDUP_LEGEND in out and "skipped" not in proc.stdout
+    ran = {n for n, v in result["variants"].items() if v["status"] == "ok"}
+    assert ran == {"eager", "ort"} and result["head_profile"] == {}
+    assert result["config"]["iters"] == 10 and result["config"]["batch_sizes"] == [1]
+    assert "speedup (medians)" in markdown(result)
+
+
+def test_quick_keeps_the_flags_given_and_refuses_the_ones_it_sets(tmp_path, capsys):
+    from explain_export.cli.bench import FULL, QUICK, _preset, build_parser
+
+    def preset(*args: str) -> dict:
+        return _preset(build_parser().parse_args(list(args)))
+
+    assert preset() == FULL
+    quick = preset("--quick")
+    assert {k: v for k, v in quick.items() if k != "skip"} == {
+        "batch_sizes": "1",
+        "warmup": 2,
+        "iters": 10,
+        "profile_runs": 0,
+    }
+    skipped = set(quick["skip"].split(","))
+    assert "eager" not in skipped and "ort" not in skipped and {"compile", "torchscript"} <= skipped
+    given = preset("--quick", "--iters", "3", "--batch-sizes", "1,8", "--profile-runs", "5")
+    assert (given["iters"], given["batch_sizes"], given["profile_runs"]) == (3, "1,8", 5)
+    assert given["warmup"] == QUICK["warmup"]
+    for flag in (["--methods", "cam"], ["--skip", "compile"], ["--top-k", "2"]):
+        assert main(["--quick", *flag, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("explain-bench: error: --quick times the eager and the ONNX")
