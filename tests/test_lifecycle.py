@@ -7,7 +7,7 @@ import doctest
 import pytest
 import torch
 
-from explain_export import errors
+from explain_export import errors, words
 from explain_export.builder import cams, heads, targets
 from explain_export.builder import explainer as explainer_mod
 from explain_export.builder.explainer import build_explainer
@@ -43,7 +43,7 @@ def test_a_tap_is_a_context_manager():
     assert _hooks(model) == 0
 
 
-@pytest.mark.parametrize("module", [heads, cams, targets, explainer_mod, errors])
+@pytest.mark.parametrize("module", [heads, cams, targets, explainer_mod, errors, words])
 def test_docstring_examples_run(module):
     torch.manual_seed(0)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

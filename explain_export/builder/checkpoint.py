@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError, first_line
+from ..words import a_or_an
 
 __all__ = [
     "PREFIXES",
@@ -112,7 +113,7 @@ def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], Checkpoi
             f"{', '.join(STATE_DICT_KEYS)} holds a state_dict; save model.state_dict() instead"
         )
     raise UsageError(
-        f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict or a model"
+        f"checkpoint '{path}' holds {a_or_an(type(obj).__name__)}, not a state_dict or a model"
     )
 
 
@@ -189,9 +190,9 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise OptionError(
             "arch",
-            "{name} '{arch}' returned a {t}, not an nn.Module",
+            "{name} '{arch}' returned {t}, not an nn.Module",
             arch=arch,
-            t=type(model).__name__,
+            t=a_or_an(type(model).__name__),
         )
     return model
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from ..words import count
 from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
 
 __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
@@ -208,7 +209,8 @@ def _serve(args: argparse.Namespace) -> int:
         ) from exc
     log(
         f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}); "
-        f"{config.replicas} replica(s) x {config.replica_cpus:g} CPU, {config.threads} thread(s); "
+        f"{count(config.replicas, 'replica')} x {config.replica_cpus:g} CPU, "
+        f"{count(config.threads, 'thread')}; "
         f"batches of up to {config.max_batch_size}, {args.batch_wait_ms:g} ms wait"
     )
     del model
