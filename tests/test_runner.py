@@ -287,35 +287,6 @@ def test_unwritable_output_is_an_error_before_any_work(tiny_export, photo_dir, t
         assert code == 2 and "--out" in err
 
 
-def test_cuda_request_falls_back_to_cpu_and_says_so(tiny_export, photo_dir, tmp_path, capsys):
-    if shutil.which("nvidia-smi"):
-        pytest.skip("a GPU is present: the fallback is not what happens here")
-    art = runtime.load(str(tiny_export / "explainer.onnx"), device="cuda")
-    assert art.providers == ["CPUExecutionProvider"]
-    code, _, err = _run(
-        [
-            "--model",
-            str(tiny_export / "explainer.onnx"),
-            "--images",
-            str(photo_dir),
-            "--out",
-            str(tmp_path / "o"),
-            "--device",
-            "cuda",
-            "--threads",
-            "1",
-        ],
-        capsys,
-    )
-    assert code == 0
-    backend = [line for line in err.splitlines() if line.startswith("backend:")]
-    assert backend == [
-        "backend: onnxruntime CPUExecutionProvider (cuda asked for, but no working CUDA backend "
-        "here); threads: 1"
-    ]
-    assert "onnxruntime" in err and "[E:onnxruntime" not in err
-
-
 def test_onnx_path_does_not_import_torch(tiny_export, photo_dir, tmp_path):
     code = (
         "import sys\n"

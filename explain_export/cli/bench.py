@@ -11,9 +11,11 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from typing import Any
 
 from ..builder.methods import AUTO, CHOICES, METHODS
+from ..errors import DeviceFallbackWarning
 from ._common import ArgumentParser, add_model_flags, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -221,6 +223,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         top_k=args.top_k,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
+    if not args.debug:  # a CUDA provider that does not start is the ort variants' status line
+        from ..artifact.providers import quiet_onnxruntime_logs
+
+        quiet_onnxruntime_logs()
+        warnings.simplefilter("ignore", DeviceFallbackWarning)
     source = model_source(args)
     ensure_out_dir(args.out)
     size = (args.input_size[0], args.input_size[1])

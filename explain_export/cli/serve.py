@@ -169,6 +169,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         num_gpus=args.num_gpus if args.device == "cuda" else 0,
         cuda_graph=not args.no_cuda_graphs,
+        onnxruntime_logs=args.debug,
         options=overlay_options(ServeOptions, args, max_body_bytes=int(args.max_body_mb * 2**20)),
     )
 
