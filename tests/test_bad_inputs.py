@@ -91,13 +91,13 @@ EXPORT_CASES = [
         "ckpt-truncated",
         lambda t: ["--ckpt", _truncated(t), *TINY],
         2,
-        "not a PyTorch file, or truncated",
+        "is a zip archive that cannot be read: damaged or cut short",
     ),
     Case(
         "ckpt-not-torch",
         lambda t: ["--ckpt", _write(t, "x.pt", b"hello" * 50), *TINY],
         2,
-        "not a PyTorch file",
+        "is not a PyTorch file: it is a text file",
     ),
     Case(
         "ckpt-code-in-pickle",
@@ -426,7 +426,25 @@ RUN_CASES = [
         "model-garbage",
         lambda t, m: ["--model", _write(t, "g.onnx", b"garbage" * 10)],
         2,
-        "cannot load --model",
+        "--model '",  # ... g.onnx' is not a readable ONNX file (damaged, cut short, or ...
+    ),
+    Case(
+        "model-cut-short",
+        lambda t, m: ["--model", _write(t, "c.onnx", pathlib.Path(m).read_bytes()[:300])],
+        2,
+        "c.onnx' is not a readable ONNX file (damaged, cut short, or another kind of file)",
+    ),
+    Case(
+        "model-torchscript-cut-short",
+        lambda t, m: ["--model", _write(t, "c.pt", b"PK\x03\x04" + b"\x00" * 64)],
+        2,
+        "c.pt' is not a whole TorchScript file: not a zip archive",
+    ),
+    Case(
+        "model-checkpoint-as-torchscript",
+        lambda t, m: ["--model", _sd(t, name="weights.pt")],
+        2,
+        "weights.pt' is a zip archive, but not an exported TorchScript file (a checkpoint?",
     ),
     Case(
         "model-not-explainer",

@@ -25,6 +25,7 @@ from .contract import (
     METADATA_KEY,
     ArtifactMetadata,
     MetadataError,
+    check_file,
     class_feed,
     graph_image,
     heatmap_unit,
@@ -266,6 +267,7 @@ class _TorchArtifact(_Artifact):
             self.note = "CUDA graphs need a CUDA device; running without"
         self.shapes: dict[str, list] = {}  # neither format declares shapes
         extra = {METADATA_FILE: ""}
+        check_file(path)
         self.module, self.input_names = self._load(extra)
         text = extra[METADATA_FILE]
         self.metadata = _own_metadata(path, text)

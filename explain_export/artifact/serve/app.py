@@ -142,6 +142,8 @@ def open_model(
         )
     try:
         artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
+    except OptionError:
+        raise
     except Exception as exc:
         raise OptionError(
             "path", "cannot load {name} '{v}': {why}", v=path, why=first_line(exc)
