@@ -489,6 +489,24 @@ RUN_CASES = [
         "no image files in",
     ),
     Case(
+        "images-missing",
+        lambda t, m: ["--model", str(m), "--images", str(t / "noimgs")],
+        2,
+        "noimgs' does not exist; check the path",
+    ),
+    Case(
+        "images-one-missing-beside-a-photo",
+        lambda t, m: ["--model", str(m), "--images", _photos(t), str(t / "gone.png")],
+        2,
+        "gone.png' does not exist; check the path",
+    ),
+    Case(
+        "images-pattern-matches-nothing",
+        lambda t, m: ["--model", str(m), "--images", str(t / "*.jpg")],
+        2,
+        "*.jpg' matches no file; check the path",
+    ),
+    Case(
         "batch-size-zero",
         lambda t, m: ["--model", str(m), "--batch-size", "0"],
         2,
@@ -545,6 +563,12 @@ def _huge_png(tmp: pathlib.Path) -> str:
     return _write(tmp, "huge.png", header + b"\x08\x02\x00\x00\x00" + b"\x00" * 32)
 
 
+def _dangling_link(tmp: pathlib.Path) -> str:
+    """A file that is listed but cannot be read (as one deleted during the run)."""
+    os.symlink(tmp / "gone.png", tmp / "link.png")
+    return str(tmp / "link.png")
+
+
 def _half_png(tmp: pathlib.Path) -> str:
     data = pathlib.Path(samples.photo_path("coffee.png")).read_bytes()
     return _write(tmp, "half.png", data[: len(data) // 4])
@@ -570,7 +594,7 @@ FILE_CASES = [
         1,
         "notes.png: not a readable image",
     ),
-    Case("image-missing", lambda t: str(t / "gone.png"), 1, "gone.png: cannot read"),
+    Case("image-unreadable", _dangling_link, 1, "link.png: cannot read"),
     Case(
         "image-too-large",
         _huge_png,
