@@ -14,12 +14,15 @@ on the original pixels.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from . import tiff
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -112,17 +115,20 @@ def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def quiet_decoder_warnings() -> None:
-    """Keep OpenCV's decoder warnings (``[ WARN:0@…] global grfmt_png.cpp …`` for a truncated
-    file) off stderr, for this process: the commands report a bad file in their own one line.
-    A command calls this once at start; the library itself leaves OpenCV's settings alone."""
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    """Keep the decoders' own lines off stderr, for this process: OpenCV's (``[ WARN:0@…]
+    global grfmt_png.cpp …`` for a truncated file, ``[ERROR:0@…] … TIFF_Error`` for a damaged
+    TIFF) and tifffile's log. The commands report a bad file in their own one line. A command
+    calls this once at start; the library itself leaves these settings alone."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file's bytes to uint8 BGR ``[h, w, 3]``.
 
     Grayscale, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and palette images all come back
-    as 8-bit BGR. Raises :class:`ImageError` for empty, corrupt or non-image data, and
+    as 8-bit BGR; so do TIFFs of float samples in [0, 1] (:mod:`.tiff`, which says why where a
+    TIFF cannot be read). Raises :class:`ImageError` for empty, corrupt or non-image data, and
     :class:`PixelLimitError` for an image of more than ``max_pixels`` pixels (checked from the
     header before decoding where the format allows: PNG, JPEG, BMP, GIF; else after).
     """
@@ -135,6 +141,11 @@ def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
         raise ImageError("not a readable image (corrupt, truncated, or not an image format)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if (image is None or image.size == 0) and tiff.is_tiff(data):
+        try:  # float samples, say: OpenCV reads 8- and 16-bit integer ones only
+            image = tiff.decode_tiff(data, lambda size: _check_pixels(size, max_pixels))
+        except ValueError as exc:
+            raise ImageError(str(exc)) from exc
     if image is None or image.size == 0:
         raise ImageError("not a readable image (corrupt, truncated, or not an image format)")
     _check_pixels(image.shape[:2], max_pixels)
