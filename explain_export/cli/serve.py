@@ -28,16 +28,17 @@ examples:
   explain-serve --model explainer/explainer.onnx
   explain-serve --model explainer/explainer.onnx --replicas 2 --max-batch-size 8 --port 8080
   curl --data-binary @cat.png 'http://127.0.0.1:8000/explain?heatmap=1&topk=3'
+  curl -F file=@cat.png http://127.0.0.1:8000/explain           (a form upload works too)
   curl http://127.0.0.1:8000/healthz
 
-POST /explain: the body is the image file's bytes. Query: overlay=1|0 (default 1),
-heatmap=1|0 (default 0), topk=K (default 5), class=K (default -1, the top-1; a model exported
-with --class-input). Answer: JSON with topk (class, label, score), height, width, batch_size,
-and overlay_png / heatmap_png as base64 PNGs at the original resolution, computed as
-explain-run computes them. A model exported with --top-k K answers K maps instead, best
-first: explained = [{class, label, score, overlay_png, heatmap_png}, ...] (no class= then).
-Errors: {"error": "..."}, status 400 (empty, not an image, bad query), 413 (too many bytes or
-pixels), 404, 405; 500 model failure.
+POST /explain: the body is the image file's bytes, or a multipart form with the file in one
+field. Query: overlay=1|0 (default 1), heatmap=1|0 (default 0), topk=K (default 5), class=K
+(default -1, the top-1; a model exported with --class-input). Answer: JSON with topk (class,
+label, score), height, width, batch_size, and overlay_png / heatmap_png as base64 PNGs at the
+original resolution, computed as explain-run computes them. A model exported with --top-k K
+answers K maps instead, best first: explained = [{class, label, score, overlay_png,
+heatmap_png}, ...] (no class= then). Errors: {"error": "..."}, status 400 (empty, not an
+image, bad query), 413 (too many bytes or pixels), 404, 405; 500 model failure.
 
 CPUs: Ray gets --num-cpus; each replica reserves num-cpus/replicas of them and runs ONNX
 Runtime with --threads intra-op threads (default: num-cpus // replicas, at least 1).

@@ -110,6 +110,7 @@ def make_deployment(config: ServerConfig) -> Any:
                 params,
                 headers.get("content-length"),
                 request.stream(),
+                headers.get("content-type"),
             )
             return to_response(reply)
 
