@@ -75,14 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = p.add_argument_group("model (as in explain-export)")
     add_model_flags(m)
-    m.add_argument("--layer", metavar="NAME", help="the map to explain, NAME[:input][@CALL]")
+    m.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the map to explain, NAME[:input][@CALL] (default: as explain-export, the map "
+        "that the classifier's global pooling takes)",
+    )
     m.add_argument(
         "--method",
         choices=CHOICES,
         default=AUTO,
         help="as explain-export (default: auto, cam where exact, else gradcam)",
     )
-    m.add_argument("--head", metavar="NAME", help="for cam, the nn.Linear after the pooling")
+    m.add_argument(
+        "--head",
+        metavar="NAME",
+        help="for cam, the nn.Linear after the pooling (default: found automatically)",
+    )
     m.add_argument(
         "--input-size",
         nargs=2,
@@ -127,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="LIST",
         help="comma list of the variants listed below not to run (any but eager), e.g. "
-        "compile or compile,autograd,gradcam_numpy",
+        "compile or compile,autograd,gradcam_numpy (default: none)",
     )
     b.add_argument(
         "--methods",
@@ -143,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --methods: also time each of those methods exported with --top-k K (K maps "
         "per image), one variant ort_<method>_top<K> each, and report its time over the "
-        "method's top-1",
+        "method's top-1 (default: off)",
     )
     b.add_argument(
         "--profile-runs",

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--access-log", action="store_true", help="log every request")
     o = p.add_argument_group("images (as in explain-run)")
-    add_overlay_flags(o, server=True)
+    add_overlay_flags(o)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
