@@ -1,10 +1,18 @@
-"""Error types. Each carries the process exit code the CLI should use."""
+"""Error types, each with the process exit code the CLI should use; and the warning a device
+fallback gives."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["ExplainExportError", "OptionError", "ParityError", "UsageError", "first_line"]
+__all__ = [
+    "DeviceFallbackWarning",
+    "ExplainExportError",
+    "OptionError",
+    "ParityError",
+    "UsageError",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException, with_type: bool = True, limit: int = 200) -> str:
@@ -31,6 +39,11 @@ class UsageError(ExplainExportError):
 
 class ParityError(ExplainExportError):
     """An exported artifact does not compute what the eager explainer computes (exit code 1)."""
+
+
+class DeviceFallbackWarning(UserWarning):
+    """An artifact asked to run on CUDA runs on the CPU; the message (and the artifact's
+    ``note``) says why."""
 
 
 # how library messages name a switch or a helper that is not one parameter's value

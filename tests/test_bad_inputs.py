@@ -91,13 +91,13 @@ EXPORT_CASES = [
         "ckpt-truncated",
         lambda t: ["--ckpt", _truncated(t), *TINY],
         2,
-        "not a PyTorch file, or truncated",
+        "is a zip archive that cannot be read: damaged or cut short",
     ),
     Case(
         "ckpt-not-torch",
         lambda t: ["--ckpt", _write(t, "x.pt", b"hello" * 50), *TINY],
         2,
-        "not a PyTorch file",
+        "is not a PyTorch file: it is a text file",
     ),
     Case(
         "ckpt-code-in-pickle",
@@ -426,7 +426,25 @@ RUN_CASES = [
         "model-garbage",
         lambda t, m: ["--model", _write(t, "g.onnx", b"garbage" * 10)],
         2,
-        "cannot load --model",
+        "--model '",  # ... g.onnx' is not a readable ONNX file (damaged, cut short, or ...
+    ),
+    Case(
+        "model-cut-short",
+        lambda t, m: ["--model", _write(t, "c.onnx", pathlib.Path(m).read_bytes()[:300])],
+        2,
+        "c.onnx' is not a readable ONNX file (damaged, cut short, or another kind of file)",
+    ),
+    Case(
+        "model-torchscript-cut-short",
+        lambda t, m: ["--model", _write(t, "c.pt", b"PK\x03\x04" + b"\x00" * 64)],
+        2,
+        "c.pt' is not a whole TorchScript file: not a zip archive",
+    ),
+    Case(
+        "model-checkpoint-as-torchscript",
+        lambda t, m: ["--model", _sd(t, name="weights.pt")],
+        2,
+        "weights.pt' is a zip archive, but not an exported TorchScript file (a checkpoint?",
     ),
     Case(
         "model-not-explainer",
@@ -469,6 +487,24 @@ RUN_CASES = [
         lambda t, m: ["--model", str(m), "--images", str(t)],
         2,
         "no image files in",
+    ),
+    Case(
+        "images-missing",
+        lambda t, m: ["--model", str(m), "--images", str(t / "noimgs")],
+        2,
+        "noimgs' does not exist; check the path",
+    ),
+    Case(
+        "images-one-missing-beside-a-photo",
+        lambda t, m: ["--model", str(m), "--images", _photos(t), str(t / "gone.png")],
+        2,
+        "gone.png' does not exist; check the path",
+    ),
+    Case(
+        "images-pattern-matches-nothing",
+        lambda t, m: ["--model", str(m), "--images", str(t / "*.jpg")],
+        2,
+        "*.jpg' matches no file; check the path",
     ),
     Case(
         "batch-size-zero",
@@ -527,6 +563,12 @@ def _huge_png(tmp: pathlib.Path) -> str:
     return _write(tmp, "huge.png", header + b"\x08\x02\x00\x00\x00" + b"\x00" * 32)
 
 
+def _dangling_link(tmp: pathlib.Path) -> str:
+    """A file that is listed but cannot be read (as one deleted during the run)."""
+    os.symlink(tmp / "gone.png", tmp / "link.png")
+    return str(tmp / "link.png")
+
+
 def _half_png(tmp: pathlib.Path) -> str:
     data = pathlib.Path(samples.photo_path("coffee.png")).read_bytes()
     return _write(tmp, "half.png", data[: len(data) // 4])
@@ -552,7 +594,7 @@ FILE_CASES = [
         1,
         "notes.png: not a readable image",
     ),
-    Case("image-missing", lambda t: str(t / "gone.png"), 1, "gone.png: cannot read"),
+    Case("image-unreadable", _dangling_link, 1, "link.png: cannot read"),
     Case(
         "image-too-large",
         _huge_png,

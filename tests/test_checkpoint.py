@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pathlib
+import pickle
+import re
+import zipfile
 
 import pytest
 import torch
@@ -90,28 +93,68 @@ def test_mismatched_keys_are_named(tmp_path):
     assert "\n" not in text
 
 
+def _legacy(path: pathlib.Path, cut: bool = False) -> None:
+    """torch.save's format before PyTorch 1.6 (one pickle stream), whole or cut in half."""
+    torch.save(tiny_resnet().state_dict(), path, _use_new_zipfile_serialization=False)
+    if cut:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _cut(path: pathlib.Path) -> None:
+    torch.save(tiny_resnet().state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zip_of_text(path: pathlib.Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes/readme.txt", "not weights")
+
+
+def _torchscript(path: pathlib.Path) -> None:
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+
+
+NOT_SAVED = r"save the weights with torch\.save\(model\.state_dict\(\), path\) and pass that file"
+DAMAGED = r"is damaged or cut short \(PyTorch cannot read it\); save it again with torch\.save"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         (None, "does not exist"),
         ("dir", "is a directory"),
         (b"", r"is empty \(0 bytes\)"),
-        (b"this is not a checkpoint at all", "not a PyTorch file, or truncated"),
-        ("truncated", "not a PyTorch file, or truncated"),
+        # a text file read as a pickle is torch.load's KeyError(101): said as what the file is
+        (b"this is not a checkpoint at all\n", r"is not a PyTorch file: it is a text file; "),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "it is neither a zip archive nor a pickle"),
+        (pickle.dumps({"a": 1}), r"it is a pickle that torch\.save did not write"),
+        (_cut, r"is a zip archive that cannot be read: damaged or cut short"),
+        (_zip_of_text, r"is a zip archive, but not one that torch\.save wrote \(no data\.pkl"),
+        (_torchscript, r"is a TorchScript archive \(torch\.jit\.save\); pass the weights"),
+        (lambda p: _legacy(p, cut=True), DAMAGED),
     ],
 )
-def test_unreadable_checkpoints(tmp_path, content, message):
+def test_unreadable_checkpoints_say_what_the_file_is(tmp_path, content, message):
     path = tmp_path / "ckpt.pt"
     if content == "dir":
         path.mkdir()
-    elif content == "truncated":
-        torch.save(tiny_resnet().state_dict(), path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+    elif callable(content):
+        content(path)
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=message) as err:
         load_model(str(path), ARCH)
+    text = str(err.value)
+    assert "\n" not in text and "KeyError" not in text and "miniz" not in text
+    assert not text.endswith(": 101")
+    if "not a PyTorch file" in text or "not one that" in text:
+        assert re.search(NOT_SAVED, text), text
+
+
+def test_the_older_torch_save_format_still_loads(tmp_path):
+    _legacy(tmp_path / "old.pt")
+    model, info = load_model(str(tmp_path / "old.pt"), ARCH)
+    assert info.format == "state_dict" and _same_weights(model, tiny_resnet())
 
 
 def test_unknown_dict_layout_lists_its_keys(tmp_path):

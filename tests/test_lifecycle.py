@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import doctest
+import warnings
 
 import pytest
 import torch
 
-from explain_export import errors
+from explain_export import errors, words
 from explain_export.builder import cams, heads, targets
 from explain_export.builder import explainer as explainer_mod
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.tap import Tap, TapSpec
-from explain_export.errors import first_line
+from explain_export.errors import DeviceFallbackWarning, first_line
 
 from models import tiny_resnet
 
@@ -43,7 +44,7 @@ def test_a_tap_is_a_context_manager():
     assert _hooks(model) == 0
 
 
-@pytest.mark.parametrize("module", [heads, cams, targets, explainer_mod, errors])
+@pytest.mark.parametrize("module", [heads, cams, targets, explainer_mod, errors, words])
 def test_docstring_examples_run(module):
     torch.manual_seed(0)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
@@ -78,7 +79,9 @@ def test_loading_an_artifact_changes_no_process_setting(tmp_path):
     original = ort.set_default_logger_severity
     ort.set_default_logger_severity = lambda level: seen.append(level)  # type: ignore[assignment]
     try:
-        runtime.load(paths["onnx"], device="cuda")  # asks for CUDA, may fall back to the CPU
+        with warnings.catch_warnings():  # asks for CUDA, may fall back to the CPU and say so
+            warnings.simplefilter("ignore", DeviceFallbackWarning)
+            runtime.load(paths["onnx"], device="cuda")
     finally:
         ort.set_default_logger_severity = original
     assert seen == []

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain_export.artifact import images, overlay, runtime, samples
+from explain_export.artifact import images, overlay, runner, runtime, samples
 from explain_export.cli.run import main
+from explain_export.errors import UsageError
 
 TESTS = os.path.dirname(__file__)
 
@@ -187,9 +188,10 @@ def test_broken_files_are_skipped_and_the_rest_processed(tiny_export, messy_dir,
     assert len(errors) == 3
 
 
-def test_named_non_image_and_missing_files_fail_alone(
+def test_named_non_image_and_unreadable_files_fail_alone(
     tiny_export, photo_dir, messy_dir, tmp_path, capsys
 ):
+    (tmp_path / "vanished.png").symlink_to(tmp_path / "deleted.png")  # listed, then gone
     code, _, err = _run(
         [
             "--model",
@@ -198,14 +200,28 @@ def test_named_non_image_and_missing_files_fail_alone(
             str(tmp_path / "o"),
             "--images",
             str(messy_dir / "notes.txt"),
-            str(tmp_path / "missing.png"),
+            str(tmp_path / "vanished.png"),
             str(photo_dir / "chelsea.png"),
         ],
         capsys,
     )
     assert code == 1
-    assert "notes.txt: not a readable image" in err and "missing.png: cannot read" in err
+    assert "notes.txt: not a readable image" in err and "vanished.png: cannot read" in err
     assert (tmp_path / "o" / "chelsea.overlay.png").exists()
+
+
+def test_images_patterns_are_expanded_and_missing_paths_refused(photo_dir, tmp_path):
+    """A quoted pattern is expanded here (``**``: subfolders too); a path that does not exist
+    is a usage error that names it, raised before anything is read or written."""
+    (photo_dir / "sub").mkdir(exist_ok=True)
+    shutil.copy(photo_dir / "chelsea.png", photo_dir / "sub" / "again.png")
+    found, skipped, names = runner.collect([str(photo_dir / "**" / "*.png")])
+    assert found == sorted([str(photo_dir / "chelsea.png"), str(photo_dir / "sub" / "again.png")])
+    assert (skipped, names) == (0, ["chelsea", "again"])
+    with pytest.raises(UsageError, match=r"images '.*nope' does not exist; check the path"):
+        runner.collect([str(photo_dir), str(tmp_path / "nope")])
+    with pytest.raises(UsageError, match=r"'a', 'b', 'c' and 1 more do not exist"):
+        runner.collect(["a", "b", "c", "d"])
 
 
 def test_images_over_the_pixel_limit_are_refused(tiny_export, photo_dir, tmp_path, capsys):
@@ -285,35 +301,6 @@ def test_unwritable_output_is_an_error_before_any_work(tiny_export, photo_dir, t
             capsys,
         )
         assert code == 2 and "--out" in err
-
-
-def test_cuda_request_falls_back_to_cpu_and_says_so(tiny_export, photo_dir, tmp_path, capsys):
-    if shutil.which("nvidia-smi"):
-        pytest.skip("a GPU is present: the fallback is not what happens here")
-    art = runtime.load(str(tiny_export / "explainer.onnx"), device="cuda")
-    assert art.providers == ["CPUExecutionProvider"]
-    code, _, err = _run(
-        [
-            "--model",
-            str(tiny_export / "explainer.onnx"),
-            "--images",
-            str(photo_dir),
-            "--out",
-            str(tmp_path / "o"),
-            "--device",
-            "cuda",
-            "--threads",
-            "1",
-        ],
-        capsys,
-    )
-    assert code == 0
-    backend = [line for line in err.splitlines() if line.startswith("backend:")]
-    assert backend == [
-        "backend: onnxruntime CPUExecutionProvider (cuda asked for, but no working CUDA backend "
-        "here); threads: 1"
-    ]
-    assert "onnxruntime" in err and "[E:onnxruntime" not in err
 
 
 def test_onnx_path_does_not_import_torch(tiny_export, photo_dir, tmp_path):

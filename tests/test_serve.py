@@ -12,6 +12,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -321,7 +322,7 @@ def test_health_and_models_that_cannot_be_served(model, model_path, default_expo
     with pytest.raises(UsageError, match="no model at"):
         app.open_model(str(tmp_path / "missing.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    with pytest.raises(UsageError, match="cannot load path"):
+    with pytest.raises(UsageError, match=r"junk\.onnx' is not a readable ONNX file \(damaged"):
         app.open_model(str(tmp_path / "junk.onnx"))
 
 
@@ -627,6 +628,21 @@ def test_live_bad_requests_get_4xx_and_the_server_keeps_serving(server, photos, 
     assert status == 200
     assert_same_answer(body, expected["chelsea.png"], exact=False)
     assert server.proc.poll() is None
+
+
+@pytest.mark.serve
+def test_live_a_form_upload_is_answered_like_the_bytes(server, photos, expected, tmp_path):
+    """``curl -F file=@chelsea.png``, the way many clients send a file, as a user types it."""
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    cat = tmp_path / "chelsea.png"
+    cat.write_bytes(photos["chelsea.png"])
+    url = f"http://127.0.0.1:{server.port}/explain?heatmap=1"
+    proc = subprocess.run(
+        ["curl", "-sS", "-F", f"file=@{cat}", url], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_same_answer(json.loads(proc.stdout), expected["chelsea.png"], exact=False)
 
 
 @pytest.mark.serve

@@ -7,13 +7,16 @@ once (it is data: parsed, never run) and says in one line what is wrong; the rea
 runner, the server, the Triton writer) then read typed fields. Beside it: the graph's input
 formats and heatmap dtypes, its output names, how an image batch is fed to it
 (:func:`graph_image`) and a heatmap read back (:func:`heatmap_unit`), and
-:func:`check_metadata`, which checks an opened artifact against its metadata. Both sides read
+:func:`check_metadata`, which checks an opened artifact against its metadata, and
+:func:`check_file`, which checks that a TorchScript or pt2 file is one before torch reads it.
+Both sides read
 these from here; no torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +35,7 @@ __all__ = [
     "ArtifactMetadata",
     "MetadataError",
     "TensorSpec",
+    "check_file",
     "check_metadata",
     "class_count",
     "class_feed",
@@ -68,6 +72,49 @@ def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
         pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
     return np.ascontiguousarray(image, dtype=np.float32)
+
+
+_ZIP_KINDS = {".pt2": "torch.export program", ".pt": "TorchScript file"}
+
+
+def check_file(path: str) -> None:
+    """Refuse, with an :class:`.OptionError` that says why, a ``.pt`` or ``.pt2`` file that is
+    not the artifact its name says, before torch reads it (torch's own errors name zip
+    internals). Both are zip archives: TorchScript holds a ``constants.pkl``, a torch.export
+    program an ``archive_format``. Other names pass unchecked."""
+    suffix = next((s for s in _ZIP_KINDS if path.endswith(s)), None)
+    if suffix is None:
+        return
+    kind = _ZIP_KINDS[suffix]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise OptionError(
+            "path",
+            "{name} '{v}' is not a whole {kind}: not a zip archive (damaged, cut short, or "
+            "another kind of file); export it again",
+            v=path,
+            kind=kind,
+        ) from exc
+    script = any(n.endswith("/constants.pkl") for n in names)
+    program = any(n.endswith("/archive_format") for n in names)
+    if program and suffix == ".pt":
+        raise OptionError("path", "{name} '{v}' is a torch.export program; name it .pt2", v=path)
+    if script and suffix == ".pt2":
+        raise OptionError(
+            "path", "{name} '{v}' is a TorchScript file; name it .torchscript.pt", v=path
+        )
+    if not (script or program):
+        saved = any(n.endswith("/data.pkl") for n in names)  # torch.save's own archive
+        hint = " (a checkpoint? explain-export --ckpt takes it)" if saved else ""
+        raise OptionError(
+            "path",
+            "{name} '{v}' is a zip archive, but not an exported {kind}{hint}",
+            v=path,
+            kind=kind,
+            hint=hint,
+        )
 
 
 def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:

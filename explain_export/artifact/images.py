@@ -14,6 +14,7 @@ on the original pixels.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from . import image_header
+from . import image_header, tiff
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -99,17 +100,20 @@ def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def quiet_decoder_warnings() -> None:
-    """Keep OpenCV's decoder warnings (``[ WARN:0@…] global grfmt_png.cpp …`` for a truncated
-    file) off stderr, for this process: the commands report a bad file in their own one line.
-    A command calls this once at start; the library itself leaves OpenCV's settings alone."""
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    """Keep the decoders' own lines off stderr, for this process: OpenCV's (``[ WARN:0@…]
+    global grfmt_png.cpp …`` for a truncated file, ``[ERROR:0@…] … TIFF_Error`` for a damaged
+    TIFF) and tifffile's log. The commands report a bad file in their own one line. A command
+    calls this once at start; the library itself leaves these settings alone."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file's bytes to uint8 BGR ``[h, w, 3]``.
 
     Grayscale, RGBA (alpha dropped), 16-bit (scaled to 8-bit) and palette images all come back
-    as 8-bit BGR. Raises :class:`ImageError` for empty, corrupt or non-image data, and
+    as 8-bit BGR; so do TIFFs of float samples in [0, 1] (:mod:`.tiff`, which says why where a
+    TIFF cannot be read). Raises :class:`ImageError` for empty, corrupt or non-image data, and
     :class:`PixelLimitError` for an image of more than ``max_pixels`` pixels (checked from the
     header before anything is decoded, so a small file that decodes to gigabytes costs nothing;
     data whose size its header does not give is refused undecoded).
@@ -170,6 +174,11 @@ def _decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray:
         # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
         raise ImageError(_NOT_AN_IMAGE)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
+    if (image is None or image.size == 0) and tiff.is_tiff(data):
+        try:  # float samples, say: OpenCV reads 8- and 16-bit integer ones only
+            image = tiff.decode_tiff(data, lambda _size: None)  # the header's size was checked
+        except ValueError as exc:
+            raise ImageError(str(exc)) from exc
     if image is None or image.size == 0:
         raise ImageError(_NOT_AN_IMAGE)
     if image.shape[0] * image.shape[1] > size[0] * size[1]:

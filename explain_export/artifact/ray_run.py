@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from ..errors import ExplainExportError, OptionError
+from ..words import count
 from . import overlay
 from .contract import check_metadata
 from .files import write_atomic
@@ -163,7 +164,7 @@ def _start_ray(ray: Any, ray_opts: RayOptions, log: Callable[[str], None]) -> bo
             setattr(ctx, name, False)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     where = f"cluster at {ray_opts.address}" if ray_opts.address else "this machine"
-    log(f"ray: {cpus} CPU(s) on {where}")
+    log(f"ray: {count(cpus, 'CPU')} on {where}")
     return True
 
 

@@ -7,11 +7,14 @@ resumed run keeps.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from ..errors import OptionError
 from . import images
 
 __all__ = [
@@ -30,6 +33,7 @@ PREDICTIONS = "predictions.jsonl"
 SHEET = "sheet.png"
 JOURNAL = "predictions.partial.jsonl"  # the rows of a run not yet finished; --resume reads it
 _REGION = {"class", "label", "pixel_share"}  # what a segmentation export's row has instead
+_PATTERN = re.compile(r"[*?[]")  # a path with these is also tried as a glob pattern
 
 
 class Row(Protocol):
@@ -42,11 +46,17 @@ def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:
     """Files named directly, plus the image files of named folders and their subfolders; the
     non-images skipped; and each file's output ``NAME`` (:func:`output_stems`): the stem of a
     file named directly, the path below its folder (``a/x`` for ``FOLDER/a/x.png``) otherwise,
-    so ``a/x.png`` and ``b/x.png`` do not collide."""
+    so ``a/x.png`` and ``b/x.png`` do not collide.
+
+    A pattern that the shell left alone (quoted, or on a shell that does not expand ``*``,
+    ``?`` and ``[...]``; ``**`` matches subfolders) is expanded here, in sorted order. A path
+    that does not exist, or a pattern that matches nothing, is an :class:`.OptionError` (a
+    mistyped path, not an image that failed), raised before any work; a file that exists but
+    cannot be read fails alone, later."""
     found: list[str] = []
     stems: list[str] = []
     skipped = 0
-    for p in paths:
+    for p in _expand(list(paths)):
         if os.path.isdir(p):
             imgs, others = images.list_images(p)
             found += imgs
@@ -56,6 +66,29 @@ def collect(paths: Iterable[str]) -> tuple[list[str], int, list[str]]:
             found.append(p)  # tried as given; a missing or bad file fails alone, later
             stems.append(os.path.splitext(os.path.basename(p))[0])
     return found, skipped, output_stems(found, stems)
+
+
+def _expand(paths: list[str]) -> list[str]:
+    """``paths`` with each pattern that names no file replaced by its matches; the paths that
+    do not exist named in one :class:`.OptionError`."""
+    out: list[str] = []
+    missing: list[str] = []
+    for p in paths:
+        if os.path.lexists(p):
+            out.append(p)
+        elif _PATTERN.search(p) and (matches := sorted(glob.glob(p, recursive=True))):
+            out += matches
+        else:
+            missing.append(p)
+    if not missing:
+        return out
+    if len(missing) > 1:
+        what = "do not exist (or match no file)"
+    else:
+        what = "matches no file" if _PATTERN.search(missing[0]) else "does not exist"
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    shown = ", ".join(f"'{m}'" for m in missing[:3]) + more
+    raise OptionError("images", "{name} {shown} {what}; check the path", shown=shown, what=what)
 
 
 def output_stems(paths: list[str], stems: list[str] | None = None) -> list[str]:

@@ -186,13 +186,13 @@ def prepare_out_dir(names: list[str], opts: RunOptions, maps: int = 1) -> None:
     planned += [SHEET] if opts.sheet else []
     existing = [f for f in planned if os.path.exists(os.path.join(opts.out_dir, f))]
     if existing:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        more = f" and {len(existing) - 1} more already exist" if len(existing) > 1 else ""
         raise OptionError(
             "overwrite",
-            "'{path}'{more} already exist(s); pass {name} to replace, {resume} to keep what an "
+            "'{path}'{more}; pass {name} to replace, {resume} to keep what an "
             "earlier run finished and explain the rest, or choose another {out_dir}",
             path=os.path.join(opts.out_dir, existing[0]),
-            more=more,
+            more=more or " already exists",
         )
 
 

@@ -19,17 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, first_line
+from ..errors import OptionError, UsageError, first_line
 from .contract import (
     METADATA_FILE,
     METADATA_KEY,
     ArtifactMetadata,
     MetadataError,
+    check_file,
     class_feed,
     graph_image,
     heatmap_unit,
 )
 from .device_io import MAX_GRAPHS, Binding, GraphReplay
+from .providers import CUDA_PROVIDER, cuda_missing, fall_back, ort_session, torch_device
 
 __all__ = [
     "SUFFIXES",
@@ -107,49 +109,13 @@ class _Artifact:
         return out["logits"], heatmap_unit(out["heatmap"])
 
 
-def ort_session(
-    path: str,
-    device: str = "cpu",
-    threads: int | None = None,
-    *,
-    device_id: int = 0,
-    cuda_graph: bool = False,
-    optimized_path: str | None = None,
-    profile_prefix: str | None = None,
-) -> Any:
-    """An ONNX Runtime session for ``path``: the CUDA provider first on ``device="cuda"`` where
-    this onnxruntime lists it (with ``enable_cuda_graph`` if ``cuda_graph``; ONNX Runtime raises
-    where a node would run on the CPU provider), the CPU provider always; ``session
-    .get_providers()`` says which loaded. ``threads``: ``intra_op_num_threads`` (the executor is
-    sequential: ``inter_op_num_threads=1``). ``optimized_path`` saves the optimized graph there;
-    ``profile_prefix`` turns the profiler on. A CUDA provider whose libraries are missing logs a
-    red error and falls back to the CPU: the session's log level hides it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = threads
-    if optimized_path:
-        options.optimized_model_filepath = optimized_path
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        cuda: dict[str, Any] = {"device_id": device_id}
-        if cuda_graph:
-            cuda["enable_cuda_graph"] = "1"
-        providers.insert(0, ("CUDAExecutionProvider", cuda))
-    return ort.InferenceSession(path, options, providers=providers)
-
-
 class OnnxExplainer(_Artifact):
     """An ``explainer.onnx`` on ONNX Runtime.
 
     ``device="cuda"`` asks for the CUDA provider when ONNX Runtime lists it; ``providers`` then
-    says what the session really uses (a CUDA provider that cannot start falls back to CPU).
+    says what the session really uses. Where the CUDA provider does not start, the session runs
+    on the CPU: ``device`` is then ``"cpu"``, ``note`` says why, and a
+    :class:`~..errors.DeviceFallbackWarning` is issued.
 
     ``io_binding`` (default: on with the CUDA provider) keeps one set of input and output
     buffers per batch shape on the device: a call copies the batch in and, with
@@ -174,15 +140,28 @@ class OnnxExplainer(_Artifact):
         import onnxruntime as ort
 
         self.path = path
-        self.device = device
         self.note: str | None = None
-        cuda = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        cuda = device == "cuda" and CUDA_PROVIDER in ort.get_available_providers()
         want_graph = cuda and cuda_graph is not False
-        self.session = self._session(ort, path, threads, cuda, want_graph)
+        try:
+            self.session = self._session(ort, path, threads, cuda, want_graph)
+        except Exception as exc:
+            if type(exc).__name__ != "InvalidProtobuf":
+                raise
+            raise OptionError(
+                "path",
+                "{name} '{v}' is not a readable ONNX file (damaged, cut short, or another kind "
+                "of file); export it again",
+                v=path,
+            ) from exc
         self.providers = self.session.get_providers()
-        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        on_cuda = self.providers[0] == CUDA_PROVIDER
+        self.device = "cuda" if on_cuda else "cpu"
         self.cuda_graph = want_graph and on_cuda and self.note is None
-        if cuda_graph and not self.cuda_graph and self.note is None:
+        why = cuda_missing(self.session) if device == "cuda" else None
+        if why:
+            self.note = fall_back(path, why)
+        elif cuda_graph and not self.cuda_graph and self.note is None:
             self.note = "CUDA graphs need ONNX Runtime's CUDA provider; running without"
         self.io_binding = bool(io_binding if io_binding is not None else on_cuda) or self.cuda_graph
         self._kind = "cuda" if on_cuda else "cpu"
@@ -258,7 +237,9 @@ class OnnxExplainer(_Artifact):
 class _TorchArtifact(_Artifact):
     """Shared by the TorchScript and torch.export artifacts; subclasses say how to load.
 
-    On CUDA, ``cuda_graph`` (default on) replays each batch shape from a
+    ``device="cuda"`` without a CUDA device runs on the CPU, with a
+    :class:`~..errors.DeviceFallbackWarning` and a ``note`` that says why. On CUDA,
+    ``cuda_graph`` (default on) replays each batch shape from a
     ``torch.cuda.CUDAGraph`` (:class:`~.device_io.GraphReplay`); a graph that cannot be captured
     turns it off, and ``note`` says why. Torch tensors stay on the device with
     ``outputs(..., to_host=False)``: no IO binding is needed."""
@@ -278,14 +259,15 @@ class _TorchArtifact(_Artifact):
         self._torch = torch
         self.threads = threads  # applied around each call, not to the process at load
         self.path = path
-        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        self.device, why = torch_device(torch, device)
         self.providers = [self.device]
         self.cuda_graph = self.device == "cuda" and cuda_graph is not False
-        self.note: str | None = None
-        if cuda_graph and self.device != "cuda":
+        self.note: str | None = fall_back(path, why) if why else None
+        if cuda_graph and self.device != "cuda" and self.note is None:
             self.note = "CUDA graphs need a CUDA device; running without"
         self.shapes: dict[str, list] = {}  # neither format declares shapes
         extra = {METADATA_FILE: ""}
+        check_file(path)
         self.module, self.input_names = self._load(extra)
         text = extra[METADATA_FILE]
         self.metadata = _own_metadata(path, text)
@@ -389,7 +371,9 @@ def load(
     """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``.
 
     On CUDA, IO binding and CUDA graphs are on unless ``cuda_graph=False`` (see
-    :class:`OnnxExplainer`, :class:`_TorchArtifact`)."""
+    :class:`OnnxExplainer`, :class:`_TorchArtifact`). ``device="cuda"`` where CUDA does not
+    work runs on the CPU: ``.device`` says ``"cpu"``, ``.note`` why, and a
+    :class:`~..errors.DeviceFallbackWarning` is issued."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no artifact at '{path}'")
     for suffix, cls in SUFFIXES.items():

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import images
 
-__all__ = ["PHOTOS", "load_rgb", "photo_path"]
+__all__ = ["PHOTOS", "load_rgb", "photo_batch", "photo_path"]
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
@@ -31,3 +31,11 @@ def photo_path(name: str = "chelsea.png") -> str:
 def load_rgb(path: str, size: tuple[int, int]) -> np.ndarray:
     """An image as the graph takes it: float32 ``[3, H, W]``, RGB, in [0, 1] (stretched)."""
     return images.to_input(images.read_bgr(path), size)[0]
+
+
+def photo_batch(
+    names: tuple[str, ...] | list[str] = PHOTOS[:2], size: tuple[int, int] = (224, 224)
+) -> np.ndarray:
+    """A batch of the bundled photos as every artifact takes it: float32 ``[N, 3, H, W]``, RGB,
+    in [0, 1] (stretched to ``size``)."""
+    return np.stack([load_rgb(photo_path(n), size) for n in names])

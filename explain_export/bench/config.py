@@ -160,9 +160,10 @@ class BenchConfig:
         if unknown:
             raise OptionError(
                 "methods",
-                "{name}: unknown method(s) {v}; choose from {choices}",
+                "{name}: unknown {what} {v}; choose from {choices}",
                 choices=", ".join(METHODS),
                 v=", ".join(unknown),
+                what="method" if len(unknown) == 1 else "methods",
             )
         if self.top_k is not None and (self.top_k < 1 or not self.methods):
             raise OptionError(

@@ -53,7 +53,8 @@ def _target(entry: Any) -> Target:
         raise ValueError(f"target {entry.get('text')!r}: missing {', '.join(missing)}")
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
-        raise ValueError(f"target {entry['text']!r}: unknown field(s) {', '.join(unknown)}")
+        what = "field" if len(unknown) == 1 else "fields"
+        raise ValueError(f"target {entry['text']!r}: unknown {what} {', '.join(unknown)}")
     path = entry["path"]
     if not isinstance(path, list) or not path or not all(isinstance(k, str) for k in path):
         raise ValueError(f"target {entry['text']!r}: path must be a list of strings")

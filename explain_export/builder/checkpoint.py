@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError, first_line
+from ..words import a_or_an
 
 __all__ = [
     "PREFIXES",
@@ -58,17 +60,20 @@ def _names(items: list[str]) -> str:
 
 
 def check_checkpoint_file(path: str) -> None:
-    """A :class:`.UsageError` unless ``path`` is a file with something in it (nothing read)."""
+    """A :class:`.UsageError` unless ``path`` is a file with something in it, of the kind
+    ``torch.save`` writes (its first bytes read; nothing loaded)."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint '{path}' does not exist")
     if os.path.isdir(path):
         raise UsageError(f"checkpoint '{path}' is a directory; pass the .pt/.pth file")
     if os.path.getsize(path) == 0:
         raise UsageError(f"checkpoint '{path}' is empty (0 bytes)")
+    _check_container(path)
 
 
 def read_checkpoint(path: str, trust: bool = False) -> Any:
-    """``torch.load`` the file on the CPU; weights only unless ``trust``."""
+    """``torch.load`` the file on the CPU; weights only unless ``trust``. A file that is not
+    what ``torch.save`` writes, or is cut short, is a :class:`.UsageError` that says which."""
     check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
@@ -80,14 +85,87 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
                 "code from the file; if you trust its source, rerun with {name}",
                 path=path,
             ) from exc
+        raise UsageError(f"checkpoint '{path}' {_DAMAGED}") from exc
+    except (EOFError, KeyError, IndexError) as exc:  # the pickle stream cut short or damaged
+        raise UsageError(f"checkpoint '{path}' {_DAMAGED}") from exc
+    except RuntimeError as exc:
+        if "PytorchStreamReader" in str(exc) or "corrupt" in str(exc):  # a member damaged
+            raise UsageError(f"checkpoint '{path}' {_DAMAGED}") from exc
+        raise UsageError(f"cannot read checkpoint '{path}': {first_line(exc)}") from exc
+    except Exception as exc:  # a trusted pickle's class that is not importable here, ...
+        raise UsageError(f"cannot read checkpoint '{path}': {first_line(exc)}") from exc
+
+
+_SAVE = "torch.save(model.state_dict(), path)"
+_DAMAGED = f"is damaged or cut short (PyTorch cannot read it); save it again with {_SAVE}"
+_PASS = f"save the weights with {_SAVE} and pass that file"
+# torch.save's older format: a pickle (protocol 2) that starts with this number
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _check_container(path: str) -> None:
+    """Refuse a file that ``torch.save`` did not write, by what it is: ``torch.save`` writes a
+    zip archive with a ``data.pkl`` in it (before PyTorch 1.6, a pickle that starts with its
+    magic number). ``torch.load`` itself fails on others with errors such as ``KeyError(101)``
+    (a text file read as a pickle), which say nothing to a user."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise UsageError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from exc
+    if head.startswith(b"PK"):
+        _check_zip(path)
+        return
+    if head.startswith(_LEGACY_MAGIC):
+        return
+    if head.startswith(b"\x80"):
+        what = "a pickle that torch.save did not write (pickle.dump?)"
+    elif path.lower().endswith(".onnx") and head.startswith(b"\x08"):
+        what = "an ONNX file, not the PyTorch model's weights"
+    elif _is_text(head):
+        what = "a text file"
+    else:
+        what = "neither a zip archive nor a pickle"
+    raise UsageError(f"checkpoint '{path}' is not a PyTorch file: it is {what}; {_PASS}")
+
+
+def _check_zip(path: str) -> None:
+    """A zip archive: ``torch.save``'s (a ``data.pkl`` in one folder), not a TorchScript
+    archive (``torch.jit.save``: a ``constants.pkl`` and ``code/``) and not cut short."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
         raise UsageError(
-            f"cannot read checkpoint '{path}': {first_line(exc, with_type=False)}"
+            f"checkpoint '{path}' is a zip archive that cannot be read: damaged or cut short; "
+            f"save it again with {_SAVE}"
         ) from exc
-    except Exception as exc:  # zip errors, EOF, bad magic number, ...
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        raise OptionError(
+            "ckpt",
+            "checkpoint '{path}' is a TorchScript archive (torch.jit.save); pass the weights, "
+            "saved with {save}, and {arch}",
+            path=path,
+            save=_SAVE,
+        )
+    if not any(n.endswith("/data.pkl") for n in names):
         raise UsageError(
-            f"cannot read checkpoint '{path}' (not a PyTorch file, or truncated): "
-            f"{first_line(exc, with_type=False)}"
-        ) from exc
+            f"checkpoint '{path}' is a zip archive, but not one that torch.save wrote (no "
+            f"data.pkl in it); {_PASS}"
+        )
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 (the last character may be cut off) with no control bytes but tabs and line ends."""
+    if any(b < 32 and b not in b"\t\n\r\f" for b in head):
+        return False
+    for cut in range(4):
+        try:
+            head[: len(head) - cut].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -119,7 +197,7 @@ def unpack(obj: Any, path: str) -> tuple[nn.Module | dict[str, Tensor], Checkpoi
             f"{', '.join(STATE_DICT_KEYS)} holds a state_dict; save model.state_dict() instead"
         )
     raise UsageError(
-        f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict or a model"
+        f"checkpoint '{path}' holds {a_or_an(type(obj).__name__)}, not a state_dict or a model"
     )
 
 
@@ -205,9 +283,9 @@ def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise OptionError(
             "arch",
-            "{name} '{arch}' returned a {t}, not an nn.Module",
+            "{name} '{arch}' returned {t}, not an nn.Module",
             arch=arch,
-            t=type(model).__name__,
+            t=a_or_an(type(model).__name__),
         )
     return model
 

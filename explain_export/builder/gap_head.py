@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
+from ..words import a_or_an
 from .probe import CallRecord, Probe, layout, mean_of, spec_for
 from .tap import TapSpec, resolve_module
 
@@ -68,9 +69,9 @@ def find_gap_linear_head(
         if not isinstance(module, nn.Linear):
             raise OptionError(
                 "head",
-                "{name} '{head}' is a {t}, not an nn.Linear",
+                "{name} '{head}' is {t}, not an nn.Linear",
                 head=head,
-                t=type(module).__name__,
+                t=a_or_an(type(module).__name__),
             )
         candidates = [r for r in classifiers(result) if r.name == head]
         if not candidates:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import OptionError
+from ..words import a_or_an
 
 __all__ = ["OutputKey", "choose_output", "describe"]
 
@@ -54,10 +55,10 @@ def describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {list(value.shape)}"
     if isinstance(value, Mapping):
-        return f"a {type(value).__name__} with keys {', '.join(map(str, value))}"
+        return f"{a_or_an(type(value).__name__)} with keys {', '.join(map(str, value))}"
     if isinstance(value, Sequence) and not isinstance(value, str):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
+        return f"{a_or_an(type(value).__name__)} of {len(value)}"
+    return a_or_an(type(value).__name__)
 
 
 def _given(out: Any, given: str) -> OutputKey:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError, first_line
+from ..words import a_or_an, count
 from .outputs import OutputKey, choose_output, describe
 from .tap import TapSpec, resolve_module
 
@@ -200,9 +201,8 @@ def probe_at_size(
         first = first_line(exc, with_type=False)
         raise OptionError(
             "input_size",
-            "the model fails on a {h}x{w} input ({why}); check {name}",
-            h=h,
-            w=w,
+            "the model fails on {size} input ({why}); check {name}",
+            size=a_or_an(f"{h}x{w}"),
             why=first,
         ) from exc
 
@@ -256,7 +256,7 @@ def select(result: Probe, model: nn.Module, spec: TapSpec) -> CallRecord:
     index = spec.call or 0
     if index >= len(calls):
         raise UsageError(
-            f"layer '{spec.module}' runs {len(calls)} time(s); call @{index} does not exist"
+            f"layer '{spec.module}' runs {count(len(calls), 'time')}; call @{index} does not exist"
         )
     record = calls[index]
     shape = record.shape(spec.port)

@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError
+from ..words import count
 
 __all__ = ["LAYER_SYNTAX", "Tap", "TapSpec", "resolve_module"]
 
@@ -143,10 +144,10 @@ class Tap:
         if calls < expected or (self.spec.call is None and calls != 1):
             raise OptionError(
                 "layer",
-                "layer '{spec}' ran {calls} time(s) in this forward pass; pick another layer or "
+                "layer '{spec}' ran {calls} in this forward pass; pick another layer or "
                 "call (see {list_layers})",
                 spec=self.spec,
-                calls=calls,
+                calls=count(calls, "time"),
             )
         if not isinstance(value, Tensor) or value.dim() not in (3, 4):
             raise UsageError(

@@ -93,7 +93,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def add_overlay_flags(group: Any, server: bool = False) -> None:
+def add_overlay_flags(group: Any) -> None:
     """The image flags ``explain-run`` and ``explain-serve`` share (:class:`.OverlayOptions`),
     with the library's defaults and choices."""
     from ..artifact.images import DEFAULT_MAX_PIXELS, RESIZE_MODES
@@ -121,8 +121,7 @@ def add_overlay_flags(group: Any, server: bool = False) -> None:
         choices=RESIZE_MODES,
         default="stretch",
         help="fit images to the export size by stretching, or by scaling and padding "
-        "(aspect kept); the overlay is drawn at the original size either way"
-        + ("" if not server else " (default: stretch)"),
+        "(aspect kept); the overlay is drawn at the original size either way (default: stretch)",
     )
     group.add_argument(
         "--max-pixels",
@@ -160,13 +159,14 @@ def add_model_flags(group: Any) -> None:
         "--arch",
         metavar="MOD:FN",
         help="callable that builds the model, as package.module:callable "
-        "(e.g. torchvision.models:resnet50)",
+        "(e.g. torchvision.models:resnet50). Default: none (a --ckpt state_dict needs it; with "
+        "neither flag, the embedded EfficientNet-Lite0)",
     )
     group.add_argument(
         "--arch-kwargs",
         metavar="JSON",
         default="{}",
-        help="keyword arguments for --arch, as a JSON object",
+        help="keyword arguments for --arch, as a JSON object (default: {})",
     )
     group.add_argument(
         "--trust-checkpoint",

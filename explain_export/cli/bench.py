@@ -11,9 +11,11 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 from typing import Any
 
 from ..builder.methods import AUTO, CHOICES, METHODS
+from ..errors import DeviceFallbackWarning
 from ._common import ArgumentParser, add_model_flags, input_size, log, model_source, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -79,14 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = p.add_argument_group("model (as in explain-export)")
     add_model_flags(m)
-    m.add_argument("--layer", metavar="NAME", help="the map to explain, NAME[:input][@CALL]")
+    m.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the map to explain, NAME[:input][@CALL] (default: as explain-export, the map "
+        "that the classifier's global pooling takes)",
+    )
     m.add_argument(
         "--method",
         choices=CHOICES,
         default=AUTO,
         help="as explain-export (default: auto, cam where exact, else gradcam)",
     )
-    m.add_argument("--head", metavar="NAME", help="for cam, the nn.Linear after the pooling")
+    m.add_argument(
+        "--head",
+        metavar="NAME",
+        help="for cam, the nn.Linear after the pooling (default: found automatically)",
+    )
     m.add_argument(
         "--input-size",
         nargs=2,
@@ -150,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         metavar="LIST",
         help="comma list of the variants listed below not to run (any but eager), e.g. "
-        "compile or compile,autograd,gradcam_numpy",
+        "compile or compile,autograd,gradcam_numpy (default: none)",
     )
     b.add_argument(
         "--methods",
@@ -166,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --methods: also time each of those methods exported with --top-k K (K maps "
         "per image), one variant ort_<method>_top<K> each, and report its time over the "
-        "method's top-1",
+        "method's top-1 (default: off)",
     )
     b.add_argument(
         "--profile-runs",
@@ -266,6 +277,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         top_k=args.top_k,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
+    if not args.debug:  # a CUDA provider that does not start is the ort variants' status line
+        from ..artifact.providers import quiet_onnxruntime_logs
+
+        quiet_onnxruntime_logs()
+        warnings.simplefilter("ignore", DeviceFallbackWarning)
     size = input_size(args)
     source = model_source(args)  # the checkpoint file is there, --arch resolves
     ensure_out_dir(args.out)

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-index",
         type=int,
         metavar="K",
-        help="for cam and gradcam, explain class K for every image instead of the top-1 class",
+        help="for cam and gradcam, explain class K for every image instead of the top-1 class "
+        "(default: each image's top-1)",
     )
     e.add_argument(
         "--class-input",
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="explain the K best classes of every image, one map each, from one pass of the "
         "backbone: the heatmap output becomes [N,K,H,W] and an output classes int64 [N,K] "
-        "names them, best first (methods that explain a class)",
+        "names them, best first (methods that explain a class). Default: off, one map per image",
     )
     g = p.add_argument_group("graph")
     g.add_argument(
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("float-nchw", "uint8-nhwc"),
         default="float-nchw",
         help="the graph's image input: float32 [N,3,H,W] in [0,1], or uint8 [N,H,W,3] as "
-        "decoded images arrive (scaling happens inside; 4x less data). Both RGB",
+        "decoded images arrive (scaling happens inside; 4x less data). Both RGB (default: "
+        "float-nchw)",
     )
     g.add_argument(
         "--overlay-output",
@@ -187,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-repo",
         metavar="DIR",
         help="also write a Triton model repository: DIR/NAME_onnx and DIR/NAME_torchscript, "
-        "each config.pbtxt + 1/model.*; replaces those folders (needs explain-export[triton])",
+        "each config.pbtxt + 1/model.*; replaces those folders (needs explain-export[triton]). "
+        "Default: none",
     )
     t.add_argument(
         "--triton-name",

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
-from ..errors import first_line
+from ..errors import DeviceFallbackWarning, first_line
+from ..words import count
 from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
 
 __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="explain class K in every image instead of each image's top-1 (a segmentation "
         "model: its class with most pixels); the model needs the class input: explain-export "
-        "--class-input; not a --top-k export, whose graph picks its classes. -1 is the default",
+        "--class-input; not a --top-k export, whose graph picks its classes (default: -1, each "
+        "image's top-1)",
     )
     p.add_argument(
         "--sheet",
@@ -214,8 +217,11 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     from ..artifact.images import quiet_decoder_warnings
+    from ..artifact.providers import quiet_onnxruntime_logs
 
     quiet_decoder_warnings()
+    if not args.debug:
+        quiet_onnxruntime_logs()  # a CUDA provider that does not start: our line, not theirs
     demo = not args.images
     if demo:
         from ..artifact.samples import PHOTOS, photo_path
@@ -252,7 +258,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.engine == "ray":  # checked here; the workers open their own sessions
             artifact = runtime.load(model_path, "cpu", 1)
         else:
-            artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
+            with warnings.catch_warnings():  # a fallback to the CPU is said in the backend line
+                warnings.simplefilter("ignore", DeviceFallbackWarning)
+                artifact = runtime.load(model_path, args.device, args.threads, cuda_graph=graphs)
     except UsageError:
         raise
     except Exception as exc:
@@ -275,17 +283,13 @@ def _run(args: argparse.Namespace) -> int:
     runner.check_names(paths, names, opts, meta.top_k)
     if not args.quiet:
         if args.engine == "ray":
-            threads = args.threads or 1
-            log(f"engine: ray; each worker runs onnxruntime on {args.device}, {threads} thread(s)")
+            threads = count(args.threads or 1, "thread")
+            log(f"engine: ray; each worker runs onnxruntime on {args.device}, {threads}")
         else:
-            note = ""
-            if args.device == "cuda" and "CUDA" not in artifact.backend.upper():
-                note = " (cuda asked for, but no working CUDA backend here)"
-            if artifact.note:
-                note += f" ({artifact.note})"
+            note = f" ({artifact.note})" if artifact.note else ""
             log(f"backend: {artifact.backend}{note}; threads: {args.threads or 'default'}")
         if skipped:
-            log(f"ignoring {skipped} non-image file(s) in the folder(s)")
+            log(f"ignoring {count(skipped, 'non-image file')} in the folders")
 
     from tqdm import tqdm
 

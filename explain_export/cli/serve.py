@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from ..words import count
 from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
 
 __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
@@ -27,19 +28,20 @@ examples:
   explain-serve --model explainer/explainer.onnx
   explain-serve --model explainer/explainer.onnx --replicas 2 --max-batch-size 8 --port 8080
   curl --data-binary @cat.png 'http://127.0.0.1:8000/explain?heatmap=1&topk=3'
+  curl -F file=@cat.png http://127.0.0.1:8000/explain           (a form upload works too)
   curl http://127.0.0.1:8000/healthz
 
-POST /explain: the body is the image file's bytes. Query: overlay=1|0 (default 1),
-heatmap=1|0 (default 0), topk=K (default 5), class=K (default -1, the top-1; a model exported
-with --class-input). Answer: JSON with topk (class, label, score), height, width, batch_size,
-and overlay_png / heatmap_png as base64 PNGs at the original resolution, computed as
-explain-run computes them. A model exported with --top-k K answers K maps instead, best
-first: explained = [{class, label, score, overlay_png, heatmap_png}, ...] (no class= then).
-A segmentation model answers the region of the class explained in place of topk: class,
-label, pixel_share (the fraction of the image's pixels predicted as it), predicted (the topk
-classes with most pixels), a note where no pixel is the class; overlay_png outlines the region.
-Errors: {"error": "..."}, status 400 (empty, not an image, bad query), 413 (too many bytes or
-pixels), 404, 405; 500 model failure.
+POST /explain: the body is the image file's bytes, or a multipart form with the file in one
+field. Query: overlay=1|0 (default 1), heatmap=1|0 (default 0), topk=K (default 5), class=K
+(default -1, the top-1; a model exported with --class-input). Answer: JSON with topk (class,
+label, score), height, width, batch_size, and overlay_png / heatmap_png as base64 PNGs at the
+original resolution, computed as explain-run computes them. A model exported with --top-k K
+answers K maps instead, best first: explained = [{class, label, score, overlay_png,
+heatmap_png}, ...] (no class= then). A segmentation model answers the region of the class
+explained in place of topk: class, label, pixel_share (the fraction of the image's pixels
+predicted as it), predicted (the topk classes with most pixels), a note where no pixel is the
+class; overlay_png outlines the region. Errors: {"error": "..."}, status 400 (empty, not an
+image, bad query), 413 (too many bytes or pixels), 404, 405; 500 model failure.
 
 CPUs: Ray gets --num-cpus; each replica reserves num-cpus/replicas of them and runs ONNX
 Runtime with --threads intra-op threads (default: num-cpus // replicas, at least 1).
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--access-log", action="store_true", help="log every request")
     o = p.add_argument_group("images (as in explain-run)")
-    add_overlay_flags(o, server=True)
+    add_overlay_flags(o)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -171,6 +173,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         num_gpus=args.num_gpus if args.device == "cuda" else 0,
         cuda_graph=not args.no_cuda_graphs,
+        onnxruntime_logs=args.debug,
         options=overlay_options(ServeOptions, args, max_body_bytes=int(args.max_body_mb * 2**20)),
     )
 
@@ -241,7 +244,8 @@ def _serve(args: argparse.Namespace) -> int:
     log(
         f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}"
         f"{task}); "
-        f"{config.replicas} replica(s) x {config.replica_cpus:g} CPU, {config.threads} thread(s); "
+        f"{count(config.replicas, 'replica')} x {config.replica_cpus:g} CPU, "
+        f"{count(config.threads, 'thread')}; "
         f"batches of up to {config.max_batch_size}, {args.batch_wait_ms:g} ms wait"
     )
     del model

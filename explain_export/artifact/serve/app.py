@@ -11,7 +11,8 @@ HTTP API (every body is JSON; every error is ``{"error": "one line"}`` with a 4x
 if the model itself fails):
 
 - ``POST /explain?overlay=1&heatmap=0&topk=5&class=-1``: the body is the image file's bytes
-  (PNG, JPEG, anything OpenCV decodes). All optional: ``overlay`` (1) and ``heatmap`` (0) pick
+  (PNG, JPEG, anything OpenCV decodes), or a ``multipart/form-data`` form with the file in one
+  field (``curl -F file=@cat.png``). All optional: ``overlay`` (1) and ``heatmap`` (0) pick
   the base64 PNGs in the answer (``1/0``, ``true/false``, ``yes/no``, the bare name for 1);
   ``topk`` (5) the number of labels; ``class`` the class the heatmap explains (-1: the top-1;
   other classes need a graph exported with ``--class-input``). Answer::
@@ -75,10 +76,12 @@ from ..runtime import OnnxExplainer
 from .request import (
     QUERY_PARAMS,
     ROUTES,
+    SEND,
     Query,
     Reply,
     RequestError,
     check_length,
+    image_bytes,
     parse_query,
     route,
     too_long,
@@ -99,6 +102,7 @@ __all__ = [
     "answer",
     "check_length",
     "health",
+    "image_bytes",
     "internal_error",
     "model_failure",
     "open_model",
@@ -153,6 +157,8 @@ def open_model(
         )
     try:
         artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
+    except OptionError:
+        raise
     except Exception as exc:
         raise OptionError(
             "path", "cannot load {name} '{v}': {why}", v=path, why=first_line(exc)
@@ -208,7 +214,8 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
     except images.PixelLimitError as exc:
         raise RequestError(413, str(exc)) from exc
     except images.ImageError as exc:
-        raise RequestError(400, str(exc)) from exc
+        how = f"; {SEND}" if str(exc).startswith("not a readable image") else ""
+        raise RequestError(400, f"{exc}{how}") from exc
     return pipeline.fit(bgr, model.size, opts.resize)
 
 
@@ -300,8 +307,10 @@ class Handler:
         params: Mapping[str, str],
         content_length: str | None,
         chunks: AsyncIterable[bytes],
+        content_type: str | None = None,
     ) -> Reply:
-        """The reply to one request; ``chunks`` is its body, read up to the byte limit."""
+        """The reply to one request; ``chunks`` is its body, read up to the byte limit: the
+        image's bytes, or a form that holds them (``content_type`` ``multipart/form-data``)."""
         limit = self.opts.max_body_bytes
         try:
             if route(method, path) == "/healthz":
@@ -314,11 +323,12 @@ class Handler:
                 body += chunk
                 if len(body) > limit:
                     raise RequestError(413, too_long(len(body), limit))
+            image = await asyncio.to_thread(image_bytes, content_type, bytes(body))
         except RequestError as exc:
             return exc.reply()
         except Exception as exc:
             return internal_error(exc)
-        return await self.explain(bytes(body), query)
+        return await self.explain(image, query)
 
     async def explain(self, body: bytes, query: Query) -> Reply:
         """The reply to one ``/explain`` body: 200, a 4xx for a bad image, 500 if it fails."""

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
+from ...errors import DeviceFallbackWarning
 from ..images import quiet_decoder_warnings
+from ..providers import quiet_onnxruntime_logs
 from .app import Handler, Outputs, Reply, ServeOptions, open_model
 
 __all__ = [
@@ -50,6 +53,7 @@ class ServerConfig:
     device: str = "cpu"  # cuda: replicas run ONNX Runtime's CUDA provider
     num_gpus: int = 0  # GPUs given to Ray (device cuda), shared out among the replicas
     cuda_graph: bool = True  # with device cuda: replay CUDA graphs (ORT enable_cuda_graph)
+    onnxruntime_logs: bool = False  # ONNX Runtime's own log lines in the replicas (--debug)
 
     @property
     def replica_cpus(self) -> float:
@@ -85,7 +89,14 @@ def make_deployment(config: ServerConfig) -> Any:
             if config.threads:
                 cv2.setNumThreads(config.threads)
             quiet_decoder_warnings()  # a bad body gets its own one-line 400, not a log line
-            model = open_model(config.model_path, config.threads, config.device, config.cuda_graph)
+            if not config.onnxruntime_logs:
+                quiet_onnxruntime_logs()  # a CUDA provider that does not start: one line of ours
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeviceFallbackWarning)
+                graphs = None if config.cuda_graph else False  # None: on where CUDA runs
+                model = open_model(config.model_path, config.threads, config.device, graphs)
+            if model.artifact.note:
+                logging.getLogger("ray.serve").warning(f"explain-serve: {model.artifact.note}")
             replica = serve.get_replica_context().replica_id.unique_id
             # decoding and drawing run in threads, concurrently with other requests; only the
             # model call is batched (self.infer)
@@ -99,6 +110,7 @@ def make_deployment(config: ServerConfig) -> Any:
                 params,
                 headers.get("content-length"),
                 request.stream(),
+                headers.get("content-type"),
             )
             return to_response(reply)
 

@@ -1,10 +1,13 @@
 """What an HTTP request asks of explain-serve, checked before its body is read: the route, the
-query string (:func:`parse_query` -> :class:`Query`) and the declared length; and the replies
-that refuse it (:class:`RequestError` -> :class:`Reply`). Plain code: no Ray, no model.
+query string (:func:`parse_query` -> :class:`Query`) and the declared length; the image in a
+body sent as a form (:func:`image_bytes`); and the replies that refuse it (:class:`RequestError`
+-> :class:`Reply`). Plain code: no Ray, no model.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,10 +16,12 @@ from typing import Any, NamedTuple
 __all__ = [
     "QUERY_PARAMS",
     "ROUTES",
+    "SEND",
     "Query",
     "Reply",
     "RequestError",
     "check_length",
+    "image_bytes",
     "parse_query",
     "route",
     "too_long",
@@ -136,3 +141,30 @@ def check_length(content_length: str | None, limit: int) -> None:
 def too_long(size: int | str, limit: int) -> str:
     size = f"{size:,}" if isinstance(size, int) else size
     return f"body of {size} bytes is over the limit of {limit:,}; raise --max-body-mb to allow it"
+
+
+SEND = (  # how to send an image, for the replies that refuse a body
+    "send the image as the body (curl --data-binary @cat.png) or as one file field "
+    "(curl -F file=@cat.png)"
+)
+
+
+def image_bytes(content_type: str | None, body: bytes) -> bytes:
+    """The image in a request body: the body itself, or, for ``multipart/form-data`` (an HTML
+    form, ``curl -F file=@cat.png``), its one file part (a part with a file name; else its one
+    part). The body is already within the byte limit; RequestError 400 for a form without
+    exactly one such part."""
+    if not content_type or content_type.split(";")[0].strip().lower() != "multipart/form-data":
+        return body
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not form.is_multipart() or not form.get_boundary():
+        raise RequestError(400, f"a multipart/form-data body without its parts; {SEND}")
+    parts = [p for p in form.iter_parts() if not p.is_multipart()]
+    files = [p for p in parts if p.get_filename()] or parts
+    if len(files) != 1:
+        raise RequestError(
+            400, f"a form with {len(files)} file fields; {SEND}, one image per request"
+        )
+    data = files[0].get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
