@@ -166,7 +166,8 @@ def class_feed(
         last = f"0..{top - 1}" if top is not None else "0 or more"
         raise OptionError(
             "class_index",
-            "{name} {v} is out of range: the model has {k} classes ({last}); -1 takes the top-1",
+            "{name} {v} is out of range: the model has {k} classes ({last}); -1 takes the default "
+            "(the top-1; for a segmentation model, the class with most pixels)",
             v=int(bad[0]),
             k=top if top is not None else "its",
             last=last,
