@@ -60,21 +60,20 @@ def _names(items: list[str]) -> str:
 
 
 def check_checkpoint_file(path: str) -> None:
-    """A :class:`.UsageError` unless ``path`` is a file with something in it, of the kind
-    ``torch.save`` writes (its first bytes read; nothing loaded)."""
+    """A :class:`.UsageError` unless ``path`` is a file with something in it (nothing read)."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint '{path}' does not exist")
     if os.path.isdir(path):
         raise UsageError(f"checkpoint '{path}' is a directory; pass the .pt/.pth file")
     if os.path.getsize(path) == 0:
         raise UsageError(f"checkpoint '{path}' is empty (0 bytes)")
-    _check_container(path)
 
 
 def read_checkpoint(path: str, trust: bool = False) -> Any:
     """``torch.load`` the file on the CPU; weights only unless ``trust``. A file that is not
     what ``torch.save`` writes, or is cut short, is a :class:`.UsageError` that says which."""
     check_checkpoint_file(path)
+    _check_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
