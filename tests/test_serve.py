@@ -204,7 +204,7 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
     for r in replies[:3] + replies[4:]:
         assert set(r.body) == {"error"} and "\n" not in r.body["error"]
     assert replies[0].body["error"].startswith("empty body")
-    assert "over the limit of 400,000,000" in replies[2].body["error"]
+    assert f"over the limit of {images.DEFAULT_MAX_PIXELS:,}" in replies[2].body["error"]
     assert replies[3].body["batch_size"] == 1
     assert_same_answer(replies[3].body, expected["coffee.png"], exact=False)
     small = app.ServeOptions(max_body_bytes=1000, max_pixels=10_000)
