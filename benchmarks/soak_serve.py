@@ -11,9 +11,14 @@ sends ``--requests`` POSTs from ``--concurrency`` threads, drawn in a fixed shuf
   request a default server accepts;
 - ``truncated``, ``garbage``, ``empty``: the first half of a photo, random bytes, no bytes.
 
+A photo answered 503 (the replica is full) is sent again after its ``Retry-After``, as a client
+should; every 503 is counted, and whether it carried ``Retry-After``. Then a second phase sends
+``--bombs-at-once`` (8) PNG bombs together with a stream of photos (``--bomb-photos``).
+
 It samples the resident memory of the server's whole process tree (``/proc``, every 50 ms), and
-reports every status per kind, the photos' p50/p99, the photos answered while a bomb was in
-flight, and the peak memory against ``--budget-gb``. Linux only (``/proc``); outside the suite.
+reports every status per kind, the photos' p50/p99 (from the first send, retries included), the
+photos answered while a bomb was in flight, and the peak memory against ``--budget-gb``. Linux
+only (``/proc``); outside the suite.
 
     python benchmarks/soak_serve.py --model explainer/explainer.onnx \\
         --out benchmarks/results/soak-cpu2.json
@@ -39,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from explain_export.artifact import images, overlay, pipeline, runtime, samples
+from explain_export.artifact import overlay, pipeline, runtime, samples
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
 MIX = {"photo": 0.80, "png-bomb": 0.04, "jpeg-huge": 0.02, "jpeg-big": 0.02}
@@ -97,8 +102,8 @@ def expected(model: str) -> dict[str, tuple[int, np.ndarray]]:
     opts = pipeline.OverlayOptions()
     out = {}
     for name in PHOTOS:
-        bgr = images.read_bgr(samples.photo_path(name))
-        fitted = pipeline.fit(bgr, tuple(artifact.metadata["input_size"]), opts.resize)
+        size = tuple(artifact.metadata["input_size"])
+        fitted = pipeline.read(samples.photo_path(name), size, opts)
         inferred = pipeline.infer(artifact, [fitted.input])[0]
         rendered = pipeline.render(fitted, inferred.logits, inferred.heatmaps, 1, None, opts, False)
         out[name] = (int(inferred.logits.argmax()), overlay.levels(rendered.heatmap))
@@ -141,18 +146,31 @@ class Sampler(threading.Thread):
             time.sleep(self.every)
 
 
-def post(port: int, body: bytes, timeout: float) -> tuple[int, bytes, float, float]:
-    t0 = time.perf_counter()
+def post(port: int, body: bytes, timeout: float) -> tuple[int, bytes, str | None]:
+    """One POST: status (0: no answer), body, its Retry-After header."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", "/explain?overlay=0&heatmap=1&topk=1", body=body)
         resp = conn.getresponse()
-        status, data = resp.status, resp.read()
+        return resp.status, resp.read(), resp.getheader("Retry-After")
     except (OSError, http.client.HTTPException) as exc:
-        status, data = 0, str(exc).encode()
+        return 0, str(exc).encode(), None
     finally:
         conn.close()
-    return status, data, t0, time.perf_counter()
+
+
+def send(port: int, body: bytes, timeout: float, retries: int = 60) -> dict:
+    """POST, and again after Retry-After while the answer is 503 (at most ``retries`` times)."""
+    t0, busy, with_header = time.perf_counter(), 0, 0
+    while True:
+        status, data, retry_after = post(port, body, timeout)
+        if status != 503 or busy >= retries:
+            break
+        busy += 1
+        with_header += retry_after is not None
+        time.sleep(float(retry_after or 1))
+    ms = 1000 * (time.perf_counter() - t0)
+    return {"status": status, "data": data, "ms": ms, "busy": busy, "retry_after": with_header}
 
 
 def wait_ready(port: int, proc: subprocess.Popen, limit: float = 300) -> None:
@@ -178,7 +196,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--timeout", type=float, default=300, help="client timeout, s")
-    parser.add_argument("--budget-gb", type=float, default=6.0, help="the stated memory budget")
+    parser.add_argument("--budget-gb", type=float, default=4.5, help="the stated memory budget")
+    parser.add_argument("--bombs-at-once", type=int, default=8)
+    parser.add_argument("--bomb-photos", type=int, default=64)
     parser.add_argument("--out", help="write the JSON summary here")
     parser.add_argument("serve_args", nargs="*", help="extra explain-serve flags, after --")
     args = parser.parse_args()
@@ -217,10 +237,11 @@ def main() -> None:
             with lock:
                 during = bombs_in_flight[0] > 0
                 bombs_in_flight[0] += bomb
-            status, data, t0, t1 = post(args.port, body, args.timeout)
+            sent = send(args.port, body, args.timeout)
             with lock:
                 bombs_in_flight[0] -= bomb
-            row = {"kind": kind, "status": status, "ms": 1000 * (t1 - t0), "during_bomb": during}
+            status, data = sent["status"], sent.pop("data")
+            row = {"kind": kind, **sent, "during_bomb": during}
             if kind == "photo" and status == 200:
                 answer = json.loads(data)
                 png = base64.b64decode(answer["heatmap_png"])
@@ -239,6 +260,15 @@ def main() -> None:
         wall = time.perf_counter() - t_start
         sampler.stopped.set()
         sampler.join()
+        # phase 2: the bombs all at once, photos streaming past them
+        phase2 = [("png-bomb", "png-bomb")] * args.bombs_at_once
+        phase2 += [("photo", PHOTOS[i % len(PHOTOS)]) for i in range(args.bomb_photos)]
+        sampler2 = Sampler(proc.pid)
+        sampler2.start()
+        with ThreadPoolExecutor(args.bombs_at_once + 8) as pool:
+            rows2 = list(pool.map(one, phase2))
+        sampler2.stopped.set()
+        sampler2.join()
         alive = proc.poll() is None
     finally:
         proc.terminate()
@@ -247,6 +277,18 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     summary = summarize(rows, wall, sampler.peak, idle_rss, args, alive, console)
+    bombs2 = [r for r in rows2 if r["kind"] == "png-bomb"]
+    photos2 = [r for r in rows2 if r["kind"] == "photo"]
+    summary["bombs_at_once"] = {
+        "bombs": len(bombs2),
+        "bomb_statuses": dict(collections.Counter(str(r["status"]) for r in bombs2)),
+        "bomb_max_ms": round(max(r["ms"] for r in bombs2), 1) if bombs2 else None,
+        "photos": len(photos2),
+        "photos_correct": sum(bool(r.get("correct")) for r in photos2),
+        "photo_statuses": dict(collections.Counter(str(r["status"]) for r in photos2)),
+        "peak_rss_gb": round(sampler2.peak / 2**30, 2),
+        "under_budget": sampler2.peak <= args.budget_gb * 2**30,
+    }
     text = json.dumps(summary, indent=1)
     print(text)
     if args.out:
@@ -272,6 +314,8 @@ def summarize(rows, wall, peak, idle, args, alive, console) -> dict:
         "photos_ok": len(ok),
         "photos_correct": sum(bool(r.get("correct")) for r in photos),
         "photos_wrong": sum(r.get("correct") is False for r in photos),
+        "busy_503": sum(r["busy"] for r in rows),
+        "busy_503_with_retry_after": sum(r["retry_after"] for r in rows),
         "photo_p50_ms": round(q[49], 1),
         "photo_p99_ms": round(q[98], 1),
         "photos_during_bombs": len(during),
@@ -282,6 +326,7 @@ def summarize(rows, wall, peak, idle, args, alive, console) -> dict:
         "under_budget": peak <= args.budget_gb * 2**30,
         "console_lines": len(console),
         "console_tail": [line.rstrip() for line in console[-8:]],
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "map_back",
     "quiet_decoder_warnings",
     "read_bgr",
+    "read_capped",
     "to_input",
 ]
 
@@ -89,14 +90,25 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 def read_bgr(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read and decode the file at ``path`` (see :func:`decode_bgr`); :class:`ImageError` also
     for a file that cannot be read."""
+    return decode_bgr(_read(path), max_pixels)
+
+
+def read_capped(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE
+) -> Decoded:
+    """Read and decode the file at ``path`` no larger than ``max_side`` (see
+    :func:`decode_capped`); :class:`ImageError` also for a file that cannot be read."""
+    return decode_capped(_read(path), max_pixels, max_side)
+
+
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
-    return decode_bgr(data, max_pixels)
 
 
 def quiet_decoder_warnings() -> None:

@@ -1,10 +1,15 @@
 """One image pipeline for the runner and the server: fit → run → map back → blend.
 
 ``explain-run`` (:func:`.runner.run`) and ``explain-serve`` (:mod:`.serve.app`) take the same
-steps, and it matters that they agree, so both call these: :func:`fit` per image (the decoded
-BGR pixels to the graph's float input), :func:`infer` per batch (one model call), and
-:func:`render` per image (top-k, each heatmap at the original resolution, its blend). Decoding
-stays with the callers: files there, request bodies here, each with its own errors. No torch.
+steps, and it matters that they agree, so both call these: :func:`read` (a file) or
+:func:`decode` (a request body) and :func:`fit` per image (the decoded BGR pixels to the graph's
+float input), :func:`infer` per batch (one model call), and :func:`render` per image (top-k,
+each heatmap at the drawn resolution, its blend). The callers word their own errors. No torch.
+
+Memory per image is bounded: the pixel cap is checked from the header before decoding, and the
+image is decoded (JPEG) or shrunk right after decoding to at most ``max_overlay_side`` on its
+longer side (:func:`.images.decode_capped`); the graph input is fitted from that, and heatmaps
+and overlays are drawn at that size. :attr:`Fitted.original` keeps the file's own size.
 
 A ``--top-k K`` export returns K maps per image (``heatmap [N,K,H,W]``) and the classes they
 explain (``classes [N,K]``, best first): :func:`render` draws each map, and names its class with
@@ -30,20 +35,30 @@ __all__ = [
     "OptionError",
     "OverlayOptions",
     "Rendered",
+    "decode",
     "explained",
     "fit",
     "infer",
+    "read",
     "render",
     "softmax_topk",
 ]
 
 
 class Fitted(NamedTuple):
-    """A decoded image and its graph input."""
+    """A decoded image and its graph input. ``bgr`` is the image as it is drawn on: the file's
+    pixels, or fewer where its longer side was over ``--max-overlay-side``
+    (:func:`.images.decode_capped`); ``original`` is the file's own ``(h, w)`` either way."""
 
-    bgr: np.ndarray  # uint8 [h, w, 3], the original pixels
+    bgr: np.ndarray  # uint8 [h, w, 3], the pixels drawn on (at most max_overlay_side)
     input: np.ndarray  # float32 [3, H, W], RGB in [0, 1]
-    geometry: images.Geometry
+    geometry: images.Geometry  # .original: bgr's (h, w), where heatmaps are mapped back to
+    original: tuple[int, int]  # (h, w) of the file
+
+    @property
+    def drawn(self) -> tuple[int, int]:
+        """``(h, w)`` of the overlay and heatmap: ``bgr``'s."""
+        return (int(self.bgr.shape[0]), int(self.bgr.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,8 @@ class OverlayOptions:
     seed_blend: bool = False  # rescale alpha·heat + image by its max, instead of saturating
     resize: str = "stretch"  # or "pad" (scale, keep the aspect, pad)
     max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger images are refused
+    # overlays and heatmaps are drawn at most this long on the longer side; 0: the file's size
+    max_overlay_side: int = images.DEFAULT_MAX_SIDE
 
     def __post_init__(self) -> None:
         if not self.alpha >= 0:  # NaN too
@@ -78,6 +95,8 @@ class OverlayOptions:
             )
         if self.max_pixels < 1:
             raise OptionError("max_pixels", "{name} must be at least 1")
+        if self.max_overlay_side < 0:
+            raise OptionError("max_overlay_side", "{name} must not be negative (0: no cap)")
 
 
 class Inferred(NamedTuple):
@@ -120,9 +139,25 @@ class Rendered(NamedTuple):
         return self.maps[0].blended
 
 
-def fit(bgr: np.ndarray, size: tuple[int, int], resize: str) -> Fitted:
-    """The graph input for decoded pixels: fitted to ``size`` by ``resize`` (stretch or pad)."""
-    return Fitted(bgr, *images.to_input(bgr, size, resize))
+def fit(
+    bgr: np.ndarray, size: tuple[int, int], resize: str, original: tuple[int, int] | None = None
+) -> Fitted:
+    """The graph input for decoded pixels: fitted to ``size`` by ``resize`` (stretch or pad);
+    ``original``: the file's ``(h, w)`` where ``bgr`` was decoded smaller (default: bgr's)."""
+    return Fitted(bgr, *images.to_input(bgr, size, resize), original or bgr.shape[:2])
+
+
+def decode(data: bytes, size: tuple[int, int], opts: OverlayOptions) -> Fitted:
+    """An image file's bytes decoded within ``opts.max_pixels`` (refused from the header),
+    no larger than ``opts.max_overlay_side`` (:func:`.images.decode_capped`), and fitted."""
+    decoded = images.decode_capped(data, opts.max_pixels, opts.max_overlay_side)
+    return fit(decoded.bgr, size, opts.resize, decoded.original)
+
+
+def read(path: str, size: tuple[int, int], opts: OverlayOptions) -> Fitted:
+    """:func:`decode` for the file at ``path``."""
+    decoded = images.read_capped(path, opts.max_pixels, opts.max_overlay_side)
+    return fit(decoded.bgr, size, opts.resize, decoded.original)
 
 
 def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) -> list[Inferred]:

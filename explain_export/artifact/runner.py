@@ -339,7 +339,7 @@ def explain_batch(
 def _read(result: ImageResult, size: tuple[int, int], opts: RunOptions) -> pipeline.Fitted | None:
     """The image fitted to the graph, or None with ``result.error`` set."""
     try:
-        return pipeline.fit(images.read_bgr(result.path, opts.max_pixels), size, opts.resize)
+        return pipeline.read(result.path, size, opts)
     except images.ImageError as exc:
         result.error = str(exc)
         return None

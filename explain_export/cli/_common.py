@@ -36,6 +36,7 @@ FLAGS = {
     "name": "--triton-name",
     "overlay": "--overlay-output",
     "settle_s": "--settle",
+    "request_timeout_s": "--request-timeout",
     "target": "--class-index",
     "trust": "--trust-checkpoint",
 }
@@ -96,7 +97,7 @@ def log(message: str) -> None:
 def add_overlay_flags(group: Any) -> None:
     """The image flags ``explain-run`` and ``explain-serve`` share (:class:`.OverlayOptions`),
     with the library's defaults and choices."""
-    from ..artifact.images import DEFAULT_MAX_PIXELS, RESIZE_MODES
+    from ..artifact.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, RESIZE_MODES
     from ..artifact.overlay import DEFAULT_ALPHA, DEFAULT_COLORMAP
 
     group.add_argument(
@@ -128,7 +129,17 @@ def add_overlay_flags(group: Any) -> None:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
-        help=f"refuse images larger than this (default: {DEFAULT_MAX_PIXELS:,})",
+        help=f"refuse images larger than this, from the file's header before decoding "
+        f"(default: {DEFAULT_MAX_PIXELS:,})",
+    )
+    group.add_argument(
+        "--max-overlay-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        metavar="PX",
+        help="draw overlays and heatmaps at most this long on the longer side: a larger image "
+        "is decoded (JPEG) or shrunk to it first, which bounds each image's memory; 0 draws at "
+        f"the file's size (default: {DEFAULT_MAX_SIDE})",
     )
 
 
@@ -141,6 +152,7 @@ def overlay_options(cls: Any, args: argparse.Namespace, **fields: Any) -> Any:
         seed_blend=args.seed_blend,
         resize=args.resize,
         max_pixels=args.max_pixels,
+        max_overlay_side=args.max_overlay_side,
         **fields,
     )
 

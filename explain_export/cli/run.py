@@ -40,7 +40,10 @@ While a run goes, predictions.partial.jsonl holds the rows of the batches done s
 --resume reads it after a stop.
 
 overlay = saturate(alpha * colormap(255 * heatmap) + image), in uint8 BGR, at the original
-resolution; --seed-blend: s = alpha * heat + image; s = s / max(s); overlay = 255 * s.
+resolution, or at most --max-overlay-side on the longer side (the image is shrunk first, and
+the graph input fitted from that); --seed-blend: s = alpha * heat + image; s = s / max(s);
+overlay = 255 * s. An image over --max-pixels is refused from its header, undecoded, and the
+run goes on.
 
 exit codes: 0 all images done, 1 some images failed, 2 usage error (nothing was processed).
 """

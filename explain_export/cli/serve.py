@@ -34,14 +34,22 @@ examples:
 POST /explain: the body is the image file's bytes, or a multipart form with the file in one
 field. Query: overlay=1|0 (default 1), heatmap=1|0 (default 0), topk=K (default 5), class=K
 (default -1, the top-1; a model exported with --class-input). Answer: JSON with topk (class,
-label, score), height, width, batch_size, and overlay_png / heatmap_png as base64 PNGs at the
-original resolution, computed as explain-run computes them. A model exported with --top-k K
-answers K maps instead, best first: explained = [{class, label, score, overlay_png,
-heatmap_png}, ...] (no class= then). A segmentation model answers the region of the class
-explained in place of topk: class, label, pixel_share (the fraction of the image's pixels
-predicted as it), predicted (the topk classes with most pixels), a note where no pixel is the
-class; overlay_png outlines the region. Errors: {"error": "..."}, status 400 (empty, not an
-image, bad query), 413 (too many bytes or pixels), 404, 405; 500 model failure.
+label, score), height, width (the file's), batch_size, and overlay_png / heatmap_png as base64
+PNGs at the original resolution, or at most --max-overlay-side on the longer side (then
+drawn_height, drawn_width say their size), computed as explain-run computes them. A model
+exported with --top-k K answers K maps instead, best first: explained = [{class, label, score,
+overlay_png, heatmap_png}, ...] (no class= then). A segmentation model answers the region of
+the class explained in place of topk: class, label, pixel_share (the fraction of the image's
+pixels predicted as it), predicted (the topk classes with most pixels), a note where no pixel
+is the class; overlay_png outlines the region. Errors: {"error": "..."}, status 400 (empty, not an
+image, bad query), 413 (too many bytes or pixels; pixels are read from the header, before
+decoding), 404, 405; 500 model failure; 503 with Retry-After (the replica holds --max-decoding
++ --max-queued requests already; answered at once), 504 (past --request-timeout).
+
+Memory: one request holds its body, then its image decoded at most --max-overlay-side on the
+longer side; at most --max-decoding images per replica are decoded or drawn at once (a decode
+holds the file's full size, up to --max-pixels, for a moment), and a replica holds at most
+--max-decoding + --max-queued requests.
 
 CPUs: Ray gets --num-cpus; each replica reserves num-cpus/replicas of them and runs ONNX
 Runtime with --threads intra-op threads (default: num-cpus // replicas, at least 1).
@@ -52,6 +60,7 @@ exit codes: 0 stopped cleanly, 1 failure, 2 usage (bad flag or model, port in us
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..artifact.serve.admission import DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT_S
     from ..artifact.serve.app import DEFAULT_MAX_BODY_BYTES
 
     p = ArgumentParser(
@@ -130,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help=f"refuse bodies larger than this (default: {DEFAULT_MAX_BODY_BYTES // 2**20})",
     )
+    s.add_argument(
+        "--max-decoding",
+        type=int,
+        metavar="N",
+        help="images decoded or drawn at once per replica; more threads than the replica's "
+        "CPUs add memory but no speed (default: its CPUs, num-cpus // replicas, at least 1)",
+    )
+    s.add_argument(
+        "--max-queued",
+        type=int,
+        default=DEFAULT_MAX_QUEUED,
+        metavar="N",
+        help="requests a replica holds beyond the --max-decoding it works on; one more is "
+        f"answered 503 with Retry-After at once (default: {DEFAULT_MAX_QUEUED})",
+    )
+    s.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="answer 504 to a request still unanswered after S seconds, and drop its work; 0: "
+        f"no limit (default: {DEFAULT_TIMEOUT_S:g})",
+    )
     s.add_argument("--access-log", action="store_true", help="log every request")
     o = p.add_argument_group("images (as in explain-run)")
     add_overlay_flags(o)
@@ -160,6 +192,13 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         raise UsageError("--batch-wait-ms must not be negative")
     if args.max_body_mb <= 0:
         raise UsageError("--max-body-mb must be positive")
+    if args.max_decoding is not None and args.max_decoding < 1:
+        raise UsageError("--max-decoding must be at least 1")
+    if args.max_queued < 0:
+        raise UsageError("--max-queued must not be negative")
+    if not args.request_timeout >= 0:
+        raise UsageError("--request-timeout must not be negative (0: no limit)")
+    decoding = args.max_decoding or max(1, args.num_cpus // args.replicas)
     return ServerConfig(
         model_path=os.path.abspath(args.model),
         host=args.host,
@@ -174,7 +213,14 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         num_gpus=args.num_gpus if args.device == "cuda" else 0,
         cuda_graph=not args.no_cuda_graphs,
         onnxruntime_logs=args.debug,
-        options=overlay_options(ServeOptions, args, max_body_bytes=int(args.max_body_mb * 2**20)),
+        options=overlay_options(
+            ServeOptions,
+            args,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            max_decoding=decoding,
+            max_queued=args.max_queued,
+            request_timeout_s=args.request_timeout or None,
+        ),
     )
 
 

@@ -23,9 +23,13 @@ if the model itself fails):
        "heatmap_png": "<base64 8-bit gray PNG, as explain-run's NAME.heatmap.png>"}
 
   Both images are at the original resolution, computed exactly as ``explain-run`` computes
-  them (decode, fit, run, map back, blend). ``batch_size`` is how many requests shared the
-  model call. Statuses: 400 empty body, not an image, bad query; 413 body over the byte limit
-  or image over the pixel limit; 404 unknown path; 405 wrong method; 500 the model failed.
+  them (decode, fit, run, map back, blend), or at most ``--max-overlay-side`` on the longer
+  side: ``height``/``width`` are the file's, and ``drawn_height``/``drawn_width`` (only where
+  it was drawn smaller) the PNGs'. ``batch_size`` is how many requests shared the model call.
+  Statuses: 400 empty body, not an image, bad query; 413 body over the byte limit or image
+  over the pixel limit (from its header, before decoding); 404 unknown path; 405 wrong method;
+  500 the model failed; 503 (with ``Retry-After``) the replica holds its most requests
+  already; 504 the request ran past ``--request-timeout`` (:mod:`.admission`).
 
   A ``--top-k K`` export explains the K best classes of each image, picked by its graph, so
   its answer carries K maps, best first, in ``explained`` instead of the two top-level PNGs
@@ -61,18 +65,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
-import sys
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...errors import OptionError, first_line
 from .. import images, overlay, pipeline
-from ..contract import ArtifactMetadata, check_metadata, class_count
-from ..runtime import OnnxExplainer
+from .admission import DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT_S, Admission
+from .model import Model, health, open_model
 from .request import (
     QUERY_PARAMS,
     ROUTES,
@@ -89,6 +91,7 @@ from .request import (
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_DECODING",
     "QUERY_PARAMS",
     "ROUTES",
     "Handler",
@@ -115,84 +118,28 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_DECODING = 2  # explain-serve's default: the replica's CPUs, at least 1
 
 
 @dataclass(frozen=True)
 class ServeOptions(pipeline.OverlayOptions):
     """How every image is answered: :class:`~..pipeline.OverlayOptions` (the same meanings as
-    explain-run's flags), and the largest request body."""
+    explain-run's flags), the largest request body, and what bounds a replica in all
+    (:mod:`.admission`)."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_decoding: int = DEFAULT_MAX_DECODING  # images decoded or drawn at once per replica
+    max_queued: int = DEFAULT_MAX_QUEUED  # requests held beyond those: more get 503
+    request_timeout_s: float | None = DEFAULT_TIMEOUT_S  # longer gets 504; None: no deadline
 
-
-@dataclass(frozen=True)
-class Model:
-    """An ONNX explainer with its checked metadata."""
-
-    path: str
-    artifact: OnnxExplainer
-    size: tuple[int, int]
-    labels: list[str] | None
-    num_classes: int | None
-    meta: ArtifactMetadata = field(repr=False)
-    threads: int | None = None
-
-
-def open_model(
-    path: str, threads: int | None = None, device: str = "cpu", cuda_graph: bool | None = None
-) -> Model:
-    """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime, no torch: the CPU provider, or
-    with ``device="cuda"`` the CUDA provider (IO binding, and CUDA graphs unless
-    ``cuda_graph=False``; :class:`~..runtime.OnnxExplainer`)."""
-    if not path.endswith(".onnx"):
-        raise OptionError(
-            "path",
-            "{name} '{v}' is not .onnx; explain-serve runs ONNX explainers (no torch): export "
-            "with explain-export --formats onnx",
-            v=path,
-        )
-    if not os.path.isfile(path):
-        raise OptionError(
-            "path", "no model at '{v}'; give {name} an explainer.onnx from explain-export", v=path
-        )
-    try:
-        artifact = OnnxExplainer(path, device, threads, cuda_graph=cuda_graph)
-    except OptionError:
-        raise
-    except Exception as exc:
-        raise OptionError(
-            "path", "cannot load {name} '{v}': {why}", v=path, why=first_line(exc)
-        ) from exc
-    meta = check_metadata(artifact)
-    labels = list(meta.labels) if meta.labels else None
-    classes = class_count(meta, artifact.shapes.get("logits"))
-    return Model(
-        path=os.path.abspath(path),
-        artifact=artifact,
-        size=meta.input_size,
-        labels=labels,
-        num_classes=classes if classes is not None else (len(labels) if labels else None),
-        meta=meta,
-        threads=threads,
-    )
-
-
-def health(model: Model) -> dict[str, Any]:
-    """What ``GET /healthz`` reports about a loaded model."""
-    return {
-        "status": "ok",
-        "model": model.path,
-        "backend": model.artifact.backend,
-        "providers": model.artifact.providers,
-        "input_size": list(model.size),
-        "task": model.meta.task or "classification",
-        "classes": model.num_classes,
-        "method": model.meta.method,
-        "layer": model.meta.layer,
-        "top_k": model.meta.top_k,
-        "threads": model.threads,
-        "torch_imported": "torch" in sys.modules,
-    }
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_decoding < 1:
+            raise OptionError("max_decoding", "{name} must be at least 1")
+        if self.max_queued < 0:
+            raise OptionError("max_queued", "{name} must not be negative")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise OptionError("request_timeout_s", "{name} must be positive")
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -210,13 +157,12 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
     if len(body) > opts.max_body_bytes:
         raise RequestError(413, too_long(len(body), opts.max_body_bytes))
     try:
-        bgr = images.decode_bgr(body, opts.max_pixels)
+        return pipeline.decode(body, model.size, opts)
     except images.PixelLimitError as exc:
         raise RequestError(413, str(exc)) from exc
     except images.ImageError as exc:
         how = f"; {SEND}" if str(exc).startswith("not a readable image") else ""
         raise RequestError(400, f"{exc}{how}") from exc
-    return pipeline.fit(bgr, model.size, opts.resize)
 
 
 def run_model(
@@ -246,10 +192,12 @@ def answer(
     done = pipeline.render(
         image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
     )
+    (h, w), drawn = image.original, image.drawn
     body: dict[str, Any] = {
         **({"topk": done.topk} if done.region is None else done.region),
-        "height": int(image.bgr.shape[0]),
-        "width": int(image.bgr.shape[1]),
+        "height": int(h),
+        "width": int(w),
+        **({} if drawn == (h, w) else {"drawn_height": drawn[0], "drawn_width": drawn[1]}),
         "batch_size": batch_size,
     }
     if done.explained is None:
@@ -284,11 +232,13 @@ Outputs = tuple[pipeline.Inferred, int]  # one image's graph outputs, and the ba
 
 class Handler:
     """A replica's request handling, no Ray: :meth:`handle` answers one HTTP request (route,
-    query, body, then :meth:`explain`); :meth:`explain` one image (:func:`prepare` and
-    :func:`answer` in threads, concurrently with other requests; the model call through
-    ``infer``); :meth:`run_batch` is one model call for a batch of graph inputs. ``infer`` takes
-    one graph input and returns its :data:`Outputs`: in :mod:`.ray_app`, the deployment's
-    ``@serve.batch`` method, which calls :meth:`run_batch`. ``info``: more ``/healthz`` fields."""
+    query, admission, body, then the image); :meth:`explain` one image (:func:`prepare` and
+    :func:`answer` in threads, at most ``opts.max_decoding`` at once, concurrently with other
+    requests; the model call through ``infer``); :meth:`run_batch` is one model call for a batch
+    of graph inputs. ``infer`` takes one graph input and returns its :data:`Outputs`: in
+    :mod:`.ray_app`, the deployment's ``@serve.batch`` method, which calls :meth:`run_batch`.
+    ``info``: more ``/healthz`` fields. Requests beyond the replica's most get 503, those past
+    the deadline 504 (:class:`.admission.Admission`)."""
 
     def __init__(
         self,
@@ -299,6 +249,7 @@ class Handler:
     ) -> None:
         self.model, self.opts, self.infer = model, opts, infer
         self.info = dict(info or {})
+        self.admission = Admission(opts.max_decoding, opts.max_queued, opts.request_timeout_s)
 
     async def handle(
         self,
@@ -311,29 +262,42 @@ class Handler:
     ) -> Reply:
         """The reply to one request; ``chunks`` is its body, read up to the byte limit: the
         image's bytes, or a form that holds them (``content_type`` ``multipart/form-data``)."""
-        limit = self.opts.max_body_bytes
         try:
             if route(method, path) == "/healthz":
                 return Reply(200, {**health(self.model), **self.info})
             takes = "class_index" in self.model.artifact.input_names
             query = parse_query(params, self.model.num_classes, takes, self.model.meta.top_k)
-            check_length(content_length, limit)
-            body = bytearray()
-            async for chunk in chunks:
-                body += chunk
-                if len(body) > limit:
-                    raise RequestError(413, too_long(len(body), limit))
-            image = await asyncio.to_thread(image_bytes, content_type, bytes(body))
+            check_length(content_length, self.opts.max_body_bytes)
+            with self.admission.admit():  # 503 at once where the replica is full
+                work = self._read_and_explain(chunks, content_type, query)
+                return await self.admission.within(work)  # 504 past the deadline
         except RequestError as exc:
             return exc.reply()
         except Exception as exc:
             return internal_error(exc)
-        return await self.explain(image, query)
+
+    async def _read_and_explain(
+        self, chunks: AsyncIterable[bytes], content_type: str | None, query: Query
+    ) -> Reply:
+        limit = self.opts.max_body_bytes
+        body = bytearray()
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, too_long(len(body), limit))
+        data = [await asyncio.to_thread(image_bytes, content_type, bytes(body))]
+        del body
+        return await self._explain(data, query)
 
     async def explain(self, body: bytes, query: Query) -> Reply:
         """The reply to one ``/explain`` body: 200, a 4xx for a bad image, 500 if it fails."""
+        return await self._explain([body], query)
+
+    async def _explain(self, data: list[bytes], query: Query) -> Reply:
+        """:meth:`explain` of ``data[0]``, which it lets go once decoded."""
+        slots = self.admission
         try:
-            image = await asyncio.to_thread(prepare, body, self.model, self.opts)
+            image = await slots.run(prepare, data.pop(), self.model, self.opts)
         except RequestError as exc:
             return exc.reply()
         except Exception as exc:
@@ -343,7 +307,7 @@ class Handler:
         except Exception as exc:
             return model_failure(exc)
         try:
-            result = await asyncio.to_thread(
+            result = await slots.run(
                 answer,
                 self.model,
                 image,

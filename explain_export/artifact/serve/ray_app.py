@@ -61,6 +61,12 @@ class ServerConfig:
         return self.num_cpus / self.replicas
 
     @property
+    def ray_max_ongoing(self) -> int:
+        """Ray's ``max_ongoing_requests`` per replica: twice the requests a replica admits
+        (:class:`.admission.Admission`), so the refusals in flight fit too."""
+        return 2 * (self.options.max_decoding + self.options.max_queued) + self.max_batch_size
+
+    @property
     def replica_gpus(self) -> float:
         """Ray GPUs reserved per replica (0 on the CPU): the GPUs shared out."""
         return self.num_gpus / self.replicas if self.device == "cuda" else 0.0
@@ -79,8 +85,12 @@ def make_deployment(config: ServerConfig) -> Any:
         name="explainer",
         num_replicas=config.replicas,
         ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
-        # room for a full batch while the previous one runs
-        max_ongoing_requests=2 * config.max_batch_size,
+        # more than the Handler admits (config.options.max_decoding + max_queued), so that its
+        # admission sees every request and answers the ones over its most with our 503 at
+        # once; Ray's own queue at the proxy (its plain-text 503 beyond max_queued_requests)
+        # is a backstop only
+        max_ongoing_requests=config.ray_max_ongoing,
+        max_queued_requests=config.ray_max_ongoing,
         graceful_shutdown_wait_loop_s=0.2,
         graceful_shutdown_timeout_s=10.0,
     )
@@ -152,8 +162,13 @@ def deploy(config: ServerConfig) -> None:
         "log_level": "INFO" if config.access_log else "WARNING",
         "enable_access_log": config.access_log,
     }
+    # Serve's controller and proxy: errors only (with --access-log, their access lines too). Under
+    # load the proxy warns "Failed to get queue length from Replica ... within 0.1s" whenever a
+    # busy replica answers its probe late; requests are routed all the same, and a full replica
+    # answers 503 itself, so those lines say nothing the user can act on.
+    system_logging = {**logging_config, "log_level": "INFO" if config.access_log else "ERROR"}
     serve.start(
-        http_options={"host": config.host, "port": config.port}, logging_config=logging_config
+        http_options={"host": config.host, "port": config.port}, logging_config=system_logging
     )
     serve.run(build_app(config), name=APP_NAME, route_prefix="/", logging_config=logging_config)
 
