@@ -518,3 +518,55 @@ class PooledTokens(nn.Module):
 
 def pooled_tokens(seed: int = 0) -> PooledTokens:
     return _seeded(PooledTokens, seed)
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT block: ``nn.MultiheadAttention(batch_first=True)``, which reads its
+    tokens sequence-first (``[T, N, C]``, a transposed view), so its input projection is a
+    batched product whose rows are not contiguous."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential()
+        for i in range(depth):
+            self.layers.add_module(f"encoder_layer_{i}", EncoderBlock(dim))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(self.layers(x))
+
+
+class MHAViT(nn.Module):
+    """torchvision's ViT in miniature (its names: ``conv_proj``, ``class_token``,
+    ``encoder.layers.encoder_layer_N``, ``heads.head``), reading the class token."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 32, patch: int = 8, depth: int = 2):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.encoder = Encoder(dim, depth)
+        self.heads = nn.Sequential()
+        self.heads.add_module("head", nn.Linear(dim, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], 1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def mha_vit(seed: int = 0) -> MHAViT:
+    return _seeded(MHAViT, seed)

@@ -1,8 +1,9 @@
 """Token models explained as maps: a tiny ViT (class + register tokens, attention by
-``F.scaled_dot_product_attention``) and a conv-stem token hybrid (Mixer + attention blocks, no
-prefix tokens), against a reference written here: autograd Grad-CAM with a cloning hook on the
-token tensor, the prefix dropped and the rest laid on the grid by hand, then tests/reference.py's
-resize and min-max. On photos, at batch 3 and 1; ONNX here, every format in the slow test."""
+``F.scaled_dot_product_attention``), one in torchvision's layout (``nn.MultiheadAttention``) and
+a conv-stem token hybrid (Mixer + attention blocks, no prefix tokens), against a reference
+written here: autograd Grad-CAM with a cloning hook on the token tensor, the prefix dropped and
+the rest laid on the grid by hand, then tests/reference.py's resize and min-max. On photos, at
+batch 3 and 1; ONNX here, every format in the slow test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
 import reference
-from models import pooled_tokens, tiny_vit, token_hybrid
+from models import mha_vit, pooled_tokens, tiny_vit, token_hybrid
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -27,6 +28,8 @@ CASES = {
     "vit": (tiny_vit, "blocks.1", 3, (8, 8)),
     "hybrid": (token_hybrid, "blocks.1", 0, (16, 16)),
     "pooled": (pooled_tokens, "blocks.1", 0, (4, 4)),  # a square grid with no map: inferred
+    # torchvision's layout: nn.MultiheadAttention, which reads the tokens sequence-first
+    "torchvision-vit": (mha_vit, "encoder.layers.encoder_layer_1", 1, (8, 8)),
 }
 
 
@@ -99,6 +102,10 @@ def check(case: str, method: str, tmp_path, formats) -> None:
 
 def test_gradcam_on_a_vit_equals_the_reference_in_onnx(tmp_path):
     check("vit", "gradcam", tmp_path, ("onnx",))
+
+
+def test_gradcam_on_a_torchvision_style_vit_equals_the_reference_in_onnx(tmp_path):
+    check("torchvision-vit", "gradcam", tmp_path, ("onnx",))
 
 
 @pytest.mark.slow
