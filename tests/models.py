@@ -570,3 +570,63 @@ class MHAViT(nn.Module):
 
 def mha_vit(seed: int = 0) -> MHAViT:
     return _seeded(MHAViT, seed)
+
+
+class LinearNorm(nn.Module):
+    """LeViT's: a linear layer, then BatchNorm over the tokens. Named a norm, it is none: it
+    changes the width, and no residual stream runs through it."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+        self.bn = nn.BatchNorm1d(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.linear(x)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+class LevitBlock(nn.Module):
+    """``x + mlp(x)``, its MLP two LinearNorms: a block with no norm of its own."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(LinearNorm(dim, 2 * dim), nn.Hardswish(), LinearNorm(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(x)
+
+
+class Subsample(nn.Module):
+    """Every other token of a square grid, in both directions (LeViT's ``Subsample``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, c = x.shape
+        side = int(t**0.5)
+        return x.reshape(n, side, side, c)[:, ::2, ::2].reshape(n, -1, c)
+
+
+class TinyLevit(nn.Module):
+    """LeViT in miniature: a conv stem (8x8 tokens at 64x64), LeViT blocks, the tokens
+    subsampled to 4x4, more blocks, then the mean over tokens, BatchNorm and a linear head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.Hardswish(), nn.Conv2d(16, dim, 4, 4)
+        )
+        self.stages = nn.Sequential(LevitBlock(dim), Subsample(), LevitBlock(dim), LevitBlock(dim))
+        self.head = nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x).flatten(2).transpose(1, 2))
+        return self.head(x.mean(1))
+
+
+def tiny_levit(seed: int = 0) -> TinyLevit:
+    model = _seeded(TinyLevit, seed)
+    for m in model.modules():  # _seeded draws 2-D BatchNorm statistics only
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
