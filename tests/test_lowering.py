@@ -223,3 +223,19 @@ def test_multihead_attention_holds_no_weight_copied_over_the_tokens(monkeypatch)
     monkeypatch.setattr(lowering, "fold_broadcast_bmm", lambda graph: 0)  # without the rewrite
     assert len(_broadcast_weights(_graph(lowering.lower(explainer, (x,), {0: [0]})))) >= 2
     explainer.remove()
+
+
+def test_a_product_with_a_row_broadcast_over_the_matrix_is_left_alone():
+    """``bmm`` with ``b`` expanded from one row (``[1, p]`` to ``[B, k, p]``) is no repeated
+    ``[k, p]`` matrix; the rewrite leaves it as it is."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from explain_export.builder.rewrites import fold_broadcast_bmm
+
+    def f(a, row):
+        return torch.bmm(a, row.expand(a.shape[0], a.shape[2], row.shape[1]))
+
+    a, row = torch.randn(3, 5, 4), torch.randn(1, 6)
+    graph = make_fx(f)(a, row)
+    assert fold_broadcast_bmm(graph) == 0
+    torch.testing.assert_close(graph(a, row), f(a, row))

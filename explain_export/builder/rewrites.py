@@ -121,11 +121,10 @@ def _broadcast_matrix(node: Any) -> tuple[Node, bool] | None:
         inner = _shape(source)
         if shape is None or inner is None:
             return None
-        if node.target is aten.expand.default:
-            lead = inner[:-2]
-            ones = all(isinstance(d, int) and d == 1 for d in lead)
-            return (source, transposed) if len(inner) >= 2 and ones else None
         last_two = len(inner) >= 2 and all(map(_same, shape[-2:], inner[-2:]))
+        if node.target is aten.expand.default:  # only over leading dims of size 1
+            ones = all(isinstance(d, int) and d == 1 for d in inner[:-2])
+            return (source, transposed) if last_two and ones else None
         if node.target in _KEEPS_MATRICES and last_two:
             node = source
             continue
