@@ -6,10 +6,14 @@ OUT_ROOT/NAME/model.pt, run the real CLI as a subprocess
 
     explain-export --ckpt OUT/model.pt --arch MOD:FN [--arch-kwargs JSON] --out OUT [extra]
 
-and record exit code, wall time, the layer:/method:/auto: lines, the worst parity values and the
+and record exit code, wall time, peak resident memory (the process group is killed past
+RSS_LIMIT_GB, 14 by default), the layer:/method:/auto: lines, the worst parity values and the
 last stderr line on failure. Then, for each export that succeeded, run its ONNX file on three
 scikit-image photos and compare the heatmap with pytorch-grad-cam's GradCAM on the same weights
-at the same layer (Pearson correlation per image, and max |diff|).
+at the same tensor (Pearson correlation per image, and max |diff|): for a classifier, the top-1
+class (token maps laid out by its usual reshape_transform); for a segmentation model, the class
+the export explained with SemanticSegmentationTarget(c, argmax == c) on the model's chosen
+output, through a wrapper that returns it.
 
 Usage, in a venv of its own with torch, torchvision, timm, grad-cam (pytorch-grad-cam),
 onnxruntime, scikit-image and this package (``pip install --no-deps -e .``); the README's
@@ -28,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -43,6 +49,7 @@ OUT_ROOT = Path("/tmp/explain-export-architectures")
 VENV_BIN = Path(sys.executable).parent
 CLI = str(VENV_BIN / "explain-export")
 TIMEOUT_S = 600
+RSS_LIMIT_GB = float(os.environ.get("RSS_LIMIT_GB", 14))  # a shared host: stop past it
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 
 
@@ -59,10 +66,18 @@ def tv(name, kwargs=None, extra=(), key=None, ckpt=True, note="", head_init=None
     }
 
 
-def tm(name, extra=(), note="", head_init=None):
+def seg(name, extra=(), note="", key=None):
+    """A torchvision segmentation model; ``weights_backbone=None`` so nothing is downloaded."""
+    spec = tv(name, {"weights_backbone": None}, extra, key=key, note=note)
+    spec["arch"] = f"torchvision.models.segmentation:{name}"
+    return spec
+
+
+def tm(name, extra=(), note="", head_init=None, key=None, bn_calibrate=False):
     return {
         "head_init": head_init,
-        "key": f"timm-{name}",
+        "bn_calibrate": bn_calibrate,
+        "key": key or f"timm-{name}",
         "family": "timm",
         "arch": "timm:create_model",
         "kwargs": {"model_name": name, "pretrained": False},
@@ -73,6 +88,10 @@ def tm(name, extra=(), note="", head_init=None):
 
 
 INCEPTION = {"init_weights": True, "aux_logits": True}
+SEG_NOTE = (
+    "224x224 (the default size); the default class (most pixels, background 0 left out), "
+    "against SemanticSegmentationTarget(c, argmax == c) on the model's 'out'"
+)
 MODELS = [
     tv("resnet18"),
     tv("resnet50"),
@@ -102,10 +121,10 @@ MODELS = [
     tv(
         "vit_b_16",
         head_init="heads.head",
-        extra=["--formats", "onnx"],
         note="torchvision zero-initialises the classifier (every logit 0, every gradient 0: "
-        "refused as flat), so the head is drawn from N(0, 0.02^2) after seeding; ONNX only: "
-        "with the default formats the export was OOM-killed at 19.5 GB RSS on a 23 GB host",
+        "refused as flat), so the head is drawn from N(0, 0.02^2) after seeding. Before the "
+        "lowering folded a weight broadcast over the tokens into one mm, ONNX Runtime needed "
+        "over 14 GB at batch 1 and the default formats were OOM-killed at 19.5 GB",
     ),
     tv("mobilenet_v2"),
     tv("resnext50_32x4d"),
@@ -132,7 +151,35 @@ MODELS = [
         note="timm zero-initialises the head (every logit equal: refused as flat), so the head "
         "is drawn from N(0, 0.02^2) after seeding",
     ),
-    tm("levit_128s", note="at random init its logits vary by 2e-5: every map is flat"),
+    tm(
+        "levit_128s",
+        note="at random init every token after stage 0 is the same: the activations are ~0.01, "
+        "so the attention that subsamples the tokens is uniform and returns their mean, and "
+        "every residual branch is zero (timm initialises its last BatchNorm weight to 0); "
+        "the head is already N(0, 0.02^2)",
+    ),
+    tm(
+        "levit_128s",
+        key="timm-levit_128s-bn",
+        bn_calibrate=True,
+        note="BatchNorm statistics set from 4 train-mode passes over random normal images "
+        "(no weight changed), so activations are O(1) and attention is not uniform. The 4x4 "
+        "map spans 0.39-0.43 before min-max, which magnifies float32 rounding about 10x: "
+        "against float64 Grad-CAM, eager float32 is 5.4e-4 off, pytorch-grad-cam's float32 "
+        "2.3e-4 and the ONNX file 1.1e-3 (rocket.jpg; within the float64 rule's 4x)",
+    ),
+    tm("tiny_vit_5m_224"),
+    tm("visformer_tiny"),
+    seg("fcn_resnet50", note=SEG_NOTE),
+    seg(
+        "fcn_resnet50",
+        extra=["--class-index", "1"],
+        key="fcn_resnet50-class1",
+        note="--class-index 1: a class with a few per cent of the pixels, so the region "
+        "is a partial mask (by default, the class of most pixels covers 97% of each photo)",
+    ),
+    seg("deeplabv3_mobilenet_v3_large", note=SEG_NOTE),
+    seg("lraspp_mobilenet_v3_large", note=SEG_NOTE),
 ]
 
 
@@ -149,36 +196,92 @@ def build(spec):
 
         model = timm.create_model(**spec["kwargs"])
     else:
-        import torchvision.models as tvm
-
-        model = getattr(tvm, spec["arch"].split(":")[1])(weights=None, **spec["kwargs"])
+        module, fn = spec["arch"].split(":")
+        model = getattr(importlib.import_module(module), fn)(weights=None, **spec["kwargs"])
     if spec.get("head_init"):
         torch.nn.init.normal_(model.get_submodule(spec["head_init"]).weight, std=0.02)
+    if spec.get("bn_calibrate"):
+        calibrate_batchnorm(model)
     return model.float().eval()
 
 
+def calibrate_batchnorm(model, passes=4, batch=8, size=224):
+    """Set every BatchNorm's running statistics to those of its inputs over ``passes``
+    train-mode forwards of random normal images (a cumulative mean; no weight changes)."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    gen = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            model(torch.randn(batch, 3, size, size, generator=gen))
+    model.eval()
+
+
+def _group_rss_kb(pgid):
+    """Resident memory (kB) of the processes in process group ``pgid``, from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ...
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024  # rss in pages
+    return total
+
+
 def run_cli(cmd, log_path):
+    """Run ``cmd`` in a process group of its own; kill the group past TIMEOUT_S or past
+    RSS_LIMIT_GB of resident memory (sampled twice a second). Returns (rc, seconds, stdout,
+    stderr, peak RSS in MB: /usr/bin/time's maximum where it exists, else the samples')."""
+    timed = Path("/usr/bin/time").exists()
+    rss_file = log_path.with_name("peak_rss_kb.txt")
+    rss_file.unlink(missing_ok=True)
+    full = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd] if timed else cmd
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        cmd,
+        full,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=str(OUT_ROOT),
         start_new_session=True,
     )
+    state = {"peak_kb": 0, "killed": None}
+
+    def watch():
+        while proc.poll() is None:
+            kb = _group_rss_kb(proc.pid)
+            state["peak_kb"] = max(state["peak_kb"], kb)
+            if kb > RSS_LIMIT_GB * 2**20:
+                state["killed"] = f"memory: {kb / 2**20:.1f} GB RSS > {RSS_LIMIT_GB} GB"
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the process group this script started
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
-        rc = proc.returncode
+        rc = state["killed"] or proc.returncode
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the process group this script started
         out, err = proc.communicate()
         rc = "timeout"
+    watcher.join()
     secs = time.monotonic() - t0
+    peak_kb = state["peak_kb"]
+    with contextlib.suppress(OSError, ValueError):
+        peak_kb = int(rss_file.read_text().split()[-1])
     log_path.write_text(
-        "$ " + " ".join(cmd) + f"\n# rc={rc} {secs:.1f}s\n--- stdout\n{out}\n--- stderr\n{err}"
+        "$ " + " ".join(cmd) + f"\n# rc={rc} {secs:.1f}s peak RSS {peak_kb / 1024:.0f} MB"
+        f"\n--- stdout\n{out}\n--- stderr\n{err}"
     )
-    return rc, secs, out, err
+    return rc, secs, out, err, round(peak_kb / 1024)
 
 
 _FORMATS = ("torchscript", "onnx", "pt2")
@@ -285,11 +388,89 @@ def install_tap(model, layer):
     return pick.tap
 
 
+def _token_reshape(meta):
+    """pytorch-grad-cam's ``reshape_transform`` for the export's layout (None for NCHW)."""
+    if meta.get("layout") == "NHWC":
+        return lambda t: t.permute(0, 3, 1, 2)
+    tokens = re.match(r"^tokens:(\d+)\+(\d+)x(\d+)$", meta.get("layout") or "")
+    if not tokens:
+        return None
+    # its usual ViT reshape_transform: drop the prefix tokens, lay the rest on the grid
+    prefix, gh, gw = map(int, tokens.groups())
+    return lambda t: t[:, prefix:].reshape(t.size(0), gh, gw, t.size(2)).permute(0, 3, 1, 2)
+
+
+def _classifier_reference(model, meta, xn, res):
+    """GradCAM of the top-1 class; returns (reference maps, eager logits, top-1 pair)."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+
+    with torch.no_grad():
+        logits_eager = model(xn).numpy()
+    tap = install_tap(model, meta["layer"])
+    torch.set_grad_enabled(True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with GradCAM(model=model, target_layers=[tap], reshape_transform=_token_reshape(meta)) as cam:
+        ref = cam(input_tensor=xn, targets=None)  # [N,H,W], top-1 class, min-max per image
+    top1 = (res["logits"].argmax(1).tolist(), logits_eager.argmax(1).tolist())
+    return ref, logits_eager, top1
+
+
+def _segmentation_reference(model, meta, xn, res):
+    """GradCAM with ``SemanticSegmentationTarget(c, argmax == c)`` on the model's chosen output
+    (a wrapper that returns it, as pytorch-grad-cam's segmentation tutorial does), for the class
+    c that the export explained; the eager default class (most pixels, background left out) is
+    returned beside the export's."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    key = re.fullmatch(r"\['(.+)'\]", meta.get("output") or "")
+
+    class Scores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return out[key.group(1)] if key else out
+
+    wrapped = Scores().eval()
+    with torch.no_grad():
+        scores = wrapped(xn)
+    pred = scores.argmax(1).numpy()  # [N,H',W']
+    k = scores.shape[1]
+    counts = np.stack([np.bincount(p.ravel(), minlength=k) for p in pred]).astype(np.int64)
+    if meta.get("background") is not None:
+        counts[:, meta["background"]] = -1
+    chosen = [int(c) for c in res["classes"][:, 0]]
+    targets = [
+        SemanticSegmentationTarget(c, (p == c).astype(np.float32))
+        for c, p in zip(chosen, pred, strict=True)
+    ]
+    tap = install_tap(model, meta["layer"])
+    torch.set_grad_enabled(True)
+    for p in wrapped.parameters():
+        p.requires_grad_(True)
+    with GradCAM(model=wrapped, target_layers=[tap], reshape_transform=_token_reshape(meta)) as cam:
+        ref = cam(input_tensor=xn, targets=targets)
+    extra = {
+        "pixels_of_class": [int((p == c).sum()) for c, p in zip(chosen, pred, strict=True)],
+        "pixels": int(pred[0].size),
+    }
+    fixed = meta.get("target_class")  # --class-index, else the class with most pixels
+    expected = [fixed] * len(pred) if fixed is not None else counts.argmax(1).tolist()
+    return ref, scores.numpy(), (chosen, expected), extra
+
+
 def compare_gradcam(model, out_dir):
     import numpy as np
     import onnxruntime as ort
     import torch
-    from pytorch_grad_cam import GradCAM
 
     meta = json.loads((out_dir / "explainer.json").read_text())
     h, w = meta["input_size"]
@@ -303,23 +484,11 @@ def compare_gradcam(model, out_dir):
     mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1)
     xn = torch.from_numpy((x01 - mean) / std)
-    with torch.no_grad():
-        logits_eager = model(xn).numpy()
-
-    tap = install_tap(model, meta["layer"])
-    reshape = (lambda t: t.permute(0, 3, 1, 2)) if meta.get("layout") == "NHWC" else None
-    tokens = re.match(r"^tokens:(\d+)\+(\d+)x(\d+)$", meta.get("layout") or "")
-    if tokens:  # pytorch-grad-cam's usual ViT reshape_transform: drop the prefix, lay on the grid
-        prefix, gh, gw = map(int, tokens.groups())
-
-        def reshape(t):
-            return t[:, prefix:].reshape(t.size(0), gh, gw, t.size(2)).permute(0, 3, 1, 2)
-
-    torch.set_grad_enabled(True)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    with GradCAM(model=model, target_layers=[tap], reshape_transform=reshape) as cam:
-        ref = cam(input_tensor=xn, targets=None)  # [N,H,W], top-1 class, min-max per image
+    extra = {}
+    if meta.get("task") == "segmentation":
+        ref, logits_eager, top1, extra = _segmentation_reference(model, meta, xn, res)
+    else:
+        ref, logits_eager, top1 = _classifier_reference(model, meta, xn, res)
 
     # pytorch-grad-cam divides by (1e-7 + max), an absolute epsilon: for maps of tiny magnitude
     # (random init can give activations ~1e-13) its output stays far below 1. Re-min-maxing it
@@ -339,11 +508,12 @@ def compare_gradcam(model, out_dir):
         "max_abs_diff_renorm": float(np.abs(heat_onnx - ref_mm).max()),
         "ref_max": [float(v) for v in ref.max((1, 2))],
         "onnx_vs_eager_logits_photos": float(np.abs(logits_onnx - logits_eager).max()),
-        "top1_onnx": logits_onnx.argmax(1).tolist(),
-        "top1_eager": logits_eager.argmax(1).tolist(),
+        "top1_onnx": top1[0],
+        "top1_eager": top1[1],
         "onnx_heat_range": [float(heat_onnx.min()), float(heat_onnx.max())],
         "flat_onnx": [bool(np.ptp(a) == 0) for a in heat_onnx],
         "flat_ref": [bool(np.ptp(b) == 0) for b in ref],
+        **extra,
     }
 
 
@@ -353,6 +523,7 @@ def compare_gradcam(model, out_dir):
 def compare_only(spec, rec):
     """Redo the pytorch-grad-cam comparison on an existing export (no CLI run)."""
     out_dir = OUT_ROOT / spec["key"]
+    rec["note"] = spec["note"]
     if not (spec["ckpt"] and rec.get("rc") == 0 and (out_dir / "explainer.onnx").exists()):
         return rec
     import torch
@@ -379,6 +550,7 @@ def sweep_one(spec):
     for stale in ("explainer.json", "explainer.onnx", "explainer.torchscript.pt"):
         (out_dir / stale).unlink(missing_ok=True)
     rec = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "key": key,
         "arch": spec["arch"],
         "kwargs": spec["kwargs"],
@@ -404,8 +576,8 @@ def sweep_one(spec):
     rec["cmd"] = " ".join(a if re.fullmatch(r"[\w./:=,@+-]+", a) else f"'{a}'" for a in cmd)
     print(f"[{time.strftime('%H:%M:%S')}] {key}: {rec['cmd']}", flush=True)
 
-    rc, secs, out, err = run_cli(cmd, out_dir / "cli.log")
-    rec.update(rc=rc, seconds=round(secs, 1), **parse_stdout(out))
+    rc, secs, out, err, peak_mb = run_cli(cmd, out_dir / "cli.log")
+    rec.update(rc=rc, seconds=round(secs, 1), peak_rss_mb=peak_mb, **parse_stdout(out))
     if rc != 0:
         rec["error"] = last_line(err) or "(no stderr)"
     meta_path = out_dir / "explainer.json"
@@ -458,8 +630,8 @@ def write_outputs(results):
     (HERE / "architectures.json").write_text(json.dumps(results, indent=1))
     lines = [
         "| model | exit | method | layer | worst logits | worst heatmap | corr vs pytorch-grad-cam "
-        "(min of 3) | max\\|diff\\| (raw / ref re-min-maxed) | s | note |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(min of 3) | max\\|diff\\| (raw / ref re-min-maxed) | s | peak RSS GB | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         g = r.get("gradcam") or {}
@@ -470,6 +642,9 @@ def write_outputs(results):
             notes.append("grad-cam compare failed: " + r["gradcam_error"].replace("|", "\\|"))
         if r.get("layout") == "NHWC":
             notes.append("NHWC map")
+        if g and g.get("pixels_of_class"):
+            share = [f"{n / g['pixels']:.0%}" for n in g["pixels_of_class"]]
+            notes.append(f"classes {g['top1_onnx']}, pixel shares {share}")
         if g and g["top1_onnx"] != g["top1_eager"]:
             notes.append(f"top-1 differs onnx {g['top1_onnx']} vs eager {g['top1_eager']}")
         if g and (any(g["flat_onnx"]) or any(g["flat_ref"])):
@@ -494,17 +669,38 @@ def write_outputs(results):
                         else ""
                     ),
                     fmt(r.get("seconds"), ".0f"),
+                    fmt(r["peak_rss_mb"] / 1024, ".1f") if r.get("peak_rss_mb") else "",
                     "; ".join(n for n in notes if n),
                 ]
             )
             + " |"
         )
-    rerun = f"{sys.executable} {Path(__file__).resolve()}"
+    dated = sorted(r["date"] for r in results if r.get("date"))
+    when = f"{dated[0]} to {dated[-1]}" if dated else "(no dated rows)"
+    footer = (
+        "Rerun: `VENV/bin/python benchmarks/architectures.py` (a subset: `--only KEY1,KEY2`), "
+        f"in a venv with {_versions()} and this package, on the 2-core CPU machine. `s`: "
+        "seconds of the export (a shared machine: other jobs ran beside these); `peak RSS GB`: "
+        "its peak resident memory (`/usr/bin/time`). Rows with a peak RSS ran from "
+        f"{when} (each row's `date` is in architectures.json); the rows without one ran on "
+        "2026-11-26 14:48-14:57 UTC, before the peak was recorded."
+    )
     (HERE / "architectures.md").write_text(
         "# explain-export sweep (random init, default flags, --ckpt of a saved state_dict)\n\n"
         + "\n".join(lines)
-        + f"\n\nRerun everything: `{rerun}`; a subset: `{rerun} --only KEY1,KEY2`.\n"
+        + f"\n\n{footer}\n"
     )
+
+
+def _versions():
+    from importlib import metadata
+
+    names = ("torch", "torchvision", "timm", "grad-cam", "onnxruntime")
+    found = []
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{name} {metadata.version(name)}")
+    return ", ".join(found)
 
 
 def main():

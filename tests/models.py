@@ -523,3 +523,115 @@ def pooled_tokens(seed: int = 0) -> PooledTokens:
 def never_built(**kwargs) -> nn.Module:
     """An ``--arch`` for the checks that must fail before the model is built: calling it fails."""
     raise AssertionError("the model was built")
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT block: ``nn.MultiheadAttention(batch_first=True)``, which reads its
+    tokens sequence-first (``[T, N, C]``, a transposed view), so its input projection is a
+    batched product whose rows are not contiguous."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential()
+        for i in range(depth):
+            self.layers.add_module(f"encoder_layer_{i}", EncoderBlock(dim))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(self.layers(x))
+
+
+class MHAViT(nn.Module):
+    """torchvision's ViT in miniature (its names: ``conv_proj``, ``class_token``,
+    ``encoder.layers.encoder_layer_N``, ``heads.head``), reading the class token."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 32, patch: int = 8, depth: int = 2):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.encoder = Encoder(dim, depth)
+        self.heads = nn.Sequential()
+        self.heads.add_module("head", nn.Linear(dim, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], 1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def mha_vit(seed: int = 0) -> MHAViT:
+    return _seeded(MHAViT, seed)
+
+
+class LinearNorm(nn.Module):
+    """LeViT's: a linear layer, then BatchNorm over the tokens. Named a norm, it is none: it
+    changes the width, and no residual stream runs through it."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+        self.bn = nn.BatchNorm1d(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.linear(x)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+class LevitBlock(nn.Module):
+    """``x + mlp(x)``, its MLP two LinearNorms: a block with no norm of its own."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(LinearNorm(dim, 2 * dim), nn.Hardswish(), LinearNorm(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(x)
+
+
+class Subsample(nn.Module):
+    """Every other token of a square grid, in both directions (LeViT's ``Subsample``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, c = x.shape
+        side = int(t**0.5)
+        return x.reshape(n, side, side, c)[:, ::2, ::2].reshape(n, -1, c)
+
+
+class TinyLevit(nn.Module):
+    """LeViT in miniature: a conv stem (8x8 tokens at 64x64), LeViT blocks, the tokens
+    subsampled to 4x4, more blocks, then the mean over tokens, BatchNorm and a linear head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.Hardswish(), nn.Conv2d(16, dim, 4, 4)
+        )
+        self.stages = nn.Sequential(LevitBlock(dim), Subsample(), LevitBlock(dim), LevitBlock(dim))
+        self.head = nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x).flatten(2).transpose(1, 2))
+        return self.head(x.mean(1))
+
+
+def tiny_levit(seed: int = 0) -> TinyLevit:
+    model = _seeded(TinyLevit, seed)
+    for m in model.modules():  # _seeded draws 2-D BatchNorm statistics only
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model

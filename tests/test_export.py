@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 
 import numpy as np
 import onnx
@@ -202,3 +203,23 @@ def test_the_parity_result_prints_as_the_cli_table(exported):
     text = str(result.parity)
     assert text.startswith("parity vs eager") and "ParityRow(" not in text
     assert all(r.format in text for r in result.parity) and len(result.parity) >= 3
+
+
+def test_verification_lets_go_of_each_file_before_loading_the_next(tmp_path, monkeypatch):
+    """Each loaded file holds a copy of the weights (ViT-B/16: 350 MB), so verification loads,
+    checks and drops one format's file before it loads the next."""
+    loaded: list[tuple[str, weakref.ref]] = []
+
+    def counting(fmt, real):
+        def load(*args, **kwargs):
+            assert [f for f, ref in loaded if ref() is not None] == [], f"loading {fmt}"
+            artifact = real(*args, **kwargs)
+            loaded.append((fmt, weakref.ref(artifact)))
+            return artifact
+
+        return load
+
+    for fmt, real in list(export_mod.RUNTIMES.items()):
+        monkeypatch.setitem(export_mod.RUNTIMES, fmt, counting(fmt, real))
+    _export(tmp_path, formats=("torchscript", "onnx", "pt2"))
+    assert [f for f, _ in loaded] == ["torchscript", "onnx", "pt2"]

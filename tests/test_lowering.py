@@ -13,7 +13,7 @@ from explain_export.builder import lowering
 from explain_export.builder.explainer import build_explainer
 from explain_export.errors import UsageError
 
-from models import head_kind, tiny_resnet
+from models import head_kind, mha_vit, tiny_resnet
 
 aten = torch.ops.aten
 
@@ -167,3 +167,75 @@ def test_weights_are_frozen_constants_in_the_lowered_graph():
     assert not any(p.requires_grad for p in model.parameters())
     placeholders = [n for n in _graph(graph).nodes if n.op == "placeholder"]
     assert len(placeholders) == 1  # the image; every weight is a constant
+
+
+def _broadcast_weights(graph: torch.fx.Graph) -> list[str]:
+    """``expand`` nodes that repeat a matrix over new leading dims (a weight copied per batch
+    element, once the graph is ONNX)."""
+    return [
+        n.name
+        for n in graph.nodes
+        if n.target is aten.expand.default
+        and n.args[0].meta["val"].dim() == 2
+        and n.meta["val"].dim() >= 3
+    ]
+
+
+def _weight_product(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` sequence-first (a transposed view, as nn.MultiheadAttention reads tokens) times a
+    weight that needs no grad, and the gradient of a weighted sum of it by ``x``."""
+    y = torch.matmul(x.transpose(0, 1), w)
+    return y, torch.autograd.grad((y * y.detach()).sum(), x)[0]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 4), (2, 5, 3, 4)])
+def test_a_batched_product_with_a_weight_is_folded_into_one_mm(shape):
+    """``matmul`` of a transposed batch and a weight that needs no grad calls ``bmm`` with the
+    weight expanded over the batch, forward and backward (``Wᵀ``); the rewrite makes each one
+    ``mm`` of the flattened rows, with the same values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from explain_export.builder.rewrites import fold_broadcast_bmm
+
+    w = torch.randn(4, 6)
+    x = torch.randn(*shape, requires_grad=True)
+    graph = make_fx(_weight_product)(x, w)
+    assert _broadcast_weights(graph.graph)
+    assert fold_broadcast_bmm(graph) == 2  # the product and its backward
+    assert _broadcast_weights(graph.graph) == []
+    x2 = torch.randn(*shape, requires_grad=True)
+    for got, ref in zip(graph(x2, w), _weight_product(x2, w), strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_multihead_attention_holds_no_weight_copied_over_the_tokens(monkeypatch):
+    """torchvision's ViT layout (nn.MultiheadAttention, batch_first): its input projection is
+    traced as ``bmm`` of the weight expanded over the tokens (ViT-B/16: [197, 768, 2304] per
+    block, 16 GB once ONNX Runtime runs it); the lowered graph holds none, same gradient."""
+    explainer = build_explainer(mha_vit(), input_size=(64, 64))
+    x = torch.rand(2, 3, 64, 64)
+    lowered = lowering.lower(explainer, (x,), {0: [0]})
+    assert _broadcast_weights(_graph(lowered)) == []
+    for batch in (1, 3):
+        image = torch.rand(batch, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(lowered(image)[1], explainer(image)[1], atol=1e-5, rtol=0)
+    monkeypatch.setattr(lowering, "fold_broadcast_bmm", lambda graph: 0)  # without the rewrite
+    assert len(_broadcast_weights(_graph(lowering.lower(explainer, (x,), {0: [0]})))) >= 2
+    explainer.remove()
+
+
+def test_a_product_with_a_row_broadcast_over_the_matrix_is_left_alone():
+    """``bmm`` with ``b`` expanded from one row (``[1, p]`` to ``[B, k, p]``) is no repeated
+    ``[k, p]`` matrix; the rewrite leaves it as it is."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from explain_export.builder.rewrites import fold_broadcast_bmm
+
+    def f(a, row):
+        return torch.bmm(a, row.expand(a.shape[0], a.shape[2], row.shape[1]))
+
+    a, row = torch.randn(3, 5, 4), torch.randn(1, 6)
+    graph = make_fx(f)(a, row)
+    assert fold_broadcast_bmm(graph) == 0
+    torch.testing.assert_close(graph(a, row), f(a, row))

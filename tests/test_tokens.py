@@ -1,8 +1,9 @@
 """Token models explained as maps: a tiny ViT (class + register tokens, attention by
-``F.scaled_dot_product_attention``) and a conv-stem token hybrid (Mixer + attention blocks, no
-prefix tokens), against a reference written here: autograd Grad-CAM with a cloning hook on the
-token tensor, the prefix dropped and the rest laid on the grid by hand, then tests/reference.py's
-resize and min-max. On photos, at batch 3 and 1; ONNX here, every format in the slow test."""
+``F.scaled_dot_product_attention``), one in torchvision's layout (``nn.MultiheadAttention``) and
+a conv-stem token hybrid (Mixer + attention blocks, no prefix tokens), against a reference
+written here: autograd Grad-CAM with a cloning hook on the token tensor, the prefix dropped and
+the rest laid on the grid by hand, then tests/reference.py's resize and min-max. On photos, at
+batch 3 and 1; ONNX here, every format in the slow test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
 import reference
-from models import pooled_tokens, tiny_vit, token_hybrid
+from models import mha_vit, pooled_tokens, tiny_levit, tiny_vit, token_hybrid
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -27,6 +28,8 @@ CASES = {
     "vit": (tiny_vit, "blocks.1", 3, (8, 8)),
     "hybrid": (token_hybrid, "blocks.1", 0, (16, 16)),
     "pooled": (pooled_tokens, "blocks.1", 0, (4, 4)),  # a square grid with no map: inferred
+    # torchvision's layout: nn.MultiheadAttention, which reads the tokens sequence-first
+    "torchvision-vit": (mha_vit, "encoder.layers.encoder_layer_1", 1, (8, 8)),
 }
 
 
@@ -34,9 +37,10 @@ def photos() -> np.ndarray:
     return np.stack([samples.load_rgb(samples.photo_path(n), SIZE) for n in PHOTOS])
 
 
-def token_map(model, images: np.ndarray, block: str, prefix: int, grid) -> tuple:
-    """``(A, ∂y/∂A)`` ``[N,C,h,w]`` at the input of ``block``: a pre-hook hands the block a
-    clone, the original keeps its gradient; the prefix is dropped and the rest reshaped here."""
+def token_map(model, images: np.ndarray, block: str, prefix: int, grid, port="input") -> tuple:
+    """``(A, ∂y/∂A)`` ``[N,C,h,w]`` at the input of ``block`` (a pre-hook hands the block a
+    clone, the original keeps its gradient) or at its output; the prefix is dropped and the rest
+    reshaped here."""
     store = {}
 
     def keep(module, args):
@@ -44,7 +48,15 @@ def token_map(model, images: np.ndarray, block: str, prefix: int, grid) -> tuple
         args[0].retain_grad()
         return (args[0].clone(), *args[1:])
 
-    handle = model.get_submodule(block).register_forward_pre_hook(keep)
+    def keep_output(module, args, out):
+        store["a"] = out
+        out.retain_grad()
+
+    module = model.get_submodule(block)
+    if port == "input":
+        handle = module.register_forward_pre_hook(keep)
+    else:
+        handle = module.register_forward_hook(keep_output)
     try:
         with torch.enable_grad():
             x = reference.normalize(torch.from_numpy(images)).requires_grad_(True)
@@ -99,6 +111,10 @@ def check(case: str, method: str, tmp_path, formats) -> None:
 
 def test_gradcam_on_a_vit_equals_the_reference_in_onnx(tmp_path):
     check("vit", "gradcam", tmp_path, ("onnx",))
+
+
+def test_gradcam_on_a_torchvision_style_vit_equals_the_reference_in_onnx(tmp_path):
+    check("torchvision-vit", "gradcam", tmp_path, ("onnx",))
 
 
 @pytest.mark.slow
@@ -171,3 +187,23 @@ def test_tokens_pooled_without_a_map_lie_on_a_square_grid():
         with torch.no_grad():
             got = explainer(torch.from_numpy(images))[1].numpy()
     np.testing.assert_allclose(got, expected(model, images, "pooled", "gradcam"), atol=1e-4)
+
+
+def test_levit_defaults_to_the_tokens_its_head_pools(tmp_path):
+    """LeViT's LinearNorm (a linear layer, then BatchNorm) is no norm, so its MLP is no block:
+    tapping ``mlp:input`` would hand the leaf to the MLP alone and miss the residual path's
+    gradient. With no block the default is the last token sequence on a grid, the 4x4 tokens
+    that the head pools, and its map is Grad-CAM's there, in ONNX too."""
+    images = photos()
+    model = tiny_levit()
+    explainer = build_explainer(model, input_size=SIZE)
+    assert (explainer.plan.layer, explainer.plan.layout) == ("stages", "tokens:0+4x4")
+    a, g = token_map(model, images, "stages", 0, (4, 4), port="output")
+    m = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).numpy()
+    ref = reference.numpy_finish(m, SIZE)
+    with torch.no_grad():
+        np.testing.assert_allclose(explainer(torch.from_numpy(images))[1].numpy(), ref, atol=1e-4)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",))
+    got = runtime.load(result.paths["onnx"]).outputs(images)["heatmap"]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    explainer.remove()

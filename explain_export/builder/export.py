@@ -310,6 +310,8 @@ def _verify(
             raise ExplainExportError(
                 f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
             ) from exc
+        finally:
+            del artifact  # one loaded file at a time: each holds a copy of the weights
     report = verify.ParityReport(rows, info.graph.half, overlay_tol or 0)
     failed = [r for r in rows if not r.ok]
     if failed:

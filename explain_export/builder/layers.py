@@ -124,22 +124,26 @@ def token_default(
 ) -> tuple[TapSpec, str] | None:
     """Where the last map ``rec`` becomes a token sequence: the input of the last block, the
     tensor its first norm reads (``blocks.11:input`` in timm, ``encoder.layers.encoder_layer_11
-    :input`` in torchvision); else the last token sequence on the grid; None if none follows.
-    Tokens that a model pools without a map (LeViT: 14x14, 7x7, 4x4) count where T is a square.
+    :input`` in torchvision); else the last token sequence on the grid (LeViT's: the tokens its
+    head pools); None if none follows. Tokens that a model pools without a map (LeViT: 14x14,
+    7x7, 4x4) count where T is a square.
 
-    A block is a module with a norm whose input is a token sequence on the grid, and either
-    another such norm or a number for its name (an element of a list of blocks). Its input
-    is the residual stream before the last attention: there every patch token still reaches the
-    class token, so the gradient is not zero, as it is for the patch tokens after the last block
-    of a class-token classifier. It is tapped at the block, not at the norm, so that ``∂y/∂A``
-    is the whole gradient at the tensor, the residual path's included (an ``:input`` tap hands
-    its leaf to that module alone).
+    A block is a module with a norm (a module named so that keeps its input's shape) whose input
+    is a token sequence on the grid, and either another such norm or a number for its name (an
+    element of a list of blocks). Its input is the residual stream before the last attention:
+    there every patch token still reaches the class token, so the gradient is not zero, as it
+    is for the patch tokens after the last block of a class-token classifier. It is tapped at
+    the block, not at the norm, so that ``∂y/∂A`` is the whole gradient at the tensor, the
+    residual path's included (an ``:input`` tap hands its leaf to that module alone).
     """
     _, h, w = spatial(rec.output_shape, result.input_size)
     square = result.input_size is not None and result.input_size[0] == result.input_size[1]
     norms: dict[str, list[CallRecord]] = {}
     for r in later:
-        if "Norm" in r.kind and _on_grid(r.input_shape, h * w, square):
+        # a norm keeps its input's shape; LeViT's LinearNorm (a linear layer, then BatchNorm)
+        # does not, and no residual stream runs through it
+        keeps = r.output_shape == r.input_shape
+        if "Norm" in r.kind and keeps and _on_grid(r.input_shape, h * w, square):
             norms.setdefault(r.name.rpartition(".")[0], []).append(r)
     blocks = [
         (parent, group)
@@ -154,7 +158,7 @@ def token_default(
                 return spec_for(result, r, "input"), "the input of the last transformer block"
         return spec_for(result, first, "input"), "the input of the last block's first norm"
     for r in reversed(later):
-        if _on_grid(r.output_shape, h * w):
+        if _on_grid(r.output_shape, h * w, square):
             return spec_for(result, r, "output"), "the last token sequence on the patch grid"
     return None
 

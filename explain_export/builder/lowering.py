@@ -20,7 +20,9 @@ activations, softmax ...) plus the ones here, written as the adjoint of each for
 
 Attention (``F.scaled_dot_product_attention``, which timm's ViTs and ``nn.MultiheadAttention``
 call) is traced on its math path, whose backward is matmuls and softmax (:func:`_math_attention`).
-A backward op that none of these covers is refused by name (:func:`check_lowered`).
+A backward op that none of these covers is refused by name (:func:`check_lowered`). The traced
+graph is then rewritten where an exporter needs it or where it would hold a broadcast weight
+copied (:mod:`.rewrites`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .adjoints import (
     convolution_backward,
     max_pool2d_with_indices_backward,
 )
+from .rewrites import as_strided_to_views, fold_broadcast_bmm
 from .trace_state import kept_attributes
 
 __all__ = [
@@ -130,89 +133,14 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*fakes)
-    _as_strided_to_views(graph)
+    as_strided_to_views(graph)
+    fold_broadcast_bmm(graph)
     check_lowered(graph)
     return Lowered(graph, explainer.heatmap_head, len(explainer.taps))
 
 
 def _as_list(maps: Tensor | list[Tensor]) -> list[Tensor]:
     return list(maps) if isinstance(maps, list | tuple) else [maps]
-
-
-def _value(arg: Any) -> Any:
-    """A graph argument's value: an int, or the symbolic size a node stands for."""
-    return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
-
-
-def _contiguous_geometry(size: Sequence[Any], stride: Sequence[Any]) -> bool:
-    """``stride`` is the row-major stride of ``size``, dims of size 1 aside (any stride fits)."""
-    expected: Any = 1
-    pairs = zip(map(_value, size), map(_value, stride), strict=True)
-    for n, s in reversed(list(pairs)):
-        if isinstance(n, int) and n == 1:
-            continue
-        if not _same(s, expected):
-            return False
-        expected = expected * n
-    return True
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:  # a symbolic comparison that cannot be decided
-        return False
-
-
-def _as_strided_to_views(graph: torch.fx.GraphModule) -> None:
-    """Rewrite ``as_strided`` on a contiguous tensor with a contiguous geometry as
-    ``view(slice(flatten(base)))``.
-
-    Autograd's backward of a strided view (``adaptive_avg_pool2d`` returns one for a
-    channels-last map, as in ConvNeXt) writes into ``as_strided`` views of a zero buffer.
-    ONNX can take the plain views; it cannot take the ``as_strided_scatter`` that
-    functionalization would otherwise make of the writes.
-    """
-    g = graph.graph
-    for node in list(g.nodes):
-        if node.op != "call_function" or node.target is not aten.as_strided.default:
-            continue
-        base, size, stride = node.args[:3]
-        offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
-        val = getattr(base, "meta", {}).get("val")
-        if (
-            not isinstance(val, Tensor)
-            or not _same(_value(offset) or 0, 0)
-            or not _contiguous_geometry(size, stride)
-        ):
-            continue
-        try:
-            if not (val.is_contiguous() and val.storage_offset() == 0):
-                continue
-        except Exception:
-            continue
-        with g.inserting_before(node):
-            flat = g.call_function(aten.view.default, (base, [-1]))
-            part = g.call_function(aten.slice.Tensor, (flat, 0, 0, _numel(g, size)))
-            view = g.call_function(aten.view.default, (part, list(size)))
-        node.replace_all_uses_with(view)
-        g.erase_node(node)
-    g.lint()
-    graph.recompile()
-
-
-def _numel(g: torch.fx.Graph, size: Sequence[Any]) -> Any:
-    """The product of ``size`` (ints and symbolic-size nodes) as a graph value."""
-    import operator
-
-    total: Any = 1
-    for n in size:
-        total = (
-            n
-            if isinstance(total, int) and total == 1
-            else g.call_function(operator.mul, (total, n))
-        )
-    return total
 
 
 def check_lowered(graph: torch.fx.GraphModule) -> None:
