@@ -104,7 +104,7 @@ class Admission:
             return await work
         try:
             return await asyncio.wait_for(work, self.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
             raise RequestError(
                 504,
                 f"the request ran past {self.timeout_s:g} s (--request-timeout) and was "
