@@ -428,6 +428,7 @@ def test_targets_by_device_and_unit():
     assert {"+2.0%", "+5.0%", "0.400 ms", "40.00×", "10,667 images/s"} <= set(values)
 
 
+@pytest.mark.slow
 def test_head_profile_line_reads_as_a_percentage(tiny_run):
     _, result = tiny_run
     assert set(result["head_profile"]) == {"1", "2"}

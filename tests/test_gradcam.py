@@ -48,7 +48,17 @@ def ref_gradcam(model, images: np.ndarray, layer: str, layout="NCHW", class_inde
     return heat
 
 
-@pytest.fixture(scope="module", params=sorted(HEAD_KINDS))
+# `make test` keeps two head kinds (a norm head and an MLP head); the rest run with the slow tests.
+FAST_KINDS = ("layernorm-head", "mlp-head")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        k if k in FAST_KINDS else pytest.param(k, marks=pytest.mark.slow)
+        for k in sorted(HEAD_KINDS)
+    ],
+)
 def default_export(request, tmp_path_factory):
     """Each head kind exported with the defaults, in all three formats."""
     model = head_kind(request.param)

@@ -182,6 +182,7 @@ def test_runner_feeds_uint8_graphs(uint8_overlay_export, tmp_path):
     assert line["topk"][0]["label"]
 
 
+@pytest.mark.slow
 def test_default_model_uint8_with_overlay(tmp_path, default_export):
     """The embedded model, exported for servers, agrees with its float export on photos."""
     from explain_export.builder.zoo import load_default

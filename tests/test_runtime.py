@@ -58,6 +58,7 @@ def exports(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_io_binding_gives_what_a_plain_run_gives_for_every_batch_shape(exports):
     path = exports["float"]["onnx"]
     plain = runtime.OnnxExplainer(path)

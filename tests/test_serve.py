@@ -229,6 +229,7 @@ def uint8_export(tmp_path_factory) -> str:
     return str(out / "explainer.onnx")
 
 
+@pytest.mark.slow
 def test_uint8_graphs_with_an_overlay_output_are_served_like_explain_run(
     uint8_export, photos, tmp_path
 ):

@@ -113,6 +113,7 @@ def test_gradcam_on_a_vit_equals_the_reference_in_onnx(tmp_path):
     check("vit", "gradcam", tmp_path, ("onnx",))
 
 
+@pytest.mark.slow
 def test_gradcam_on_a_torchvision_style_vit_equals_the_reference_in_onnx(tmp_path):
     check("torchvision-vit", "gradcam", tmp_path, ("onnx",))
 
