@@ -116,3 +116,16 @@ def test_a_bad_size_is_one_line_from_the_command(tmp_path):
         "explain-export: error: --input-size must be positive, got 0 0"
     ]
     assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+def test_a_labels_file_that_is_not_utf8_is_a_usage_error(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("chat\ncaf\u00e9\n".encode("latin-1"))
+    err = _usage_error(
+        export.main, [*NEVER, "--labels", str(labels), "--out", str(tmp_path / "o")], capsys
+    )
+    assert err.endswith(
+        f"--labels '{labels}' is not UTF-8 text (byte 0xe9 at offset 8); save it as UTF-8, one "
+        "label per line"
+    )
+    assert not (tmp_path / "o").exists()

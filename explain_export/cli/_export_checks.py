@@ -71,10 +71,15 @@ def _labels(given: str | None) -> list[str] | None:
 
         return list(imagenet_labels())
     try:
-        with open(given) as f:
+        with open(given, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
     except OSError as exc:
         raise UsageError(f"cannot read --labels '{given}': {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"--labels '{given}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8, one label per line"
+        ) from exc
 
 
 def _background(text: str) -> int | None:
