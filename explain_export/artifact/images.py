@@ -186,9 +186,9 @@ def _decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray:
         # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
         raise ImageError(_NOT_AN_IMAGE)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
-    if (image is None or image.size == 0) and tiff.is_tiff(data):
+    if (image is None or image.size == 0) and image_header.image_format(data) == "TIFF":
         try:  # float samples, say: OpenCV reads 8- and 16-bit integer ones only
-            image = tiff.decode_tiff(data, lambda _size: None)  # the header's size was checked
+            image = tiff.decode_tiff(data)
         except ValueError as exc:
             raise ImageError(str(exc)) from exc
     if image is None or image.size == 0:

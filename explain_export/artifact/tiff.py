@@ -18,25 +18,18 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["TIFF_MAGIC", "decode_tiff", "is_tiff"]
+__all__ = ["decode_tiff"]
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little/big endian, BigTIFF
 _MINISWHITE, _MINISBLACK, _RGB = 0, 1, 2  # TIFF's Photometric tag
 
 
-def is_tiff(data: bytes) -> bool:
-    """Whether ``data`` starts as a TIFF (or BigTIFF) file does."""
-    return data[:4] in TIFF_MAGIC
-
-
-def decode_tiff(data: bytes, check_size: Callable[[tuple[int, int]], None]) -> np.ndarray:
-    """The first image of a TIFF as uint8 BGR ``[h, w, 3]`` (see the module's mapping).
-    ``check_size((h, w))`` is called from the header, before the samples are decoded. Raises
-    ``ValueError`` with a one-line reason where the file cannot be used."""
+def decode_tiff(data: bytes) -> np.ndarray:
+    """The first image of a TIFF as uint8 BGR ``[h, w, 3]`` (see the module's mapping); its
+    size was checked from the header before (:mod:`.image_header`). Raises ``ValueError`` with
+    a one-line reason where the file cannot be used."""
     try:
         import tifffile
     except ImportError:
@@ -47,7 +40,6 @@ def decode_tiff(data: bytes, check_size: Callable[[tuple[int, int]], None]) -> n
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
-            check_size((int(page.imagelength), int(page.imagewidth)))
             samples, axes, photometric = page.asarray(), page.axes, int(page.photometric)
     except (tifffile.TiffFileError, IndexError, EOFError, OSError, struct.error) as exc:
         raise ValueError("a TIFF that cannot be read: damaged or cut short") from exc
