@@ -483,6 +483,13 @@ def test_serving_on_is_not_said_where_deploy_fails(model_path, monkeypatch, caps
     assert serve_main(["--model", model_path, "--port", str(_free_port())]) == 1
     err = capsys.readouterr().err
     assert "serving on" not in err and "replica died" in err
+    assert "(onnxruntime CPUExecutionProvider, input " in err  # the model: line
+
+    # with --device cuda the model is checked here on the CPU; the line names where it runs
+    args = ["--model", model_path, "--port", str(_free_port()), "--device", "cuda"]
+    assert serve_main(args) == 1
+    model_line = next(s for s in capsys.readouterr().err.splitlines() if "model: " in s)
+    assert "(replicas on CUDA, input " in model_line and "CPUExecutionProvider" not in model_line
 
 
 # ---- the live server (Ray Serve on 127.0.0.1) -------------------------------------------------

@@ -287,8 +287,10 @@ def _serve(args: argparse.Namespace) -> int:
             f"Ray Serve is not installed ({exc.name}); pip install 'explain-export[serve]'"
         ) from exc
     task = f", {model.meta.task}" if model.meta.task else ""  # segmentation: regions drawn
+    # the model was opened here on the CPU, to check it; the replicas open it on config.device
+    backend = model.artifact.backend if config.device == "cpu" else "replicas on CUDA"
     log(
-        f"model: {model.path} ({model.artifact.backend}, input {model.size[0]}x{model.size[1]}"
+        f"model: {model.path} ({backend}, input {model.size[0]}x{model.size[1]}"
         f"{task}); "
         f"{count(config.replicas, 'replica')} x {config.replica_cpus:g} CPU, "
         f"{count(config.threads, 'thread')}; "
