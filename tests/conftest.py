@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 
@@ -18,11 +20,17 @@ def default_model():
 
 @pytest.fixture(scope="session")
 def default_export(tmp_path_factory):
-    """The default model exported once with the CLI's defaults (both formats)."""
+    """The default model exported once with the CLI's defaults (both formats). What the command
+    printed is kept beside the folder, in ``console.stdout`` and ``console.stderr``."""
     from explain_export.cli.export import main
 
     out = tmp_path_factory.mktemp("default_export")
-    assert main(["--out", str(out)]) == 0
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["--out", str(out)])
+    assert code == 0, stderr.getvalue()
+    (out.parent / "console.stdout").write_text(stdout.getvalue())
+    (out.parent / "console.stderr").write_text(stderr.getvalue())
     return out
 
 

@@ -465,6 +465,7 @@ FEW += ["--batch-sizes", "1", "--profile-runs", "0"]
 NOT_EAGER = "compile,torchscript,autograd,gradcam_numpy,ort_numpy,ort_logits,eager_gradcam"
 
 
+@pytest.mark.slow
 def test_methods_add_one_ort_variant_each(tmp_path):
     """``--methods``: ``ort_<method>`` after the fixed variants, once each, timed in the same
     rounds, with its speedup vs eager and its time over ``ort_cam``."""

@@ -205,6 +205,7 @@ def test_the_parity_result_prints_as_the_cli_table(exported):
     assert all(r.format in text for r in result.parity) and len(result.parity) >= 3
 
 
+@pytest.mark.slow
 def test_verification_lets_go_of_each_file_before_loading_the_next(tmp_path, monkeypatch):
     """Each loaded file holds a copy of the weights (ViT-B/16: 350 MB), so verification loads,
     checks and drops one format's file before it loads the next."""

@@ -103,6 +103,7 @@ def test_what_cannot_be_fused_is_refused_in_one_line(layers, method, words):
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_command_fuses_repeated_layers(tmp_path, capsys):
     torch.save({"model_state_dict": tiny_resnet().state_dict()}, tmp_path / "m.pt")
     args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet"]

@@ -118,6 +118,7 @@ def test_dynamic_size_uint8_graph_runs_at_other_sizes(uint8_overlay_export):
     assert np.abs(out["overlay"].astype(int) - ref[2].numpy().astype(int)).max() <= 3
 
 
+@pytest.mark.slow
 def test_half_exports_pass_the_fp16_limits_without_nan(tmp_path):
     explainer, result = _export(tmp_path, GraphOptions(half=True))
     assert all(r.ok for r in result.parity), [r for r in result.parity if not r.ok]

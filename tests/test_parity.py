@@ -17,7 +17,7 @@ BATCHES = (1, 2, 3, 8, 17, 64)
 SIZE = (40, 56)
 
 
-@pytest.fixture(scope="module", params=["cam", "sum"])
+@pytest.fixture(scope="module", params=["cam", pytest.param("sum", marks=pytest.mark.slow)])
 def tiny(request, tmp_path_factory):
     """TinyResNet exported with a dynamic size (ONNX) and a fixed one (TorchScript)."""
     out = tmp_path_factory.mktemp(f"sweep_{request.param}")

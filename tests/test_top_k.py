@@ -127,6 +127,7 @@ def test_what_top_k_cannot_take_is_refused_in_one_line(tmp_path, kwargs, export,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_the_command_exports_top_k_and_names_its_flags(capsys, tmp_path):
     torch.save({"model_state_dict": tiny_resnet().state_dict()}, tmp_path / "m.pt")
     base = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet", "--layer", "layer2"]

@@ -383,6 +383,7 @@ def test_bad_metadata_is_a_one_line_usage_error(pb2, tensor, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_repo_next_to_the_export(pb2, tmp_path, capsys):
     from explain_export.cli.export import main
 
