@@ -39,3 +39,29 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("serve"):
             item.add_marker(pytest.mark.slow)
+
+
+# Thread names Ray's core worker gives its native threads. They outlive ray.shutdown() and can
+# crash the process at exit (a CI run ended in a segmentation fault after every test passed), so
+# a test runs Ray in a child process (test_ray_run's ``_run``), never in this one.
+RAY_THREADS = frozenset({"gcs_client_io_s", "worker.io"})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run where Ray was started in the pytest process (Linux: thread names)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return
+    names = set()
+    for task in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, task, "comm")) as f:
+                names.add(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    if names & RAY_THREADS:
+        sys.stderr.write(
+            "\nRay was started in the pytest process (its threads "
+            f"{sorted(names & RAY_THREADS)} are running); run it in a child process\n"
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
