@@ -8,6 +8,7 @@ where nothing should be.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import shutil
@@ -151,6 +152,33 @@ def test_a_float_tiff_from_scikit_image_is_read(tiny, tmp_path):
     first = tifffile.imread(tif)[0]  # [3, 10, 10], RGB
     want = np.round(first * 255).astype(np.uint8).transpose(1, 2, 0)[..., ::-1]
     np.testing.assert_array_equal(images.read_bgr(tif), want)
+
+
+def test_a_signed_16_bit_tiff_is_read_at_its_scale_not_darker():
+    """int16 samples in [0, 32767] are 255 x / 32767, as uint16 are 255 x / 65535 (OpenCV read
+    them as unsigned and gave half the brightness); negative samples are refused with why."""
+    tifffile = pytest.importorskip("tifffile")
+    import cv2
+
+    from explain_export.artifact import images
+
+    rgb = cv2.imread(samples.photo_path("chelsea.png"))[..., ::-1].astype(np.int64)
+    signed = rgb * 128  # 0..32640
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, signed.astype(np.int16), photometric="rgb")
+    got = images.decode_bgr(buf.getvalue())
+    want = np.round(signed * (255 / 32767)).astype(np.uint8)[..., ::-1]
+    np.testing.assert_array_equal(got, want)
+    assert abs(float(got.mean()) - float(rgb.mean())) < 1  # the photo's own brightness
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (rgb - 5).astype(np.int16), photometric="rgb")
+    with pytest.raises(images.ImageError) as err:
+        images.decode_bgr(buf.getvalue())
+    assert str(err.value) == (
+        f"a TIFF of int16 samples from -5 to {rgb.max() - 5}, below 0, which has no defined "
+        "8-bit scale; convert it to 8-bit (or non-negative integers)"
+    )
 
 
 # ---- 4. and 5. --device cuda where CUDA does not work -----------------------------------------

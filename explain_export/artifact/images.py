@@ -185,8 +185,15 @@ def _decode(data: bytes, size: tuple[int, int], factor: int) -> np.ndarray:
     if data.startswith(_PNG_SIGNATURE) and _PNG_END not in data:
         # cut short: libpng would print "libpng error: ..." on stderr from C, before failing
         raise ImageError(_NOT_AN_IMAGE)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
-    if (image is None or image.size == 0) and image_header.image_format(data) == "TIFF":
+    is_tiff = image_header.image_format(data) == "TIFF"
+    if is_tiff and tiff.signed_samples(data):  # OpenCV reads them, but as unsigned: darker
+        try:
+            image = tiff.decode_tiff(data)
+        except ValueError as exc:
+            raise ImageError(str(exc)) from exc
+    else:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
+    if (image is None or image.size == 0) and is_tiff:
         try:  # float samples, say: OpenCV reads 8- and 16-bit integer ones only
             image = tiff.decode_tiff(data)
         except ValueError as exc:

@@ -2,13 +2,18 @@
 
 OpenCV decodes TIFFs of 8- and 16-bit integer samples, and :func:`.images.decode_bgr` tries it
 first. A TIFF it refuses (float32 or float64 samples, as scientific and imaging tools write
-them; 32-bit integers) is read here with ``tifffile`` where it is installed (scikit-image, which
-the package depends on, brings it; a server that installs only the artifact side's needs may
-lack it, and is then told so). The first image of the file is taken, as OpenCV takes it.
+them; 32-bit integers), or would read too dark (signed integers), is read here with
+``tifffile`` where it is installed (scikit-image, which the package depends on, brings it; a
+server that installs only the artifact side's needs may lack it, and is then told so). The
+first image of the file is taken, as OpenCV takes it.
 
 Samples ``x`` become 8-bit levels as follows; anything else is refused with the reason:
 
 - unsigned integers of ``b`` bits: ``round(255 · x / (2^b − 1))``;
+- signed 8- and 16-bit integers where no value is negative: ``round(255 · x / (2^(b−1) − 1))``,
+  the same scale over the non-negative half; negative values have no defined 8-bit scale and
+  are refused, as are wider signed integers. OpenCV would decode a signed 16-bit TIFF, but
+  darker (as unsigned, halved), so :func:`signed_samples` routes such files here first;
 - floats where every value lies in [0, 1]: ``round(255 · x)``; floats outside [0, 1], NaN or
   infinite have no defined scale (an exposure or a physical unit) and are refused;
 - gray (``MINISBLACK``; ``MINISWHITE`` inverted), gray + alpha, RGB and RGBA (alpha dropped).
@@ -21,7 +26,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["decode_tiff"]
+__all__ = ["decode_tiff", "signed_samples"]
 
 _MINISWHITE, _MINISBLACK, _RGB = 0, 1, 2  # TIFF's Photometric tag
 
@@ -66,6 +71,20 @@ def decode_tiff(data: bytes) -> np.ndarray:
     )
 
 
+def signed_samples(data: bytes) -> bool:
+    """Whether a TIFF's first image has signed integer samples (its SampleFormat tag, read
+    without decoding); False where tifffile is missing or the header cannot be read."""
+    try:
+        import tifffile
+    except ImportError:
+        return False
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            return tif.pages[0].dtype.kind == "i"
+    except Exception:  # a damaged header: the decoders say what is wrong
+        return False
+
+
 def _levels(samples: np.ndarray) -> np.ndarray:
     """Samples as uint8 levels, by the module's mapping; ``ValueError`` where there is none."""
     kind = samples.dtype.kind
@@ -74,6 +93,15 @@ def _levels(samples: np.ndarray) -> np.ndarray:
     if kind == "b":
         return samples.astype(np.uint8) * 255
     if kind == "u":
+        top = float(np.iinfo(samples.dtype).max)
+        return np.round(samples.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    if kind == "i" and samples.dtype.itemsize <= 2:
+        lo = int(samples.min()) if samples.size else 0
+        if lo < 0:
+            raise ValueError(
+                f"a TIFF of {samples.dtype} samples from {lo} to {int(samples.max())}, below 0, "
+                "which has no defined 8-bit scale; convert it to 8-bit (or non-negative integers)"
+            )
         top = float(np.iinfo(samples.dtype).max)
         return np.round(samples.astype(np.float64) * (255.0 / top)).astype(np.uint8)
     if kind == "f":
