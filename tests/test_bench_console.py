@@ -5,9 +5,6 @@ medians beside it, the paired one labelled as such; the plan of a run, said befo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +12,7 @@ from explain_export.bench import BenchConfig
 from explain_export.bench.report import SPEEDUP_LEGEND, markdown, table, target_value
 from explain_export.cli.bench import main
 
-TESTS = os.path.dirname(__file__)
+from commands import run_module
 
 
 def _result(eager_ms: float, compile_ms: float, value: float, paired: float) -> dict:
@@ -88,16 +85,9 @@ def test_the_plan_names_the_variants_and_the_slow_steps():
 def test_quick_says_what_it_does_and_times_eager_against_ort_alone(tmp_path):
     """As a user runs it: the plan on stderr before the work, the table and the legend on
     stdout, the speedup of the medians equal to the medians' ratio; only eager and ort ran."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
     args = ["--arch", "models:TinyResNet", "--input-size", "64", "64", "--quick"]
     args += ["--settle", "0", "--threads", "1", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "explain_export.cli.bench", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    proc = run_module("explain_export.cli.bench", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr.splitlines()
     assert err[1] == (

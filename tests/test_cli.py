@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +15,8 @@ from explain_export.builder import parity64, verify
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
+from commands import run_module
 from models import tiny_resnet
-
-TESTS = os.path.dirname(__file__)
 
 
 def test_default_export_writes_verified_files(default_export):
@@ -139,14 +137,7 @@ def test_debug_shows_the_exception(tmp_path):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": TESTS}
-    return subprocess.run(
-        [sys.executable, "-m", "explain_export", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return run_module("explain_export", *args)
 
 
 def test_python_m_is_the_export_command():
@@ -212,14 +203,7 @@ def test_labels_imagenet_takes_the_shipped_names(tmp_path, capsys):
 def test_list_layers_of_a_long_list_shows_the_blocks_and_says_how_to_see_the_rest():
     """EfficientNet-Lite0 has about 200 maps: the list shows its own modules and its blocks,
     the default marked, and says how many are left out (as printed)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "explain_export", "--list-layers"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run_module("explain_export", "--list-layers")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     names = [line.split()[0] for line in lines[1:-2]]
@@ -280,17 +264,9 @@ def test_a_1000_class_model_without_labels_is_told_of_labels_imagenet(tmp_path):
     from models import TinyResNet
 
     torch.save(TinyResNet(num_classes=1000).state_dict(), tmp_path / "m.pt")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
     args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:TinyResNet"]
     args += ["--arch-kwargs", '{"num_classes": 1000}', "--input-size", "32", "32"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "explain_export", *args, "--formats", "onnx"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = run_module("explain_export", *args, "--formats", "onnx", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (
         "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores their "
@@ -298,14 +274,7 @@ def test_a_1000_class_model_without_labels_is_told_of_labels_imagenet(tmp_path):
     ) in proc.stdout.splitlines()
     model = str(tmp_path / "explainer" / "explainer.onnx")
     photo = samples.photo_path("chelsea.png")
-    proc = subprocess.run(
-        [sys.executable, "-m", "explain_export.cli.run", "--model", model, "--images", photo],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = run_module("explain_export.cli.run", "--model", model, "--images", photo, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[1].startswith("  chelsea.png: ") and lines[1].split(": ")[1].split()[0].isdigit()

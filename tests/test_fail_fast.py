@@ -8,15 +8,12 @@ read before ``--arch`` resolves. No timing is asserted.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from explain_export.cli import bench, export
 
-TESTS = os.path.dirname(__file__)
+from commands import run_module
+
 NEVER = ["--arch", "models:never_built"]
 
 
@@ -102,15 +99,8 @@ def test_bench_resolves_arch_before_it_loads_anything(tmp_path, capsys):
 
 def test_a_bad_size_is_one_line_from_the_command(tmp_path):
     """As a user sees it: one line on stderr, exit 2, nothing built, nothing written."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
     args = [*NEVER, "--input-size", "0", "0", "--out", str(tmp_path / "o")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "explain_export", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run_module("explain_export", *args)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "explain-export: error: --input-size must be positive, got 0 0"

@@ -12,8 +12,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,18 +26,13 @@ from explain_export.cli import run as run_cli
 from explain_export.cli import serve as serve_cli
 from explain_export.errors import DeviceFallbackWarning
 
+from commands import run_module
+
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 SAVE = "save the weights with torch.save(model.state_dict(), path) and pass that file"
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m explain_export.cli.<command> args``: the command as installed runs it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
-    env.pop("PYTHONWARNINGS", None)
-    return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
-    )
+_run = run_module  # python -m explain_export.cli.<command> args: as installed, run
 
 
 def _lines(text: str) -> list[str]:

@@ -1,0 +1,30 @@
+"""The commands as a user runs them: ``python -m MODULE ARGS`` in a child process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def run_module(
+    module: str, *args: str, cwd: str | Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python -m module args``, its output captured as text. This checkout's package comes
+    first, and the tests' folder is importable (``--arch models:TinyResNet``); no
+    PYTHONWARNINGS, so stderr holds only what the command itself prints."""
+    path = [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    env.pop("PYTHONWARNINGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
