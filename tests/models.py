@@ -635,3 +635,178 @@ def tiny_levit(seed: int = 0) -> TinyLevit:
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+class ExplicitAttention(nn.Module):
+    """timm's attention without the fused kernel: ``q_norm``/``k_norm`` (``nn.Identity`` on the
+    4-D queries and keys ``[N, heads, T, d]``), then ``softmax(q kᵀ / √d)`` through ``attn_drop``
+    (an ``nn.Dropout`` whose input and output are the probabilities ``[N, heads, T, T]``)."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.Identity()
+        self.k_norm = nn.Identity()
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
+        attn = self.attn_drop((q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1))
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, c))
+
+
+class ExplicitViT(TinyViT):
+    """:class:`TinyViT` (a class token, no registers) whose blocks attend explicitly
+    (:class:`ExplicitAttention`). At 64x64 with ``dim`` 96 and 2 heads its keys are
+    ``[N, 2, 65, 48]`` and its attention ``[N, 2, 65, 65]``; at 224x224 with ``patch`` 32,
+    ``[N, 2, 50, 48]`` and ``[N, 2, 50, 50]``, sides that one stride of the image could give.
+    ``shared``: one key norm module for every block (as CoaT shares its position encoding)."""
+
+    def __init__(
+        self, num_classes: int = 10, dim: int = 96, patch: int = 8, size: int = 64, shared=False
+    ) -> None:
+        super().__init__(num_classes, dim=dim, patch=patch, registers=0)
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.5)
+        for block in self.blocks:
+            block.attn = ExplicitAttention(dim)
+        if shared:
+            for block in self.blocks:
+                block.attn.k_norm = self.blocks[0].attn.k_norm
+
+
+def explicit_vit(seed: int = 0, **kwargs) -> ExplicitViT:
+    return _seeded(ExplicitViT, seed, **kwargs)
+
+
+class LateClassToken(nn.Module):
+    """CaiT-like: patch tokens alone through the first blocks, the class token joined before the
+    last one (its ``cls_token`` says 1 prefix token; the earlier blocks hold none)."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 32, patch: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.blocks = nn.Sequential(ViTBlock(dim), ViTBlock(dim))
+        self.blocks_token_only = nn.Sequential(ViTBlock(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+        return self.head(self.norm(self.blocks_token_only(x))[:, 0])
+
+
+def late_class_token(seed: int = 0) -> LateClassToken:
+    return _seeded(LateClassToken, seed)
+
+
+class BlockedAttention(nn.Module):
+    """NesT's: attention within image blocks, on 5-D queries, keys and values
+    ``[N, heads, blocks, n, d]`` through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, t, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)  # [b, heads, t, n, d]
+        return self.proj(y.permute(0, 2, 3, 1, 4).reshape(b, t, n, c))
+
+
+class Blocked(nn.Module):
+    """NesT in miniature: a conv stem (an 8x8 map at 64x64), cut into 4 blocks of 4x4 pixels
+    (``[N, 4, 16, C]``), attention within each block, the blocks put back into a map, then global
+    average pooling and a linear head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 4, 4), nn.ReLU(), nn.Conv2d(dim, dim, 2, 2))
+        self.norm = nn.LayerNorm(dim)
+        self.attn = BlockedAttention(dim)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)  # [N, C, 8, 8]
+        n, c, h, w = x.shape
+        blocks = x.reshape(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 3, 5, 1)
+        blocks = blocks.reshape(n, 4, (h // 2) * (w // 2), c)
+        blocks = blocks + self.attn(self.norm(blocks))
+        x = blocks.reshape(n, 2, 2, h // 2, w // 2, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def blocked(seed: int = 0) -> Blocked:
+    return _seeded(Blocked, seed)
+
+
+class ConvPosAttention(Attention):
+    """:class:`Attention` with a depthwise conv over the patch tokens' values laid on their
+    grid (CoaT's convolutional position encoding): a map ``[N, C, h, w]`` inside the block."""
+
+    def __init__(self, dim: int, grid: int) -> None:
+        super().__init__(dim)
+        self.grid = grid
+        self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, c = x.shape
+        patches = x[:, 1:].transpose(1, 2).reshape(n, c, self.grid, self.grid)
+        pos = self.pos(patches).flatten(2).transpose(1, 2)
+        return super().forward(x) + torch.cat([x.new_zeros(n, 1, c), pos], 1)
+
+
+class ParallelBlock(nn.Module):
+    """CoaT's parallel block in miniature: takes two token streams, ``(coarse, fine)``, and
+    updates the second only, ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``; its first input
+    is not the stream it updates."""
+
+    def __init__(self, dim: int, grid: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ConvPosAttention(dim, grid)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, coarse: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x + self.attn(self.norm1(x))
+        return coarse, x + self.mlp(self.norm2(x))
+
+
+class ParallelStreams(nn.Module):
+    """CoaT-like: a coarse stream (4x4 tokens + a class token) and a fine one (8x8 + a class
+    token) through a parallel block that updates the fine one; the head reads the fine stream's
+    class token after a final norm."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 32) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 8, 8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.parallel_blocks = nn.ModuleList([ParallelBlock(dim, 8)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fine = self.patch_embed(x)
+        n = fine.shape[0]
+        cls = self.cls_token.expand(n, -1, -1)
+        coarse = torch.cat([cls, F.avg_pool2d(fine, 2).flatten(2).transpose(1, 2)], 1)
+        fine = torch.cat([cls, fine.flatten(2).transpose(1, 2)], 1)
+        for block in self.parallel_blocks:
+            coarse, fine = block(coarse, fine)
+        return self.head(self.norm(fine)[:, 0])
+
+
+def parallel_streams(seed: int = 0) -> ParallelStreams:
+    return _seeded(ParallelStreams, seed)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from .gap_head import gap_input
+from .maps import map_records, off_image, on_image, stride_fits
 from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
 from .tap import TapSpec
-from .tokens import is_grid
 
 __all__ = [
     "BRIEF",
@@ -27,6 +27,7 @@ __all__ = [
     "default_layer",
     "format_layers",
     "layer_rows",
+    "left_out",
     "pick_layers",
     "pool_input",
 ]
@@ -38,7 +39,7 @@ def pool_input(result: Probe) -> TapSpec | None:
     for rec in reversed(result.records):
         shape_in, shape_out = rec.input_shape, rec.output_shape
         if (
-            is_spatial(shape_in, result.input_size)
+            on_image(result, rec, "input")
             and layout(shape_in, result.input_size) == "NCHW"
             and shape_out is not None
             and tuple(shape_out) in {(shape_in[0], shape_in[1], 1, 1), (shape_in[0], shape_in[1])}
@@ -55,12 +56,7 @@ def backbone_output(result: Probe) -> TapSpec | None:
     classifier."""
     if result.logits.dim() != 4:
         return None
-    maps = [
-        r
-        for r in result.records
-        if is_spatial(r.output_shape, result.input_size)
-        and layout(r.output_shape, result.input_size) == "NCHW"
-    ]
+    maps = [r for r in map_records(result) if layout(r.output_shape, result.input_size) == "NCHW"]
     children = [r for r in maps if r.name.startswith("backbone.") and r.name.count(".") == 1]
     if children:
         return spec_for(result, children[-1], "output")
@@ -85,44 +81,86 @@ def default_layer(result: Probe) -> TapSpec:
 
 
 def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[TapSpec, str]:
-    """The layer to explain and why: ``layer`` as given, else :func:`default_layer`'s choice."""
+    """The layer to explain and why: ``layer`` as given, else :func:`default_layer`'s choice,
+    always a map on the image (:mod:`.maps`): never an attention matrix, queries or keys."""
     if layer:
         return (TapSpec.parse(layer) if isinstance(layer, str) else layer), "as given"
     spec = backbone_output(result)
     if spec is not None:
         return spec, "the last map of the backbone, which the segmentation decoder reads"
     spec = gap_input(result)
-    if spec is not None:
+    if spec is not None and _spec_on_image(result, spec):
         return spec, "the map whose global average the classifier reads"
     spec = pool_input(result)
     if spec is not None:
         return spec, "the input of the last global pooling"
     records = result.records
-    grids = [i for i, r in enumerate(records) if is_grid(r.output_shape, result.input_size)]
-    found = token_default(result, records[grids[-1]], records[grids[-1] + 1 :]) if grids else None
+    maps = map_records(result)
+    if maps:
+        index = next(i for i, r in enumerate(records) if r is maps[-1])
+        found = token_default(result, maps[-1], records[_call_start(records, index) :])
+        if found is not None:
+            return found
+        return spec_for(result, maps[-1], "output"), "the last spatial map"
+    found = token_default(result, None, records)
     if found is not None:
         return found
-    for rec in reversed(records):
-        if is_spatial(rec.output_shape, result.input_size):
-            return spec_for(result, rec, "output"), "the last spatial map"
     raise UsageError(
-        "the model has no layer with a spatial [N,C,h,w] output (larger than 1x1) to explain"
+        "the model has no layer whose output is a map on the image (a [N,C,h,w] map larger "
+        "than 1x1, its sides the input's divided by one stride) to explain"
     )
 
 
-def _on_grid(shape: Sequence[int] | None, hw: int, square: bool = False) -> bool:
-    """A token sequence ``[N, T, C]`` that can be a few prefix tokens and an ``hw`` grid, or,
-    for a square image (``square``), a square grid of its own (tokens pooled without a map)."""
-    if shape is None or len(shape) != 3:
+def _call_start(records: Sequence[CallRecord], index: int) -> int:
+    """Where the blocks that may follow ``records[index]`` begin: after it, or, where it ran
+    inside a module call (a convolution over the patch tokens inside a transformer block: CoaT's
+    position encoding, PVT's MLP), at the first record of the outermost such call, so that the
+    block it is in counts as one that follows it. Records are in post-order: a call's own
+    record comes after those of the calls it made."""
+    outer = records[index].outer
+    if not outer:
+        return index + 1
+    start = index
+    while start > 0 and records[start - 1].outer[:1] == outer[:1]:
+        start -= 1
+    return start
+
+
+def _spec_on_image(result: Probe, spec: TapSpec) -> bool:
+    calls = result.calls(spec.module)
+    return bool(calls) and on_image(result, calls[spec.call or 0], spec.port)
+
+
+MAX_PREFIX = 8  # with no map to take the grid from: the most prefix tokens a square grid leaves
+
+
+def _on_grid(
+    shape: Sequence[int] | None, hw: int | None, size: tuple[int, int] | None, batch: int
+) -> bool:
+    """A token sequence ``[N, T, C]``, one per image (``N`` is the ``batch``), that can be a few
+    prefix tokens and an ``hw`` grid, or, for a square image, a square grid of its own (tokens
+    pooled without a map; with no grid known, ``hw`` None, after up to :data:`MAX_PREFIX`
+    prefix tokens) whose side fits one stride of the image."""
+    if shape is None or len(shape) != 3 or shape[0] != batch:
         return False
-    side = math.isqrt(shape[1])
-    return 0 <= shape[1] - hw < hw or (square and side > 1 and side * side == shape[1])
+    t = int(shape[1])
+    if hw is not None and 0 <= t - hw < hw:
+        return True
+    if size is None or size[0] != size[1]:
+        return False
+    for p in range(MAX_PREFIX + 1 if hw is None else 1):
+        side = math.isqrt(max(t - p, 0))
+        if side > 1 and side * side == t - p and stride_fits(side, side, size):
+            return True
+    return False
 
 
 def token_default(
-    result: Probe, rec: CallRecord, later: list[CallRecord]
+    result: Probe, rec: CallRecord | None, later: Sequence[CallRecord]
 ) -> tuple[TapSpec, str] | None:
-    """Where the last map ``rec`` becomes a token sequence: the input of the last block, the
+    """Where the last map ``rec`` (None: a model with no map on the image, whose tokens come
+    from patches cut without a convolution over the image, TNT) becomes a token sequence: the
+    input of the last block, the
     tensor its first norm reads (``blocks.11:input`` in timm, ``encoder.layers.encoder_layer_11
     :input`` in torchvision); else the last token sequence on the grid (LeViT's: the tokens its
     head pools); None if none follows. Tokens that a model pools without a map (LeViT: 14x14,
@@ -136,14 +174,15 @@ def token_default(
     the block, not at the norm, so that ``∂y/∂A`` is the whole gradient at the tensor, the
     residual path's included (an ``:input`` tap hands its leaf to that module alone).
     """
-    _, h, w = spatial(rec.output_shape, result.input_size)
-    square = result.input_size is not None and result.input_size[0] == result.input_size[1]
+    hw = None if rec is None else math.prod(spatial(rec.output_shape, result.input_size)[1:])
+    size = result.input_size
+    batch = int(result.logits.shape[0])
     norms: dict[str, list[CallRecord]] = {}
     for r in later:
         # a norm keeps its input's shape; LeViT's LinearNorm (a linear layer, then BatchNorm)
         # does not, and no residual stream runs through it
         keeps = r.output_shape == r.input_shape
-        if "Norm" in r.kind and keeps and _on_grid(r.input_shape, h * w, square):
+        if "Norm" in r.kind and keeps and _on_grid(r.input_shape, hw, size, batch):
             norms.setdefault(r.name.rpartition(".")[0], []).append(r)
     blocks = [
         (parent, group)
@@ -158,7 +197,7 @@ def token_default(
                 return spec_for(result, r, "input"), "the input of the last transformer block"
         return spec_for(result, first, "input"), "the input of the last block's first norm"
     for r in reversed(later):
-        if _on_grid(r.output_shape, h * w, square):
+        if _on_grid(r.output_shape, hw, size, batch):
             return spec_for(result, r, "output"), "the last token sequence on the patch grid"
     return None
 
@@ -181,7 +220,9 @@ class LayerRow:
 
 
 def layer_rows(result: Probe, default: TapSpec | None) -> list[LayerRow]:
-    """The tap candidates (spatial maps larger than 1x1) in the order they ran.
+    """The tap candidates (maps on the image larger than 1x1, :mod:`.maps`) in the order they
+    ran; tensors that are not on the image (attention, queries, keys) are left out
+    (:func:`left_out`).
 
     Channels-last maps are listed with ``(NHWC)``; the explainer permutes them. Token sequences
     ``[N,T,C]`` as wide as a norm's input (a transformer's residual stream) are listed as
@@ -191,17 +232,21 @@ def layer_rows(result: Probe, default: TapSpec | None) -> list[LayerRow]:
     for r in result.records:
         counts[r.name] = counts.get(r.name, 0) + 1
     parents = {r.name.rpartition(".")[0] for r in result.records}
+    batch = int(result.logits.shape[0])
     streams = {
         tuple(r.input_shape)
         for r in result.records
-        if "Norm" in r.kind and r.input_shape is not None and len(r.input_shape) == 3
+        if "Norm" in r.kind
+        and r.input_shape is not None
+        and len(r.input_shape) == 3
+        and r.input_shape[0] == batch
     }
     rows = []
     for r in result.records:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
             specs.append((spec_for(result, r, "input"), r.input_shape))
-        if is_spatial(r.output_shape, result.input_size) or (
+        if on_image(result, r, "output") or (
             r.output_shape is not None and tuple(r.output_shape) in streams
         ):
             specs.append((spec_for(result, r, "output"), r.output_shape))
@@ -216,6 +261,18 @@ def layer_rows(result: Probe, default: TapSpec | None) -> list[LayerRow]:
                 text += " (NHWC)"
             rows.append(LayerRow(str(spec), r.kind, text, is_default, block))
     return rows
+
+
+def left_out(result: Probe) -> list[tuple[str, str]]:
+    """``(layer, why)`` for each 4-D output larger than 1x1 that is not a map on the image
+    (:func:`.maps.off_image`): what :func:`layer_rows` leaves out and ``--layer`` refuses."""
+    found = []
+    for r in result.records:
+        if is_spatial(r.output_shape, result.input_size):
+            why = off_image(result, r, "output")
+            if why is not None:
+                found.append((str(spec_for(result, r, "output")), why))
+    return found
 
 
 def pick_layers(rows: Sequence[LayerRow], pattern: str | None = None) -> list[LayerRow]:

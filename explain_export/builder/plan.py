@@ -27,6 +27,7 @@ from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
 from ..errors import OptionError, UsageError
 from . import layers, methods, probe
 from .gap_head import find_gap_linear_head
+from .maps import check_on_image
 from .methods import AUTO, Method
 from .outputs import OutputKey
 from .tap import TapSpec
@@ -292,6 +293,7 @@ def _map_of(
     if shape is not None and len(shape) == 3:
         prefix, h, w, _ = token_grid(model, result, record, spec.port, shape, tokens)
         return (int(shape[2]), h, w), token_layout(prefix, h, w)
+    check_on_image(result, record, spec.port, str(spec))
     return tuple(probe.spatial(shape, result.input_size)), probe.layout(shape, result.input_size)
 
 

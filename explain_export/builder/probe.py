@@ -56,12 +56,19 @@ class CallRecord:
     linear_io: tuple[Tensor, Tensor] | None = None  # (input, output) of an nn.Linear
     input_mutated: bool = False  # an in-place op changed the input after the module began
     output_mutated: bool = False  # an in-place op changed the output after the module ran
+    input_probs: bool = False  # the 4-D input's rows are probabilities (attention, softmax)
+    output_probs: bool = False  # the 4-D output's rows are probabilities
+    # the module calls this one ran inside, outermost first: (name, shape of the first input)
+    outer: tuple[tuple[str, tuple[int, ...] | None], ...] = ()
 
     def shape(self, port: str) -> tuple[int, ...] | None:
         return self.input_shape if port == "input" else self.output_shape
 
     def mutated(self, port: str) -> bool:
         return self.input_mutated if port == "input" else self.output_mutated
+
+    def probabilities(self, port: str) -> bool:
+        return self.input_probs if port == "input" else self.output_probs
 
 
 @dataclass
@@ -87,6 +94,15 @@ def _spatial_mean(value: Any) -> Tensor | None:
     return None
 
 
+def _probabilities(value: Any) -> bool:
+    """A 4-D tensor whose last dim holds probabilities: every value ≥ 0 and each row summing to 1
+    (a softmax over keys: an attention matrix)."""
+    if not isinstance(value, Tensor) or value.dim() != 4 or value.shape[-1] < 2:
+        return False
+    v = value.detach().float()
+    return bool(v.min() >= 0) and bool(((v.sum(-1) - 1).abs() <= 1e-3).all())
+
+
 def _version(value: Any) -> int | None:
     return value._version if isinstance(value, Tensor) else None
 
@@ -104,18 +120,22 @@ def probe(model: nn.Module, example: Tensor, output: str | None = None) -> Probe
     counts: dict[str, int] = {}
     pending: dict[str, list[tuple[Any, int | None, Tensor | None]]] = {}
     watched: list[tuple[CallRecord, str, Tensor, int]] = []
+    running: list[tuple[str, tuple[int, ...] | None]] = []  # the calls entered, not yet left
     handles = []
 
     def make_pre_hook(name: str):
         def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             first = args[0] if args else None
             pending.setdefault(name, []).append((first, _version(first), _spatial_mean(first)))
+            running.append((name, _shape(first)))
 
         return pre_hook
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             first, first_version, first_mean = pending[name].pop()
+            while running and running.pop()[0] != name:
+                pass  # a call left without its hook (it raised inside a caught error)
             call = counts.get(name, 0)
             counts[name] = call + 1
             rec = CallRecord(
@@ -126,6 +146,9 @@ def probe(model: nn.Module, example: Tensor, output: str | None = None) -> Probe
                 _shape(output),
                 first_mean,
                 _spatial_mean(output),
+                input_probs=_probabilities(first),
+                output_probs=_probabilities(output),
+                outer=tuple(running),
             )
             if isinstance(module, nn.Linear) and isinstance(first, Tensor):
                 rec.linear_io = (first.detach(), output.detach())

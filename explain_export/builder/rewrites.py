@@ -5,19 +5,24 @@ exported file lean; each computes the same values as the op it replaces.
   ONNX can take.
 - :func:`fold_broadcast_bmm`: ``bmm`` whose second operand is one matrix repeated over the
   batch as one ``mm``, so that no file holds that matrix copied once per batch element.
+- :func:`attention_in_4d`: while it is on, ``F.scaled_dot_product_attention`` on queries of more
+  than 4 dims (NesT's blocked attention, ``[N, heads, blocks, n, d]``) runs on them folded to
+  4-D, which ONNX's attention takes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.fx import Graph, GraphModule, Node
 
-__all__ = ["as_strided_to_views", "fold_broadcast_bmm"]
+__all__ = ["as_strided_to_views", "attention_in_4d", "fold_broadcast_bmm"]
 
 aten = torch.ops.aten
 
@@ -200,3 +205,29 @@ def _erase_unused(g: Graph, node: Any) -> None:
         source = node.args[0] if node.args else None
         g.erase_node(node)
         node = source
+
+
+@contextlib.contextmanager
+def attention_in_4d() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` folds queries, keys and values of more than 4 dims to
+    ``[-1, *shape[-3:]]`` around the call (and a mask with them) and unfolds the result: the same
+    values, since attention is independent over every dim before the last two."""
+    original = F.scaled_dot_product_attention
+
+    def folded(query: Tensor, key: Tensor, value: Tensor, attn_mask: Any = None, *a, **kw):
+        if query.dim() <= 4:
+            return original(query, key, value, attn_mask, *a, **kw)
+        lead = query.shape[:-2]
+
+        def fold(t: Tensor) -> Tensor:
+            return t.expand(*lead, *t.shape[-2:]).reshape(-1, *t.shape[-3:])
+
+        mask = None if attn_mask is None else fold(attn_mask)
+        out = original(fold(query), fold(key), fold(value), mask, *a, **kw)
+        return out.reshape(*lead, out.shape[-2], out.shape[-1])
+
+    F.scaled_dot_product_attention = folded
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original

@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..errors import OptionError
-from .probe import CallRecord, Probe, is_spatial, spatial
+from ..words import count
+from .maps import on_image, stride_fits
+from .probe import CallRecord, Probe, spatial
 
-__all__ = ["is_grid", "model_prefix", "parse_layout", "to_map", "token_grid", "token_layout"]
+__all__ = ["model_prefix", "parse_layout", "to_map", "token_grid", "token_layout"]
 
 _LAYOUT = re.compile(r"^tokens:(\d+)\+(\d+)x(\d+)$")
 PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "reg_token")
@@ -60,23 +62,13 @@ def model_prefix(model: nn.Module) -> tuple[int, str] | None:
         n = getattr(module, "num_prefix_tokens", None)
         if isinstance(n, int):
             return n, f"{name + '.' if name else ''}num_prefix_tokens"
-    count, found = 0, []
+    total, found = 0, []
     for attr in PREFIX_PARAMS:
         p = getattr(model, attr, None)
         if isinstance(p, Tensor):
-            count += int(p.shape[1]) if p.dim() == 3 else 1
+            total += int(p.shape[1]) if p.dim() == 3 else 1
             found.append(attr)
-    return (count, " + ".join(found)) if found else None
-
-
-def is_grid(shape: Sequence[int] | None, input_size: tuple[int, int] | None) -> bool:
-    """A spatial map whose two sides are the image's, each divided by about the same stride
-    (a patch grid; not the ``[N, heads, T, d]`` queries inside an attention)."""
-    if input_size is None or not is_spatial(shape, input_size):
-        return False
-    _, h, w = spatial(shape, input_size)  # type: ignore[arg-type]
-    sh, sw = input_size[0] / h, input_size[1] / w
-    return max(sh, sw) / min(sh, sw) <= 1.5
+    return (total, " + ".join(found)) if found else None
 
 
 def _grid_records(result: Probe, record: CallRecord, port: str) -> list[CallRecord]:
@@ -100,53 +92,78 @@ def token_grid(
 ) -> tuple[int, int, int, str]:
     """``(P, h, w, why)`` for a tapped token tensor ``[N, T, C]``; an OptionError if no grid.
 
-    ``P``: ``tokens`` (``--tokens``) if given, else what the model says (:func:`model_prefix`),
-    else ``T − h·w``. The grid: the nearest spatial map recorded before the tensor with
-    ``h·w = T − P`` (with ``P`` unknown, ``0 ≤ T − h·w < h·w``), which is the patch
-    embedding's output in a ViT; else timm's ``patch_embed.grid_size``; else, for a square
-    input, the square grid ``√(T − P)`` (a token model that downsamples its tokens, LeViT).
+    The grid: the nearest map on the image (:func:`.maps.on_image`) recorded before the tensor
+    with ``h·w = T − P`` (the patch embedding's output in a ViT); else timm's
+    ``patch_embed.grid_size``; else, for a square input, the square grid ``√(T − P)`` (a token
+    model that downsamples its tokens, LeViT), whose sides must fit one stride of the input.
+
+    ``P`` is counted for this tensor, ``T − h·w``: with ``tokens`` (``--tokens``) it must be
+    that; else it may be at most what the model says (:func:`model_prefix`: a CaiT adds its
+    class token only in its last blocks, so the earlier ones hold none); with nothing said, fewer
+    than the patch tokens (``0 ≤ T − h·w < h·w``).
     """
     t = int(shape[1])
+    batch = int(result.logits.shape[0])
+    if int(shape[0]) != batch:
+        raise OptionError(
+            "layer",
+            "'{layer}' holds {n} token sequences for the {b} images of the batch (windows?), "
+            "not one per image; pick a map or a block's input (see {list_layers})",
+            layer=record.name,
+            n=int(shape[0]),
+            b=batch,
+        )
     said = None if tokens is not None else model_prefix(model)
-    prefix = tokens if tokens is not None else (said[0] if said else None)
-    source = "--tokens" if tokens is not None else (said[1] if said else "")
-    if prefix is not None and not 0 <= prefix < t:
+    if tokens is not None and not 0 <= tokens < t:
         raise OptionError(
             "tokens",
             "{name} {p} leaves no patch tokens of the {t} in '{layer}'",
-            p=prefix,
+            p=tokens,
             t=t,
             layer=record.name,
         )
+
+    def fits(p: int, hw: int) -> bool:
+        if tokens is not None:
+            return p == tokens
+        if said is not None:
+            return 0 <= p <= said[0] and p < hw
+        return 0 <= p < hw
+
+    def because(p: int) -> str:
+        if tokens is not None:
+            source = "--tokens"
+        elif said is None:
+            source = "T - h·w"
+        elif p == said[0]:
+            source = said[1]
+        else:
+            source = f"T - h·w; the model's {said[1]} says {said[0]}, not all in this tensor"
+        return f"{count(p, 'prefix token')} ({source})"
+
     for r in _grid_records(result, record, port):
-        if not is_grid(r.output_shape, result.input_size):
+        if not on_image(result, r, "output"):
             continue
         _, h, w = spatial(r.output_shape, result.input_size)
-        if (prefix is not None and h * w == t - prefix) or (
-            prefix is None and 0 <= t - h * w < h * w
-        ):
-            p = t - h * w
-            why = f"{p} prefix tokens ({source or 'T - h·w'}), grid {h}x{w} of '{r.name}'"
-            return p, h, w, why
+        if fits(t - h * w, h * w):
+            return t - h * w, h, w, f"{because(t - h * w)}, grid {h}x{w} of '{r.name}'"
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if isinstance(grid, Sequence) and len(grid) == 2:
         h, w = int(grid[0]), int(grid[1])
-        if (prefix is None and 0 <= t - h * w < h * w) or (prefix == t - h * w):
-            p = t - h * w
-            why = (
-                f"{p} prefix tokens ({source or 'T - h·w'}), grid {h}x{w} of patch_embed.grid_size"
-            )
-            return p, h, w, why
-    p = prefix or 0
-    side = math.isqrt(t - p)
+        if fits(t - h * w, h * w):
+            return t - h * w, h, w, f"{because(t - h * w)}, grid {h}x{w} of patch_embed.grid_size"
     size = result.input_size
-    if side * side == t - p and side > 1 and size is not None and size[0] == size[1]:
-        why = f"{p} prefix tokens ({source or 'none said'}), a square {side}x{side} grid assumed"
-        return p, side, side, why
+    for p in sorted({tokens if tokens is not None else said[0] if said else 0, 0}):
+        side = math.isqrt(max(t - p, 0))
+        square = size is not None and size[0] == size[1]
+        if side > 1 and side * side == t - p and square and stride_fits(side, side, size):
+            why = f"{because(p)}, a square {side}x{side} grid assumed"
+            return p, side, side, why
+    prefix = tokens if tokens is not None else (said[0] if said else None)
     raise OptionError(
         "layer",
-        "the {t} tokens of '{layer}' ({shape}) fit no patch grid: no map recorded before them "
-        "has {want} pixels and the rest are not a square; pick a spatial map (see "
+        "the {t} tokens of '{layer}' ({shape}) fit no patch grid: no map on the image recorded "
+        "before them has {want} pixels and the rest are not a square; pick a spatial map (see "
         "{list_layers}) or set the prefix token count with {tokens}",
         t=t,
         layer=record.name,

@@ -22,6 +22,7 @@ from .. import __version__
 from ..artifact.contract import METADATA_FILE, METADATA_KEY
 from ..errors import ExplainExportError
 from . import lowering
+from .rewrites import attention_in_4d
 
 __all__ = ["quiet", "root_cause", "stamp", "to_onnx", "to_pt2", "to_torchscript", "versions"]
 
@@ -76,7 +77,8 @@ def to_onnx(
     dynamic_shapes: dict[str, Any],
     output_names: list[str],
 ) -> None:
-    """The dynamo exporter (non-strict: the tap is a hook) to one self-contained file."""
+    """The dynamo exporter (non-strict: the tap is a hook) to one self-contained file; attention
+    on more than 4 dims folded to 4-D (:func:`.rewrites.attention_in_4d`)."""
     kwargs: dict[str, Any] = {
         "dynamo": True,
         "input_names": list(dynamic_shapes),
@@ -87,7 +89,7 @@ def to_onnx(
     }
     if "external_data" not in inspect.signature(torch.onnx.export).parameters:
         del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
-    with quiet(), torch.no_grad():
+    with quiet(), torch.no_grad(), attention_in_4d():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)
         except Exception as exc:

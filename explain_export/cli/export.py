@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.layers import BRIEF
 from ..builder.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main
-from ._export_checks import Checked, check_flags
+from ._export_checks import check_flags
+from ._layers import layout_line, list_layers
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         log("note: no --ckpt, so the weights are those --arch built")
 
     if args.list_layers is not None:
-        return _list_layers(args, model, flags, given[0] if given else loaded.layer)
+        return list_layers(args, model, flags, given[0] if given else loaded.layer)
 
     graph = GraphOptions(
         input_format=args.input_format,
@@ -304,11 +304,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"method: {info.method}{head}; input {size[0]}x{size[1]}, {info.num_classes} classes")
     if info.reason and info.requested == AUTO:
         print(f"        auto: {info.reason}")
-    if info.layout == "NHWC":
-        print("        the map is channels-last [N,h,w,C]; it is permuted to [N,C,h,w]")
-    elif info.layout.startswith("tokens:"):
-        prefix, grid = info.layout.removeprefix("tokens:").split("+")
-        print(f"        a token sequence: {prefix} prefix tokens dropped, the rest laid on {grid}")
+    if layout_line(info.layout):
+        print(f"        {layout_line(info.layout)}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
     if labels is None and info.num_classes == 1000:
@@ -348,31 +345,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         for folder in folders:
             print(f"wrote {folder}")
-    return 0
-
-
-def _list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str | None) -> int:
-    """``--list-layers [PATTERN]``: the tap candidates, the default marked, and why it is."""
-    from ..builder.layers import choose_layer, format_layers, layer_rows, pick_layers
-    from ..builder.probe import probe_at_size
-
-    result = probe_at_size(model, flags.size, flags.mean, flags.std, args.output)
-    default, why = choose_layer(result, layer)
-    if not args.layer and layer:
-        why = "the embedded model's default: the map its global average pooling reads"
-    rows = layer_rows(result, default)
-    pattern = {"": None, "all": "*"}.get(args.list_layers, args.list_layers)
-    shown = pick_layers(rows, pattern)
-    print(format_layers(shown))
-    if len(shown) < len(rows):
-        which = "the model's own modules and its blocks"
-        if pattern is not None:
-            which = f"those matching '{pattern}', and the default"
-        print(
-            f"{len(shown)} of {len(rows)} layers shown: {which}; --list-layers all shows every "
-            "one, --list-layers PATTERN those whose name matches"
-        )
-    print(f"default: {default} ({why})")
     return 0
 
 
