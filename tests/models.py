@@ -810,3 +810,23 @@ class ParallelStreams(nn.Module):
 
 def parallel_streams(seed: int = 0) -> ParallelStreams:
     return _seeded(ParallelStreams, seed)
+
+
+class UnfoldViT(TinyViT):
+    """:class:`TinyViT` whose patches are cut by ``F.unfold`` and embedded by a linear layer
+    (TNT's outer tokens): no 4-D map of the image is ever recorded."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 32, patch: int = 8) -> None:
+        super().__init__(num_classes, dim=dim, patch=patch, registers=0)
+        self.patch = patch
+        self.patch_embed = nn.Linear(3 * patch * patch, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        patches = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)
+        x = self.patch_embed(patches) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def unfold_vit(seed: int = 0) -> UnfoldViT:
+    return _seeded(UnfoldViT, seed)

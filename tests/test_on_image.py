@@ -21,7 +21,7 @@ from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
 import reference
-from models import blocked, explicit_vit, late_class_token, parallel_streams
+from models import blocked, explicit_vit, late_class_token, parallel_streams, unfold_vit
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -150,6 +150,9 @@ def input_gradcam(model, module: str, images: np.ndarray, prefix: int, grid: int
             "parallel_blocks.0.norm1:input",
             "the input of the last block's first norm",
         ),
+        # TNT-like: patches cut by unfold, so no map of the image is recorded at all; the
+        # tokens' own 8x8 grid (65 = 1 + 8²) fits the image (the default was a key tensor)
+        (unfold_vit, "blocks.1:input", "the input of the last transformer block"),
     ],
 )
 def test_token_defaults_equal_autograd_gradcam(make, layer, why):
