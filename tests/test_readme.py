@@ -135,7 +135,7 @@ def test_a_block_reads_what_its_page_made_before_it():
     reads = {str(b): READS.findall(b.code) for b in RUN}
     assert {"explainer", "top3"} <= {f for found in reads.values() for f in found}
     late = [f"{b} reads {f}/" for b in RUN for f in READS.findall(b.code) if not _made_before(b, f)]
-    assert not late, f"no `explain-export --out FOLDER` before these blocks on their page: {late}"
+    assert not late, f"no `explain-export ... --out FOLDER` with the flags of MADE before: {late}"
     moved = Block(1, 'load("top3/explainer.onnx")\n', None, "docs/methods.md")
     assert not _made_before(moved, "top3")  # the first line of a page has nothing before it
 
@@ -178,8 +178,12 @@ def test_readme_block_runs_as_written(block, workdir):
 
 
 SHELL = re.compile(r"^(\s*)```(?:bash|sh|shell)\s*$")
-CLI = {name: name.split("-")[1] for name in ("explain-export", "explain-run", "explain-serve")}
-CLI["explain-bench"] = "bench"
+CLI = {  # a command -> its module in explain_export.cli
+    "explain-export": "export",
+    "explain-run": "run",
+    "explain-serve": "serve",
+    "explain-bench": "bench",
+}
 
 
 def unknown_flags(code: str) -> list[str]:
