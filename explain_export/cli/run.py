@@ -326,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         done = [r for r in report.results if r.error is None]
         for r in done[:_SHOWN]:
-            print(f"  {os.path.basename(r.path)}: {r.summary}")
+            print(f"  {r.caption}")
         if len(done) > _SHOWN:
             print(f"  … and {len(done) - _SHOWN} more (see {os.path.normpath(report.predictions)})")
         if done and not meta.labels and meta.num_classes == 1000:
