@@ -303,9 +303,11 @@ def explained(
 
 
 def _named(entry: dict[str, Any]) -> str:
-    """``label (score)``: two decimals, or two digits where it is under 0.005."""
+    """``label (score)``: two decimals, two digits where it is under 0.005, ``<1e-06`` where it
+    rounded to 0 (scores are kept to 1e-6)."""
     s = float(entry["score"])
-    return f"{entry['label']} ({s:.2f})" if s >= 0.005 else f"{entry['label']} ({s:.1e})"
+    shown = f"{s:.2f}" if s >= 0.005 else f"{s:.1e}" if s > 0 else "<1e-06"
+    return f"{entry['label']} ({shown})"
 
 
 def summary(topk: list[dict[str, Any]], maps: list[dict[str, Any]] | None) -> str:
