@@ -1,10 +1,17 @@
 """The class at run time: the runtime's ``class_index`` and ``explain-run --class-index`` give
 what an export with that class fixed gives; a class out of range, or asked of a graph that
-takes none, is one line of ours (it would otherwise be ignored, or fail inside ONNX Runtime)."""
+takes none, is one line of ours (it would otherwise be ignored, or fail inside ONNX Runtime).
+
+The class explained is the class named: where a heatmap is shown or returned (explain-run's
+console line and sheet caption, ``predictions.jsonl``, the Ray engine's Parquet, the server's
+JSON), it names the class it explains with its label and softmax score, beside the top-k;
+tested with the class the model finds least likely on a photo (so not the top-1, as
+``--class-index 967`` on chelsea)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -13,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explain_export.artifact import runtime, samples
+from explain_export.artifact import overlay, pipeline, runner, runtime, samples
+from explain_export.builder import methods
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export import export_explainer
 from explain_export.cli.run import main as run_main
@@ -23,6 +31,7 @@ from models import tiny_resnet
 
 SIZE = (64, 64)
 CLASS = 7
+LABELS = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(
@@ -40,7 +49,7 @@ def exports(request, tmp_path_factory):
     ):
         out = tmp_path_factory.mktemp(f"{method}-{kind}")
         explainer = build_explainer(tiny_resnet(seed=4), layer, method, SIZE, **kwargs)
-        export_explainer(explainer, str(out), ("onnx",), **export)
+        export_explainer(explainer, str(out), ("onnx",), labels=LABELS, **export)
         folders[kind] = out / "explainer.onnx"
     return folders
 
@@ -182,3 +191,124 @@ def test_predictions_name_the_class_and_resume_keeps_only_the_same_class(exports
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert all("class_index" not in r for r in rows)
     assert {p: p.read_bytes() for p in out.glob("*.overlay.png")} != heat
+
+
+PHOTO = "chelsea.png"
+
+
+@pytest.fixture(scope="module")
+def export(exports) -> Path:
+    return exports["input"]
+
+
+@pytest.fixture(scope="module")
+def scores(export) -> np.ndarray:
+    """Softmax of the artifact's logits for the photo, fitted as explain-run fits it."""
+    fitted = pipeline.read(samples.photo_path(PHOTO), SIZE, pipeline.OverlayOptions())
+    z = runtime.load(str(export)).outputs(fitted.input[None])["logits"][0].astype(np.float64)
+    p = np.exp(z - z.max())
+    return p / p.sum()
+
+
+def _shown(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.005 else f"{p:.1e}"
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_a_new_export_says_its_map_explains_a_class(export):
+    assert runtime.load(str(export)).metadata["target"] == "class"
+
+
+def test_explain_run_names_the_chosen_class_not_the_top1(
+    export, scores, tmp_path, capsys, monkeypatch
+):
+    top, chosen = int(scores.argmax()), int(scores.argmin())
+    assert top != chosen
+    drawn: list[str] = []
+    sheet_row = overlay.sheet_row
+    monkeypatch.setattr(
+        overlay,
+        "sheet_row",
+        lambda panels, cap, *a, **k: drawn.append(cap) or sheet_row(panels, cap, *a, **k),
+    )
+    out = tmp_path / "o"
+    args = ["--model", str(export), "--images", samples.photo_path(PHOTO), "--out", str(out)]
+    assert run_main([*args, "--sheet", "--class-index", str(chosen)]) == 0
+    line = (
+        f"{PHOTO}: map: {LABELS[chosen]} ({_shown(scores[chosen])}); "
+        f"top-1 {LABELS[top]} ({_shown(scores[top])})"
+    )
+    assert f"  {line}" in capsys.readouterr().out.splitlines()
+    assert drawn == [line]  # the sheet's caption
+    (row,) = _rows(out)
+    assert row["class_index"] == chosen and row["topk"][0]["class"] == top
+    (named,) = row["explained"]
+    assert (named["class"], named["label"]) == (chosen, LABELS[chosen])
+    assert named["score"] == pytest.approx(scores[chosen], abs=2e-6)
+    assert named["outputs"] == row["outputs"] == ["chelsea.overlay.png"]
+    assert run_main([*args, "--resume", "--quiet", "--class-index", str(chosen)]) == 0
+    assert _rows(out) == [row]  # kept, and still named
+
+
+def test_the_top1_explained_is_said_once(export, scores, tmp_path, capsys):
+    top = int(scores.argmax())
+    out = tmp_path / "o"
+    args = ["--model", str(export), "--images", samples.photo_path(PHOTO), "--out", str(out)]
+    assert run_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  {PHOTO}: map: {LABELS[top]} ({_shown(scores[top])}), the top-1" in lines
+    (row,) = _rows(out)
+    assert [(m["class"], m["label"]) for m in row["explained"]] == [(top, LABELS[top])]
+    assert "class_index" not in row
+
+
+def test_the_parquet_rows_name_the_class(export, scores, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from explain_export.artifact.ray_run import parquet_bytes
+
+    chosen = int(scores.argmin())
+    opts = runner.RunOptions(out_dir=str(tmp_path / "o"), class_index=chosen)
+    report = runner.run(runtime.load(str(export)), [samples.photo_path(PHOTO)], opts)
+    (row,) = pq.read_table(io.BytesIO(parquet_bytes(report.results))).to_pylist()
+    (named,) = row["explained"]
+    assert (named["class"], named["label"], row["class_index"]) == (chosen, LABELS[chosen], chosen)
+    assert named["score"] == pytest.approx(scores[chosen], abs=2e-6)
+    assert row["topk"][0]["class"] == int(scores.argmax())
+
+
+def test_the_server_answer_names_the_class_it_explains(export, scores):
+    top, chosen = int(scores.argmax()), int(scores.argmin())
+    photo = Path(samples.photo_path(PHOTO)).read_bytes()
+    reply = _serve(export, photo, {"class": str(chosen)})
+    assert reply.status == 200, reply.body
+    (named,) = reply.body["explained"]
+    assert set(named) == {"class", "label", "score"}  # the PNGs stay at the top level
+    assert (named["class"], named["label"]) == (chosen, LABELS[chosen])
+    assert named["score"] == pytest.approx(scores[chosen], abs=2e-6)
+    assert reply.body["topk"][0]["class"] == top and "overlay_png" in reply.body
+    top1 = _serve(export, photo, {"class": "-1"}).body["explained"]
+    assert [m["class"] for m in top1] == [top]
+
+
+def test_the_class_follows_the_graphs_own_rule():
+    logits = np.array([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]], np.float32)
+    chosen = pipeline.chosen_classes
+    assert chosen({"target": "class"}, logits).tolist() == [[1], [0]]
+    assert chosen({"target": "class"}, logits, np.array([2, -1])).tolist() == [[2], [0]]
+    assert chosen({"target": "class"}, logits, 2).tolist() == [[2], [2]]
+    assert chosen({"target": "class", "target_class": 2}, logits, [-1, 0]).tolist() == [[2], [0]]
+    assert chosen({"method": "gradcam"}, logits).tolist() == [[1], [0]]  # an older export
+    for meta in ({"target": "none"}, {"method": "eigencam"}, {"target": "runner-up"}):
+        assert chosen(meta, logits) is None  # no class, or a rule not known here
+    free = {name for name, m in methods.METHODS.items() if not m.has_class}
+    assert set(pipeline.CLASS_FREE_METHODS) == free
+
+
+def test_a_map_of_no_class_names_none():
+    top = [{"class": 3, "label": "cat", "score": 0.5}]
+    assert pipeline.summary(top, None) == "top-1 cat (0.50); the map explains no class"
+    maps = [{"class": 3, "label": "cat", "score": 0.5}, {"class": 5, "label": "dog", "score": 0.25}]
+    assert pipeline.summary(top, maps) == "maps: cat (0.50), dog (0.25)"

@@ -277,7 +277,9 @@ def test_a_1000_class_model_without_labels_is_told_of_labels_imagenet(tmp_path):
     proc = run_module("explain_export.cli.run", "--model", model, "--images", photo, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[1].startswith("  chelsea.png: ") and lines[1].split(": ")[1].split()[0].isdigit()
+    assert (
+        lines[1].startswith("  chelsea.png: map: ") and lines[1].split(": ")[2].split()[0].isdigit()
+    )
     assert lines[2] == (
         "  (class numbers: the model has no labels; if they are ImageNet-1k's, explain-export "
         "--labels imagenet stores the names)"

@@ -129,7 +129,9 @@ def test_ray_engine_writes_what_the_local_engine_writes(local_run, tmp_path, cap
     for t, r in zip(table, ours, strict=True):
         assert t["error"] == r.get("error") and t["outputs"] == r.get("outputs", [])
         assert t["topk"] == r.get("topk", [])
-        assert t["class_index"] is None and t["explained"] is None  # the top-1, one map
+        assert t["class_index"] is None and t["explained"] == r.get("explained")
+        if "topk" in r:  # one map, of the top-1
+            assert [m["class"] for m in t["explained"]] == [r["topk"][0]["class"]]
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
@@ -244,7 +246,9 @@ def test_top_k_and_a_chosen_class_on_the_ray_engine(tiny_exports, tree, tmp_path
     assert [t["class_index"] for t in table] == [
         None if "error" in r else 7 for r in _rows(out)
     ]  # as predictions.jsonl records it
-    assert all(t["explained"] is None for t in table)
+    assert [t["explained"] and [m["class"] for m in t["explained"]] for t in table] == [
+        None if "error" in r else [7] for r in _rows(out)
+    ]  # one map, of the chosen class
 
     code, _, err = _run([*args[:-2], "--out", str(tmp_path / "no"), "--engine", "ray",
                          "--model", tiny_exports["top"], "--class-index", "7"], capsys)  # fmt: skip

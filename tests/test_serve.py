@@ -133,6 +133,9 @@ def expected(model_path, tmp_path_factory) -> dict[str, dict]:
         stem = os.path.splitext(name)[0]
         result[name] = {
             "topk": line["topk"],
+            "explained": [
+                {k: e[k] for k in ("class", "label", "score")} for e in line["explained"]
+            ],
             "heatmap": cv2.imread(str(out / f"{stem}.heatmap.png"), cv2.IMREAD_UNCHANGED),
             "overlay": cv2.imread(str(out / f"{stem}.overlay.png"), cv2.IMREAD_UNCHANGED),
         }
@@ -146,12 +149,14 @@ def assert_same_answer(body: dict, want: dict, exact: bool = True) -> None:
     assert [(t["class"], t["label"]) for t in got] == [
         (t["class"], t["label"]) for t in want["topk"]
     ]
+    named = [(e["class"], e["label"]) for e in body["explained"]]  # the class the map explains
+    assert named == [(e["class"], e["label"]) for e in want["explained"]]
     heatmap, overlay_bgr = _png(body["heatmap_png"]), _png(body["overlay_png"])
     assert heatmap.dtype == np.uint8 and heatmap.shape == want["heatmap"].shape
     assert overlay_bgr.shape == want["overlay"].shape
     assert (body["height"], body["width"]) == want["heatmap"].shape
     if exact:
-        assert got == want["topk"]
+        assert got == want["topk"] and body["explained"] == want["explained"]
         np.testing.assert_array_equal(heatmap, want["heatmap"])
         np.testing.assert_array_equal(overlay_bgr, want["overlay"])
     else:
@@ -184,8 +189,8 @@ def test_query_chooses_the_images_and_topk(model, photos, expected):
     asks = [app.Query(overlay=False, heatmap=False, topk=1), app.Query()]
     replies = explain_batch(model, [(photos["rocket.jpg"], q) for q in asks], app.ServeOptions())
     bare, default = (r.body for r in replies)
-    assert set(bare) == {"topk", "height", "width", "batch_size"}
-    assert bare["topk"] == expected["rocket.jpg"]["topk"][:1]
+    assert set(bare) == {"topk", "height", "width", "batch_size", "explained"}
+    assert bare["topk"] == expected["rocket.jpg"]["topk"][:1] == bare["explained"]  # the top-1
     assert "overlay_png" in default and "heatmap_png" not in default
     assert len(default["topk"]) == 5
 

@@ -241,6 +241,7 @@ class ArtifactMetadata:
     tap_copied: bool | None = None
     head: str | None = None
     target_class: int | None = None
+    target: str | None = None  # what a map explains: class, top-k, region, none, a plug-in's
     task: str | None = None  # "segmentation": logits are per-pixel scores [N, K, H', W']
     background: int | None = None  # segmentation: the class the default target leaves out
     top_k: int | None = None  # heatmap [N, top_k, H, W] and classes [N, top_k]; None: [N, 1, H, W]

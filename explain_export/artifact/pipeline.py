@@ -13,7 +13,10 @@ and overlays are drawn at that size. :attr:`Fitted.original` keeps the file's ow
 
 A ``--top-k K`` export returns K maps per image (``heatmap [N,K,H,W]``) and the classes they
 explain (``classes [N,K]``, best first): :func:`render` draws each map, and names its class with
-:func:`explained` (label and softmax score, as in the top-k list). Any other export has one map.
+:func:`explained` (label and softmax score, as in the top-k list). Any other export has one map,
+and the class it explains is the graph's own rule, worked out from its outputs by
+:func:`chosen_classes` (the run-time class, else the class fixed at export, else the top-1), so
+that one map is named the same way; a map of no class (``eigencam``, ``sum``) is named by none.
 """
 
 from __future__ import annotations
@@ -29,20 +32,28 @@ from . import images, overlay, regions
 from .contract import heatmap_unit
 
 __all__ = [
+    "CLASS_FREE_METHODS",
     "Drawn",
     "Fitted",
     "Inferred",
     "OptionError",
     "OverlayOptions",
     "Rendered",
+    "chosen_classes",
     "decode",
     "explained",
     "fit",
     "infer",
+    "names_class",
     "read",
     "render",
     "softmax_topk",
+    "summary",
 ]
+
+# the registry's methods whose map explains no class (builder.methods' has_class False); what
+# an export made before metadata recorded its ``target`` is judged by
+CLASS_FREE_METHODS = ("eigencam", "sum")
 
 
 class Fitted(NamedTuple):
@@ -104,7 +115,7 @@ class Inferred(NamedTuple):
 
     logits: np.ndarray  # float32 [C]; a segmentation export's per-pixel scores [C, H', W']
     heatmaps: np.ndarray  # float32 [K, H, W] in [0, 1]; K = 1 unless the export is top-k
-    classes: np.ndarray | None  # int64 [K], the class each map explains (top-k, segmentation)
+    classes: np.ndarray | None  # int64 [K], the class each map explains; None: no class
 
 
 class Drawn(NamedTuple):
@@ -117,12 +128,12 @@ class Drawn(NamedTuple):
 
 class Rendered(NamedTuple):
     """One image explained: top-k, each heatmap at the original resolution and its drawing,
-    in the graph's order, and (top-k exports) the class each map explains; a segmentation
+    in the graph's order, and the class each map explains (:func:`explained`); a segmentation
     export's has no top-k but its ``region`` (:func:`.regions.fields`)."""
 
     topk: list[dict[str, Any]]
     maps: list[Drawn]
-    explained: list[dict[str, Any]] | None = None  # per map: class, label, score
+    explained: list[dict[str, Any]] | None = None  # per map: class, label, score (None: no class)
     region: dict[str, Any] | None = None  # segmentation: class, label, pixel_share, ...
 
     @property
@@ -162,14 +173,46 @@ def read(path: str, size: tuple[int, int], opts: OverlayOptions) -> Fitted:
 
 def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) -> list[Inferred]:
     """One model call for a batch of graph inputs: :class:`Inferred` per image (heatmaps as
-    float in [0, 1], a uint8 one / 255); ``class_index`` the class each heatmap explains, one
-    int for all or one per image (None: the graph's default)."""
+    float in [0, 1], a uint8 one / 255, and the class each map explains: the graph's
+    ``classes``, or :func:`chosen_classes`); ``class_index`` the class each heatmap explains,
+    one int for all or one per image (None: the graph's default)."""
     out = artifact.outputs(np.stack(inputs), class_index)
     heatmaps, classes = heatmap_unit(out["heatmap"]), out.get("classes")
+    if classes is None:
+        classes = chosen_classes(artifact.metadata, out["logits"], class_index)
     return [
         Inferred(lg, hm, None if classes is None else classes[i])
         for i, (lg, hm) in enumerate(zip(out["logits"], heatmaps, strict=True))
     ]
+
+
+def names_class(metadata: dict[str, Any] | None) -> bool:
+    """Whether the artifact side can name the class of a one-map graph's map: its target is
+    ``class`` (metadata ``target``; an older export's method explains a class)."""
+    meta = metadata or {}
+    target = meta.get("target")
+    if target is None:  # an export made before metadata named its target
+        return meta.get("method") not in CLASS_FREE_METHODS
+    return target == "class"
+
+
+def chosen_classes(
+    metadata: dict[str, Any] | None, logits: np.ndarray, class_index: Any = None
+) -> np.ndarray | None:
+    """The class a one-map graph explained for each image, int64 ``[N, 1]``, by its own rule
+    (the ``class`` target, :func:`~explain_export.builder.targets.target_class`):
+    ``c_n = class_index[n]`` where it is >= 0, else the ``target_class`` fixed at export, else
+    ``argmax logits[n]``. None where the map explains no class (a class-free method, metadata
+    ``target`` ``none``), where the graph's rule is another (a plug-in target), or for
+    per-pixel ``logits``. ``class_index``: None, one int for all, or one per image."""
+    if not names_class(metadata) or logits.ndim != 2:
+        return None
+    fixed = (metadata or {}).get("target_class")
+    best = logits.argmax(axis=1) if fixed is None else np.full(len(logits), fixed)
+    if class_index is not None:
+        index = np.asarray(class_index, np.int64).reshape(-1)
+        best = np.where(np.broadcast_to(index, best.shape) >= 0, index, best)
+    return best.astype(np.int64)[:, None]
 
 
 def render(
@@ -257,3 +300,28 @@ def explained(
     score the softmax of ``logits`` at that class, as in :func:`softmax_topk`."""
     p = _softmax(logits)
     return [_entry(p, int(c), labels) for c in np.asarray(classes).reshape(-1)]
+
+
+def _named(entry: dict[str, Any]) -> str:
+    """``label (score)``: two decimals, two digits where it is under 0.005, ``<1e-06`` where it
+    rounded to 0 (scores are kept to 1e-6)."""
+    s = float(entry["score"])
+    shown = f"{s:.2f}" if s >= 0.005 else f"{s:.1e}" if s > 0 else "<1e-06"
+    return f"{entry['label']} ({shown})"
+
+
+def summary(topk: list[dict[str, Any]], maps: list[dict[str, Any]] | None) -> str:
+    """The classes of one image's maps (``maps``, :func:`explained`'s) and its top-1, in words,
+    for the console and the sheet: ``map: Egyptian cat (0.78), the top-1`` where the map is
+    the top-1's, ``map: espresso (1.2e-03); top-1 Egyptian cat (0.78)`` where it is another
+    class's; a top-k export's ``maps: A (0.78), B (0.10)``; a map of no class (``maps`` None)
+    ``top-1 Egyptian cat (0.78); the map explains no class``. No characters but ASCII and the
+    labels' (the sheet's font draws ASCII)."""
+    top = topk[0]
+    if not maps:
+        return f"top-1 {_named(top)}; the map explains no class"
+    if len(maps) > 1:
+        return "maps: " + ", ".join(_named(m) for m in maps)
+    if maps[0]["class"] == top["class"]:
+        return f"map: {_named(maps[0])}, the top-1"
+    return f"map: {_named(maps[0])}; top-1 {_named(top)}"

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ExplainExportError, OptionError
 from ..words import count
-from . import overlay
+from . import overlay, pipeline
 from .contract import check_metadata
 from .files import write_atomic
 from .runner import (
@@ -123,7 +123,8 @@ def run(
     meta = check_metadata(artifact)
     check_class(artifact, meta, opts)  # fails here, not in the actors
     model_path = os.path.abspath(artifact.path)
-    results, todo = plan(paths, names, opts, meta.top_k, meta.task)
+    named = pipeline.names_class(artifact.metadata)
+    results, todo = plan(paths, names, opts, meta.top_k, meta.task, named)
     progress(len(results) - len(todo))
     started = _start_ray(ray, ray_opts, log) if todo else False
     try:
@@ -262,8 +263,9 @@ def parquet_bytes(results: list[ImageResult], segmentation: bool = False) -> byt
     """The predictions as a Parquet file, one row per image in input order, with the JSON
     lines' fields: ``file``, ``error`` (null where none), ``outputs``, ``topk`` (a list of
     ``{class, label, score}``), ``class_index`` (the class the heatmap explains where one was
-    chosen, ``--class-index``; null: the graph's default) and ``explained`` (a top-k export's K
-    classes, best first, as ``{class, label, score, outputs}``; null for other exports). A
+    chosen, ``--class-index``; null: the graph's default) and ``explained`` (the class each
+    map explains, in map order, as ``{class, label, score, outputs}``: one entry for a one-map
+    export, a top-k export's K, best first; null for a map of no class). A
     ``segmentation`` export's rows have its region's fields instead of ``topk`` and
     ``explained``: ``class``, ``label``, ``pixel_share``, ``note`` (null unless no pixel is the
     class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first)."""

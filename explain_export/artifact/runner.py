@@ -97,7 +97,8 @@ class ImageResult:
     outputs: list[str] = field(default_factory=list)
     resumed: bool = False  # kept from an earlier run (--resume), not explained again
     class_index: int | None = None  # the class the heatmap explains, where one was chosen
-    # top-k exports: per map, best first, {class, label, score, outputs} (the files of that map)
+    # per map, in map order, {class, label, score, outputs}: the class it explains and its
+    # files (one map, or a top-k export's K, best first); None for a map of no class
     explained: list[dict[str, Any]] | None = None
     # segmentation exports, instead of topk: class, label, pixel_share, [note], predicted
     region: dict[str, Any] | None = None
@@ -121,11 +122,16 @@ class ImageResult:
 
     @property
     def summary(self) -> str:
-        """What was found, in words: the top label and its score, or the region's class and
-        its pixel share."""
+        """What was found, in words: the class each map explains and the top-1, with their
+        scores (:func:`.pipeline.summary`), or the region's class and its pixel share."""
         if self.region is not None:
             return regions.describe(self.region)
-        return f"{self.topk[0]['label']} ({self.topk[0]['score']:.2f})"
+        return pipeline.summary(self.topk, self.explained)
+
+    @property
+    def caption(self) -> str:
+        """``NAME.png: summary``: the console's line for the image, and its sheet caption."""
+        return f"{os.path.basename(self.path)}: {self.summary}"
 
 
 @dataclass
@@ -212,7 +218,8 @@ def run(
     run on ``image_threads`` threads (default: one per CPU; see :func:`explain_batch`)."""
     meta = check_metadata(artifact)
     check_class(artifact, meta, opts)
-    results, todo = plan(paths, names, opts, meta.top_k, meta.task)
+    named = pipeline.names_class(artifact.metadata)
+    results, todo = plan(paths, names, opts, meta.top_k, meta.task, named)
     progress(len(results) - len(todo))
     rows: list[np.ndarray] = []
     workers = image_threads or os.cpu_count() or 1
@@ -253,16 +260,17 @@ def plan(
     opts: RunOptions,
     top_k: int | None = None,
     task: str | None = None,
+    named: bool = True,
 ) -> tuple[list[ImageResult], list[int]]:
     """One :class:`ImageResult` per path, and the indices of those to explain; ``top_k``: the
     export's (K maps per image), None for one map; ``task``: the export's (``segmentation``
-    rows name a region, others a top-k).
+    rows name a region, others a top-k); ``named``: :func:`.pipeline.names_class`.
 
     Without ``opts.resume``: all of them, once :func:`prepare_out_dir` found nothing to
     overwrite. With it: all but the images whose row an earlier run left (in its
     ``predictions.jsonl``, or the :data:`JOURNAL` of a run that was stopped) with no error, the
-    same output names, the same chosen class, as many maps, of the same task, and every output
-    file on disk;
+    same output names, the same chosen class, as many maps named, of the same task, and every
+    output file on disk;
     those results are filled in from it."""
     names = output_stems(paths) if names is None else names
     check_names(paths, names, opts, top_k)
@@ -272,16 +280,17 @@ def plan(
         return results, list(range(len(results)))
     ensure_out_dir(opts.out_dir)
     earlier = earlier_rows(opts.out_dir)
+    maps = top_k if top_k is not None else 1 if named and task != "segmentation" else None
     todo = []
     for i, result in enumerate(results):
         files = planned_files(result.name, opts, top_k or 1)
         row = earlier.get((result.path, files[0]))
-        same = row and row.get("class_index") == opts.class_index and row_maps(row) == top_k
+        same = row and row.get("class_index") == opts.class_index and row_maps(row) == maps
         same = same and ("topk" not in row) == (task == "segmentation")
         if same and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
             result.fill(row)
             result.outputs, result.resumed = files, True
-            if top_k is not None:
+            if maps is not None:
                 result.explained = _with_files(row["explained"], result.name, opts)
         else:
             todo.append(i)
@@ -383,10 +392,9 @@ def _write_outputs(
         result.explained = _with_files(done.explained, result.name, opts)
     if not opts.sheet:
         return None
-    base = os.path.basename(result.path)
-    if result.explained is None:
-        caption = f"{base}: {result.summary}"
-        return overlay.sheet_row([bgr, done.heat, done.blended], caption, opts.sheet_height)
+    if len(done.maps) == 1:
+        return overlay.sheet_row([bgr, done.heat, done.blended], result.caption, opts.sheet_height)
     panels = [bgr] + [d.blended for d in done.maps]
-    captions = ["original"] + [f"{m['label']} ({m['score']:.2f})" for m in result.explained]
+    captions = ["original"] + [f"{m['label']} ({m['score']:.2f})" for m in result.explained or []]
+    base = os.path.basename(result.path)
     return overlay.sheet_row(panels, base, opts.sheet_height, captions=captions)

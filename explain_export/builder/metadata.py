@@ -85,6 +85,7 @@ def build_metadata(
         tap_copied=info.cloned,
         head=info.head,
         target_class=info.target,
+        target=info.target_spec.name if info.method_spec.has_class else "none",
         top_k=k,
         task="segmentation" if info.segmentation else None,
         background=getattr(info.target_spec, "background", None),

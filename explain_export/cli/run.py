@@ -29,7 +29,10 @@ examples:
 
 outputs in --out: NAME.overlay.png per image (NAME.heatmap.png/.npy with --save-heatmaps),
 predictions.jsonl (file, top-k labels and scores, or the error), sheet.png with --sheet;
-with --engine ray also predictions.parquet. A model exported with --top-k K explains the K
+with --engine ray also predictions.parquet. Each row's "explained" names the class the
+heatmap explains (class, label, softmax score, outputs): the top-1, the --class-index, or the
+class fixed at export; the console line and the sheet caption name it too ("map: espresso
+(1.2e-03); top-1 Egyptian cat (0.78)"). A model exported with --top-k K explains the K
 best classes of each image: NAME.overlay.png is the best one's, NAME.top2.overlay.png ...
 NAME.topK.overlay.png the others' (and NAME.topJ.heatmap.*); each row's "explained" lists
 the K classes (class, label, score, outputs), and the sheet shows original | K overlays.
@@ -326,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         done = [r for r in report.results if r.error is None]
         for r in done[:_SHOWN]:
-            print(f"  {os.path.basename(r.path)}: {r.summary}")
+            print(f"  {r.caption}")
         if len(done) > _SHOWN:
             print(f"  … and {len(done) - _SHOWN} more (see {os.path.normpath(report.predictions)})")
         if done and not meta.labels and meta.num_classes == 1000:

@@ -34,9 +34,10 @@ examples:
 POST /explain: the body is the image file's bytes, or a multipart form with the file in one
 field. Query: overlay=1|0 (default 1), heatmap=1|0 (default 0), topk=K (default 5), class=K
 (default -1, the top-1; a model exported with --class-input). Answer: JSON with topk (class,
-label, score), height, width (the file's), batch_size, and overlay_png / heatmap_png as base64
-PNGs at the original resolution, or at most --max-overlay-side on the longer side (then
-drawn_height, drawn_width say their size), computed as explain-run computes them. A model
+label, score), explained (the class the heatmap explains: [{class, label, score}]), height,
+width (the file's), batch_size, and overlay_png / heatmap_png as base64 PNGs at the original
+resolution, or at most --max-overlay-side on the longer side (then drawn_height, drawn_width
+say their size), computed as explain-run computes them. A model
 exported with --top-k K answers K maps instead, best first: explained = [{class, label, score,
 overlay_png, heatmap_png}, ...] (no class= then). A segmentation model answers the region of
 the class explained in place of topk: class, label, pixel_share (the fraction of the image's

@@ -19,8 +19,14 @@ if the model itself fails):
 
       {"topk": [{"class": 285, "label": "Egyptian cat", "score": 0.777125}, ...],
        "height": 300, "width": 451, "batch_size": 3,
+       "explained": [{"class": 285, "label": "Egyptian cat", "score": 0.777125}],
        "overlay_png": "<base64 PNG, BGR blend as explain-run's NAME.overlay.png>",
        "heatmap_png": "<base64 8-bit gray PNG, as explain-run's NAME.heatmap.png>"}
+
+  ``explained`` names the class the heatmap explains, with its softmax score (as in
+  ``topk``): the top-1, or the ``class`` asked for (``class=967``: espresso, whatever the
+  top-1 is), or the class fixed at export; it is left out where the map explains no class
+  (``eigencam``, ``sum``).
 
   Both images are at the original resolution, computed exactly as ``explain-run`` computes
   them (decode, fit, run, map back, blend), or at most ``--max-overlay-side`` on the longer
@@ -186,8 +192,9 @@ def answer(
     classes: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The JSON for one image, from the graph's outputs: each heatmap (``[H, W]``, or a top-k
-    graph's ``[K, H, W]`` with its ``classes``) mapped back to the original resolution, and
-    blended over the original pixels, as explain-run does; a segmentation graph's region
+    graph's ``[K, H, W]``) mapped back to the original resolution, and blended over the
+    original pixels, as explain-run does, and the class it explains (``classes``, as
+    :func:`.pipeline.infer` gives them) in ``explained``; a segmentation graph's region
     (per-pixel ``logits``, its class in ``classes``) named and outlined."""
     done = pipeline.render(
         image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
@@ -200,8 +207,9 @@ def answer(
         **({} if drawn == (h, w) else {"drawn_height": drawn[0], "drawn_width": drawn[1]}),
         "batch_size": batch_size,
     }
-    if done.explained is None:
-        return {**body, **_pngs(done.maps[0], query)}
+    if model.meta.top_k is None or done.explained is None:
+        named = {} if done.explained is None else {"explained": done.explained}
+        return {**body, **named, **_pngs(done.maps[0], query)}
     maps = [{**e, **_pngs(d, query)} for e, d in zip(done.explained, done.maps, strict=True)]
     return {**body, "explained": maps}
 
