@@ -306,7 +306,8 @@ def check_onnx(path: str) -> None:
 
 def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float = 0) -> str:
     """The parity table printed after export: per row the errors, the heatmap's limit against
-    eager float32 and the rule that judged it (:data:`RULES`), with a legend of the rules."""
+    eager float32 and the rule that judged it (:data:`RULES`), with a legend of the rules where
+    any row's is not ``fixed``."""
     logits_tol, heat_tol = limits(half)
     overlay = any(r.overlay_err is not None for r in rows)
     head = f"logits {logits_tol:g}·max(1, max|logits|), heatmap {heat_tol:g}" + (
@@ -336,7 +337,8 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
             + (parity64.note(r.float64) if r.float64 else "")
         )
     used = [k for k in RULES if any(r.rule == k for r in rows)]
-    lines.append("  rules: " + "; ".join(f"{k}: {RULES[k]}" for k in used))
+    if used != ["fixed"]:  # a legend where some row was judged by another rule
+        lines.append("  rules: " + "; ".join(f"{k}: {RULES[k]}" for k in used))
     if any(r.float64 for r in rows):
         lines.append(parity64.LEGEND)
     return "\n".join(lines)
