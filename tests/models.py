@@ -830,3 +830,30 @@ class UnfoldViT(TinyViT):
 
 def unfold_vit(seed: int = 0) -> UnfoldViT:
     return _seeded(UnfoldViT, seed)
+
+
+def _zeroed(model: nn.Module, head: str) -> nn.Module:
+    """``model`` with the weight and bias of its classifier ``head`` set to zero, as timm
+    initialises MLP-Mixer's, ResMLP's and Sequencer's heads (and torchvision its ViT's)."""
+    with torch.no_grad():
+        model.get_submodule(head).weight.zero_()
+        model.get_submodule(head).bias.zero_()
+    return model
+
+
+def zero_head_vit(seed: int = 0) -> TinyViT:
+    """:func:`tiny_vit` with an all-zero head: its logits are the (zero) bias for every image."""
+    return _zeroed(tiny_vit(seed), "head")
+
+
+def zero_head_resnet(seed: int = 0) -> TinyResNet:
+    """:func:`tiny_resnet` with an all-zero ``fc``."""
+    return _zeroed(tiny_resnet(seed), "fc")
+
+
+class IgnoresInput(TinyResNet):
+    """A trained-looking classifier whose forward multiplies its input by zero: nonzero weights,
+    logits equal for every image."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(0 * x)

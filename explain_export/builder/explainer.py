@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..artifact import samples
 from ..artifact.contract import graph_image
 from ..errors import OptionError, UsageError
-from . import graph_io, heads, methods, probe
+from . import dead_head, graph_io, heads, methods, probe
 from .heatmap_head import FusedHead, HeatmapHead
 from .methods import AUTO, Method
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
@@ -254,7 +254,7 @@ def build_explainer(
         model = model.half()
     explainer = Explainer(model, plan)
     explainer.to(probe.device_of(model))  # its buffers (mean, std, head) where the model is
-    _check_signal(explainer)
+    _check_signal(explainer, result)
     return explainer
 
 
@@ -263,18 +263,27 @@ def _one(tensors: list[Tensor]) -> Maps:
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-def _check_signal(explainer: Explainer) -> None:
-    """A UsageError if the heatmap is flat on every probe image (random ones and a photo)."""
+def _check_signal(explainer: Explainer, result: probe.Probe) -> None:
+    """A UsageError if the heatmap is flat on every probe image (random ones and a photo):
+    one that says so where the classifier cannot tell the images apart
+    (:func:`.dead_head.diagnose`: an all-zero head, or logits equal for every image), which
+    no layer or method can fix; else one that says to pick another layer or method."""
     h, w = explainer.plan.input_size
     images = [np.random.default_rng(0).random((2, 3, h, w), dtype=np.float32)]
     with contextlib.suppress(FileNotFoundError):  # scikit-image missing: random images only
         images.append(samples.load_rgb(samples.photo_path("chelsea.png"), (h, w))[None])
+    logits = []
     with torch.no_grad():
         for image in images:
             graph_input = torch.from_numpy(graph_image(image, explainer.graph.input_format))
             graph_input = graph_input.to(explainer.mean.device)
-            if explainer(graph_input)[1].amax() > 0:
+            outputs = explainer(graph_input)
+            if outputs[1].amax() > 0:
                 return
+            logits.append(outputs[0])
+    why = dead_head.diagnose(explainer.model, result, logits)
+    if why is not None:
+        raise UsageError(why)
     raise OptionError(
         "layer",
         "the {m} map of '{spec}' is flat on every probe image (it varies by less than 1e-5 of "

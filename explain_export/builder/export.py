@@ -312,6 +312,8 @@ def _verify(
             ) from exc
         finally:
             del artifact  # one loaded file at a time: each holds a copy of the weights
+    if exact.seconds is not None:
+        log(f"float64 eager reference in {exact.seconds:5.1f}s (some case failed a limit)")
     report = verify.ParityReport(rows, info.graph.half, overlay_tol or 0)
     failed = [r for r in rows if not r.ok]
     if failed:

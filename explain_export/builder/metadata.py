@@ -112,6 +112,8 @@ def build_metadata(
             "heatmap_tol": verify.limits(g.half)[1],
             "overlay_tol": overlay_tol,
             "float64_rule": parity64.RULE,
+            "spread_max": verify.SPREAD_MAX,
+            "rules": verify.RULES,  # what each row's "rule" means
             "rows": [r.to_dict() for r in parity],
             "gpu": [r.to_dict() for r in gpu_rows or []],
             "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",

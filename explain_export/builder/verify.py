@@ -5,14 +5,17 @@ images at batch 1 and 3, a real photo, other sizes where the size is dynamic) an
 The export fails if any ``max |logits - eager|`` exceeds 1e-3 · max(1, max |eager logits|)
 (relative to their magnitude: a model whose logits reach 1e11 has float32 steps of 1e4) or
 ``max |heatmap - eager|`` exceeds 1e-4 (for ``gradcam``, or twice what tiny input noise moves
-the eager heatmap itself, where that is more: :func:`heatmap_limits`); with ``--half`` (fp16
+the eager heatmap itself, where that is more, up to ``SPREAD_MAX`` = 1e-2:
+:func:`heatmap_limits`); with ``--half`` (fp16
 compute, whose kernels round differently per backend) the limits are 5e-2 (also scaled) and
 1e-2. An in-graph overlay may differ by one colormap step where a heatmap value sits on a
 quantization boundary (a 1e-6 change moves ``round(255·m)`` by one level):
 ``ceil(alpha · max|lut[i+1] - lut[i]|) + 1`` levels per channel, 3 for JET at alpha 0.4; with
 ``--half`` three colormap steps (:func:`overlay_limit`). ONNX
 files also pass ``onnx.checker`` with ``full_check=True``. Where a case of a float32 graph fails,
-its logits and heatmap are judged again against float64 eager (:mod:`.parity64`).
+its logits and heatmap are judged again against float64 eager (:mod:`.parity64`); so a spread
+that would allow more than ``SPREAD_MAX`` counts only through that rule. Each row names the rule
+that judged it (:data:`RULES`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from ..artifact import samples
 from ..artifact.contract import graph_image, heatmap_unit, output_names
 from . import parity64
+from .device_parity import CORR_MIN, DeviceRow, correlation, format_device_rows, on_device
 from .explainer import Explainer
 from .parity64 import Float64Reference
 
@@ -37,6 +41,8 @@ __all__ = [
     "LOGITS_TOL",
     "NOISE",
     "NOISE_DRAWS",
+    "RULES",
+    "SPREAD_MAX",
     "Case",
     "DeviceRow",
     "ParityReport",
@@ -60,6 +66,12 @@ LOGITS_TOL = 1e-3
 HEATMAP_TOL = 1e-4
 HALF_LOGITS_TOL = 5e-2
 HALF_HEATMAP_TOL = 1e-2
+SPREAD_MAX = 1e-2  # the most eager's own spread may widen a float32 heatmap limit to
+RULES = {
+    "fixed": "the fixed limits",
+    "spread": f"heatmap within 2x eager's own spread under input noise (at most {SPREAD_MAX:g})",
+    "float64": "failed against eager float32; judged against float64 eager",
+}
 
 
 def limits(half: bool = False) -> tuple[float, float]:
@@ -100,6 +112,8 @@ class ParityRow:
     heatmap_limit: float | None = None  # the heatmap's limit for this case (see heatmap_limits)
     heatmap_levels: bool = False  # a uint8 heatmap: the limit includes one level (1/255)
     float64: dict | None = None  # where a fixed limit failed: vs float64 eager (.parity64)
+    rule: str = "fixed"  # which rule judged the row (RULES): fixed, spread or float64
+    spread_limit: float | None = None  # 2x eager's own spread, where more than the fixed limit
 
     def to_dict(self) -> dict:
         """JSON-ready (the size as a list)."""
@@ -234,9 +248,12 @@ def parity(
 ) -> list[ParityRow]:
     """Compare every output of ``artifact`` with the eager explainer, on every case.
 
-    ``heat_limits``: per case (:func:`heatmap_limits`), default the fixed limit; ``refs``: the
-    eager outputs (:func:`references`), computed here if not given; ``exact``: where a case
-    fails, the logits and heatmap are judged again against float64 eager (:mod:`.parity64`)."""
+    ``heat_limits``: per case (:func:`heatmap_limits`), default the fixed limit; for a float32
+    graph at most ``SPREAD_MAX``. ``refs``: the eager outputs (:func:`references`), computed here
+    if not given; ``exact``: where a case fails, the logits and heatmap are judged again against
+    float64 eager (:mod:`.parity64`), with the heatmap's limit ``max(limit, 4·Y)``: a spread
+    wider than ``SPREAD_MAX`` counts only where the file is that close to float64. Each row's
+    ``rule`` (:data:`RULES`) says which judged it."""
     logits_tol, heat_tol = limits(explainer.graph.half)
     overlay_tol = overlay_limit(explainer) if explainer.graph.overlay else 0.0
     heat_limits = heat_limits or [heat_tol] * len(all_cases)
@@ -246,6 +263,9 @@ def parity(
         got = artifact.outputs(case.image, case.class_index)
         le = _max_diff(got.get("logits"), ref["logits"])
         he = _max_diff(_unit(got.get("heatmap")), heatmap_unit(ref["heatmap"]))
+        spread = heat_limit if heat_limit > heat_tol * (1 + 1e-6) else None
+        if spread is not None and not explainer.graph.half:  # wider: only by the float64 rule
+            heat_limit = min(heat_limit, SPREAD_MAX)
         levels = ref["heatmap"].dtype == np.uint8
         if levels:  # a value on a rounding boundary moves one level
             heat_limit = heat_limit + 1 / 255
@@ -264,7 +284,9 @@ def parity(
                 and same
             )
         n, _, hh, ww = case.image.shape
+        rule = "float64" if f64 is not None else "fixed" if spread is None else "spread"
         row = ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit, levels)
+        row = replace(row, rule=rule, spread_limit=spread)
         rows.append(row if f64 is None else replace(row, float64=f64.to_dict()))  # NaN fails
     return rows
 
@@ -283,7 +305,9 @@ def check_onnx(path: str) -> None:
 
 
 def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float = 0) -> str:
-    """The parity table printed after export."""
+    """The parity table printed after export: per row the errors, the heatmap's limit against
+    eager float32 and the rule that judged it (:data:`RULES`), with a legend of the rules where
+    any row's is not ``fixed``."""
     logits_tol, heat_tol = limits(half)
     overlay = any(r.overlay_err is not None for r in rows)
     head = f"logits {logits_tol:g}·max(1, max|logits|), heatmap {heat_tol:g}" + (
@@ -292,23 +316,29 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
     lines = [
         f"parity vs eager (max |diff|; limits: {head})",
         f"  {'format':<12} {'input':<28} {'batch':>5} {'size':>9} {'logits':>9} {'heatmap':>9}"
-        + (f" {'overlay':>7}" if overlay else ""),
+        + (f" {'overlay':>7}" if overlay else "")
+        + f" {'limit':>8}  rule",
     ]
     for r in rows:
         size = f"{r.size[0]}x{r.size[1]}"
         extra = f" {r.overlay_err:>7.0f}" if r.overlay_err is not None else ""
-        note = ""
+        limit = f"{r.heatmap_limit:.1e}" if r.heatmap_limit is not None else "-"
+        notes = []
         base = (r.heatmap_limit or 0) - (1 / 255 if r.heatmap_levels else 0)
-        if r.heatmap_limit is not None and base > heat_tol * (1 + 1e-6):
-            note = f"  (heatmap limit {r.heatmap_limit:.1e}: 2x eager's own spread"
-            note += " + one uint8 level)" if r.heatmap_levels else ")"
-        elif r.heatmap_levels:
-            note = f"  (heatmap limit {r.heatmap_limit:.1e}: {heat_tol:g} + one uint8 level)"
+        if r.spread_limit is not None and r.spread_limit > base * (1 + 1e-6):
+            notes.append(f"2x eager's own spread {r.spread_limit:.1e}, capped at {base:g}")
+        if r.heatmap_levels:
+            notes.append("limit + one uint8 level")
+        note = f"  ({'; '.join(notes)})" if notes else ""
         lines.append(
-            f"  {r.format:<12} {r.input:<28} {r.batch:>5} {size:>9} "
-            f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}{extra}  {'ok' if r.ok else 'FAIL'}{note}"
+            f"  {r.format:<12} {r.input:<28} {r.batch:>5} {size:>9} {r.logits_err:>9.2e} "
+            f"{r.heatmap_err:>9.2e}{extra} {limit:>8}  {r.rule:<7}  {'ok' if r.ok else 'FAIL'}"
+            + note
             + (parity64.note(r.float64) if r.float64 else "")
         )
+    used = [k for k in RULES if any(r.rule == k for r in rows)]
+    if used != ["fixed"]:  # a legend where some row was judged by another rule
+        lines.append("  rules: " + "; ".join(f"{k}: {RULES[k]}" for k in used))
     if any(r.float64 for r in rows):
         lines.append(parity64.LEGEND)
     return "\n".join(lines)
@@ -323,71 +353,3 @@ class ParityReport(list[ParityRow]):
 
     def __str__(self) -> str:
         return format_report(list(self), self.half, self.overlay_tol)
-
-
-CORR_MIN = 0.99  # heatmap correlation a device's rows must reach, per image
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """An artifact run on another device, judged as a user judges it: the same top-1 class
-    and a heatmap that correlates with eager's on the photos; the max |diff| is reported."""
-
-    format: str
-    device: str
-    backend: str
-    images: int
-    top1_agree: int
-    min_corr: float
-    logits_err: float
-    heatmap_err: float
-    ok: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two maps (1 where both are constant and equal)."""
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if np.allclose(a, b) else 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def on_device(
-    fmt: str, artifact: Any, all_cases: list[Case], refs: list[dict[str, np.ndarray]]
-) -> DeviceRow:
-    """``artifact`` (loaded on a device) against the eager outputs ``refs`` on the photo cases
-    (every case if there is no photo): top-1 agreement, the lowest heatmap correlation, the
-    max |diff|. OK if every top-1 agrees and every correlation is at least ``CORR_MIN``."""
-    chosen = [i for i, c in enumerate(all_cases) if c.label.startswith("photo")] or list(
-        range(len(all_cases))
-    )
-    agree = images = 0
-    corr, le, he = 1.0, 0.0, 0.0
-    for i in chosen:
-        case, ref = all_cases[i], refs[i]
-        logits, heat = artifact(case.image, case.class_index)
-        agree += int((logits.argmax(1) == ref["logits"].argmax(1)).sum())
-        images += logits.shape[0]
-        ref_heat = heatmap_unit(ref["heatmap"])
-        corr = min([corr] + [correlation(h, r) for h, r in zip(heat, ref_heat, strict=True)])
-        le = max(le, _max_diff(logits, ref["logits"]))
-        he = max(he, _max_diff(heat, ref_heat))
-    ok = bool(agree == images and corr >= CORR_MIN)
-    return DeviceRow(fmt, artifact.device, artifact.backend, images, agree, corr, le, he, ok)
-
-
-def format_device_rows(rows: list[DeviceRow]) -> str:
-    """The table of :func:`on_device` rows."""
-    lines = [
-        f"on the GPU vs eager on the CPU (photos; limits: same top-1, heatmap corr >= {CORR_MIN})",
-        f"  {'format':<12} {'backend':<34} {'top-1':>7} {'corr':>9} {'logits':>9} {'heatmap':>9}",
-    ]
-    for r in rows:
-        lines.append(
-            f"  {r.format:<12} {r.backend:<34} {r.top1_agree:>3}/{r.images:<3} {r.min_corr:>9.6f} "
-            f"{r.logits_err:>9.2e} {r.heatmap_err:>9.2e}  {'ok' if r.ok else 'FAIL'}"
-        )
-    return "\n".join(lines)
