@@ -21,7 +21,14 @@ from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
 import reference
-from models import blocked, explicit_vit, late_class_token, parallel_streams, unfold_vit
+from models import (
+    blocked,
+    explicit_vit,
+    late_class_token,
+    parallel_streams,
+    tiny_resnet,
+    unfold_vit,
+)
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -200,3 +207,18 @@ def test_blocked_5d_attention_exports_to_onnx(tmp_path):
         got = runtime.load(result.paths["onnx"]).outputs(images)["heatmap"]
         np.testing.assert_allclose(got, want, atol=1e-4)
         explainer.remove()
+
+
+def test_an_input_too_small_for_the_pooled_map_is_refused_with_the_size_that_works(capsys):
+    """At 8x8 the TinyResNet (stride 8) pools a 1x1 map. Before, a 2x2 map of an earlier stage
+    was taken silently; now it is refused, as the embedded model's fixed layer is, with the
+    smallest size (by steps of a quarter) whose pooled map is 2x2."""
+    with pytest.raises(
+        UsageError, match=r"'avgpool:input', is 1x1 at an 8x8 input.*10 10 or larger"
+    ):
+        build_explainer(tiny_resnet(), input_size=(8, 8))
+    code = main(["--arch", "models:TinyResNet", "--input-size", "8", "8", "--list-layers"])
+    assert code == 2
+    assert "--input-size 10 10 or larger (the pooled map is then 2x2)" in capsys.readouterr().err
+    with build_explainer(tiny_resnet(), input_size=(10, 10)) as explainer:
+        assert explainer.plan.layer == "avgpool:input"

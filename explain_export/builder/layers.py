@@ -13,11 +13,16 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
-from ..errors import UsageError
+import torch
+from torch import nn
+
+from ..errors import OptionError, UsageError
+from ..words import a_or_an
 from .gap_head import gap_input
 from .maps import map_records, off_image, on_image, stride_fits
-from .probe import CallRecord, Probe, is_spatial, layout, spatial, spec_for
+from .probe import CallRecord, Probe, device_of, is_spatial, layout, probe, spatial, spec_for
 from .tap import TapSpec
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "format_layers",
     "layer_rows",
     "left_out",
+    "one_pixel_pool",
     "pick_layers",
     "pool_input",
 ]
@@ -80,9 +86,16 @@ def default_layer(result: Probe) -> TapSpec:
     return choose_layer(result)[0]
 
 
-def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[TapSpec, str]:
+def choose_layer(
+    result: Probe, layer: str | TapSpec | None = None, model: nn.Module | None = None
+) -> tuple[TapSpec, str]:
     """The layer to explain and why: ``layer`` as given, else :func:`default_layer`'s choice,
-    always a map on the image (:mod:`.maps`): never an attention matrix, queries or keys."""
+    always a map on the image (:mod:`.maps`): never an attention matrix, queries or keys.
+
+    Where the classifier pools a 1x1 map (the input is too small for the network's stride), no
+    smaller map is taken in its place: an OptionError names the input size from which the
+    pooled map has 2x2 pixels or more (found by probing ``model`` at larger sizes, if given).
+    """
     if layer:
         return (TapSpec.parse(layer) if isinstance(layer, str) else layer), "as given"
     spec = backbone_output(result)
@@ -94,6 +107,9 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
     spec = pool_input(result)
     if spec is not None:
         return spec, "the input of the last global pooling"
+    pooled = one_pixel_pool(result)
+    if pooled is not None:
+        _refuse_one_pixel(result, pooled, model)
     records = result.records
     maps = map_records(result)
     if maps:
@@ -109,6 +125,49 @@ def choose_layer(result: Probe, layer: str | TapSpec | None = None) -> tuple[Tap
         "the model has no layer whose output is a map on the image (a [N,C,h,w] map larger "
         "than 1x1, its sides the input's divided by one stride) to explain"
     )
+
+
+def one_pixel_pool(result: Probe) -> CallRecord | None:
+    """The last global pooling (a module named ``*Pool*`` whose input is a 4-D ``[N,C,h,w]`` and
+    whose output is ``[N,C,1,1]`` or ``[N,C]``), where its input is a single pixel."""
+    for rec in reversed(result.records):
+        shape_in, shape_out = rec.input_shape, rec.output_shape
+        if "Pool" not in rec.kind or shape_in is None or len(shape_in) != 4 or shape_out is None:
+            continue
+        if tuple(shape_out) in {(*shape_in[:2], 1, 1), tuple(shape_in[:2])}:
+            return rec if tuple(shape_in[2:]) == (1, 1) else None
+    return None
+
+
+def _refuse_one_pixel(result: Probe, pooled: CallRecord, model: nn.Module | None) -> NoReturn:
+    h, w = result.input_size or (0, 0)
+    fix = "a larger {input_size}"
+    if model is not None:
+        size = _first_size_pooling_2x2(model, (h, w))
+        if size is not None:
+            fix = f"{{input_size}} {size[0]} {size[1]} or larger (the pooled map is then 2x2)"
+    raise OptionError(
+        "input_size",
+        "the map the classifier pools, '{layer}', is 1x1 at {size}: the network shrinks the "
+        "image to one pixel, so a heatmap has no detail to show; pass " + fix,
+        layer=spec_for(result, pooled, "input"),
+        size=a_or_an(f"{h}x{w} input"),
+    )
+
+
+def _first_size_pooling_2x2(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The smallest of ``size`` grown by steps of a quarter (to 4096) at which the pooled map of
+    :func:`one_pixel_pool` is 2x2 or more, by probing ``model``; None if none is."""
+    h, w = size
+    while max(h, w) < 4096:
+        h, w = max(h + 1, round(h * 1.25)), max(w + 1, round(w * 1.25))
+        try:
+            pooled = one_pixel_pool(probe(model, torch.rand(1, 3, h, w, device=device_of(model))))
+        except Exception:
+            continue  # a size the model refuses (an odd size for its strides)
+        if pooled is None:
+            return h, w
+    return None
 
 
 def _call_start(records: Sequence[CallRecord], index: int) -> int:

@@ -219,7 +219,7 @@ def make_plan(
         _check_fused(fused, method)
         if auto_fused:
             method = methods.GRADCAM
-    spec, layer_reason = layers.choose_layer(result, given[0])
+    spec, layer_reason = layers.choose_layer(result, given[0], model)
     record = probe.select(result, model, spec)
     feature_shape, layout = _map_of(model, result, record, spec, tokens)
     num_classes = int(result.logits.shape[1])
@@ -274,7 +274,7 @@ def _layer_plan(
     """One of several fused layers, checked as a single one is."""
     if not layer:
         raise OptionError("layer", "each fused {name} needs a name")
-    spec, why = layers.choose_layer(result, layer)
+    spec, why = layers.choose_layer(result, layer, model)
     record = probe.select(result, model, spec)
     feature_shape, layout = _map_of(model, result, record, spec, tokens)
     return LayerPlan(str(spec), feature_shape, layout, record.mutated(spec.port), why)

@@ -30,7 +30,7 @@ def list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str
     from ..builder.probe import probe_at_size
 
     result = probe_at_size(model, flags.size, flags.mean, flags.std, args.output)
-    default, why = choose_layer(result, layer)
+    default, why = choose_layer(result, layer, model)
     if not args.layer and layer:
         why = "the embedded model's default: the map its global average pooling reads"
     rows = layer_rows(result, default)
