@@ -229,7 +229,12 @@ def test_a_wrong_file_of_a_well_conditioned_model_fails_export(tmp_path, monkeyp
 def test_export_of_an_ill_conditioned_model_is_judged_against_float64(tmp_path):
     import json
 
-    explainer = build_explainer(_seeded(OnAnOffset), input_size=SIZE)
+    # offset 3e3, not 1e4: at 1e4 the frozen TorchScript file's heatmap on a CPU without
+    # AVX-512 is 4.2 Y from float64 on the photo (Y 5.5e-3), just past the rule's 4 Y, and the
+    # export refuses (nothing written); at 3e3 the worst is 2.8 Y there, and eager float32 is
+    # still far outside the fixed limits
+    torch.manual_seed(0)
+    explainer = build_explainer(OnAnOffset(offset=3e3).eval(), input_size=SIZE)
     result = export_explainer(explainer, str(tmp_path))
     assert all(r.ok for r in result.parity)
     rows = json.loads((tmp_path / "explainer.json").read_text())["parity"]["rows"]
