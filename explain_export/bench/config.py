@@ -86,6 +86,7 @@ class BenchConfig:
     profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
     methods: tuple[str, ...] = ()  # one more ORT variant per method (_method_variant)
     top_k: int | None = None  # and per method, its top-k export (_top_k_variant)
+    targets: bool = False  # judge the project's own goals (.targets); off: the ratios alone
 
     def method_variants(self) -> list[str]:
         """The ``--methods`` and ``--top-k`` variants' names, in the order they are timed."""
