@@ -14,6 +14,7 @@ from torch import Tensor
 from ..builder.export import DEFAULT_OPSET
 from ..builder.methods import METHODS
 from ..errors import OptionError
+from ..words import closest
 
 __all__ = [
     "CUDA_GRAPH_NEEDS_CUDA",
@@ -158,6 +159,14 @@ class BenchConfig:
 
     def _check_methods(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
+        near = closest(unknown[0], METHODS) if len(unknown) == 1 else None
+        if near is not None:
+            raise OptionError(
+                "methods",
+                "{name}: unknown method '{v}'; did you mean {near}?",
+                v=unknown[0],
+                near=near,
+            )
         if unknown:
             raise OptionError(
                 "methods",
