@@ -1,15 +1,21 @@
 """Issue 26, item 8: the smaller things a first hour meets. A misspelt method gets the one
-meant."""
+meant; ``load(..., device="cuda")`` without a GPU says so in our one warning, not ONNX
+Runtime's lines."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from explain_export.builder import methods
 from explain_export.cli import bench, export
 from explain_export.errors import UsageError
+
+from commands import ROOT
 
 
 @pytest.mark.parametrize(
@@ -42,3 +48,35 @@ def test_the_bench_methods_list_suggests_too(capsys, tmp_path):
     assert capsys.readouterr().err == (
         "explain-bench: error: --methods: unknown method 'gradcampp'; did you mean gradcam++?\n"
     )
+
+
+def test_cuda_without_a_gpu_shows_our_warning_not_onnxruntimes_lines(default_export):
+    """A child process, as a user's script: ONNX Runtime writes its ``[E:onnxruntime ...]
+    Failed to load library`` to the C stderr, which only a child's stderr shows."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (onnxruntime-gpu shows the lines)")
+    script = (
+        "import sys, warnings\n"
+        "from explain_export.artifact import runtime\n"
+        "warnings.simplefilter('always')\n"
+        "artifact = runtime.load(sys.argv[1], device='cuda')\n"
+        "print(artifact.device)\n"
+        "print('--- ours above; ONNX Runtime alone below', file=sys.stderr, flush=True)\n"
+        "import onnxruntime as ort\n"
+        "ort.InferenceSession(sys.argv[1], providers=['CUDAExecutionProvider'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONWARNINGS", None)
+    path = str(default_export / "explainer.onnx")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, path], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout.strip() == "cuda":
+        pytest.skip("a GPU works here: nothing falls back")
+    ours, theirs = proc.stderr.split("--- ours above; ONNX Runtime alone below")
+    assert "onnxruntime:" not in ours, ours
+    assert f"DeviceFallbackWarning: {path}: cuda asked for, but " in ours
+    # the library set ONNX Runtime's logger back: a session of the user's own still logs
+    assert "onnxruntime:" in theirs
