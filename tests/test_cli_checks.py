@@ -80,3 +80,55 @@ def test_cuda_without_a_gpu_shows_our_warning_not_onnxruntimes_lines(default_exp
     assert f"DeviceFallbackWarning: {path}: cuda asked for, but " in ours
     # the library set ONNX Runtime's logger back: a session of the user's own still logs
     assert "onnxruntime:" in theirs
+
+
+def test_run_takes_the_export_folder_as_the_model(default_export, tmp_path, capsys):
+    """Issue 26, item 8: ``--model DIR``, the folder explain-export wrote: its explainer.onnx."""
+    from explain_export.artifact import samples
+    from explain_export.cli import run
+
+    photo = samples.photo_path("chelsea.png")
+    args = ["--model", str(default_export), "--images", photo, "--out", str(tmp_path / "o")]
+    assert run.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"model: {default_export / 'explainer.onnx'}\n" in err
+    assert "backend: onnxruntime" in err
+    assert (tmp_path / "o" / "chelsea.overlay.png").is_file()
+
+
+def test_a_folder_opens_onnx_first_then_torchscript(default_export, tmp_path):
+    import shutil
+
+    from explain_export.artifact import runtime
+
+    assert runtime.load(str(default_export)).path == str(default_export / "explainer.onnx")
+    shutil.copy(default_export / "explainer.torchscript.pt", tmp_path)
+    shutil.copy(default_export / "explainer.json", tmp_path)
+    assert runtime.load(str(tmp_path)).path == str(tmp_path / "explainer.torchscript.pt")
+
+
+def test_a_folder_without_an_artifact_is_one_line(tmp_path, capsys):
+    from explain_export.artifact import samples
+    from explain_export.cli import run, serve
+
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    folder, photo = str(tmp_path), samples.photo_path("chelsea.png")
+    assert run.main(["--model", folder, "--images", photo, "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        f"explain-run: error: --model '{folder}' is a folder with no explainer.onnx, "
+        "explainer.torchscript.pt or explainer.pt2; export one with explain-export --out "
+        f"{folder}, or give the model file\n"
+    )
+    assert serve.main(["--model", folder]) == 2
+    assert capsys.readouterr().err == (
+        f"explain-serve: error: --model '{folder}' is a folder with no explainer.onnx; this "
+        "command runs ONNX explainers: export with explain-export --formats onnx, or give the "
+        "model file\n"
+    )
+
+
+def test_serve_opens_the_export_folders_onnx(default_export):
+    from explain_export.artifact.serve.model import open_model
+
+    model = open_model(str(default_export))
+    assert model.path == str(default_export / "explainer.onnx") and model.size == (224, 224)

@@ -14,6 +14,7 @@ from .plot import plot
 
 __all__ = [
     "FILES",
+    "MODELS",
     "SPEEDUP_LEGEND",
     "check_out_dir",
     "console_lines",

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH",
-        help=f"explainer.onnx, .torchscript.pt or .pt2 (default: {DEFAULT_MODEL}; "
-        "for the demo it is exported first if missing)",
+        help=f"explainer.onnx, .torchscript.pt or .pt2, or the folder explain-export wrote "
+        "(its explainer.onnx, else .torchscript.pt, else .pt2; with --engine ray its .onnx). "
+        f"Default: {DEFAULT_MODEL}; for the demo it is exported first if missing",
     )
     p.add_argument(
         "--images",
@@ -241,7 +242,12 @@ def _run(args: argparse.Namespace) -> int:
         paths, skipped, names = runner.collect(args.images)
         if not paths:
             raise UsageError(f"no image files in {', '.join(args.images)}")
-    model_path = _demo_model(args)
+    from ..artifact.folder import ORDER, artifact_in
+
+    given = _demo_model(args)
+    model_path = artifact_in(given, ("onnx",) if args.engine == "ray" else ORDER)
+    if model_path != given and not args.quiet:
+        log(f"model: {model_path}")
     if not os.path.isfile(model_path):
         raise UsageError(
             f"no model at '{model_path}'; pass --model explainer.onnx, .torchscript.pt or .pt2"
