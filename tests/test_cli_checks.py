@@ -132,3 +132,128 @@ def test_serve_opens_the_export_folders_onnx(default_export):
 
     model = open_model(str(default_export))
     assert model.path == str(default_export / "explainer.onnx") and model.size == (224, 224)
+
+
+TINY = ["--arch", "models:TinyResNet", "--input-size", "32", "32"]
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """ModelSource.load refused: a check that passes it would fail the test."""
+    from explain_export.builder.source import ModelSource
+
+    def load(*_args):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(ModelSource, "load", load)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--top-k", "3", "--class-input"],
+            "--class-input picks one class per image; a top-3 export explains the 3 best, so "
+            "drop --top-k or --class-input",
+        ),
+        (["--top-k", "2", "--class-index", "1"], "--top-k explains the best classes; drop "),
+        (["--top-k", "0"], "--top-k must be at least 1, got 0"),
+        (["--top-k", "2", "--overlay-output"], "--top-k gives several maps per image"),
+        (["--method", "sum", "--class-input"], "--class-input needs a method that explains a "),
+        (["--method", "eigencam", "--class-index", "3"], "--class-index needs a method that "),
+        (["--method", "sum", "--top-k", "2"], "--top-k needs a method that explains a class"),
+        (["--method", "gradcam", "--head", "fc"], "--head names cam's linear layer; gradcam "),
+        (["--layer", "layer2", "--layer", "layer3", "--method", "cam"], "cam reads the one map"),
+        (["--layer", "layer3", "--layer", "layer3"], "--layer lists a layer twice: layer3, "),
+        (["--class-index", "-2"], "--class-index -2 is out of range: a class index is 0 or more"),
+    ],
+)
+def test_flags_that_conflict_are_refused_before_the_model_loads(
+    flags, said, no_load, tmp_path, capsys
+):
+    assert export.main([*TINY, *flags, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"explain-export: error: {said}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (
+            ["--labels", "imagenet"],
+            "the model has 10 classes (the default num_classes of models:TinyResNet) but "
+            "--labels imagenet names 1000; pass a file with one label per class, in class "
+            "order, or leave --labels out",
+        ),
+        (
+            ["--arch-kwargs", '{"num_classes": 3}', "--labels", "LABELS"],
+            "the model has 3 classes (num_classes in --arch-kwargs) but --labels 'LABELS' has 2 "
+            "lines; pass a file with one label per class, in class order, or leave --labels out",
+        ),
+    ],
+)
+def test_a_label_count_the_flags_can_tell_is_refused_before_the_model_loads(
+    flags, said, no_load, tmp_path, capsys
+):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    flags = [str(labels) if f == "LABELS" else f for f in flags]
+    assert export.main([*TINY, *flags, "--out", str(tmp_path / "o")]) == 2
+    assert (
+        capsys.readouterr().err == f"explain-export: error: {said.replace('LABELS', str(labels))}\n"
+    )
+
+
+def test_the_embedded_models_label_count_is_known_before_it_loads(no_load, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    assert export.main(["--labels", str(labels), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        "the model has 1000 classes (the embedded EfficientNet-Lite0's ImageNet-1k classes) "
+        in (capsys.readouterr().err)
+    )
+
+
+def test_a_label_count_known_only_from_the_model_says_how_to_fix_it(tmp_path, capsys):
+    """A trusted checkpoint holds its own model: its class count is known once it is built, and
+    the line then says how to fix it, before any export."""
+    import torch
+
+    from models import tiny_resnet
+
+    torch.save(tiny_resnet(), tmp_path / "whole.pt")
+    args = ["--ckpt", str(tmp_path / "whole.pt"), "--trust-checkpoint", "--input-size", "32", "32"]
+    assert export.main([*args, "--labels", "imagenet", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "explain-export: error: the model has 10 classes but --labels imagenet names 1000; pass "
+        "a file with one label per class, in class order, or leave --labels out"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+class _Stop(Exception):
+    """Raised in place of the export: the printout before it is what is tested."""
+
+
+@pytest.mark.parametrize(
+    ("flags", "which"),
+    [
+        ([], "each image's class with most pixels (class 0 left out)"),
+        (["--class-index", "1"], "class 1"),
+        (["--background", "none"], "each image's class with most pixels (none left out)"),
+    ],
+)
+def test_a_segmentation_exports_printout_says_it_is_one(flags, which, monkeypatch, capsys):
+    from explain_export.builder import export as builder_export
+
+    def stop(*_args, **_kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(builder_export, "export_explainer", stop)
+    args = ["--arch", "models:tiny_seg", "--arch-kwargs", '{"seed": 6}', "--input-size", "64", "64"]
+    assert export.main([*args, *flags]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        f"task:   segmentation: per-pixel scores 5x64x64; the heatmap explains {which} over the "
+        "pixels predicted as it, and the graph outputs that class"
+    ) in out

@@ -7,6 +7,7 @@ know nothing of each other.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,30 @@ class ModelSource:
             check_checkpoint_file(self.ckpt)
         if self.arch is not None:
             resolve_arch(self.arch)
+
+    def known_classes(self) -> tuple[int, str] | None:
+        """The model's class count where the flags tell it without building the model, and
+        how they tell it: the embedded model's 1000; ``num_classes`` in ``arch_kwargs``; else
+        the default of a ``num_classes`` parameter that ``arch`` declares (a checkpoint's
+        weights must then fit that head). None where it is not known so: a trusted checkpoint
+        may hold a whole model, whose own head counts."""
+        if self.embedded:
+            return 1000, "the embedded EfficientNet-Lite0's ImageNet-1k classes"
+        if self.arch is None or (self.ckpt is not None and self.trust):
+            return None
+        given = self.arch_kwargs.get("num_classes")  # type: ignore[union-attr]
+        if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+            return given, "num_classes in arch_kwargs"
+        if given is not None:
+            return None
+        try:
+            parameter = inspect.signature(resolve_arch(self.arch)).parameters.get("num_classes")
+        except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+            return None
+        default = None if parameter is None else parameter.default
+        if isinstance(default, int) and not isinstance(default, bool) and default > 0:
+            return default, f"the default num_classes of {self.arch}"
+        return None
 
     def load(self, input_size: tuple[int, int] = (224, 224)) -> LoadedModel:
         """The model in eval mode on the CPU, with what is known about it."""

@@ -13,7 +13,7 @@ from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.layers import BRIEF
 from ..builder.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main
-from ._export_checks import Checked, check_flags
+from ._export_checks import Checked, check_flags, check_label_count
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -287,6 +287,8 @@ def _run(args: argparse.Namespace) -> int:
         tokens=args.tokens,
     )
     info = explainer.plan
+    if flags.labels is not None:  # where the flags did not tell the class count: now
+        check_label_count(flags.labels, args.labels, info.num_classes)
     print(f"model:  {description}{origin}")
     if info.output.kind != "tensor":
         print(f"output: {info.output} of what the model returns (the logits)")
@@ -311,6 +313,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"        a token sequence: {prefix} prefix tokens dropped, the rest laid on {grid}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
+    if info.segmentation:
+        print(f"task:   segmentation: {_region(info)}")
     if labels is None and info.num_classes == 1000:
         print(
             "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores "
@@ -349,6 +353,23 @@ def _run(args: argparse.Namespace) -> int:
         for folder in folders:
             print(f"wrote {folder}")
     return 0
+
+
+def _region(info: Any) -> str:
+    """What a segmentation export explains, in words: its scores and its class's pixels."""
+    scores = "x".join(map(str, (info.num_classes, *(info.output_size or ()))))
+    target = info.target_spec
+    if target.fixed is not None:
+        which = f"class {target.fixed}"
+    else:
+        left = "" if target.background is None else f", class {target.background} left out"
+        which = (
+            f"each image's class with most pixels ({left.removeprefix(', ') or 'none left out'})"
+        )
+    return (
+        f"per-pixel scores {scores}; the heatmap explains {which} over the pixels predicted as "
+        "it, and the graph outputs that class"
+    )
 
 
 def _list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str | None) -> int:
