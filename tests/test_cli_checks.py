@@ -257,3 +257,28 @@ def test_a_segmentation_exports_printout_says_it_is_one(flags, which, monkeypatc
         f"task:   segmentation: per-pixel scores 5x64x64; the heatmap explains {which} over the "
         "pixels predicted as it, and the graph outputs that class"
     ) in out
+
+
+def test_a_checkpoints_last_layer_tells_the_class_count_before_the_model_is_built(
+    no_load, tmp_path, capsys
+):
+    """``tiny_resnet`` declares no num_classes (it takes **kwargs): the state dict's last
+    layer, ``fc`` [10, 32], read without building the model, tells it."""
+    import torch
+
+    from explain_export.builder.source import ModelSource
+
+    from models import tiny_resnet
+
+    torch.save({"model_state_dict": tiny_resnet().state_dict()}, tmp_path / "m.pt")
+    source = ModelSource(str(tmp_path / "m.pt"), "models:tiny_resnet")
+    assert source.known_classes() is None
+    assert source.checkpoint_classes(1000) == (10, "fc")
+    assert source.checkpoint_classes(8) is None  # a side of a conv: judged after building
+    args = ["--ckpt", str(tmp_path / "m.pt"), "--arch", "models:tiny_resnet"]
+    assert export.main([*args, "--labels", "imagenet", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        "explain-export: error: the model has 10 classes (the checkpoint's last layer 'fc') but "
+        "--labels imagenet names 1000; pass a file with one label per class, in class order, "
+        "or leave --labels out\n"
+    )

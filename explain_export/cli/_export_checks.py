@@ -69,11 +69,17 @@ def check_flags(args: argparse.Namespace) -> Checked:
             overwrite=True,
         )
     source = model_source(args)  # last: --arch imports its module
-    known = source.known_classes()
-    if labels is not None and known is not None:
-        check_label_count(
-            labels, args.labels, known[0], known[1].replace("arch_kwargs", "--arch-kwargs")
-        )
+    if labels is not None:
+        known = source.known_classes()
+        if known is not None:
+            check_label_count(
+                labels, args.labels, known[0], known[1].replace("arch_kwargs", "--arch-kwargs")
+            )
+        head = source.checkpoint_classes(len(labels))
+        if head is not None:
+            check_label_count(
+                labels, args.labels, head[0], f"the checkpoint's last layer '{head[1]}'"
+            )
     return Checked(source, size, formats, tuple(mean), tuple(std), labels, background)
 
 
