@@ -238,9 +238,9 @@ class _Stop(Exception):
 @pytest.mark.parametrize(
     ("flags", "which"),
     [
-        ([], "each image's class with most pixels (class 0 left out)"),
-        (["--class-index", "1"], "class 1"),
-        (["--background", "none"], "each image's class with most pixels (none left out)"),
+        ([], "the class that covers most pixels, class 0 left out"),
+        (["--class-index", "1"], "the pixels of class 1"),
+        (["--background", "none"], "the class that covers most pixels"),
     ],
 )
 def test_a_segmentation_exports_printout_says_it_is_one(flags, which, monkeypatch, capsys):
@@ -254,8 +254,8 @@ def test_a_segmentation_exports_printout_says_it_is_one(flags, which, monkeypatc
     assert export.main([*args, *flags]) == 1
     out = capsys.readouterr().out.splitlines()
     assert (
-        f"task:   segmentation: per-pixel scores 5x64x64; the heatmap explains {which} over the "
-        "pixels predicted as it, and the graph outputs that class"
+        "task:   segmentation, per-pixel scores 5x64x64: the heatmap explains a class over the "
+        f"pixels predicted as it: {which}"
     ) in out
 
 

@@ -314,7 +314,11 @@ def _run(args: argparse.Namespace) -> int:
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
     if info.segmentation:
-        print(f"task:   segmentation: {_region(info)}")
+        scores = "x".join(map(str, (info.num_classes, *(info.output_size or ()))))
+        print(
+            f"task:   segmentation, per-pixel scores {scores}: the heatmap explains a class over "
+            f"the pixels predicted as it: {info.target_spec.describe}"
+        )
     if labels is None and info.num_classes == 1000:
         print(
             "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores "
@@ -353,23 +357,6 @@ def _run(args: argparse.Namespace) -> int:
         for folder in folders:
             print(f"wrote {folder}")
     return 0
-
-
-def _region(info: Any) -> str:
-    """What a segmentation export explains, in words: its scores and its class's pixels."""
-    scores = "x".join(map(str, (info.num_classes, *(info.output_size or ()))))
-    target = info.target_spec
-    if target.fixed is not None:
-        which = f"class {target.fixed}"
-    else:
-        left = "" if target.background is None else f", class {target.background} left out"
-        which = (
-            f"each image's class with most pixels ({left.removeprefix(', ') or 'none left out'})"
-        )
-    return (
-        f"per-pixel scores {scores}; the heatmap explains {which} over the pixels predicted as "
-        "it, and the graph outputs that class"
-    )
 
 
 def _list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str | None) -> int:
