@@ -1,6 +1,8 @@
 """Issue 26, item 8: the smaller things a first hour meets. A misspelt method gets the one
 meant; ``load(..., device="cuda")`` without a GPU says so in our one warning, not ONNX
-Runtime's lines."""
+Runtime's lines; ``--model DIR`` takes the export folder; flags that conflict, and a label
+count the flags or the checkpoint tell, are refused before the model loads, in a line that
+says how to fix it; a segmentation export's printout says it is one."""
 
 from __future__ import annotations
 

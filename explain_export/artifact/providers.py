@@ -32,20 +32,23 @@ __all__ = [
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _ORT_FATAL = 4  # ONNX Runtime's severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
-# the default logger's severity as this module last set it (ONNX Runtime has no getter; 2,
-# warning, is its own default)
-_severity = {"default": 2}
+_ORT_WARNING = 2  # ONNX Runtime's own default
+# the default logger's severity as this module last set it (ONNX Runtime has no getter), and
+# whether a CUDA session's opening is quiet (:func:`_cuda_quiet`)
+_logs = {"severity": _ORT_WARNING, "hold_cuda": True}
 
 
-def quiet_onnxruntime_logs() -> None:
+def quiet_onnxruntime_logs(quiet: bool = True) -> None:
     """Show ONNX Runtime's fatal log lines only, for this process: not the red ``[E:onnxruntime
     ...] Failed to load library libonnxruntime_providers_cuda.so`` of a CUDA provider whose
-    libraries are missing, which the commands say in their own line. A command calls this once
-    at start, unless ``--debug``."""
+    libraries are missing, which the commands say in their own line. ``quiet=False`` (a
+    command's ``--debug``): all its warnings and errors, a CUDA session's included. A command
+    calls this once at start."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(_ORT_FATAL)
-    _severity["default"] = _ORT_FATAL
+    _logs["severity"] = _ORT_FATAL if quiet else _ORT_WARNING
+    _logs["hold_cuda"] = quiet
+    ort.set_default_logger_severity(_logs["severity"])
 
 
 @contextlib.contextmanager
@@ -55,12 +58,15 @@ def _cuda_quiet(ort: Any) -> Iterator[None]:
     Failed to load library ...`` and ``[W:onnxruntime ...] Failed to create
     CUDAExecutionProvider`` straight to the C stderr; :func:`cuda_missing` says why in one
     line instead. Then the severity goes back to what it was (:func:`quiet_onnxruntime_logs`'s
-    fatal, else ORT's default, warning)."""
+    fatal, else ORT's default, warning). Not after ``quiet_onnxruntime_logs(False)``."""
+    if not _logs["hold_cuda"]:
+        yield
+        return
     ort.set_default_logger_severity(_ORT_FATAL)
     try:
         yield
     finally:
-        ort.set_default_logger_severity(_severity["default"])
+        ort.set_default_logger_severity(_logs["severity"])
 
 
 def ort_session(

@@ -290,10 +290,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         targets=args.targets,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
-    if not args.debug:  # a CUDA provider that does not start is the ort variants' status line
-        from ..artifact.providers import quiet_onnxruntime_logs
+    from ..artifact.providers import quiet_onnxruntime_logs
 
-        quiet_onnxruntime_logs()
+    # a CUDA provider that does not start is the ort variants' status line (theirs: --debug)
+    quiet_onnxruntime_logs(not args.debug)
+    if not args.debug:
         warnings.simplefilter("ignore", DeviceFallbackWarning)
     size = input_size(args)
     source = model_source(args)  # the checkpoint file is there, --arch resolves

@@ -224,8 +224,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..artifact.providers import quiet_onnxruntime_logs
 
     quiet_decoder_warnings()
-    if not args.debug:
-        quiet_onnxruntime_logs()  # a CUDA provider that does not start: our line, not theirs
+    # a CUDA provider that does not start: our line, not theirs (theirs too with --debug)
+    quiet_onnxruntime_logs(not args.debug)
     demo = not args.images
     if demo:
         from ..artifact.samples import PHOTOS, photo_path
