@@ -40,16 +40,18 @@ def check_flags(args: argparse.Namespace) -> Checked:
     from ..errors import OptionError
 
     size = input_size(args)
-    check_options(
-        args.method,
-        args.class_index,
-        args.top_k,
-        overlay=args.overlay_output,
-        overlay_alpha=args.overlay_alpha,
-        head=args.head,
-        layers=args.layer if args.layer and len(args.layer) > 1 else None,
-        class_input=args.class_input,
-    )
+    listing = args.list_layers is not None  # lists the layers and exits: no export to check
+    if not listing:
+        check_options(
+            args.method,
+            args.class_index,
+            args.top_k,
+            overlay=args.overlay_output,
+            overlay_alpha=args.overlay_alpha,
+            head=args.head,
+            layers=args.layer if args.layer and len(args.layer) > 1 else None,
+            class_input=args.class_input,
+        )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
     background = _background(args.background)
@@ -69,7 +71,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             overwrite=True,
         )
     source = model_source(args)  # last: --arch imports its module
-    if labels is not None:
+    if labels is not None and not listing:
         known = source.known_classes()
         if known is not None:
             check_label_count(
