@@ -58,7 +58,7 @@ bench() {  # $1: time limit in seconds, then explain-bench flags
     local limit=$1
     shift
     timeout "$limit" python3 -m explain_export.cli.bench --device cuda --batch-sizes 1,8,32,64 \
-        --warmup 10 --iters 50 --out "$OUT/h100" "$@"
+        --warmup 10 --iters 50 --targets --overwrite --out "$OUT/h100" "$@"
 }
 bench 420 2>&1 | tee "$OUT/bench.log"
 status=${PIPESTATUS[0]}

@@ -295,7 +295,8 @@ EXPORT_CASES = [
         "labels-wrong-count",
         lambda t: ["--labels", _write(t, "l.txt", b"a\nb\n")],
         2,
-        "2 labels for a model with 1000 classes",
+        "the model has 1000 classes (the embedded EfficientNet-Lite0's ImageNet-1k classes) but "
+        "--labels",
     ),
     Case("labels-missing", lambda t: ["--labels", str(t / "nope.txt")], 2, "cannot read --labels"),
 ]

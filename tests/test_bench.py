@@ -41,7 +41,7 @@ COMPILER = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 def tiny_run(tmp_path_factory):
     """All nine variants on TinyResNet at batch sizes 1 and 2."""
     out = tmp_path_factory.mktemp("bench_tiny")
-    assert main([*TINY, *QUICK, "--batch-sizes", "1,2", "--out", str(out)]) == 0
+    assert main([*TINY, *QUICK, "--batch-sizes", "1,2", "--targets", "--out", str(out)]) == 0
     return out, json.loads((out / "bench.json").read_text())
 
 

@@ -106,6 +106,8 @@ def test_quick_says_what_it_does_and_times_eager_against_ort_alone(tmp_path):
     assert speedup == pytest.approx(medians["eager"] / medians["ort"], abs=0.011)
     assert rows["ORT explainer"][8].endswith("×")  # and the paired one beside it
     assert SPEEDUP_LEGEND in out and "skipped" not in proc.stdout
+    # our goals are not the user's failures: without --targets none is judged or printed
+    assert not any(line.startswith("target ") for line in out) and result["targets"] == []
     ran = {n for n, v in result["variants"].items() if v["status"] == "ok"}
     assert ran == {"eager", "ort"} and result["head_profile"] == {}
     assert result["config"]["iters"] == 10 and result["config"]["batch_sizes"] == [1]
@@ -135,3 +137,83 @@ def test_quick_keeps_the_flags_given_and_refuses_the_ones_it_sets(tmp_path, caps
         assert main(["--quick", *flag, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("explain-bench: error: --quick times the eager and the ONNX")
+
+
+def _judged(met: bool) -> dict:
+    return {
+        "target": "ORT explainer >= 3x faster than eager explainer, batch 1",
+        "kind": "speedup_vs_eager",
+        "value": 1.2,
+        "unit": "×",
+        "key": "paired_median",
+        "met": met,
+        "judged": True,
+    }
+
+
+def test_the_console_shows_the_ratios_and_our_targets_only_where_asked():
+    """Issue 26, item 7: a user's run prints the table and its ratios, never "target MISSED";
+    a run with --targets (the project's own) prints each goal, met or not."""
+    from explain_export.bench.report import console_lines
+
+    result = {**_result(300.0, 100.0, 3.0, 2.9), "notes": [], "busy": {"1": 0.4}}
+    users = console_lines({**result, "targets": []})
+    assert users[0] == table(result)
+    assert not any("target" in line for line in users)
+    assert users[-1] == (
+        "warning: the machine was busy: other processes used 40% of the CPUs while timing "
+        "batch 1; those figures are not reliable; rerun on an idle machine"
+    )
+    ours = console_lines({**result, "busy": {}, "targets": [_judged(False)]})
+    assert ours[-1] == (
+        "target MISSED: ORT explainer >= 3x faster than eager explainer, batch 1 (1.20× paired)"
+    )
+
+
+def test_targets_are_judged_only_with_the_flag():
+    from explain_export.cli.bench import build_parser
+
+    assert BenchConfig().targets is False
+    assert build_parser().parse_args([]).targets is False
+    assert build_parser().parse_args(["--targets"]).targets is True
+
+
+def test_an_earlier_report_is_refused_before_the_model_loads_unless_overwrite(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 26, item 7: as explain-run, explain-bench does not silently replace its outputs."""
+    import explain_export.bench as bench_pkg
+
+    (tmp_path / "bench.md").write_text("an earlier run\n")
+    loaded = []
+    monkeypatch.setattr(bench_pkg, "load_explainer", lambda *a: loaded.append(a) or 1 / 0)
+    assert main(["--quick", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"explain-bench: error: '{tmp_path / 'bench.md'}' already exists; pass --overwrite to "
+        "replace, or choose another --out\n"
+    )
+    assert loaded == [] and (tmp_path / "bench.md").read_text() == "an earlier run\n"
+    # --save-models also guards its folder; --overwrite goes on to load the model
+    (tmp_path / "bench.md").unlink()
+    (tmp_path / "models").mkdir()
+    assert main(["--quick", "--save-models", "--out", str(tmp_path)]) == 2
+    assert "models' already exists" in capsys.readouterr().err
+    assert main(["--quick", "--overwrite", "--save-models", "--out", str(tmp_path)]) == 1
+    assert len(loaded) == 1
+
+
+def test_the_plot_title_names_the_method():
+    from explain_export.bench.plot import plot, title
+
+    result = {
+        "config": {
+            "model": "TinyResNet, user model",
+            "input_size": [64, 64],
+            "method": "gradcam++",
+            "device": "cpu",
+        },
+        "machine": {"torch_threads": 2},
+        "variants": {},
+    }
+    assert title(result) == "TinyResNet 64x64, gradcam++, cpu, 2 threads: median ms per batch"
+    assert plot(result).shape[2] == 3  # drawn with it

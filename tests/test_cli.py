@@ -197,7 +197,9 @@ def test_labels_imagenet_takes_the_shipped_names(tmp_path, capsys):
         "32",
     ]
     assert main([*ten, "--labels", "imagenet", "--out", str(tmp_path / "t")]) == 2
-    assert "1000 labels for a model with 10 classes" in capsys.readouterr().err
+    assert "the model has 10 classes (the default num_classes of models:TinyResNet) but " in (
+        capsys.readouterr().err
+    )
 
 
 def test_list_layers_of_a_long_list_shows_the_blocks_and_says_how_to_see_the_rest():

@@ -108,7 +108,7 @@ def test_top_1_is_the_plain_export_with_its_class_named(tmp_path):
     [
         ({"method": "eigencam", "top_k": 2}, {}, "top_k needs a method that explains a class"),
         ({"method": "sum", "top_k": 2}, {}, "sum has none"),
-        ({"method": "cam", "top_k": 0}, {}, "must be 1..10"),
+        ({"method": "cam", "top_k": 0}, {}, "must be at least 1, got 0"),  # before the probe
         ({"method": "cam", "top_k": 11}, {}, "got 11"),
         ({"method": "cam", "top_k": 2, "target": 1}, {}, "drop target or top_k"),
         (

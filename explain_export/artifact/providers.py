@@ -4,16 +4,19 @@ ONNX Runtime: :func:`ort_session` opens a session, the CUDA provider first where
 listed; ``onnxruntime-gpu`` lists it even where its CUDA libraries are missing, and then runs on
 the CPU, so :func:`cuda_missing` reads back what started and says why not. TorchScript and pt2:
 :func:`torch_device`. A fallback is a :class:`~..errors.DeviceFallbackWarning`
-(:func:`fall_back`) and the artifact's ``note``. :func:`quiet_onnxruntime_logs` keeps ONNX
-Runtime's own log lines off stderr: the commands call it (not with ``--debug``), the library
-leaves that process-wide setting alone. No torch here.
+(:func:`fall_back`) and the artifact's ``note``; ONNX Runtime's own lines about the CUDA provider
+that did not start are kept off stderr while the session opens (:func:`_cuda_quiet`), so the
+warning is the one line the user reads. :func:`quiet_onnxruntime_logs` keeps all of ONNX
+Runtime's log lines off stderr: the commands call it (not with ``--debug``). No torch here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import DeviceFallbackWarning
@@ -29,16 +32,41 @@ __all__ = [
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _ORT_FATAL = 4  # ONNX Runtime's severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+_ORT_WARNING = 2  # ONNX Runtime's own default
+# the default logger's severity as this module last set it (ONNX Runtime has no getter), and
+# whether a CUDA session's opening is quiet (:func:`_cuda_quiet`)
+_logs = {"severity": _ORT_WARNING, "hold_cuda": True}
 
 
-def quiet_onnxruntime_logs() -> None:
+def quiet_onnxruntime_logs(quiet: bool = True) -> None:
     """Show ONNX Runtime's fatal log lines only, for this process: not the red ``[E:onnxruntime
     ...] Failed to load library libonnxruntime_providers_cuda.so`` of a CUDA provider whose
-    libraries are missing, which the commands say in their own line. A command calls this once
-    at start, unless ``--debug``."""
+    libraries are missing, which the commands say in their own line. ``quiet=False`` (a
+    command's ``--debug``): all its warnings and errors, a CUDA session's included. A command
+    calls this once at start."""
     import onnxruntime as ort
 
+    _logs["severity"] = _ORT_FATAL if quiet else _ORT_WARNING
+    _logs["hold_cuda"] = quiet
+    ort.set_default_logger_severity(_logs["severity"])
+
+
+@contextlib.contextmanager
+def _cuda_quiet(ort: Any) -> Iterator[None]:
+    """ONNX Runtime's default logger at fatal while a session with the CUDA provider opens:
+    where the provider's libraries or the GPU are missing, ORT writes ``[E:onnxruntime ...]
+    Failed to load library ...`` and ``[W:onnxruntime ...] Failed to create
+    CUDAExecutionProvider`` straight to the C stderr; :func:`cuda_missing` says why in one
+    line instead. Then the severity goes back to what it was (:func:`quiet_onnxruntime_logs`'s
+    fatal, else ORT's default, warning). Not after ``quiet_onnxruntime_logs(False)``."""
+    if not _logs["hold_cuda"]:
+        yield
+        return
     ort.set_default_logger_severity(_ORT_FATAL)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(_logs["severity"])
 
 
 def ort_session(
@@ -76,6 +104,8 @@ def ort_session(
         if cuda_graph:
             cuda["enable_cuda_graph"] = "1"
         providers.insert(0, (CUDA_PROVIDER, cuda))
+        with _cuda_quiet(ort):
+            return ort.InferenceSession(path, options, providers=providers)
     return ort.InferenceSession(path, options, providers=providers)
 
 

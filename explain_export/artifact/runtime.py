@@ -368,12 +368,16 @@ def load(
     input_format: str | None = None,
     cuda_graph: bool | None = None,
 ) -> Artifact:
-    """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``.
+    """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``; or an
+    export folder's, ONNX first (:func:`.folder.artifact_in`).
 
-    On CUDA, IO binding and CUDA graphs are on unless ``cuda_graph=False`` (see
-    :class:`OnnxExplainer`, :class:`_TorchArtifact`). ``device="cuda"`` where CUDA does not
-    work runs on the CPU: ``.device`` says ``"cpu"``, ``.note`` why, and a
-    :class:`~..errors.DeviceFallbackWarning` is issued."""
+        On CUDA, IO binding and CUDA graphs are on unless ``cuda_graph=False`` (see
+        :class:`OnnxExplainer`, :class:`_TorchArtifact`). ``device="cuda"`` where CUDA does not
+        work runs on the CPU: ``.device`` says ``"cpu"``, ``.note`` why, and a
+        :class:`~..errors.DeviceFallbackWarning` is issued."""
+    from .folder import artifact_in
+
+    path = artifact_in(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no artifact at '{path}'")
     for suffix, cls in SUFFIXES.items():

@@ -14,6 +14,7 @@ from torch import Tensor
 from ..builder.export import DEFAULT_OPSET
 from ..builder.methods import METHODS
 from ..errors import OptionError
+from ..words import closest
 
 __all__ = [
     "CUDA_GRAPH_NEEDS_CUDA",
@@ -86,6 +87,7 @@ class BenchConfig:
     profile_runs: int = 100  # ort_head_share runs per batch size (fewer where slow); 0: none
     methods: tuple[str, ...] = ()  # one more ORT variant per method (_method_variant)
     top_k: int | None = None  # and per method, its top-k export (_top_k_variant)
+    targets: bool = False  # judge the project's own goals (.targets); off: the ratios alone
 
     def method_variants(self) -> list[str]:
         """The ``--methods`` and ``--top-k`` variants' names, in the order they are timed."""
@@ -157,6 +159,14 @@ class BenchConfig:
 
     def _check_methods(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
+        near = closest(unknown[0], METHODS) if len(unknown) == 1 else None
+        if near is not None:
+            raise OptionError(
+                "methods",
+                "{name}: unknown method '{v}'; did you mean {near}?",
+                v=unknown[0],
+                near=near,
+            )
         if unknown:
             raise OptionError(
                 "methods",

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["plot"]
+__all__ = ["plot", "title"]
 
 # BGR, one per variant in .config.VARIANTS order; distinguishable in colour and in grey.
 _COLORS = {
@@ -56,6 +56,16 @@ def _dashed_line(img: np.ndarray, p: tuple[int, int], q: tuple[int, int], color:
         cv2.line(img, a, b, color, 2, cv2.LINE_AA)
 
 
+def title(result: dict[str, Any]) -> str:
+    """The plot's title: the model (its first clause), the method, the input size, the device
+    and the threads, e.g. ``TinyResNet 64x64, gradcam, cpu, 2 threads: median ms per batch``."""
+    c = result["config"]
+    return (
+        f"{c['model'].split(',')[0]} {c['input_size'][0]}x{c['input_size'][1]}, {c['method']}, "
+        f"{c['device']}, {result['machine']['torch_threads']} threads: median ms per batch"
+    )
+
+
 def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarray:
     """Median ms per batch vs batch size (log-log), one line per variant, legend at the right
     (the image grows where the legend needs it; ``--methods`` variants dashed).
@@ -70,10 +80,7 @@ def plot(result: dict[str, Any], size: tuple[int, int] = (720, 420)) -> np.ndarr
     height = max(size[1], top + bottom + 10 + _LEGEND_STEP * len(series))
     img = np.full((height, width, 3), 255, np.uint8)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
-    c = result["config"]
-    title = f"{c['model'].split(',')[0]} {c['input_size'][0]}x{c['input_size'][1]}, {c['device']}"
-    title += f", {result['machine']['torch_threads']} threads: median ms per batch"
-    cv2.putText(img, title, (left, 22), font, 0.45, black, 1, cv2.LINE_AA)
+    cv2.putText(img, title(result), (left, 22), font, 0.45, black, 1, cv2.LINE_AA)
     if not series:
         cv2.putText(img, "nothing measured", (x0 + 20, (y0 + y1) // 2), font, 0.6, black, 1)
         return img

@@ -9,12 +9,15 @@ from typing import Any
 
 from ..artifact.files import ensure_out_dir, write_atomic
 from ..artifact.overlay import encode_png
-from ..errors import ExplainExportError
+from ..errors import ExplainExportError, OptionError
 from .plot import plot
 
 __all__ = [
     "FILES",
+    "MODELS",
     "SPEEDUP_LEGEND",
+    "check_out_dir",
+    "console_lines",
     "head_profile_line",
     "head_profile_table",
     "markdown",
@@ -26,6 +29,26 @@ __all__ = [
 ]
 
 FILES = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+MODELS = "models"  # with --save-models: the ONNX files and ORT's optimized graphs
+
+
+def check_out_dir(out_dir: str, overwrite: bool = False, save_models: bool = False) -> None:
+    """Create ``out_dir`` and check that it takes files, before any work; unless ``overwrite``,
+    an :class:`.OptionError` where a report file (or, with ``save_models``, the models folder)
+    of an earlier run is there, as ``explain-run`` refuses to replace its outputs."""
+    ensure_out_dir(out_dir)
+    if overwrite:
+        return
+    planned = [*FILES.values(), *([MODELS] if save_models else [])]
+    existing = [f for f in planned if os.path.exists(os.path.join(out_dir, f))]
+    if existing:
+        more = f" and {len(existing) - 1} more already exist" if len(existing) > 1 else ""
+        raise OptionError(
+            "overwrite",
+            "'{path}'{more}; pass {name} to replace, or choose another {out_dir}",
+            path=os.path.join(out_dir, existing[0]),
+            more=more or " already exists",
+        )
 
 
 def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
@@ -41,6 +64,30 @@ def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
     write_atomic(paths["markdown"], markdown(result, plot=FILES["plot"]).encode())
     write_atomic(paths["plot"], png)
     return paths
+
+
+def console_lines(result: dict[str, Any]) -> list[str]:
+    """What ``explain-bench`` prints on stdout after a run: the latency table, the profiler's
+    lines, the notes (not the variants ``--skip`` left out), a warning where the machine was
+    busy, and the project's targets where the run judged them (``--targets``)."""
+    lines = [table(result)]
+    lines += [head_profile_line(b, p) for b, p in result.get("head_profile", {}).items()]
+    lines += [f"note: {n}" for n in result["notes"] if not n.endswith(": skipped: --skip")]
+    if result.get("busy"):
+        shares = ", ".join(
+            f"{s:.0%} of the CPUs while timing batch {b}" for b, s in result["busy"].items()
+        )
+        judged = "; their targets are not judged" if result["targets"] else ""
+        lines.append(
+            f"warning: the machine was busy: other processes used {shares}; those figures are "
+            f"not reliable{judged}; rerun on an idle machine"
+        )
+    for t in result["targets"]:
+        verdict = "met" if t["met"] else "MISSED"
+        if not t.get("judged", True):
+            verdict = "not judged (machine busy)"
+        lines.append(f"target {verdict}: {t['target']} ({target_value(t)})")
+    return lines
 
 
 def _fmt_ratio(r: dict[str, float] | None, percent: bool = False) -> str:

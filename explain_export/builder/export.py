@@ -31,7 +31,6 @@ from ..errors import (
     ExplainExportError,
     OptionError,
     ParityError,
-    UsageError,
 )
 from . import lowering, verify
 from .explainer import Explainer
@@ -179,7 +178,13 @@ def export_explainer(
             k=info.top_k,
         )
     if labels is not None and len(labels) != info.num_classes:
-        raise UsageError(f"{len(labels)} labels for a model with {info.num_classes} classes")
+        raise OptionError(
+            "labels",
+            "{name} has {k} entries for a model with {n} classes; pass one label per class, "
+            "in class order, or none",
+            k=len(labels),
+            n=info.num_classes,
+        )
     ensure_out_dir(out_dir)
     free = explainer.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
     with free, _on_cpu(explainer, log):

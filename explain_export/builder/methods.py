@@ -263,5 +263,9 @@ def get(name: str | Method) -> Method:
     if isinstance(name, Method):
         return name
     if name not in METHODS:
-        raise UsageError(f"unknown method '{name}'; choose one of {', '.join(CHOICES)}")
+        from ..words import closest
+
+        near = closest(name, CHOICES)
+        hint = f"did you mean {near}?" if near else f"choose one of {', '.join(CHOICES)}"
+        raise UsageError(f"unknown method '{name}'; {hint}")
     return METHODS[name]

@@ -26,6 +26,7 @@ from torch import nn
 from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
 from ..errors import OptionError, UsageError
 from . import layers, methods, probe
+from .conflicts import check_options
 from .gap_head import find_gap_linear_head
 from .maps import check_on_image
 from .methods import AUTO, Method
@@ -209,16 +210,24 @@ def make_plan(
         method = methods.get(method)
     mean, std = check_norm(mean, std)
     graph.check()
-    if graph.overlay and graph.overlay_alpha < 0:
-        raise OptionError("overlay_alpha", "{name} must not be negative")
     several = layer is not None and not isinstance(layer, str | TapSpec)
     given = list(layer) if several else [layer]  # type: ignore[arg-type]
+    check_options(  # what the options alone decide (explain-export checks it before loading)
+        method,
+        target,
+        top_k,
+        overlay=graph.overlay,
+        overlay_alpha=graph.overlay_alpha,
+        head=head,
+        layers=given if several else None,
+    )
     fused = tuple(_layer_plan(model, result, one, tokens) for one in given) if several else ()
+    names = [p.layer for p in fused]
+    if len(set(names)) != len(names):  # two spellings of one tensor
+        raise OptionError("layer", "{name} lists a layer twice: {names}", names=", ".join(names))
     auto_fused = several and method == AUTO
-    if several:
-        _check_fused(fused, method)
-        if auto_fused:
-            method = methods.GRADCAM
+    if auto_fused:
+        method = methods.GRADCAM
     spec, layer_reason = layers.choose_layer(result, given[0], model)
     record = probe.select(result, model, spec)
     feature_shape, layout = _map_of(model, result, record, spec, tokens)
@@ -226,8 +235,8 @@ def make_plan(
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     if auto_fused:
         reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
-    _check_target(target, chosen, num_classes)
-    _check_top_k(top_k, target, chosen, num_classes, graph)
+    _check_target(target, num_classes)
+    _check_top_k(top_k, num_classes)
     segmentation = result.logits.dim() == 4
     if segmentation and top_k is not None:
         raise OptionError(
@@ -297,30 +306,8 @@ def _map_of(
     return tuple(probe.spatial(shape, result.input_size)), probe.layout(shape, result.input_size)
 
 
-def _check_fused(fused: tuple[LayerPlan, ...], method: str | Method) -> None:
-    names = [p.layer for p in fused]
-    if len(set(names)) != len(names):
-        raise OptionError("layer", "{name} lists a layer twice: {names}", names=", ".join(names))
-    if isinstance(method, Method) and method.needs_linear:
-        raise OptionError(
-            "layer",
-            "{m} reads the one map a GAP + linear head pools; to fuse several {name}s pick "
-            "{method} gradcam (or another gradient method)",
-            m=method.name,
-        )
-
-
-def _check_target(target: int | None, method: Method, num_classes: int) -> None:
-    if target is None:
-        return
-    if not method.has_class:
-        raise OptionError(
-            "target",
-            "{name} needs a method that explains a class (cam, gradcam); {chosen} has no "
-            "target class",
-            chosen=method.name,
-        )
-    if not 0 <= target < num_classes:
+def _check_target(target: int | None, num_classes: int) -> None:
+    if target is not None and not 0 <= target < num_classes:
         raise OptionError(
             "target",
             "{name} {target} is out of range: the model has {n} classes (0..{last})",
@@ -330,29 +317,13 @@ def _check_target(target: int | None, method: Method, num_classes: int) -> None:
         )
 
 
-def _check_top_k(
-    top_k: int | None, target: int | None, method: Method, num_classes: int, graph: GraphOptions
-) -> None:
-    if top_k is None:
-        return
-    if not method.has_class:
-        raise OptionError(
-            "top_k", "{name} needs a method that explains a class; {m} has none", m=method.name
-        )
-    if not 1 <= top_k <= num_classes:
+def _check_top_k(top_k: int | None, num_classes: int) -> None:
+    if top_k is not None and not 1 <= top_k <= num_classes:
         raise OptionError(
             "top_k",
             "{name} must be 1..{n} (the model has {n} classes), got {k}",
             n=num_classes,
             k=top_k,
-        )
-    if target is not None:
-        raise OptionError("top_k", "{name} explains the best classes; drop {target} or {name}")
-    if graph.overlay:
-        raise OptionError(
-            "top_k",
-            "{name} gives several maps per image, which the in-graph overlay cannot draw; drop "
-            "{overlay} (explain-run and explain-serve draw each map)",
         )
 
 

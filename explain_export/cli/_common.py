@@ -22,10 +22,27 @@ __all__ = [
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (exit code 2) that points at --help."""
+    """argparse with a one-line usage error (exit code 2) that points at --help, and for a
+    value that is not one of a flag's choices but near one, the one meant
+    (``--method gradcampp``: "unknown method 'gradcampp'; did you mean gradcam++?")."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        tail = (
+            f" (see {self.prog} --help)" if message.endswith("?") else f"; see {self.prog} --help"
+        )
+        self.exit(2, f"{self.prog}: error: {message}{tail}\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        from ..words import closest
+
+        if action.choices is not None and value not in action.choices and isinstance(value, str):
+            near = closest(value, [str(c) for c in action.choices])
+            if near is not None:
+                what = action.dest.replace("_", " ")
+                raise argparse.ArgumentError(
+                    action, f"unknown {what} '{value}'; did you mean {near}?"
+                )
+        super()._check_value(action, value)
 
 
 # library parameters whose flag is named otherwise; the others are ``--`` + the name with - for _

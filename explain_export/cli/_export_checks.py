@@ -1,7 +1,9 @@
 """``explain-export``'s flags, checked before anything loads.
 
-A bad size, format, normalization, label file, checkpoint path, output folder or ``--arch``
-fails in about the time it takes to import torch, not after the model is read and built.
+A bad size, format, normalization, label file, checkpoint path, output folder or ``--arch``,
+flags that conflict (:func:`.conflicts.check_options`), and a label count that does not fit a
+class count the flags tell (:meth:`.ModelSource.known_classes`) fail in about the time it takes
+to import torch, not after the model is read and built.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from ._common import input_size, model_source
 
-__all__ = ["Checked", "check_flags"]
+__all__ = ["Checked", "check_flags", "check_label_count"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,24 @@ class Checked:
 def check_flags(args: argparse.Namespace) -> Checked:
     """Every check of the flags that needs no model; an :class:`.OptionError` or
     :class:`.UsageError` for the first that fails."""
+    from ..builder.conflicts import check_options
     from ..builder.export import check_formats
     from ..builder.plan import IMAGENET_MEAN, IMAGENET_STD, check_norm
     from ..errors import OptionError
 
     size = input_size(args)
+    listing = args.list_layers is not None  # lists the layers and exits: no export to check
+    if not listing:
+        check_options(
+            args.method,
+            args.class_index,
+            args.top_k,
+            overlay=args.overlay_output,
+            overlay_alpha=args.overlay_alpha,
+            head=args.head,
+            layers=args.layer if args.layer and len(args.layer) > 1 else None,
+            class_input=args.class_input,
+        )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
     background = _background(args.background)
@@ -56,7 +71,37 @@ def check_flags(args: argparse.Namespace) -> Checked:
             overwrite=True,
         )
     source = model_source(args)  # last: --arch imports its module
+    if labels is not None and not listing:
+        known = source.known_classes()
+        if known is not None:
+            check_label_count(
+                labels, args.labels, known[0], known[1].replace("arch_kwargs", "--arch-kwargs")
+            )
+        head = source.checkpoint_classes(len(labels))
+        if head is not None:
+            check_label_count(
+                labels, args.labels, head[0], f"the checkpoint's last layer '{head[1]}'"
+            )
     return Checked(source, size, formats, tuple(mean), tuple(std), labels, background)
+
+
+def check_label_count(labels: list[str], given: str, classes: int, why: str = "") -> None:
+    """A :class:`.UsageError` that says how to fix it where ``--labels`` (``given``) does not
+    name one label per class of a model with ``classes`` classes (``why``: how that is known)."""
+    from ..errors import UsageError
+
+    if len(labels) == classes:
+        return
+    what = (
+        f"--labels imagenet names {len(labels)}"
+        if given == "imagenet" and not os.path.exists(given)
+        else f"--labels '{given}' has {len(labels)} lines"
+    )
+    known = f" ({why})" if why else ""
+    raise UsageError(
+        f"the model has {classes} classes{known} but {what}; pass a file with one label per "
+        "class, in class order, or leave --labels out"
+    )
 
 
 def _labels(given: str | None) -> list[str] | None:

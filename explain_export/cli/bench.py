@@ -54,13 +54,14 @@ variants (all on the same inputs, interleaved round by round):
 
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
-images/s, page faults per call; ratios from the same run; the issue's targets, met or not.
+images/s, page faults per call; ratios from the same run. --targets: also the project's own
+goals (set for EfficientNet-Lite0 224x224 on 2 threads), met or not.
 On the CPU, ONNX Runtime's profiler also measures the heatmap head: the kernel time of the
 nodes that logits does not depend on, over that of the rest (--profile-runs).
 
 examples:
   explain-bench --quick                                     eager vs ORT, in well under a minute
-  explain-bench --threads 2 --batch-sizes 1,8,32 --out bench/
+  explain-bench --threads 2 --batch-sizes 1,8,32 --out bench/ --overwrite
   explain-bench --threads 2 --channels-last --tuned-malloc     eager PyTorch at its best
   explain-bench --device cuda --batch-sizes 1,8,32,64 --skip compile
   explain-bench --ckpt model.pt --arch torchvision.models:resnet50 --layer layer4
@@ -206,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for bench.json, bench.md, bench.png (default: ./bench)",
     )
     o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report files of an earlier run in DIR (default: refuse)",
+    )
+    o.add_argument(
+        "--targets",
+        action="store_true",
+        help="also judge the project's own speed goals (explain_export/data/bench_targets.json, "
+        "set for the embedded EfficientNet-Lite0 at 224x224 on 2 threads), met or not; for "
+        "the project's runs, not a verdict on your model (default: the ratios alone)",
+    )
+    o.add_argument(
         "--save-models",
         action="store_true",
         help="also keep the ONNX files and ONNX Runtime's optimized graphs in DIR/models",
@@ -253,9 +266,8 @@ def _methods(text: str) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from ..artifact.files import ensure_out_dir
     from ..bench import BenchConfig, load_explainer, run_bench
-    from ..bench.report import head_profile_line, table, target_value, write_report
+    from ..bench.report import MODELS, check_out_dir, console_lines, write_report
     from ..builder.export import DEFAULT_OPSET
 
     preset = _preset(args)
@@ -271,20 +283,22 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         tuned_malloc=args.tuned_malloc,
         skip=frozenset(s.strip() for s in preset["skip"].split(",") if s.strip()),
         opset=args.opset or DEFAULT_OPSET,
-        models_dir=os.path.join(args.out, "models") if args.save_models else None,
+        models_dir=os.path.join(args.out, MODELS) if args.save_models else None,
         profile_runs=preset["profile_runs"],
         methods=_methods(args.methods),
         top_k=args.top_k,
+        targets=args.targets,
     )
     config.check()  # before the model loads: --device cuda without CUDA is a usage error
-    if not args.debug:  # a CUDA provider that does not start is the ort variants' status line
-        from ..artifact.providers import quiet_onnxruntime_logs
+    from ..artifact.providers import quiet_onnxruntime_logs
 
-        quiet_onnxruntime_logs()
+    # a CUDA provider that does not start is the ort variants' status line (theirs: --debug)
+    quiet_onnxruntime_logs(not args.debug)
+    if not args.debug:
         warnings.simplefilter("ignore", DeviceFallbackWarning)
     size = input_size(args)
     source = model_source(args)  # the checkpoint file is there, --arch resolves
-    ensure_out_dir(args.out)
+    check_out_dir(args.out, args.overwrite, args.save_models)  # before the model loads
     explainer, description = load_explainer(source, args.layer, args.method, args.head, size)
     say = (lambda _msg: None) if args.quiet else log
     info = explainer.plan
@@ -324,25 +338,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if bar is not None:
             bar.close()
     paths = write_report(result, args.out)
-    print(table(result))
-    for batch, profile in result.get("head_profile", {}).items():
-        print(head_profile_line(batch, profile))
-    for note in result["notes"]:
-        if not note.endswith(": skipped: --skip"):  # as asked (bench.md lists them)
-            print(f"note: {note}")
-    if result.get("busy"):
-        shares = ", ".join(
-            f"{s:.0%} of the CPUs while timing batch {b}" for b, s in result["busy"].items()
-        )
-        print(
-            f"warning: the machine was busy: other processes used {shares}; those figures are "
-            "not reliable and their targets are not judged; rerun on an idle machine"
-        )
-    for t in result["targets"]:
-        verdict = "met" if t["met"] else "MISSED"
-        if not t.get("judged", True):
-            verdict = "not judged (machine busy)"
-        print(f"target {verdict}: {t['target']} ({target_value(t)})")
+    for line in console_lines(result):
+        print(line)
     for path in paths.values():
         print(f"wrote {path}")
     return 0

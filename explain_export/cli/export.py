@@ -12,7 +12,7 @@ from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.layers import BRIEF
 from ..builder.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main
-from ._export_checks import check_flags
+from ._export_checks import check_flags, check_label_count
 from ._layers import layout_line, list_layers
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -287,6 +287,8 @@ def _run(args: argparse.Namespace) -> int:
         tokens=args.tokens,
     )
     info = explainer.plan
+    if flags.labels is not None:  # where the flags did not tell the class count: now
+        check_label_count(flags.labels, args.labels, info.num_classes)
     print(f"model:  {description}{origin}")
     if info.output.kind != "tensor":
         print(f"output: {info.output} of what the model returns (the logits)")
@@ -308,6 +310,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"        {layout_line(info.layout)}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
+    if info.segmentation:
+        scores = "x".join(map(str, (info.num_classes, *(info.output_size or ()))))
+        print(
+            f"task:   segmentation, per-pixel scores {scores}: the heatmap explains a class over "
+            f"the pixels predicted as it: {info.target_spec.describe}"
+        )
     if labels is None and info.num_classes == 1000:
         print(
             "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores "

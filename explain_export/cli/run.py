@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         metavar="PATH",
-        help=f"explainer.onnx, .torchscript.pt or .pt2 (default: {DEFAULT_MODEL}; "
-        "for the demo it is exported first if missing)",
+        help=f"explainer.onnx, .torchscript.pt or .pt2, or the folder explain-export wrote "
+        "(its explainer.onnx, else .torchscript.pt, else .pt2; with --engine ray its .onnx). "
+        f"Default: {DEFAULT_MODEL}; for the demo it is exported first if missing",
     )
     p.add_argument(
         "--images",
@@ -226,8 +227,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..artifact.providers import quiet_onnxruntime_logs
 
     quiet_decoder_warnings()
-    if not args.debug:
-        quiet_onnxruntime_logs()  # a CUDA provider that does not start: our line, not theirs
+    # a CUDA provider that does not start: our line, not theirs (theirs too with --debug)
+    quiet_onnxruntime_logs(not args.debug)
     demo = not args.images
     if demo:
         from ..artifact.samples import PHOTOS, photo_path
@@ -244,7 +245,12 @@ def _run(args: argparse.Namespace) -> int:
         paths, skipped, names = runner.collect(args.images)
         if not paths:
             raise UsageError(f"no image files in {', '.join(args.images)}")
-    model_path = _demo_model(args)
+    from ..artifact.folder import ORDER, artifact_in
+
+    given = _demo_model(args)
+    model_path = artifact_in(given, ("onnx",) if args.engine == "ray" else ORDER)
+    if model_path != given and not args.quiet:
+        log(f"model: {model_path}")
     if not os.path.isfile(model_path):
         raise UsageError(
             f"no model at '{model_path}'; pass --model explainer.onnx, .torchscript.pt or .pt2"

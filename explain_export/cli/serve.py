@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="PATH",
         default=DEFAULT_MODEL,
-        help=f"an explainer.onnx from explain-export (default: {DEFAULT_MODEL})",
+        help="an explainer.onnx from explain-export, or the folder it wrote (its "
+        f"explainer.onnx; default: {DEFAULT_MODEL})",
     )
     s = p.add_argument_group("serving")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

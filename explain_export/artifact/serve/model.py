@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import OptionError, first_line
 from ..contract import ArtifactMetadata, check_metadata, class_count
+from ..folder import artifact_in
 from ..runtime import OnnxExplainer
 
 __all__ = ["Model", "health", "open_model"]
@@ -34,7 +35,9 @@ def open_model(
 ) -> Model:
     """Open ``path`` (an ``.onnx`` explainer) on ONNX Runtime, no torch: the CPU provider, or
     with ``device="cuda"`` the CUDA provider (IO binding, and CUDA graphs unless
-    ``cuda_graph=False``; :class:`~..runtime.OnnxExplainer`)."""
+    ``cuda_graph=False``; :class:`~..runtime.OnnxExplainer`). ``path`` may be the export
+    folder: its ``explainer.onnx`` (:func:`~..folder.artifact_in`)."""
+    path = artifact_in(path, ("onnx",))
     if not path.endswith(".onnx"):
         raise OptionError(
             "path",

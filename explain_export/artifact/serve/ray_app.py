@@ -99,8 +99,8 @@ def make_deployment(config: ServerConfig) -> Any:
             if config.threads:
                 cv2.setNumThreads(config.threads)
             quiet_decoder_warnings()  # a bad body gets its own one-line 400, not a log line
-            if not config.onnxruntime_logs:
-                quiet_onnxruntime_logs()  # a CUDA provider that does not start: one line of ours
+            # a CUDA provider that does not start: one line of ours (theirs too with --debug)
+            quiet_onnxruntime_logs(not config.onnxruntime_logs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeviceFallbackWarning)
                 graphs = None if config.cuda_graph else False  # None: on where CUDA runs
