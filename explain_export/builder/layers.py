@@ -40,11 +40,12 @@ __all__ = [
 
 
 def pool_input(result: Probe) -> TapSpec | None:
-    """The input of the last global pooling module: a spatial ``[N,C,h,w]`` map in, ``[N,C,1,1]``
-    or ``[N,C]`` out (``AdaptiveAvgPool2d(1)``, timm's ``SelectAdaptivePool2d``, ...)."""
+    """The input of the last global pooling module (its type or name says pool): a map on the
+    image ``[N,C,h,w]`` in, ``[N,C,1,1]`` or ``[N,C]`` out (``AdaptiveAvgPool2d(1)``, timm's
+    ``SelectAdaptivePool2d``, ...); a strided convolution that happens to give 1x1 is none."""
     for rec in reversed(result.records):
         shape_in, shape_out = rec.input_shape, rec.output_shape
-        if (
+        if _is_pool(rec) and (
             on_image(result, rec, "input")
             and layout(shape_in, result.input_size) == "NCHW"
             and shape_out is not None
@@ -104,12 +105,12 @@ def choose_layer(
     spec = gap_input(result)
     if spec is not None and _spec_on_image(result, spec):
         return spec, "the map whose global average the classifier reads"
-    spec = pool_input(result)
-    if spec is not None:
-        return spec, "the input of the last global pooling"
     pooled = one_pixel_pool(result)
     if pooled is not None:
         _refuse_one_pixel(result, pooled, model)
+    spec = pool_input(result)
+    if spec is not None:
+        return spec, "the input of the last global pooling"
     records = result.records
     maps = map_records(result)
     if maps:
@@ -127,12 +128,16 @@ def choose_layer(
     )
 
 
+def _is_pool(rec: CallRecord) -> bool:
+    return "pool" in rec.kind.lower() or "pool" in rec.name.rpartition(".")[2].lower()
+
+
 def one_pixel_pool(result: Probe) -> CallRecord | None:
     """The last global pooling (a module named ``*Pool*`` whose input is a 4-D ``[N,C,h,w]`` and
     whose output is ``[N,C,1,1]`` or ``[N,C]``), where its input is a single pixel."""
     for rec in reversed(result.records):
         shape_in, shape_out = rec.input_shape, rec.output_shape
-        if "Pool" not in rec.kind or shape_in is None or len(shape_in) != 4 or shape_out is None:
+        if not _is_pool(rec) or shape_in is None or len(shape_in) != 4 or shape_out is None:
             continue
         if tuple(shape_out) in {(*shape_in[:2], 1, 1), tuple(shape_in[:2])}:
             return rec if tuple(shape_in[2:]) == (1, 1) else None
