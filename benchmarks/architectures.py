@@ -170,6 +170,35 @@ MODELS = [
     ),
     tm("tiny_vit_5m_224"),
     tm("visformer_tiny"),
+    tm(
+        "convit_tiny",
+        note="issue 26: the default was the attention probabilities after "
+        "blocks.11.attn.attn_drop, [4, 197, 197], drawn as a 4-channel map",
+    ),
+    tm(
+        "tnt_s_patch16_224",
+        note="issue 26: the default was the outer attention's probabilities "
+        "(blocks.11.attn_out.attn_drop, [6, 197, 197]); TNT records no map of the image",
+    ),
+    tm(
+        "coat_lite_tiny",
+        note="issue 26: the default was crpe4@1, [8, 50, 40], a tensor of the convolutional "
+        "position encoding that both stage-4 blocks share",
+    ),
+    tm(
+        "coat_tiny",
+        note="issue 26: the default was the MLP norm's input (parallel_blocks.5.norm24:input), "
+        "whose patch tokens nothing later reads",
+    ),
+    tm("cait_xxs24_224"),
+    tm(
+        "cait_xxs24_224",
+        extra=["--layer", "blocks.10"],
+        key="timm-cait_xxs24_224-blocks10",
+        note="issue 26: a block before the class token joins (no prefix token) was refused as "
+        "fitting no patch grid",
+    ),
+    tm("nest_tiny", note="issue 26: the ONNX export crashed on the 5-D attention"),
     seg("fcn_resnet50", note=SEG_NOTE),
     seg(
         "fcn_resnet50",
