@@ -102,7 +102,7 @@ def test_a_download_is_refused_in_one_line(name, kwargs, cause):
         build_arch(f"{HERE}:{name}", kwargs)
     message = str(info.value)
     assert "tried to download weights while building the model" in message
-    assert cause in message and "pass its weights flag in arch_kwargs" in message
+    assert cause in message and "set its weights flag off in arch_kwargs" in message
     assert "\n" not in message
 
 
@@ -135,4 +135,4 @@ def test_export_prints_the_line_and_refuses_a_download(tmp_path, capsys):
         "explain-export: error: --arch 'test_offline_builders:always_downloads' tried to "
         "download weights while building the model (ConnectionRefusedError: "
     )
-    assert "pass its weights flag in --arch-kwargs" in lines[0]
+    assert "set its weights flag off in --arch-kwargs" in lines[0] and "with --ckpt" in lines[0]

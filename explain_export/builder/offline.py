@@ -91,9 +91,9 @@ def downloads_refused(arch: str) -> Iterator[None]:
         raise OptionError(
             "arch_kwargs",
             "{arch} '{arch_name}' tried to download weights while building the model "
-            "({why}); nothing is downloaded here: pass its weights flag in {name}, e.g. "
-            "'{example}', and the weights in the checkpoint",
+            "({why}); nothing is downloaded here: set its weights flag off in {name}, e.g. "
+            "'{example}', and give the weights with {ckpt}",
             arch_name=arch,
-            why=first_line(found),
+            why=first_line(found, limit=100),
             example='{"weights": null}' if "torchvision" in arch else '{"pretrained": false}',
         ) from exc
