@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from explain_export.builder.checkpoint import build_arch
-from explain_export.builder.offline import weight_defaults
+from explain_export.builder.offline import describe_weight_defaults, weight_defaults
 from explain_export.builder.source import ModelSource
 from explain_export.cli import export as export_cli
 from explain_export.errors import OptionError
@@ -117,6 +117,11 @@ def test_model_source_says_what_it_passed(tmp_path):
     assert loaded.arch_weights == {"weights": None, "weights_backbone": None}
     own = ModelSource(str(tmp_path / "sd.pt"), f"{HERE}:seg_like", {"weights_backbone": None})
     assert own.load((32, 32)).arch_weights == {"weights": None}
+    bare = ModelSource(arch=f"{HERE}:legacy_like").load((32, 32))  # no --ckpt: random init
+    assert describe_weight_defaults(bare.arch_weights, checkpoint=False) == (
+        "arch: pretrained=False, pretrained_backbone=False (nothing is downloaded: the weights "
+        "are the builder's random init)"
+    )
 
 
 def test_export_prints_the_line_and_refuses_a_download(tmp_path, capsys):
@@ -136,3 +141,19 @@ def test_export_prints_the_line_and_refuses_a_download(tmp_path, capsys):
         "download weights while building the model (ConnectionRefusedError: "
     )
     assert "set its weights flag off in --arch-kwargs" in lines[0] and "with --ckpt" in lines[0]
+
+
+def test_network_errors_by_type_and_by_library():
+    from explain_export.builder.offline import network_error
+
+    hub_error = type(
+        "LocalEntryNotFoundError", (Exception,), {"__module__": "huggingface_hub.errors"}
+    )
+    assert network_error(hub_error("cannot find the requested files")) is not None
+    wrapped = RuntimeError("x")
+    wrapped.__cause__ = socket.gaierror(-2, "Name or service not known")
+    assert isinstance(network_error(wrapped), socket.gaierror)
+    assert (
+        network_error(FileNotFoundError(2, "No such file")) is None
+    )  # a file error is no download
+    assert network_error(ValueError("bad")) is None

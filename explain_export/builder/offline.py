@@ -38,7 +38,7 @@ WEIGHT_PARAMETERS: dict[str, Any] = {
     "pretrained_backbone": False,
 }
 _NETWORK_TYPES = (urllib.error.URLError, socket.gaierror, socket.herror, ConnectionError)
-_NETWORK_MODULES = ("requests.", "urllib3.", "httpx.", "huggingface_hub.")
+_NETWORK_MODULES = ("requests", "urllib3", "httpx", "huggingface_hub")  # httpx2 too
 
 
 def weight_defaults(target: Callable[..., Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def network_error(exc: BaseException) -> BaseException | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, _NETWORK_TYPES) or type(current).__module__.startswith(
-            tuple(m.rstrip(".") for m in _NETWORK_MODULES)
+            _NETWORK_MODULES
         ):
             return current
         current = current.__cause__ or current.__context__
