@@ -15,13 +15,13 @@ class (token maps laid out by its usual reshape_transform); for a segmentation m
 the export explained with SemanticSegmentationTarget(c, argmax == c) on the model's chosen
 output, through a wrapper that returns it.
 
-Usage, in a venv of its own with torch, torchvision, timm, grad-cam (pytorch-grad-cam),
-onnxruntime, scikit-image and this package (``pip install --no-deps -e .``); the README's
-"Architectures tried" ran torch 2.14.1 + torchvision 0.29.1:
+Usage, in the venv that ``make peers`` builds (``.peers/``: torch 2.14.1 + torchvision 0.29.1,
+timm, grad-cam (pytorch-grad-cam), onnxruntime, scikit-image and this package, installed
+``--no-deps -e .``):
 
-    VENV/bin/python benchmarks/architectures.py                 # everything
-    VENV/bin/python benchmarks/architectures.py --only resnet18,timm-vgg11
-    VENV/bin/python benchmarks/architectures.py --list
+    make peers && .peers/bin/python benchmarks/architectures.py   # everything
+    .peers/bin/python benchmarks/architectures.py --only resnet18,timm-vgg11
+    .peers/bin/python benchmarks/architectures.py --list
 
 Results go to benchmarks/results/architectures.json and .md; with --only, the entries of the
 named models replace theirs in an existing JSON and the others are kept. Checkpoints and exports
@@ -707,8 +707,9 @@ def write_outputs(results):
     dated = sorted(r["date"] for r in results if r.get("date"))
     when = f"{dated[0]} to {dated[-1]}" if dated else "(no dated rows)"
     footer = (
-        "Rerun: `VENV/bin/python benchmarks/architectures.py` (a subset: `--only KEY1,KEY2`), "
-        f"in a venv with {_versions()} and this package, on the 2-core CPU machine. `s`: "
+        "Rerun: `make peers && .peers/bin/python benchmarks/architectures.py` (a subset: "
+        "`--only KEY1,KEY2`), in the venv that `make peers` builds; these rows ran with "
+        f"{_versions()} and this package, on the 2-core CPU machine. `s`: "
         "seconds of the export (a shared machine: other jobs ran beside these); `peak RSS GB`: "
         "its peak resident memory (`/usr/bin/time`). Rows with a peak RSS ran from "
         f"{when} (each row's `date` is in architectures.json); the rows without one ran on "

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Issue 19's two crashes, swept as benchmarks/architectures.py sweeps (default flags, random
 init with torch.manual_seed(0), --ckpt of the saved state_dict, ONNX vs pytorch-grad-cam on
-three photos): tiny_vit_5m_224 and visformer_tiny. In the same venv as architectures.py:
+three photos): tiny_vit_5m_224 and visformer_tiny. In the venv that ``make peers`` builds, as
+architectures.py:
 
-    VENV/bin/python benchmarks/issue19_crashes.py
+    make peers && .peers/bin/python benchmarks/issue19_crashes.py
 
 Results: benchmarks/results/issue19-crashes/architectures.{json,md}; exports under
 /tmp/explain-export-issue19.

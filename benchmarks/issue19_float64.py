@@ -2,10 +2,11 @@
 """visformer_tiny (timm, random init, seeds 0-2): eager float32 and each exported file against
 float64 eager (:mod:`explain_export.builder.parity64`) on the verification cases. Prints, per
 case, eager's error against float64, each file's error against eager and against float64, and
-that as a multiple of the yardstick Y (eager's largest error over the cases). In the venv of
-benchmarks/architectures.py:
+that as a multiple of the yardstick Y (eager's largest error over the cases). In the venv that
+``make peers`` builds:
 
-    VENV/bin/python benchmarks/issue19_float64.py > benchmarks/results/issue19-crashes/float64.txt
+    make peers
+    .peers/bin/python benchmarks/issue19_float64.py > benchmarks/results/issue19-crashes/float64.txt
 """
 
 from __future__ import annotations

