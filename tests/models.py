@@ -857,3 +857,32 @@ class IgnoresInput(TinyResNet):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(0 * x)
+
+
+class Affine(nn.Module):
+    """ResMLP's normalisation: ``α ⊙ x + β`` per channel (no statistics, no "Norm" in its name)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(1 + 0.1 * torch.randn(dim))
+        self.beta = nn.Parameter(0.1 * torch.randn(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alpha * x + self.beta
+
+
+class AffineMixer(nn.Module):
+    """ResMLP in miniature: a conv stem (an 8x8 grid at 64x64), one token-mixing block, an
+    ``Affine`` as its final norm, the mean over tokens and a linear head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 8, 8)
+        self.mix = nn.Linear(64, 64)
+        self.norm = Affine(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x).flatten(2)  # [N, C, 64]
+        x = (x + self.mix(x)).transpose(1, 2)  # [N, 64, C]
+        return self.head(self.norm(x).mean(1))

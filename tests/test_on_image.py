@@ -222,3 +222,14 @@ def test_an_input_too_small_for_the_pooled_map_is_refused_with_the_size_that_wor
     assert "--input-size 10 10 or larger (the pooled map is then 2x2)" in capsys.readouterr().err
     with build_explainer(tiny_resnet(), input_size=(10, 10)) as explainer:
         assert explainer.plan.layer == "avgpool:input"
+
+
+def test_list_layers_always_shows_the_default_row(capsys):
+    """A ResMLP-like model's default is the output of its final ``Affine`` (no norm module
+    reads its tokens, so no token sequence was listed): the table showed the stem alone and
+    left its own default out."""
+    code = main(["--arch", "models:AffineMixer", "--input-size", "64", "64", "--list-layers"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.endswith("<- default")]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["norm", "Affine"], out

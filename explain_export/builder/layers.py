@@ -310,8 +310,13 @@ def layer_rows(result: Probe, default: TapSpec | None) -> list[LayerRow]:
         specs = []
         if default is not None and default.port == "input" and _matches(default, r, counts):
             specs.append((spec_for(result, r, "input"), r.input_shape))
-        if on_image(result, r, "output") or (
-            r.output_shape is not None and tuple(r.output_shape) in streams
+        is_default_output = (
+            default is not None and default.port == "output" and _matches(default, r, counts)
+        )
+        if (
+            is_default_output
+            or on_image(result, r, "output")
+            or (r.output_shape is not None and tuple(r.output_shape) in streams)
         ):
             specs.append((spec_for(result, r, "output"), r.output_shape))
         block = "." not in r.name or (r.name in parents and r.name[-1].isdigit())
