@@ -16,8 +16,8 @@ the export explained with SemanticSegmentationTarget(c, argmax == c) on the mode
 output, through a wrapper that returns it.
 
 Usage, in a venv of its own with torch, torchvision, timm, grad-cam (pytorch-grad-cam),
-onnxruntime, scikit-image and this package (``pip install --no-deps -e .``); the README's
-"Architectures tried" ran torch 2.14.1 + torchvision 0.29.1:
+onnxruntime, scikit-image and this package (``pip install --no-deps -e .``); the runs in
+docs/models.md#architectures-tried used torch 2.14.1 + torchvision 0.29.1:
 
     VENV/bin/python benchmarks/architectures.py                 # everything
     VENV/bin/python benchmarks/architectures.py --only resnet18,timm-vgg11
