@@ -17,7 +17,7 @@ output, through a wrapper that returns it.
 
 Usage, in the venv that ``make peers`` builds (``.peers/``: torch 2.14.1 + torchvision 0.29.1,
 timm, grad-cam (pytorch-grad-cam), onnxruntime, scikit-image and this package, installed
-``--no-deps -e .``):
+``--no-deps -e .``); docs/models.md#architectures-tried shows its results:
 
     make peers && .peers/bin/python benchmarks/architectures.py   # everything
     .peers/bin/python benchmarks/architectures.py --only resnet18,timm-vgg11

@@ -1,4 +1,4 @@
-"""The README's pictures of a segmentation model and a vision transformer, explained.
+"""The pictures of a segmentation model and a vision transformer, explained (docs/models.md).
 
 - ``--segmentation PATH``: the embedded EfficientNet-Lite0 made fully convolutional, with its
   real ImageNet weights: its classifier applied at every position of its last map (a 1x1
