@@ -7,6 +7,7 @@ replaces the pair, stay out of git, and leave ``make setup`` as it was.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,9 +20,17 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 
 def dry_run(*args: str) -> list[str]:
-    """The commands ``make -n`` would run, one per line (continuations joined)."""
+    """The commands ``make -n`` would run, one per line (continuations joined). Under ``make
+    test`` the outer make's variables are dropped, so this make is a top-level one that prints
+    no ``make[1]: Entering directory`` lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = subprocess.run(
-        ["make", "-n", "-B", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-B", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
     return [line for line in out.replace("\\\n", "").splitlines() if line.strip()]
 
