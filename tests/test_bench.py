@@ -490,6 +490,7 @@ def test_methods_add_one_ort_variant_each(tmp_path):
     assert "| ORT explainer, sum: time over ORT explainer, cam |" in text
 
 
+@pytest.mark.slow
 def test_a_method_the_layer_cannot_take_is_not_measured(tmp_path):
     """cam needs GAP + one Linear after the map: LayerNormHead's is refused in one line. Its
     explainer is gradcam, so ort_gradcam, asked for, runs the ort file."""

@@ -147,6 +147,7 @@ def test_gradcam_through_convolutions_after_the_tap(layer):
     np.testing.assert_allclose(heat.numpy(), ref_gradcam(model, photos(), layer), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradcam_explains_a_chosen_class_per_image(tmp_path):
     model = head_kind("mlp-head")
     explainer = build_explainer(model, method="gradcam", input_size=SIZE)

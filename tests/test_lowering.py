@@ -208,6 +208,7 @@ def test_a_batched_product_with_a_weight_is_folded_into_one_mm(shape):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_multihead_attention_holds_no_weight_copied_over_the_tokens(monkeypatch):
     """torchvision's ViT layout (nn.MultiheadAttention, batch_first): its input projection is
     traced as ``bmm`` of the weight expanded over the tokens (ViT-B/16: [197, 768, 2304] per

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from explain_export.artifact import runtime, samples
@@ -88,6 +89,7 @@ def test_a_method_record_from_outside_the_registry_is_built_and_exported(tmp_pat
     assert np.abs(plain - expected).max() > 0.1  # the record's own function ran, not a sum
 
 
+@pytest.mark.slow
 def test_a_target_record_from_outside_explains_its_class(tmp_path):
     model = tiny_resnet(seed=1)
     built = build_explainer(model, "layer3", "gradcam", input_size=SIZE)

@@ -67,6 +67,7 @@ def test_the_region_map_equals_the_reference(tmp_path, formats):
     explainer.remove()
 
 
+@pytest.mark.slow
 def test_a_class_chosen_at_export_or_at_run_time_and_the_background(tmp_path):
     model = tiny_seg(seed=SEED)
     images = photos()
