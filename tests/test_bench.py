@@ -145,7 +145,7 @@ def test_default_model_at_batch_1(tmp_path):
     """The embedded EfficientNet-Lite0 through every path; torch.compile (slow to compile) and
     the second ONNX export (the tiny run covers it) are skipped to keep this quick."""
     args = ["--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--settle", "0"]
-    args += ["--skip", "compile,ort_logits", "--threads", "2", "--quiet"]
+    args += ["--skip", "compile,ort_logits", "--threads", "2", "--quiet", "--targets"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["config"]["model"].startswith("EfficientNet-Lite0")
@@ -185,7 +185,7 @@ def test_device_cuda_without_cuda_is_a_one_line_usage_error(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run(tmp_path):
     args = [*TINY, *QUICK, "--device", "cuda", "--batch-sizes", "1,2", "--skip", "compile"]
-    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert main([*args, "--targets", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["machine"]["gpu"]
     for name in ("eager", "eager_logits", "torchscript", "autograd"):
