@@ -133,13 +133,16 @@ def expected(model_path, tmp_path_factory) -> dict[str, dict]:
         stem = os.path.splitext(name)[0]
         result[name] = {
             "topk": line["topk"],
-            "explained": [
-                {k: e[k] for k in ("class", "label", "score")} for e in line["explained"]
-            ],
+            "explained": named_classes(line),
             "heatmap": cv2.imread(str(out / f"{stem}.heatmap.png"), cv2.IMREAD_UNCHANGED),
             "overlay": cv2.imread(str(out / f"{stem}.overlay.png"), cv2.IMREAD_UNCHANGED),
         }
     return result
+
+
+def named_classes(line: dict) -> list[dict]:
+    """A predictions.jsonl row's ``explained`` as the server answers it (no file names)."""
+    return [{k: e[k] for k in ("class", "label", "score")} for e in line["explained"]]
 
 
 def assert_same_answer(body: dict, want: dict, exact: bool = True) -> None:
@@ -255,6 +258,7 @@ def test_uint8_graphs_with_an_overlay_output_are_served_like_explain_run(
             reply.body,
             {
                 "topk": line["topk"],
+                "explained": named_classes(line),
                 "heatmap": cv2.imread(str(tmp_path / f"{stem}.heatmap.png"), cv2.IMREAD_UNCHANGED),
                 "overlay": cv2.imread(str(tmp_path / f"{stem}.overlay.png"), cv2.IMREAD_UNCHANGED),
             },
