@@ -103,6 +103,7 @@ def test_dynamic_size_onnx_runs_at_other_sizes(tmp_path):
     np.testing.assert_allclose(heat, ref_heat.numpy(), atol=verify.HEATMAP_TOL)
 
 
+@pytest.mark.slow
 def test_class_input_is_a_graph_input(tmp_path):
     explainer, result = _export(tmp_path, class_input=True)
     assert any("class_index" in r.input for r in result.parity)

@@ -47,7 +47,7 @@ def expected_maps(model, images: np.ndarray, layer: str, method: str) -> tuple[n
 
 CASES = [
     ("gap-linear", "cam", "avgpool:input", ("onnx",)),
-    ("layernorm-head", "gradcam", "avgpool:input", ("onnx",)),
+    pytest.param("layernorm-head", "gradcam", "avgpool:input", ("onnx",), marks=pytest.mark.slow),
     pytest.param(
         "conv-after-pool",
         "gradcam++",
