@@ -10,12 +10,37 @@ gives, worded with the library's parameter names (a command words them with its 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import OptionError
 from . import methods
 from .methods import AUTO, Method
+from .tap import TapSpec
 
-__all__ = ["check_options"]
+__all__ = ["check_options", "check_request"]
+
+
+def check_request(
+    method: str | Method,
+    target: int | None,
+    top_k: int | None,
+    graph: Any,
+    head: str | None,
+    layer: str | TapSpec | Sequence[str | TapSpec] | None,
+) -> None:
+    """:func:`check_options` for the arguments :func:`.plan.make_plan` and
+    :func:`.explainer.build_explainer` take: ``graph`` a :class:`.plan.GraphOptions` (its
+    overlay and alpha), ``layer`` one layer or several to fuse."""
+    several = layer is not None and not isinstance(layer, str | TapSpec)
+    check_options(
+        method,
+        target,
+        top_k,
+        overlay=graph.overlay,
+        overlay_alpha=graph.overlay_alpha,
+        head=head,
+        layers=list(layer) if several else None,  # type: ignore[arg-type]
+    )
 
 
 def check_options(

@@ -29,7 +29,7 @@ from ..artifact import samples
 from ..artifact.contract import graph_image
 from ..errors import OptionError, UsageError
 from . import dead_head, graph_io, heads, methods, probe
-from .conflicts import check_options
+from .conflicts import check_request
 from .heatmap_head import FusedHead, HeatmapHead
 from .methods import AUTO, Method
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
@@ -244,16 +244,7 @@ def build_explainer(
     """
     if method != AUTO:  # the cheap checks before the probe; make_plan repeats them for callers
         method = methods.get(method)
-    several = layer is not None and not isinstance(layer, str | TapSpec)
-    check_options(
-        method,
-        target,
-        top_k,
-        overlay=graph.overlay,
-        overlay_alpha=graph.overlay_alpha,
-        head=head,
-        layers=list(layer) if several else None,  # type: ignore[arg-type]
-    )
+    check_request(method, target, top_k, graph, head, layer)
     mean, std = check_norm(mean, std)
     h, w = check_input_size(input_size)
     model = model.eval()

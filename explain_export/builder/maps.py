@@ -21,14 +21,12 @@ the image; the default layer, ``--list-layers`` and ``--layer`` all ask it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from ..errors import OptionError
 from .probe import CallRecord, Probe, spatial
 
 __all__ = [
     "check_on_image",
-    "grid_sides",
     "map_records",
     "off_image",
     "on_image",
@@ -134,12 +132,3 @@ def on_image(result: Probe, rec: CallRecord, port: str) -> bool:
 def map_records(result: Probe, port: str = "output") -> list[CallRecord]:
     """The records whose ``port`` is a map on the image (:func:`on_image`), in the order run."""
     return [r for r in result.records if on_image(result, r, port)]
-
-
-def grid_sides(shape: Sequence[int] | None, size: tuple[int, int] | None) -> tuple[int, int] | None:
-    """``(h, w)`` of a 4-D map whose sides fit one stride of ``size``; None otherwise (a shape
-    test only: the batch and attention checks need the record, :func:`off_image`)."""
-    if shape is None or len(shape) != 4 or size is None:
-        return None
-    _, h, w = spatial(shape, size)
-    return (h, w) if h * w > 1 and stride_fits(h, w, size) else None

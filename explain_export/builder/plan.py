@@ -26,7 +26,7 @@ from torch import nn
 from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
 from ..errors import OptionError, UsageError
 from . import layers, methods, probe
-from .conflicts import check_options
+from .conflicts import check_request
 from .gap_head import find_gap_linear_head
 from .maps import check_on_image
 from .methods import AUTO, Method
@@ -212,15 +212,7 @@ def make_plan(
     graph.check()
     several = layer is not None and not isinstance(layer, str | TapSpec)
     given = list(layer) if several else [layer]  # type: ignore[arg-type]
-    check_options(  # what the options alone decide (explain-export checks it before loading)
-        method,
-        target,
-        top_k,
-        overlay=graph.overlay,
-        overlay_alpha=graph.overlay_alpha,
-        head=head,
-        layers=given if several else None,
-    )
+    check_request(method, target, top_k, graph, head, layer)  # the options alone
     fused = tuple(_layer_plan(model, result, one, tokens) for one in given) if several else ()
     names = [p.layer for p in fused]
     if len(set(names)) != len(names):  # two spellings of one tensor
