@@ -4,9 +4,9 @@ The embedded EfficientNet-Lite0's map at ``_avg_pooling:input`` (``[N,1280,7,7]`
 the bundled photos) goes through EigenCAM's loop, exported on its own (dynamo, opset 18) and
 run on ONNX Runtime's CPU provider, interleaved, median ms per run:
 
-- ``scaled``: as ``builder/cams.py`` writes it: the centred map times a constant (``unit_peak``
-  then ``* guard(...)``) before 48 steps ``v <- Xᵀ(X v) / |.|``. ONNX Runtime folds that
-  constant into every step's products (``FusedMatMul`` nodes named ``MatMulScaleFusion``);
+- ``scaled``: as ``builder/maths/cams.py`` writes it: the centred map times a constant
+  (``unit_peak`` then ``* guard(...)``) before 48 steps ``v <- Xᵀ(X v) / |.|``. ONNX Runtime folds
+  that constant into every step's products (``FusedMatMul`` nodes named ``MatMulScaleFusion``);
 - ``folded``: the same, the constant moved into the runtime divisor
   (``x / (peak / guard)``), so there is no constant ``Mul`` before the products to fold;
 - ``gram``: ``G = X Xᵀ`` (``hw × hw``), six squarings (``G^64``, normalized each time), then
@@ -85,8 +85,8 @@ class Gram(nn.Module):
 def features() -> np.ndarray:
     """The tapped map of the bundled photos, ``[4,1280,7,7]``."""
     from explain_export.artifact import samples
+    from explain_export.builder.model.zoo import load_default
     from explain_export.builder.plan import IMAGENET_MEAN, IMAGENET_STD
-    from explain_export.builder.zoo import load_default
 
     model = load_default().model
     got = []

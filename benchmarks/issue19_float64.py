@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """visformer_tiny (timm, random init, seeds 0-2): eager float32 and each exported file against
-float64 eager (:mod:`explain_export.builder.parity64`) on the verification cases. Prints, per
+float64 eager (:mod:`explain_export.builder.export.parity64`) on the verification cases. Prints, per
 case, eager's error against float64, each file's error against eager and against float64, and
 that as a multiple of the yardstick Y (eager's largest error over the cases). In the venv that
 ``make peers`` builds:
@@ -19,8 +19,8 @@ import torch
 
 from explain_export import build_explainer
 from explain_export.artifact.contract import heatmap_unit
-from explain_export.builder import export, parity64, verify
-from explain_export.builder.trace_state import kept_attributes
+from explain_export.builder.export import export, parity64, verify
+from explain_export.builder.lower.trace_state import kept_attributes
 
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -25,9 +25,9 @@ import numpy as np
 
 from explain_export.artifact import overlay, runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.methods import METHODS
-from explain_export.builder.zoo import load_default
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.maths.methods import METHODS
+from explain_export.builder.model.zoo import load_default
 from explain_export.errors import UsageError
 
 PICTURE_PHOTO = "chelsea.png"

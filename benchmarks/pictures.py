@@ -30,8 +30,8 @@ from torch import nn
 
 from explain_export.artifact import samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.zoo import imagenet_labels, load_default
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.model.zoo import imagenet_labels, load_default
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 

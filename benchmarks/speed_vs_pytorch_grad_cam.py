@@ -73,7 +73,7 @@ def export_ours(model: torch.nn.Module, method: str, folder: str, threads: int) 
     it."""
     from explain_export.artifact import runtime
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     path = os.path.join(folder, method, "explainer.onnx")
     if not os.path.isfile(path):  # else kept from an earlier run (--models)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = [int(r) for r in args.rounds.split(",") if r]
     torch.set_num_threads(args.threads)
 
-    from explain_export.builder.zoo import load_default
+    from explain_export.builder.model.zoo import load_default
 
     zoo = load_default(SIZE)
     pristine = copy.deepcopy(zoo.model)  # before any explainer touches requires_grad

@@ -90,7 +90,7 @@ def build_model(name: str, seed: int) -> tuple[nn.Module, str, str]:
     the name ``"<pre:_avg_pooling>"`` means the Identity trick (see the docstring)."""
     torch.manual_seed(seed)
     if name == "efficientnet-lite0":
-        from explain_export.builder.zoo import load_default
+        from explain_export.builder.model.zoo import load_default
 
         return load_default(SIZE).model.eval(), "_avg_pooling:input", "<pre:_avg_pooling>"
     import torchvision
@@ -126,7 +126,7 @@ def load_photos() -> tuple[np.ndarray, list[str]]:
 def ours(model: nn.Module, layer: str, method: str, out_dir: str, threads: int) -> dict[str, Any]:
     """Export our explainer to ONNX and return its plan and the ONNX file path."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     t0 = time.perf_counter()
     explainer = build_explainer(model, layer, method, input_size=SIZE)

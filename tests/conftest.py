@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded EfficientNet-Lite0 (loaded once per session)."""
-    from explain_export.builder.zoo import load_default
+    from explain_export.builder.model.zoo import load_default
 
     return load_default()
 

@@ -89,7 +89,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return min(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b, strict=True))
 
 
-# The heads composed one by one, apart from the production path (explain_export.builder.heads
+# The heads composed one by one, apart from the production path (explain_export.builder.maths.heads
 # channel_terms + to_unit, which the methods' records call): the tests check each against this.
 
 
@@ -134,7 +134,7 @@ def head_by_name(
     grad: Tensor | None = None,
 ) -> Tensor:
     """The production head by the method's name: its record's function, then heads.to_unit."""
-    from explain_export.builder import heads, methods
+    from explain_export.builder.maths import heads, methods
 
     target = None if class_index is None else class_index.reshape(-1, 1)
     needs = methods.Needs(features, grad, weight, target)

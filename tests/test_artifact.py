@@ -10,7 +10,7 @@ import pytest
 
 from explain_export.artifact.contract import ArtifactMetadata, MetadataError, TensorSpec
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import METADATA_FILE, export_explainer
+from explain_export.builder.export.export import METADATA_FILE, export_explainer
 from explain_export.builder.plan import GraphOptions
 
 from models import tiny_resnet

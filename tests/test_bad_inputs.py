@@ -372,7 +372,7 @@ def test_disk_full_while_writing_keeps_the_previous_files(tmp_path, capsys, monk
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> pathlib.Path:
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     out = tmp_path_factory.mktemp("tiny_run")
     explainer = build_explainer(tiny_resnet(), input_size=(32, 32))

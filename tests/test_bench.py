@@ -518,7 +518,7 @@ def test_bad_methods_are_usage_errors(args, tmp_path, capsys):
 
 
 def test_methods_all_and_the_help():
-    from explain_export.builder.methods import METHODS
+    from explain_export.builder.maths.methods import METHODS
     from explain_export.cli.bench import _methods, build_parser
 
     assert _methods("all") == tuple(METHODS)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime, samples
-from explain_export.builder import cams, methods
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.tap import TapSpec
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.tap import TapSpec
+from explain_export.builder.maths import cams, methods
 
 import reference
 from models import head_kind, tiny_resnet

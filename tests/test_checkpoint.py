@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import torch
 
-from explain_export.builder.checkpoint import build_arch, load_model
+from explain_export.builder.model.checkpoint import build_arch, load_model
 from explain_export.errors import UsageError
 
 from models import TinyResNet, tiny_resnet
@@ -211,7 +211,7 @@ def test_state_dict_without_versions_is_a_clear_error(tmp_path):
 
 
 def test_model_source_reads_its_kwargs_as_json_or_a_mapping(tmp_path):
-    from explain_export.builder.source import ModelSource
+    from explain_export.builder.model.source import ModelSource
 
     torch.save(TinyResNet(num_classes=3).state_dict(), tmp_path / "sd.pt")
     source = ModelSource(str(tmp_path / "sd.pt"), ARCH, '{"num_classes": 3}')

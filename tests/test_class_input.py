@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from explain_export.artifact import overlay, pipeline, runner, runtime, samples
-from explain_export.builder import methods
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.maths import methods
 from explain_export.cli.run import main as run_main
 from explain_export.errors import OptionError, UsageError
 

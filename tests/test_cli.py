@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime, samples
-from explain_export.builder import parity64, verify
+from explain_export.builder.export import parity64, verify
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
@@ -230,7 +230,7 @@ def test_list_layers_pattern(capsys):
 
 
 def test_pick_layers_by_glob_part_of_the_name_or_blocks():
-    from explain_export.builder.layers import BRIEF, LayerRow, pick_layers
+    from explain_export.builder.inspect.layers import BRIEF, LayerRow, pick_layers
 
     def row(name: str, block: bool = False, default: bool = False) -> LayerRow:
         return LayerRow(name, "Conv2d", "8x4x4", default, block)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from explain_export.builder import methods
+from explain_export.builder.maths import methods
 from explain_export.cli import bench, export
 from explain_export.errors import UsageError
 
@@ -142,7 +142,7 @@ TINY = ["--arch", "models:TinyResNet", "--input-size", "32", "32"]
 @pytest.fixture
 def no_load(monkeypatch):
     """ModelSource.load refused: a check that passes it would fail the test."""
-    from explain_export.builder.source import ModelSource
+    from explain_export.builder.model.source import ModelSource
 
     def load(*_args):
         raise AssertionError("the model was loaded before the flags were checked")
@@ -246,7 +246,7 @@ class _Stop(Exception):
     ],
 )
 def test_a_segmentation_exports_printout_says_it_is_one(flags, which, monkeypatch, capsys):
-    from explain_export.builder import export as builder_export
+    from explain_export.builder.export import export as builder_export
 
     def stop(*_args, **_kwargs):
         raise _Stop
@@ -268,7 +268,7 @@ def test_a_checkpoints_last_layer_tells_the_class_count_before_the_model_is_buil
     layer, ``fc`` [10, 32], read without building the model, tells it."""
     import torch
 
-    from explain_export.builder.source import ModelSource
+    from explain_export.builder.model.source import ModelSource
 
     from models import tiny_resnet
 

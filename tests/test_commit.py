@@ -23,10 +23,10 @@ from onnx import TensorProto, helper
 
 from explain_export.artifact import files, runtime, triton
 from explain_export.artifact.contract import FILES, METADATA_FILE
-from explain_export.builder import export as export_mod
-from explain_export.builder import verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export import export as export_mod
+from explain_export.builder.export import verify
+from explain_export.builder.export.export import export_explainer
 from explain_export.errors import UsageError
 
 from models import tiny_resnet

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explain_export.builder import dead_head, probe
 from explain_export.builder.explainer import build_explainer
+from explain_export.builder.inspect import dead_head, probe
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from explain_export.artifact import samples
-from explain_export.builder import heads
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.targets import target_class
+from explain_export.builder.maths import heads
+from explain_export.builder.maths.targets import target_class
 from explain_export.errors import UsageError
 
 import reference

@@ -12,10 +12,15 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime
-from explain_export.builder import export as export_mod
-from explain_export.builder import parity64, verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import DEFAULT_FORMATS, FILES, METADATA_FILE, export_explainer
+from explain_export.builder.export import export as export_mod
+from explain_export.builder.export import parity64, verify
+from explain_export.builder.export.export import (
+    DEFAULT_FORMATS,
+    FILES,
+    METADATA_FILE,
+    export_explainer,
+)
 from explain_export.errors import ParityError, UsageError
 
 from models import tiny_resnet
@@ -173,7 +178,7 @@ def test_logits_limit_is_relative_to_their_magnitude(tmp_path):
 
 
 def test_exporter_errors_name_the_innermost_cause_without_colour_codes():
-    from explain_export.builder.writers import root_cause
+    from explain_export.builder.export.writers import root_cause
 
     try:
         try:

@@ -43,7 +43,7 @@ def _lines(text: str) -> list[str]:
 def tiny(tmp_path_factory) -> Path:
     """A small explainer, ONNX and TorchScript (pt2 loads through TorchScript's code), labelled."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 
@@ -305,7 +305,7 @@ def test_a_type_name_gets_its_article_and_a_count_its_plural(tmp_path):
     from collections import OrderedDict
 
     from explain_export.artifact.runner import RunOptions, prepare_out_dir
-    from explain_export.builder.outputs import describe
+    from explain_export.builder.model.outputs import describe
     from explain_export.errors import OptionError
 
     assert describe(OrderedDict(a=1)) == "an OrderedDict with keys a"

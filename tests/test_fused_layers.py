@@ -12,7 +12,7 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
 from explain_export.cli.export import main as export_main
 from explain_export.errors import OptionError
 

@@ -11,8 +11,8 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.tap import TapSpec
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.tap import TapSpec
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
@@ -251,7 +251,7 @@ def test_an_input_tap_of_an_in_place_module_is_copied(method):
 
 def test_heatmap_limit_stays_strict_for_a_smooth_head():
     """LayerNorm, Linear after the pool: no ReLU mask can flip, so the limit is 1e-4."""
-    from explain_export.builder import verify
+    from explain_export.builder.export import verify
 
     explainer = build_explainer(head_kind("layernorm-head"), input_size=SIZE)
     assert verify.heatmap_limits(explainer, verify.cases(SIZE)) == [1e-4] * 3
@@ -259,7 +259,7 @@ def test_heatmap_limit_stays_strict_for_a_smooth_head():
 
 def test_a_wrong_gradient_in_the_exported_graph_fails_parity(tmp_path, monkeypatch):
     """A decomposition with a bug (the kernel flipped) must not pass as the eager's spread."""
-    from explain_export.builder import lowering
+    from explain_export.builder.lower import lowering
     from explain_export.errors import ParityError
 
     right = lowering.convolution_backward

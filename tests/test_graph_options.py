@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from explain_export.artifact import contract, images, overlay, runtime, samples
-from explain_export.builder import verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export import verify
+from explain_export.builder.export.export import export_explainer
 from explain_export.builder.plan import GraphOptions
 from explain_export.cli.run import main as run_main
 
@@ -99,7 +99,7 @@ def test_in_graph_overlay_equals_the_runners_opencv_overlay(uint8_overlay_export
 
 
 def test_overlay_of_a_hot_spot_is_red_in_rgb():
-    from explain_export.builder import graph_io
+    from explain_export.builder.maths import graph_io
 
     lut = graph_io.colormap_lut("JET")
     hot = graph_io.overlay_rgb(torch.zeros(1, 2, 2, 3), torch.ones(1, 1, 2, 2), lut, 1.0)
@@ -186,7 +186,7 @@ def test_runner_feeds_uint8_graphs(uint8_overlay_export, tmp_path):
 @pytest.mark.slow
 def test_default_model_uint8_with_overlay(tmp_path, default_export):
     """The embedded model, exported for servers, agrees with its float export on photos."""
-    from explain_export.builder.zoo import load_default
+    from explain_export.builder.model.zoo import load_default
 
     zoo = load_default()
     graph = GraphOptions(input_format="uint8-nhwc", overlay=True)
@@ -201,7 +201,7 @@ def test_default_model_uint8_with_overlay(tmp_path, default_export):
 
 def test_overlay_limit_grows_with_the_fp16_heatmap_limit():
     """fp16's heatmap limit (1e-2) lets round(255·m) move 3 colormap entries, not 1."""
-    from explain_export.builder.verify import overlay_limit
+    from explain_export.builder.export.verify import overlay_limit
 
     def limit(half: bool) -> float:
         graph = GraphOptions(overlay=True, half=half)

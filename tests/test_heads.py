@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export.builder import heads
+from explain_export.builder.maths import heads
 
 import reference
 

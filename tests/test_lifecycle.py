@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from explain_export import errors, words
-from explain_export.builder import cams, heads, targets
 from explain_export.builder import explainer as explainer_mod
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.tap import Tap, TapSpec
+from explain_export.builder.inspect.tap import Tap, TapSpec
+from explain_export.builder.maths import cams, heads, targets
 from explain_export.errors import DeviceFallbackWarning, first_line
 
 from models import tiny_resnet
@@ -67,7 +67,7 @@ def test_loading_an_artifact_changes_no_process_setting(tmp_path):
     import onnxruntime as ort
 
     from explain_export.artifact import runtime
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     explainer = build_explainer(tiny_resnet(), method="cam", input_size=(32, 32))
     paths = export_explainer(explainer, str(tmp_path), ("torchscript", "onnx")).paths

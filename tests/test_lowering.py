@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explain_export.builder import lowering
 from explain_export.builder.explainer import build_explainer
+from explain_export.builder.lower import lowering
 from explain_export.errors import UsageError
 
 from models import head_kind, mha_vit, tiny_resnet
@@ -195,7 +195,7 @@ def test_a_batched_product_with_a_weight_is_folded_into_one_mm(shape):
     ``mm`` of the flattened rows, with the same values."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from explain_export.builder.rewrites import fold_broadcast_bmm
+    from explain_export.builder.lower.rewrites import fold_broadcast_bmm
 
     w = torch.randn(4, 6)
     x = torch.randn(*shape, requires_grad=True)
@@ -231,7 +231,7 @@ def test_a_product_with_a_row_broadcast_over_the_matrix_is_left_alone():
     ``[k, p]`` matrix; the rewrite leaves it as it is."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from explain_export.builder.rewrites import fold_broadcast_bmm
+    from explain_export.builder.lower.rewrites import fold_broadcast_bmm
 
     def f(a, row):
         return torch.bmm(a, row.expand(a.shape[0], a.shape[2], row.shape[1]))

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from explain_export.builder.checkpoint import build_arch
-from explain_export.builder.offline import describe_weight_defaults, weight_defaults
-from explain_export.builder.source import ModelSource
+from explain_export.builder.model.checkpoint import build_arch
+from explain_export.builder.model.offline import describe_weight_defaults, weight_defaults
+from explain_export.builder.model.source import ModelSource
 from explain_export.cli import export as export_cli
 from explain_export.errors import OptionError
 
@@ -144,7 +144,7 @@ def test_export_prints_the_line_and_refuses_a_download(tmp_path, capsys):
 
 
 def test_network_errors_by_type_and_by_library():
-    from explain_export.builder.offline import network_error
+    from explain_export.builder.model.offline import network_error
 
     hub_error = type(
         "LocalEntryNotFoundError", (Exception,), {"__module__": "huggingface_hub.errors"}

@@ -12,10 +12,10 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.layers import choose_layer, layer_rows, left_out
-from explain_export.builder.maps import stride_fits
-from explain_export.builder.probe import probe_at_size
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.layers import choose_layer, layer_rows, left_out
+from explain_export.builder.inspect.maps import stride_fits
+from explain_export.builder.inspect.probe import probe_at_size
 from explain_export.cli._layers import layout_line
 from explain_export.cli.export import main
 from explain_export.errors import UsageError

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from explain_export import errors
-from explain_export.builder.source import ModelSource
+from explain_export.builder.model.source import ModelSource
 from explain_export.cli import bench, export, run, serve
 from explain_export.cli._common import FLAGS, flag_namer, run_main
 from explain_export.errors import OptionError

@@ -13,8 +13,8 @@ from torch import nn
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.outputs import OutputKey, choose_output
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.model.outputs import OutputKey, choose_output
 from explain_export.cli.export import main as export_main
 from explain_export.errors import OptionError
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime
-from explain_export.builder import verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export import verify
+from explain_export.builder.export.export import export_explainer
 
 from models import tiny_resnet
 

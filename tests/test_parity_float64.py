@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from explain_export.artifact.contract import heatmap_unit
-from explain_export.builder import export as export_mod
-from explain_export.builder import parity64, verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.trace_state import kept_attributes
+from explain_export.builder.export import export as export_mod
+from explain_export.builder.export import parity64, verify
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.lower.trace_state import kept_attributes
 from explain_export.errors import ParityError
 
 SIZE = (32, 32)

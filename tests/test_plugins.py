@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from explain_export.artifact import runtime, samples
-from explain_export.builder import heads, methods, probe
 from explain_export.builder.explainer import Explainer, build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect import probe
+from explain_export.builder.maths import heads, methods
+from explain_export.builder.maths.targets import ClassLogit
 from explain_export.builder.plan import make_plan
-from explain_export.builder.targets import ClassLogit
 from explain_export.cli.export import main as export_main
 
 import reference

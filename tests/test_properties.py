@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from explain_export.builder import heads
+from explain_export.builder.maths import heads
 
 import reference
 

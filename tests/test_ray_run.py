@@ -197,7 +197,7 @@ def test_ray_engine_refuses_to_overwrite(local_run, capsys):
 def tiny_exports(tmp_path_factory):
     """A small model exported top-2, and with a class input (ONNX, labelled)."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 
@@ -259,7 +259,7 @@ def test_top_k_and_a_chosen_class_on_the_ray_engine(tiny_exports, tree, tmp_path
 def seg_export(tmp_path_factory):
     """A small segmentation model (TinySeg, class 4 left out), ONNX with a class input."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_seg
 

@@ -144,7 +144,7 @@ def test_a_block_reads_what_its_page_made_before_it():
 def workdir(tmp_path_factory) -> Path:
     """A folder with the exports the pages' commands make before their Python blocks."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 

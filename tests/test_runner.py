@@ -24,7 +24,7 @@ TESTS = os.path.dirname(__file__)
 def tiny_export(tmp_path_factory):
     """A small explainer (TinyResNet, 64x64) in both formats, with labels."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 

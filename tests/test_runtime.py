@@ -15,9 +15,9 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.probe import device_of
 from explain_export.builder.plan import GraphOptions
-from explain_export.builder.probe import device_of
 from explain_export.cli.run import main as run_main
 
 from models import tiny_resnet

@@ -13,7 +13,7 @@ import torch
 from explain_export.artifact import runtime, samples
 from explain_export.artifact.contract import check_metadata
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
 from explain_export.errors import OptionError, UsageError
 
 import reference

@@ -33,7 +33,7 @@ PHOTOS = ("chelsea.png", "coffee.png")
 def seg_export(tmp_path_factory):
     """TinySeg exported to ONNX with a class input and labels."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_seg
 

@@ -224,7 +224,7 @@ def test_bad_bodies_fail_alone_with_one_line_errors(model, photos, expected):
 def uint8_export(tmp_path_factory) -> str:
     """A small explainer exported for servers: uint8 NHWC input, in-graph overlay, any size."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
     from explain_export.builder.plan import GraphOptions
 
     from models import tiny_resnet
@@ -776,7 +776,7 @@ def test_live_top_k_answers_carry_k_maps_with_their_labels(photos, tmp_path):
     with its label and PNGs, as the handling without Ray answers; ``class`` is refused."""
     pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 

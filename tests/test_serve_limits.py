@@ -29,7 +29,7 @@ from explain_export.artifact.serve import admission, app
 def tiny_onnx(tmp_path_factory) -> str:
     """A small explainer (TinyResNet, 64x64) exported to ONNX, with labels."""
     from explain_export.builder.explainer import build_explainer
-    from explain_export.builder.export import export_explainer
+    from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from explain_export.builder import parity64, verify
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export import parity64, verify
+from explain_export.builder.export.export import export_explainer
 
 SIZE = (32, 32)
 

@@ -13,8 +13,8 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
-from explain_export.builder.lowering import check_lowered
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.lower.lowering import check_lowered
 from explain_export.cli.export import main
 from explain_export.errors import UsageError
 
@@ -148,7 +148,7 @@ def test_the_prefix_count_comes_from_the_model_or_tokens():
 def test_attention_backward_is_lowered_to_forward_ops():
     """The lowering traces F.scaled_dot_product_attention on its math path: no backward op is
     left (check_lowered passes), and the lowered gradient equals eager autograd."""
-    from explain_export.builder.lowering import lower
+    from explain_export.builder.lower.lowering import lower
 
     explainer = build_explainer(tiny_vit(), input_size=SIZE)
     image = torch.from_numpy(photos())

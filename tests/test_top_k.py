@@ -13,9 +13,9 @@ import torch
 
 from explain_export.artifact import runtime, samples
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.tap import TapSpec
 from explain_export.builder.plan import GraphOptions
-from explain_export.builder.tap import TapSpec
 from explain_export.cli.export import main as export_main
 from explain_export.errors import OptionError, UsageError
 

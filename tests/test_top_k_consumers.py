@@ -20,7 +20,7 @@ import pytest
 from explain_export.artifact import images, overlay, pipeline, runner, runtime, samples
 from explain_export.artifact.serve import app
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
 from explain_export.cli.run import main as run_main
 
 from models import tiny_resnet

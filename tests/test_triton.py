@@ -18,7 +18,7 @@ import torch
 
 from explain_export.artifact import triton
 from explain_export.builder.explainer import build_explainer
-from explain_export.builder.export import export_explainer
+from explain_export.builder.export.export import export_explainer
 from explain_export.errors import ExplainExportError, UsageError
 
 from models import tiny_resnet

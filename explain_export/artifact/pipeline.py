@@ -51,7 +51,7 @@ __all__ = [
     "summary",
 ]
 
-# the registry's methods whose map explains no class (builder.methods' has_class False); what
+# the registry's methods whose map explains no class (builder.maths.methods' has_class False); what
 # an export made before metadata recorded its ``target`` is judged by
 CLASS_FREE_METHODS = ("eigencam", "sum")
 
@@ -200,7 +200,7 @@ def chosen_classes(
     metadata: dict[str, Any] | None, logits: np.ndarray, class_index: Any = None
 ) -> np.ndarray | None:
     """The class a one-map graph explained for each image, int64 ``[N, 1]``, by its own rule
-    (the ``class`` target, :func:`~explain_export.builder.targets.target_class`):
+    (the ``class`` target, :func:`~explain_export.builder.maths.targets.target_class`):
     ``c_n = class_index[n]`` where it is >= 0, else the ``target_class`` fixed at export, else
     ``argmax logits[n]``. None where the map explains no class (a class-free method, metadata
     ``target`` ``none``), where the graph's rule is another (a plug-in target), or for

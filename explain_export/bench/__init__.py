@@ -51,7 +51,7 @@ The modules, each importing only those above it:
 - :mod:`.report`: the result as JSON, Markdown and the plot (imports :mod:`.plot` alone).
 """
 
-from ..builder.export import DEFAULT_OPSET
+from ..builder.export.export import DEFAULT_OPSET
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
 from .config import (
     CUDA_GRAPH_NEEDS_CUDA,

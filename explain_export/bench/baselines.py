@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..builder import heads
 from ..builder.explainer import Explainer
-from ..builder.tap import Tap, TapSpec
+from ..builder.inspect.tap import Tap, TapSpec
+from ..builder.maths import heads
 from ..errors import ExplainExportError, UsageError
 
 __all__ = ["AutogradGradCAM", "Normalized", "NumpyGradCAM"]

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..builder.export import DEFAULT_OPSET
-from ..builder.methods import METHODS
+from ..builder.export.export import DEFAULT_OPSET
+from ..builder.maths.methods import METHODS
 from ..errors import OptionError
 from ..words import closest
 

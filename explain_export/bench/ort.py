@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..artifact.runtime import ort_session
-from ..builder.writers import to_onnx
+from ..builder.export.writers import to_onnx
 from ..errors import first_line
 from .config import CUDA_GRAPH_NEEDS_CUDA, ORT_CUDA_MISSING, BenchConfig, Call, Variant
 

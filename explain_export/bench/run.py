@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ..builder.explainer import Explainer
-from ..builder.source import ModelSource
-from ..builder.writers import versions
+from ..builder.export.writers import versions
+from ..builder.model.source import ModelSource
 from .config import BenchConfig, _label
 from .machine import machine
 from .profile import head_profiles

@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..builder import lowering, methods, probe
 from ..builder.explainer import Explainer
+from ..builder.export.writers import quiet, to_torchscript
+from ..builder.inspect import probe
+from ..builder.lower import lowering
+from ..builder.maths import methods
+from ..builder.maths.targets import TopK
 from ..builder.plan import GraphOptions, make_plan
-from ..builder.targets import TopK
-from ..builder.writers import quiet, to_torchscript
 from ..errors import UsageError, first_line
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
 from .config import (

@@ -1,12 +1,12 @@
-"""The build side: PyTorch, at export time.
+"""The build side: PyTorch, at export time, in folders by stage.
 
-The model and what was found in it (:mod:`.checkpoint`, :mod:`.zoo`, :mod:`.source`), what runs
-and which map to explain (:mod:`.probe`, :mod:`.gap_head`, :mod:`.layers`, :mod:`.tap`), what is
-explained and how (:mod:`.targets`, :mod:`.methods`, :mod:`.heads`, :mod:`.cams`), decided once
-as a plan (:mod:`.plan`), the explainer module (:mod:`.heatmap_head`, :mod:`.explainer`,
-:mod:`.graph_io`), the gradient as forward ops (:mod:`.lowering`, :mod:`.adjoints`), and the
-export itself: stage, verify, commit (:mod:`.writers`, :mod:`.verify`, :mod:`.metadata`,
-:mod:`.export`).
+The model (:mod:`.model`: where it comes from, its checkpoint, its outputs), looking inside it
+(:mod:`.inspect`: one recorded forward pass, the maps on the image, the tap), the maths
+(:mod:`.maths`: targets, methods, the heatmap head), decided once as a plan (:mod:`.plan`, its
+option checks in :mod:`.conflicts`) and assembled into the explainer module
+(:mod:`.explainer`), the gradient as forward ops (:mod:`.lower`), and the export itself: stage,
+verify, commit (:mod:`.export`). The assembly (options -> plan -> explainer) stays at this
+level; each stage's package imports none of its modules.
 
 It reads the artifact contract (:mod:`explain_export.artifact.contract`) to write what the
 artifact side reads; nothing on the artifact side imports this package.

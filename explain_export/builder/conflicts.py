@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import OptionError
-from . import methods
-from .methods import AUTO, Method
-from .tap import TapSpec
+from .inspect.tap import TapSpec
+from .maths import methods
+from .maths.methods import AUTO, Method
 
 __all__ = ["check_options", "check_request"]
 

@@ -28,13 +28,14 @@ from torch import Tensor, nn
 from ..artifact import samples
 from ..artifact.contract import graph_image
 from ..errors import OptionError, UsageError
-from . import dead_head, graph_io, heads, methods, probe
 from .conflicts import check_request
-from .heatmap_head import FusedHead, HeatmapHead
-from .methods import AUTO, Method
+from .inspect import dead_head, probe
+from .inspect.tap import Tap, TapSpec
+from .inspect.tokens import to_map
+from .maths import graph_io, heads, methods
+from .maths.heatmap_head import FusedHead, HeatmapHead
+from .maths.methods import AUTO, Method
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
-from .tap import Tap, TapSpec
-from .tokens import to_map
 
 __all__ = ["Explainer", "Maps", "build_explainer", "check_input_size"]
 

@@ -25,15 +25,16 @@ from torch import nn
 
 from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
 from ..errors import OptionError, UsageError
-from . import layers, methods, probe
 from .conflicts import check_request
-from .gap_head import find_gap_linear_head
-from .maps import check_on_image
-from .methods import AUTO, Method
-from .outputs import OutputKey
-from .tap import TapSpec
-from .targets import ClassLogit, Region, Target, TopK
-from .tokens import token_grid, token_layout
+from .inspect import layers, probe
+from .inspect.gap_head import find_gap_linear_head
+from .inspect.maps import check_on_image
+from .inspect.tap import TapSpec
+from .inspect.tokens import token_grid, token_layout
+from .maths import methods
+from .maths.methods import AUTO, Method
+from .maths.targets import ClassLogit, Region, Target, TopK
+from .model.outputs import OutputKey
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -209,7 +209,7 @@ def model_source(args: argparse.Namespace) -> Any:
     """The :class:`.ModelSource` the model flags describe, checked before anything loads
     (:meth:`.ModelSource.check`: the JSON of --arch-kwargs, the checkpoint file is there,
     --arch names a callable)."""
-    from ..builder.source import ModelSource
+    from ..builder.model.source import ModelSource
 
     source = ModelSource(args.ckpt, args.arch, args.arch_kwargs, args.trust_checkpoint)
     source.check()

@@ -35,7 +35,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
     """Every check of the flags that needs no model; an :class:`.OptionError` or
     :class:`.UsageError` for the first that fails."""
     from ..builder.conflicts import check_options
-    from ..builder.export import check_formats
+    from ..builder.export.export import check_formats
     from ..builder.plan import IMAGENET_MEAN, IMAGENET_STD, check_norm
     from ..errors import OptionError
 
@@ -112,7 +112,7 @@ def _labels(given: str | None) -> list[str] | None:
     if given is None:
         return None
     if given == "imagenet" and not os.path.exists(given):
-        from ..builder.zoo import imagenet_labels
+        from ..builder.model.zoo import imagenet_labels
 
         return list(imagenet_labels())
     try:

@@ -26,8 +26,14 @@ def layout_line(layout: str) -> str | None:
 
 def list_layers(args: argparse.Namespace, model: Any, flags: Checked, layer: str | None) -> int:
     """``--list-layers [PATTERN]``: the tap candidates, the default marked, and why it is."""
-    from ..builder.layers import choose_layer, format_layers, layer_rows, left_out, pick_layers
-    from ..builder.probe import probe_at_size
+    from ..builder.inspect.layers import (
+        choose_layer,
+        format_layers,
+        layer_rows,
+        left_out,
+        pick_layers,
+    )
+    from ..builder.inspect.probe import probe_at_size
 
     result = probe_at_size(model, flags.size, flags.mean, flags.std, args.output)
     default, why = choose_layer(result, layer, model)

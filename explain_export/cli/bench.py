@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import Any
 
-from ..builder.methods import AUTO, CHOICES, METHODS
+from ..builder.maths.methods import AUTO, CHOICES, METHODS
 from ..errors import DeviceFallbackWarning
 from ._common import ArgumentParser, add_model_flags, input_size, log, model_source, run_main
 
@@ -268,7 +268,7 @@ def _methods(text: str) -> tuple[str, ...]:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from ..bench import BenchConfig, load_explainer, run_bench
     from ..bench.report import MODELS, check_out_dir, console_lines, write_report
-    from ..builder.export import DEFAULT_OPSET
+    from ..builder.export.export import DEFAULT_OPSET
 
     preset = _preset(args)
     config = BenchConfig(

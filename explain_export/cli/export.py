@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from ..artifact.contract import HEATMAP_DTYPES
-from ..builder.layers import BRIEF
-from ..builder.methods import AUTO, CHOICES
+from ..builder.inspect.layers import BRIEF
+from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main
 from ._export_checks import check_flags, check_label_count
 from ._layers import layout_line, list_layers
@@ -240,10 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from ..builder.explainer import build_explainer
-    from ..builder.export import DEFAULT_OPSET, export_explainer
-    from ..builder.offline import describe_weight_defaults
+    from ..builder.export.export import DEFAULT_OPSET, export_explainer
+    from ..builder.export.verify import format_device_rows, format_report
+    from ..builder.model.offline import describe_weight_defaults
     from ..builder.plan import GraphOptions
-    from ..builder.verify import format_device_rows, format_report
 
     flags = check_flags(args)  # before the model loads
     source, size, formats = flags.source, flags.size, flags.formats

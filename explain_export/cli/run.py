@@ -200,8 +200,8 @@ def _demo_model(args: argparse.Namespace) -> str:
     if args.images:
         raise UsageError(f"no model at {DEFAULT_MODEL}; run explain-export first, or pass --model")
     from ..builder.explainer import build_explainer
-    from ..builder.export import export_explainer
-    from ..builder.zoo import load_default
+    from ..builder.export.export import export_explainer
+    from ..builder.model.zoo import load_default
 
     log(f"demo: exporting the default model to {os.path.dirname(DEFAULT_MODEL)}/ first")
     zoo = load_default()

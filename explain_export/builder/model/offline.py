@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import OptionError, first_line
+from ...errors import OptionError, first_line
 
 __all__ = [
     "WEIGHT_PARAMETERS",

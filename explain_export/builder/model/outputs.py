@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import OptionError
-from ..words import a_or_an
+from ...errors import OptionError
+from ...words import a_or_an
 
 __all__ = ["OutputKey", "choose_output", "describe"]
 

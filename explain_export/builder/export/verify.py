@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifact import samples
-from ..artifact.contract import graph_image, heatmap_unit, output_names
+from ...artifact import samples
+from ...artifact.contract import graph_image, heatmap_unit, output_names
+from ..explainer import Explainer
 from . import parity64
 from .device_parity import CORR_MIN, DeviceRow, correlation, format_device_rows, on_device
-from .explainer import Explainer
 from .parity64 import Float64Reference
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from ..errors import ExplainExportError
+from ...errors import ExplainExportError
 from .checkpoint import LoadedModel, load_weights, read_checkpoint
 
 __all__ = ["DEFAULT_LAYER", "DESCRIPTION", "NAME", "imagenet_labels", "load_default"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from ..artifact.contract import ArtifactMetadata, TensorSpec
+from ...artifact.contract import ArtifactMetadata, TensorSpec
+from ..plan import Plan
 from . import parity64, verify
-from .plan import Plan
 from .writers import versions
 
 __all__ = ["build_metadata"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact.contract import heatmap_unit
+from ...artifact.contract import heatmap_unit
 
 __all__ = ["CORR_MIN", "DeviceRow", "correlation", "format_device_rows", "on_device"]
 

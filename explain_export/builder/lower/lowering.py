@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import OptionError
+from ...errors import OptionError
 from .adjoints import (
     adaptive_avg_pool2d_backward,
     adaptive_max_pool2d_backward,

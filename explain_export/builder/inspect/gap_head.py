@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import OptionError
-from ..words import a_or_an
+from ...errors import OptionError
+from ...words import a_or_an
 from .probe import CallRecord, Probe, layout, mean_of, spec_for
 from .tap import TapSpec, resolve_module
 

@@ -48,7 +48,7 @@ def colormap_lut(colormap: str = "JET") -> Tensor:
     """OpenCV's colormap as a ``[256, 3]`` float table in **RGB** order (OpenCV gives BGR)."""
     import cv2
 
-    from ..artifact.overlay import colormap_id
+    from ...artifact.overlay import colormap_id
 
     bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), colormap_id(colormap))
     return torch.from_numpy(np.ascontiguousarray(bgr[:, 0, ::-1])).to(torch.float32)

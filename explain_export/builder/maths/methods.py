@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 if TYPE_CHECKING:  # the commands read the choices without importing torch
     from torch import Tensor
@@ -263,7 +263,7 @@ def get(name: str | Method) -> Method:
     if isinstance(name, Method):
         return name
     if name not in METHODS:
-        from ..words import closest
+        from ...words import closest
 
         near = closest(name, CHOICES)
         hint = f"did you mean {near}?" if near else f"choose one of {', '.join(CHOICES)}"

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..errors import OptionError
-from ..words import count
+from ...errors import OptionError
+from ...words import count
 from .maps import on_image, stride_fits
 from .probe import CallRecord, Probe, spatial
 

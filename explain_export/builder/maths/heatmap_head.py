@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..plan import GraphOptions
 from . import graph_io, heads
 from .methods import Method, Needs
-from .plan import GraphOptions
 from .targets import ClassLogit, Region, Target
 
 __all__ = ["FusedHead", "HeatmapHead"]

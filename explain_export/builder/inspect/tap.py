@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import OptionError, UsageError
-from ..words import count
+from ...errors import OptionError, UsageError
+from ...words import count
 
 __all__ = ["LAYER_SYNTAX", "Tap", "TapSpec", "resolve_module"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import OptionError, UsageError, first_line
-from ..words import a_or_an
+from ...errors import OptionError, UsageError, first_line
+from ...words import a_or_an
 from .offline import downloads_refused, weight_defaults
 
 __all__ = [

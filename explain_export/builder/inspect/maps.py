@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import OptionError
+from ...errors import OptionError
 from .probe import CallRecord, Probe, spatial
 
 __all__ = [

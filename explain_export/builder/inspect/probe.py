@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import OptionError, UsageError, first_line
-from ..words import a_or_an, count
-from .outputs import OutputKey, choose_output, describe
+from ...errors import OptionError, UsageError, first_line
+from ...words import a_or_an, count
+from ..model.outputs import OutputKey, choose_output, describe
 from .tap import TapSpec, resolve_module
 
 __all__ = [

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import OptionError
+from ...errors import OptionError
 from .checkpoint import (
     LoadedModel,
     check_checkpoint_file,

@@ -18,8 +18,8 @@ from typing import NoReturn
 import torch
 from torch import nn
 
-from ..errors import OptionError, UsageError
-from ..words import a_or_an
+from ...errors import OptionError, UsageError
+from ...words import a_or_an
 from .gap_head import gap_input
 from .maps import map_records, off_image, on_image, stride_fits
 from .probe import CallRecord, Probe, device_of, is_spatial, layout, probe, spatial, spec_for

@@ -23,21 +23,22 @@ from typing import Any
 
 import torch
 
-from ..artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, output_names
-from ..artifact.files import commit_set, ensure_out_dir
-from ..artifact.runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
-from ..errors import (
+from ...artifact.contract import FILES, METADATA_FILE, ArtifactMetadata, output_names
+from ...artifact.files import commit_set, ensure_out_dir
+from ...artifact.runtime import ExportedProgramExplainer, OnnxExplainer, TorchScriptExplainer
+from ...errors import (
     DeviceFallbackWarning,
     ExplainExportError,
     OptionError,
     ParityError,
 )
-from . import lowering, verify
-from .explainer import Explainer
+from ..explainer import Explainer
+from ..lower import lowering
+from ..lower.trace_state import kept_attributes
+from ..plan import Plan
+from . import verify
 from .metadata import build_metadata
 from .parity64 import TIMES, Float64Reference
-from .plan import Plan
-from .trace_state import kept_attributes
 from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript
 
 __all__ = [

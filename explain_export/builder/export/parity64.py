@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..artifact.contract import graph_image, heatmap_unit
-from .trace_state import kept_attributes
+from ...artifact.contract import graph_image, heatmap_unit
+from ..lower.trace_state import kept_attributes
 from .writers import root_cause
 
 __all__ = [

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..artifact.contract import METADATA_FILE, METADATA_KEY
-from ..errors import ExplainExportError
-from . import lowering
-from .rewrites import attention_in_4d
+from ... import __version__
+from ...artifact.contract import METADATA_FILE, METADATA_KEY
+from ...errors import ExplainExportError
+from ..lower import lowering
+from ..lower.rewrites import attention_in_4d
 
 __all__ = ["quiet", "root_cause", "stamp", "to_onnx", "to_pt2", "to_torchscript", "versions"]
 
