@@ -218,6 +218,30 @@ def test_the_import_graph_sees_relative_lazy_and_package_imports():
     assert graph[TOP] == {}  # the lazy API imports by string, on first access
 
 
+# The build side's folders, one per stage (issue 27); the assembly (plan, explainer) sits above.
+BUILDER = f"{TOP}.builder"
+STAGES = ("model", "inspect", "maths", "lower", "export")
+
+
+def test_the_builder_is_grouped_by_stage_and_its_stage_packages_import_nothing():
+    """Each stage is a package whose ``__init__`` imports nothing: importing it must not import
+    its modules (an ``__init__`` that re-exports them makes a cycle with each)."""
+    stages = {f"{BUILDER}.{s}" for s in STAGES}
+    assert all(s in sources() and is_package(s) for s in stages), sorted(stages - set(sources()))
+    packages = {n for n in sources() if n.startswith(f"{BUILDER}.") and is_package(n)}
+    bad = [
+        f"{sources()[name].relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+        for name in sorted(packages)
+        for node in ast.walk(ast.parse(sources()[name].read_text()))
+        if isinstance(node, ast.Import | ast.ImportFrom) and node_is_not_future(node)
+    ]
+    assert not bad, "a builder stage package imports at import time:\n" + "\n".join(bad)
+
+
+def node_is_not_future(node: ast.Import | ast.ImportFrom) -> bool:
+    return not (isinstance(node, ast.ImportFrom) and node.module == "__future__")
+
+
 def test_there_are_no_import_cycles():
     found = cycles(imports())
     assert not found, "import cycles (module -> module it imports):\n" + "\n".join(found)
