@@ -245,3 +245,10 @@ def test_per_detection_is_refused_for_a_classifier(tmp_path, photos, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--per-detection needs a detection export" in err
     assert not out.exists() or not os.listdir(out)
+
+
+def test_a_class_index_is_refused_for_a_detector(script_det, photos, tmp_path, capsys):
+    args = ("--model", script_det, "--images", photos / "chelsea.png", "--out", tmp_path / "o")
+    assert main([*map(str, args), "--class-index", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--class-index 1 cannot apply" in err and "detection j" in err

@@ -234,7 +234,8 @@ def run(
 def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) -> None:
     """A one-line error, before any work, where ``opts.class_index`` is out of range, the graph
     takes no class (:func:`.contract.class_feed`), or it is a top-k graph (it picks its
-    classes); and where ``opts.per_detection`` is asked of an export that is no detector."""
+    classes) or a detector (each map explains its detection); and where ``opts.per_detection``
+    is asked of an export that is no detector."""
     if opts.per_detection and meta.task != "detection":
         raise OptionError(
             "per_detection",
@@ -243,6 +244,14 @@ def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) ->
         )
     if opts.class_index is None:
         return
+    if meta.task == "detection":
+        raise OptionError(
+            "class_index",
+            "{name} {v} cannot apply to '{path}': a detector's map j explains detection j, "
+            "of the class the model found; drop {name}",
+            v=opts.class_index,
+            path=artifact.path,
+        )
     if meta.top_k is not None:
         raise OptionError(
             "class_index",
