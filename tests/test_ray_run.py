@@ -365,3 +365,29 @@ def test_a_worker_failure_is_named_by_its_own_exception():
     text = "ActorDiedError: died\n  File 'x.py', line 3\n    raise\nRuntimeError: disk gone\n"
     assert _root_cause(RuntimeError(text)) == "RuntimeError: disk gone"
     assert _root_cause(ValueError("")) == "ValueError"
+
+
+def test_detections_on_the_ray_engine(tree, tmp_path, capsys):
+    """A detection artifact (issue 27): the Ray engine's rows are the local engine's (boxes in
+    the original pixels, --per-detection files), and ``predictions.parquet`` holds them."""
+    import detector_artifacts as det
+
+    model = det.export(str(tmp_path / "det"), "onnx")
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["--model", model, "--images", str(tree), "--out", str(out), "--per-detection"]
+        code, stdout, err = _run([*args, "--engine", engine], capsys)
+        assert code == 1, err  # the three broken files
+        assert "  chelsea.png: 2 detections: person (0.90), car (0.60)" in stdout
+        runs[engine] = out
+    ours, theirs = _rows(runs["ray"]), _rows(runs["local"])
+    assert ours == theirs
+    done = [row for row in ours if "error" not in row]
+    assert len(done) == 5 and all(len(row["detections"]) == det.COUNT for row in done)
+    for row in done:
+        for name in row["outputs"]:
+            a, b = (cv2.imread(str(runs[e] / name)).astype(int) for e in runs)
+            assert np.abs(a - b).max() <= 3
+    table = pq.read_table(runs["ray"] / "predictions.parquet").to_pylist()
+    assert [{k: v for k, v in t.items() if v not in (None, [])} for t in table] == ours

@@ -7,16 +7,15 @@ once (it is data: parsed, never run) and says in one line what is wrong; the rea
 runner, the server, the Triton writer) then read typed fields. Beside it: the graph's input
 formats and heatmap dtypes, its output names, how an image batch is fed to it
 (:func:`graph_image`) and a heatmap read back (:func:`heatmap_unit`), and
-:func:`check_metadata`, which checks an opened artifact against its metadata, and
-:func:`check_file`, which checks that a TorchScript or pt2 file is one before torch reads it.
-Both sides read
-these from here; no torch here.
+:func:`check_metadata`, which checks an opened artifact against its metadata (a classifier's
+``logits, heatmap``, or a detector's :data:`DETECTION_OUTPUTS`), and :func:`check_file`
+(:mod:`.archive`), which checks that a TorchScript or pt2 file is one before torch reads it.
+Both sides read these from here; no torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,8 +23,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import OptionError, UsageError
+from .archive import check_file
 
 __all__ = [
+    "DETECTION_OUTPUTS",
     "FILES",
     "FORMAT",
     "HEATMAP_DTYPES",
@@ -58,9 +59,19 @@ INPUT_FORMATS = ("float-nchw", "uint8-nhwc")  # the image input: float [N,3,H,W]
 HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(255·m)
 
 
-def output_names(overlay: bool = False, classes: bool = False) -> list[str]:
+# a detector's outputs: boxes [N,D,4] (x1,y1,x2,y2 in input pixels, best first), scores [N,D],
+# classes [N,D] int64 (-1 on padding rows), count [N] int64 (rows >= count are padding), and
+# heatmap [N,D,H,W] (map j explains detection j) or [N,1,H,W] (one class-agnostic map per image)
+DETECTION_OUTPUTS = ["boxes", "scores", "classes", "count", "heatmap"]
+
+
+def output_names(
+    overlay: bool = False, classes: bool = False, task: str | None = None
+) -> list[str]:
     """The graph's outputs, in order: ``logits``, ``heatmap``, and the in-graph ``overlay`` or a
-    top-k graph's ``classes``."""
+    top-k graph's ``classes``; a ``detection`` task's :data:`DETECTION_OUTPUTS`."""
+    if task == "detection":
+        return list(DETECTION_OUTPUTS)
     return (
         ["logits", "heatmap"] + (["overlay"] if overlay else []) + (["classes"] if classes else [])
     )
@@ -72,49 +83,6 @@ def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:
         pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
     return np.ascontiguousarray(image, dtype=np.float32)
-
-
-_ZIP_KINDS = {".pt2": "torch.export program", ".pt": "TorchScript file"}
-
-
-def check_file(path: str) -> None:
-    """Refuse, with an :class:`.OptionError` that says why, a ``.pt`` or ``.pt2`` file that is
-    not the artifact its name says, before torch reads it (torch's own errors name zip
-    internals). Both are zip archives: TorchScript holds a ``constants.pkl``, a torch.export
-    program an ``archive_format``. Other names pass unchecked."""
-    suffix = next((s for s in _ZIP_KINDS if path.endswith(s)), None)
-    if suffix is None:
-        return
-    kind = _ZIP_KINDS[suffix]
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise OptionError(
-            "path",
-            "{name} '{v}' is not a whole {kind}: not a zip archive (damaged, cut short, or "
-            "another kind of file); export it again",
-            v=path,
-            kind=kind,
-        ) from exc
-    script = any(n.endswith("/constants.pkl") for n in names)
-    program = any(n.endswith("/archive_format") for n in names)
-    if program and suffix == ".pt":
-        raise OptionError("path", "{name} '{v}' is a torch.export program; name it .pt2", v=path)
-    if script and suffix == ".pt2":
-        raise OptionError(
-            "path", "{name} '{v}' is a TorchScript file; name it .torchscript.pt", v=path
-        )
-    if not (script or program):
-        saved = any(n.endswith("/data.pkl") for n in names)  # torch.save's own archive
-        hint = " (a checkpoint? explain-export --ckpt takes it)" if saved else ""
-        raise OptionError(
-            "path",
-            "{name} '{v}' is a zip archive, but not an exported {kind}{hint}",
-            v=path,
-            kind=kind,
-            hint=hint,
-        )
 
 
 def heatmap_unit(heatmap: np.ndarray) -> np.ndarray:
@@ -245,6 +213,9 @@ class ArtifactMetadata:
     task: str | None = None  # "segmentation": logits are per-pixel scores [N, K, H', W']
     background: int | None = None  # segmentation: the class the default target leaves out
     top_k: int | None = None  # heatmap [N, top_k, H, W] and classes [N, top_k]; None: [N, 1, H, W]
+    # task "detection": max_detections (D), score_threshold, iou_threshold, score, family, maps
+    # ("per-detection" or "per-image"), label_set ("coco80", "coco91" or None)
+    detection: Mapping[str, Any] | None = None
     feature_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     dynamic_size: bool = False
@@ -310,6 +281,8 @@ class ArtifactMetadata:
             isinstance(labels, list) and all(isinstance(x, str) for x in labels)
         ):
             raise MetadataError("labels must be a list of strings")
+        if not isinstance(data.get("detection", {}), dict | type(None)):
+            raise MetadataError("detection must be a JSON object (max_detections, thresholds, ...)")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values: dict[str, Any] = {}
         for key in known & set(data):
@@ -358,10 +331,13 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
         raise UsageError(
             f"metadata of '{artifact.path}' is not usable: {exc}; re-export it"
         ) from exc
-    if "heatmap" not in artifact.output_names or meta.output_names[:2] != ["logits", "heatmap"]:
+    detector = meta.task == "detection"
+    expected = DETECTION_OUTPUTS if detector else ["logits", "heatmap"]
+    names = artifact.output_names if detector else meta.output_names[:2]
+    if "heatmap" not in artifact.output_names or names != expected:
         raise UsageError(
             f"'{artifact.path}' is not an explainer: its outputs are "
-            f"{', '.join(artifact.output_names)}; expected logits and heatmap"
+            f"{', '.join(artifact.output_names)}; expected {', '.join(expected)}"
         )
     image = artifact.shapes.get("image")
     size = list(meta.input_size)
@@ -370,7 +346,7 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
             f"metadata of '{artifact.path}' says input {size[0]}x{size[1]}, but the graph takes "
             f"{image[2]}x{image[3]}; the metadata belongs to another export, re-export it"
         )
-    classes = class_count(meta, artifact.shapes.get("logits"))
+    classes = meta.num_classes if detector else class_count(meta, artifact.shapes.get("logits"))
     if meta.labels and classes is not None and len(meta.labels) != classes:
         raise UsageError(
             f"metadata of '{artifact.path}' has {len(meta.labels)} labels for {classes} "

@@ -17,10 +17,16 @@ explain (``classes [N,K]``, best first): :func:`render` draws each map, and name
 and the class it explains is the graph's own rule, worked out from its outputs by
 :func:`chosen_classes` (the run-time class, else the class fixed at export, else the top-1), so
 that one map is named the same way; a map of no class (``eigencam``, ``sum``) is named by none.
+
+A detection export (metadata ``task`` ``detection``) is run by :func:`infer_detections` and
+drawn by :func:`render_detections`: its detections with their boxes in the original image's
+pixels (:mod:`.detections`), the overlay the best detection's map with every box drawn, and
+with ``each`` one overlay per detection (its map, its box).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,11 +34,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import OptionError
-from . import images, overlay, regions
+from . import detections, images, overlay, regions
 from .contract import heatmap_unit
 
 __all__ = [
     "CLASS_FREE_METHODS",
+    "Detected",
     "Drawn",
     "Fitted",
     "Inferred",
@@ -44,9 +51,11 @@ __all__ = [
     "explained",
     "fit",
     "infer",
+    "infer_detections",
     "names_class",
     "read",
     "render",
+    "render_detections",
     "softmax_topk",
     "summary",
 ]
@@ -135,6 +144,8 @@ class Rendered(NamedTuple):
     maps: list[Drawn]
     explained: list[dict[str, Any]] | None = None  # per map: class, label, score (None: no class)
     region: dict[str, Any] | None = None  # segmentation: class, label, pixel_share, ...
+    detections: list[dict[str, Any]] | None = None  # detection: box, class, label, score
+    each: list[Drawn] | None = None  # detection: one drawing per detection (render's ``each``)
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -184,6 +195,56 @@ def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) 
         Inferred(lg, hm, None if classes is None else classes[i])
         for i, (lg, hm) in enumerate(zip(out["logits"], heatmaps, strict=True))
     ]
+
+
+class Detected(NamedTuple):
+    """One image's detection outputs (:data:`.contract.DETECTION_OUTPUTS`)."""
+
+    boxes: np.ndarray  # float32 [D, 4], x1, y1, x2, y2 in the graph input's pixels, best first
+    scores: np.ndarray  # float32 [D]
+    classes: np.ndarray  # int64 [D], -1 on padding rows
+    count: int  # rows < count are detections
+    heatmaps: np.ndarray  # float32 [D, H, W] in [0, 1] (map j: detection j), or [1, H, W]
+
+
+def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detected]:
+    """One model call of a detection export for a batch of graph inputs: :class:`Detected`
+    per image (heatmaps as float in [0, 1])."""
+    out = artifact.outputs(np.stack(inputs))
+    heatmaps = heatmap_unit(out["heatmap"])
+    parts = zip(out["boxes"], out["scores"], out["classes"], out["count"], heatmaps, strict=True)
+    return [Detected(b, s, c, int(n), h) for b, s, c, n, h in parts]
+
+
+def render_detections(
+    image: Fitted,
+    found: Detected,
+    labels: Sequence[str] | None,
+    blend: OverlayOptions,
+    each: bool = False,
+) -> Rendered:
+    """A detection export's image: its detections (:func:`.detections.listed`, boxes in the
+    original pixels); one map, the best detection's (a class-agnostic export's one map) at the
+    drawn resolution, blended, with every box drawn; with ``each``, per detection j its map
+    (map j, or the one map) blended with its box. No detection: the image as it is, no heat,
+    no box, and an all-zero map."""
+    rows = (found.boxes, found.scores, found.classes, found.count)
+    file = dataclasses.replace(image.geometry, original=image.original)
+    listed = detections.listed(*rows, file, labels)  # in the file's pixels
+    shown = detections.listed(*rows, image.geometry, labels)  # in bgr's, to draw
+
+    def draw(j: int, boxes: list[dict[str, Any]]) -> Drawn:
+        full = images.map_back(found.heatmaps[min(j, len(found.heatmaps) - 1)], image.geometry)
+        heat, blended = overlay.overlay(
+            image.bgr, full, blend.alpha, blend.colormap, blend.seed_blend
+        )
+        return Drawn(full, heat, detections.draw_boxes(blended, boxes))
+
+    zero = np.zeros(image.drawn, np.float32)
+    none = Drawn(zero, overlay.colorize(zero, blend.colormap), image.bgr.copy())
+    main = draw(0, shown) if shown else none
+    per = [draw(j, [d]) for j, d in enumerate(shown)] if each else None
+    return Rendered([], [main], detections=listed, each=per)
 
 
 def names_class(metadata: dict[str, Any] | None) -> bool:

@@ -8,7 +8,8 @@ torch), where each batch is read, explained and written by :func:`.runner.explai
 function the local engine runs. The rows stream back to the driver as batches finish: the
 journal, the progress bar and the error lines; at the end ``predictions.jsonl`` (input order),
 ``predictions.parquet`` and the sheet. A top-k export's K maps per image, and a segmentation
-export's regions, are drawn and named as the local engine does (:mod:`.runner`). On a cluster
+export's regions and a detection export's boxes, are drawn and named as the local engine does
+(:mod:`.runner`). On a cluster
 the images and ``out_dir`` must be at the same path on every node (shared storage).
 """
 
@@ -135,7 +136,7 @@ def run(
                 f"a Ray worker failed ({_root_cause(exc)}); the images finished so far are kept, "
                 "and a resumed run goes on from them"
             ) from exc
-        parquet = parquet_bytes(results, meta.task == "segmentation")
+        parquet = parquet_bytes(results, meta.task == "segmentation", meta.task == "detection")
         write_atomic(os.path.join(opts.out_dir, PARQUET), parquet)
         return finish(results, rows, opts)
     finally:
@@ -259,7 +260,9 @@ def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:
     return dataset.map_batches(**kwargs)
 
 
-def parquet_bytes(results: list[ImageResult], segmentation: bool = False) -> bytes:
+def parquet_bytes(
+    results: list[ImageResult], segmentation: bool = False, detection: bool = False
+) -> bytes:
     """The predictions as a Parquet file, one row per image in input order, with the JSON
     lines' fields: ``file``, ``error`` (null where none), ``outputs``, ``topk`` (a list of
     ``{class, label, score}``), ``class_index`` (the class the heatmap explains where one was
@@ -268,12 +271,19 @@ def parquet_bytes(results: list[ImageResult], segmentation: bool = False) -> byt
     export, a top-k export's K, best first; null for a map of no class). A
     ``segmentation`` export's rows have its region's fields instead of ``topk`` and
     ``explained``: ``class``, ``label``, ``pixel_share``, ``note`` (null unless no pixel is the
-    class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first)."""
+    class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first). A
+    ``detection`` export's rows have ``detections`` instead (``{box, class, label, score,
+    outputs}``, the box ``[x1, y1, x2, y2]`` in the original image's pixels, ``outputs`` null
+    without ``--per-detection``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     head = [("file", pa.string()), ("error", pa.string()), ("outputs", pa.list_(pa.string()))]
-    if segmentation:
+    if detection:
+        box = [("box", pa.list_(pa.float64())), ("class", pa.int64()), ("label", pa.string())]
+        found = pa.struct([*box, ("score", pa.float64()), ("outputs", pa.list_(pa.string()))])
+        schema = pa.schema([*head, ("detections", pa.list_(found))])
+    elif segmentation:
         share = [("class", pa.int64()), ("label", pa.string()), ("pixel_share", pa.float64())]
         found = [*share, ("note", pa.string()), ("predicted", pa.list_(pa.struct(share)))]
         schema = pa.schema([*head, *found, ("class_index", pa.int64())])
@@ -290,6 +300,7 @@ def parquet_bytes(results: list[ImageResult], segmentation: bool = False) -> byt
             "topk": r.topk,
             "class_index": r.class_index,
             "explained": r.explained,
+            "detections": r.detections,
             **(r.region or {}),
         }
         for r in results

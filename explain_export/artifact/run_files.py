@@ -23,6 +23,7 @@ __all__ = [
     "SHEET",
     "Journal",
     "collect",
+    "detection_stem",
     "earlier_rows",
     "map_stem",
     "output_stems",
@@ -113,6 +114,12 @@ def map_stem(name: str, rank: int) -> str:
     return name if rank == 1 else f"{name}.top{rank}"
 
 
+def detection_stem(name: str, j: int) -> str:
+    """The stem of detection ``j``'s files (from 0, its index in the row's ``detections``,
+    ``--per-detection``): ``NAME.detJ``."""
+    return f"{name}.det{j}"
+
+
 def earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Finished rows of earlier runs by ``(file, first output)``; unreadable lines ignored (a
     journal line cut short when its run was killed)."""
@@ -126,7 +133,8 @@ def earlier_rows(out_dir: str) -> dict[tuple[str, str], dict[str, Any]]:
                 try:
                     row = json.loads(line)
                     key = (row["file"], row["outputs"][0])
-                    if row.get("topk") or row.keys() >= _REGION:  # a top-k, or a region
+                    # a top-k, a region, or a detection export's list
+                    if row.get("topk") or row.keys() >= _REGION or "detections" in row:
                         rows[key] = row
                 except (ValueError, KeyError, IndexError, TypeError):
                     continue

@@ -19,12 +19,14 @@ instead of a softmax top-k: the row has ``class``, ``label``, ``pixel_share`` (t
 the image's pixels predicted as it), ``predicted`` (the classes with most pixels) and, where no
 pixel is the class, a ``note`` (:mod:`.regions`); the overlay carries the region's outline, and
 the sheet's caption names the class and its share.
+
+A detection export's row lists its ``detections`` (box in the original image's pixels, class,
+label, score) instead of a top-k; its files are :mod:`.run_outputs`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError, UsageError
-from . import images, overlay, pipeline, regions
+from . import detections, images, overlay, pipeline, regions
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
 from .run_files import (
@@ -49,6 +51,7 @@ from .run_files import (
     output_stems,
     row_maps,
 )
+from .run_outputs import planned_files, with_files, write_detections, write_maps
 from .runtime import Artifact
 
 __all__ = [
@@ -86,6 +89,7 @@ class RunOptions(pipeline.OverlayOptions):
     sheet_height: int = 200
     resume: bool = False  # keep the images an earlier run in out_dir finished (see plan)
     class_index: int | None = None  # the class every heatmap explains; None: the graph's default
+    per_detection: bool = False  # a detection export: also one overlay per detection
 
 
 @dataclass
@@ -102,6 +106,8 @@ class ImageResult:
     explained: list[dict[str, Any]] | None = None
     # segmentation exports, instead of topk: class, label, pixel_share, [note], predicted
     region: dict[str, Any] | None = None
+    # detection exports, instead of topk: box (original pixels), class, label, score[, outputs]
+    detections: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
@@ -109,13 +115,14 @@ class ImageResult:
         chosen = {} if self.class_index is None else {"class_index": self.class_index}
         maps = {} if self.explained is None else {"explained": self.explained}
         named = {"topk": self.topk} if self.region is None else self.region
+        named = named if self.detections is None else {"detections": self.detections}
         return {"file": self.path, **named, **chosen, **maps, "outputs": self.outputs}
 
     def fill(self, row: dict[str, Any]) -> None:
         """Take a finished row's findings (:meth:`to_json`'s, without its outputs)."""
         self.error, self.class_index = row.get("error"), row.get("class_index")
-        self.explained = row.get("explained")
-        if "topk" in row or self.error is not None:
+        self.explained, self.detections = row.get("explained"), row.get("detections")
+        if "topk" in row or self.error is not None or self.detections is not None:
             self.topk, self.region = row.get("topk", []), None
         else:
             self.region = {k: row[k] for k in regions.FIELDS if k in row}
@@ -124,6 +131,8 @@ class ImageResult:
     def summary(self) -> str:
         """What was found, in words: the class each map explains and the top-1, with their
         scores (:func:`.pipeline.summary`), or the region's class and its pixel share."""
+        if self.detections is not None:
+            return detections.describe(self.detections)
         if self.region is not None:
             return regions.describe(self.region)
         return pipeline.summary(self.topk, self.explained)
@@ -143,20 +152,6 @@ class RunReport:
     @property
     def failed(self) -> list[ImageResult]:
         return [r for r in self.results if r.error is not None]
-
-
-def _map_files(name: str, opts: RunOptions, rank: int) -> list[str]:
-    stem = map_stem(name, rank)
-    files = [f"{stem}.overlay.png"]
-    if opts.save_heatmaps:
-        files += [f"{stem}.heatmap.png", f"{stem}.heatmap.npy"]
-    return files
-
-
-def planned_files(name: str, opts: RunOptions, maps: int = 1) -> list[str]:
-    """The files of image ``NAME``, map by map (``maps``: a top-k export's K, else 1); the
-    first is always ``NAME.overlay.png``."""
-    return [f for rank in range(1, maps + 1) for f in _map_files(name, opts, rank)]
 
 
 def check_names(
@@ -239,9 +234,24 @@ def run(
 def check_class(artifact: Artifact, meta: ArtifactMetadata, opts: RunOptions) -> None:
     """A one-line error, before any work, where ``opts.class_index`` is out of range, the graph
     takes no class (:func:`.contract.class_feed`), or it is a top-k graph (it picks its
-    classes)."""
+    classes) or a detector (each map explains its detection); and where ``opts.per_detection``
+    is asked of an export that is no detector."""
+    if opts.per_detection and meta.task != "detection":
+        raise OptionError(
+            "per_detection",
+            "{name} needs a detection export; '{path}' is not a detector (no boxes to explain)",
+            path=artifact.path,
+        )
     if opts.class_index is None:
         return
+    if meta.task == "detection":
+        raise OptionError(
+            "class_index",
+            "{name} {v} cannot apply to '{path}': a detector's map j explains detection j, "
+            "of the class the model found; drop {name}",
+            v=opts.class_index,
+            path=artifact.path,
+        )
     if meta.top_k is not None:
         raise OptionError(
             "class_index",
@@ -280,29 +290,28 @@ def plan(
         return results, list(range(len(results)))
     ensure_out_dir(opts.out_dir)
     earlier = earlier_rows(opts.out_dir)
-    maps = top_k if top_k is not None else 1 if named and task != "segmentation" else None
+    own = task in ("segmentation", "detection")  # rows without a top-k, or its maps named
+    maps = top_k if top_k is not None else 1 if named and not own else None
     todo = []
     for i, result in enumerate(results):
         files = planned_files(result.name, opts, top_k or 1)
         row = earlier.get((result.path, files[0]))
         same = row and row.get("class_index") == opts.class_index and row_maps(row) == maps
-        same = same and ("topk" not in row) == (task == "segmentation")
+        same = (
+            same and ("topk" not in row) == own and ("detections" in row) == (task == "detection")
+        )
+        if same and task == "detection":  # and each detection's files where they are asked for
+            per = [d.get("outputs") for d in row["detections"]]
+            same = all(bool(f) == opts.per_detection for f in per)
+            files += [name for f in per for name in f or []] if same else []
         if same and all(os.path.isfile(os.path.join(opts.out_dir, f)) for f in files):
             result.fill(row)
             result.outputs, result.resumed = files, True
             if maps is not None:
-                result.explained = _with_files(row["explained"], result.name, opts)
+                result.explained = with_files(row["explained"], result.name, opts)
         else:
             todo.append(i)
     return results, todo
-
-
-def _with_files(maps: list[dict[str, Any]], name: str, opts: RunOptions) -> list[dict[str, Any]]:
-    """``{class, label, score}`` per map, best first, each with its files' names."""
-    return [
-        {**{k: m[k] for k in ("class", "label", "score")}, "outputs": _map_files(name, opts, j)}
-        for j, m in enumerate(maps, 1)
-    ]
 
 
 def explain_batch(
@@ -324,6 +333,17 @@ def explain_batch(
     if not ready:
         return rows
     labels = list(meta.labels) if meta.labels else None
+    if meta.task == "detection":
+        found = pipeline.infer_detections(artifact, [image.input for _, image in ready])
+
+        def draw_found(job: tuple[tuple[int, pipeline.Fitted], pipeline.Detected]) -> None:
+            (i, image), out = job
+            wanted = opts.per_detection or opts.sheet
+            done = pipeline.render_detections(image, out, labels, opts, each=wanted)
+            rows[i] = write_detections(batch[i], image.bgr, done, opts)
+
+        list(each(draw_found, zip(ready, found, strict=True)))
+        return rows
     outputs = pipeline.infer(artifact, [image.input for _, image in ready], opts.class_index)
     maps = meta.top_k or 1
     if outputs[0].heatmaps.shape[0] != maps:
@@ -339,7 +359,7 @@ def explain_batch(
         )
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         batch[i].region = done.region
-        rows[i] = _write_outputs(batch[i], image.bgr, done, opts)
+        rows[i] = write_maps(batch[i], image.bgr, done, opts)
 
     list(each(draw, zip(ready, outputs, strict=True)))
     return rows
@@ -366,35 +386,3 @@ def finish(results: list[ImageResult], rows: list[np.ndarray], opts: RunOptions)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(opts.out_dir, JOURNAL))
     return RunReport(results, predictions, sheet)
-
-
-def _write_outputs(
-    result: ImageResult, bgr: np.ndarray, done: pipeline.Rendered, opts: RunOptions
-) -> np.ndarray | None:
-    """Write one image's files, map by map; return its sheet row when a sheet is wanted."""
-    result.outputs = []
-    for rank, drawn in enumerate(done.maps, 1):
-        assert drawn.heat is not None and drawn.blended is not None  # the runner always draws
-        files = _map_files(result.name, opts, rank)
-        path = os.path.join(opts.out_dir, files[0])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomic(path, overlay.encode_png(drawn.blended))
-        if opts.save_heatmaps:
-            heatmap = drawn.heatmap
-            write_atomic(
-                os.path.join(opts.out_dir, files[1]), overlay.encode_png(overlay.levels(heatmap))
-            )
-            buf = io.BytesIO()
-            np.save(buf, heatmap.astype(np.float32))
-            write_atomic(os.path.join(opts.out_dir, files[2]), buf.getvalue())
-        result.outputs += files
-    if done.explained is not None:
-        result.explained = _with_files(done.explained, result.name, opts)
-    if not opts.sheet:
-        return None
-    if len(done.maps) == 1:
-        return overlay.sheet_row([bgr, done.heat, done.blended], result.caption, opts.sheet_height)
-    panels = [bgr] + [d.blended for d in done.maps]
-    captions = ["original"] + [f"{m['label']} ({m['score']:.2f})" for m in result.explained or []]
-    base = os.path.basename(result.path)
-    return overlay.sheet_row(panels, base, opts.sheet_height, captions=captions)

@@ -39,6 +39,10 @@ the K classes (class, label, score, outputs), and the sheet shows original | K o
 A segmentation model's rows name the class its heatmap explains and its region instead of a
 top-k: class, label, pixel_share (the fraction of the image's pixels predicted as it), and
 predicted (the --topk classes with most pixels); its overlays outline the region.
+A detection model's rows list its "detections" instead (box [x1, y1, x2, y2] in the image's
+own pixels, class, label, score): NAME.overlay.png is the best detection's map with every box
+drawn, --per-detection adds NAME.det0.overlay.png ... (one per detection, its map and box),
+and the sheet shows the image, then one overlay per detection.
 While a run goes, predictions.partial.jsonl holds the rows of the batches done so far;
 --resume reads it after a stop.
 
@@ -144,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sheet",
         action="store_true",
         help="also write sheet.png: original | heatmap | overlay (a --top-k export: original | "
-        "one overlay per class)",
+        "one overlay per class; a detector: original | one overlay per detection)",
     )
     p.add_argument(
         "--sheet-height",
@@ -155,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--save-heatmaps", action="store_true", help="also write NAME.heatmap.png and .npy"
+    )
+    p.add_argument(
+        "--per-detection",
+        action="store_true",
+        help="a detection export: also write NAME.detJ.overlay.png per detection J (from 0: "
+        "its own map and box; NAME.overlay.png is the best one's map with every box)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
@@ -288,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         sheet_height=args.sheet_height,
         resume=args.resume,
+        per_detection=args.per_detection,
         class_index=None if args.class_index == -1 else args.class_index,  # -1: the default
     )
     meta = check_metadata(artifact)
