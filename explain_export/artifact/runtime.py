@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import OptionError, UsageError, first_line
 from .contract import (
+    DETECTION_OUTPUTS,
     METADATA_FILE,
     METADATA_KEY,
     ArtifactMetadata,
@@ -298,6 +299,8 @@ class _TorchArtifact(_Artifact):
             result = self._run(args)
         names = self.output_names if len(self.output_names) == len(result) else None
         third = "overlay" if len(result) < 3 or result[2].dim() == 4 else "classes"  # no metadata
+        if len(result) == len(DETECTION_OUTPUTS):  # a detector's graph: five outputs, no metadata
+            names = names or DETECTION_OUTPUTS
         names = names or ["logits", "heatmap", third][: len(result)]
         if not to_host:
             return dict(zip(names, result, strict=True))

@@ -240,7 +240,7 @@ def _export(
             overlay_tol=overlay,
             gpu_rows=gpu_rows,
         )
-        paths, written = _commit(staged, metadata, out_dir, tmp, log)
+        paths, written = commit(staged, metadata, out_dir, tmp, log)
         return ExportResult(paths, written, report, gpu_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -349,7 +349,7 @@ def _float64_said(exact: Float64Reference) -> str:
     return ""
 
 
-def _commit(
+def commit(
     staged: dict[str, str],
     metadata: ArtifactMetadata,
     out_dir: str,

@@ -51,7 +51,9 @@ __all__ = [
     "check_lowered",
     "decompositions",
     "lower",
+    "script_graph",
     "to_script",
+    "trace",
 ]
 
 aten = torch.ops.aten
@@ -96,12 +98,18 @@ def _math_attention() -> Iterator[None]:
         yield
 
 
-def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]) -> Lowered:
-    """Trace ``explainer.capture(*args)`` to an FX graph of forward ATen ops, autograd included,
-    and return it followed by the explainer's heatmap head.
-
-    ``dynamic`` maps an argument's position to its dimensions that stay symbolic (the batch,
-    and H, W with a dynamic size); every other size is fixed to that of ``args``.
+def trace(
+    fn: Callable[..., Any],
+    args: tuple[Tensor, ...],
+    dynamic: dict[int, Sequence[int]],
+    owner: nn.Module,
+) -> torch.fx.GraphModule:
+    """``fn(*args)`` as an FX graph of forward ATen ops, autograd included: the autograd engine
+    runs while ``make_fx`` records, and every backward op is decomposed into forward ops
+    (:func:`decompositions`), then the graph is rewritten for the exporters and checked
+    (:func:`check_lowered`). ``dynamic`` maps an argument's position to its dimensions that stay
+    symbolic; every other size is fixed to that of ``args``. ``owner``'s plain attributes are
+    kept as they were (:func:`.trace_state.kept_attributes`).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -118,17 +126,12 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         sizes = [DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(arg.dim())]
         context = StatelessSymbolicContext(dynamic_sizes=sizes)
         fakes.append(mode.from_tensor(arg, symbolic_context=context))
-    explainer.eval()
-
-    def capture(*inputs: Tensor) -> tuple[Tensor, ...]:  # flat: (logits, *maps, *gradients)
-        logits, features, grads = explainer.capture(*inputs)
-        return (logits, *_as_list(features), *_as_list(grads))
-
+    owner.eval()
     # kept_attributes: a model that caches tensors in plain attributes (timm's TinyViT) keeps
     # its own, not the trace's fake ones; explain-bench lowers without the export around it
-    with _quiet(), _math_attention(), kept_attributes(explainer):
+    with _quiet(), _math_attention(), kept_attributes(owner):
         graph = make_fx(
-            capture,
+            fn,
             decomposition_table=decompositions(),
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
@@ -136,6 +139,22 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
     as_strided_to_views(graph)
     fold_broadcast_bmm(graph)
     check_lowered(graph)
+    return graph
+
+
+def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[int]]) -> Lowered:
+    """Trace ``explainer.capture(*args)`` to an FX graph of forward ATen ops, autograd included
+    (:func:`trace`), and return it followed by the explainer's heatmap head.
+
+    ``dynamic`` maps an argument's position to its dimensions that stay symbolic (the batch,
+    and H, W with a dynamic size); every other size is fixed to that of ``args``.
+    """
+
+    def capture(*inputs: Tensor) -> tuple[Tensor, ...]:  # flat: (logits, *maps, *gradients)
+        logits, features, grads = explainer.capture(*inputs)
+        return (logits, *_as_list(features), *_as_list(grads))
+
+    graph = trace(capture, args, dynamic, explainer)
     return Lowered(graph, explainer.heatmap_head, len(explainer.taps))
 
 
@@ -219,16 +238,14 @@ def _device_of_input(graph: torch.fx.Graph) -> None:
             node.kwargs = {**node.kwargs, "device": device}
 
 
-def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
-    """TorchScript of a lowered explainer: the graph scripted, the head traced around it.
-
-    Tracing the graph would bake the batch size into its shape arithmetic, so it is scripted (its
-    ATen overloads become the overload packets that TorchScript resolves by signature); the
-    head is traced like ``cam``'s, and calls the scripted graph.
-    """
+def script_graph(graph_module: torch.fx.GraphModule, inputs: int = 1) -> torch.jit.ScriptModule:
+    """A lowered FX graph as TorchScript, scripted rather than traced (tracing would bake the
+    batch size into its shape arithmetic): its ATen overloads become the overload packets that
+    TorchScript resolves by signature, and tensors it creates go on the input's device.
+    ``inputs``: how many inputs the graph takes (the image, and a class index)."""
     import copy
 
-    graph = copy.deepcopy(lowered.graph_module)
+    graph = copy.deepcopy(graph_module)
     _device_of_input(graph.graph)
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in _SYM_BUILTINS:
@@ -238,8 +255,15 @@ def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptMod
                 node.target = aten.size.int
             node.target = node.target.overloadpacket
     graph.recompile()
-    wrapper = _ScriptWithClass(graph) if len(args) > 1 else _Script(graph)
+    wrapper = _ScriptWithClass(graph) if inputs > 1 else _Script(graph)
     with _quiet():
-        scripted = torch.jit.script(wrapper.eval())
+        return torch.jit.script(wrapper.eval())
+
+
+def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
+    """TorchScript of a lowered explainer: the graph scripted (:func:`script_graph`), the head
+    traced like ``cam``'s around it, calling the scripted graph."""
+    scripted = script_graph(lowered.graph_module, len(args))
+    with _quiet():
         traced = Lowered(scripted, lowered.head, lowered.layers).eval()
         return torch.jit.trace(traced, args, check_trace=False)

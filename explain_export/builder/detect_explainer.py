@@ -1,0 +1,316 @@
+"""The detection explainer: ``image -> (boxes, scores, classes, count, heatmap)``, one graph.
+
+``forward(image)`` runs, in one pass:
+
+1. ``x = (image - mean) / std`` (YOLO: the [0, 1] image as it is);
+2. the detector, while the taps keep the maps ``A_l`` the head reads (each a leaf, so only the
+   part of the model after them is differentiated);
+3. the candidates (:meth:`.detectors.Detector.candidates`) and greedy class-aware NMS, the
+   first ``D`` kept (:func:`.boxes.select`): boxes, scores, classes, ``count``; padding rows
+   have class −1, score 0 and a zero box;
+4. per detection ``j``, its score ``y_j`` as the model outputs it
+   (:meth:`.detectors.Detector.score`), and ``∂y_j/∂A_l`` by one backward pass each from the
+   head's output to the taps (the backbone runs once);
+5. the method's map of each tap, for each detection (``gradcam``:
+   ``ReLU(Σ_k α_k A_k)``, ``α_k = mean_ij ∂y_j/∂A_k``), resized and min-maxed; several taps are
+   fused as repeated ``--layer`` maps are (:func:`.heads.fuse`): ReLU, resize and min-max each,
+   then the mean, min-maxed again. Padding rows' maps are 0. A class-free method (``eigencam``,
+   ``sum``) gives one map per image, ``[N, 1, H, W]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import OptionError
+from .inspect.tap import Tap, TapSpec, resolve_module
+from .maths import graph_io, heads
+from .maths.boxes import select
+from .maths.methods import Method, Needs
+from .model.detectors import Detector
+from .model.outputs import OutputKey
+
+__all__ = ["DetectionExplainer", "HeadInputs", "build_detector"]
+
+
+class HeadInputs:
+    """Keeps the list of maps a module (a detection head) takes as its first input, at each
+    forward pass; with ``grad``, each map becomes a leaf that requires grad and the module gets
+    the leaves, so ``∂y/∂A_l`` is the gradient through the head alone."""
+
+    def __init__(self, model: nn.Module, name: str, *, grad: bool = False) -> None:
+        self.name = name
+        self.grad = grad
+        self._value: list[Tensor] | None = None
+        self._armed = False
+        module = resolve_module(model, name)
+        self._handle = module.register_forward_pre_hook(self._pre_hook)
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self._armed or not args or not isinstance(args[0], list | tuple):
+            return None
+        maps = [t.detach().requires_grad_(True) if self.grad else t for t in args[0]]
+        self._value = list(maps)  # a copy: a head may write into the list it is given
+        return (type(args[0])(maps), *args[1:]) if self.grad else None
+
+    def module(self, model: nn.Module) -> nn.Module:
+        return resolve_module(model, self.name)
+
+    def clear(self) -> None:
+        self._value, self._armed = None, True
+
+    def take(self) -> list[Tensor]:
+        value, self._value, self._armed = self._value, None, False
+        if value is None:
+            raise OptionError(
+                "layer", "the head '{v}' did not run in this forward pass", v=self.name
+            )
+        return value
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class DetectionExplainer(nn.Module):
+    """``image -> (boxes [N,D,4], scores [N,D], classes [N,D], count [N], heatmap)`` for a
+    one-stage detector (see the module's docstring for the steps).
+
+    Args:
+        model: the detector, in eval mode.
+        detector: what it is (:func:`.detectors.recognise`).
+        method: the heatmap method's record (:mod:`.methods`); ``cam`` has no linear head here.
+        output: which of the model's outputs holds the raw predictions.
+        layers: taps named with the usual grammar; None: the head's inputs.
+        max_detections: ``D``, the rows of every output.
+        score_threshold, iou_threshold: the NMS rule (default: the model's own).
+        input_format: ``float-nchw`` or ``uint8-nhwc`` (:mod:`.graph_io`).
+        input_size: ``(H, W)`` of the export.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        detector: Detector,
+        method: Method,
+        output: OutputKey = OutputKey(),
+        layers: Sequence[str] | None = None,
+        max_detections: int = 10,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        input_format: str = "float-nchw",
+        input_size: tuple[int, int] = (640, 640),
+        eps: float = heads.DEFAULT_EPS,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        if max_detections < 1:
+            raise OptionError("max_detections", "{name} must be at least 1")
+        if method.needs_linear:
+            raise OptionError(
+                "method", "{name} cam needs a classifier's linear head; use gradcam for detectors"
+            )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.detector = detector
+        self.method = method
+        self.output = output
+        self.max_detections = max_detections
+        self.score_threshold = (
+            detector.score_threshold if score_threshold is None else score_threshold
+        )
+        self.iou_threshold = detector.iou_threshold if iou_threshold is None else iou_threshold
+        self.input_format = input_format
+        self.eps = eps
+        grad = method.needs_gradient
+        if layers is None:
+            if detector.head is None:
+                raise OptionError(
+                    "layer",
+                    "found no detection head (a module taking a list of maps); name the maps "
+                    "it reads with {name}",
+                )
+            self.layers = [f"{detector.head}:input"]
+            self.taps: list[Tap | HeadInputs] = [HeadInputs(model, detector.head, grad=grad)]
+        else:
+            self.layers = list(layers)
+            self.taps = [Tap(model, TapSpec.parse(name), grad=grad) for name in layers]
+        self.register_buffer("mean", torch.tensor(detector.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(detector.std).view(1, 3, 1, 1))
+
+    @property
+    def per_detection(self) -> bool:
+        """One map per detection (a method that explains a score), not one per image."""
+        return self.method.has_class
+
+    def remove(self) -> None:
+        for tap in self.taps:
+            tap.remove()
+
+    def __enter__(self) -> DetectionExplainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _maps(self) -> list[Tensor]:
+        maps: list[Tensor] = []
+        for tap in self.taps:
+            taken = tap.take()
+            maps.extend(taken if isinstance(taken, list) else [taken])
+        for a in maps:
+            if a.dim() != 4:
+                raise OptionError(
+                    "layer", "{name} must name maps [N,C,h,w]; one is {shape}", shape=list(a.shape)
+                )
+        return maps
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        """``(boxes, scores, classes, count, heatmap)`` for the graph input ``image``."""
+        x = (graph_io.to_float_nchw(image, self.input_format) - self.mean) / self.std
+        grad = self.method.needs_gradient
+        with torch.inference_mode(False), torch.set_grad_enabled(grad):
+            if grad and x.is_inference():
+                x = x.clone()
+            for tap in self.taps:
+                tap.clear()
+            raw = self.output.pick(self.model(x))
+            maps = self._maps()
+            cand = self.detector.candidates(raw.detach())
+            picked = select(
+                cand.boxes,
+                cand.scores,
+                cand.classes,
+                self.max_detections,
+                self.iou_threshold,
+                self.score_threshold,
+            )
+            index, valid = picked.index, picked.valid
+            boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4))
+            boxes = boxes * valid[..., None]
+            scores = cand.scores.gather(1, index) * valid
+            classes = torch.where(valid, cand.classes.gather(1, index), -1)
+            grads = self._gradients(raw, maps, index, classes, valid) if grad else None
+        count = valid.sum(dim=1)
+        maps = [a.detach() for a in maps]
+        heat = self._heatmap(image, maps, grads, valid)
+        return boxes.detach(), scores.detach(), classes, count, heat
+
+    def _gradients(
+        self, raw: Tensor, maps: list[Tensor], index: Tensor, classes: Tensor, valid: Tensor
+    ) -> list[Tensor]:
+        """Per tap, ``∂y_j/∂A`` for every detection, image by image: ``[N·D, C, h, w]``.
+
+        Where the taps are the head's inputs and the head returns the model's output, the head
+        runs once more on the maps repeated ``D`` times (``N·D`` rows, row ``n·D + j`` for
+        detection ``j`` of image ``n``) and one backward pass of ``Σ_nj y_nj`` gives every
+        detection's gradient (rows are independent). Otherwise ``D`` backward passes, one per
+        detection, from the model's output to the taps.
+        """
+        if self.detector.head_output and isinstance(self.taps[0], HeadInputs):
+            return self._batched(maps, index, classes, valid)
+        y = self.detector.score(raw, index, classes) * valid  # [N, D]
+        per_j = []
+        for j in range(self.max_detections):
+            found = torch.autograd.grad(
+                y[:, j].sum(), maps, retain_graph=j < self.max_detections - 1, allow_unused=True
+            )
+            per_j.append(
+                [torch.zeros_like(a) if g is None else g for a, g in zip(maps, found, strict=True)]
+            )
+        return [torch.stack(g, 1).flatten(0, 1).detach() for g in zip(*per_j, strict=True)]
+
+    def _batched(
+        self, maps: list[Tensor], index: Tensor, classes: Tensor, valid: Tensor
+    ) -> list[Tensor]:
+        """``∂y/∂A`` of every detection from one backward pass through the head alone."""
+        d = self.max_detections
+        rows = [
+            a.detach()[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1).requires_grad_(True)
+            for a in maps
+        ]
+        head = self.taps[0].module(self.model)  # type: ignore[union-attr]
+        raw = self.output.pick(head(list(rows)))  # [N·D, 4+K, A]
+        y = self.detector.score(raw, index.reshape(-1, 1), classes.reshape(-1, 1))
+        found = torch.autograd.grad((y.reshape(-1) * valid.reshape(-1)).sum(), rows)
+        return [g.detach() for g in found]
+
+    def _heatmap(
+        self, image: Tensor, maps: list[Tensor], grads: list[Tensor] | None, valid: Tensor
+    ) -> Tensor:
+        """``[N, D, H, W]`` (one map per detection), or ``[N, 1, H, W]`` (per image)."""
+        size = graph_io.image_size(image, self.input_format)
+        d = self.max_detections if self.per_detection else 1
+        units = []
+        for i, a in enumerate(maps):
+            a = a.float()
+            if self.per_detection:
+                a = a[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1)
+            g = None if grads is None else grads[i].float()
+            terms = self.method.terms(Needs(a, g))
+            m = torch.relu(terms.map) if len(maps) > 1 else terms.map
+            units.append(heads.to_unit(m, terms.scale, size, self.eps))
+        heat = units[0] if len(units) == 1 else heads.fuse(units, self.eps)
+        heat = heat.reshape(-1, d, heat.shape[2], heat.shape[3])
+        if self.per_detection:
+            heat = heat * valid[..., None, None]
+        return heat
+
+
+def build_detector(
+    model: nn.Module,
+    input_size: tuple[int, int] = (640, 640),
+    method: str | Method = "gradcam",
+    layers: Sequence[str] | None = None,
+    output: str | None = None,
+    max_detections: int = 10,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    input_format: str = "float-nchw",
+) -> DetectionExplainer:
+    """Recognise ``model`` as a one-stage detector on one forward pass at ``input_size``
+    (:func:`.detectors.recognise`) and build its :class:`DetectionExplainer`.
+
+    Raises an :class:`~.errors.OptionError` naming what the model returns where it is no
+    detector this package reads, and the form it could be wrapped to."""
+    from .inspect.probe import device_of
+    from .maths import methods
+    from .model.detectors import RAW_FORM, recognise
+    from .model.outputs import choose_output, describe
+
+    if max_detections < 1:
+        raise OptionError("max_detections", "{name} must be at least 1, got {v}", v=max_detections)
+    spec = methods.get(method)
+    model = model.eval()
+    h, w = input_size
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    example = example.to(device_of(model))
+    with torch.no_grad():
+        out = model(example)
+    key = choose_output(out, output)
+    detector = recognise(model, key, example)
+    if detector is None:
+        raise OptionError(
+            "output",
+            "the model is no detector this package reads: {name} {k} is {d}; a one-stage "
+            "detector's raw output must be {form}, or wrap the model to return that",
+            k=str(key),
+            d=describe(key.pick(out)),
+            form=RAW_FORM,
+        )
+    return DetectionExplainer(
+        model,
+        detector,
+        spec,
+        key,
+        layers,
+        max_detections,
+        score_threshold,
+        iou_threshold,
+        input_format,
+        (h, w),
+    )

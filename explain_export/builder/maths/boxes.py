@@ -1,0 +1,93 @@
+"""Boxes as pure tensor functions: corner form, overlap, and the greedy selection (NMS) as a
+fixed number of steps, so that it exports with static shapes.
+
+Boxes are ``x1, y1, x2, y2`` in input pixels (``[..., 4]``). :func:`select` is greedy
+non-maximum suppression written as ``D`` steps: take the best candidate left, suppress every
+candidate of its class that overlaps it by more than the threshold (and itself), repeat. Greedy
+NMS keeps boxes in exactly that order (it sorts by score, keeps the first, suppresses what
+overlaps it, moves to the next unsuppressed), so the ``D`` picks are its first ``D`` kept boxes,
+and ``D`` steps over ``A`` candidates cost ``D·A`` overlaps rather than NMS's ``A²``. Each step
+is an ``argmax``, a ``gather`` and an elementwise overlap: plain ops in TorchScript, ONNX and
+``torch.export``, without torchvision.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Selected", "box_iou", "cxcywh_to_xyxy", "select"]
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """Centre, width, height ``[..., 4]`` -> corners ``x1, y1, x2, y2``.
+
+    Example:
+        >>> cxcywh_to_xyxy(torch.tensor([[10.0, 20.0, 4.0, 6.0]])).tolist()
+        [[8.0, 17.0, 12.0, 23.0]]
+    """
+    xy, wh = boxes[..., :2], boxes[..., 2:4]
+    return torch.cat([xy - wh / 2, xy + wh / 2], dim=-1)
+
+
+def box_iou(box: Tensor, boxes: Tensor) -> Tensor:
+    r"""Intersection over union of ``box`` ``[N, 1, 4]`` with each of ``boxes`` ``[N, A, 4]``:
+    :math:`|a \cap b| / (|a| + |b| - |a \cap b|)`, ``[N, A]`` (0 where both are empty).
+
+    Example:
+        >>> box_iou(torch.tensor([[[0.0, 0, 2, 2]]]), torch.tensor([[[1.0, 0, 3, 2]]])).tolist()
+        [[0.3333333432674408]]
+    """
+    lo = torch.maximum(box[..., :2], boxes[..., :2])
+    hi = torch.minimum(box[..., 2:], boxes[..., 2:])
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    area_a = (box[..., 2:] - box[..., :2]).prod(-1)
+    area_b = (boxes[..., 2:] - boxes[..., :2]).prod(-1)
+    union = area_a + area_b - inter
+    return inter / union.clamp_min(torch.finfo(boxes.dtype).tiny)
+
+
+class Selected(NamedTuple):
+    """The kept candidates, best first: ``index`` int64 ``[N, D]`` into the candidates, and
+    ``valid`` bool ``[N, D]`` (False on padding rows, where fewer than ``D`` were kept)."""
+
+    index: Tensor
+    valid: Tensor
+
+
+def select(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    keep: int,
+    iou_threshold: float,
+    score_threshold: float,
+) -> Selected:
+    """Class-aware greedy NMS, the first ``keep`` kept: candidates ``boxes [N, A, 4]``,
+    ``scores [N, A]`` and ``classes [N, A]``; a candidate counts if its score is above
+    ``score_threshold``, and is suppressed by a kept one of the same class whose IoU with it is
+    above ``iou_threshold`` (as ``torchvision.ops.batched_nms``).
+
+    Example:
+        >>> boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]])
+        >>> picked = select(boxes, torch.tensor([[0.9, 0.8, 0.7]]), torch.zeros(1, 3), 3, 0.5, 0.1)
+        >>> picked.index.tolist(), picked.valid.tolist()
+        ([[0, 2, 0]], [[True, True, False]])
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    n, a = scores.shape
+    left = scores.masked_fill(~(scores > score_threshold), float("-inf"))
+    positions = torch.arange(a, device=scores.device).expand(n, a)
+    picks, valid = [], []
+    for _ in range(keep):
+        best, index = left.max(dim=1)  # [N]
+        box = boxes.gather(1, index[:, None, None].expand(n, 1, 4))
+        cls = classes.gather(1, index[:, None])
+        gone = (box_iou(box, boxes) > iou_threshold) & (classes == cls)
+        left = left.masked_fill(gone | (positions == index[:, None]), float("-inf"))
+        picks.append(index)
+        valid.append(best > float("-inf"))
+    return Selected(torch.stack(picks, 1), torch.stack(valid, 1))
