@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from .maths.methods import Method, Needs
 from .model.detectors import Detector
 from .model.outputs import OutputKey
 
-__all__ = ["DetectionExplainer", "HeadInputs", "build_detector"]
+__all__ = ["DetectionExplainer", "HeadInputs", "build_detector", "find_detector"]
 
 
 class HeadInputs:
@@ -261,6 +262,30 @@ class DetectionExplainer(nn.Module):
         return heat
 
 
+def find_detector(
+    model: nn.Module, input_size: tuple[int, int], output: str | None = None
+) -> tuple[Detector, OutputKey] | None:
+    """``(the detector, its raw output's key)`` where ``model``'s output (or ``output``) on one
+    forward pass at ``input_size`` is a one-stage detector's (:func:`.detectors.recognise`);
+    None where it is not (a classifier, or an output no key picks)."""
+    from .inspect.probe import device_of
+    from .model.detectors import recognise
+    from .model.outputs import choose_output
+
+    model = model.eval()
+    h, w = input_size
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    example = example.to(device_of(model))
+    with torch.no_grad():
+        out = model(example)
+    try:
+        key = choose_output(out, output)
+    except OptionError:
+        return None
+    detector = recognise(model, key, example)
+    return None if detector is None else (detector, key)
+
+
 def build_detector(
     model: nn.Module,
     input_size: tuple[int, int] = (640, 640),
@@ -271,36 +296,35 @@ def build_detector(
     score_threshold: float | None = None,
     iou_threshold: float | None = None,
     input_format: str = "float-nchw",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DetectionExplainer:
     """Recognise ``model`` as a one-stage detector on one forward pass at ``input_size``
-    (:func:`.detectors.recognise`) and build its :class:`DetectionExplainer`.
+    (:func:`find_detector`) and build its :class:`DetectionExplainer`. ``mean``, ``std``
+    replace the detector's own normalization (YOLO: none).
 
-    Raises an :class:`~.errors.OptionError` naming what the model returns where it is no
-    detector this package reads, and the form it could be wrapped to."""
-    from .inspect.probe import device_of
+    Raises an :class:`~.errors.OptionError` where it is no detector this package reads, naming
+    the form its raw output must have."""
     from .maths import methods
-    from .model.detectors import RAW_FORM, recognise
-    from .model.outputs import choose_output, describe
+    from .model.detectors import RAW_FORM
 
     if max_detections < 1:
         raise OptionError("max_detections", "{name} must be at least 1, got {v}", v=max_detections)
     spec = methods.get(method)
-    model = model.eval()
-    h, w = input_size
-    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    example = example.to(device_of(model))
-    with torch.no_grad():
-        out = model(example)
-    key = choose_output(out, output)
-    detector = recognise(model, key, example)
-    if detector is None:
+    found = find_detector(model, input_size, output)
+    if found is None:
         raise OptionError(
             "output",
-            "the model is no detector this package reads: {name} {k} is {d}; a one-stage "
-            "detector's raw output must be {form}, or wrap the model to return that",
-            k=str(key),
-            d=describe(key.pick(out)),
+            "the model is no detector this package reads; a one-stage detector's raw output "
+            "(or {name}) must be {form}, or wrap the model to return that",
             form=RAW_FORM,
+        )
+    detector, key = found
+    if mean is not None or std is not None:
+        detector = replace(
+            detector,
+            mean=tuple(mean if mean is not None else detector.mean),
+            std=tuple(std if std is not None else detector.std),
         )
     return DetectionExplainer(
         model,
@@ -312,5 +336,5 @@ def build_detector(
         score_threshold,
         iou_threshold,
         input_format,
-        (h, w),
+        input_size,
     )

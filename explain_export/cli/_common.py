@@ -216,8 +216,12 @@ def model_source(args: argparse.Namespace) -> Any:
     return source
 
 
+DEFAULT_SIZE = (224, 224)  # a classifier's; a detector's follows the model (YOLO: 640)
+
+
 def input_size(args: argparse.Namespace) -> tuple[int, int]:
     """``--input-size H W``, checked (both positive) before anything loads."""
     from ..builder.explainer import check_input_size
 
-    return check_input_size((args.input_size[0], args.input_size[1]))
+    given = args.input_size or DEFAULT_SIZE
+    return check_input_size((given[0], given[1]))

@@ -15,7 +15,9 @@ from typing import Any
 
 from ._common import input_size, model_source
 
-__all__ = ["Checked", "check_flags", "check_label_count"]
+__all__ = ["COCO", "Checked", "check_flags", "check_label_count"]
+
+COCO = ("coco", "coco80", "coco91")  # --labels names of the shipped COCO sets
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             overwrite=True,
         )
     source = model_source(args)  # last: --arch imports its module
-    if labels is not None and not listing:
+    if labels is not None and not listing and args.labels not in COCO:
         known = source.known_classes()
         if known is not None:
             check_label_count(
@@ -115,6 +117,10 @@ def _labels(given: str | None) -> list[str] | None:
         from ..builder.model.zoo import imagenet_labels
 
         return list(imagenet_labels())
+    if given in COCO and not os.path.exists(given):  # a detector's 91 ids: coco91, by count
+        from ..artifact.labels import label_set
+
+        return label_set("coco80" if given == "coco" else given)
     try:
         with open(given, encoding="utf-8") as f:
             return [line.rstrip("\n") for line in f if line.strip()]

@@ -12,6 +12,7 @@ from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
 from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main
+from ._detect import check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
 from ._layers import layout_line, list_layers
 
@@ -24,6 +25,8 @@ examples:
   explain-export                                   the embedded default model -> ./explainer/
   explain-export --ckpt model.pt --arch torchvision.models:resnet50 --labels imagenet --out out/
   explain-export --ckpt model.pt --arch mypkg.nets:Net --arch-kwargs '{"num_classes": 10}'
+  explain-export --ckpt yolo11n.pt --arch ultralytics.nn.tasks:DetectionModel \\
+      --arch-kwargs '{"cfg": "yolo11n.yaml"}' --labels coco       a detector: a map per detection
   explain-export --list-layers                     the tap candidates of the default model
   explain-export --list-layers '_blocks.15*'       those whose name matches (all: every one)
 
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels",
         metavar="FILE",
         help="class names, one per line, stored in the metadata; 'imagenet' takes the 1000 "
-        "ImageNet-1k names the package ships (default model: those)",
+        "ImageNet-1k names the package ships (default model: those); 'coco' the COCO names "
+        "(80 in YOLO's order, or torchvision's 91 ids with their gaps)",
     )
     e = p.add_argument_group("explanation")
     e.add_argument(
@@ -127,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         type=int,
         metavar=("H", "W"),
-        default=[224, 224],
-        help="export size (default: 224 224)",
+        default=None,
+        help="export size (default: 224 224; a detector's own, YOLO 640 640)",
     )
     g.add_argument(
         "--dynamic-size",
@@ -214,6 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="Triton instance kind, KIND_CPU or KIND_GPU (default: cpu)",
     )
+    d = p.add_argument_group("detectors (a model whose output is [N, 4+K, A]: YOLO-style)")
+    d.add_argument(
+        "--max-detections",
+        type=int,
+        default=None,
+        metavar="D",
+        help="detections per image, each with its own map: boxes [N,D,4], scores, classes, "
+        "count and heatmap [N,D,H,W]; rows past count are padding (class -1) (default: 10)",
+    )
+    d.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep detections scored above T (default: the model's own; YOLO 0.25)",
+    )
+    d.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="NMS suppresses a box of the same class overlapping a kept one by IoU above T "
+        "(default: the model's own; YOLO 0.7)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--formats",
@@ -266,6 +294,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.list_layers is not None:
         return list_layers(args, model, flags, given[0] if given else loaded.layer)
+    detector = find_detector(model, size, args.output)
+    if detector is not None:
+        return run_detector(args, flags, loaded, detector)
+    check_not_detection(args)
 
     graph = GraphOptions(
         input_format=args.input_format,

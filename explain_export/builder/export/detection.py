@@ -40,7 +40,15 @@ from .export import DEFAULT_FORMATS, DEFAULT_OPSET, RUNTIMES, ExportResult, chec
 from .verify import HEATMAP_TOL, Case
 from .writers import quiet, root_cause, to_onnx, to_pt2, versions
 
-__all__ = ["BOX_IOU_MIN", "SCORE_TOL", "DetectionRow", "detection_cases", "export_detector"]
+__all__ = [
+    "BOX_IOU_MIN",
+    "SCORE_TOL",
+    "DetectionRow",
+    "compare",
+    "detection_cases",
+    "export_detector",
+    "format_rows",
+]
 
 BOX_IOU_MIN = 0.99
 SCORE_TOL = 1e-3
@@ -122,6 +130,26 @@ def compare(
     count = int(ref["count"].sum())
     batch = case.image.shape[0]
     return DetectionRow(fmt, case.label, batch, count, same, iou_min, score_err, heat_err, ok)
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The parity rows (:meth:`DetectionRow.to_dict`) as a table, with the rule under it."""
+    head = (
+        f"{'format':<12}{'input':<28}{'batch':>5}{'dets':>6}  {'same':<5}"
+        f"{'box IoU':>9}{'score':>10}{'heatmap':>10}  ok"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['format']:<12}{r['input']:<28}{r['batch']:>5}{r['count']:>6}  "
+            f"{'yes' if r['same_detections'] else 'NO':<5}{r['box_iou_min']:>9.4f}"
+            f"{r['score_err']:>10.1e}{r['heatmap_err']:>10.1e}  {'ok' if r['ok'] else 'FAIL'}"
+        )
+    lines.append(
+        f"limits: the same count and classes, box IoU >= {BOX_IOU_MIN}, score within "
+        f"{SCORE_TOL:g}, heatmap within {HEATMAP_TOL:g}"
+    )
+    return "\n".join(lines)
 
 
 def export_detector(

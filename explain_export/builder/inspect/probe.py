@@ -179,8 +179,9 @@ def probe(model: nn.Module, example: Tensor, output: str | None = None) -> Probe
         raise OptionError(
             "output",
             "{where} {d}, neither logits [N,K] nor per-pixel scores [N,K,H',W'] at a quarter of "
-            "the input size or more; pick them with {name} KEY|INDEX, or wrap the model so that "
-            "forward returns them",
+            "the input size or more, nor a detector's raw predictions [N,4+K,A] (cx, cy, w, h "
+            "in input pixels, then K class probabilities, A anchors on strides 8, 16, 32...); "
+            "pick them with {name} KEY|INDEX, or wrap the model so that forward returns them",
             where=where,
             d=describe(picked),
         )
