@@ -39,10 +39,22 @@ DEFAULT_SIZE = (640, 640)  # YOLO's
 
 
 def find_detector(model: Any, size: tuple[int, int], output: str | None) -> Any:
-    """``(detector, output key)`` where the model is a one-stage detector, else None."""
+    """``(detector, output key)`` where the model is a one-stage detector, else None. A model
+    that fails at ``size`` is tried once more at the next multiple of 64 (a detector's grids
+    need a multiple of its largest stride; :func:`_size` then says so); where it fails there
+    too, None: the classifier path reports the failure at ``size``."""
     from ..builder.detect_explainer import find_detector as find
 
-    return find(model, size, output)
+    try:
+        return find(model, size, output)
+    except Exception:
+        safe = (-(-size[0] // 64) * 64, -(-size[1] // 64) * 64)
+        if safe == size:
+            return None
+        try:
+            return find(model, safe, output)
+        except Exception:
+            return None
 
 
 def check_not_detection(args: argparse.Namespace) -> None:
@@ -59,14 +71,6 @@ def _check_flags(args: argparse.Namespace) -> None:
     for attr, (flag, off) in CLASSIFIER_FLAGS.items():
         if getattr(args, attr, off) != off:
             raise UsageError(f"{flag} does not apply to a detector's export; leave it out")
-    if args.max_detections is not None and args.max_detections < 1:
-        raise OptionError(
-            "max_detections", "{name} must be at least 1, got {v}", v=args.max_detections
-        )
-    for attr in ("score_threshold", "iou_threshold"):
-        value = getattr(args, attr)
-        if value is not None and not 0 <= value <= 1:
-            raise OptionError(attr, "{name} must be in [0, 1], got {v}", v=value)
 
 
 def _size(args: argparse.Namespace, strides: tuple[int, ...]) -> tuple[int, int]:

@@ -55,6 +55,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             class_input=args.class_input,
         )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    _detector_values(args)
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
     background = _background(args.background)
     if args.list_layers is None and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -104,6 +105,20 @@ def check_label_count(labels: list[str], given: str, classes: int, why: str = ""
         f"the model has {classes} classes{known} but {what}; pass a file with one label per "
         "class, in class order, or leave --labels out"
     )
+
+
+def _detector_values(args: argparse.Namespace) -> None:
+    """``--max-detections`` at least 1, the thresholds in [0, 1] (where given)."""
+    from ..errors import OptionError
+
+    if getattr(args, "max_detections", None) is not None and args.max_detections < 1:
+        raise OptionError(
+            "max_detections", "{name} must be at least 1, got {v}", v=args.max_detections
+        )
+    for attr in ("score_threshold", "iou_threshold"):
+        value = getattr(args, attr, None)
+        if value is not None and not 0 <= value <= 1:
+            raise OptionError(attr, "{name} must be in [0, 1], got {v}", v=value)
 
 
 def _labels(given: str | None) -> list[str] | None:

@@ -1,0 +1,97 @@
+"""A detector exported: every format computes what eager computes, the metadata says what the
+files hold, and ``explain-export`` takes a detector from its checkpoint (issue 27)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectors import tiny_yolo
+
+from explain_export.artifact.contract import DETECTION_OUTPUTS
+from explain_export.artifact.runtime import load
+from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.export.detection import detection_cases, export_detector
+from explain_export.cli.export import main
+
+SIZE = (128, 160)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_yolo.pt"
+    torch.save(tiny_yolo().state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_every_format_equals_eager(tmp_path: Path, method: str) -> None:
+    explainer = build_detector(tiny_yolo(), SIZE, method, max_detections=4)
+    formats = ("torchscript", "onnx", "pt2") if method == "gradcam" else ("onnx", "torchscript")
+    result = export_detector(explainer, str(tmp_path), formats, labels=["a", "b", "c"])
+    rows = result.metadata["parity"]["rows"]
+    assert {r["format"] for r in rows} == set(formats) and all(r["ok"] for r in rows)
+    assert sum(r["count"] for r in rows if r["format"] == "onnx") > 0
+    meta = json.loads((tmp_path / "explainer.json").read_text())
+    assert meta["task"] == "detection" and meta["labels"] == ["a", "b", "c"]
+    assert meta["detection"]["max_detections"] == 4
+    assert meta["detection"]["maps"] == ("per-detection" if method == "gradcam" else "per-image")
+    assert [o["name"] for o in meta["outputs"]] == DETECTION_OUTPUTS
+    images = np.concatenate([c.image for c in detection_cases(SIZE)[2:]])  # the photos
+    with torch.no_grad():
+        want = [t.numpy() for t in explainer(torch.from_numpy(images))]
+    for fmt, name in (("onnx", "explainer.onnx"), ("torchscript", "explainer.torchscript.pt")):
+        got = load(str(tmp_path / name)).outputs(images)
+        assert list(got) == DETECTION_OUTPUTS, fmt
+        np.testing.assert_array_equal(got["classes"], want[2])
+        np.testing.assert_array_equal(got["count"], want[3])
+        np.testing.assert_allclose(got["boxes"], want[0], atol=1e-3)
+        np.testing.assert_allclose(got["heatmap"], want[4], atol=1e-4)
+    explainer.remove()
+
+
+@pytest.mark.slow
+def test_the_command_exports_a_detector(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    args = ["--ckpt", str(checkpoint), "--arch", "detectors:TinyYolo", "--input-size", "128", "160"]
+    out = tmp_path / "o"
+    code = main([*args, "--max-detections", "3", "--formats", "onnx", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "task:   detection (generic), 3 classes, anchors on strides 8, 16, 32" in printed
+    assert "layer:  detect:input" in printed
+    meta = json.loads((out / "explainer.json").read_text())
+    assert meta["labels"] == ["thing0", "thing1", "thing2"]  # the model's own names
+    assert meta["detection"]["score_threshold"] == 0.25 and meta["mean"] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--max-detections", "0"], "--max-detections must be at least 1"),
+        (["--top-k", "2"], "--top-k does not apply to a detector"),
+        (["--input-size", "100", "100"], "not a multiple of the detector's largest stride 32; try"),
+        (["--labels", "coco"], "--labels coco names COCO's 80 classes"),
+        (["--iou-threshold", "1.5"], "--iou-threshold must be in [0, 1]"),
+    ],
+)
+def test_bad_detector_flags_are_one_line(
+    tmp_path: Path, checkpoint: Path, capsys, extra: list[str], says: str
+) -> None:
+    args = ["--ckpt", str(checkpoint), "--arch", "detectors:TinyYolo", "--out", str(tmp_path)]
+    if "--input-size" not in extra:
+        extra = [*extra, "--input-size", "128", "160"]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("explain-export: error:")]
+    assert len(errors) == 1 and says in errors[0] and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_detector_flags_on_a_classifier_are_refused(tmp_path: Path, capsys) -> None:
+    code = main(["--arch", "models:TinyResNet", "--max-detections", "3", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--max-detections applies to detectors" in capsys.readouterr().err
