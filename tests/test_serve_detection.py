@@ -224,3 +224,51 @@ def test_the_deployment_answers_a_detector_like_the_handler(det_onnx, model, pho
     assert response.status_code == 200
     assert body["detections"] == expected["rocket.jpg"]["detections"][:1]
     np.testing.assert_array_equal(_png(body["heatmap_png"]), expected["rocket.jpg"]["heatmap"])
+
+
+# ---- a real detection export (the tiny YOLO-like detector) -------------------------------------
+
+
+@pytest.mark.slow
+def test_a_real_detection_export_runs_serves_and_fits_triton(tmp_path):
+    """:func:`export_detector` of the tests' tiny YOLO-like detector: ``load(path)(x)`` gives its
+    outputs, the server answers the detections explain-run writes for real photos, and its
+    Triton repository matches both files."""
+    import detectors
+    from test_triton import _parse, check_onnx, check_torchscript
+
+    from explain_export.artifact import triton
+    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.export.detection import export_detector
+
+    size = (128, 160)
+    explainer = build_detector(detectors.tiny_yolo(), size)
+    result = export_detector(explainer, str(tmp_path / "out"), ("onnx", "torchscript"))
+    batch = samples.photo_batch(list(NAMES), size)
+    found = explain_export.load(result.paths["onnx"])(batch)
+    assert isinstance(found, Detections) and found.boxes.shape == (2, explainer.max_detections, 4)
+    assert (found.count > 0).any()  # the detector finds something in the photos
+
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    folder.mkdir()
+    for name in NAMES:
+        os.symlink(samples.photo_path(name), folder / name)
+    args = ["--model", result.paths["onnx"], "--images", str(folder), "--out", str(out)]
+    assert run_main([*args, "--quiet"]) == 0
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    model = app.open_model(result.paths["onnx"])
+    bodies = []
+    for name in NAMES:
+        with open(samples.photo_path(name), "rb") as f:
+            bodies.append((f.read(), ALL))
+    replies = explain_batch(model, bodies, app.ServeOptions())
+    by_name = {os.path.basename(r["file"]): r["detections"] for r in rows}
+    for name, reply in zip(NAMES, replies, strict=True):
+        assert reply.status == 200 and reply.body["detections"] == by_name[name]
+
+    pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    repo = tmp_path / "repo"
+    triton.write_triton_repo(result.paths, result.metadata, str(repo), name="yolo")
+    check_onnx(pb2, _parse(pb2, repo / "yolo_onnx" / "config.pbtxt"), result.paths["onnx"])
+    ts_cfg = _parse(pb2, repo / "yolo_torchscript" / "config.pbtxt")
+    check_torchscript(pb2, ts_cfg, result.paths["torchscript"], size)
