@@ -272,3 +272,28 @@ def test_a_real_detection_export_runs_serves_and_fits_triton(tmp_path):
     check_onnx(pb2, _parse(pb2, repo / "yolo_onnx" / "config.pbtxt"), result.paths["onnx"])
     ts_cfg = _parse(pb2, repo / "yolo_torchscript" / "config.pbtxt")
     check_torchscript(pb2, ts_cfg, result.paths["torchscript"], size)
+
+
+@pytest.mark.serve
+def test_live_a_detector_answers_like_the_handler(det_onnx, photos, expected, tmp_path):
+    """explain-serve (Ray Serve) on a detection export: /healthz says detection, each photo
+    gets explain-run's detections, ``detections=1`` one, a bad K a 400, a black image []."""
+    pytest.importorskip("ray.serve", reason="needs the serve extra: pip install -e '.[serve]'")
+    from test_serve import Server, _request
+
+    srv = Server(det_onnx, str(tmp_path / "server.log"), replicas=1)
+    try:
+        srv.wait_ready()
+        health = _request(srv.port, "GET", "/healthz")[1]
+        assert (health["task"], health["max_detections"]) == ("detection", det.D)
+        for name in (*NAMES, "black.png"):
+            status, body, _ = _request(srv.port, "POST", "/explain?heatmap=1", photos[name])
+            assert status == 200 and body["detections"] == expected[name]["detections"]
+            np.testing.assert_array_equal(_png(body["overlay_png"]), expected[name]["overlay"])
+        status, body, _ = _request(srv.port, "POST", "/explain?detections=1", photos[NAMES[0]])
+        assert status == 200 and body["detections"] == expected[NAMES[0]]["detections"][:1]
+        status, body, _ = _request(srv.port, "POST", "/explain?detections=0", photos[NAMES[0]])
+        assert status == 400 and "must be a positive integer" in body["error"]
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log()[-3000:]
