@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from explain_export.artifact import triton
+from explain_export.artifact.contract import DETECTION_OUTPUTS
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.errors import ExplainExportError, UsageError
@@ -366,6 +367,46 @@ def test_top_k_metadata_gives_k_maps_and_int64_classes(pb2):
         ("heatmap__1", "TYPE_FP32", [4, 32, 32]),
         ("classes__2", "TYPE_INT64", [4]),
     ]
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_detectors_outputs_get_static_dims_and_count_a_reshape(pb2, per_image):
+    """The detection contract (issue 27): boxes [D, 4], scores [D], classes [D] int64, heatmap
+    [D, H, W] (one class-agnostic map: [1, H, W]), and count, one value per image, as Triton's
+    model_configuration.md ("Reshape") has a batch-only output: dims [1], reshape to []."""
+    import detector_artifacts as det
+    from google.protobuf import text_format
+
+    d, maps = det.D, 1 if per_image else det.D
+    for fmt, suffixes in (("onnx", [""] * 5), ("torchscript", [f"__{i}" for i in range(5)])):
+        config = triton.model_config(det.metadata(per_image), fmt, f"det_{fmt}", max_batch_size=4)
+        parsed = text_format.Parse(text_format.MessageToString(config), pb2.ModelConfig())
+        got = [(o.name, _type(pb2, o), list(o.dims), _model_dims(o)) for o in parsed.output]
+        names = [n + s for n, s in zip(DETECTION_OUTPUTS, suffixes, strict=True)]
+        assert got == [
+            (names[0], "TYPE_FP32", [d, 4], [d, 4]),
+            (names[1], "TYPE_FP32", [d], [d]),
+            (names[2], "TYPE_INT64", [d], [d]),
+            (names[3], "TYPE_INT64", [1], []),
+            (names[4], "TYPE_FP32", [maps, *det.SIZE], [maps, *det.SIZE]),
+        ]
+        assert parsed.output[3].HasField("reshape") and parsed.max_batch_size == 4
+        assert not any(o.HasField("reshape") for i, o in enumerate(parsed.output) if i != 3)
+        assert [(i.name, list(i.dims)) for i in parsed.input] == [("image", [3, *det.SIZE])]
+
+
+@pytest.mark.slow
+def test_a_detection_repo_matches_its_model_files(pb2, tmp_path):
+    """A detection export's ONNX and TorchScript files (made in the tests to the contract)
+    against the repository's configs: names, types, and the dims each model returns."""
+    import detector_artifacts as det
+
+    paths = {fmt: det.export(str(tmp_path / fmt), fmt) for fmt in ("onnx", "torchscript")}
+    repo = tmp_path / "repo"
+    triton.write_triton_repo(paths, det.metadata(), str(repo), name="det")
+    check_onnx(pb2, _parse(pb2, repo / "det_onnx" / "config.pbtxt"), paths["onnx"])
+    ts_cfg = _parse(pb2, repo / "det_torchscript" / "config.pbtxt")
+    check_torchscript(pb2, ts_cfg, paths["torchscript"], det.SIZE)
 
 
 @pytest.mark.parametrize(

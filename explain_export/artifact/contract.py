@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -34,6 +34,7 @@ __all__ = [
     "METADATA_FILE",
     "METADATA_KEY",
     "ArtifactMetadata",
+    "Detections",
     "MetadataError",
     "TensorSpec",
     "check_file",
@@ -63,6 +64,17 @@ HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(25
 # classes [N,D] int64 (-1 on padding rows), count [N] int64 (rows >= count are padding), and
 # heatmap [N,D,H,W] (map j explains detection j) or [N,1,H,W] (one class-agnostic map per image)
 DETECTION_OUTPUTS = ["boxes", "scores", "classes", "count", "heatmap"]
+
+
+class Detections(NamedTuple):
+    """A detector's outputs for a batch, as an artifact's call returns them
+    (:data:`DETECTION_OUTPUTS`, the heatmap as float in [0, 1])."""
+
+    boxes: np.ndarray  # float32 [N, D, 4], x1, y1, x2, y2 in input pixels, best first
+    scores: np.ndarray  # float32 [N, D]
+    classes: np.ndarray  # int64 [N, D], -1 on padding rows
+    count: np.ndarray  # int64 [N]: rows j < count[n] are detections
+    heatmap: np.ndarray  # float32 [N, D, H, W] (map j: detection j) or [N, 1, H, W]
 
 
 def output_names(
@@ -99,6 +111,7 @@ def class_feed(
     n: int,
     class_index: Any = None,
     top_k: int | None = None,
+    task: str | None = None,
 ) -> np.ndarray | None:
     """The ``class_index`` input for a batch of ``n``: int64 ``[n]``, -1 for the top-1 where
     ``class_index`` is None; one value is given to every image. None where the graph has no
@@ -106,7 +119,8 @@ def class_feed(
 
     Raises an OptionError for a class out of range, and a UsageError where a class is asked of
     a graph without the input (it would be ignored: the heatmap would show another class; a
-    top-k graph, ``top_k``, picks its own classes).
+    top-k graph, ``top_k``, picks its own classes; a ``detection`` ``task``'s map j explains
+    its detection j).
     """
     takes = "class_index" in input_names
     if class_index is None:
@@ -119,6 +133,11 @@ def class_feed(
     if not takes:
         if (index == -1).all():
             return None
+        if task == "detection":
+            raise UsageError(
+                f"'{path}' is a detector and takes no class: its map j explains its detection "
+                "j, of the class the model found; drop the class"
+            )
         if top_k is not None:
             raise UsageError(
                 f"'{path}' explains the top-{top_k} classes of every image and takes no class; "

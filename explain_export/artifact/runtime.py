@@ -4,8 +4,9 @@ ONNX models run on ONNX Runtime and never import torch; TorchScript (``.pt``) an
 ``torch.export`` programs (``.pt2``) import torch lazily. Every artifact takes the runner's
 canonical batch, float32 ``[N,3,H,W]`` RGB in [0,1] (converted here to uint8 ``[N,H,W,3]`` for
 graphs exported with ``--input-format uint8-nhwc``), returns ``(logits, heatmap)`` as float32
-numpy arrays from ``__call__`` (a ``--heatmap-dtype uint8`` heatmap / 255) and every output as
-the graph returns it from ``outputs()``, and carries the metadata
+numpy arrays from ``__call__`` (a ``--heatmap-dtype uint8`` heatmap / 255; a detector's
+:class:`~.contract.Detections`) and every output as the graph returns it from ``outputs()``,
+and carries the metadata
 that ``explain-export`` wrote: from the file itself, or else from ``explainer.json`` beside it.
 """
 
@@ -25,6 +26,7 @@ from .contract import (
     METADATA_FILE,
     METADATA_KEY,
     ArtifactMetadata,
+    Detections,
     MetadataError,
     check_file,
     class_feed,
@@ -100,14 +102,19 @@ class _Artifact:
     def _class_input(self, n: int, class_index: Any) -> np.ndarray | None:
         """The checked ``class_index`` feed (:func:`.contract.class_feed`)."""
         meta = self.metadata or {}
-        classes, top_k = meta.get("num_classes"), meta.get("top_k")
-        return class_feed(self.path, self.input_names, classes, n, class_index, top_k)
+        classes, top_k, task = meta.get("num_classes"), meta.get("top_k"), meta.get("task")
+        return class_feed(self.path, self.input_names, classes, n, class_index, top_k, task)
 
     def __call__(
         self, image: np.ndarray, class_index: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray] | Detections:
+        """``(logits, heatmap)`` as float32 numpy (the heatmap in [0, 1]); a detector's
+        :class:`~.contract.Detections` (``boxes, scores, classes, count, heatmap``)."""
         out = self.outputs(image, class_index)
-        return out["logits"], heatmap_unit(out["heatmap"])
+        heatmap = heatmap_unit(out["heatmap"])
+        if "logits" not in out and "boxes" in out:
+            return Detections(*(out[n] for n in DETECTION_OUTPUTS[:4]), heatmap)
+        return out["logits"], heatmap
 
 
 class OnnxExplainer(_Artifact):

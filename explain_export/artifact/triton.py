@@ -9,8 +9,11 @@
 printed with ``google.protobuf.text_format``. Every tensor in it comes from the export
 metadata's ``inputs`` and ``outputs`` (name, dtype, shape with the batch first): the batch
 dimension becomes ``max_batch_size``, named dimensions become ``-1``. A tensor that is only the
-batch (``class_index``, ``[N]``) gets ``dims: [1]`` with ``reshape: { shape: [] }``, Triton's
-documented form, because ``dims`` may not be empty. Requests are batched by
+batch (the ``class_index`` input, a detector's ``count`` output, ``[N]``) gets ``dims: [1]`` with
+``reshape: { shape: [] }``, Triton's documented form ("Reshape" in its model_configuration.md),
+because ``dims`` may not be empty. A detector's other outputs are static: ``boxes [D, 4]``,
+``scores [D]``, ``classes [D]`` (int64) and ``heatmap [D, H, W]`` (``[1, H, W]`` for one
+class-agnostic map), D its ``--max-detections``. Requests are batched by
 ``dynamic_batching {}``; ``instance_group`` sets the count and CPU/GPU.
 """
 
@@ -141,7 +144,8 @@ def model_config(
     position in the returned tuple (``logits__0``, ``heatmap__1``, then ``overlay__2`` or a
     top-k export's ``classes__2``: int64, dims ``[K]``, beside a heatmap of ``[K, H, W]``; a
     segmentation export's ``logits`` are its per-pixel scores, dims ``[K, H', W']``, and its
-    ``classes`` the one class its heatmap explains, dims ``[1]``). A
+    ``classes`` the one class its heatmap explains, dims ``[1]``; a detector's ``boxes__0``,
+    ``scores__1``, ``classes__2``, ``count__3``, ``heatmap__4``). A
     backend older than the forward-argument rule takes inputs in the configuration's order,
     which is the forward order too. The metadata lists inputs and outputs in graph order.
     """

@@ -42,10 +42,14 @@ exported with --top-k K answers K maps instead, best first: explained = [{class,
 overlay_png, heatmap_png}, ...] (no class= then). A segmentation model answers the region of
 the class explained in place of topk: class, label, pixel_share (the fraction of the image's
 pixels predicted as it), predicted (the topk classes with most pixels), a note where no pixel
-is the class; overlay_png outlines the region. Errors: {"error": "..."}, status 400 (empty, not an
-image, bad query), 413 (too many bytes or pixels; pixels are read from the header, before
-decoding), 404, 405; 500 model failure; 503 with Retry-After (the replica holds --max-decoding
-+ --max-queued requests already; answered at once), 504 (past --request-timeout).
+is the class; overlay_png outlines the region. A detection model answers detections
+([{box: [x1, y1, x2, y2] in the file's pixels, class, label, score}], best first, as
+explain-run's predictions.jsonl) in place of topk; detections=K keeps the K best (no topk= or
+class= then); overlay_png is the best detection's map with those boxes drawn.
+Errors: {"error": "..."}, status 400 (empty, not an image, bad query), 413 (too many bytes or
+pixels; pixels are read from the header, before decoding), 404, 405; 500 model failure; 503
+with Retry-After (the replica holds --max-decoding + --max-queued requests already; answered
+at once), 504 (past --request-timeout).
 
 Memory: one request holds its body, then its image decoded at most --max-overlay-side on the
 longer side; at most --max-decoding images per replica are decoded or drawn at once (a decode

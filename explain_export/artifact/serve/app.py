@@ -61,9 +61,20 @@ if the model itself fails):
 
   ``pixel_share`` is the fraction of the image's pixels predicted as the class; where it is 0
   a ``note`` says so (the heatmap is then flat).
-- ``GET /healthz``: model path, backend, providers, input size, task (``classification`` or
-  ``segmentation``), classes, method, layer, top_k (null unless a top-k export), threads,
-  replica, and whether torch is loaded (never, for ONNX).
+
+  A detection export answers its ``detections`` as ``explain-run`` lists them in
+  ``predictions.jsonl`` (:func:`answer_detections`): the box in the file's pixels, class,
+  label, score, best first; ``detections=K`` keeps the K best (``topk`` and ``class`` are a
+  400). The overlay is the best detection's map with the boxes answered drawn on it; the
+  heatmap that map. No detection: ``[]``, the image as it is, and a flat heatmap::
+
+      {"detections": [{"box": [12.5, 8.0, 211.4, 290.1], "class": 15, "label": "cat",
+                       "score": 0.91}, ...],
+       "height": 300, "width": 451, "batch_size": 1, "overlay_png": "...", ...}
+- ``GET /healthz``: model path, backend, providers, input size, task (``classification``,
+  ``segmentation`` or ``detection``), classes, method, layer, top_k (null unless a top-k
+  export), max_detections (null unless a detector), threads, replica, and whether torch is
+  loaded (never, for ONNX).
 """
 
 from __future__ import annotations
@@ -109,6 +120,7 @@ __all__ = [
     "RequestError",
     "ServeOptions",
     "answer",
+    "answer_detections",
     "check_length",
     "health",
     "image_bytes",
@@ -173,10 +185,12 @@ def prepare(body: bytes, model: Model, opts: ServeOptions) -> Prepared:
 
 def run_model(
     model: Model, inputs: Sequence[np.ndarray], classes: Sequence[int] = ()
-) -> list[pipeline.Inferred]:
+) -> list[pipeline.Inferred] | list[pipeline.Detected]:
     """One model call for a batch of graph inputs: logits, heatmaps (and a top-k graph's
     classes) per image (:func:`.pipeline.infer`), each explaining its class in ``classes`` (-1,
-    or none: top-1)."""
+    or none: top-1); a detector's detections and maps (:func:`.pipeline.infer_detections`)."""
+    if model.meta.task == "detection":
+        return pipeline.infer_detections(model.artifact, inputs)
     chosen = None if all(c == -1 for c in classes) else np.asarray(classes, np.int64)
     return pipeline.infer(model.artifact, inputs, chosen)
 
@@ -214,6 +228,32 @@ def answer(
     return {**body, "explained": maps}
 
 
+def answer_detections(
+    model: Model,
+    image: Prepared,
+    found: pipeline.Detected,
+    query: Query,
+    opts: ServeOptions,
+    batch_size: int = 1,
+) -> dict[str, Any]:
+    """The JSON for one image of a detection export: its ``detections`` as explain-run lists
+    them (:func:`.pipeline.render_detections`; the ``query.detections`` best, or all), and the
+    best detection's map, blended with those boxes drawn."""
+    if query.detections is not None:
+        found = found._replace(count=min(found.count, query.detections))
+    done = pipeline.render_detections(image, found, model.labels, opts)
+    (h, w), drawn = image.original, image.drawn
+    best = done.maps[0] if query.overlay else done.maps[0]._replace(blended=None)
+    return {
+        "detections": done.detections,
+        "height": int(h),
+        "width": int(w),
+        **({} if drawn == (h, w) else {"drawn_height": drawn[0], "drawn_width": drawn[1]}),
+        "batch_size": batch_size,
+        **_pngs(best, query),
+    }
+
+
 def _pngs(drawn: pipeline.Drawn, query: Query) -> dict[str, str]:
     """``overlay_png`` (where drawn) and ``heatmap_png`` (where asked) of one map."""
     out = {}
@@ -235,7 +275,8 @@ def internal_error(exc: Exception) -> Reply:
     return Reply(500, {"error": f"internal error: {first_line(exc)}"})
 
 
-Outputs = tuple[pipeline.Inferred, int]  # one image's graph outputs, and the batch's size
+# one image's graph outputs (a detector's: its detections), and the batch's size
+Outputs = tuple[pipeline.Inferred | pipeline.Detected, int]
 
 
 class Handler:
@@ -274,7 +315,8 @@ class Handler:
             if route(method, path) == "/healthz":
                 return Reply(200, {**health(self.model), **self.info})
             takes = "class_index" in self.model.artifact.input_names
-            query = parse_query(params, self.model.num_classes, takes, self.model.meta.top_k)
+            meta = self.model.meta
+            query = parse_query(params, self.model.num_classes, takes, meta.top_k, meta.task)
             check_length(content_length, self.opts.max_body_bytes)
             with self.admission.admit():  # 503 at once where the replica is full
                 work = self._read_and_explain(chunks, content_type, query)
@@ -315,6 +357,11 @@ class Handler:
         except Exception as exc:
             return model_failure(exc)
         try:
+            if isinstance(out, pipeline.Detected):
+                found = await slots.run(
+                    answer_detections, self.model, image, out, query, self.opts, n
+                )
+                return Reply(200, found)
             result = await slots.run(
                 answer,
                 self.model,

@@ -59,7 +59,8 @@ def open_model(
         ) from exc
     meta = check_metadata(artifact)
     labels = list(meta.labels) if meta.labels else None
-    classes = class_count(meta, artifact.shapes.get("logits"))
+    detector = meta.task == "detection"  # no logits: its metadata says the class count
+    classes = meta.num_classes if detector else class_count(meta, artifact.shapes.get("logits"))
     return Model(
         path=os.path.abspath(path),
         artifact=artifact,
@@ -84,6 +85,7 @@ def health(model: Model) -> dict[str, Any]:
         "method": model.meta.method,
         "layer": model.meta.layer,
         "top_k": model.meta.top_k,
+        "max_detections": (model.meta.detection or {}).get("max_detections"),
         "threads": model.threads,
         "torch_imported": "torch" in sys.modules,
     }

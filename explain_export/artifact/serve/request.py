@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 ROUTES = {"/explain": "POST", "/healthz": "GET"}
-QUERY_PARAMS = ("overlay", "heatmap", "topk", "class")
+QUERY_PARAMS = ("overlay", "heatmap", "topk", "class", "detections")
 _TRUE = ("1", "true", "yes", "on", "")
 _FALSE = ("0", "false", "no", "off")
 _COUNT = re.compile(r"\s*[0-9]{1,9}\s*")  # ASCII digits, few enough for int()
@@ -62,6 +62,7 @@ class Query:
     heatmap: bool = False
     topk: int = 5
     class_index: int = -1  # the class the heatmap explains; -1: the top-1
+    detections: int | None = None  # a detector's: at most this many detections; None: all
 
 
 def route(method: str, path: str) -> str:
@@ -91,13 +92,22 @@ def parse_query(
     num_classes: int | None = None,
     takes_class: bool = True,
     top_k: int | None = None,
+    task: str | None = None,
 ) -> Query:
-    """``overlay``, ``heatmap``, ``topk`` and ``class`` from the query string; RequestError 400
-    if bad (``class`` where the graph has no class input, or is a ``top_k`` graph, too)."""
+    """``overlay``, ``heatmap``, ``topk``, ``class`` and a detector's ``detections`` from the
+    query string; RequestError 400 if bad (``class`` where the graph has no class input, or is
+    a ``top_k`` graph, too; ``topk`` or ``class`` of a ``detection`` task, ``detections`` of
+    any other)."""
     unknown = sorted(set(params) - set(QUERY_PARAMS))
     if unknown:
         raise RequestError(
             400, f"unknown query parameter {unknown[0]!r}; use {', '.join(QUERY_PARAMS)}"
+        )
+    if task == "detection":
+        return _detection_query(params)
+    if "detections" in params:
+        raise RequestError(
+            400, "query parameter detections is for a detection model; this one answers topk"
         )
     default = Query()
     topk = min(default.topk, num_classes or default.topk)
@@ -122,6 +132,31 @@ def parse_query(
         heatmap=_flag("heatmap", params["heatmap"]) if "heatmap" in params else default.heatmap,
         topk=topk,
         class_index=int(chosen),
+    )
+
+
+def _detection_query(params: Mapping[str, str]) -> Query:
+    """A detector's query: ``overlay``, ``heatmap`` and ``detections`` (K >= 1: the K best)."""
+    if "topk" in params:
+        raise RequestError(
+            400, "this model is a detector: it answers its detections, not a topk; use detections"
+        )
+    if "class" in params:
+        raise RequestError(
+            400, "this model is a detector: its map j explains its detection j; drop class"
+        )
+    default, limit = Query(), None
+    if "detections" in params:
+        raw = params["detections"]
+        if not _COUNT.fullmatch(raw) or int(raw) < 1:
+            raise RequestError(
+                400, f"query parameter detections={raw!r} must be a positive integer"
+            )
+        limit = int(raw)
+    return Query(
+        overlay=_flag("overlay", params["overlay"]) if "overlay" in params else default.overlay,
+        heatmap=_flag("heatmap", params["heatmap"]) if "heatmap" in params else default.heatmap,
+        detections=limit,
     )
 
 
