@@ -195,14 +195,15 @@ class DetectionExplainer(nn.Module):
             boxes = boxes * valid[..., None]
             scores = cand.scores.gather(1, index) * valid
             classes = torch.where(valid, cand.classes.gather(1, index), -1)
-            grads = self._gradients(raw, maps, index, classes, valid) if grad else None
+            anchors = cand.anchors.gather(1, index)
+            grads = self._gradients(raw, maps, anchors, classes, valid) if grad else None
         count = valid.sum(dim=1)
         maps = [a.detach() for a in maps]
         heat = self._heatmap(image, maps, grads, valid)
         return boxes.detach(), scores.detach(), classes, count, heat
 
     def _gradients(
-        self, raw: Tensor, maps: list[Tensor], index: Tensor, classes: Tensor, valid: Tensor
+        self, raw: Tensor, maps: list[Tensor], anchors: Tensor, classes: Tensor, valid: Tensor
     ) -> list[Tensor]:
         """Per tap, ``∂y_j/∂A`` for every detection, image by image: ``[N·D, C, h, w]``.
 
@@ -213,8 +214,8 @@ class DetectionExplainer(nn.Module):
         detection, from the model's output to the taps.
         """
         if self.detector.head_output and isinstance(self.taps[0], HeadInputs):
-            return self._batched(maps, index, classes, valid)
-        y = self.detector.score(raw, index, classes) * valid  # [N, D]
+            return self._batched(maps, anchors, classes, valid)
+        y = self.detector.score(raw, anchors, classes) * valid  # [N, D]
         per_j = []
         for j in range(self.max_detections):
             found = torch.autograd.grad(
@@ -226,7 +227,7 @@ class DetectionExplainer(nn.Module):
         return [torch.stack(g, 1).flatten(0, 1).detach() for g in zip(*per_j, strict=True)]
 
     def _batched(
-        self, maps: list[Tensor], index: Tensor, classes: Tensor, valid: Tensor
+        self, maps: list[Tensor], anchors: Tensor, classes: Tensor, valid: Tensor
     ) -> list[Tensor]:
         """``∂y/∂A`` of every detection from one backward pass through the head alone."""
         d = self.max_detections
@@ -236,7 +237,7 @@ class DetectionExplainer(nn.Module):
         ]
         head = self.taps[0].module(self.model)  # type: ignore[union-attr]
         raw = self.output.pick(head(list(rows)))  # [N·D, 4+K, A]
-        y = self.detector.score(raw, index.reshape(-1, 1), classes.reshape(-1, 1))
+        y = self.detector.score(raw, anchors.reshape(-1, 1), classes.reshape(-1, 1))
         found = torch.autograd.grad((y.reshape(-1) * valid.reshape(-1)).sum(), rows)
         return [g.detach() for g in found]
 

@@ -42,12 +42,15 @@ RAW_FORM = "[N, 4+K, A] (cx, cy, w, h in input pixels, then K class probabilitie
 
 
 class Candidates(NamedTuple):
-    """Every anchor as a candidate: ``boxes [N, A, 4]`` (corners, input pixels), ``scores``
-    ``[N, A]`` and ``classes`` int64 ``[N, A]`` (its best class)."""
+    """The detections NMS chooses from: ``boxes [N, M, 4]`` (corners, input pixels),
+    ``scores [N, M]``, ``classes`` int64 ``[N, M]``, and ``anchors`` int64 ``[N, M]``, where in
+    the raw output each one's score is (:meth:`Detector.score` reads it there). YOLO: every
+    anchor, with its best class."""
 
     boxes: Tensor
     scores: Tensor
     classes: Tensor
+    anchors: Tensor
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class Detector:
         """``raw [N, 4+K, A]`` as candidates: corners, the best class and its probability."""
         boxes = cxcywh_to_xyxy(raw[:, :4].transpose(1, 2))
         scores, classes = raw[:, 4 : 4 + self.num_classes].max(dim=1)
-        return Candidates(boxes, scores, classes)
+        anchors = torch.arange(raw.shape[2], device=raw.device).expand_as(classes)
+        return Candidates(boxes, scores, classes, anchors)
 
     def score(self, raw: Tensor, anchors: Tensor, classes: Tensor) -> Tensor:
         r"""``y [N, D]``: the probability of class ``classes[n, j]`` at anchor ``anchors[n, j]``,
