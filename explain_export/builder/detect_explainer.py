@@ -179,7 +179,7 @@ class DetectionExplainer(nn.Module):
                 x = x.clone()
             for tap in self.taps:
                 tap.clear()
-            raw = self.output.pick(self.model(x))
+            raw = self.detector.run(self.model, x)
             maps = self._maps()
             cand = self.detector.candidates(raw.detach())
             picked = select(
@@ -236,7 +236,7 @@ class DetectionExplainer(nn.Module):
             for a in maps
         ]
         head = self.taps[0].module(self.model)  # type: ignore[union-attr]
-        raw = self.output.pick(head(list(rows)))  # [N·D, 4+K, A]
+        raw = self.detector.from_head(head(list(rows)))  # YOLO: [N·D, 4+K, A]
         y = self.detector.score(raw, anchors.reshape(-1, 1), classes.reshape(-1, 1))
         found = torch.autograd.grad((y.reshape(-1) * valid.reshape(-1)).sum(), rows)
         return [g.detach() for g in found]

@@ -71,6 +71,15 @@ class Detector:
     score_threshold: float = 0.25  # Ultralytics' predict defaults
     iou_threshold: float = 0.7
     head_output: bool = False  # the head returns the model's output (it can run on its own)
+    output: OutputKey = OutputKey()  # which of the model's outputs is the raw prediction
+
+    def run(self, model: nn.Module, x: Tensor) -> Any:
+        """The raw predictions for the normalized batch ``x``: the model's chosen output."""
+        return self.output.pick(model(x))
+
+    def from_head(self, out: Any) -> Any:
+        """The raw predictions from what the head returns (where :attr:`head_output`)."""
+        return self.output.pick(out)
 
     def candidates(self, raw: Tensor) -> Candidates:
         """``raw [N, 4+K, A]`` as candidates: corners, the best class and its probability."""
@@ -168,7 +177,8 @@ def recognise(model: nn.Module, output: OutputKey, example: Tensor) -> Detector 
     same = head_out is out or _picks_same(output, head_out, out)
     ultralytics = type(model).__module__.startswith("ultralytics.")
     family = "yolo" if ultralytics else "generic"
-    return Detector(family, k, head, strides, names=_names(model, k), head_output=same)
+    names = _names(model, k)
+    return Detector(family, k, head, strides, names=names, head_output=same, output=output)
 
 
 def _picks_same(output: OutputKey, head_out: Any, out: Any) -> bool:
