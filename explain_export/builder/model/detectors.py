@@ -127,7 +127,7 @@ def _yolo_raw(value: Any, size: tuple[int, int]) -> tuple[int, tuple[int, ...]] 
 
 
 def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any]:
-    """The last module called with a list (or tuple) of two or more maps ``[N, C, h, w]`` as
+    """The last module called with a list (or tuple) of maps ``[N, C, h, w]`` as
     its first input: a detection head and the feature maps it reads. ``(its name, its output,
     the model's output)``; the name None where there is none."""
     found: list[tuple[str, Any]] = []
@@ -137,7 +137,7 @@ def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any
             first = args[0] if args else None
             if (
                 isinstance(first, list | tuple)
-                and len(first) >= 2
+                and len(first) >= 1
                 and all(isinstance(t, Tensor) and t.dim() == 4 for t in first)
             ):
                 found.append((name, output))
