@@ -95,3 +95,22 @@ def test_detector_flags_on_a_classifier_are_refused(tmp_path: Path, capsys) -> N
     code = main(["--arch", "models:TinyResNet", "--max-detections", "3", "--out", str(tmp_path)])
     assert code == 2
     assert "--max-detections applies to detectors" in capsys.readouterr().err
+
+
+def test_an_ultralytics_style_checkpoint_loads_with_trust(tmp_path: Path) -> None:
+    """Ultralytics writes a pickled dict whose ``model`` is the whole detector in fp16 (and,
+    mid-training, ``model`` None beside an ``ema`` copy): with trust it loads, in float32, and
+    is recognised as a detector."""
+    from explain_export.builder.model.checkpoint import load_model
+
+    model = tiny_yolo().half()
+    for name, ckpt in (
+        ("final.pt", {"epoch": -1, "model": model, "train_args": {"imgsz": 640}}),
+        ("last.pt", {"epoch": 3, "model": None, "ema": model, "optimizer": None}),
+    ):
+        torch.save(ckpt, tmp_path / name)
+        loaded, info = load_model(str(tmp_path / name), None, trust=True)
+        assert "pickled module" in info.format
+        assert next(loaded.parameters()).dtype == torch.float32
+        found = build_detector(loaded, SIZE)
+        assert found.detector.num_classes == 3 and found.layers == ["detect:input"]

@@ -37,7 +37,7 @@ __all__ = [
     "unpack",
 ]
 
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "ema")  # ema: Ultralytics mid-training
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _LIST_MAX = 8
 
