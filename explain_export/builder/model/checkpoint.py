@@ -37,7 +37,8 @@ __all__ = [
     "unpack",
 ]
 
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "ema")  # ema: Ultralytics mid-training
+# "ema": an Ultralytics checkpoint written mid-training (its "model" is None)
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "ema")
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _LIST_MAX = 8
 
