@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         action="store_true",
         help="also judge the project's own speed goals (explain_export/data/bench_targets.json, "
-        "set for the embedded EfficientNet-Lite0 at 224x224 on 2 threads), met or not; for "
+        "set for the embedded EfficientNet-Lite0 at 224x224 on 2 threads; a detector's for "
+        "YOLO11n at 640x640), met or not; for "
         "the project's runs, not a verdict on your model (default: the ratios alone)",
     )
     o.add_argument(
