@@ -48,7 +48,10 @@ The modules, each importing only those above it:
 - :mod:`.profile`: the heatmap head on ONNX Runtime's profiler;
 - :mod:`.run`: :func:`run_bench`, :func:`load_explainer`;
 - :mod:`.plot`: the PNG plot of the medians against the batch size (imports none of the above);
-- :mod:`.report`: the result as JSON, Markdown and the plot (imports :mod:`.plot` alone).
+- :mod:`.report`: the result as JSON, Markdown and the plot (imports :mod:`.plot` alone);
+- :mod:`.detection_timing`, :mod:`.detection`, :mod:`.detection_report`: a one-stage detector's
+  own variants (``eager``, ``ort_nms``: NMS and no maps, ``ort_gradcam``, ``ort_eigencam``),
+  their time over ``ort_nms``, and their report (not re-exported here).
 """
 
 from ..builder.export.export import DEFAULT_OPSET

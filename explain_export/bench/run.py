@@ -142,12 +142,14 @@ def load_explainer(
     method: str,
     head: str | None,
     input_size: tuple[int, int],
+    loaded: Any = None,
 ) -> tuple[Explainer, str]:
     """The explainer the ``explain-export`` flags describe (no model flags: the embedded
-    default), and the model's description."""
+    default), and the model's description; ``loaded``: the model already loaded from
+    ``source``, if it was."""
     from ..builder.explainer import build_explainer
 
-    loaded = source.load(input_size)
+    loaded = loaded or source.load(input_size)
     layer = layer or loaded.layer
     explainer = build_explainer(loaded.model, layer, method, input_size, head=head)
     return explainer, loaded.description

@@ -52,6 +52,15 @@ variants (all on the same inputs, interleaved round by round):
   ort_<method>_top<K>  with --methods and --top-k K: that method exported with --top-k K
                 (heatmap [N,K,H,W]); its time over ort_<method> is reported
 
+a detector (a model whose output is raw predictions [N,4+K,A]; --max-detections D, default
+10; input 640x640 unless --input-size) gets its own variants, all on the CPU:
+  eager         the eager detection explainer, gradcam (D maps)   the reference
+  ort_nms       the detector with its NMS in the graph, no maps    the baseline
+  ort_gradcam   the detection explainer with D Grad-CAM maps, as explain-export writes it
+  ort_eigencam  the same with eigencam (one map per image)
+  reported: each one's time over ort_nms; --method, --head, --methods, --top-k, --skip,
+  --profile-runs, --channels-last and --device cuda are refused
+
 timing: in each round every variant takes one turn (the order rotates): an idle pause
 (--settle), --prime untimed calls, one timed call. Reported: median, p90, p99 ms per batch,
 images/s, page faults per call; ratios from the same run. --targets: also the project's own
@@ -104,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         type=int,
         metavar=("H", "W"),
-        default=[224, 224],
-        help="image size (default: 224 224)",
+        help="image size (default: 224 224; a detector: 640 640)",
+    )
+    m.add_argument(
+        "--max-detections",
+        type=int,
+        metavar="D",
+        help="a detector: the detections (and maps) per image (default: 10)",
     )
     m.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
     b = p.add_argument_group("benchmark")
@@ -215,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         action="store_true",
         help="also judge the project's own speed goals (explain_export/data/bench_targets.json, "
-        "set for the embedded EfficientNet-Lite0 at 224x224 on 2 threads), met or not; for "
+        "set for the embedded EfficientNet-Lite0 at 224x224 on 2 threads; a detector's for "
+        "YOLO11n at 640x640), met or not; for "
         "the project's runs, not a verdict on your model (default: the ratios alone)",
     )
     o.add_argument(
@@ -269,6 +284,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from ..bench import BenchConfig, load_explainer, run_bench
     from ..bench.report import MODELS, check_out_dir, console_lines, write_report
     from ..builder.export.export import DEFAULT_OPSET
+    from ._bench_detect import detector_of, run_detector_bench
 
     preset = _preset(args)
     config = BenchConfig(
@@ -299,7 +315,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     size = input_size(args)
     source = model_source(args)  # the checkpoint file is there, --arch resolves
     check_out_dir(args.out, args.overwrite, args.save_models)  # before the model loads
-    explainer, description = load_explainer(source, args.layer, args.method, args.head, size)
+    loaded, detector = detector_of(args, source, size)
+    if detector is not None:
+        return run_detector_bench(args, argv, PROG, config, loaded, detector)
+    explainer, description = load_explainer(
+        source, args.layer, args.method, args.head, size, loaded
+    )
     say = (lambda _msg: None) if args.quiet else log
     info = explainer.plan
     say(f"model: {description}; {info.method} at {info.layer}, input {size[0]}x{size[1]}")
