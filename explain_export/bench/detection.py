@@ -9,7 +9,7 @@ Each variant maps an image batch ``[N,3,H,W]`` in [0,1] to the detection outputs
 - ``ort_nms``: :class:`NmsOnly`, the detector with its NMS in the graph and no maps
   (``boxes, scores, classes, count``), exported as explain-export writes ONNX: the baseline;
 - ``ort_gradcam``: the detection explainer with ``D`` per-detection Grad-CAM maps, exported as
-  explain-export does (:func:`..builder.export.detection._stage`);
+  explain-export does (:func:`..builder.export.detection.stage_files`);
 - ``ort_eigencam``: the same with ``eigencam`` (one class-agnostic map per image).
 
 The inputs are the scikit-image photos (repeated to the batch size; random where scikit-image is
@@ -178,7 +178,7 @@ def build_detection_variants(
 ) -> list[Variant]:
     """``eager``, then the three ONNX files (each exported here, into ``config.models_dir``
     where set, else ``workdir``) opened on ONNX Runtime's CPU provider."""
-    from ..builder.export.detection import _stage
+    from ..builder.export.detection import stage_files
     from ..builder.lower.trace_state import kept_attributes
 
     where = config.models_dir or workdir
@@ -203,7 +203,7 @@ def build_detection_variants(
             t0 = time.perf_counter()
             try:
                 with kept_attributes(expl):
-                    path = _stage(expl, folder, ("onnx",), config.opset, log)["onnx"]
+                    path = stage_files(expl, folder, ("onnx",), config.opset, log)["onnx"]
             except Exception as exc:
                 variants.append(Variant(name, "onnxruntime", None, f"failed: {first_line(exc)}"))
                 continue

@@ -15,8 +15,7 @@ from torch import Tensor
 from ..errors import ExplainExportError, first_line
 from .config import REFERENCE, BenchConfig, Variant
 from .stats import summarize
-from .timing import _cpu_snapshot as cpu_snapshot
-from .timing import others_cpu_share, time_rounds
+from .timing import cpu_snapshot, others_cpu_share, time_rounds
 
 __all__ = ["bench_images", "measure_detection", "parity"]
 

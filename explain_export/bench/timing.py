@@ -33,6 +33,7 @@ __all__ = [
     "HEAP_KEEP",
     "M_MMAP_THRESHOLD",
     "M_TRIM_THRESHOLD",
+    "cpu_snapshot",
     "keep_freed_memory",
     "measure",
     "others_cpu_share",
@@ -123,7 +124,7 @@ def keep_freed_memory() -> None:
         raise OptionError("tuned_malloc", "{name} needs glibc (mallopt); it is not available here")
 
 
-def _cpu_snapshot() -> tuple[float, float, float] | None:
+def cpu_snapshot() -> tuple[float, float, float] | None:
     """(busy seconds of all CPUs from /proc/stat, this process's CPU seconds, wall seconds)."""
     try:
         with open("/proc/stat") as f:
@@ -205,11 +206,11 @@ def measure(
             calls[v.name] = call
         step = functools.partial(tick, batch)
         time_rounds(calls, config.warmup, sync, step, fail)
-        before = _cpu_snapshot()
+        before = cpu_snapshot()
         times, faults = time_rounds(
             calls, config.iters, sync, step, fail, config.prime, config.settle_s
         )
-        others[batch] = others_cpu_share(before, _cpu_snapshot())
+        others[batch] = others_cpu_share(before, cpu_snapshot())
         raw[batch] = {}
         for name, samples in times.items():
             v = by_name[name]

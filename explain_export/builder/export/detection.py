@@ -48,6 +48,7 @@ __all__ = [
     "detection_cases",
     "export_detector",
     "format_rows",
+    "stage_files",
 ]
 
 BOX_IOU_MIN = 0.99
@@ -178,7 +179,7 @@ def export_detector(
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         with kept_attributes(explainer):
-            staged = _stage(explainer, tmp, formats, opset, log)
+            staged = stage_files(explainer, tmp, formats, opset, log)
         rows = _verify(explainer, staged)
         metadata = detection_metadata(explainer, model, labels, label_set, opset, rows)
         paths, written = commit(staged, metadata, out_dir, tmp, log)
@@ -187,13 +188,15 @@ def export_detector(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _stage(
+def stage_files(
     explainer: DetectionExplainer,
     tmp: str,
     formats: tuple[str, ...],
     opset: int,
     log: Callable[[str], None],
 ) -> dict[str, str]:
+    """Write ``explainer`` in every format into the folder ``tmp`` (traced once to forward ops,
+    :func:`.lowering.trace`); the file of each format by name. Nothing is verified here."""
     h, w = explainer.input_size
     g = torch.Generator().manual_seed(1)
     if explainer.input_format == "uint8-nhwc":
