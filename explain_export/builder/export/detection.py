@@ -203,6 +203,11 @@ def stage_files(
         image = torch.randint(0, 256, (2, h, w, 3), generator=g, dtype=torch.uint8)
     else:
         image = torch.rand(2, 3, h, w, generator=g)  # batch 2: a batch of 1 would be baked in
+    # A head that caches on its input's shape (Ultralytics' Detect: `if self.shape != shape`)
+    # compares the cache with the traced shape; were the cached batch the trace's (2), that
+    # comparison would fix the batch to 2. One eager batch of 1 first makes it differ.
+    with torch.no_grad():
+        explainer.model(torch.zeros(1, 3, h, w, device=explainer.mean.device))
     t0 = time.perf_counter()
     graph = lowering.trace(explainer, (image,), {0: [0]}, explainer)
     log(f"traced the detector, NMS and maps to forward ops in {time.perf_counter() - t0:4.1f}s")
