@@ -116,7 +116,7 @@ EXPORT_CASES = [
         "ckpt-unknown-layout",
         lambda t: ["--ckpt", _sd(t, {"weights": tiny_resnet().state_dict()}), *TINY],
         2,
-        "none of state_dict, model_state_dict, model holds a state_dict",
+        "none of state_dict, model_state_dict, model, ema holds a state_dict",
     ),
     Case(
         "ckpt-without-arch",
