@@ -114,3 +114,33 @@ def test_an_ultralytics_style_checkpoint_loads_with_trust(tmp_path: Path) -> Non
         assert next(loaded.parameters()).dtype == torch.float32
         found = build_detector(loaded, SIZE)
         assert found.detector.num_classes == 3 and found.layers == ["detect:input"]
+
+
+def _outputs(classes: list[int], scores: list[float], boxes: list[list[float]]) -> dict:
+    n = len(classes)
+    return {
+        "classes": np.array([classes], dtype=np.int64),
+        "scores": np.array([scores], dtype=np.float32),
+        "boxes": np.array([boxes], dtype=np.float32).reshape(1, n, 4),
+        "count": np.array([sum(c >= 0 for c in classes)]),
+    }
+
+
+def test_detections_parting_at_a_tie_are_compared_up_to_it() -> None:
+    from explain_export.builder.export.detection import compared_rows
+
+    a, b, c = [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]
+    ref = _outputs([1, 2, 0, -1], [0.9, 0.5000001, 0.5, 0.0], [a, b, c, [0, 0, 0, 0]])
+    rows, agree, ties = compared_rows(ref, ref, 0.25)
+    assert rows.all() and agree and ties == 0
+    swapped = _outputs([1, 0, 2, -1], [0.9, 0.5000002, 0.5000001, 0.0], [a, c, b, [0, 0, 0, 0]])
+    rows, agree, ties = compared_rows(swapped, ref, 0.25)  # two candidates within 1e-5
+    assert rows.tolist() == [[True, False, False, False]] and agree and ties == 1
+    wrong = _outputs([1, 0, 2, -1], [0.9, 0.7, 0.5, 0.0], [a, c, b, [0, 0, 0, 0]])
+    rows, agree, _ = compared_rows(wrong, ref, 0.25)  # a real difference: not a tie
+    assert rows.tolist() == [[True, False, False, False]] and not agree
+    moved = _outputs([1, 2, 0, -1], [0.9, 0.5000001, 0.5, 0.0], [a, b, [41, 40, 51, 50], [0] * 4])
+    assert not compared_rows(moved, ref, 0.25)[1]  # the box moved: IoU 0.82
+    edge = _outputs([1, 2, 0, 3], [0.9, 0.5000001, 0.5, 0.250001], [a, b, c, a])
+    rows, agree, ties = compared_rows(edge, ref, 0.25)  # one more, on the threshold
+    assert rows.tolist() == [[True, True, True, False]] and agree and ties == 1
