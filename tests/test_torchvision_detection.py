@@ -1,0 +1,149 @@
+"""torchvision's one-stage detectors (RetinaNet, FCOS, SSD): the graph's detections equal the
+model's own eager post-processing, and each detection's map is an autograd Grad-CAM of its score
+at the maps the head reads, against a torchvision-shaped detector written plainly in
+``tests/detectors.py`` (torchvision is not installed here; issue 27)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from detectors import TinyOneStage, tiny_one_stage
+from torch import Tensor, nn
+
+from explain_export.artifact import samples
+from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.export.detection import export_detector
+from explain_export.errors import OptionError
+
+SIZE = (100, 150)  # resized to 96x144 and padded to 96x160 (SSD: to 128x128)
+KINDS = ("retinanet", "fcos", "ssd")
+
+
+def _photos() -> Tensor:
+    names = ("chelsea.png", "coffee.png")
+    return torch.from_numpy(
+        np.stack([samples.load_rgb(samples.photo_path(n), SIZE) for n in names])
+    )
+
+
+def _fuse(maps: list[Tensor]) -> Tensor:
+    """Per map: resize (bilinear), min-max; then the mean, min-maxed (the fused-layer rule)."""
+
+    def unit(m: Tensor) -> Tensor:
+        m = F.interpolate(m, size=SIZE, mode="bilinear", align_corners=False)
+        lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+        return (m - lo) / (hi - lo).clamp_min(1e-7)
+
+    return unit(torch.stack([unit(m) for m in maps]).mean(0))
+
+
+def _score(kind: str, head: dict[str, Tensor], a: int, c: int) -> Tensor:
+    """The detection's score as the model rates it, from the head's raw output."""
+    z = head["cls_logits"][0, a]
+    if kind == "ssd":
+        return z.softmax(0)[c]
+    if kind == "fcos":
+        return torch.sqrt(z[c].sigmoid() * head["bbox_ctrness"][0, a, 0].sigmoid())
+    return z[c].sigmoid()
+
+
+def reference(model: TinyOneStage, images: Tensor) -> list[dict[str, Tensor]]:
+    """Per image: the model's own detections, and per detection ``ReLU(Σ_k α_k A_k)`` with
+    ``α = mean_ij ∂y/∂A`` at each map the head reads (cloned by a pre-hook), fused."""
+    held: list[Tensor] = []
+    out: dict[str, Tensor] = {}
+
+    def pre(module: nn.Module, args: tuple) -> tuple:
+        held[:] = [a.detach().clone().requires_grad_(True) for a in args[0]]
+        return (list(held),)
+
+    def post(module: nn.Module, args: tuple, result: dict) -> None:
+        out.update(result)
+
+    results = []
+    for image in images:
+        handles = [
+            model.head.register_forward_pre_hook(pre),
+            model.head.register_forward_hook(post),
+        ]
+        with torch.enable_grad():
+            dets = model([image])[0]
+        for h in handles:
+            h.remove()
+        maps = []
+        for a, c in zip(dets["anchors"].tolist(), dets["labels"].tolist(), strict=True):
+            grads = torch.autograd.grad(_score(model.kind, out, a, c), held, retain_graph=True)
+            cams = [
+                torch.relu((g.mean((2, 3), keepdim=True) * m).sum(1, keepdim=True)).detach()
+                for g, m in zip(grads, held, strict=True)
+            ]
+            maps.append(_fuse(cams)[0, 0])
+        heat = torch.stack(maps) if maps else torch.zeros(0, *SIZE)
+        results.append({k: v.detach() for k, v in dets.items()} | {"heatmap": heat})
+    return results
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_detections_and_maps_equal_eager_and_autograd(kind: str) -> None:
+    model = tiny_one_stage(kind)
+    images = _photos()
+    ref = reference(model, images)
+    d = model.detections_per_img
+    with build_detector(model, SIZE, max_detections=d) as explainer:
+        boxes, scores, classes, count, heat = explainer(images)
+    det = explainer.detector
+    assert (det.family, det.score_threshold, det.iou_threshold) == (kind, 0.3, 0.5)
+    assert explainer.layers == ["head:input"] and det.mean == (0.0, 0.0, 0.0)
+    assert count.tolist() == [len(r["labels"]) for r in ref] and count.min() > 0
+    for n, r in enumerate(ref):
+        c = int(count[n])
+        torch.testing.assert_close(classes[n, :c], r["labels"])
+        torch.testing.assert_close(boxes[n, :c], r["boxes"], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(scores[n, :c], r["scores"])
+        torch.testing.assert_close(heat[n, :c], r["heatmap"], atol=1e-5, rtol=0)
+        assert (heat[n, :c].amax((1, 2)) == 1).all()
+    assert (heat[0, 0] - heat[0, 1]).abs().max() > 0.1  # the maps differ by detection
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_models_own_threshold_leaves_padding_rows(kind: str) -> None:
+    model = tiny_one_stage(kind)
+    model.score_thresh = {"retinanet": 0.42, "fcos": 0.65, "ssd": 0.335}[kind]
+    images = _photos()
+    ref = reference(model, images)
+    with build_detector(model, SIZE, max_detections=8) as explainer:
+        _, scores, classes, count, heat = explainer(images)
+    assert explainer.score_threshold == model.score_thresh
+    assert count.tolist() == [min(8, len(r["labels"])) for r in ref]
+    assert ((count > 0) & (count < 8)).any(), "some detections and some padding"
+    for n, r in enumerate(ref):
+        c = int(count[n])
+        torch.testing.assert_close(classes[n, :c], r["labels"][:c])
+        torch.testing.assert_close(scores[n, :c], r["scores"][:c])
+        assert (classes[n, c:] == -1).all() and (scores[n, c:] == 0).all()
+        assert (heat[n, c:] == 0).all()
+
+
+def test_more_rows_than_the_model_keeps_is_refused() -> None:
+    with pytest.raises(OptionError, match="detections_per_img 20"):
+        build_detector(tiny_one_stage(), SIZE, max_detections=21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["retinanet", "ssd"])
+def test_every_format_equals_eager(tmp_path: Path, kind: str) -> None:
+    explainer = build_detector(tiny_one_stage(kind), SIZE, max_detections=4)
+    formats = ("torchscript", "onnx", "pt2")
+    result = export_detector(explainer, str(tmp_path), formats)
+    rows = result.metadata["parity"]["rows"]
+    assert {r["format"] for r in rows} == set(formats) and all(r["ok"] for r in rows)
+    assert sum(r["count"] for r in rows if r["format"] == "onnx") > 0
+    meta = json.loads((tmp_path / "explainer.json").read_text())
+    assert meta["detection"]["family"] == kind and meta["detection"]["score_threshold"] == 0.3
+    assert meta["mean"] == [0.0, 0.0, 0.0] and meta["std"] == [1.0, 1.0, 1.0]
+    explainer.remove()
