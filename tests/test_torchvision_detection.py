@@ -31,15 +31,23 @@ def _photos() -> Tensor:
     )
 
 
-def _fuse(maps: list[Tensor]) -> Tensor:
-    """Per map: resize (bilinear), min-max; then the mean, min-maxed (the fused-layer rule)."""
+def _fuse(maps: list[Tensor], padded: bool) -> Tensor:
+    """Per map: resize (bilinear), min-max; then the mean, min-maxed (the fused-layer rule).
+    Where the model padded the resized image (96x144 to 96x160), a map covers the padded image:
+    it is resized to 96x160 and cut to 96x144 first, the part that is the input."""
 
     def unit(m: Tensor) -> Tensor:
         m = F.interpolate(m, size=SIZE, mode="bilinear", align_corners=False)
         lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
         return (m - lo) / (hi - lo).clamp_min(1e-7)
 
-    return unit(torch.stack([unit(m) for m in maps]).mean(0))
+    def cut(m: Tensor) -> Tensor:
+        if not padded:
+            return m
+        m = F.interpolate(m, size=(96, 160), mode="bilinear", align_corners=False)
+        return m[:, :, :96, :144]
+
+    return unit(torch.stack([unit(cut(m)) for m in maps]).mean(0))
 
 
 def _score(kind: str, head: dict[str, Tensor], a: int, c: int) -> Tensor:
@@ -82,7 +90,7 @@ def reference(model: TinyOneStage, images: Tensor) -> list[dict[str, Tensor]]:
                 torch.relu((g.mean((2, 3), keepdim=True) * m).sum(1, keepdim=True)).detach()
                 for g, m in zip(grads, held, strict=True)
             ]
-            maps.append(_fuse(cams)[0, 0])
+            maps.append(_fuse(cams, model.kind != "ssd")[0, 0])
         heat = torch.stack(maps) if maps else torch.zeros(0, *SIZE)
         results.append({k: v.detach() for k, v in dets.items()} | {"heatmap": heat})
     return results

@@ -263,6 +263,7 @@ class DetectionExplainer(nn.Module):
             g = None if grads is None else grads[i].float()
             terms = self.method.terms(Needs(a, g))
             m = torch.relu(terms.map) if len(maps) > 1 else terms.map
+            m = self.detector.window(m)
             units.append(heads.to_unit(m, terms.scale, size, self.eps))
         heat = units[0] if len(units) == 1 else heads.fuse(units, self.eps)
         heat = heat.reshape(-1, d, heat.shape[2], heat.shape[3])

@@ -12,9 +12,10 @@ The graph does what the model's own ``forward`` does in eval mode, as static-sha
 1. :meth:`TorchvisionDetector.run`: ``(x - image_mean) / image_std``; bilinear resize to
    ``⌊H·s⌋ x ⌊W·s⌋`` with ``s = min(min_size / min(H, W), max_size / max(H, W))`` (SSD: its
    ``fixed_size``); zero padding to a multiple of ``size_divisible``; the backbone; the head
-   (on the list of maps: the default taps). The raw predictions are one tensor
-   ``[N, A, 4 + E + K]``: per anchor its box regression, FCOS's centerness (``E = 1``), then
-   ``K`` class logits.
+   (on the list of maps: the default taps; a map covers the padded image, so its heatmap is
+   cut to the resized image first, :meth:`TorchvisionDetector.window`). The raw predictions
+   are one tensor ``[N, A, 4 + E + K]``: per anchor its box regression, FCOS's centerness
+   (``E = 1``), then ``K`` class logits.
 2. :meth:`TorchvisionDetector.candidates`: ``postprocess_detections``. RetinaNet and FCOS, per
    level: the scores over (anchor, class) pairs, those not above ``score_thresh`` masked, the
    best ``min(topk_candidates, n_l·K)``; SSD, per class but the background 0: the same over
@@ -107,6 +108,14 @@ class TorchvisionDetector(Detector):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = model.backbone(x)
         return list(feats.values()) if isinstance(feats, dict) else [feats]
+
+    def window(self, maps: Tensor) -> Tensor:
+        """A map over the padded image ``[M, 1, h, w]`` resized (bilinear) to the padded size,
+        then cut to the resized image: the part that is the graph's input (no padding)."""
+        if self.padded == self.resized:
+            return maps
+        maps = F.interpolate(maps, size=self.padded, mode="bilinear", align_corners=False)
+        return maps[:, :, : self.resized[0], : self.resized[1]]
 
     def from_head(self, out: Any) -> Tensor:
         """The head's dict as one tensor: box regression, (centerness), class logits."""
