@@ -155,3 +155,24 @@ def test_every_format_equals_eager(tmp_path: Path, kind: str) -> None:
     assert meta["detection"]["family"] == kind and meta["detection"]["score_threshold"] == 0.3
     assert meta["mean"] == [0.0, 0.0, 0.0] and meta["std"] == [1.0, 1.0, 1.0]
     explainer.remove()
+
+
+def test_a_box_of_no_area_matches_by_its_corners() -> None:
+    """FCOS can give a box of no area (its distances are ReLU'd); such a box has no IoU, so the
+    export's check takes the same corners for the same box, and other corners for a miss."""
+    from explain_export.builder.export.detection import compare
+    from explain_export.builder.export.verify import Case
+
+    ref = {
+        "boxes": np.array([[[5.0, 5, 5, 9], [0, 0, 10, 10]]], np.float32),
+        "scores": np.array([[0.9, 0.8]], np.float32),
+        "classes": np.array([[1, 2]]),
+        "count": np.array([2]),
+        "heatmap": np.zeros((1, 2, 4, 4), np.float32),
+    }
+    case = Case("photo", np.zeros((1, 3, 4, 4), np.float32))
+    assert compare("onnx", case, ref | {"boxes": ref["boxes"] + 1e-4}, ref).ok
+    moved = ref["boxes"].copy()
+    moved[0, 0] += 2
+    row = compare("onnx", case, ref | {"boxes": moved}, ref)
+    assert not row.ok and row.box_iou_min == 0
