@@ -176,3 +176,44 @@ def test_a_box_of_no_area_matches_by_its_corners() -> None:
     moved[0, 0] += 2
     row = compare("onnx", case, ref | {"boxes": moved}, ref)
     assert not row.ok and row.box_iou_min == 0
+
+
+def test_the_command_takes_any_size_and_keeps_d_within_the_models_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The transform resizes, so no size is refused for its strides; more rows than the
+    model's ``detections_per_img`` are refused in one line, before anything is exported."""
+    from explain_export.cli.export import main
+
+    args = [
+        "--arch",
+        "detectors:TinyOneStage",
+        "--input-size",
+        "100",
+        "150",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*args, "--max-detections", "21"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("explain-export: error:")]
+    assert len(errors) == 1 and "detections_per_img 20" in errors[0], err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_command_exports_a_torchvision_shaped_detector(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from explain_export.cli.export import main
+
+    ckpt = tmp_path / "fcos.pt"
+    torch.save(tiny_one_stage("fcos").state_dict(), ckpt)
+    args = ["--ckpt", str(ckpt), "--arch", "detectors:TinyOneStage", "--arch-kwargs"]
+    args += ['{"kind": "fcos"}', "--input-size", "100", "150", "--max-detections", "3"]
+    code = main([*args, "--formats", "onnx", "--out", str(tmp_path / "o")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "task:   detection (fcos), 4 classes" in printed and "layer:  head:input" in printed
+    meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
+    assert meta["detection"]["score_threshold"] == 0.3 and meta["detection"]["iou_threshold"] == 0.5

@@ -81,6 +81,11 @@ class Detector:
         """The raw predictions from what the head returns (where :attr:`head_output`)."""
         return self.output.pick(out)
 
+    @property
+    def size_step(self) -> int:
+        """The export size must be a multiple of this: the largest stride (YOLO's grids)."""
+        return max(self.strides, default=1)
+
     def window(self, maps: Tensor) -> Tensor:
         """A tap's map ``[M, 1, h, w]`` over the part of the model's input the graph input
         fills (YOLO: all of it; torchvision: the resized image, not its padding)."""

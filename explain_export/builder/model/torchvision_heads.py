@@ -88,6 +88,11 @@ class TorchvisionDetector(Detector):
     detections_per_img: int = 100
 
     @property
+    def size_step(self) -> int:
+        """Any export size: the model's transform resizes and pads the input itself."""
+        return 1
+
+    @property
     def extra(self) -> int:
         """Columns between the box regression and the class logits (FCOS: centerness)."""
         return 1 if self.family == "fcos" else 0
