@@ -5,10 +5,11 @@ For each of RetinaNet (v1, v2), FCOS, SSDlite and SSD300 with random init (weigh
 weights_backbone=None, torch.manual_seed(0); nothing is downloaded):
 
 - the head's towers re-drawn (kaiming) where torchvision draws them at std 0.01 (its maps
-  then vanish), BatchNorm statistics from three scikit-image photos, the class-logit layers
-  scaled so the logits have std 1 on the photos and their bias 0, so that detections pass the
-  model's own thresholds (random init gives none), and the box codes scaled to std 0.5 (FCOS's
-  boxes are otherwise points);
+  then vanish); BatchNorm statistics from three scikit-image photos and two noise images (the
+  export's check runs noise too, where the logits would otherwise saturate at 1.0 and tie);
+  the class-logit layers scaled so the logits have std 1 on them, their bias 0, so that
+  detections pass the model's own thresholds (random init gives none); the box codes scaled to
+  std 0.5 (FCOS's boxes are otherwise points);
 - our explainer at a small export size (RetinaNet, FCOS: ``min_size``/``max_size`` made small,
   so the graph resizes and pads; SSD: its own fixed size), D detections per image;
 - the detections against the eager model's own (``model(list_of_images)``, its first D): the
@@ -79,7 +80,8 @@ def prepare(name: str, size: tuple[int, int], kwargs: dict) -> nn.Module:
         for m in model.head.modules():
             if isinstance(m, nn.Conv2d) and m.out_channels == m.in_channels:  # the towers
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    batch = model.transform(list(photos(size)))[0].tensors
+    noise = torch.from_numpy(np.random.default_rng(0).random((2, 3, *size), dtype=np.float32))
+    batch = model.transform(list(torch.cat([photos(size), noise])))[0].tensors
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
