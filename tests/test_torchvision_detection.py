@@ -137,6 +137,21 @@ def test_the_models_own_threshold_leaves_padding_rows(kind: str) -> None:
         assert (heat[n, c:] == 0).all()
 
 
+def test_a_threshold_given_is_the_one_each_level_keeps_above() -> None:
+    """``--score-threshold`` below the model's own lets in what the model at that threshold
+    keeps: the per-level selection uses it, not only the NMS after it."""
+    model = tiny_one_stage()
+    images = _photos()
+    ref = reference(model, images)  # score_thresh 0.3
+    model.score_thresh = 0.42
+    with build_detector(model, SIZE, max_detections=20, score_threshold=0.3) as explainer:
+        _, scores, classes, count, _ = explainer(images)
+    assert count.tolist() == [len(r["labels"]) for r in ref]
+    for n, r in enumerate(ref):
+        torch.testing.assert_close(classes[n, : int(count[n])], r["labels"])
+        torch.testing.assert_close(scores[n, : int(count[n])], r["scores"])
+
+
 def test_more_rows_than_the_model_keeps_is_refused() -> None:
     with pytest.raises(OptionError, match="detections_per_img 20"):
         build_detector(tiny_one_stage(), SIZE, max_detections=21)

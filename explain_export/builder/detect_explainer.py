@@ -125,14 +125,21 @@ class DetectionExplainer(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        if score_threshold is not None or iou_threshold is not None:
+            # the detector's own record carries them (torchvision thresholds per level)
+            detector = replace(
+                detector,
+                score_threshold=detector.score_threshold
+                if score_threshold is None
+                else score_threshold,
+                iou_threshold=detector.iou_threshold if iou_threshold is None else iou_threshold,
+            )
         self.detector = detector
         self.method = method
         self.output = output
         self.max_detections = max_detections
-        self.score_threshold = (
-            detector.score_threshold if score_threshold is None else score_threshold
-        )
-        self.iou_threshold = detector.iou_threshold if iou_threshold is None else iou_threshold
+        self.score_threshold = detector.score_threshold
+        self.iou_threshold = detector.iou_threshold
         self.input_format = input_format
         self.eps = eps
         grad = method.needs_gradient
