@@ -210,7 +210,7 @@ def run_one(name: str, d: int, export: bool) -> dict:
         if c == 0:
             continue
         iou = box_iou(boxes[n, :c].reshape(-1, 1, 4), r["boxes"].reshape(-1, 1, 4)).flatten()
-        iou = torch.where((boxes[n, :c] - r["boxes"]).abs().amax(-1) <= 1e-3, 1.0, iou)  # no area
+        iou = torch.where((boxes[n, :c] - r["boxes"]).abs().amax(-1) <= 0.05, 1.0, iou)  # no area
         row["iou"] = min(row["iou"], float(iou.min()))
         row["box"] = max(row["box"], float((boxes[n, :c] - r["boxes"]).abs().max()))
         row["score"] = max(row["score"], float((scores[n, :c] - r["scores"]).abs().max()))

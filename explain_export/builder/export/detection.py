@@ -6,7 +6,7 @@ classifier graphs are. Each file is checked against the eager
 :class:`~..detect_explainer.DetectionExplainer` on random batches and the scikit-image photos:
 
 - the same ``count`` and the same ``classes`` in every row;
-- each real detection's box within IoU 0.99 of eager's (or its corners within 1e-3 pixels: a box
+- each real detection's box within IoU 0.99 of eager's (or its corners within 0.05 pixels: a box
   of no area has no IoU), and its score within 1e-3;
 - every map within the heatmap limit (1e-4).
 
@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 BOX_IOU_MIN = 0.99
-BOX_ATOL = 1e-3  # pixels: boxes whose corners agree this well are the same box
+BOX_ATOL = 0.05  # pixels: boxes whose corners agree this well are the same box (a float32
+# ResNet-50 detector moves corners by ~0.01 px between runtimes; a box of no area has no IoU)
 SCORE_TOL = 1e-3
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
