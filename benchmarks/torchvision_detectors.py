@@ -251,7 +251,7 @@ def table(rows: list[dict]) -> str:
     head = (
         f"{'model':<31}{'input->resized':<19}{'dets':>5} {'same':<5}{'box IoU':>8}{'box':>9}"
         f"{'score':>9}"
-        f"{'map':>9}{'r':>8}{'f32/f64':>9}  {'onnx export (6 cases)':<38}{'ok':<4}"
+        f"{'map':>9}{'r':>8}{'f32/f64':>9}  {'onnx export (6 cases)':<42}{'dets ok':<7}"
     )
     lines = [head]
     for r in rows:
@@ -261,7 +261,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['model']:<31}{r['size']:<19}{r['dets']:>5} {'yes' if r['same'] else 'NO':<5}"
             f"{r['iou']:>8.4f}{r['box']:>9.1e}{r['score']:>9.1e}{r['map']:>9.1e}{r['r']:>8.4f}  "
-            f"{r['f64']:>9.1e}  {r['onnx']:<38}{'ok' if r['ok'] else 'FAIL':<4}"
+            f"{r['f64']:>9.1e}  {r['onnx']:<42}{'ok' if r['ok'] else 'FAIL':<7}"
         )
     return "\n".join(lines)
 
