@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from explain_export.artifact import samples
 from explain_export.builder.detect_explainer import build_detector
-from explain_export.builder.export.detection import export_detector, format_rows
+from explain_export.builder.export.detection import export_detector
+from explain_export.builder.export.detection_parity import format_rows
 from explain_export.builder.model.zoo import imagenet_labels, load_default
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -370,7 +370,7 @@ def export(model: nn.Module, method: str, folder: str) -> dict[str, Any]:
 def staged(model: nn.Module, method: str, folder: str) -> str:
     """``--unverified``: the ONNX file as ``export_detector`` stages it, not checked."""
     from explain_export.builder.detect_explainer import build_detector
-    from explain_export.builder.export.detection import _stage
+    from explain_export.builder.export.detection import stage_files as _stage
 
     os.makedirs(folder, exist_ok=True)
     with build_detector(model, SIZE, method, max_detections=D) as e:

@@ -127,7 +127,7 @@ def _outputs(classes: list[int], scores: list[float], boxes: list[list[float]]) 
 
 
 def test_detections_parting_at_a_tie_are_compared_up_to_it() -> None:
-    from explain_export.builder.export.detection import compared_rows
+    from explain_export.builder.export.detection_parity import compared_rows
 
     a, b, c = [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]
     ref = _outputs([1, 2, 0, -1], [0.9, 0.5000001, 0.5, 0.0], [a, b, c, [0, 0, 0, 0]])

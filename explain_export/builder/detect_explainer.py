@@ -110,6 +110,14 @@ class DetectionExplainer(nn.Module):
         self.input_size = input_size
         if max_detections < 1:
             raise OptionError("max_detections", "{name} must be at least 1")
+        cap = getattr(detector, "detections_per_img", None)
+        if cap is not None and max_detections > cap:
+            raise OptionError(
+                "max_detections",
+                "{name} {v} is more than the model's detections_per_img {cap}; pass at most {cap}",
+                v=max_detections,
+                cap=cap,
+            )
         if method.needs_linear:
             raise OptionError(
                 "method", "{name} cam needs a classifier's linear head; use gradcam for detectors"
@@ -117,14 +125,21 @@ class DetectionExplainer(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
+        if score_threshold is not None or iou_threshold is not None:
+            # the detector's own record carries them (torchvision thresholds per level)
+            detector = replace(
+                detector,
+                score_threshold=detector.score_threshold
+                if score_threshold is None
+                else score_threshold,
+                iou_threshold=detector.iou_threshold if iou_threshold is None else iou_threshold,
+            )
         self.detector = detector
         self.method = method
         self.output = output
         self.max_detections = max_detections
-        self.score_threshold = (
-            detector.score_threshold if score_threshold is None else score_threshold
-        )
-        self.iou_threshold = detector.iou_threshold if iou_threshold is None else iou_threshold
+        self.score_threshold = detector.score_threshold
+        self.iou_threshold = detector.iou_threshold
         self.input_format = input_format
         self.eps = eps
         grad = method.needs_gradient
@@ -193,7 +208,7 @@ class DetectionExplainer(nn.Module):
             index, valid = picked.index, picked.valid
             boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4))
             boxes = boxes * valid[..., None]
-            scores = cand.scores.gather(1, index) * valid
+            scores = torch.where(valid, cand.scores.gather(1, index), 0.0)  # a pad may be -inf
             classes = torch.where(valid, cand.classes.gather(1, index), -1)
             anchors = cand.anchors.gather(1, index)
             grads = self._gradients(raw, maps, anchors, classes, valid) if grad else None
@@ -255,6 +270,7 @@ class DetectionExplainer(nn.Module):
             g = None if grads is None else grads[i].float()
             terms = self.method.terms(Needs(a, g))
             m = torch.relu(terms.map) if len(maps) > 1 else terms.map
+            m = self.detector.window(m)
             units.append(heads.to_unit(m, terms.scale, size, self.eps))
         heat = units[0] if len(units) == 1 else heads.fuse(units, self.eps)
         heat = heat.reshape(-1, d, heat.shape[2], heat.shape[3])
@@ -266,14 +282,19 @@ class DetectionExplainer(nn.Module):
 def find_detector(
     model: nn.Module, input_size: tuple[int, int], output: str | None = None
 ) -> tuple[Detector, OutputKey] | None:
-    """``(the detector, its raw output's key)`` where ``model``'s output (or ``output``) on one
+    """``(the detector, its raw output's key)`` where ``model`` is a torchvision one-stage
+    detector (:func:`.torchvision_heads.recognise`), or its output (or ``output``) on one
     forward pass at ``input_size`` is a one-stage detector's (:func:`.detectors.recognise`);
     None where it is not (a classifier, or an output no key picks)."""
     from .inspect.probe import device_of
     from .model.detectors import recognise
     from .model.outputs import choose_output
+    from .model.torchvision_heads import recognise as recognise_torchvision
 
     model = model.eval()
+    tv = recognise_torchvision(model, input_size)
+    if tv is not None:
+        return tv, OutputKey()
     h, w = input_size
     example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     example = example.to(device_of(model))

@@ -73,10 +73,10 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} does not apply to a detector's export; leave it out")
 
 
-def _size(args: argparse.Namespace, strides: tuple[int, ...]) -> tuple[int, int]:
-    """The export size: ``--input-size``, else 640x640; a multiple of the largest stride."""
+def _size(args: argparse.Namespace, step: int) -> tuple[int, int]:
+    """The export size: ``--input-size``, else 640x640; a multiple of ``step`` (YOLO: the
+    largest stride; torchvision: 1, its transform resizes)."""
     size = tuple(args.input_size) if args.input_size else DEFAULT_SIZE
-    step = max(strides)
     if any(s % step for s in size):
         fit = tuple(max(step, round(s / step) * step) for s in size)
         raise OptionError(
@@ -117,12 +117,13 @@ def run_detector(args: argparse.Namespace, flags: Any, loaded: Any, found: Any) 
     """Build, export and verify a detector's explainer; print what was done, as for a
     classifier."""
     from ..builder.detect_explainer import build_detector
-    from ..builder.export.detection import export_detector, format_rows
+    from ..builder.export.detection import export_detector
+    from ..builder.export.detection_parity import format_rows
     from ..builder.export.export import DEFAULT_OPSET
 
     _check_flags(args)
     detector, _ = found
-    size = _size(args, detector.strides)
+    size = _size(args, detector.size_step)
     labels, label_set = _labels(args, flags, loaded, detector)
     method = "gradcam" if args.method == "auto" else args.method
     explainer = build_detector(

@@ -3,16 +3,9 @@
 The whole forward (detector, NMS, the per-detection gradients and maps) is traced once to forward
 ops (:func:`.lowering.trace`), then written as TorchScript (scripted), ONNX and pt2 as the
 classifier graphs are. Each file is checked against the eager
-:class:`~..detect_explainer.DetectionExplainer` on random batches and the scikit-image photos:
+:class:`~...detect_explainer.DetectionExplainer` on random batches and the scikit-image photos:
 
-- the same ``classes`` in every row, each real detection's box within IoU 0.99 of eager's (or
-  its corners within 1e-3 pixels: a box of no area has no IoU) and its score within 1e-3;
-- every map within the heatmap limit (1e-4).
-
-Greedy NMS breaks ties by order, and a backend's rounding may order two candidates scored within
-1e-5 of each other the other way (a random-init head's scores crowd near 0.5). Where the first
-row that differs is such a tie (or a candidate within 1e-5 of the threshold), the image is
-compared up to that row, and the row counts the tie (``ties``); any other difference fails.
+the same detections and maps, by the rule of :mod:`.detection_parity`.
 
 Then the metadata (``"task": "detection"``) is stamped into each file and the set is committed
 as one (:func:`.export.commit`); a failed check writes nothing.
@@ -25,9 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,48 +31,21 @@ from ...errors import ExplainExportError, OptionError, ParityError
 from ..detect_explainer import DetectionExplainer
 from ..lower import lowering
 from ..lower.trace_state import kept_attributes
-from ..maths.boxes import box_iou
+from .detection_parity import (
+    BOX_ATOL,
+    BOX_IOU_MIN,
+    SCORE_TIE,
+    SCORE_TOL,
+    DetectionRow,
+    compare,
+)
 from .export import DEFAULT_FORMATS, DEFAULT_OPSET, RUNTIMES, ExportResult, check_formats, commit
 from .verify import HEATMAP_TOL, Case
 from .writers import quiet, root_cause, to_onnx, to_pt2, versions
 
-__all__ = [
-    "BOX_IOU_MIN",
-    "SCORE_TIE",
-    "SCORE_TOL",
-    "DetectionRow",
-    "compare",
-    "compared_rows",
-    "detection_cases",
-    "export_detector",
-    "format_rows",
-    "stage_files",
-]
+__all__ = ["detection_cases", "detection_metadata", "export_detector", "stage_files"]
 
-BOX_IOU_MIN = 0.99
-BOX_ATOL = 1e-3  # pixels: boxes whose corners agree this well are the same box
-SCORE_TOL = 1e-3
-SCORE_TIE = 1e-5  # candidates scored this close may swap places between backends
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
-
-
-@dataclass(frozen=True)
-class DetectionRow:
-    """One file against eager on one case: how many detections, and the worst of each part."""
-
-    format: str
-    input: str
-    batch: int
-    count: int  # real detections in the case, over its images
-    same_detections: bool  # every row agrees, or up to a tie (see compared_rows)
-    box_iou_min: float  # the smallest IoU of a real detection's box with eager's (1: none)
-    score_err: float
-    heatmap_err: float
-    ok: bool
-    ties: int = 0  # images whose detections part at a tie (compared up to it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def detection_cases(input_size: tuple[int, int]) -> list[Case]:
@@ -117,123 +81,6 @@ def _eager(explainer: DetectionExplainer, case: Case) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = explainer(image)
     return {n: t.detach().cpu().numpy() for n, t in zip(DETECTION_OUTPUTS, out, strict=True)}
-
-
-def _row_agrees(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], n: int, j: int) -> bool:
-    """Row ``j`` of image ``n``: the same class, and for a real detection the same box (IoU, or
-    the corners within :data:`BOX_ATOL` for a box of no area) and score."""
-    if got["classes"][n, j] != ref["classes"][n, j]:
-        return False
-    if ref["classes"][n, j] < 0:
-        return True
-    want, have = torch.from_numpy(ref["boxes"][n, j]), torch.from_numpy(got["boxes"][n, j])
-    iou = float(box_iou(want.reshape(1, 1, 4), have.reshape(1, 1, 4)))
-    corners = float((want - have).abs().max())
-    score = abs(float(got["scores"][n, j]) - float(ref["scores"][n, j]))
-    return (iou >= BOX_IOU_MIN or corners <= BOX_ATOL) and score <= SCORE_TOL
-
-
-def _found_later(x: dict[str, np.ndarray], y: dict[str, np.ndarray], n: int, j: int) -> bool:
-    """Whether ``x``'s detection ``j`` (class and box) is one of ``y``'s later rows."""
-    box = torch.from_numpy(x["boxes"][n, j]).reshape(1, 1, 4)
-    for k in range(j + 1, y["classes"].shape[1]):
-        if y["classes"][n, k] == x["classes"][n, j]:
-            other = torch.from_numpy(y["boxes"][n, k]).reshape(1, 1, 4)
-            if float(box_iou(box, other)) >= BOX_IOU_MIN:
-                return True
-    return False
-
-
-def _tied(
-    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], n: int, j: int, threshold: float
-) -> bool:
-    """Whether the first row that differs, ``j``, is a tie, which greedy NMS may break either
-    way: two different candidates scored within :data:`SCORE_TIE` of each other (one of them is
-    a later row of the other list, or ``j`` is the last row), or a candidate within it of the
-    threshold against a padding row."""
-    a, b = float(got["scores"][n, j]), float(ref["scores"][n, j])
-    real_a, real_b = got["classes"][n, j] >= 0, ref["classes"][n, j] >= 0
-    if not (real_a and real_b):
-        return max(a, b) <= threshold + SCORE_TIE
-    last = j == ref["classes"].shape[1] - 1
-    swapped = last or _found_later(got, ref, n, j) or _found_later(ref, got, n, j)
-    return abs(a - b) <= SCORE_TIE and swapped
-
-
-def compared_rows(
-    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], threshold: float
-) -> tuple[np.ndarray, bool, int]:
-    """``(rows [N, D] to compare, whether every image agrees, how many images tie)``: per image,
-    every row where all agree; up to the first differing row where that row is a tie
-    (:func:`_tied`: from there the two greedy paths may part, and both are right); else up to
-    that row, and the image disagrees."""
-    n, d = ref["classes"].shape
-    rows = np.zeros((n, d), dtype=bool)
-    agree, ties = True, 0
-    for i in range(n):
-        first = next((j for j in range(d) if not _row_agrees(got, ref, i, j)), d)
-        rows[i, :first] = True
-        if first < d:
-            tie = _tied(got, ref, i, first, threshold)
-            ties += tie
-            agree = agree and tie
-    return rows, agree, ties
-
-
-def compare(
-    fmt: str,
-    case: Case,
-    got: dict[str, np.ndarray],
-    ref: dict[str, np.ndarray],
-    threshold: float = 0.0,
-) -> DetectionRow:
-    """One file's outputs against eager's on ``case`` (the module's docstring says the rule);
-    ``threshold``: the export's score threshold (a candidate on it is a tie)."""
-    rows, same, ties = compared_rows(got, ref, threshold)
-    real = rows & (ref["classes"] >= 0)
-    iou_min, score_err = 1.0, 0.0
-    if real.any():
-        want, have = torch.from_numpy(ref["boxes"]), torch.from_numpy(got["boxes"])
-        ious = box_iou(want.reshape(-1, 1, 4), have.reshape(-1, 1, 4)).reshape(real.shape)
-        same_corners = (want - have).abs().amax(-1) <= BOX_ATOL  # a box of no area has no IoU
-        ious = torch.where(same_corners, 1.0, ious)
-        iou_min = float(ious[torch.from_numpy(real)].min())
-        score_err = float(np.abs(got["scores"] - ref["scores"])[real].max())
-    heat = np.abs(got["heatmap"].astype(np.float64) - ref["heatmap"])
-    if heat.shape[1] == rows.shape[1]:  # a map per detection: the rows compared
-        heat = heat[rows] if rows.any() else np.zeros(1)
-    heat_err = float(heat.max())
-    ok = same and iou_min >= BOX_IOU_MIN and score_err <= SCORE_TOL and heat_err <= HEATMAP_TOL
-    count = int(ref["count"].sum())
-    batch = case.image.shape[0]
-    return DetectionRow(fmt, case.label, batch, count, same, iou_min, score_err, heat_err, ok, ties)
-
-
-def _same_word(row: dict[str, Any]) -> str:
-    if not row["same_detections"]:
-        return "NO"
-    return "tie" if row.get("ties") else "yes"
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The parity rows (:meth:`DetectionRow.to_dict`) as a table, with the rule under it."""
-    head = (
-        f"{'format':<12}{'input':<28}{'batch':>5}{'dets':>6}  {'same':<5}"
-        f"{'box IoU':>9}{'score':>10}{'heatmap':>10}  ok"
-    )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['format']:<12}{r['input']:<28}{r['batch']:>5}{r['count']:>6}  "
-            f"{_same_word(r):<5}{r['box_iou_min']:>9.4f}"
-            f"{r['score_err']:>10.1e}{r['heatmap_err']:>10.1e}  {'ok' if r['ok'] else 'FAIL'}"
-        )
-    lines.append(
-        f"limits: the same classes, box IoU >= {BOX_IOU_MIN}, score within {SCORE_TOL:g}, "
-        f"heatmap within {HEATMAP_TOL:g}; 'tie': an image's detections part at two "
-        f"candidates scored within {SCORE_TIE:g} (compared up to there)"
-    )
-    return "\n".join(lines)
 
 
 def export_detector(

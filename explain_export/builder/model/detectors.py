@@ -81,6 +81,16 @@ class Detector:
         """The raw predictions from what the head returns (where :attr:`head_output`)."""
         return self.output.pick(out)
 
+    @property
+    def size_step(self) -> int:
+        """The export size must be a multiple of this: the largest stride (YOLO's grids)."""
+        return max(self.strides, default=1)
+
+    def window(self, maps: Tensor) -> Tensor:
+        """A tap's map ``[M, 1, h, w]`` over the part of the model's input the graph input
+        fills (YOLO: all of it; torchvision: the resized image, not its padding)."""
+        return maps
+
     def candidates(self, raw: Tensor) -> Candidates:
         """``raw [N, 4+K, A]`` as candidates: corners, the best class and its probability."""
         boxes = cxcywh_to_xyxy(raw[:, :4].transpose(1, 2))
