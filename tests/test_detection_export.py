@@ -41,7 +41,7 @@ def test_every_format_equals_eager(tmp_path: Path, method: str) -> None:
     assert meta["detection"]["max_detections"] == 4
     assert meta["detection"]["maps"] == ("per-detection" if method == "gradcam" else "per-image")
     assert [o["name"] for o in meta["outputs"]] == DETECTION_OUTPUTS
-    images = np.concatenate([c.image for c in detection_cases(SIZE)[2:]])  # the photos
+    images = np.concatenate([c.image for c in detection_cases(SIZE) if c.image.shape[0] == 1])
     with torch.no_grad():
         want = [t.numpy() for t in explainer(torch.from_numpy(images))]
     for fmt, name in (("onnx", "explainer.onnx"), ("torchscript", "explainer.torchscript.pt")):

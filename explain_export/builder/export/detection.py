@@ -3,7 +3,8 @@
 The whole forward (detector, NMS, the per-detection gradients and maps) is traced once to forward
 ops (:func:`.lowering.trace`), then written as TorchScript (scripted), ONNX and pt2 as the
 classifier graphs are. Each file is checked against the eager
-:class:`~...detect_explainer.DetectionExplainer` on random batches and the scikit-image photos:
+:class:`~..detect_explainer.DetectionExplainer` on the scikit-image photos, one by one and
+as a batch of 3 (:func:`detection_cases`):
 
 the same detections and maps, by the rule of :mod:`.detection_parity`.
 
@@ -49,17 +50,27 @@ PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 
 def detection_cases(input_size: tuple[int, int]) -> list[Case]:
-    """Random batches of 1 and 3 and each scikit-image photo (those present)."""
-    rng = np.random.default_rng(0)
+    """Each scikit-image photo, and the first three as one batch of 3; random batches of 1 and 3
+    only where scikit-image is missing.
+
+    Random noise is a poor case for a detector: a random-init head scores thousands of noise
+    anchors within a rounding step of each other, and whether two equal boxes' IoU is just over
+    the NMS threshold can differ between backends. Both are right, but the detections part
+    there, and the comparison says nothing of the export (YOLO11n with its class bias at 0 did
+    this). Photos have objects, and scores apart."""
     h, w = input_size
-    out = [Case("random", rng.random((n, 3, h, w), dtype=np.float32)) for n in (1, 3)]
+    photos = []
     for name in PHOTOS:
         try:
-            out.append(
-                Case(f"photo {name}", samples.load_rgb(samples.photo_path(name), (h, w))[None])
-            )
+            photos.append((name, samples.load_rgb(samples.photo_path(name), (h, w))))
         except FileNotFoundError:
-            continue  # scikit-image missing: random inputs only
+            continue
+    if not photos:  # scikit-image missing
+        rng = np.random.default_rng(0)
+        return [Case("random", rng.random((n, 3, h, w), dtype=np.float32)) for n in (1, 3)]
+    out = [Case(f"photo {name}", image[None]) for name, image in photos]
+    if len(photos) >= 3:
+        out.append(Case("photos, batch of 3", np.stack([image for _, image in photos[:3]])))
     return out
 
 
