@@ -71,7 +71,7 @@ def run_detector_bench(
 
     _check_flags(args)
     detector, _ = found
-    size = _size(args, detector.strides)
+    size = _size(args, detector.size_step)
     explainer = build_detector(
         loaded.model,
         size,
