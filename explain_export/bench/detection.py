@@ -35,10 +35,9 @@ from torch import Tensor, nn
 
 from ..artifact.contract import DETECTION_OUTPUTS
 from ..artifact.runtime import ort_session
-from ..builder.detect_explainer import DetectionExplainer, HeadInputs
+from ..builder.detect_explainer import DetectionExplainer, HeadInputs, kept
 from ..builder.export.writers import versions
 from ..builder.maths import graph_io
-from ..builder.maths.boxes import select
 from ..errors import first_line
 from .config import REFERENCE, BenchConfig, Variant
 from .detection_timing import measure_detection
@@ -93,18 +92,9 @@ class NmsOnly(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = (graph_io.to_float_nchw(image, self.input_format) - self.mean) / self.std
         cand = self.detector.candidates(self.detector.run(self.model, x))
-        picked = select(
-            cand.boxes,
-            cand.scores,
-            cand.classes,
-            self.max_detections,
-            self.iou_threshold,
-            self.score_threshold,
+        boxes, scores, classes, _, valid = kept(
+            cand, self.max_detections, self.iou_threshold, self.score_threshold
         )
-        index, valid = picked.index, picked.valid
-        boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4)) * valid[..., None]
-        scores = cand.scores.gather(1, index) * valid
-        classes = torch.where(valid, cand.classes.gather(1, index), -1)
         return boxes, scores, classes, valid.sum(dim=1)
 
 

@@ -32,10 +32,24 @@ from .inspect.tap import Tap, TapSpec, resolve_module
 from .maths import graph_io, heads
 from .maths.boxes import select
 from .maths.methods import Method, Needs
-from .model.detectors import Detector
+from .model.detectors import Candidates, Detector
 from .model.outputs import OutputKey
 
-__all__ = ["DetectionExplainer", "HeadInputs", "build_detector", "find_detector"]
+__all__ = ["DetectionExplainer", "HeadInputs", "build_detector", "find_detector", "kept"]
+
+
+def kept(
+    cand: Candidates, keep: int, iou_threshold: float, score_threshold: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The first ``keep`` candidates greedy NMS keeps (:func:`.boxes.select`), as the graph's
+    rows: ``(boxes [N,D,4], scores [N,D], classes [N,D], anchors [N,D], valid [N,D])``; a
+    padding row has a zero box, score 0 and class −1."""
+    picked = select(cand.boxes, cand.scores, cand.classes, keep, iou_threshold, score_threshold)
+    index, valid = picked.index, picked.valid
+    boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4)) * valid[..., None]
+    scores = torch.where(valid, cand.scores.gather(1, index), 0.0)  # a pad may be -inf
+    classes = torch.where(valid, cand.classes.gather(1, index), -1)
+    return boxes, scores, classes, cand.anchors.gather(1, index), valid
 
 
 class HeadInputs:
@@ -197,20 +211,9 @@ class DetectionExplainer(nn.Module):
             raw = self.detector.run(self.model, x)
             maps = self._maps()
             cand = self.detector.candidates(raw.detach())
-            picked = select(
-                cand.boxes,
-                cand.scores,
-                cand.classes,
-                self.max_detections,
-                self.iou_threshold,
-                self.score_threshold,
+            boxes, scores, classes, anchors, valid = kept(
+                cand, self.max_detections, self.iou_threshold, self.score_threshold
             )
-            index, valid = picked.index, picked.valid
-            boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4))
-            boxes = boxes * valid[..., None]
-            scores = torch.where(valid, cand.scores.gather(1, index), 0.0)  # a pad may be -inf
-            classes = torch.where(valid, cand.classes.gather(1, index), -1)
-            anchors = cand.anchors.gather(1, index)
             grads = self._gradients(raw, maps, anchors, classes, valid) if grad else None
         count = valid.sum(dim=1)
         maps = [a.detach() for a in maps]

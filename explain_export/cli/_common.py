@@ -225,3 +225,24 @@ def input_size(args: argparse.Namespace) -> tuple[int, int]:
 
     given = args.input_size or DEFAULT_SIZE
     return check_input_size((given[0], given[1]))
+
+
+def write_triton(args: Any, paths: dict[str, str], metadata: dict[str, Any]) -> None:
+    """With ``--triton-repo``: the Triton model repository of an export's files, its folders
+    printed."""
+    if not args.triton_repo:
+        return
+    from ..artifact.triton import write_triton_repo
+
+    folders = write_triton_repo(
+        paths,
+        metadata,
+        args.triton_repo,
+        args.triton_name,
+        args.max_batch_size,
+        args.instances,
+        args.kind,
+        overwrite=True,
+    )
+    for folder in folders:
+        print(f"wrote {folder}")

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..errors import OptionError, UsageError
-from ._common import log
+from ._common import log, write_triton
 from ._export_checks import COCO, check_label_count
 
 __all__ = ["check_not_detection", "find_detector", "run_detector"]
@@ -167,19 +167,5 @@ def run_detector(args: argparse.Namespace, flags: Any, loaded: Any, found: Any) 
     print(format_rows(result.metadata["parity"]["rows"]))
     for path in result.paths.values():
         print(f"wrote {path}")
-    if args.triton_repo:
-        from ..artifact.triton import write_triton_repo
-
-        folders = write_triton_repo(
-            result.paths,
-            result.metadata,
-            args.triton_repo,
-            args.triton_name,
-            args.max_batch_size,
-            args.instances,
-            args.kind,
-            overwrite=True,
-        )
-        for folder in folders:
-            print(f"wrote {folder}")
+    write_triton(args, result.paths, result.metadata)
     return 0

@@ -11,7 +11,7 @@ import sys
 from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
 from ..builder.maths.methods import AUTO, CHOICES
-from ._common import ArgumentParser, add_model_flags, log, run_main
+from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
 from ._detect import check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
 from ._layers import layout_line, list_layers
@@ -373,21 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_device_rows(result.gpu))
     for path in result.paths.values():
         print(f"wrote {path}")
-    if args.triton_repo:
-        from ..artifact.triton import write_triton_repo
-
-        folders = write_triton_repo(
-            result.paths,
-            result.metadata,
-            args.triton_repo,
-            args.triton_name,
-            args.max_batch_size,
-            args.instances,
-            args.kind,
-            overwrite=True,
-        )
-        for folder in folders:
-            print(f"wrote {folder}")
+    write_triton(args, result.paths, result.metadata)
     return 0
 
 
