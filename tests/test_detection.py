@@ -4,6 +4,8 @@ cloning hooks (issue 27)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from explain_export.artifact import samples
 from explain_export.builder.detect_explainer import build_detector, find_detector
 from explain_export.builder.maths.boxes import box_iou, select
+from explain_export.builder.maths.methods import METHODS
 from explain_export.errors import OptionError
 
 SIZE = (128, 160)
@@ -125,11 +128,15 @@ def reference_gradcam(model: TinyYolo, images: Tensor, keep: int = 10) -> dict[s
     return kept
 
 
-def test_each_detection_map_is_autograd_gradcam_of_its_score() -> None:
+@pytest.mark.parametrize("window", [True, False], ids=["class-branch-window", "head-batched"])
+def test_each_detection_map_is_autograd_gradcam_of_its_score(window: bool) -> None:
     model = tiny_yolo()
     images = _photos(SIZE)
     ref = reference_gradcam(model, images)
     with build_detector(model, SIZE) as explainer:
+        assert explainer.detector.class_branch is not None  # TinyDetect's `cls`, per level
+        if not window:  # the head run on D copies of its maps (a head with no such branch)
+            explainer.detector = replace(explainer.detector, class_branch=None)
         boxes, scores, classes, count, heat = explainer(images)
     assert count.tolist() == [len(c) for c in ref["classes"]] and count.min() > 0
     assert explainer.layers == ["detect:input"]
@@ -230,3 +237,20 @@ def test_transposed_raw_output_is_not_taken_for_a_detector() -> None:
             return self.inner(x)[0].transpose(1, 2)
 
     assert find_detector(Transposed().eval(), SIZE) is None
+
+
+@pytest.mark.parametrize(
+    "method", [m.name for m in METHODS.values() if m.needs_gradient and m.has_class]
+)
+def test_window_gradients_give_every_method_the_whole_heads_maps(method: str) -> None:
+    # the class branch's windows against the head run on D copies of its maps, method by method
+    model = tiny_yolo()
+    images = _photos(SIZE)
+    with build_detector(model, SIZE, method) as explainer:
+        assert explainer.detector.class_branch is not None
+        window = explainer(images)
+        explainer.detector = replace(explainer.detector, class_branch=None)
+        whole = explainer(images)
+    assert window[3].min() > 0
+    for got, want in zip(window, whole, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -2,7 +2,7 @@
 
 ``forward(image)`` runs, in one pass:
 
-1. ``x = (image - mean) / std`` (YOLO: the [0, 1] image as it is);
+1. ``x = (image - mean) / std`` (YOLO: the [0, 1] image as it is, no op in the graph);
 2. the detector, while the taps keep the maps ``A_l`` the head reads (each a leaf, so only the
    part of the model after them is differentiated);
 3. the candidates (:meth:`.detectors.Detector.candidates`) and greedy class-aware NMS, the
@@ -28,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OptionError
+from .inspect.class_branch import WindowGradient, window_gradients
 from .inspect.tap import Tap, TapSpec, resolve_module
 from .maths import graph_io, heads
 from .maths.boxes import select
-from .maths.methods import Method, Needs
+from .maths.methods import Method, Needs, Terms
 from .model.detectors import Candidates, Detector
 from .model.outputs import OutputKey
 
@@ -169,6 +170,7 @@ class DetectionExplainer(nn.Module):
         else:
             self.layers = list(layers)
             self.taps = [Tap(model, TapSpec.parse(name), grad=grad) for name in layers]
+        self.normalizes = tuple(detector.mean) != (0, 0, 0) or tuple(detector.std) != (1, 1, 1)
         self.register_buffer("mean", torch.tensor(detector.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(detector.std).view(1, 3, 1, 1))
 
@@ -201,7 +203,9 @@ class DetectionExplainer(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         """``(boxes, scores, classes, count, heatmap)`` for the graph input ``image``."""
-        x = (graph_io.to_float_nchw(image, self.input_format) - self.mean) / self.std
+        x = graph_io.to_float_nchw(image, self.input_format)
+        if self.normalizes:  # YOLO's mean 0, std 1 is no op (two passes over the image saved)
+            x = (x - self.mean) / self.std
         grad = self.method.needs_gradient
         with torch.inference_mode(False), torch.set_grad_enabled(grad):
             if grad and x.is_inference():
@@ -222,15 +226,23 @@ class DetectionExplainer(nn.Module):
 
     def _gradients(
         self, raw: Tensor, maps: list[Tensor], anchors: Tensor, classes: Tensor, valid: Tensor
-    ) -> list[Tensor]:
-        """Per tap, ``∂y_j/∂A`` for every detection, image by image: ``[N·D, C, h, w]``.
+    ) -> Sequence[Tensor | WindowGradient]:
+        """Per tap, ``∂y_j/∂A`` for every detection, image by image: ``[N·D, C, h, w]`` (or its
+        windows, :class:`.class_branch.WindowGradient`).
 
-        Where the taps are the head's inputs and the head returns the model's output, the head
+        Where the taps are the head's inputs and the head has a class branch per level
+        (:mod:`.class_branch`: Ultralytics' ``Detect``), each detection's gradient is the
+        branch's on a window of its level's map, all ``N·D`` at once. Else, where the taps are
+        the head's inputs and the head returns the model's output, the head
         runs once more on the maps repeated ``D`` times (``N·D`` rows, row ``n·D + j`` for
         detection ``j`` of image ``n``) and one backward pass of ``Σ_nj y_nj`` gives every
         detection's gradient (rows are independent). Otherwise ``D`` backward passes, one per
         detection, from the model's output to the taps.
         """
+        if isinstance(self.taps[0], HeadInputs) and self.detector.class_branch is not None:
+            branch = self.detector.class_branch
+            modules = branch.modules(self.taps[0].module(self.model))
+            return window_gradients(modules, branch.radii, maps, anchors, classes, valid)
         if self.detector.head_output and isinstance(self.taps[0], HeadInputs):
             return self._batched(maps, anchors, classes, valid)
         y = self.detector.score(raw, anchors, classes) * valid  # [N, D]
@@ -260,7 +272,11 @@ class DetectionExplainer(nn.Module):
         return [g.detach() for g in found]
 
     def _heatmap(
-        self, image: Tensor, maps: list[Tensor], grads: list[Tensor] | None, valid: Tensor
+        self,
+        image: Tensor,
+        maps: list[Tensor],
+        grads: Sequence[Tensor | WindowGradient] | None,
+        valid: Tensor,
     ) -> Tensor:
         """``[N, D, H, W]`` (one map per detection), or ``[N, 1, H, W]`` (per image)."""
         size = graph_io.image_size(image, self.input_format)
@@ -268,10 +284,14 @@ class DetectionExplainer(nn.Module):
         units = []
         for i, a in enumerate(maps):
             a = a.float()
-            if self.per_detection:
-                a = a[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1)
-            g = None if grads is None else grads[i].float()
-            terms = self.method.terms(Needs(a, g))
+            g = None if grads is None else grads[i]
+            if isinstance(g, WindowGradient) and self.method.name == "gradcam":
+                terms = self._gradcam_per_detection(a, g)
+            else:
+                if self.per_detection:
+                    a = a[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1)
+                g = g.full() if isinstance(g, WindowGradient) else g
+                terms = self.method.terms(Needs(a, None if g is None else g.float()))
             m = torch.relu(terms.map) if len(maps) > 1 else terms.map
             m = self.detector.window(m)
             units.append(heads.to_unit(m, terms.scale, size, self.eps))
@@ -280,6 +300,16 @@ class DetectionExplainer(nn.Module):
         if self.per_detection:
             heat = heat * valid[..., None, None]
         return heat
+
+    def _gradcam_per_detection(self, a: Tensor, g: WindowGradient) -> Terms:
+        r"""Grad-CAM's terms of every detection from ``A`` ``[N, C, h, w]`` as it is: the
+        weights ``α [N, D, C]`` from the window gradients' sums, the ``D`` maps
+        :math:`\mathrm{ReLU}(\sum_k α_{jk} A_k)` as one product per image, with no copy of
+        ``A`` per detection (the general path's maps, rows ``n·D + j``)."""
+        n, c, h, w = a.shape
+        alpha = g.channel_mean().float().reshape(n, self.max_detections, c)
+        raw, scale = heads.channel_terms(a, alpha)
+        return Terms(raw.reshape(-1, 1, h, w), scale.reshape(-1, 1, 1))
 
 
 def find_detector(

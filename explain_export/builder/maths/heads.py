@@ -155,7 +155,8 @@ def channel_terms(
     None, :math:`\hat α_k = g`), the map :math:`\hat m = \sum_k \hat α_k A_k` (ReLU'd where
     there are weights) has terms at most :math:`g` times a finite value, so every sum is finite;
     :math:`s = \max_{ij} \sum_k |\hat α_k A_k|` is its terms' magnitude (:func:`magnitude`).
-    ``weights`` ``[N, C]`` or ``[N, 1, C]``.
+    ``weights`` ``[N, C]`` or ``[N, 1, C]``; ``[N, D, C]`` gives ``D`` maps per image
+    (``[N, D, h, w]``, ``[N, D, 1]``), one per row of weights.
     """
     _check_map(features)
     n, c, h, w = features.shape
@@ -171,8 +172,9 @@ def channel_terms(
         alpha = alpha / peak.clamp_min(torch.finfo(alpha.dtype).tiny) * g
     else:
         alpha = alpha * (g / max(bound, torch.finfo(alpha.dtype).tiny))
-    # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw]
-    raw = torch.relu((alpha @ flat).reshape(n, 1, h, w))
+    # the contractions over C as matrix products: [N,1,C] @ [N,C,hw] -> [N,1,hw] (or, with
+    # weights [N,D,C], D maps per image from one A: [N,D,hw])
+    raw = torch.relu((alpha @ flat).reshape(n, alpha.shape[1], h, w))
     scale = (alpha.abs() @ flat.abs()).amax(dim=2, keepdim=True)
     return raw, scale
 
@@ -224,4 +226,7 @@ def fuse(maps: list[Tensor], eps: float = DEFAULT_EPS) -> Tensor:
         >>> fuse([torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([[[[0.0, 0.5]]]])])
         tensor([[[[0., 1.]]]])
     """
-    return _span_to_unit(torch.stack(maps).mean(dim=0), eps)
+    total = maps[0]
+    for m in maps[1:]:  # a running sum: no stacked copy of the maps (YOLO: 3 x D x 640 x 640)
+        total = total + m
+    return _span_to_unit(total / len(maps), eps)

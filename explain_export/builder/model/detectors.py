@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..inspect.class_branch import ClassBranch
+from ..inspect.class_branch import find as find_class_branch
 from ..maths.boxes import cxcywh_to_xyxy
 from .outputs import OutputKey
 
@@ -72,6 +74,7 @@ class Detector:
     iou_threshold: float = 0.7
     head_output: bool = False  # the head returns the model's output (it can run on its own)
     output: OutputKey = OutputKey()  # which of the model's outputs is the raw prediction
+    class_branch: ClassBranch | None = None  # the head's per-level class logits (checked)
 
     def run(self, model: nn.Module, x: Tensor) -> Any:
         """The raw predictions for the normalized batch ``x``: the model's chosen output."""
@@ -136,11 +139,11 @@ def _yolo_raw(value: Any, size: tuple[int, int]) -> tuple[int, tuple[int, ...]] 
     return int(value.shape[1]) - 4, strides
 
 
-def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any]:
+def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any, list[Tensor]]:
     """The last module called with a list (or tuple) of maps ``[N, C, h, w]`` as
     its first input: a detection head and the feature maps it reads. ``(its name, its output,
-    the model's output)``; the name None where there is none."""
-    found: list[tuple[str, Any]] = []
+    the model's output, the maps)``; the name None where there is none."""
+    found: list[tuple[str, Any, list[Tensor]]] = []
 
     def hook(name: str) -> Any:
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -150,7 +153,7 @@ def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any
                 and len(first) >= 1
                 and all(isinstance(t, Tensor) and t.dim() == 4 for t in first)
             ):
-                found.append((name, output))
+                found.append((name, output, list(first)))
 
         return post
 
@@ -161,8 +164,8 @@ def head_inputs(model: nn.Module, example: Tensor) -> tuple[str | None, Any, Any
     finally:
         for handle in handles:
             handle.remove()
-    name, head_out = found[-1] if found else (None, None)
-    return name, head_out, out
+    name, head_out, maps = found[-1] if found else (None, None, [])
+    return name, head_out, out, maps
 
 
 def _names(model: nn.Module, k: int) -> tuple[str, ...] | None:
@@ -179,8 +182,9 @@ def recognise(model: nn.Module, output: OutputKey, example: Tensor) -> Detector 
     """The detector ``model`` is, from its ``output`` (the one chosen to explain) on
     ``example`` ``[N, 3, H, W]``; None where that output is no detector's."""
     size = (int(example.shape[2]), int(example.shape[3]))
-    head, head_out, out = head_inputs(model, example)
-    found = _yolo_raw(output.pick(out), size)
+    head, head_out, out, maps = head_inputs(model, example)
+    raw = output.pick(out)
+    found = _yolo_raw(raw, size)
     if found is None:
         return None
     k, strides = found
@@ -188,7 +192,12 @@ def recognise(model: nn.Module, output: OutputKey, example: Tensor) -> Detector 
     ultralytics = type(model).__module__.startswith("ultralytics.")
     family = "yolo" if ultralytics else "generic"
     names = _names(model, k)
-    return Detector(family, k, head, strides, names=names, head_output=same, output=output)
+    branch = None
+    if same and head is not None:
+        branch = find_class_branch(model.get_submodule(head), maps, raw, k)
+    return Detector(
+        family, k, head, strides, names=names, head_output=same, output=output, class_branch=branch
+    )
 
 
 def _picks_same(output: OutputKey, head_out: Any, out: Any) -> bool:
