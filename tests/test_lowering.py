@@ -240,3 +240,35 @@ def test_a_product_with_a_row_broadcast_over_the_matrix_is_left_alone():
     graph = make_fx(f)(a, row)
     assert fold_broadcast_bmm(graph) == 0
     torch.testing.assert_close(graph(a, row), f(a, row))
+
+
+class _ResizeTwice(nn.Module):
+    """``∂y/∂a`` through a nearest upsample, then a bilinear resize of a map no gradient needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            a = x.detach().requires_grad_(True)
+            up = F.interpolate(a, scale_factor=2.0, mode="nearest")  # on the gradient's path
+            (g,) = torch.autograd.grad(self.conv(up).square().sum(), a)
+        heat = F.interpolate(g.detach(), size=(13, 17), mode="bilinear", align_corners=False)
+        half = F.interpolate(g.detach(), scale_factor=0.5, mode="nearest")
+        return heat, half
+
+
+def test_trace_keeps_a_resize_off_the_gradients_path_as_one_op():
+    # decomposed, a 640x640 resize is index arithmetic and four gathers per map (ONNX GatherND,
+    # 35 ms of YOLO11n's maps); kept, it is one Resize. On the gradient's path it is decomposed.
+    model = _ResizeTwice().eval()
+    x = torch.randn(2, 2, 6, 8)
+    graph = lowering.trace(model, (x,), {0: [0]}, model)
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.upsample_bilinear2d.vec) == 1
+    assert targets.count(aten.upsample_nearest2d.vec) == 1  # `half`; the upsample in grad: not
+    assert not any("backward" in str(t) for t in targets)
+    other = torch.randn(3, 2, 6, 8)  # another batch size: the batch stayed symbolic
+    for got, want in zip(graph(other), model(other), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -43,7 +43,13 @@ from .adjoints import (
     convolution_backward,
     max_pool2d_with_indices_backward,
 )
-from .rewrites import as_strided_to_views, fold_broadcast_bmm
+from .rewrites import (
+    KEPT_RESIZES,
+    as_strided_to_views,
+    fold_broadcast_bmm,
+    kept_resizes,
+    resizes_as_vec,
+)
 from .trace_state import kept_attributes
 
 __all__ = [
@@ -106,10 +112,11 @@ def trace(
 ) -> torch.fx.GraphModule:
     """``fn(*args)`` as an FX graph of forward ATen ops, autograd included: the autograd engine
     runs while ``make_fx`` records, and every backward op is decomposed into forward ops
-    (:func:`decompositions`), then the graph is rewritten for the exporters and checked
-    (:func:`check_lowered`). ``dynamic`` maps an argument's position to its dimensions that stay
-    symbolic; every other size is fixed to that of ``args``. ``owner``'s plain attributes are
-    kept as they were (:func:`.trace_state.kept_attributes`).
+    (:func:`decompositions`; a resize off the gradient's path is kept, :func:`.kept_resizes`),
+    then the graph is rewritten for the exporters and checked (:func:`check_lowered`).
+    ``dynamic`` maps an argument's position to its dimensions that stay symbolic; every other
+    size is fixed to that of ``args``. ``owner``'s plain attributes are kept as they were
+    (:func:`.trace_state.kept_attributes`).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -129,15 +136,18 @@ def trace(
     owner.eval()
     # kept_attributes: a model that caches tensors in plain attributes (timm's TinyViT) keeps
     # its own, not the trace's fake ones; explain-bench lowers without the export around it
-    with _quiet(), _math_attention(), kept_attributes(owner):
+    with _quiet(), _math_attention(), kept_attributes(owner), kept_resizes():
         graph = make_fx(
             fn,
-            decomposition_table=decompositions(),
+            decomposition_table={
+                op: f for op, f in decompositions().items() if op not in KEPT_RESIZES
+            },
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*fakes)
     as_strided_to_views(graph)
     fold_broadcast_bmm(graph)
+    resizes_as_vec(graph)
     check_lowered(graph)
     return graph
 
