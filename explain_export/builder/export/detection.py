@@ -32,9 +32,11 @@ from ...errors import ExplainExportError, OptionError, ParityError
 from ..detect_explainer import DetectionExplainer
 from ..lower import lowering
 from ..lower.trace_state import kept_attributes
+from .detection64 import Float64Detections
 from .detection_parity import (
     BOX_ATOL,
     BOX_IOU_MIN,
+    FLOAT64_RULE,
     SCORE_TIE,
     SCORE_TOL,
     DetectionRow,
@@ -171,13 +173,15 @@ def stage_files(
 def _verify(explainer: DetectionExplainer, staged: dict[str, str]) -> list[DetectionRow]:
     cases = detection_cases(explainer.input_size)
     refs = [_eager(explainer, case) for case in cases]
+    exact = Float64Detections.of(explainer, cases, refs)  # runs only if a heatmap fails
     rows: list[DetectionRow] = []
     for fmt, path in staged.items():
         artifact = RUNTIMES[fmt](path, input_format=explainer.input_format)
         try:
-            for case, ref in zip(cases, refs, strict=True):
+            for i, (case, ref) in enumerate(zip(cases, refs, strict=True)):
                 got = artifact.outputs(case.image)
-                rows.append(compare(fmt, case, got, ref, explainer.score_threshold))
+                row = compare(fmt, case, got, ref, explainer.score_threshold)
+                rows.append(exact.judge(row, i, got))
         except Exception as exc:
             raise ExplainExportError(
                 f"the exported {fmt} file fails to run: {root_cause(exc)}; nothing was written"
@@ -258,7 +262,8 @@ def detection_metadata(
         parity={
             "rule": f"same classes; box IoU >= {BOX_IOU_MIN} (or corners within {BOX_ATOL:g} "
             f"px); score within {SCORE_TOL:g}; heatmap within {HEATMAP_TOL:g}; an image whose "
-            f"detections part at a tie (scores within {SCORE_TIE:g}) is compared up to it",
+            f"detections part at a tie (scores within {SCORE_TIE:g}) is compared up to it; "
+            f"{FLOAT64_RULE}",
             "rows": [r.to_dict() for r in rows],
         },
     )

@@ -24,6 +24,7 @@ from .verify import HEATMAP_TOL, Case
 __all__ = [
     "BOX_ATOL",
     "BOX_IOU_MIN",
+    "FLOAT64_RULE",
     "SCORE_TIE",
     "SCORE_TOL",
     "DetectionRow",
@@ -37,6 +38,10 @@ BOX_ATOL = 0.05  # pixels: boxes whose corners agree this well are the same box 
 # ResNet-50 detector moves corners by ~0.01 px between runtimes; a box of no area has no IoU)
 SCORE_TOL = 1e-3
 SCORE_TIE = 1e-5  # candidates scored this close may swap places between backends
+FLOAT64_RULE = (
+    "where only the heatmap fails: max |file - float64 eager| <= max(limit, 4·Y), Y = eager "
+    "float32's largest heatmap error against float64 eager over the cases (.detection64)"
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class DetectionRow:
     heatmap_err: float
     ok: bool
     ties: int = 0  # images whose detections part at a tie (compared up to it)
+    float64: dict[str, float] | None = None  # judged against float64 eager (.detection64)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +169,15 @@ def _same_word(row: dict[str, Any]) -> str:
     return "tie" if row.get("ties") else "yes"
 
 
+def _float64_note(check: dict[str, float] | None) -> str:
+    if not check:
+        return ""
+    return (
+        f"  (vs float64: heatmap {check['heatmap_err']:.1e}/{check['heatmap_limit']:.1e}, "
+        f"Y {check['eager_heatmap_err']:.1e})"
+    )
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The parity rows (:meth:`DetectionRow.to_dict`) as a table, with the rule under it."""
     head = (
@@ -175,10 +190,13 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{r['format']:<12}{r['input']:<28}{r['batch']:>5}{r['count']:>6}  "
             f"{_same_word(r):<5}{r['box_iou_min']:>9.4f}"
             f"{r['score_err']:>10.1e}{r['heatmap_err']:>10.1e}  {'ok' if r['ok'] else 'FAIL'}"
+            + _float64_note(r.get("float64"))
         )
     lines.append(
         f"limits: the same classes, box IoU >= {BOX_IOU_MIN}, score within {SCORE_TOL:g}, "
         f"heatmap within {HEATMAP_TOL:g}; 'tie': an image's detections part at two "
         f"candidates scored within {SCORE_TIE:g} (compared up to there)"
     )
+    if any(r.get("float64") for r in rows):
+        lines.append(f"  float64: {FLOAT64_RULE}")
     return "\n".join(lines)

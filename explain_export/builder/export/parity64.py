@@ -54,6 +54,7 @@ __all__ = [
     "TIMES",
     "Float64Check",
     "Float64Reference",
+    "float64_mode",
     "float64_outputs",
     "in_float64",
     "note",
@@ -140,13 +141,21 @@ class _StayFloat64(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def float64_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Within: ``model`` in float64 (:func:`in_float64`), and float64 tensors stay float64
+    through casts to float32 (:class:`_StayFloat64`)."""
+    with in_float64(model) as wide, _StayFloat64():
+        yield wide
+
+
 def float64_outputs(explainer: Any, all_cases: list[Any], names: list[str]) -> list[dict]:
     """Every case's outputs (``names``, in the explainer's order), the explainer run as it is
     with its model and head in float64 (:func:`in_float64`, :class:`_StayFloat64`)."""
     fmt = explainer.graph.input_format
     device = explainer.mean.device
     out = []
-    with in_float64(explainer), _StayFloat64(), torch.inference_mode():
+    with float64_mode(explainer), torch.inference_mode():
         for case in all_cases:
             image = torch.from_numpy(graph_image(case.image, fmt)).to(device)
             if image.is_floating_point():
