@@ -4,6 +4,8 @@ batch dimension still dynamic."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from torch import Tensor
 from explain_export.artifact import runtime
 from explain_export.builder.detect_explainer import build_detector
 from explain_export.builder.export.detection import export_detector
-from tests.detectors import TinyDetect, tiny_yolo
+from tests.detectors import TinyDetect, TinyYolo, tiny_yolo
 
 
 class CachingDetect(TinyDetect):
@@ -50,3 +52,30 @@ def test_a_head_that_caches_on_the_input_shape_keeps_the_batch_dynamic(tmp_path)
                 ref = explainer(torch.from_numpy(image))
             assert got["boxes"].shape == (n, 3, 4)
             np.testing.assert_array_equal(got["classes"], ref[2].numpy())
+
+
+class CachingYolo(TinyYolo):
+    """:class:`TinyYolo` whose head is :class:`CachingDetect` (for ``--arch``)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__(num_classes)
+        self.detect = CachingDetect((16, 24, 32), num_classes, (8, 16, 32))
+
+
+@pytest.mark.slow
+def test_explain_bench_times_the_nms_only_file_of_a_head_that_caches_its_shape(tmp_path):
+    # its NMS-only graph was exported at batch 2 without the eager batch of 1 first, so the
+    # file's batch was fixed to 2: "Got invalid dimensions for input: image" on YOLO11n
+    from explain_export.cli.bench import main
+
+    model = CachingYolo()
+    model.load_state_dict(tiny_yolo().state_dict())
+    ckpt = tmp_path / "caching_yolo.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "out"
+    args = ["--ckpt", str(ckpt), "--arch", "test_detection_shape_cache:CachingYolo"]
+    args += ["--input-size", "64", "64", "--quiet", "--batch-sizes", "1", "--warmup", "1"]
+    args += ["--iters", "2", "--settle", "0", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["variants"]["ort_nms"]["status"] == "ok", result["variants"]["ort_nms"]

@@ -168,7 +168,7 @@ def build_detection_variants(
 ) -> list[Variant]:
     """``eager``, then the three ONNX files (each exported here, into ``config.models_dir``
     where set, else ``workdir``) opened on ONNX Runtime's CPU provider."""
-    from ..builder.export.detection import stage_files
+    from ..builder.export.detection import stage_files, unfix_cached_batch
     from ..builder.lower.trace_state import kept_attributes
 
     where = config.models_dir or workdir
@@ -179,6 +179,7 @@ def build_detection_variants(
     path = os.path.join(where, "ort_nms.onnx")
     t0 = time.perf_counter()
     try:
+        unfix_cached_batch(explainer)  # else Ultralytics' Detect fixes the file's batch to 2
         export_onnx(NmsOnly(explainer).eval(), example, path, config.opset, list(NMS_OUTPUTS))
     except Exception as exc:
         variants.append(Variant(BASELINE, "onnxruntime", None, f"failed: {first_line(exc)}"))

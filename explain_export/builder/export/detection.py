@@ -46,7 +46,13 @@ from .export import DEFAULT_FORMATS, DEFAULT_OPSET, RUNTIMES, ExportResult, chec
 from .verify import HEATMAP_TOL, Case
 from .writers import quiet, root_cause, to_onnx, to_pt2, versions
 
-__all__ = ["detection_cases", "detection_metadata", "export_detector", "stage_files"]
+__all__ = [
+    "detection_cases",
+    "detection_metadata",
+    "export_detector",
+    "stage_files",
+    "unfix_cached_batch",
+]
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
@@ -131,6 +137,17 @@ def export_detector(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def unfix_cached_batch(explainer: DetectionExplainer) -> None:
+    """Run the model once eagerly on a batch of 1, before a trace or an export at batch 2.
+
+    A head that caches on its input's shape (Ultralytics' Detect: ``if self.shape != shape``)
+    compares the cache with the traced shape. Were the cached batch the trace's (2), that
+    comparison would fix the batch to 2 in the file."""
+    h, w = explainer.input_size
+    with torch.no_grad():
+        explainer.model(torch.zeros(1, 3, h, w, device=explainer.mean.device))
+
+
 def stage_files(
     explainer: DetectionExplainer,
     tmp: str,
@@ -146,11 +163,7 @@ def stage_files(
         image = torch.randint(0, 256, (2, h, w, 3), generator=g, dtype=torch.uint8)
     else:
         image = torch.rand(2, 3, h, w, generator=g)  # batch 2: a batch of 1 would be baked in
-    # A head that caches on its input's shape (Ultralytics' Detect: `if self.shape != shape`)
-    # compares the cache with the traced shape; were the cached batch the trace's (2), that
-    # comparison would fix the batch to 2. One eager batch of 1 first makes it differ.
-    with torch.no_grad():
-        explainer.model(torch.zeros(1, 3, h, w, device=explainer.mean.device))
+    unfix_cached_batch(explainer)
     t0 = time.perf_counter()
     graph = lowering.trace(explainer, (image,), {0: [0]}, explainer)
     log(f"traced the detector, NMS and maps to forward ops in {time.perf_counter() - t0:4.1f}s")
