@@ -37,7 +37,8 @@ init, nothing downloaded), at 640x640:
 - **Export**: ``export_detector`` to ONNX and TorchScript (gradcam and eigencam), its parity rows
   and times.
 - **Speed** (``--speed``, batch 1, ONNX Runtime CPU with ``--threads`` threads, torch the same,
-  in one run, ``explain_export.bench.timing.time_rounds``): (a) the detector exported with NMS and
+  in one run, ``explain_export.bench.timing.time_rounds``, each timed call after an untimed one of
+  the same variant and a 0.2 s pause): (a) the detector exported with NMS and
   no maps (model -> ``Detector.candidates`` -> ``boxes.select`` -> boxes, scores, classes,
   count, by ``writers.to_onnx``); (b) our D=10 gradcam export; (c) our eigencam export; (d)
   pytorch-grad-cam ``GradCAM`` over the three layers once per detection (10 calls, the target
@@ -450,7 +451,9 @@ def speed(
     if "c" not in sessions:
         del calls["c_ours_eigencam"], calls["e_pgc_eigencam"]
     time_rounds(calls, 2, lambda: None)  # warm-up
-    times, _ = time_rounds(calls, rounds, lambda: None)
+    # each timed call after an untimed one of its own and a pause: no variant is timed while
+    # another's threads (ORT's spinning pool, torch's) still hold the two cores
+    times, _ = time_rounds(calls, rounds, lambda: None, prime=1, settle_s=0.2)
     med = {k: float(np.median(v)) for k, v in times.items()}
     a, b = med["a_nms_no_maps"], med["b_ours_gradcam_D10"]
     ratios = {"b/a": b / a, "d/b": med["d_pgc_gradcam_x10"] / b}
