@@ -98,6 +98,9 @@ class _Rolled(nn.Module):
         (nn.Conv2d(2, 2, 2, padding=1), None),  # even kernel
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.MaxPool2d(3, 1, 1)), None),
         (nn.Sequential(nn.Conv2d(2, 2, 1), nn.Upsample(scale_factor=2.0)), None),
+        (nn.Sequential(nn.Conv2d(2, 2, 1), nn.GroupNorm(1, 2)), None),  # statistics of the map
+        (nn.Sequential(nn.Conv2d(2, 2, 1), nn.Softmax(dim=-1)), None),  # along the width
+        (nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Softmax(dim=1)), (1, 1)),  # channels
     ],
 )
 def test_reach_counts_only_what_it_can_bound(module: nn.Module, want) -> None:

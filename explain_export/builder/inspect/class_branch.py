@@ -31,13 +31,10 @@ from torch import Tensor, nn
 
 __all__ = ["ClassBranch", "WindowGradient", "find", "reach", "window_gradients"]
 
-_POINTWISE = (
-    nn.BatchNorm2d,
-    nn.GroupNorm,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-)
+# pointwise at each pixel in eval mode (GroupNorm is not: its statistics span the map)
+_POINTWISE = (nn.BatchNorm2d, nn.Identity, nn.Dropout, nn.Dropout2d)
+# torch.nn.modules.activation's modules that act along a dimension: pointwise only along dim 1
+_ALONG_A_DIM = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU)
 
 
 @dataclass(frozen=True)
@@ -67,6 +64,9 @@ def reach(module: nn.Module) -> tuple[int, int] | None:
             if m.padding != "same" and tuple(m.padding) != want:
                 return None
             ry, rx = ry + want[0], rx + want[1]
+        elif isinstance(m, _ALONG_A_DIM):
+            if m.dim != 1:
+                return None
         elif isinstance(m, nn.MultiheadAttention) or not (
             isinstance(m, _POINTWISE) or type(m).__module__ == nn.SiLU.__module__
         ):
