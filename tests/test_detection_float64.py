@@ -115,3 +115,14 @@ def test_nothing_runs_in_float64_while_every_case_passes(offset):
         row = compare("onnx", case, ref, ref, explainer.score_threshold)
         assert exact.judge(row, i, ref) is row and row.ok
     assert exact.outputs is None
+
+
+def test_the_float64_run_takes_a_uint8_input():
+    # a uint8 image becomes float32 in the graph; with YOLO's mean 0, std 1 skipped, nothing
+    # promoted it to the float64 model's dtype, and the float64 check failed to run at all
+    explainer = build_detector(tiny_yolo(), SIZE, input_format="uint8-nhwc")
+    cases = detection_cases(SIZE)
+    refs = [detection_export._eager(explainer, case) for case in cases]
+    exact = Float64Detections.of(explainer, cases, refs)
+    exact._compute()
+    assert exact.error is None and exact.outputs[0]["heatmap"].dtype == np.float64

@@ -203,7 +203,8 @@ class DetectionExplainer(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         """``(boxes, scores, classes, count, heatmap)`` for the graph input ``image``."""
-        x = graph_io.to_float_nchw(image, self.input_format)
+        # in the mean's dtype: float64 where the float64 check runs (a uint8 input comes float32)
+        x = graph_io.to_float_nchw(image, self.input_format).to(self.mean.dtype)
         if self.normalizes:  # YOLO's mean 0, std 1 is no op (two passes over the image saved)
             x = (x - self.mean) / self.std
         grad = self.method.needs_gradient
