@@ -232,6 +232,8 @@ class ArtifactMetadata:
     task: str | None = None  # "segmentation": logits are per-pixel scores [N, K, H', W']
     background: int | None = None  # segmentation: the class the default target leaves out
     top_k: int | None = None  # heatmap [N, top_k, H, W] and classes [N, top_k]; None: [N, 1, H, W]
+    # a sampling method's points: {"kind": "path" | "noise", "steps", "noise", "seed"}
+    sampling: Mapping[str, Any] | None = None
     # task "detection": max_detections (D), score_threshold, iou_threshold, score, family, maps
     # ("per-detection" or "per-image"), label_set ("coco80", "coco91" or None)
     detection: Mapping[str, Any] | None = None
@@ -300,6 +302,8 @@ class ArtifactMetadata:
             isinstance(labels, list) and all(isinstance(x, str) for x in labels)
         ):
             raise MetadataError("labels must be a list of strings")
+        if not isinstance(data.get("sampling", {}), dict | type(None)):
+            raise MetadataError("sampling must be a JSON object (kind, steps, noise, seed)")
         if not isinstance(data.get("detection", {}), dict | type(None)):
             raise MetadataError("detection must be a JSON object (max_detections, thresholds, ...)")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}

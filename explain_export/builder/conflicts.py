@@ -124,6 +124,12 @@ def _check_layers(spec: Method | None, layers: Sequence[object] | None) -> None:
     names = [str(one) for one in layers]
     if len(set(names)) != len(names):
         raise OptionError("layer", "{name} lists a layer twice: {names}", names=", ".join(names))
+    if spec is not None and spec.at_image:
+        raise OptionError(
+            "layer",
+            "{m} makes one map at the image; give at most one {name}",
+            m=spec.name,
+        )
     if spec is not None and spec.needs_linear:
         raise OptionError(
             "layer",

@@ -30,11 +30,15 @@ from ..artifact.contract import graph_image
 from ..errors import OptionError, UsageError
 from .conflicts import check_request
 from .inspect import dead_head, probe
+from .inspect.biases import BiasTaps
 from .inspect.tap import Tap, TapSpec
 from .inspect.tokens import to_map
 from .maths import graph_io, heads, methods
 from .maths.heatmap_head import FusedHead, HeatmapHead
 from .maths.methods import AUTO, Method
+from .maths.pixel_head import PixelHead
+from .maths.sampling import Sampling, make_samples
+from .pixel_capture import capture_at_image
 from .plan import IMAGENET_MEAN, IMAGENET_STD, GraphOptions, Plan, check_norm, make_plan
 
 __all__ = ["Explainer", "Maps", "build_explainer", "check_input_size"]
@@ -84,10 +88,16 @@ class Explainer(nn.Module):
         self.taps = [
             Tap(model, TapSpec.parse(p.layer), clone=p.cloned, grad=method.needs_gradient)
             for p in plan.layers
+            if not method.at_image or method.layer_map
         ]
-        self.tap = self.taps[0]
+        self.tap = self.taps[0] if self.taps else None
         self.register_buffer("mean", torch.tensor(plan.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(plan.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.sampler = make_samples(method.samples, plan.sampling or Sampling(), plan.input_size)
+        self.bias_taps = BiasTaps(model) if method.biases else None
+        if method.at_image:
+            self.heatmap_head: HeatmapHead | FusedHead = self._pixel_head(eps)
+            return
         bound = None
         if method.needs_linear:
             bound = float(model.get_submodule(plan.head).weight.detach().abs().max())
@@ -97,14 +107,48 @@ class Explainer(nn.Module):
             )
             for p in plan.layers
         ]
-        self.heatmap_head: HeatmapHead | FusedHead = (
-            layer_heads[0] if len(layer_heads) == 1 else FusedHead(layer_heads, eps)
+        self.heatmap_head = layer_heads[0] if len(layer_heads) == 1 else FusedHead(layer_heads, eps)
+
+    def _pixel_head(self, eps: float) -> PixelHead:
+        """The head of a method at the image; FullGrad's bias layers surveyed on one forward."""
+        plan, sizes, bias_sizes = self.plan, [], []
+        if self.method.layer_map:
+            sizes.append(plan.layers[0].sizes(plan.input_size)[0])
+        if self.bias_taps is not None:
+            p = next(self.model.parameters(), None)
+            example = torch.zeros(1, 3, *plan.input_size, device=self.mean.device)
+            self.bias_taps.survey(self.model, example.to(p.dtype) if p is not None else example)
+            bias_sizes = self.bias_taps.sizes
+            sizes += bias_sizes
+        biases = [] if self.bias_taps is None else self.bias_taps.biases
+        calls = [] if self.bias_taps is None else self.bias_taps.calls
+        return PixelHead(
+            self.method,
+            eps,
+            plan.target_spec,
+            plan.layout,
+            plan.graph,
+            plan.input_size,
+            sizes,
+            [biases[i] for i in calls],
+            bias_sizes,
         )
+
+    @property
+    def capture_counts(self) -> tuple[int, int]:
+        """How many maps and gradients :meth:`capture` gives (a lowered graph's outputs)."""
+        maps = len(self.taps)
+        if not self.method.at_image:
+            return maps, maps if self.method.needs_gradient else 0
+        calls = 0 if self.bias_taps is None else len(self.bias_taps.calls)
+        return maps, 1 + maps + calls
 
     def remove(self) -> None:
         """Take the taps' hooks off the model (the explainer cannot run after this)."""
         for tap in self.taps:
             tap.remove()
+        if self.bias_taps is not None:
+            self.bias_taps.remove()
 
     def __enter__(self) -> Explainer:
         return self
@@ -131,11 +175,17 @@ class Explainer(nn.Module):
     def capture(
         self, image: Tensor, class_index: Tensor | None = None
     ) -> tuple[Tensor, Maps, Maps | None]:
-        """Steps 1-2: ``(logits, A, ∂y/∂A or None)`` for the graph input ``image``."""
+        """Steps 1-2: ``(logits, A, ∂y/∂A or None)`` for the graph input ``image`` (for a method
+        at the image, :func:`.pixel_capture.capture_at_image`'s lists)."""
+        if self.method.at_image:
+            x = graph_io.to_float_nchw(image, self.graph.input_format)
+            return capture_at_image(self, x, class_index)
         return self.run(self.normalize(image), class_index)
 
     def run(self, x: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, Maps, Maps | None]:
         """Step 2: ``(logits, A, ∂y/∂A or None)`` for the normalized batch ``x``."""
+        if self.method.at_image:
+            return capture_at_image(self, x * self.std + self.mean, class_index)
         if self.method.needs_gradient:
             return self.gradient(x, class_index)
         for tap in self.taps:
@@ -146,7 +196,11 @@ class Explainer(nn.Module):
     def _as_maps(self, tensors: list[Tensor]) -> Maps:
         """Each layer's tensor as a map ``[N,C,h,w]``: token sequences laid on their grid
         (:func:`.tokens.to_map`), maps as they are."""
-        return _one([to_map(t, p.layout) for t, p in zip(tensors, self.plan.layers, strict=True)])
+        return _one(self.as_map_list(tensors))
+
+    def as_map_list(self, tensors: list[Tensor]) -> list[Tensor]:
+        """:meth:`_as_maps` as a list, one per tapped layer."""
+        return [to_map(t, p.layout) for t, p in zip(tensors, self.plan.layers, strict=False)]
 
     def finish(
         self,
@@ -222,6 +276,7 @@ def build_explainer(
     output: str | None = None,
     background: int | None = 0,
     tokens: int | None = None,
+    sampling: Sampling | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
@@ -235,7 +290,8 @@ def build_explainer(
     default: :func:`.outputs.choose_output`'s obvious one); a segmentation model's per-pixel
     scores explain the class with most pixels, ``background`` left out (:class:`.targets.Region`).
     ``tokens``: how many prefix tokens (class, register) a token layer holds (default: what the
-    model says, else ``T − h·w``).
+    model says, else ``T − h·w``). ``sampling``: the steps, noise and seed of a sampling method
+    (``integrated-gradients``, ``smoothgrad``; :class:`.sampling.Sampling`).
     ``graph`` sets the input format, the in-graph overlay and fp16; with ``graph.half`` the model
     is converted to fp16 in place, after the probe; with a gradient method its parameters stop
     requiring grad.
@@ -251,7 +307,19 @@ def build_explainer(
     model = model.eval()
     result = probe.probe_at_size(model, (h, w), mean, std, output)
     plan = make_plan(
-        model, result, layer, method, head, target, mean, std, graph, top_k, background, tokens
+        model,
+        result,
+        layer,
+        method,
+        head,
+        target,
+        mean,
+        std,
+        graph,
+        top_k,
+        background,
+        tokens,
+        sampling,
     )
     if graph.half:
         model = model.half()

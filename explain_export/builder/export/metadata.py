@@ -15,6 +15,16 @@ from .writers import versions
 __all__ = ["build_metadata"]
 
 
+def _sampling(info: Plan) -> dict[str, Any] | None:
+    """A sampling method's settings: ``steps`` (and ``noise``, ``seed`` for noise)."""
+    kind, sampling = info.method_spec.samples, info.sampling
+    if kind is None or sampling is None:
+        return None
+    if kind == "path":
+        return {"kind": kind, "steps": sampling.steps, "rule": "gauss-legendre", "baseline": 0}
+    return {"kind": kind, "steps": sampling.steps, "noise": sampling.noise, "seed": sampling.seed}
+
+
 def build_metadata(
     info: Plan,
     *,
@@ -87,6 +97,7 @@ def build_metadata(
         target_class=info.target,
         target=info.target_spec.name if info.method_spec.has_class else "none",
         top_k=k,
+        sampling=_sampling(info),
         task="segmentation" if info.segmentation else None,
         background=getattr(info.target_spec, "background", None),
         feature_shape=tuple(info.feature_shape),

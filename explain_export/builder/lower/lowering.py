@@ -165,7 +165,7 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         return (logits, *_as_list(features), *_as_list(grads))
 
     graph = trace(capture, args, dynamic, explainer)
-    return Lowered(graph, explainer.heatmap_head, len(explainer.taps))
+    return Lowered(graph, explainer.heatmap_head, explainer.capture_counts)
 
 
 def _as_list(maps: Tensor | list[Tensor]) -> list[Tensor]:
@@ -194,26 +194,31 @@ class Lowered(nn.Module):
     """A lowered capture graph and the heatmap head: ``forward(image[, class_index])``.
 
     ``graph_module`` maps the inputs to ``(logits, A, ∂y_c/∂A)`` (``(logits, A_1..A_L, ∂y_c/∂A_1
-    ..∂y_c/∂A_L)`` for ``layers`` fused maps); ``head`` is the explainer's
-    :class:`~.heatmap_head.HeatmapHead` or :class:`~.heatmap_head.FusedHead` (no model weights).
+    ..∂y_c/∂A_L)`` for ``L`` fused maps; a method at the image's maps and gradients,
+    :mod:`..pixel_capture`); ``counts`` says how many maps and gradients; ``head`` is the
+    explainer's :class:`~.heatmap_head.HeatmapHead`, :class:`~.heatmap_head.FusedHead` or
+    :class:`~.pixel_head.PixelHead` (no model weights).
     """
 
     def __init__(
-        self, graph: torch.fx.GraphModule | nn.Module, head: nn.Module, layers: int = 1
+        self,
+        graph: torch.fx.GraphModule | nn.Module,
+        head: nn.Module,
+        counts: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__()
         self.graph_module = graph
         self.head = head
-        self.layers = layers
+        self.counts = counts
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         if class_index is None:
             out = self.graph_module(image)
         else:
             out = self.graph_module(image, class_index)
-        n = self.layers
-        features, grad = list(out[1 : 1 + n]), list(out[1 + n : 1 + 2 * n])
-        if n == 1:
+        n, m = self.counts
+        features, grad = list(out[1 : 1 + n]), list(out[1 + n : 1 + n + m])
+        if n == 1 and m == 1 and not getattr(self.head, "takes_lists", False):
             return self.head(image, out[0], features[0], grad[0], None, class_index)
         return self.head(image, out[0], features, grad, None, class_index)
 
@@ -275,5 +280,5 @@ def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptMod
     traced like ``cam``'s around it, calling the scripted graph."""
     scripted = script_graph(lowered.graph_module, len(args))
     with _quiet():
-        traced = Lowered(scripted, lowered.head, lowered.layers).eval()
+        traced = Lowered(scripted, lowered.head, lowered.counts).eval()
         return torch.jit.trace(traced, args, check_trace=False)

@@ -14,10 +14,19 @@ global-average-pool + ``nn.Linear`` head after ``A``), else ``gradcam`` (:mod:`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ...errors import UsageError
+from .pixel_methods import (
+    FULLGRAD,
+    GUIDED_BACKPROP,
+    GUIDED_GRADCAM,
+    INPUTXGRADIENT,
+    INTEGRATED_GRADIENTS,
+    SALIENCY,
+    SMOOTHGRAD,
+)
+from .record import Method, Needs, Terms
 
 if TYPE_CHECKING:  # the commands read the choices without importing torch
     from torch import Tensor
@@ -28,12 +37,19 @@ __all__ = [
     "CHOICES",
     "EIGENCAM",
     "EIGENGRADCAM",
+    "FULLGRAD",
     "GRADCAM",
     "GRADCAMPP",
     "GRADCAM_ELEMENTWISE",
+    "GUIDED_BACKPROP",
+    "GUIDED_GRADCAM",
     "HIRESCAM",
+    "INPUTXGRADIENT",
+    "INTEGRATED_GRADIENTS",
     "LAYERCAM",
     "METHODS",
+    "SALIENCY",
+    "SMOOTHGRAD",
     "SUM",
     "XGRADCAM",
     "Method",
@@ -43,46 +59,6 @@ __all__ = [
 ]
 
 AUTO = "auto"
-
-
-class Needs(NamedTuple):
-    """What a method may read. ``features``: ``A`` ``[N,C,h,w]``; ``grad``: ``∂y/∂A``, same
-    shape (methods with ``needs_gradient``); ``weight``: the linear head's ``W`` ``[K,C]`` and
-    ``weight_bound`` a bound on ``|W|`` (``needs_linear``); ``target``: the class per image
-    ``[N,1]`` (``needs_linear``; gradient methods see their class through ``grad``)."""
-
-    features: Tensor
-    grad: Tensor | None = None
-    weight: Tensor | None = None
-    target: Tensor | None = None
-    weight_bound: float | None = None
-
-
-class Terms(NamedTuple):
-    """The map before resize ``[N,1,h,w]``, and ``scale`` ``[N,1,1]``: the largest sum of its
-    terms' magnitudes per image, against which a map that cancels to rounding noise is flat."""
-
-    map: Tensor
-    scale: Tensor
-
-
-@dataclass(frozen=True)
-class Method:
-    """A heatmap method.
-
-    ``formula``, ``when``: for the README, ``--help`` and the metadata. ``needs_linear``: the
-    weight ``W`` of an ``nn.Linear`` fed by ``GAP(A)`` (checked on a probe). ``needs_gradient``:
-    ``∂y/∂A``, by autograd in eager mode; an export lowers it to forward ops (:mod:`.lowering`).
-    ``has_class``: explains one class per image (top-1 or chosen). ``terms``: the function.
-    """
-
-    name: str
-    formula: str
-    when: str
-    needs_linear: bool
-    needs_gradient: bool
-    has_class: bool
-    terms: Callable[[Needs], Terms]
 
 
 def _sum(needs: Needs) -> Terms:
@@ -239,6 +215,7 @@ EIGENGRADCAM = _gradient_method(
     _ANY_HEAD,
     _eigengradcam,
 )
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -252,6 +229,13 @@ METHODS: dict[str, Method] = {
         LAYERCAM,
         EIGENCAM,
         EIGENGRADCAM,
+        SALIENCY,
+        INPUTXGRADIENT,
+        INTEGRATED_GRADIENTS,
+        SMOOTHGRAD,
+        GUIDED_BACKPROP,
+        GUIDED_GRADCAM,
+        FULLGRAD,
     )
 }
 CHOICES = (AUTO, *METHODS)
