@@ -49,6 +49,30 @@ def test_convolution_backward_is_a_transposed_convolution(
     torch.testing.assert_close(gb, g.sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation", "groups"),
+    [
+        ((10, 7), 3, 2, 1, 1, 1),
+        ((11, 12), 5, 3, 2, 2, 1),
+        ((9, 10), 3, 2, 1, 1, 4),
+        ((13, 13), 3, 2, 0, 1, 1),
+    ],
+)
+def test_the_unpadded_transpose_for_a_free_size_equals_the_kernel(
+    size, kernel, stride, padding, dilation, groups
+):
+    """With a free image size the output padding is unknown at export; the transposed
+    convolution without padding, padded at the tail and cropped, gives the same gradient."""
+    from explain_export.builder.lower.adjoints import _unpadded_transpose
+
+    x = torch.randn(2, 4, *size, requires_grad=True)
+    w = torch.randn(8, 4 // groups, kernel, kernel)
+    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    g, ref = _grad(y, x)
+    ours = _unpadded_transpose(g, x, w, [stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
 def test_transposed_convolution_backward_is_a_convolution():
     x = torch.randn(2, 4, 5, 6, requires_grad=True)
     w = torch.randn(4, 3, 3, 3)

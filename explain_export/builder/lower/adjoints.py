@@ -75,11 +75,42 @@ def convolution_backward(
                 )
                 for i in range(dims)
             ]
-            grad_input = aten.convolution(
-                grad_output, weight, None, stride, padding, dilation, True, extra, groups
-            )
+            if all(isinstance(e, int) for e in extra):
+                grad_input = aten.convolution(
+                    grad_output, weight, None, stride, padding, dilation, True, extra, groups
+                )
+            else:  # a free image size: the output padding is only known at run time
+                grad_input = _unpadded_transpose(
+                    grad_output, input, weight, stride, padding, dilation, groups
+                )
     grad_bias = grad_output.sum([0, *range(2, grad_output.dim())]) if output_mask[2] else None
     return grad_input, None, grad_bias
+
+
+def _unpadded_transpose(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    """The transposed convolution without padding, over the padded input's coordinates, then
+    cropped to the input: input position ``i`` is padded position ``i + p``, and positions no
+    window reached get 0. Equal to the output-padded form, with no output padding attribute
+    (ONNX's must be a constant, and with a free size it depends on the size's parity)."""
+    dims = input.dim() - 2
+    full = aten.convolution(
+        grad_output, weight, None, stride, [0] * dims, dilation, True, [0] * dims, groups
+    )
+    pads: list[Any] = []
+    for i in reversed(range(dims)):
+        pads += [0, torch.sym_max(0, input.shape[i + 2] + 2 * padding[i] - full.shape[i + 2])]
+    full = aten.constant_pad_nd(full, pads, 0.0)
+    for i in range(dims):
+        full = full.narrow(i + 2, padding[i], input.shape[i + 2])
+    return full
 
 
 def avg_pool2d_backward(
