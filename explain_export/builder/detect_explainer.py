@@ -138,12 +138,8 @@ class DetectionExplainer(nn.Module):
                 "method", "{name} cam needs a classifier's linear head; use gradcam for detectors"
             )
         if method.at_image:
-            raise OptionError(
-                "method",
-                "{name} {m} is a pixel-level method for classifiers and segmentation models; "
-                "a detector's maps come from the CAM family (gradcam, eigencam, ...)",
-                m=method.name,
-            )
+            why = "{name} {m} is a pixel-level method for classifiers; use gradcam for detectors"
+            raise OptionError("method", why, m=method.name)
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._common import input_size, model_source
+from ._sampling import check_sampling
 
 __all__ = ["COCO", "Checked", "check_flags", "check_label_count"]
 
@@ -56,7 +57,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             class_input=args.class_input,
         )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
-    sampling = _sampling(args)
+    sampling = check_sampling(args)
     _detector_values(args)
     mean, std = check_norm(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
     background = _background(args.background)
@@ -88,31 +89,6 @@ def check_flags(args: argparse.Namespace) -> Checked:
                 labels, args.labels, head[0], f"the checkpoint's last layer '{head[1]}'"
             )
     return Checked(source, size, formats, tuple(mean), tuple(std), labels, background, sampling)
-
-
-def _sampling(args: argparse.Namespace) -> Any:
-    """``--steps``, ``--noise``, ``--seed`` as a checked :class:`.sampling.Sampling`; an
-    :class:`.OptionError` where the method samples nothing or the flag does not apply."""
-    from ..builder.maths import methods
-    from ..builder.maths.sampling import Sampling
-    from ..errors import OptionError
-
-    given = {
-        k: getattr(args, k) for k in ("steps", "noise", "seed") if getattr(args, k) is not None
-    }
-    spec = None if args.method == methods.AUTO else methods.get(args.method)
-    kind = None if spec is None else spec.samples
-    for key in given:
-        if kind is None or (key != "steps" and kind != "noise"):
-            raise OptionError(
-                key,
-                "{name} sets {what}; method {m} takes no such setting",
-                what="the samples of integrated-gradients and smoothgrad"
-                if key == "steps"
-                else "smoothgrad's noise",
-                m=args.method,
-            )
-    return Sampling(**given).check() if kind is not None else None
 
 
 def check_label_count(labels: list[str], given: str, classes: int, why: str = "") -> None:

@@ -10,11 +10,12 @@ import sys
 
 from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
-from ..builder.maths.methods import AUTO, CHOICES, METHODS
+from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
 from ._detect import check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
 from ._layers import layout_line, list_layers
+from ._sampling import IMAGE, PIXEL_ONLY, add_sampling_flags
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -36,10 +37,6 @@ one call, from 0, of a module that runs more than once per forward pass.
 
 exit codes: 0 ok, 1 failure (export or parity check), 2 usage (bad flag, path, layer).
 """
-
-
-IMAGE = "image"  # the plan's layer of a method at the image (builder.plan.IMAGE)
-PIXEL_ONLY = {m.name for m in METHODS.values() if m.at_image and not m.layer_map}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,28 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "integrated-gradients, smoothgrad, guided-backprop, fullgrad; guided-gradcam: "
         "guided-backprop times the Grad-CAM of --layer",
     )
-    e.add_argument(
-        "--steps",
-        type=int,
-        metavar="S",
-        help="integrated-gradients: the Gauss-Legendre steps on the path from a black image; "
-        "smoothgrad: the noisy copies. They run as one batch of S images inside the graph "
-        "(default: 32)",
-    )
-    e.add_argument(
-        "--noise",
-        type=float,
-        metavar="SIGMA",
-        help="smoothgrad: the noise's standard deviation, in the [0,1] image's units "
-        "(default: 0.15)",
-    )
-    e.add_argument(
-        "--seed",
-        type=int,
-        metavar="N",
-        help="smoothgrad: the seed of the noise, drawn once at export and stored in the graph, "
-        "so the file is deterministic (default: 0)",
-    )
+    add_sampling_flags(e)
     e.add_argument(
         "--tokens",
         type=int,
