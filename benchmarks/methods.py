@@ -35,13 +35,16 @@ PICTURE_PHOTO = "chelsea.png"
 
 def export_all(folder: str, methods: list[str], layer: str | None = None) -> dict[str, str]:
     """One verified ONNX export of the embedded model per method, at ``layer`` (default: the
-    model's own); ``{method: path}``. A method the layer does not allow is left out, said."""
+    model's own; none for a method at the image); ``{method: path}``. A method the layer does
+    not allow is left out, said."""
     paths = {}
     zoo = load_default()  # one model: each explainer takes its hook off again (remove)
     for method in methods:
         t0 = time.perf_counter()
+        spec = METHODS[method]
+        at = None if spec.at_image and not spec.layer_map else layer or zoo.layer
         try:
-            explainer = build_explainer(zoo.model, layer or zoo.layer, method)
+            explainer = build_explainer(zoo.model, at, method)
         except UsageError as exc:
             print(f"left out {method} at {layer}: {exc}", flush=True)
             continue
@@ -92,6 +95,10 @@ def picture(groups: list[tuple[str, dict[str, str]]], out: str, per_row: int = 5
     cv2.imwrite(out, overlay.stack_rows(rows), params)
 
 
+def _only(paths: dict[str, str], methods: list[str]) -> dict[str, str]:
+    return {m: p for m, p in paths.items() if m in methods}
+
+
 def _title(text: str, width: int) -> np.ndarray:
     """A white strip with ``text`` in bold, ``width`` wide."""
     strip = np.full((28, width, 3), 255, np.uint8)
@@ -129,10 +136,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="methods-") as folder:
         paths = export_all(folder, methods)
         if a.picture:
-            early = export_all(folder, methods, a.picture_layer)
+            layered = [m for m in methods if not METHODS[m].at_image]
+            early = export_all(folder, layered, a.picture_layer)
             groups = [
-                ("the default layer (_avg_pooling:input, 7x7)", paths),
+                ("the default layer (_avg_pooling:input, 7x7)", _only(paths, layered)),
                 (f"an earlier layer ({a.picture_layer}, 14x14)", early),
+                (
+                    "pixel-level: the gradient at the image (guided-gradcam: x Grad-CAM at 7x7)",
+                    _only(paths, [m for m in methods if METHODS[m].at_image]),
+                ),
             ]
             picture(groups, a.picture)
             print(f"wrote {a.picture}")
