@@ -195,16 +195,20 @@ def test_ray_engine_refuses_to_overwrite(local_run, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
-    """A small model exported top-2, and with a class input (ONNX, labelled)."""
+    """A small model exported top-2, and with a class input (ONNX, labelled): pixel-level
+    methods, the gradient at the image (the default export on these engines is cam)."""
     from explain_export.builder.explainer import build_explainer
     from explain_export.builder.export.export import export_explainer
 
     from models import tiny_resnet
 
     paths = {}
-    for kind, kwargs, export in (("top", {"top_k": 2}, {}), ("input", {}, {"class_input": True})):
+    for kind, method, kwargs, export in (
+        ("top", "saliency", {"top_k": 2}, {}),
+        ("input", "fullgrad", {}, {"class_input": True}),
+    ):
         out = tmp_path_factory.mktemp(kind)
-        explainer = build_explainer(tiny_resnet(seed=3), None, "cam", (64, 64), **kwargs)
+        explainer = build_explainer(tiny_resnet(seed=3), None, method, (64, 64), **kwargs)
         labels = [f"class{i}" for i in range(10)]
         export_explainer(explainer, str(out), ("onnx",), labels=labels, **export)
         explainer.remove()

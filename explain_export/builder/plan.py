@@ -206,31 +206,13 @@ def make_plan(
     chosen, reason, head_name = _choose_method(method, result, model, record, spec, head, layout)
     if auto_fused:
         reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
-    _check_target(target, num_classes)
-    _check_top_k(top_k, num_classes)
     segmentation = result.logits.dim() == 4
-    if segmentation and top_k is not None:
-        raise OptionError(
-            "top_k",
-            "{name} ranks the classes of a classifier; a segmentation "
-            "model explains one class per image (drop {name})",
-        )
-    if segmentation and background is not None and not 0 <= background < num_classes:
-        raise OptionError(
-            "background",
-            "{name} {b} is out of range: the model has {n} classes",
-            b=background,
-            n=num_classes,
-        )
+    what = _target_of(result, target, top_k, background)
     return Plan(
         chosen,
         str(spec),
         head_name,
-        Region(target, background)
-        if segmentation
-        else ClassLogit(target)
-        if top_k is None
-        else TopK(top_k),
+        what,
         num_classes,
         feature_shape,
         result.input_size,
@@ -247,6 +229,32 @@ def make_plan(
         output_size=tuple(result.logits.shape[2:]) if segmentation else None,
         sampling=_sampling(chosen, sampling),
     )
+
+
+def _target_of(
+    result: probe.Probe, target: int | None, top_k: int | None, background: int | None
+) -> Target:
+    """What is explained, checked against the model's classes: a segmentation region, one class,
+    or the top-k."""
+    num_classes = int(result.logits.shape[1])
+    _check_target(target, num_classes)
+    _check_top_k(top_k, num_classes)
+    if result.logits.dim() != 4:
+        return ClassLogit(target) if top_k is None else TopK(top_k)
+    if top_k is not None:
+        raise OptionError(
+            "top_k",
+            "{name} ranks the classes of a classifier; a segmentation "
+            "model explains one class per image (drop {name})",
+        )
+    if background is not None and not 0 <= background < num_classes:
+        raise OptionError(
+            "background",
+            "{name} {b} is out of range: the model has {n} classes",
+            b=background,
+            n=num_classes,
+        )
+    return Region(target, background)
 
 
 IMAGE = "image"  # the plan's layer for a method whose gradient is taken at the image
@@ -277,21 +285,14 @@ def _image_plan(
             m=method.name,
         )
     num_classes = int(result.logits.shape[1])
-    _check_target(target, num_classes)
-    _check_top_k(top_k, num_classes)
-    if result.logits.dim() == 4 and top_k is not None:
-        raise OptionError("top_k", "{name} ranks the classes of a classifier; drop {name}")
+    what = _target_of(result, target, top_k, background)
     segmentation = result.logits.dim() == 4
     h, w = result.input_size
     return Plan(
         method,
         IMAGE,
         None,
-        Region(target, background)
-        if segmentation
-        else ClassLogit(target)
-        if top_k is None
-        else TopK(top_k),
+        what,
         num_classes,
         (3, h, w),
         result.input_size,
