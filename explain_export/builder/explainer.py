@@ -234,7 +234,11 @@ class Explainer(nn.Module):
             logits = self.plan.output.pick(self.model(x.half() if self.graph.half else x))
             maps = [tap.take() for tap in self.taps]
             ys = self.target.scores(logits, self.target.classes(logits.detach(), class_index))
-            per_y = [self._grads(y, maps, retain=j < len(ys) - 1) for j, y in enumerate(ys)]
+            second = self.method.second_order
+            per_y = [
+                self._grads(y, maps, retain=j < len(ys) - 1, second_order=second)
+                for j, y in enumerate(ys)
+            ]
         grads = [  # per map: ∂y/∂A, or the k of a top-k target image by image [N·k, ...]
             g[0] if self.target.top_k is None else torch.stack(g, 1).flatten(0, 1)
             for g in zip(*per_y, strict=True)
@@ -246,12 +250,43 @@ class Explainer(nn.Module):
         )
 
     @staticmethod
-    def _grads(y: Tensor, maps: list[Tensor], retain: bool) -> list[Tensor]:
-        """``∂y/∂A`` for each map; zeros where the logits do not depend on it."""
+    def _grads(
+        y: Tensor, maps: list[Tensor], retain: bool, second_order: bool = False
+    ) -> list[Tensor]:
+        """``∂y/∂A`` for each map; zeros where the logits do not depend on it.
+
+        ``second_order`` (ShapleyCAM): ``g − ½ H·A`` instead, with ``H·A = ∂(g·A)/∂A`` the
+        Hessian-vector product, ``A`` held constant in the dot, each map on its own: ``g`` is
+        taken with ``create_graph``, then differentiated again (double backward)."""
         grads: list[Tensor | None] = [None] * len(maps)
         if y.requires_grad:
-            grads = list(torch.autograd.grad(y, maps, retain_graph=retain, allow_unused=True))
+            grads = list(
+                torch.autograd.grad(
+                    y,
+                    maps,
+                    retain_graph=retain or second_order,
+                    allow_unused=True,
+                    create_graph=second_order,
+                )
+            )
+        if second_order:
+            grads = [
+                None if g is None else (g - 0.5 * _hvp(g, a, retain or i < len(maps) - 1)).detach()
+                for i, (a, g) in enumerate(zip(maps, grads, strict=True))
+            ]
         return [torch.zeros_like(a) if g is None else g for a, g in zip(maps, grads, strict=True)]
+
+
+def _hvp(g: Tensor, a: Tensor, retain: bool) -> Tensor:
+    """``H·A = ∂(g·A)/∂A`` for ``g = ∂y/∂A`` taken with ``create_graph``, ``A`` held constant
+    in the dot (``torch.autograd.grad(g, A, grad_outputs=A)``, as pytorch-grad-cam's
+    ``ShapleyCAM``); zero where ``g`` does not depend on ``A`` (a head linear after it)."""
+    if not g.requires_grad:
+        return torch.zeros_like(a)
+    (hvp,) = torch.autograd.grad(
+        g, a, grad_outputs=a.detach(), retain_graph=retain, allow_unused=True
+    )
+    return torch.zeros_like(a) if hvp is None else hvp
 
 
 def check_input_size(input_size: tuple[int, int]) -> tuple[int, int]:

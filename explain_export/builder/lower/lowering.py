@@ -50,6 +50,7 @@ from .rewrites import (
     kept_resizes,
     resizes_as_vec,
 )
+from .second_order import differentiable_convolution
 from .trace_state import kept_attributes
 
 __all__ = [
@@ -109,6 +110,7 @@ def trace(
     args: tuple[Tensor, ...],
     dynamic: dict[int, Sequence[int]],
     owner: nn.Module,
+    second_order: bool = False,
 ) -> torch.fx.GraphModule:
     """``fn(*args)`` as an FX graph of forward ATen ops, autograd included: the autograd engine
     runs while ``make_fx`` records, and every backward op is decomposed into forward ops
@@ -116,7 +118,9 @@ def trace(
     then the graph is rewritten for the exporters and checked (:func:`check_lowered`).
     ``dynamic`` maps an argument's position to its dimensions that stay symbolic; every other
     size is fixed to that of ``args``. ``owner``'s plain attributes are kept as they were
-    (:func:`.trace_state.kept_attributes`).
+    (:func:`.trace_state.kept_attributes`). ``second_order``: ``fn`` differentiates a gradient
+    again (ShapleyCAM's Hessian-vector product), so convolutions are traced through
+    :func:`.second_order.differentiable_convolution`.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -136,7 +140,8 @@ def trace(
     owner.eval()
     # kept_attributes: a model that caches tensors in plain attributes (timm's TinyViT) keeps
     # its own, not the trace's fake ones; explain-bench lowers without the export around it
-    with _quiet(), _math_attention(), kept_attributes(owner), kept_resizes():
+    convolutions = differentiable_convolution() if second_order else contextlib.nullcontext()
+    with _quiet(), _math_attention(), kept_attributes(owner), kept_resizes(), convolutions:
         graph = make_fx(
             fn,
             decomposition_table={
@@ -164,7 +169,7 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         logits, features, grads = explainer.capture(*inputs)
         return (logits, *_as_list(features), *_as_list(grads))
 
-    graph = trace(capture, args, dynamic, explainer)
+    graph = trace(capture, args, dynamic, explainer, explainer.method.second_order)
     return Lowered(graph, explainer.heatmap_head, explainer.capture_counts)
 
 

@@ -216,6 +216,17 @@ EIGENGRADCAM = _gradient_method(
     _eigengradcam,
 )
 
+SHAPLEYCAM = Method(
+    "shapleycam",
+    "m = ReLU(Σ_k w_k A_k), w_k = mean_ij (g − ½ H·A)_k, H·A = ∂(g·A)/∂A the Hessian-vector "
+    "product",
+    _ANY_HEAD + "; the second-order term is zero where the head is piecewise linear after A",
+    needs_linear=False,
+    needs_gradient=True,
+    has_class=True,
+    terms=_gradcam,
+    second_order=True,
+)
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -236,6 +247,7 @@ METHODS: dict[str, Method] = {
         GUIDED_BACKPROP,
         GUIDED_GRADCAM,
         FULLGRAD,
+        SHAPLEYCAM,
     )
 }
 CHOICES = (AUTO, *METHODS)

@@ -61,6 +61,10 @@ class Method:
     around ``x`` instead (``"path"``: Integrated Gradients' ``α_s x``, ``"noise"``: SmoothGrad's
     ``x + n_s``; :mod:`.sampling`); ``guided``, every ReLU-family backward passes only positive
     gradients (:mod:`.guided`); ``biases``, also ``∂y/∂O`` at every bias layer's output.
+
+    ``second_order`` (ShapleyCAM): ``grad`` holds ``g − ½ H·A`` instead of ``g``, with
+    ``H·A = ∂(g·A)/∂A`` the Hessian-vector product (double backward;
+    :meth:`.explainer.Explainer.gradient`).
     """
 
     name: str
@@ -75,3 +79,4 @@ class Method:
     guided: bool = False
     layer_map: bool = False
     biases: bool = False
+    second_order: bool = False

@@ -1,0 +1,122 @@
+"""A second derivative as forward ops: what ``make_fx`` needs to trace a double backward.
+
+ShapleyCAM (:data:`.methods.SHAPLEYCAM`) needs the Hessian-vector product
+``H·A = ∂(g·A)/∂A`` of ``g = ∂y/∂A``: autograd takes ``g`` with ``create_graph`` and then
+differentiates it again. :func:`.lowering.trace` records both passes as forward ops, as it does
+the first. Every double-backward formula PyTorch has for the ops of a classifier's head
+(normalization, activations, softmax, pooling, attention, resizes) traces with the batch
+symbolic, except the convolution's: ``_convolution_double_backward`` is C++ that reads fixed
+sizes, so it bakes the batch into the graph, and it also computes the weight's gradient, which
+is never used (per group, 48 convolutions for a depthwise one).
+
+Within :func:`differentiable_convolution`, a convolution's input gradient is therefore written
+by :class:`_Convolution` as the transposed convolution (:func:`.adjoints.convolution_backward`)
+in autograd's own terms, so that its derivative is a plain convolution again: the double
+backward of ``y = conv(x, w)`` is ``ggO = conv(ggI, w)``, the only term when ``w`` is frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from .adjoints import convolution_backward
+
+__all__ = ["differentiable_convolution"]
+
+aten = torch.ops.aten
+_CONVOLUTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
+def _tuple(value: int | Sequence[int], dims: int) -> list[int]:
+    return [value] * dims if isinstance(value, int) else list(value)
+
+
+class _Convolution(torch.autograd.Function):
+    """``conv(x, w, b)`` whose backward is autograd-differentiable forward ops (the weight and
+    bias are constants: no gradient for them)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int,
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.params = (stride, padding, dilation, groups)
+        dims = x.dim() - 2
+        return aten.convolution(
+            x, weight, bias, stride, padding, dilation, False, [0] * dims, groups
+        )
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.params
+        dims = x.dim() - 2
+        mask = (True, False, False)
+        grad_x, _, _ = convolution_backward(
+            grad, x, weight, None, stride, padding, dilation, False, [0] * dims, groups, mask
+        )
+        return grad_x, None, None, None, None, None, None
+
+
+class _Convolutions(TorchFunctionMode):
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        dims = _CONVOLUTIONS.get(func)
+        if dims is not None:
+            return _convolution(func, dims, *args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _convolution(
+    func: Any,
+    dims: int,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | str | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """The convolution through :class:`_Convolution`; as it is where no gradient is asked of
+    it, where the weight needs one, or where padding is given by name (``"same"``)."""
+    plain = not (x.requires_grad and torch.is_grad_enabled()) or weight.requires_grad
+    if plain or isinstance(padding, str) or x.dim() != dims + 2:
+        return func(x, weight, bias, stride, padding, dilation, groups)
+    return _Convolution.apply(
+        x,
+        weight,
+        bias,
+        _tuple(stride, dims),
+        _tuple(padding, dims),
+        _tuple(dilation, dims),
+        groups,
+    )
+
+
+@contextlib.contextmanager
+def differentiable_convolution() -> Iterator[None]:
+    """Within (a trace of a double backward): every ``F.conv1d/2d/3d`` of an input that needs
+    a gradient goes through :class:`_Convolution` (see the module)."""
+    with _Convolutions():
+        yield
