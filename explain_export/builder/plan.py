@@ -208,6 +208,8 @@ def make_plan(
         reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
     segmentation = result.logits.dim() == 4
     what = _target_of(result, target, top_k, background)
+    if chosen.target_kind is not None:  # e.g. FinerCAM's comparison with the nearest classes
+        what = chosen.target_kind(what)
     return Plan(
         chosen,
         str(spec),

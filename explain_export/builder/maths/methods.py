@@ -14,7 +14,7 @@ global-average-pool + ``nn.Linear`` head after ``A``), else ``gradcam`` (:mod:`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...errors import UsageError
 from .pixel_methods import (
@@ -37,6 +37,7 @@ __all__ = [
     "CHOICES",
     "EIGENCAM",
     "EIGENGRADCAM",
+    "FINERCAM",
     "FULLGRAD",
     "GRADCAM",
     "GRADCAMPP",
@@ -49,6 +50,7 @@ __all__ = [
     "LAYERCAM",
     "METHODS",
     "SALIENCY",
+    "SHAPLEYCAM",
     "SMOOTHGRAD",
     "SUM",
     "XGRADCAM",
@@ -216,6 +218,24 @@ EIGENGRADCAM = _gradient_method(
     _eigengradcam,
 )
 
+
+def _finer(base: Any) -> Any:
+    from .targets import finer
+
+    return finer(base)
+
+
+FINERCAM = Method(
+    "finercam",
+    "Grad-CAM of y = Σ_{j∈S} p_j (z_c − z_j) / Σ_{j∈S} p_j, S the 3 classes whose logits are "
+    "closest to z_c, p = softmax(z)",
+    _ANY_HEAD + "; the features that tell c from the classes it is most confused with",
+    needs_linear=False,
+    needs_gradient=True,
+    has_class=True,
+    terms=_gradcam,
+    target_kind=_finer,
+)
 SHAPLEYCAM = Method(
     "shapleycam",
     "m = ReLU(Σ_k w_k A_k), w_k = mean_ij (g − ½ H·A)_k, H·A = ∂(g·A)/∂A the Hessian-vector "
@@ -247,6 +267,7 @@ METHODS: dict[str, Method] = {
         GUIDED_BACKPROP,
         GUIDED_GRADCAM,
         FULLGRAD,
+        FINERCAM,
         SHAPLEYCAM,
     )
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # the commands read the records without importing torch
     from torch import Tensor
@@ -64,7 +64,9 @@ class Method:
 
     ``second_order`` (ShapleyCAM): ``grad`` holds ``g − ½ H·A`` instead of ``g``, with
     ``H·A = ∂(g·A)/∂A`` the Hessian-vector product (double backward;
-    :meth:`.explainer.Explainer.gradient`).
+    :meth:`.explainer.Explainer.gradient`). ``target_kind``: turns the plan's target (a class
+    per image, or the top k) into the one this method differentiates (:func:`.targets.finer`
+    for FinerCAM); None keeps it.
     """
 
     name: str
@@ -80,3 +82,4 @@ class Method:
     layer_map: bool = False
     biases: bool = False
     second_order: bool = False
+    target_kind: Callable[[Any], Any] | None = None

@@ -10,6 +10,8 @@ nothing else about it, so another target replaces it whole:
 
 :class:`ClassLogit` explains one class per image; :class:`TopK` the ``k`` best, one map each
 (``top_k`` says how many maps per image, None for one map and no ``classes`` output).
+:class:`Finer` keeps either one's classes and differentiates FinerCAM's comparison of each class
+with its nearest rivals instead of its logit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ClassLogit", "Region", "Target", "TopK", "target_class"]
+from ...errors import OptionError
+
+__all__ = [
+    "FINER_ALPHA",
+    "FINER_COMPARISONS",
+    "ClassLogit",
+    "Finer",
+    "Region",
+    "Target",
+    "TopK",
+    "finer",
+    "finer_score",
+    "target_class",
+]
+
+FINER_COMPARISONS = 3  # pytorch-grad-cam's FinerCAM: comparison_categories [1, 2, 3]
+FINER_ALPHA = 1.0  # its default comparison strength
+FINER_EPS = 1e-9  # its FinerWeightedTarget's denominator guard
 
 
 def target_class(
@@ -184,4 +203,106 @@ class Region:
         return [(per_class * chosen).sum()]
 
 
-Target = ClassLogit | TopK | Region  # the targets there are
+def finer_score(
+    logits: Tensor,
+    classes: Tensor,
+    comparisons: int = FINER_COMPARISONS,
+    alpha: float = FINER_ALPHA,
+) -> Tensor:
+    r"""FinerCAM's target, summed over the batch: for ``classes`` ``c`` ``[N]``,
+
+    .. math:: y = \sum_n \frac{\sum_{j \in S_n} p_{nj} (z_{nc} - α z_{nj})}
+                               {\sum_{j \in S_n} p_{nj} + 10^{-9}}
+
+    with ``p = softmax(z)`` (differentiated too: it is not detached) and ``S_n`` the
+    ``comparisons`` classes whose logits are closest to ``z_nc``, ``c`` left out (chosen on the
+    logits' values, not differentiated; fewer where the model has fewer classes). This is
+    pytorch-grad-cam 1.5.7's ``FinerWeightedTarget``, with its ``FinerCAM`` choosing ``S`` as
+    the 2nd to 4th entries of ``argsort(|z - z_c|)``. Computed in float32 (an fp16 softmax
+    underflows to 0/0), with masks rather than gathers (see :meth:`ClassLogit.score`).
+
+    Example:
+        >>> z = torch.tensor([[4.0, 3.0, 0.0, 3.5, 2.0, -9.0]])
+        >>> y = finer_score(z, torch.tensor([0]))  # S = {3, 1, 4}
+        >>> p = z.softmax(1)[0]
+        >>> s = p[3] * 0.5 + p[1] * 1.0 + p[4] * 2.0
+        >>> bool(torch.isclose(y, s / (p[3] + p[1] + p[4])))
+        True
+    """
+    z = logits.float()
+    index = torch.arange(z.shape[1], device=z.device)
+    main = (index[None, :] == classes.reshape(-1, 1)).to(z.dtype)  # [N, K]
+    values = z.detach()
+    distance = (values - (values * main).sum(1, keepdim=True)).abs()
+    distance = distance.masked_fill(main > 0, float("inf"))  # c is not its own rival
+    rivals = (-distance).topk(min(comparisons, z.shape[1] - 1), dim=1).indices  # [N, m]
+    chosen = (index[None, :, None] == rivals[:, None, :]).to(z.dtype).sum(2)  # [N, K] 0/1
+    weights = torch.softmax(z, dim=1) * chosen
+    gap = (z * main).sum(1, keepdim=True) - alpha * z  # z_c - α z_j
+    return ((weights * gap).sum(1) / (weights.sum(1) + FINER_EPS)).sum()
+
+
+@dataclass(frozen=True)
+class Finer:
+    r"""FinerCAM's target (:func:`finer_score`): ``base``'s classes (one per image, top-1,
+    fixed or at run time, or the ``k`` best), each compared with its ``comparisons`` nearest
+    rivals, :math:`y = Σ_{j∈S} p_j (z_c − α z_j) / Σ_{j∈S} p_j`, instead of its logit.
+
+    Example:
+        >>> z = torch.tensor([[4.0, 3.0, 0.0, 3.5]])
+        >>> target = Finer(TopK(2))
+        >>> target.classes(z).tolist(), len(target.scores(z, target.classes(z)))
+        ([[0, 3]], 2)
+    """
+
+    base: ClassLogit | TopK = ClassLogit()
+    comparisons: int = FINER_COMPARISONS
+    alpha: float = FINER_ALPHA
+
+    @property
+    def name(self) -> str:
+        """The base's (``class`` or ``top-k``): the map explains the class it names."""
+        return self.base.name
+
+    @property
+    def fixed(self) -> int | None:
+        return self.base.fixed
+
+    @property
+    def top_k(self) -> int | None:
+        return self.base.top_k
+
+    @property
+    def describe(self) -> str:
+        """The target in words, for reports."""
+        return f"{self.base.describe} against its {self.comparisons} nearest classes"
+
+    def classes(
+        self, logits: Tensor, class_index: Tensor | None = None, keepdim: bool = False
+    ) -> Tensor:
+        """The base's classes (:meth:`ClassLogit.classes`, :meth:`TopK.classes`)."""
+        return self.base.classes(logits, class_index, keepdim)
+
+    def scores(self, logits: Tensor, classes: Tensor) -> list[Tensor]:
+        """One :func:`finer_score` per map: ``[y]``, or ``[y_0 .. y_{k-1}]`` for a top-k base."""
+        per_map = classes.reshape(classes.shape[0], -1)  # [N, 1] or [N, k]
+        return [
+            finer_score(logits, per_map[:, j], self.comparisons, self.alpha)
+            for j in range(per_map.shape[1])
+        ]
+
+
+Target = ClassLogit | TopK | Region | Finer  # the targets there are
+
+
+def finer(base: Target) -> Finer:
+    """``base`` compared with each class's nearest rivals (:class:`Finer`); an
+    :class:`.OptionError` for a segmentation region, whose per-pixel scores have no logit to
+    compare."""
+    if not isinstance(base, ClassLogit | TopK):
+        raise OptionError(
+            "method",
+            "finercam compares a class's logit with its nearest classes'; a segmentation "
+            "model's per-pixel scores have none, so pick another {name}",
+        )
+    return Finer(base)
