@@ -17,7 +17,7 @@ from ..builder.export.writers import quiet, to_torchscript
 from ..builder.inspect import probe
 from ..builder.lower import lowering
 from ..builder.maths import methods
-from ..builder.maths.targets import TopK
+from ..builder.maths.targets import Finer, Target, TopK
 from ..builder.plan import GraphOptions, make_plan
 from ..errors import UsageError, first_line
 from .baselines import AutogradGradCAM, Normalized, NumpyGradCAM
@@ -282,11 +282,13 @@ def _method_explainer(explainer: Explainer, method: str, top_k: int | None = Non
             found = probe.probe_at_size(explainer.model, plan.input_size, plan.mean, plan.std)
             layer, model = plan.layer, explainer.model
             head = make_plan(model, found, layer, spec, mean=plan.mean, std=plan.std).head
-    target = plan.target_spec
+    target = _plain(plan.target_spec)
     if top_k is not None:
         if not spec.has_class:
             raise UsageError(f"{method} explains no class, so it has no top-{top_k}")
         target = TopK(top_k)
+    if spec.target_kind is not None:  # e.g. FinerCAM's comparison with the nearest classes
+        target = spec.target_kind(target)
     plan = dataclasses.replace(
         plan,
         method_spec=spec,
@@ -305,9 +307,18 @@ def gradcam_explainer(explainer: Explainer) -> Explainer | None:
     if explainer.method.name == methods.GRADCAM.name:
         return None
     plan = dataclasses.replace(
-        explainer.plan, method_spec=methods.GRADCAM, head=None, graph=GraphOptions()
+        explainer.plan,
+        method_spec=methods.GRADCAM,
+        head=None,
+        graph=GraphOptions(),
+        target_spec=_plain(explainer.plan.target_spec),
     )
     return Explainer(explainer.model, plan).eval()
+
+
+def _plain(target: Target) -> Target:
+    """The plan's own target, without the comparison a method made of it (FinerCAM's)."""
+    return target.base if isinstance(target, Finer) else target
 
 
 def exportable(explainer: nn.Module, example: Tensor) -> nn.Module:

@@ -133,9 +133,11 @@ class DetectionExplainer(nn.Module):
                 v=max_detections,
                 cap=cap,
             )
-        if method.needs_linear:
-            raise OptionError(
-                "method", "{name} cam needs a classifier's linear head; use gradcam for detectors"
+        if method.needs_linear or method.second_order or method.target_kind is not None:
+            raise OptionError(  # cam's linear head, finercam's and shapleycam's class logits
+                "method",
+                "{name} {m} needs a classifier's logits; use gradcam for detectors",
+                m=method.name,
             )
         if method.at_image:
             why = "{name} {m} is a pixel-level method for classifiers; use gradcam for detectors"

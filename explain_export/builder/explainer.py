@@ -19,6 +19,7 @@ and how is decided first, as a :class:`~.plan.Plan`, which the explainer carries
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -283,9 +284,20 @@ def _hvp(g: Tensor, a: Tensor, retain: bool) -> Tensor:
     ``ShapleyCAM``); zero where ``g`` does not depend on ``A`` (a head linear after it)."""
     if not g.requires_grad:
         return torch.zeros_like(a)
-    (hvp,) = torch.autograd.grad(
-        g, a, grad_outputs=a.detach(), retain_graph=retain, allow_unused=True
-    )
+    try:
+        (hvp,) = torch.autograd.grad(
+            g, a, grad_outputs=a.detach(), retain_graph=retain, allow_unused=True
+        )
+    except RuntimeError as exc:  # e.g. hardsigmoid: PyTorch has no second derivative of it
+        missing = re.search(r"derivative for (\S+) is not implemented", str(exc))
+        if missing is None:
+            raise
+        raise OptionError(
+            "method",
+            "{name} shapleycam differentiates twice, and PyTorch has no derivative of {op} "
+            "after this {layer}; tap a later {layer} or pick another {name}",
+            op=missing.group(1),
+        ) from exc
     return torch.zeros_like(a) if hvp is None else hvp
 
 

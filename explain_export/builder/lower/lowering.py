@@ -50,7 +50,7 @@ from .rewrites import (
     kept_resizes,
     resizes_as_vec,
 )
-from .second_order import differentiable_convolution
+from .second_order import twice_differentiable
 from .trace_state import kept_attributes
 
 __all__ = [
@@ -119,8 +119,8 @@ def trace(
     ``dynamic`` maps an argument's position to its dimensions that stay symbolic; every other
     size is fixed to that of ``args``. ``owner``'s plain attributes are kept as they were
     (:func:`.trace_state.kept_attributes`). ``second_order``: ``fn`` differentiates a gradient
-    again (ShapleyCAM's Hessian-vector product), so convolutions are traced through
-    :func:`.second_order.differentiable_convolution`.
+    again (ShapleyCAM's Hessian-vector product), so convolutions and batch norms are traced
+    as :func:`.second_order.twice_differentiable` writes them.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -140,8 +140,8 @@ def trace(
     owner.eval()
     # kept_attributes: a model that caches tensors in plain attributes (timm's TinyViT) keeps
     # its own, not the trace's fake ones; explain-bench lowers without the export around it
-    convolutions = differentiable_convolution() if second_order else contextlib.nullcontext()
-    with _quiet(), _math_attention(), kept_attributes(owner), kept_resizes(), convolutions:
+    twice = twice_differentiable() if second_order else contextlib.nullcontext()
+    with _quiet(), _math_attention(), kept_attributes(owner), kept_resizes(), twice:
         graph = make_fx(
             fn,
             decomposition_table={

@@ -3,16 +3,20 @@
 ShapleyCAM (:data:`.methods.SHAPLEYCAM`) needs the Hessian-vector product
 ``H·A = ∂(g·A)/∂A`` of ``g = ∂y/∂A``: autograd takes ``g`` with ``create_graph`` and then
 differentiates it again. :func:`.lowering.trace` records both passes as forward ops, as it does
-the first. Every double-backward formula PyTorch has for the ops of a classifier's head
-(normalization, activations, softmax, pooling, attention, resizes) traces with the batch
-symbolic, except the convolution's: ``_convolution_double_backward`` is C++ that reads fixed
-sizes, so it bakes the batch into the graph, and it also computes the weight's gradient, which
-is never used (per group, 48 convolutions for a depthwise one).
+the first. The double-backward formulas PyTorch has for layer and group norm, activations,
+softmax, pooling, attention and resizes trace with the batch symbolic; two do not, as they are
+C++ that reads fixed sizes and so bake the batch into the graph:
 
-Within :func:`differentiable_convolution`, a convolution's input gradient is therefore written
-by :class:`_Convolution` as the transposed convolution (:func:`.adjoints.convolution_backward`)
-in autograd's own terms, so that its derivative is a plain convolution again: the double
-backward of ``y = conv(x, w)`` is ``ggO = conv(ggI, w)``, the only term when ``w`` is frozen.
+- the convolution's (``_convolution_double_backward``), which also computes the weight's
+  gradient, never used here (per group: 48 convolutions for a depthwise one);
+- batch norm's (``batchnorm_double_backward``), even in eval mode, where it is affine.
+
+Within :func:`twice_differentiable` they are written so that autograd differentiates forward
+ops instead: a convolution's input gradient is the transposed convolution
+(:func:`.adjoints.convolution_backward`) inside :class:`_Convolution`, whose derivative is a
+plain convolution again (the double backward of ``y = conv(x, w)`` with ``w`` frozen is
+``conv(ggI, w)``); an eval-mode batch norm is its affine map ``x·s + t`` per channel, with
+``s = γ/√(σ² + ε)`` and ``t = β − μ s`` from the running statistics.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from .adjoints import convolution_backward
 
-__all__ = ["differentiable_convolution"]
+__all__ = ["twice_differentiable"]
 
 aten = torch.ops.aten
 _CONVOLUTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -72,7 +76,7 @@ class _Convolution(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
-class _Convolutions(TorchFunctionMode):
+class _TwiceDifferentiable(TorchFunctionMode):
     def __torch_function__(
         self,
         func: Any,
@@ -84,6 +88,8 @@ class _Convolutions(TorchFunctionMode):
         dims = _CONVOLUTIONS.get(func)
         if dims is not None:
             return _convolution(func, dims, *args, **kwargs)
+        if func is F.batch_norm:
+            return _batch_norm(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -114,9 +120,34 @@ def _convolution(
     )
 
 
+def _batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """An eval-mode batch norm as ``x·s + t`` per channel; as it is in training mode or
+    without running statistics."""
+    if training or running_mean is None or running_var is None:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    view = (1, -1, *([1] * (x.dim() - 2)))
+    return x * scale.reshape(view) + shift.reshape(view)
+
+
 @contextlib.contextmanager
-def differentiable_convolution() -> Iterator[None]:
+def twice_differentiable() -> Iterator[None]:
     """Within (a trace of a double backward): every ``F.conv1d/2d/3d`` of an input that needs
-    a gradient goes through :class:`_Convolution` (see the module)."""
-    with _Convolutions():
+    a gradient goes through :class:`_Convolution`, and an eval-mode ``F.batch_norm`` is its
+    affine map (see the module)."""
+    with _TwiceDifferentiable():
         yield

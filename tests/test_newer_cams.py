@@ -1,0 +1,298 @@
+"""FinerCAM and ShapleyCAM: eager and exported heatmaps against independent references written
+from the formulas with autograd (tests/reference_newer.py: FinerCAM's comparison target, and
+ShapleyCAM's Hessian-vector product by autograd's double backward), on real photos, at the
+top-1, a class chosen at run time and the top-k, in every format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference_newer
+import torch
+import torch.nn.functional as F
+from detectors import tiny_yolo
+
+from explain_export.artifact import runtime, samples
+from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.inspect.tap import TapSpec
+from explain_export.builder.lower import lowering
+from explain_export.builder.maths import methods, targets
+from explain_export.errors import OptionError
+
+import reference
+from models import Block, NextBlock, head_kind, tiny_resnet, tiny_seg
+
+SIZE = (64, 64)
+PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+FORMATS = ("torchscript", "onnx", "pt2")
+CHOSEN = torch.tensor([3, -1, 5])  # a class per image at run time; -1: the top-1
+
+
+def photos() -> np.ndarray:
+    return np.stack([samples.load_rgb(samples.photo_path(n), SIZE) for n in PHOTOS])
+
+
+def ref(model, images, layer, method, class_index=None) -> np.ndarray:
+    spec = TapSpec.parse(layer)
+    x = reference.normalize(torch.from_numpy(images))
+    module = model.get_submodule(spec.module)
+    return reference_newer.newer_cam(
+        model, x, module, method, spec.port, spec.call or 0, class_index
+    )
+
+
+def top_k_ref(model, images, layer, method, k) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        classes = model(reference.normalize(torch.from_numpy(images))).topk(k, dim=1).indices
+    maps = [ref(model, images, layer, method, classes[:, j]) for j in range(k)]
+    return classes.numpy(), np.concatenate(maps, axis=1)
+
+
+# a curved head after the tap: the NextBlock's depthwise conv, LayerNorm and GELU, then a
+# LayerNorm head (H·A is far from 0 there); and TinyResNet's piecewise-linear head
+CASES = {"curved": ("layernorm-head", "features.1"), "resnet": ("tiny-resnet", "layer2")}
+
+
+def model_of(case: str):
+    kind, layer = CASES[case]
+    return (tiny_resnet(seed=3) if kind == "tiny-resnet" else head_kind(kind, seed=1)), layer
+
+
+@pytest.mark.parametrize("method", ["finercam", "shapleycam"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_eager_equals_the_reference(method, case):
+    model, layer = model_of(case)
+    images = photos()
+    explainer = build_explainer(model, layer, method, SIZE)
+    with torch.no_grad():
+        eager = explainer(torch.from_numpy(images), CHOSEN)[1].numpy()
+    explainer.remove()
+    np.testing.assert_allclose(eager, ref(model, images, layer, method, CHOSEN), atol=1e-4)
+
+
+def test_each_method_changes_the_map_where_it_should():
+    """FinerCAM's map is not Grad-CAM's; ShapleyCAM's is not where the head is curved, and is
+    Grad-CAM's exactly where it is piecewise linear (TinyResNet: H·A = 0)."""
+    images = photos()
+    curved, curved_layer = model_of("curved")
+    x = reference.normalize(torch.from_numpy(images))
+    for model, layer, method, differs in (
+        (curved, curved_layer, "shapleycam", True),
+        (curved, curved_layer, "finercam", True),
+        (tiny_resnet(seed=3), "layer2", "shapleycam", False),
+    ):
+        plain = reference.family(model, x, model.get_submodule(layer), "gradcam")
+        new = ref(model, images, layer, method)
+        assert (np.abs(new - plain).max() > 1e-2) == differs, (layer, method)
+
+
+def test_the_hessian_vector_product_is_zero_after_a_piecewise_linear_head():
+    model = tiny_resnet(seed=3)
+    x = reference.normalize(torch.from_numpy(photos()))
+    g, hvp = reference_newer.hessian_times_map(model, x, model.layer2)
+    assert g.abs().max() > 0 and hvp.abs().max() == 0
+    curved, layer = model_of("curved")
+    g, hvp = reference_newer.hessian_times_map(curved, x, curved.get_submodule(layer))
+    assert hvp.abs().mean() > 0.1 * g.abs().mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["finercam", "shapleycam"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_format_at_the_run_time_class(tmp_path, method, case):
+    model, layer = model_of(case)
+    explainer = build_explainer(model, layer, method, SIZE)
+    result = export_explainer(explainer, str(tmp_path), FORMATS, class_input=True)
+    explainer.remove()
+    assert all(r.ok for r in result.parity)
+    images = photos()
+    chosen = ref(model, images, layer, method, CHOSEN)
+    top1 = ref(model, images, layer, method)
+    for fmt in FORMATS:
+        artifact = runtime.load(result.paths[fmt])
+        for batch in (3, 1):
+            got = artifact.outputs(images[:batch], CHOSEN[:batch].numpy())["heatmap"]
+            np.testing.assert_allclose(got, chosen[:batch], atol=1e-4, err_msg=fmt)
+        np.testing.assert_allclose(artifact.outputs(images)["heatmap"], top1, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["finercam", "shapleycam"])
+def test_top_k_in_every_format(tmp_path, method):
+    """Each of the k classes gets its own map: for FinerCAM, its own nearest rivals."""
+    model, layer = model_of("curved")
+    explainer = build_explainer(model, layer, method, SIZE, top_k=3)
+    result = export_explainer(explainer, str(tmp_path), FORMATS)
+    assert all(r.ok for r in result.parity)
+    images = photos()
+    classes, expected = top_k_ref(model, images, layer, method, 3)
+    with torch.no_grad():
+        _, eager, eager_classes = explainer(torch.from_numpy(images))
+    explainer.remove()
+    np.testing.assert_array_equal(eager_classes.numpy(), classes)
+    np.testing.assert_allclose(eager.numpy(), expected, atol=1e-4)
+    for fmt in FORMATS:
+        out = runtime.load(result.paths[fmt]).outputs(images)
+        np.testing.assert_array_equal(out["classes"], classes)
+        np.testing.assert_allclose(out["heatmap"], expected, atol=1e-4, err_msg=fmt)
+
+
+@pytest.mark.slow
+def test_fixed_class_and_the_target_it_records(tmp_path):
+    model, layer = model_of("resnet")
+    explainer = build_explainer(model, layer, "finercam", SIZE, target=5)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",))
+    explainer.remove()
+    assert result.metadata["method"] == "finercam" and result.metadata["target"] == "class"
+    assert result.metadata["target_class"] == 5
+    images = photos()
+    got = runtime.load(result.paths["onnx"]).outputs(images)["heatmap"]
+    expected = ref(model, images, layer, "finercam", torch.full((3,), 5))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_shapleycam_on_the_default_model_is_gradcam(default_model):
+    """EfficientNet-Lite0 after ``_blocks.15`` is conv, BN, ReLU6, average pooling and a linear
+    layer: piecewise linear, so H·A is exactly 0 and ShapleyCAM equals Grad-CAM."""
+    images = np.stack([samples.load_rgb(samples.photo_path(p), (224, 224)) for p in PHOTOS])
+    x = reference.normalize(torch.from_numpy(images))
+    model = default_model.model
+    g, hvp = reference_newer.hessian_times_map(model, x, model.get_submodule("_blocks.15"))
+    assert g.abs().max() > 0 and hvp.abs().max() == 0
+    maps = {}
+    for method in ("gradcam", "shapleycam"):
+        explainer = build_explainer(model, "_blocks.15", method)
+        with torch.no_grad():
+            maps[method] = explainer(torch.from_numpy(images))[1].numpy()
+        explainer.remove()
+    np.testing.assert_allclose(maps["shapleycam"], maps["gradcam"], atol=1e-6)
+
+
+# the second-order trace: each head op's H·A, traced at batch 2 with the batch symbolic, then
+# run at batch 3, equals autograd's double backward (a convolution's and a batch norm's own
+# double backward bake the batch in: lower/second_order.py)
+_C = 8
+
+
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def _ops() -> dict:
+    torch.manual_seed(0)
+    block, dw = _frozen(NextBlock(_C)), _frozen(torch.nn.Conv2d(_C, _C, 3, padding=1, groups=_C))
+    residual = _frozen(Block(_C, _C, 1))
+    for bn in (residual.bn1, residual.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    conv = _frozen(torch.nn.Conv2d(_C, _C, 3, padding=1))
+    norm = _frozen(torch.nn.GroupNorm(2, _C))
+    return {
+        "nextblock": block,
+        "resnet-block-silu": lambda a: F.silu(residual(a)),
+        "conv-silu": lambda a: F.silu(conv(a)),
+        "depthwise-gelu": lambda a: F.gelu(dw(a)),
+        "groupnorm-softmax": lambda a: norm(a).softmax(1),
+        "maxpool-square": lambda a: F.interpolate(F.max_pool2d(a, 2).pow(2), scale_factor=2),
+    }
+
+
+def _hvp_of(op, weight: torch.Tensor):
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad((op(a) * weight).sum(), a, create_graph=True)
+            (hvp,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+        return g.detach(), hvp.detach()
+
+    return fn
+
+
+@pytest.mark.parametrize("name", list(_ops()))
+def test_the_traced_hessian_vector_product_is_autograds_at_another_batch(name):
+    op = _ops()[name]
+    weight = torch.randn(_C, 6, 6, generator=torch.Generator().manual_seed(1))
+    fn = _hvp_of(op, weight)
+    graph = lowering.trace(fn, (torch.randn(2, _C, 6, 6),), {0: [0]}, torch.nn.Module(), True)
+    x = torch.randn(3, _C, 6, 6, generator=torch.Generator().manual_seed(2))
+    (g, hvp), (g_ref, hvp_ref) = graph(x), fn(x)
+    assert hvp_ref.abs().max() > 0.1
+    torch.testing.assert_close(hvp, hvp_ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-5)
+
+
+def test_finer_score_is_pytorch_grad_cams_target():
+    """:func:`.targets.finer_score` against FinerWeightedTarget's formula with numpy's argsort
+    choosing the rivals, value and gradient, for random logits and classes."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 10, generator=gen, dtype=torch.float64) * 3
+    classes = torch.tensor([0, 9, 4, 4])
+    ours = logits.clone().requires_grad_(True)
+    theirs = logits.clone().requires_grad_(True)
+    y = targets.finer_score(ours, classes)
+    expected = reference_newer._finer_loss(theirs, classes.tolist())
+    torch.testing.assert_close(y.double(), expected, rtol=1e-6, atol=1e-6)
+    y.backward()
+    expected.backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_the_records_say_what_they_need():
+    assert methods.SHAPLEYCAM.second_order and methods.SHAPLEYCAM.target_kind is None
+    assert methods.FINERCAM.target_kind is not None and not methods.FINERCAM.second_order
+    assert isinstance(methods.FINERCAM.target_kind(targets.TopK(2)), targets.Finer)
+    assert list(methods.METHODS)[-2:] == ["finercam", "shapleycam"]
+
+
+def test_an_op_with_no_second_derivative_is_refused_in_one_line():
+    """PyTorch has no double backward of hardsigmoid (MobileNetV3's squeeze-excite gate)."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 2, 1),
+        torch.nn.Hardsigmoid(),
+        torch.nn.Conv2d(8, 8, 1),
+        torch.nn.Hardsigmoid(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    )
+    with pytest.raises(OptionError) as info:
+        build_explainer(model, "1", "shapleycam", SIZE)
+    text = str(info.value)
+    assert "no derivative of aten::hardsigmoid_backward" in text and "\n" not in text
+
+
+def test_what_cannot_take_them_is_refused_in_one_line():
+    with pytest.raises(OptionError) as info:
+        build_explainer(tiny_seg(), None, "finercam", SIZE)
+    assert "finercam compares a class's logit" in str(info.value)
+    assert "\n" not in str(info.value)
+    for method in ("finercam", "shapleycam"):
+        with pytest.raises(OptionError, match=f"{method} needs a classifier's logits"):
+            build_detector(tiny_yolo(), (128, 160), method)
+
+
+def test_bench_variants_explain_what_each_method_explains():
+    """explain-bench's ``--methods finercam`` variant (and its top-k) differentiates FinerCAM's
+    target, and the Grad-CAM beside a finercam explainer the class logit."""
+    from explain_export.bench.variants import _method_explainer, gradcam_explainer
+
+    model, layer = model_of("resnet")
+    images = torch.from_numpy(photos())
+    finer = build_explainer(model, layer, "finercam", SIZE)
+    gradcam = gradcam_explainer(finer)
+    assert gradcam is not None and isinstance(gradcam.plan.target_spec, targets.ClassLogit)
+    variant = _method_explainer(gradcam, "finercam")
+    top2 = _method_explainer(gradcam, "finercam", 2)
+    assert top2.plan.target_spec == targets.Finer(targets.TopK(2))
+    with torch.no_grad():
+        want = finer(images)[1]
+        torch.testing.assert_close(variant(images)[1], want)
+        torch.testing.assert_close(top2(images)[1][:, :1], want)
+        assert (gradcam(images)[1] - want).abs().max() > 1e-2
+    for explainer in (finer, gradcam, variant, top2):
+        explainer.remove()
