@@ -14,7 +14,8 @@ copy, same weights), same module output, same input after ImageNet normalization
 ``targets=None``: it then builds its own ``FinerWeightedTarget`` (the top-1 against the 2nd to
 4th entries of ``argsort(|z - z_c|)``); given a ``ClassifierOutputTarget`` it would be plain
 Grad-CAM. Reported: per photo, the Pearson correlation of the two ``224x224`` maps and their
-largest absolute difference; markdown on stdout, JSON in ``--out``.
+largest absolute difference, and how far their map is from their ``GradCAM``'s (so that a
+method equal to Grad-CAM there is seen); markdown on stdout, JSON in ``--out``.
 
 Models:
 
@@ -22,9 +23,13 @@ Models:
   The head after it (1x1 conv, BN, ReLU6, average pooling, linear) is piecewise linear, so
   ``H·A = 0`` exactly there and ShapleyCAM equals Grad-CAM on both sides (the script prints
   ``max |H·A|`` from autograd to show it);
-- ``convnext_tiny features.7``: ``torchvision.models.convnext_tiny(weights=None)`` (random
-  weights, seeded; nothing is downloaded), whose head is LayerNorm2d + Linear: curved, ``H·A``
-  is not 0, so the Hessian-vector product is compared too.
+- ``convnext_tiny features.7.1``: ``torchvision.models.convnext_tiny(weights=None)`` (random
+  weights, seeded; nothing is downloaded) at its second-to-last block: after it a block
+  (depthwise conv, LayerNorm, GELU MLP, residual) and the LayerNorm2d + Linear head, curved, so
+  ``H·A`` is not 0 and the Hessian-vector product is compared too. Not ``features.7``, which
+  feeds the head's LayerNorm alone: a head that ignores the map's scale (``y(sA) = y(A)``) has
+  ``H·A = −g`` (differentiate ``g(sA) = g(A)/s`` at ``s = 1``), so ShapleyCAM's weights are
+  ``1.5 g`` and its map is Grad-CAM's.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def build_model(name: str, seed: int = 0) -> tuple[nn.Module, str]:
         return load_default(SIZE).model.eval(), "_blocks.15"
     import torchvision
 
-    return torchvision.models.convnext_tiny(weights=None).eval(), "features.7"
+    return torchvision.models.convnext_tiny(weights=None).eval(), "features.7.1"
 
 
 def photos() -> tuple[np.ndarray, list[str]]:
@@ -86,10 +91,13 @@ def ours(model: nn.Module, layer: str, method: str, images: np.ndarray, out: str
 
 
 def theirs(model: nn.Module, layer: str, method: str, x: torch.Tensor, top1: np.ndarray):
-    from pytorch_grad_cam import FinerCAM, ShapleyCAM
+    from pytorch_grad_cam import FinerCAM, GradCAM, ShapleyCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     module = model.get_submodule(layer)
+    if method == "gradcam":
+        with GradCAM(model, [module]) as cam:
+            return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in top1])
     if method == "finercam":
         with FinerCAM(model, [module]) as cam:
             return np.stack([cam(x[i : i + 1])[0] for i in range(len(x))])
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 reference = model(x).argmax(1).numpy()
             ref = theirs(model, layer, method, x, top1)
+            plain = theirs(model, layer, "gradcam", x, top1)
             corr = [pearson(o[0], t) for o, t in zip(got["heatmap"], ref, strict=True)]
+            vs_gradcam = [pearson(o, t) for o, t in zip(ref, plain, strict=True)]
             diff = [float(np.abs(o[0] - t).max()) for o, t in zip(got["heatmap"], ref, strict=True)]
             rows.append(
                 {
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     "photos": names,
                     "corr": corr,
                     "max_abs_diff": diff,
+                    "their_corr_with_their_gradcam": vs_gradcam,
                     "same_top1": bool((top1 == reference).all()),
                     "max_abs_hvp": hvp,
                     "export_s": got["export_s"],
@@ -161,15 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(
         f"| model | layer | method | max abs H·A | min corr | median corr | max abs diff "
-        f"| ≥ {TARGET} |"
+        f"| ≥ {TARGET} | theirs vs their GradCAM, min corr |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ok = "yes" if min(r["corr"]) >= TARGET else "NO"
         print(
             f"| {r['model']} | `{r['layer']}` | {r['method']} | {r['max_abs_hvp']:.3g} "
             f"| {min(r['corr']):.6f} | {float(np.median(r['corr'])):.6f} "
-            f"| {max(r['max_abs_diff']):.2e} | {ok} |"
+            f"| {max(r['max_abs_diff']):.2e} | {ok} "
+            f"| {min(r['their_corr_with_their_gradcam']):.4f} |"
         )
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(rows, f, indent=1)

@@ -98,6 +98,16 @@ def test_the_hessian_vector_product_is_zero_after_a_piecewise_linear_head():
     assert hvp.abs().mean() > 0.1 * g.abs().mean()
 
 
+def test_a_head_that_ignores_the_maps_scale_has_h_a_equal_to_minus_g():
+    """``y(sA) = y(A)`` (the map feeds a LayerNorm: here pooling, then LayerNorm2d) gives
+    ``g(sA) = g(A)/s``, so ``H·A = d/ds g(sA) = −g`` at ``s = 1`` (up to the norm's eps), and
+    ShapleyCAM's weights are ``1.5 g``: Grad-CAM's map. ConvNeXt's last stage is such a map."""
+    model = head_kind("layernorm-head", seed=1)
+    x = reference.normalize(torch.from_numpy(photos()))
+    g, hvp = reference_newer.hessian_times_map(model, x, model.features)
+    assert (hvp + g).abs().max() < 1e-3 * g.abs().max()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["finercam", "shapleycam"])
 @pytest.mark.parametrize("case", list(CASES))
