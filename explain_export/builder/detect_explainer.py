@@ -134,11 +134,8 @@ class DetectionExplainer(nn.Module):
                 cap=cap,
             )
         if method.needs_linear or method.second_order or method.target_kind is not None:
-            raise OptionError(  # cam's linear head, finercam's and shapleycam's class logits
-                "method",
-                "{name} {m} needs a classifier's logits; use gradcam for detectors",
-                m=method.name,
-            )
+            why = "{name} {m} needs a classifier's logits; use gradcam for detectors"  # cam's W
+            raise OptionError("method", why, m=method.name)
         if method.at_image:
             why = "{name} {m} is a pixel-level method for classifiers; use gradcam for detectors"
             raise OptionError("method", why, m=method.name)

@@ -19,7 +19,6 @@ and how is decided first, as a :class:`~.plan.Plan`, which the explainer carries
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ from .inspect.tap import Tap, TapSpec
 from .inspect.tokens import to_map
 from .maths import graph_io, heads, methods
 from .maths.heatmap_head import FusedHead, HeatmapHead
+from .maths.hessian import shapley_gradient
 from .maths.methods import AUTO, Method
 from .maths.pixel_head import PixelHead
 from .maths.sampling import Sampling, make_samples
@@ -256,9 +256,9 @@ class Explainer(nn.Module):
     ) -> list[Tensor]:
         """``∂y/∂A`` for each map; zeros where the logits do not depend on it.
 
-        ``second_order`` (ShapleyCAM): ``g − ½ H·A`` instead, with ``H·A = ∂(g·A)/∂A`` the
-        Hessian-vector product, ``A`` held constant in the dot, each map on its own: ``g`` is
-        taken with ``create_graph``, then differentiated again (double backward)."""
+        ``second_order`` (ShapleyCAM): ``g − ½ H·A`` instead, each map on its own
+        (:func:`.hessian.shapley_gradient`: ``g`` is taken with ``create_graph``, then
+        differentiated again)."""
         grads: list[Tensor | None] = [None] * len(maps)
         if y.requires_grad:
             grads = list(
@@ -272,33 +272,10 @@ class Explainer(nn.Module):
             )
         if second_order:
             grads = [
-                None if g is None else (g - 0.5 * _hvp(g, a, retain or i < len(maps) - 1)).detach()
+                None if g is None else shapley_gradient(g, a, retain or i < len(maps) - 1)
                 for i, (a, g) in enumerate(zip(maps, grads, strict=True))
             ]
         return [torch.zeros_like(a) if g is None else g for a, g in zip(maps, grads, strict=True)]
-
-
-def _hvp(g: Tensor, a: Tensor, retain: bool) -> Tensor:
-    """``H·A = ∂(g·A)/∂A`` for ``g = ∂y/∂A`` taken with ``create_graph``, ``A`` held constant
-    in the dot (``torch.autograd.grad(g, A, grad_outputs=A)``, as pytorch-grad-cam's
-    ``ShapleyCAM``); zero where ``g`` does not depend on ``A`` (a head linear after it)."""
-    if not g.requires_grad:
-        return torch.zeros_like(a)
-    try:
-        (hvp,) = torch.autograd.grad(
-            g, a, grad_outputs=a.detach(), retain_graph=retain, allow_unused=True
-        )
-    except RuntimeError as exc:  # e.g. hardsigmoid: PyTorch has no second derivative of it
-        missing = re.search(r"derivative for (\S+) is not implemented", str(exc))
-        if missing is None:
-            raise
-        raise OptionError(
-            "method",
-            "{name} shapleycam differentiates twice, and PyTorch has no derivative of {op} "
-            "after this {layer}; tap a later {layer} or pick another {name}",
-            op=missing.group(1),
-        ) from exc
-    return torch.zeros_like(a) if hvp is None else hvp
 
 
 def check_input_size(input_size: tuple[int, int]) -> tuple[int, int]:
