@@ -50,7 +50,7 @@ from .rewrites import (
     kept_resizes,
     resizes_as_vec,
 )
-from .second_order import twice_differentiable
+from .second_order import empty_as_full, twice_differentiable
 from .trace_state import kept_attributes
 
 __all__ = [
@@ -150,6 +150,8 @@ def trace(
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*fakes)
+    if second_order:
+        empty_as_full(graph)
     as_strided_to_views(graph)
     fold_broadcast_bmm(graph)
     resizes_as_vec(graph)

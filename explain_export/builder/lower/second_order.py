@@ -17,6 +17,10 @@ ops instead: a convolution's input gradient is the transposed convolution
 plain convolution again (the double backward of ``y = conv(x, w)`` with ``w`` frozen is
 ``conv(ggI, w)``); an eval-mode batch norm is its affine map ``x·s + t`` per channel, with
 ``s = γ/√(σ² + ε)`` and ``t = β − μ s`` from the running statistics.
+
+SiLU's double backward makes a tensor of ones as ``empty_like`` then a fill, and ``empty_like``
+is recorded as ``empty_permuted``, which no exporter to ONNX takes: :func:`empty_as_full`
+writes it as a tensor of zeros (its values are never read).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from .adjoints import convolution_backward
 
-__all__ = ["twice_differentiable"]
+__all__ = ["empty_as_full", "twice_differentiable"]
 
 aten = torch.ops.aten
 _CONVOLUTIONS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -151,3 +155,25 @@ def twice_differentiable() -> Iterator[None]:
     affine map (see the module)."""
     with _TwiceDifferentiable():
         yield
+
+
+def empty_as_full(graph: torch.fx.GraphModule) -> None:
+    """Each ``empty_permuted(size, identity)`` in ``graph`` (``empty_like`` of a contiguous
+    tensor) as ``full(size, 0)`` of its dtype and device: an ONNX ``ConstantOfShape``. Where
+    ``empty_like`` stands, the values are written before they are read, so any will do."""
+    changed = False
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.empty_permuted.default:
+            continue
+        size, order = node.args[0], list(node.args[1])
+        if order != list(range(len(order))):
+            continue
+        kwargs = {k: v for k, v in node.kwargs.items() if k in ("dtype", "layout", "device")}
+        with graph.graph.inserting_before(node):
+            full = graph.graph.call_function(aten.full.default, (size, 0.0), kwargs)
+        full.meta = dict(node.meta)
+        node.replace_all_uses_with(full)
+        graph.graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.recompile()
