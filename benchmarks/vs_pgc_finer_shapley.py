@@ -1,7 +1,7 @@
 """Our exported FinerCAM and ShapleyCAM against pytorch-grad-cam 1.5.7's own ``FinerCAM`` and
 ``ShapleyCAM``, at the same tensor, on the bundled photos.
 
-Not part of the test suite, and nothing imports it: it needs ``grad-cam`` and ``torchvision``,
+Not part of the test suite, and nothing imports it: it needs ``grad-cam`` (pytorch-grad-cam),
 so it runs in the venv that ``make peers`` builds (``.peers/``)::
 
     .peers/bin/python benchmarks/vs_pgc_finer_shapley.py --out /tmp/finer_shapley
@@ -23,17 +23,18 @@ Models:
   The head after it (1x1 conv, BN, ReLU6, average pooling, linear) is piecewise linear, so
   ``H·A = 0`` exactly there and ShapleyCAM equals Grad-CAM on both sides (the script prints
   ``max |H·A|`` from autograd to show it);
-- ``efficientnet_b0 features.7``: ``torchvision.models.efficientnet_b0(weights=None)``
-  (random weights, seeded; nothing is downloaded) at its last block; after it a 1x1 conv, batch
-  norm and SiLU, average pooling and a linear layer: curved, ``H·A`` is neither 0 nor ``−g``,
-  so the Hessian-vector product matters and is compared too.
+- ``efficientnet-lite0-silu _blocks.15``: the same trained weights with the top-level ReLU6
+  (``_swish``, which runs at the stem and after the head's conv + BN) replaced by SiLU: a
+  curved head on a trained trunk, so ``H·A`` is neither 0 nor ``−g`` and the Hessian-vector
+  product is compared too (the logits change; both sides explain the same changed model).
 
-Not a random-weight ConvNeXt: a head that ignores the map's scale (``y(sA) = y(A)``, as where
-the map feeds a LayerNorm) has ``H·A = −g`` (differentiate ``g(sA) = g(A)/s`` at ``s = 1``), so
-ShapleyCAM's weights are ``1.5 g`` and its map is Grad-CAM's; ConvNeXt's last stage feeds the
-head's LayerNorm, and its blocks start as near-identities (layer scale 1e-6), so every layer
-of its last stage is nearly such a map (measured: their ShapleyCAM and GradCAM correlate to
-1.0000 at ``features.7`` and ``features.7.1``).
+Not random-weight torchvision models: a head that ignores the map's scale (``y(sA) = y(A)``,
+as where the map feeds a LayerNorm) has ``H·A = −g`` (differentiate ``g(sA) = g(A)/s`` at
+``s = 1``), so ShapleyCAM's weights are ``1.5 g`` and its map is Grad-CAM's: a random ConvNeXt-
+Tiny's last stage is nearly such a map (its blocks start as near-identities, layer scale 1e-6;
+their ShapleyCAM and GradCAM correlate to 1.0000 at ``features.7`` and ``features.7.1``). A
+random EfficientNet-B0's activations at ``features.7`` are so small that SiLU is linear there
+(``max |H·A|`` 2.5e-16) and pytorch-grad-cam's ``1e-7`` in its min-max dominates its maps.
 """
 
 from __future__ import annotations
@@ -50,20 +51,19 @@ import torch
 from torch import nn
 
 SIZE = (224, 224)
-MODELS = ("efficientnet-lite0", "efficientnet_b0")
+MODELS = ("efficientnet-lite0", "efficientnet-lite0-silu")
 METHODS = ("finercam", "shapleycam")
 TARGET = 0.99
 
 
 def build_model(name: str, seed: int = 0) -> tuple[nn.Module, str]:
     torch.manual_seed(seed)
-    if name == "efficientnet-lite0":
-        from explain_export.builder.model.zoo import load_default
+    from explain_export.builder.model.zoo import load_default
 
-        return load_default(SIZE).model.eval(), "_blocks.15"
-    import torchvision
-
-    return torchvision.models.efficientnet_b0(weights=None).eval(), "features.7"
+    model = load_default(SIZE).model.eval()
+    if name == "efficientnet-lite0-silu":
+        model._swish = nn.SiLU()  # the stem's and the head's activation (it runs twice)
+    return model, "_blocks.15"
 
 
 def photos() -> tuple[np.ndarray, list[str]]:

@@ -239,12 +239,13 @@ def test_transposed_raw_output_is_not_taken_for_a_detector() -> None:
     assert find_detector(Transposed().eval(), SIZE) is None
 
 
-@pytest.mark.parametrize(  # finercam and shapleycam need a classifier's logits (refused)
+@pytest.mark.parametrize(  # detectors refuse pixel-level methods, finercam and shapleycam
     "method",
     [
         m.name
         for m in METHODS.values()
-        if m.needs_gradient and m.has_class and not m.second_order and m.target_kind is None
+        if m.needs_gradient and m.has_class and not m.at_image
+        if not m.second_order and m.target_kind is None
     ],
 )
 def test_window_gradients_give_every_method_the_whole_heads_maps(method: str) -> None:
