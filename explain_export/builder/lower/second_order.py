@@ -18,6 +18,14 @@ plain convolution again (the double backward of ``y = conv(x, w)`` with ``w`` fr
 ``conv(ggI, w)``); an eval-mode batch norm is its affine map ``x·s + t`` per channel, with
 ``s = γ/√(σ² + ε)`` and ``t = β − μ s`` from the running statistics.
 
+Measured against autograd's double backward (``benchmarks/hvp_error.py``: the tests'
+LayerNorm-head model at three layers, the photos, float32): the traced ``H·A`` is within 2.5e-7
+of ``max |H·A|`` of autograd's, and within 3.3e-7 of float64 autograd's (autograd's own float32
+error there: 3.6e-7). A central difference of the lowered gradient,
+``(g(A(1+ε)) − g(A(1−ε))) / 2ε`` in one batch, the other way to forward ops, is 300 times
+further off or more: 6.5e-5 to 1.8e-4 at ``ε`` = 1e-2 or 1e-3, 1.0e-2 to 1.8e-2 at 0.1
+(truncation), 4.8e-4 to 1.7e-3 at 1e-4 (rounding).
+
 SiLU's double backward makes a tensor of ones as ``empty_like`` then a fill, and ``empty_like``
 is recorded as ``empty_permuted``, which no exporter to ONNX takes: :func:`empty_as_full`
 writes it as a tensor of zeros (its values are never read).
