@@ -1,5 +1,5 @@
 """FinerCAM and ShapleyCAM: eager and exported heatmaps against independent references written
-from the formulas with autograd (tests/reference_newer.py: FinerCAM's comparison target, and
+from the formulas with autograd (tests/reference_finer_shapley.py: FinerCAM's comparison target, and
 ShapleyCAM's Hessian-vector product by autograd's double backward), on real photos, at the
 top-1, a class chosen at run time and the top-k, in every format."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference_newer
+import reference_finer_shapley
 import torch
 import torch.nn.functional as F
 from detectors import tiny_yolo
@@ -38,7 +38,7 @@ def ref(model, images, layer, method, class_index=None) -> np.ndarray:
     spec = TapSpec.parse(layer)
     x = reference.normalize(torch.from_numpy(images))
     module = model.get_submodule(spec.module)
-    return reference_newer.newer_cam(
+    return reference_finer_shapley.newer_cam(
         model, x, module, method, spec.port, spec.call or 0, class_index
     )
 
@@ -187,7 +187,7 @@ def test_shapleycam_on_the_default_model_is_gradcam(default_model):
     images = np.stack([samples.load_rgb(samples.photo_path(p), (224, 224)) for p in PHOTOS])
     x = reference.normalize(torch.from_numpy(images))
     model = default_model.model
-    g, hvp = reference_newer.hessian_times_map(model, x, model.get_submodule("_blocks.15"))
+    g, hvp = reference_finer_shapley.hessian_times_map(model, x, model.get_submodule("_blocks.15"))
     assert g.abs().max() > 0 and hvp.abs().max() == 0
     maps = {}
     for method in ("gradcam", "shapleycam"):
@@ -263,7 +263,7 @@ def test_finer_score_is_pytorch_grad_cams_target():
     ours = logits.clone().requires_grad_(True)
     theirs = logits.clone().requires_grad_(True)
     y = targets.finer_score(ours, classes)
-    expected = reference_newer._finer_loss(theirs, classes.tolist())
+    expected = reference_finer_shapley._finer_loss(theirs, classes.tolist())
     torch.testing.assert_close(y.double(), expected, rtol=1e-6, atol=1e-6)
     y.backward()
     expected.backward()
