@@ -10,6 +10,7 @@ import sys
 
 from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
+from ..builder.maths.fusion import FUSIONS
 from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
 from ._detect import check_not_detection, find_detector, run_detector
@@ -64,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the feature map to explain (see below). Default: the map that the classifier's "
         "global pooling takes, else the last map larger than 1x1 (marked in --list-layers). "
         "Repeat it to fuse several maps: each is made, ReLU'd and min-maxed at full size, then "
-        "they are averaged and min-maxed again (a gradient method; auto takes gradcam)",
+        "they are averaged (or, with --fuse product, multiplied) and min-maxed again (auto "
+        "takes gradcam)",
+    )
+    e.add_argument(
+        "--fuse",
+        choices=tuple(FUSIONS),
+        default=None,
+        help="how repeated --layer maps are fused: mean (default) or product, pytorch-grad-cam's "
+        "RefineCAM (only what every layer shows stays; denoises early layers)",
     )
     e.add_argument(
         "--method",
@@ -328,6 +337,7 @@ def _run(args: argparse.Namespace) -> int:
         flags.background,
         tokens=args.tokens,
         sampling=flags.sampling,
+        fuse=args.fuse,
     )
     info = explainer.plan
     if flags.labels is not None:  # where the flags did not tell the class count: now
@@ -342,7 +352,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"layer:  {one.layer}  (feature map {shape})")
     if info.fused:
-        print(f"        the {len(info.fused)} maps are fused: averaged, then min-maxed again")
+        how = "multiplied (RefineCAM)" if info.fuse == "product" else "averaged"
+        print(f"        the {len(info.fused)} maps are fused: {how}, then min-maxed again")
     head = f", head {info.head}" if info.head else ""
     if info.target is not None:
         label = f" '{labels[info.target]}'" if labels else ""

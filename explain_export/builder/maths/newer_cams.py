@@ -103,9 +103,7 @@ def kpca_direction(centred: Tensor, squarings: int = KPCA_SQUARINGS) -> Tensor:
     norms = torch.linalg.vector_norm(g, dim=1, keepdim=True)  # [N, 1, hw]: column norms
     pick = norms.argmax(dim=2, keepdim=True).expand(-1, g.shape[1], -1)  # [N, hw, 1]
     u = torch.gather(g, 2, pick)
-    return u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(
-        torch.finfo(u.dtype).tiny
-    )
+    return u / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
 
 
 def kpca_terms(
