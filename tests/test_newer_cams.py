@@ -234,3 +234,32 @@ def test_the_newer_methods_give_their_own_maps():
         for b in list(maps)[i + 1 :]:
             if {a, b} != {"eigencam", "kpcacam"}:
                 assert np.abs(maps[a] - maps[b]).max() > 1e-2, (a, b)
+
+
+def test_explain_bench_has_a_variant_per_newer_method():
+    """``explain-bench --methods fem,kpcacam,segeigencam [--top-k K]``: an ``ort_<method>``
+    variant each, made from the bench's explainer with the method swapped; a top-k one only for
+    the method with a class."""
+    from explain_export.bench.config import BenchConfig
+    from explain_export.bench.variants import _method_explainer
+    from explain_export.errors import UsageError
+
+    config = BenchConfig(methods=NEWER, top_k=2)
+    config.check()
+    assert config.method_variants() == [
+        *(f"ort_{m}" for m in NEWER),
+        *(f"ort_{m}_top2" for m in NEWER),
+    ]
+    with build_explainer(tiny_resnet(seed=2), "layer2", "gradcam", SIZE) as explainer:
+        images = torch.from_numpy(photos())
+        for method in NEWER:
+            with _method_explainer(explainer, method) as swapped:
+                assert swapped.plan.method == method
+                got = swapped(images)[1].detach().numpy()
+            np.testing.assert_allclose(
+                got, ref(swapped.model, photos(), "layer2", method), atol=1e-4
+            )
+        with _method_explainer(explainer, "segeigencam", 2) as top2:
+            assert top2(images)[1].shape == (3, 2, *SIZE)
+        with pytest.raises(UsageError, match="fem explains no class"):
+            _method_explainer(explainer, "fem", 2)
