@@ -155,19 +155,22 @@ def test_every_newer_method_on_the_embedded_models_maps(default_model, layer, me
     _default_case(default_model, layer, method)
 
 
+# Every format at a free size for kpcacam (the squarings at a symbolic hw) and fem; ONNX for
+# segeigencam, whose lowered gradient through the whole backbone takes minutes in three formats
+# (the small models above export it in every format).
 @pytest.mark.slow
-@pytest.mark.parametrize("method", NEWER)
-def test_the_embedded_model_exports_every_newer_method_in_every_format(
-    default_model, tmp_path, method
-):
+@pytest.mark.parametrize(
+    "method, formats", [("fem", ALL_FORMATS), ("kpcacam", ALL_FORMATS), ("segeigencam", ("onnx",))]
+)
+def test_the_embedded_model_exports_every_newer_method(default_model, tmp_path, method, formats):
     model = default_model.model
     images = photos((224, 224), samples.PHOTOS)
     explainer = build_explainer(model, "_blocks.15", method)
-    result = export_explainer(explainer, str(tmp_path), ALL_FORMATS, dynamic_size=True)
+    result = export_explainer(explainer, str(tmp_path), formats, dynamic_size=True)
     assert all(r.ok for r in result.parity)
     explainer.remove()
     expected = ref(model, images, "_blocks.15", method)
-    for fmt in ALL_FORMATS:
+    for fmt in formats:
         got = runtime.load(result.paths[fmt]).outputs(images)["heatmap"]
         np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=fmt)
 
