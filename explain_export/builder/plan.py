@@ -172,8 +172,7 @@ def make_plan(
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
     ``layer`` may list several layers: each one's map is made, and the maps are fused
-    (:func:`.heads.fuse`, or by ``fuse="product"`` :func:`.heads.fuse_product`; ``fuse`` with one
-    layer is refused); a method that reads one map only (``cam``) is refused there, and
+    by ``fuse`` (:mod:`.fusion`: mean, the default, or product); cam is refused there, and
     ``auto`` takes ``gradcam``. ``top_k``: a map for each of the ``top_k`` best classes of each
     image (:class:`.TopK`). A segmentation model (per-pixel scores ``[N,K,H',W']``) explains a
     class over its predicted pixels (:class:`.Region`); ``background`` is the class its default
