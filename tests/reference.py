@@ -257,3 +257,76 @@ def region_gradcam(
     a, g = store["a"], store["a"].grad
     m = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).detach().numpy()
     return numpy_finish(m, tuple(x.shape[-2:])), classes
+
+
+# The newer CAMs of pytorch-grad-cam 1.5.7 (fem, kpcacam, segeigencam), from the formulas in
+# float64: FEM's k-sigma rule with numpy's std (ddof 0); KPCA-CAM's sigmoid kernel with a dense
+# eigendecomposition (torch.linalg.eigh, the largest eigenvalue as scikit-learn takes it, no
+# power iteration); Seg-Eigen-CAM's |g| ⊙ A through the SVD projection above.
+
+
+def kpca_projection(maps: np.ndarray) -> np.ndarray:
+    """Each [C,h,w] map's KPCA-CAM projection [N,h,w]: rows x_i of the centred hw × C map,
+    K = tanh(x_i·x_j / C + 1), K centred (K - row means - column means + mean), its eigenvector
+    of the largest eigenvalue by eigh, the entry largest in magnitude positive (svd_flip)."""
+    out = []
+    for a in torch.from_numpy(maps).double():
+        x = a.reshape(a.shape[0], -1).T
+        x = x - x.mean(0)
+        k = torch.tanh(x @ x.T / a.shape[0] + 1)
+        k = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+        values, vectors = torch.linalg.eigh(k)
+        u = vectors[:, -1] * values[-1].clamp_min(0).sqrt()
+        u = u * torch.sign(u[u.abs().argmax()])
+        out.append(u.reshape(a.shape[1:]).numpy())
+    return np.stack(out)
+
+
+def newer(
+    model: nn.Module,
+    x: Tensor,
+    module: nn.Module,
+    method: str,
+    port: str = "output",
+    call: int = 0,
+    class_index: Tensor | None = None,
+) -> np.ndarray:
+    """The heatmap of ``method`` (fem, kpcacam, segeigencam) for the normalized batch ``x`` at
+    the tensor ``module`` gives; ``g`` (segeigencam) by autograd through a cloning hook."""
+    store: dict = {}
+    handle = _capture(module, port, call, store)
+    try:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            logits = model(x)
+            c = logits.argmax(1) if class_index is None else class_index
+            logits.gather(1, c[:, None]).sum().backward()
+    finally:
+        handle.remove()
+    a, g = store["a"].detach().double(), store["a"].grad.double()
+    if method == "fem":
+        a_np = a.numpy()
+        th = a_np.mean(axis=(2, 3), keepdims=True) + 2 * a_np.std(axis=(2, 3), keepdims=True)
+        m = ((a_np > th).mean(axis=(2, 3), keepdims=True) * a_np).sum(axis=1)
+    elif method == "kpcacam":
+        m = kpca_projection(a.numpy())
+    elif method == "segeigencam":
+        m = projection((g.abs() * a).numpy())
+    else:
+        raise ValueError(method)
+    return numpy_finish(np.maximum(m, 0), tuple(x.shape[-2:]))
+
+
+def refined(
+    model: nn.Module,
+    x: Tensor,
+    modules: list[nn.Module],
+    method: str,
+    class_index: Tensor | None = None,
+) -> np.ndarray:
+    """pytorch-grad-cam's RefineCAM: each layer's :func:`family` map (ReLU'd, resized,
+    min-maxed), multiplied over the layers, min-maxed again (numpy)."""
+    maps = np.prod([family(model, x, m, method, class_index=class_index) for m in modules], 0)
+    lo = maps.min(axis=(1, 2, 3), keepdims=True)
+    span = maps.max(axis=(1, 2, 3), keepdims=True) - lo
+    return (maps - lo) / np.where(span > 0, span, np.inf)

@@ -1,6 +1,7 @@
 """Several layers, fused (``--layer`` repeated): each layer's map is made, ReLU'd and min-maxed
-at full size; the maps are averaged and min-maxed again. Checked against the reference fusion
-(tests/reference.py: autograd and a cloning hook per layer), on real photos, in every format."""
+at full size; the maps are averaged (or with ``--fuse product`` multiplied, pytorch-grad-cam's
+RefineCAM) and min-maxed again. Checked against the reference fusion (tests/reference.py:
+autograd and a cloning hook per layer), on real photos, in every format."""
 
 from __future__ import annotations
 
@@ -28,25 +29,29 @@ def photos() -> np.ndarray:
     return np.stack([samples.load_rgb(samples.photo_path(n), SIZE) for n in PHOTOS])
 
 
-def check(model, layers, method, out, formats, top_k=None) -> None:
-    explainer = build_explainer(model, layers, method, SIZE, top_k=top_k)
+def check(model, layers, method, out, formats, top_k=None, fuse=None) -> None:
+    explainer = build_explainer(model, layers, method, SIZE, top_k=top_k, fuse=fuse)
     assert [p.layer for p in explainer.plan.layers] == layers
     result = export_explainer(explainer, str(out), formats)
     assert all(r.ok for r in result.parity)
     assert result.metadata["layers"] == layers
+    assert result.metadata["fuse"] == (fuse or "mean")
     images = photos()
     x = reference.normalize(torch.from_numpy(images))
     modules = [model.get_submodule(name) for name in layers]
+    fused = reference.refined if fuse == "product" else reference.fused
     if top_k is None:
-        expected = reference.fused(model, x, modules, method)
+        expected = fused(model, x, modules, method)
     else:
         with torch.no_grad():
             classes = model(x).topk(top_k, dim=1).indices
         expected = np.concatenate(
-            [reference.fused(model, x, modules, method, classes[:, j]) for j in range(top_k)], 1
+            [fused(model, x, modules, method, classes[:, j]) for j in range(top_k)], 1
         )
     single = reference.family(model, x, modules[-1], method)
     assert np.abs(expected - single).max() > 0.05  # the fusion is not the last layer's map
+    if fuse == "product":  # nor the mean
+        assert np.abs(expected - reference.fused(model, x, modules, method)).max() > 0.05
     with torch.no_grad():
         eager = explainer(torch.from_numpy(images))[1].numpy()
     np.testing.assert_allclose(eager, expected, atol=1e-4)
@@ -68,6 +73,49 @@ def check(model, layers, method, out, formats, top_k=None) -> None:
 )
 def test_fused_layers_equal_the_reference_fusion(tmp_path, method, formats):
     check(tiny_resnet(seed=3), LAYERS, method, tmp_path, formats)
+
+
+@pytest.mark.parametrize(
+    "method, formats",
+    [
+        ("gradcam++", ("onnx",)),
+        pytest.param("gradcam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
+        pytest.param("eigencam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
+    ],
+)
+def test_product_fusion_equals_refinecam(tmp_path, method, formats):
+    """``fuse="product"``: the layers' maps multiplied, then min-maxed (RefineCAM; its default
+    base method is Grad-CAM++)."""
+    check(tiny_resnet(seed=3), LAYERS, method, tmp_path, formats, fuse="product")
+
+
+@pytest.mark.slow
+def test_product_fusion_with_top_k(tmp_path):
+    check(tiny_resnet(seed=3), LAYERS[1:], "gradcam", tmp_path, ("onnx",), top_k=2, fuse="product")
+
+
+@pytest.mark.parametrize(
+    "layers, fuse, words",
+    [
+        ("layer2", "product", "fuse fuses several maps; give layer twice or more, or drop fuse"),
+        (["layer2"], "mean", "fuse fuses several maps"),
+        (None, "product", "fuse fuses several maps"),
+        (["layer2", "layer3"], "max", "fuse takes mean or product, not 'max'"),
+    ],
+)
+def test_fuse_without_several_layers_is_refused_in_one_line(layers, fuse, words):
+    with pytest.raises(OptionError) as info:
+        build_explainer(tiny_resnet(), layers, "gradcam", SIZE, fuse=fuse)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_command_refuses_fuse_with_one_layer_before_loading(tmp_path, capsys):
+    args = ["--ckpt", str(tmp_path / "missing.pt"), "--arch", "models:TinyResNet"]
+    code = export_main([*args, "--layer", "layer2", "--fuse", "product", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.endswith("--fuse fuses several maps; give --layer twice or more, or drop --fuse")
+    assert "\n" not in err
 
 
 @pytest.mark.slow
@@ -114,3 +162,8 @@ def test_the_command_fuses_repeated_layers(tmp_path, capsys):
     assert "layer:  layer2" in out and "layer:  layer3" in out and "fused" in out
     meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
     assert meta["layers"] == ["layer2", "layer3"] and meta["method"] == "gradcam"
+    assert meta["fuse"] == "mean"
+    product = [*args, "--fuse", "product", "--formats", "onnx", "--out", str(tmp_path / "p")]
+    assert export_main(product) == 0
+    assert "multiplied (RefineCAM), then min-maxed again" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p" / "explainer.json").read_text())["fuse"] == "product"

@@ -224,6 +224,7 @@ class ArtifactMetadata:
     method_reason: str | None = None
     layer: str | None = None
     layers: tuple[str, ...] | None = None  # every tapped map; several: their maps are fused
+    fuse: str | None = None  # several layers: how their maps are fused, mean or product
     layout: str | None = None
     tap_copied: bool | None = None
     head: str | None = None

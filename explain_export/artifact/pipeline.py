@@ -62,7 +62,7 @@ __all__ = [
 
 # the registry's methods whose map explains no class (builder.maths.methods' has_class False); what
 # an export made before metadata recorded its ``target`` is judged by
-CLASS_FREE_METHODS = ("eigencam", "sum")
+CLASS_FREE_METHODS = ("eigencam", "sum", "fem", "kpcacam")
 
 
 class Fitted(NamedTuple):

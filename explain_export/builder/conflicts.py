@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import OptionError
 from .inspect.tap import TapSpec
-from .maths import methods
+from .maths import fusion, methods
 from .maths.methods import AUTO, Method
 
 __all__ = ["check_options", "check_request"]
@@ -27,10 +27,11 @@ def check_request(
     graph: Any,
     head: str | None,
     layer: str | TapSpec | Sequence[str | TapSpec] | None,
+    fuse: str | None = None,
 ) -> None:
     """:func:`check_options` for the arguments :func:`.plan.make_plan` and
     :func:`.explainer.build_explainer` take: ``graph`` a :class:`.plan.GraphOptions` (its
-    overlay and alpha), ``layer`` one layer or several to fuse."""
+    overlay and alpha), ``layer`` one layer or several to fuse, ``fuse`` how."""
     several = layer is not None and not isinstance(layer, str | TapSpec)
     check_options(
         method,
@@ -40,6 +41,7 @@ def check_request(
         overlay_alpha=graph.overlay_alpha,
         head=head,
         layers=list(layer) if several else None,  # type: ignore[arg-type]
+        fuse=fuse,
     )
 
 
@@ -53,12 +55,14 @@ def check_options(
     head: str | None = None,
     layers: Sequence[object] | None = None,
     class_input: bool = False,
+    fuse: str | None = None,
 ) -> None:
     """An :class:`.OptionError` for the first pair of options that cannot go together, or a
     value no model can take: a class (``target``, ``top_k``, ``class_input``) for a method that
     explains none; ``top_k`` with ``target``, ``class_input`` or the in-graph ``overlay``;
     ``head`` for a method without cam's linear layer; several ``layers`` for cam, or one
-    listed twice; ``top_k`` below 1, a negative ``target`` or ``overlay_alpha``."""
+    listed twice; ``fuse`` (how to fuse) with fewer than two ``layers``, or not a fusion's name;
+    ``top_k`` below 1, a negative ``target`` or ``overlay_alpha``."""
     spec = None if method == AUTO else methods.get(method)
     _check_class(spec, target, top_k, class_input)
     if target is not None and target < 0:
@@ -90,6 +94,12 @@ def check_options(
             "head", "{name} names cam's linear layer; {m} does not use one", m=spec.name
         )
     _check_layers(spec, layers)
+    if fuse is not None:
+        fusion.get(fuse)
+        if layers is None or len(layers) < 2:
+            raise OptionError(
+                "fuse", "{name} fuses several maps; give {layer} twice or more, or drop {name}"
+            )
 
 
 def _check_class(

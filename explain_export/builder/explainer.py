@@ -33,7 +33,7 @@ from .inspect import dead_head, probe
 from .inspect.biases import BiasTaps
 from .inspect.tap import Tap, TapSpec
 from .inspect.tokens import to_map
-from .maths import graph_io, heads, methods
+from .maths import fusion, graph_io, heads, methods
 from .maths.heatmap_head import FusedHead, HeatmapHead
 from .maths.hessian import shapley_gradient
 from .maths.methods import AUTO, Method
@@ -108,7 +108,11 @@ class Explainer(nn.Module):
             )
             for p in plan.layers
         ]
-        self.heatmap_head = layer_heads[0] if len(layer_heads) == 1 else FusedHead(layer_heads, eps)
+        self.heatmap_head = (
+            layer_heads[0]
+            if len(layer_heads) == 1
+            else FusedHead(layer_heads, eps, fusion.get(plan.fuse))
+        )
 
     def _pixel_head(self, eps: float) -> PixelHead:
         """The head of a method at the image; FullGrad's bias layers surveyed on one forward."""
@@ -301,11 +305,13 @@ def build_explainer(
     background: int | None = 0,
     tokens: int | None = None,
     sampling: Sampling | None = None,
+    fuse: str | None = None,
 ) -> Explainer:
     """Probe ``model`` at ``input_size``, plan (:func:`.plan.make_plan`), build, check.
 
     ``layer=None`` takes the map the classifier pools (see :func:`.layers.default_layer`); a
-    list of layers fuses their maps (:class:`.heatmap_head.FusedHead`).
+    list of layers fuses their maps (:class:`.heatmap_head.FusedHead`), by ``fuse``: ``mean``
+    (None: the default) or ``product`` (pytorch-grad-cam's RefineCAM, :mod:`.fusion`).
     ``method="auto"`` takes ``cam`` where it is exact (the map feeds global average pooling + one
     ``nn.Linear``), else ``gradcam``; ``explainer.plan`` says which and why. ``target`` fixes the
     class to explain (default: the argmax); ``top_k`` explains the ``top_k`` best classes of each
@@ -325,7 +331,7 @@ def build_explainer(
     """
     if method != AUTO:  # the cheap checks before the probe; make_plan repeats them for callers
         method = methods.get(method)
-    check_request(method, target, top_k, graph, head, layer)
+    check_request(method, target, top_k, graph, head, layer, fuse)
     mean, std = check_norm(mean, std)
     h, w = check_input_size(input_size)
     model = model.eval()
@@ -344,6 +350,7 @@ def build_explainer(
         background,
         tokens,
         sampling,
+        fuse,
     )
     if graph.half:
         model = model.half()

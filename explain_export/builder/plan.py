@@ -95,6 +95,7 @@ class Plan:
     output: OutputKey = field(default_factory=OutputKey)  # the model output with the logits
     output_size: tuple[int, ...] | None = None  # segmentation: (H', W') of the scores at export
     sampling: Sampling | None = None  # a sampling method's steps, noise and seed
+    fuse: str = "mean"  # how several layers' maps are fused (:mod:`.fusion`): mean or product
 
     @property
     def method(self) -> str:
@@ -166,11 +167,12 @@ def make_plan(
     background: int | None = 0,
     tokens: int | None = None,
     sampling: Sampling | None = None,
+    fuse: str | None = None,
 ) -> Plan:
     """Decide layer, method and target for ``model`` from its probe ``result``; see the module.
 
     ``layer`` may list several layers: each one's map is made, and the maps are fused
-    (:func:`.heads.fuse`); a method that reads one map only (``cam``) is refused there, and
+    by ``fuse`` (:mod:`.fusion`: mean, the default, or product); cam is refused there, and
     ``auto`` takes ``gradcam``. ``top_k``: a map for each of the ``top_k`` best classes of each
     image (:class:`.TopK`). A segmentation model (per-pixel scores ``[N,K,H',W']``) explains a
     class over its predicted pixels (:class:`.Region`); ``background`` is the class its default
@@ -187,7 +189,7 @@ def make_plan(
     graph.check()
     several = layer is not None and not isinstance(layer, str | TapSpec)
     given = list(layer) if several else [layer]  # type: ignore[arg-type]
-    check_request(method, target, top_k, graph, head, layer)  # the options alone
+    check_request(method, target, top_k, graph, head, layer, fuse)  # the options alone
     fused = tuple(_layer_plan(model, result, one, tokens) for one in given) if several else ()
     names = [p.layer for p in fused]
     if len(set(names)) != len(names):  # two spellings of one tensor
@@ -208,13 +210,11 @@ def make_plan(
         reason = "several layers are fused; cam is exact at one map only, so the gradient is used"
     segmentation = result.logits.dim() == 4
     what = _target_of(result, target, top_k, background)
-    if chosen.target_kind is not None:  # e.g. FinerCAM's comparison with the nearest classes
-        what = chosen.target_kind(what)
     return Plan(
         chosen,
         str(spec),
         head_name,
-        what,
+        what if chosen.target_kind is None else chosen.target_kind(what),  # FinerCAM's
         num_classes,
         feature_shape,
         result.input_size,
@@ -230,6 +230,7 @@ def make_plan(
         output=result.output,
         output_size=tuple(result.logits.shape[2:]) if segmentation else None,
         sampling=_sampling(chosen, sampling),
+        fuse=fuse or "mean",
     )
 
 

@@ -34,6 +34,7 @@ CLASSIFIER_FLAGS: dict[str, tuple[str, Any]] = {
     "head": ("--head", None),
     "tokens": ("--tokens", None),
     "heatmap_dtype": ("--heatmap-dtype", "float32"),
+    "fuse": ("--fuse", None),
 }
 DEFAULT_SIZE = (640, 640)  # YOLO's
 

@@ -55,6 +55,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             head=args.head,
             layers=args.layer if args.layer and len(args.layer) > 1 else None,
             class_input=args.class_input,
+            fuse=args.fuse,
         )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     sampling = check_sampling(args)

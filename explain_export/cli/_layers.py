@@ -1,5 +1,6 @@
 """What ``explain-export`` says about layers: ``--list-layers`` (the tap candidates, the
-default marked, what is left out and why) and the report's line on a map's layout."""
+default marked, what is left out and why), the report's lines on a map's layout and on fused
+layers, and the ``--fuse`` flag."""
 
 from __future__ import annotations
 
@@ -9,7 +10,28 @@ from typing import Any
 from ..words import count
 from ._export_checks import Checked
 
-__all__ = ["layout_line", "list_layers"]
+__all__ = ["add_fuse_flag", "fused_line", "layout_line", "list_layers"]
+
+
+def add_fuse_flag(group: Any) -> None:
+    """``--fuse``: how repeated ``--layer`` maps are fused (:mod:`..builder.maths.fusion`)."""
+    from ..builder.maths.fusion import FUSIONS
+
+    group.add_argument(
+        "--fuse",
+        choices=tuple(FUSIONS),
+        default=None,
+        help="how repeated --layer maps are fused: each is made, ReLU'd and min-maxed at full "
+        "size, then averaged (mean, the default) or multiplied (product: pytorch-grad-cam's "
+        "RefineCAM; only what every layer shows stays, which denoises early layers), and "
+        "min-maxed again",
+    )
+
+
+def fused_line(layers: int, fuse: str) -> str:
+    """What the report says of ``layers`` fused maps."""
+    how = "multiplied (RefineCAM)" if fuse == "product" else "averaged"
+    return f"the {layers} maps are fused: {how}, then min-maxed again"
 
 
 def layout_line(layout: str) -> str | None:

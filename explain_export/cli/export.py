@@ -14,7 +14,7 @@ from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
 from ._detect import check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
-from ._layers import layout_line, list_layers
+from ._layers import add_fuse_flag, fused_line, layout_line, list_layers
 from ._sampling import IMAGE, PIXEL_ONLY, add_sampling_flags
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="the feature map to explain (see below). Default: the map that the classifier's "
         "global pooling takes, else the last map larger than 1x1 (marked in --list-layers). "
-        "Repeat it to fuse several maps: each is made, ReLU'd and min-maxed at full size, then "
-        "they are averaged and min-maxed again (a gradient method; auto takes gradcam)",
+        "Repeat it to fuse several maps (see --fuse; auto takes gradcam)",
     )
+    add_fuse_flag(e)
     e.add_argument(
         "--method",
         choices=CHOICES,
@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cam: ReLU(sum_k W[c,k] A_k), equal to Grad-CAM where the map feeds global average "
         "pooling + one nn.Linear; gradcam: ReLU(sum_k a_k A_k), a_k = mean_ij dy_c/dA_k(i,j), "
         "for any differentiable head, the gradient computed inside the exported graph; "
-        "gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, eigengradcam: the rest "
-        "of the gradient family, the same way (README, Methods); eigencam: the map's first "
-        "principal component, no class; sum: the channel sum of the map. Pixel-level, the "
+        "gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, eigengradcam, segeigencam: "
+        "the rest of the gradient family, the same way (README, Methods); eigencam, kpcacam "
+        "(kernel PCA), fem (k-sigma outliers): no class; sum: the channel sum. Pixel-level, the "
         "gradient taken at the image (no --layer): saliency, inputxgradient, "
         "integrated-gradients, smoothgrad, guided-backprop, fullgrad; guided-gradcam: "
         "guided-backprop times the Grad-CAM of --layer",
@@ -328,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
         flags.background,
         tokens=args.tokens,
         sampling=flags.sampling,
+        fuse=args.fuse,
     )
     info = explainer.plan
     if flags.labels is not None:  # where the flags did not tell the class count: now
@@ -342,7 +343,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"layer:  {one.layer}  (feature map {shape})")
     if info.fused:
-        print(f"        the {len(info.fused)} maps are fused: averaged, then min-maxed again")
+        print(f"        {fused_line(len(info.fused), info.fuse)}")
     head = f", head {info.head}" if info.head else ""
     if info.target is not None:
         label = f" '{labels[info.target]}'" if labels else ""

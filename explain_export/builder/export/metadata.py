@@ -91,6 +91,7 @@ def build_metadata(
         method_reason=info.reason,
         layer=info.layer,
         layers=tuple(p.layer for p in info.layers),
+        fuse=info.fuse if info.fused else None,
         layout=info.layout,
         tap_copied=info.cloned,
         head=info.head,

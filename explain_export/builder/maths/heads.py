@@ -8,7 +8,7 @@ A channel-weighted head takes the tapped map ``A`` ``[N, C, h, w]`` and channel 
 are :math:`m = \\mathrm{ReLU}(\\sum_k α_k A_k)`. :func:`channel_terms` computes it scaled so
 that nothing overflows, with its terms' magnitude; :func:`to_unit` resizes and min-maxes any
 map before resize (:func:`render` is the two in one); :func:`fuse` averages the heatmaps of
-several layers. :func:`finish` is the same tail for a map
+several layers, :func:`fuse_product` multiplies them. :func:`finish` is the same tail for a map
 computed elsewhere (the benchmarks' eager Grad-CAM). Only ops that trace and export to
 TorchScript and ONNX.
 """
@@ -27,6 +27,7 @@ __all__ = [
     "channel_terms",
     "finish",
     "fuse",
+    "fuse_product",
     "gradcam_weights",
     "guard",
     "magnitude",
@@ -230,3 +231,18 @@ def fuse(maps: list[Tensor], eps: float = DEFAULT_EPS) -> Tensor:
     for m in maps[1:]:  # a running sum: no stacked copy of the maps (YOLO: 3 x D x 640 x 640)
         total = total + m
     return _span_to_unit(total / len(maps), eps)
+
+
+def fuse_product(maps: list[Tensor], eps: float = DEFAULT_EPS) -> Tensor:
+    r"""Several layers' heatmaps, each ``[M,1,H,W]`` in [0, 1], as one by their product:
+    :math:`\mathrm{minmax}(\prod_l m_l)`; flat (a range of at most ``eps``) gives 0.
+    pytorch-grad-cam's ``RefineCAM`` (its per-layer maps are min-maxed as these are).
+
+    Example:
+        >>> fuse_product([torch.tensor([[[[0.5, 1.0]]]]), torch.tensor([[[[1.0, 0.25]]]])])
+        tensor([[[[1., 0.]]]])
+    """
+    total = maps[0]
+    for m in maps[1:]:
+        total = total * m
+    return _span_to_unit(total, eps)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..plan import GraphOptions
-from . import graph_io, heads
+from . import fusion, graph_io, heads
 from .methods import Method, Needs
 from .targets import ClassLogit, Region, Target
 
@@ -151,14 +151,21 @@ class HeatmapHead(nn.Module):
 
 
 class FusedHead(nn.Module):
-    """Several layers' heads as one (:func:`.heads.fuse`): each layer's map is made by its
-    :class:`HeatmapHead`, ReLU'd, resized and min-maxed; the maps are averaged and min-maxed
-    again. Takes the maps and gradients as lists, one per layer, in the heads' order."""
+    """Several layers' heads as one (:mod:`.fusion`): each layer's map is made by its
+    :class:`HeatmapHead`, ReLU'd, resized and min-maxed; the maps are fused by ``how`` (averaged
+    by default, or multiplied) and min-maxed again. Takes the maps and gradients as lists, one
+    per layer, in the heads' order."""
 
-    def __init__(self, layer_heads: Sequence[HeatmapHead], eps: float = heads.DEFAULT_EPS) -> None:
+    def __init__(
+        self,
+        layer_heads: Sequence[HeatmapHead],
+        eps: float = heads.DEFAULT_EPS,
+        how: fusion.Fusion = fusion.MEAN,
+    ) -> None:
         super().__init__()
         self.heads = nn.ModuleList(layer_heads)
         self.eps = eps
+        self.how = how
 
     @property
     def lut(self) -> Tensor:
@@ -186,4 +193,4 @@ class FusedHead(nn.Module):
         for head, a, g in zip(self.heads, features, grads, strict=True):
             heat, classes = head.maps(image, logits, a, g, weight, class_index, relu=True)
             units.append(heat)
-        return self.heads[0].assemble(image, logits, heads.fuse(units, self.eps), classes)
+        return self.heads[0].assemble(image, logits, self.how.combine(units, self.eps), classes)

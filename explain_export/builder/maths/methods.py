@@ -37,6 +37,7 @@ __all__ = [
     "CHOICES",
     "EIGENCAM",
     "EIGENGRADCAM",
+    "FEM",
     "FINERCAM",
     "FULLGRAD",
     "GRADCAM",
@@ -47,9 +48,11 @@ __all__ = [
     "HIRESCAM",
     "INPUTXGRADIENT",
     "INTEGRATED_GRADIENTS",
+    "KPCACAM",
     "LAYERCAM",
     "METHODS",
     "SALIENCY",
+    "SEGEIGENCAM",
     "SHAPLEYCAM",
     "SMOOTHGRAD",
     "SUM",
@@ -219,6 +222,52 @@ EIGENGRADCAM = _gradient_method(
 )
 
 
+def _fem(needs: Needs) -> Terms:
+    from . import newer_cams
+
+    return Terms(*newer_cams.fem_terms(needs.features))
+
+
+def _kpcacam(needs: Needs) -> Terms:
+    from . import newer_cams
+
+    return Terms(*newer_cams.kpca_terms(needs.features))
+
+
+def _segeigencam(needs: Needs) -> Terms:
+    from . import newer_cams
+
+    return Terms(*newer_cams.segeigen_terms(needs.features, _grad(needs)))
+
+
+FEM = Method(
+    "fem",
+    "m = ReLU(Σ_k w_k A_k), w_k = mean_ij [A_kij > μ_k + 2σ_k] (μ, σ over the pixels, ddof 0)",
+    "any map; no class, no gradient (the channels' k-sigma outliers)",
+    needs_linear=False,
+    needs_gradient=False,
+    has_class=False,
+    terms=_fem,
+)
+KPCACAM = Method(
+    "kpcacam",
+    "m = ReLU(±u), u the first eigenvector of the centred sigmoid kernel "
+    "tanh(x_i·x_j / C + 1) of the centred map's pixels x_i (10 squarings), the sign that "
+    "makes max m >= |min m|",
+    "any map; no class, no gradient (scikit-learn KernelPCA's defaults)",
+    needs_linear=False,
+    needs_gradient=False,
+    has_class=False,
+    terms=_kpcacam,
+)
+SEGEIGENCAM = _gradient_method(
+    "segeigencam",
+    "eigencam's projection of |g| ⊙ A, with its sign rule",
+    _ANY_HEAD,
+    _segeigencam,
+)
+
+
 def _finer(base: Any) -> Any:
     from .targets import finer
 
@@ -267,6 +316,9 @@ METHODS: dict[str, Method] = {
         GUIDED_BACKPROP,
         GUIDED_GRADCAM,
         FULLGRAD,
+        FEM,
+        KPCACAM,
+        SEGEIGENCAM,
         FINERCAM,
         SHAPLEYCAM,
     )
