@@ -411,6 +411,7 @@ def correctness_table(result: dict[str, Any]) -> str:
             ok = "yes" if min(vals) >= TARGET_CORR else "**no**"
             onnx = f"{r['min_onnx']:.5f}" if "min_onnx" in r else "—"
             ref = r["reference"] + (" on ReLU6AsReLU" if method.endswith("*") else "")
+            ref = ref.replace("|", "\\|")
             lines.append(f"| {name} | `{method}` | {ref} | {r['min_eager']:.5f} | {onnx} | {ok} |")
     for name, rows in result["correctness"].items():
         noise = rows.get("smoothgrad", {}).get("noise_identical")
@@ -435,8 +436,9 @@ def speed_table(s: dict[str, Any]) -> str:
         goal = TARGET_FULLGRAD if method == "fullgrad" else TARGET_SPEEDUP
         so, se = r["speedup_onnx"], r["speedup_eager"]
         ok = "yes" if so["paired_median"] >= goal else "**no**"
+        ref = r["reference"].replace("|", "\\|")
         lines.append(
-            f"| `{method}` | {r['reference']} | {r['ref_ms']:.1f} | {r['onnx_ms']:.1f} | "
+            f"| `{method}` | {ref} | {r['ref_ms']:.1f} | {r['onnx_ms']:.1f} | "
             f"{r['eager_ms']:.1f} | {so['value']:.2f}× ({so['paired_median']:.2f}×) | "
             f"{se['value']:.2f}× | ≥ {goal:g}×: {ok} |"
         )
@@ -460,6 +462,18 @@ def speed_table(s: dict[str, Any]) -> str:
     if s["failed"]:
         lines.append(f"- failed: {s['failed']}")
     return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The whole report: machine, versions, models, then both tables."""
+    md = [f"# Pixel-level methods against captum / pytorch-grad-cam ({result['created']})", ""]
+    md += [f"{result['machine']}; {result['versions']}; {result['threads']} threads", ""]
+    md += [f"- {k}: {v}" for k, v in result["models"].items()] + [""]
+    if result.get("correctness"):
+        md += ["## Correctness (min corr over the photos)", "", correctness_table(result), ""]
+    if "speed_batch1_lite0" in result:
+        md += ["## Speed, Lite0, batch 1", "", speed_table(result["speed_batch1_lite0"]), ""]
+    return "\n".join(md)
 
 
 def _cpu_model() -> str:
@@ -540,14 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out + ".json", "w") as f:
             json.dump(result, f, indent=1)
-        md = [f"# Pixel-level methods against captum / pytorch-grad-cam ({result['created']})", ""]
-        md += [f"{result['machine']}; {result['versions']}; {args.threads} threads", ""]
-        if result.get("correctness"):
-            md += ["## Correctness (min corr over the photos)", "", correctness_table(result), ""]
-        if "speed_batch1_lite0" in result:
-            md += ["## Speed, Lite0, batch 1", "", speed_table(result["speed_batch1_lite0"]), ""]
         with open(args.out + ".md", "w") as f:
-            f.write("\n".join(md))
+            f.write(markdown(result))
         print(f"wrote {args.out}.json, {args.out}.md")
     return 0
 
