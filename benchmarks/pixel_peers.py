@@ -533,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out + ".json") as f:
             earlier = json.load(f)
         result["correctness"] = earlier.get("correctness", {})
+        result.update({k: v for k, v in earlier.items() if k.startswith("correctness_created")})
         if "speed_batch1_lite0" in earlier:
             result["speed_batch1_lite0"] = earlier["speed_batch1_lite0"]
     lite = lite0()
