@@ -6,8 +6,15 @@ Not part of the test suite, and nothing imports it: it needs ``captum``, ``grad-
 ``torchvision``, which the project must not depend on, so it runs in the venv that ``make
 peers`` builds::
 
-    PYTHONPATH=$PWD .peers/bin/python benchmarks/pixel_peers.py \\
+    PYTHONPATH=$PWD .peers/bin/python benchmarks/pixel_peers.py --threads 1 \\
         --models /tmp/pixel-peers-models --out benchmarks/results/pixel-peers-cpu2
+    PYTHONPATH=$PWD .peers/bin/python benchmarks/pixel_peers.py --check "" --speed \\
+        --warmup 1 --prime 0 --rounds 3 \\
+        --models /tmp/pixel-peers-models --out benchmarks/results/pixel-peers-cpu2
+
+(the second run keeps the first's correctness in ``OUT.json`` and adds the timing; ``--check
+lite0`` or ``resnet18`` runs one model). About 15 min for the comparisons and 10 for the timing
+on the busy 2-core VM, plus about 4 min per ONNX export that ``--models`` does not hold yet.
 
 Models (nothing downloaded):
 
