@@ -24,6 +24,7 @@ from explain_export import bench
 from explain_export.artifact.samples import load_rgb, photo_path
 from explain_export.bench import report as benchreport
 from explain_export.builder.explainer import build_explainer
+from explain_export.builder.maths.methods import METHODS
 from explain_export.cli.bench import main
 
 from models import tiny_resnet
@@ -557,7 +558,9 @@ def test_every_method_on_ort_computes_its_eager_explainer(tmp_path):
         path = {"cam": "explainer.onnx", "gradcam": "gradcam.onnx"}.get(method)
         out = runtime.load(str(tmp_path / "models" / (path or f"method-{method}.onnx")))
         got = out.outputs(image.numpy())["heatmap"]
-        with build_explainer(tiny_resnet(), layer, method, (64, 64)) as eager:
+        spec = METHODS[method]
+        at = None if spec.at_image and not spec.layer_map else layer  # pixel-level: no layer
+        with build_explainer(tiny_resnet(), at, method, (64, 64)) as eager:
             want = eager(image)[1].detach().numpy()
         assert np.abs(got - want).max() < 1e-3, method
     assert not os.path.exists(tmp_path / "models" / "method-cam.onnx")

@@ -12,6 +12,8 @@ what is differentiated, so ``g = ∂y_c/∂x`` is the gradient in the image's ow
    Grad-CAM) and ``∂y/∂O_l`` at every bias layer (FullGrad).
 
 Autograd runs here in eager mode; an export records the same ops (:mod:`.lower.lowering`).
+In eager mode a sampling method runs its points ``CHUNK`` at a time, so that memory does not
+grow with ``N·S`` (the sum is the same); the traced graph takes them as one batch.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .maths.guided import Guided
 
-__all__ = ["capture_at_image"]
+__all__ = ["CHUNK", "capture_at_image"]
+
+CHUNK = 8  # a sampling method's points per model call in eager mode
 
 
 def capture_at_image(
@@ -37,6 +42,8 @@ def capture_at_image(
     ``[N·k, ...]`` image by image for a top-k target."""
     method, sampler, biases = explainer.method, explainer.sampler, explainer.bias_taps
     n = image.shape[0]
+    if sampler is not None and not isinstance(image, FakeTensor):
+        return _sampled_in_chunks(explainer, image, class_index)
     with torch.inference_mode(False), torch.enable_grad():
         x = image.clone() if image.is_inference() else image
         x = x.detach()
@@ -91,3 +98,36 @@ def _grads(y: Tensor, tensors: list[Tensor], retain: bool) -> list[Tensor]:
     if y.requires_grad:
         found = list(torch.autograd.grad(y, tensors, retain_graph=retain, allow_unused=True))
     return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found, strict=True)]
+
+
+def _sampled_in_chunks(
+    explainer: Any, image: Tensor, class_index: Tensor | None
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """:func:`capture_at_image` of a sampling method in eager mode: the image's logits first,
+    then the points ``CHUNK`` at a time, each chunk's gradients kept and reduced at the end."""
+    sampler, target, model = explainer.sampler, explainer.target, explainer.model
+    n = image.shape[0]
+
+    def scores(batch: Tensor) -> Tensor:
+        normalized = (batch - explainer.mean) / explainer.std
+        return explainer.plan.output.pick(
+            model(normalized.half() if explainer.graph.half else normalized)
+        )
+
+    with torch.inference_mode(False), torch.enable_grad():
+        x = (image.clone() if image.is_inference() else image).detach()
+        with torch.no_grad():
+            logits = scores(x)
+        classes = target.classes(logits, class_index).repeat_interleave(sampler.steps, dim=0)
+        points = sampler.points(x).flatten(0, 1).detach()
+        chunks: list[list[Tensor]] = []
+        for start in range(0, points.shape[0], CHUNK):
+            p = points[start : start + CHUNK].requires_grad_(True)
+            ys = target.scores(scores(p), classes[start : start + CHUNK])
+            chunks.append([_grads(y, [p], j < len(ys) - 1)[0] for j, y in enumerate(ys)])
+    per_y = [
+        sampler.reduce(torch.cat(gs).reshape(n, sampler.steps, *gs[0].shape[1:])).float()
+        for gs in zip(*chunks, strict=True)
+    ]
+    grad = per_y[0] if target.top_k is None else torch.stack(per_y, 1).flatten(0, 1)
+    return logits.detach().float(), [], [grad]

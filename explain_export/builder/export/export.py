@@ -295,7 +295,8 @@ def _verify(
 ) -> tuple[verify.ParityReport, list[verify.DeviceRow], float | None]:
     """Check every staged file against eager (:mod:`.verify`), on the CPU and where there is
     one on a GPU: ``(parity report, GPU rows, overlay limit)``, or an error saying what failed."""
-    all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes)
+    largest = 2 if info.method_spec.samples else 3
+    all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes, largest)
     overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
     refs = verify.references(explainer, all_cases)
     heat_limits = verify.heatmap_limits(explainer, all_cases, refs)

@@ -125,8 +125,10 @@ def cases(
     dynamic_size: bool = False,
     class_input: bool = False,
     num_classes: int = 1,
+    largest_batch: int = 3,
 ) -> list[Case]:
-    """Random batches of 1 and 3, the cat photo, and (dynamic size) two other sizes.
+    """Random batches of 1 and ``largest_batch`` (3; 2 for a sampling method, whose graph runs
+    ``N·(S+1)`` images), the cat photo, and (dynamic size) two other sizes.
 
     With ``class_input``, batches of more than one image get ``class_index = [-1, 7, 14, ...]``
     (mod ``num_classes``): the argmax for the first image, chosen classes for the others.
@@ -137,7 +139,7 @@ def cases(
     def rand(n: int, hh: int, ww: int) -> np.ndarray:
         return rng.random((n, 3, hh, ww), dtype=np.float32)
 
-    out = [Case("random", rand(1, h, w)), Case("random", rand(3, h, w))]
+    out = [Case("random", rand(1, h, w)), Case("random", rand(largest_batch, h, w))]
     try:
         photo = samples.load_rgb(samples.photo_path("chelsea.png"), input_size)[None]
         out.append(Case("photo chelsea.png", photo))
