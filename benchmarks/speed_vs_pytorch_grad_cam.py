@@ -127,13 +127,13 @@ def agreement(ours: np.ndarray, gray: np.ndarray) -> dict[str, float]:
 def wait_idle(limit_s: float, window_s: float = 10.0, most: float = 0.08) -> float | None:
     """Wait (at most ``limit_s``) for a ``window_s`` in which other processes use under
     ``most`` of the CPUs; the seconds waited, or None if the machine never got that quiet."""
-    from explain_export.bench.timing import _cpu_snapshot, others_cpu_share
+    from explain_export.bench.timing import cpu_snapshot, others_cpu_share
 
     t0 = time.monotonic()
     while True:
-        before = _cpu_snapshot()
+        before = cpu_snapshot()
         time.sleep(window_s)
-        share = others_cpu_share(before, _cpu_snapshot())
+        share = others_cpu_share(before, cpu_snapshot())
         if share is not None and share < most:
             return round(time.monotonic() - t0, 1)
         if time.monotonic() - t0 > limit_s:
@@ -148,7 +148,7 @@ def measure(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from explain_export.bench.stats import time_ratio
-    from explain_export.bench.timing import _cpu_snapshot, others_cpu_share, time_rounds
+    from explain_export.bench.timing import cpu_snapshot, others_cpu_share, time_rounds
 
     images = batch_of(batch)
     x = normalized(images)
@@ -176,11 +176,11 @@ def measure(
         print(".", end="", file=sys.stderr, flush=True)
 
     time_rounds(dict(calls), args.warmup, lambda: None, tick, fail)
-    before = _cpu_snapshot()
+    before = cpu_snapshot()
     times, _ = time_rounds(
         dict(calls), rounds, lambda: None, tick, fail, args.prime, args.settle / 1000
     )
-    others = others_cpu_share(before, _cpu_snapshot())
+    others = others_cpu_share(before, cpu_snapshot())
     print(file=sys.stderr)
     rows = {}
     for method in METHODS:
