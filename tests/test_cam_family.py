@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export.artifact import runtime, samples
+from explain_export.artifact import samples
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.builder.inspect.tap import TapSpec
 from explain_export.builder.maths import cams, methods
 
 import reference
+from checks import eager_and_files_match
 from models import head_kind, tiny_resnet
 
 SIZE = (64, 64)
@@ -50,14 +51,7 @@ def check(model, layer: str, method: str, out, formats) -> None:
     assert all(r.ok for r in result.parity)
     images = photos()
     expected = ref(model, images, layer, method)
-    with torch.no_grad():
-        eager = explainer(torch.from_numpy(images))[1].numpy()
-    np.testing.assert_allclose(eager, expected, atol=1e-4)
-    for fmt in formats:
-        artifact = runtime.load(result.paths[fmt])
-        for batch in (3, 1):
-            got = artifact.outputs(images[:batch])["heatmap"]
-            np.testing.assert_allclose(got, expected[:batch], atol=1e-4, err_msg=fmt)
+    eager_and_files_match(explainer, images, expected, result.paths, formats)
     explainer.remove()
 
 

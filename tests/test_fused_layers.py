@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from explain_export.artifact import runtime, samples
+from explain_export.artifact import samples
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.cli.export import main as export_main
 from explain_export.errors import OptionError
 
 import reference
+from checks import eager_and_files_match
 from models import head_kind, tiny_resnet
 
 SIZE = (64, 64)
@@ -52,14 +53,7 @@ def check(model, layers, method, out, formats, top_k=None, fuse=None) -> None:
     assert np.abs(expected - single).max() > 0.05  # the fusion is not the last layer's map
     if fuse == "product":  # nor the mean
         assert np.abs(expected - reference.fused(model, x, modules, method)).max() > 0.05
-    with torch.no_grad():
-        eager = explainer(torch.from_numpy(images))[1].numpy()
-    np.testing.assert_allclose(eager, expected, atol=1e-4)
-    for fmt in formats:
-        artifact = runtime.load(result.paths[fmt])
-        for batch in (3, 1):
-            got = artifact.outputs(images[:batch])["heatmap"]
-            np.testing.assert_allclose(got, expected[:batch], atol=1e-4, err_msg=fmt)
+    eager_and_files_match(explainer, images, expected, result.paths, formats)
     explainer.remove()
 
 

@@ -17,6 +17,7 @@ from explain_export.builder.inspect.tap import TapSpec
 from explain_export.builder.maths import methods, newer_cams
 
 import reference
+from checks import eager_and_files_match
 from models import head_kind, tiny_resnet
 
 SIZE = (64, 64)
@@ -44,14 +45,7 @@ def check(model, layer: str, method: str, out, formats) -> None:
     assert all(r.ok for r in result.parity)
     images = photos()
     expected = ref(model, images, layer, method)
-    with torch.no_grad():
-        eager = explainer(torch.from_numpy(images))[1].numpy()
-    np.testing.assert_allclose(eager, expected, atol=1e-4)
-    for fmt in formats:
-        artifact = runtime.load(result.paths[fmt])
-        for batch in (3, 1):
-            got = artifact.outputs(images[:batch])["heatmap"]
-            np.testing.assert_allclose(got, expected[:batch], atol=1e-4, err_msg=fmt)
+    eager_and_files_match(explainer, images, expected, result.paths, formats)
     explainer.remove()
 
 

@@ -20,6 +20,7 @@ from explain_export.builder.maths.sampling import Sampling
 from explain_export.errors import OptionError
 
 import pixel_reference as ref
+from checks import eager_and_files_match
 from commands import run_module
 from models import _seeded, tiny_resnet
 
@@ -108,16 +109,9 @@ def check(method: str, out, formats, model=None) -> None:
     explainer = build(model, method)
     images = photos()
     expected = reference(model, method, torch.from_numpy(images))
-    with torch.no_grad():
-        eager = explainer(torch.from_numpy(images))[1].numpy()
-    np.testing.assert_allclose(eager, expected, atol=1e-4)
     result = export_explainer(explainer, str(out), formats)
     assert all(r.ok for r in result.parity)
-    for fmt in formats:
-        artifact = runtime.load(result.paths[fmt])
-        for batch in (3, 1):
-            got = artifact.outputs(images[:batch])["heatmap"]
-            np.testing.assert_allclose(got, expected[:batch], atol=1e-4, err_msg=fmt)
+    eager_and_files_match(explainer, images, expected, result.paths, formats)
     explainer.remove()
 
 
