@@ -254,6 +254,7 @@ def test_smoothgrad_with_a_free_size_tiles_its_noise(tmp_path):
     meta = json.loads((tmp_path / "explainer.json").read_text())
     assert meta["sampling"] == {"kind": "noise", "steps": 5, "noise": 0.1, "seed": 7}
     assert meta["dynamic_size"] is True
+    assert max(r.batch for r in result.parity) == 2  # N·(S+1) images: verified at 1 and 2
     explainer.remove()
 
 
