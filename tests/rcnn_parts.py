@@ -10,6 +10,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,12 +38,12 @@ def nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou: float) -> Tensor:
     """Greedy NMS within each group, a plain loop: best score first, a box is dropped when a kept
     box of its group overlaps it with IoU > ``iou``. The kept indices, best first."""
     b = boxes.detach()
-    hits = ((box_iou(b, b) > iou) & (groups[:, None] == groups[None, :])).tolist()
-    dropped, kept = [False] * len(b), []
+    hits = ((box_iou(b, b) > iou) & (groups[:, None] == groups[None, :])).numpy()
+    dropped, kept = np.zeros(len(b), bool), []
     for i in torch.argsort(scores.detach(), descending=True, stable=True).tolist():
         if not dropped[i]:
             kept.append(i)
-            dropped = [d or h for d, h in zip(dropped, hits[i], strict=True)]
+            dropped |= hits[i]
     return torch.tensor(kept, dtype=torch.int64)
 
 
@@ -75,7 +76,8 @@ def roi_align(
     ``roi_align`` with ``aligned=False`` and ``ratio > 0``: the box times ``scale``, its sides at
     least 1; each bin the mean of a ``ratio x ratio`` grid of bilinear samples at
     ``y = y1 + p·bh + (i + ½)·bh/ratio`` (``bh`` the side over the bins). The bilinear weights
-    factor by axis, so a RoI is ``Wy · fmap · Wxᵀ``. Differentiable in ``fmap``, not ``boxes``."""
+    factor by axis, so a RoI is ``Wy · fmap · Wxᵀ`` (``Wy``: ``[ph, H]``, a bin's mean weights).
+    Differentiable in ``fmap``, not in ``boxes``."""
     x1, y1, x2, y2 = (boxes.detach() * scale).unbind(1)
     rw, rh = (x2 - x1).clamp(min=1.0), (y2 - y1).clamp(min=1.0)
     (ph, pw), g = size, ratio
@@ -83,9 +85,10 @@ def roi_align(
     bh, bw = (rh / ph)[:, None], (rw / pw)[:, None]
     ys = y1[:, None] + (iy // g) * bh + ((iy % g) + 0.5) * bh / g
     xs = x1[:, None] + (ix // g) * bw + ((ix % g) + 0.5) * bw / g
-    wy, wx = _weights(ys, fmap.shape[1]), _weights(xs, fmap.shape[2])
-    val = torch.einsum("rsh,chw,rtw->rcst", wy, fmap, wx)
-    return val.reshape(len(boxes), -1, ph, g, pw, g).mean((3, 5))
+    # the bin's mean over its g x g samples factors too: mean of the rows times mean of the columns
+    wy = _weights(ys, fmap.shape[1]).reshape(len(boxes), ph, g, -1).mean(2)
+    wx = _weights(xs, fmap.shape[2]).reshape(len(boxes), pw, g, -1).mean(2)
+    return torch.einsum("rph,chw,rqw->rcpq", wy, fmap, wx)
 
 
 class TinyLevelMapper:
