@@ -24,7 +24,9 @@ largest differences of:
 - ``paste``: ours against ``paste_masks_in_image`` on random masks and boxes at the edges;
 - ``model``: both detectors' eager outputs (boxes, scores, labels, masks) on two photos, on a
   batch of two sizes, and per detection the gradient of its score (and, Mask, of its mask
-  target) to the FPN maps and the fused Grad-CAM map (``tests/rcnn.fuse``).
+  target) to the FPN maps and the fused Grad-CAM map (``tests/rcnn.fuse``);
+- ``pytorch_grad_cam``: its ``GradCAM`` with ``FasterRCNNBoxScoreTarget`` on the twin against
+  our maps (:func:`check_pytorch_grad_cam`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -265,6 +268,52 @@ def check_model(mine: rcnn.TinyTwoStage, twin: nn.Module, images: Tensor) -> dic
     return out
 
 
+def check_pytorch_grad_cam(mine: rcnn.TinyTwoStage, twin: nn.Module, image: Tensor) -> dict:
+    """Per detection of ``image`` (120x200: resized to 96x160, no padding, so each map covers
+    the input), pytorch-grad-cam's ``GradCAM`` on the torchvision twin with
+    ``FasterRCNNBoxScoreTarget([label], [box])`` at the three FPN maps the RoIs read, against
+    (a) our per-level ``ReLU(Σ α A)`` put through its own fusion (``scale_cam_image`` per level:
+    min-max, then resize; the mean; min-max) and (b) our :func:`rcnn.gradcam` (per level: resize,
+    then min-max: the project's order).
+
+    Its target is ``score_j + IoU(box, box_j)``. The IoU's gradient vanishes only where the box
+    given equals the predicted box bit for bit (PyTorch splits a ``maximum``/``minimum`` tie
+    half and half); our boxes differ from the twin's by ~1e-5, which adds a gradient of the
+    order of ``1/side`` through the box regression. So the targets are the twin's own boxes,
+    as its tutorial takes them from the model's own eager run."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    outs, maps = rcnn.capture(mine, image[None])
+    o = outs[0]
+    names = mine.roi_heads.box_roi_pool.featmap_names
+    layers = [twin.backbone.layer_blocks[i] for i in range(len(names))]
+    worst = {"same_fusion": 0.0, "project_fusion": 0.0}
+    size = tuple(image.shape[-2:])
+    with torch.no_grad():
+        own = twin(image[None])[0]  # its targets: the twin's own boxes, bit for bit
+    assert torch.equal(own["labels"], o["labels"])
+    with GradCAM(model=twin, target_layers=layers) as cam:
+        for j in range(len(o["scores"])):
+            target = FasterRCNNBoxScoreTarget(
+                labels=[int(own["labels"][j])], bounding_boxes=[own["boxes"][j].numpy()]
+            )
+            theirs = torch.from_numpy(cam(image[None], targets=[target])[0])
+            g = grad(o["scores"][j], [maps[k] for k in names])
+            per = [
+                torch.relu((gk.mean((2, 3), keepdim=True) * maps[k]).sum(1)).detach().numpy()
+                for gk, k in zip(g, names, strict=True)
+            ]
+            scaled = [scale_cam_image(c, size[::-1])[:, None] for c in per]
+            ours = scale_cam_image(np.maximum(np.concatenate(scaled, 1), 0).mean(1))[0]
+            worst["same_fusion"] = max(worst["same_fusion"], gap(torch.from_numpy(ours), theirs))
+            project = rcnn.gradcam(mine, image, j)
+            worst["project_fusion"] = max(worst["project_fusion"], gap(project, theirs))
+    worst["detections"] = len(o["scores"])
+    return worst
+
+
 def timing(model: nn.Module, images: Tensor, rounds: int = 5) -> float:
     with torch.no_grad():
         model(images)
@@ -298,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             "boxes": max(gap(x["boxes"], y["boxes"]) for x, y in zip(a, b, strict=True)),
             "scores": max(gap(x["scores"], y["scores"]) for x, y in zip(a, b, strict=True)),
         }
+        wide = rcnn.photos(("astronaut.png",), (120, 200))[0]
+        row["pytorch_grad_cam"] = check_pytorch_grad_cam(mine, twin, wide)
         row["eager_ms_two_photos"] = {"tiny": timing(mine, two), "torchvision": timing(twin, two)}
         report[kind] = row
         print(kind, json.dumps(row, indent=1))
