@@ -89,17 +89,17 @@ class TinyRPN(nn.Module):
         anchors = self.anchor_generator(images, maps)
         boxes_out, self.last_scores = [], []
         for n, size in enumerate(images.image_sizes):
-            logits, codes, level, start = [], [], [], 0
+            boxes, logits, level, start = [], [], [], 0
             for lv, (o, d) in enumerate(zip(objectness, deltas, strict=True)):
                 a, h, w = o.shape[1:]
                 o = o[n].detach().permute(1, 2, 0).reshape(-1)  # cell-major, then anchor
                 d = d[n].detach().reshape(a, 4, h, w).permute(2, 3, 0, 1).reshape(-1, 4)
                 top, idx = o.topk(min(self.pre_nms_top_n(), len(o)))
-                logits.append(top), codes.append(d[idx]), level.append(torch.full_like(idx, lv))
-                anchors_here = anchors[n][start + idx]
-                codes[-1] = self.box_coder.decode_single(codes[-1], anchors_here)
+                boxes.append(self.box_coder.decode_single(d[idx], anchors[n][start + idx]))
+                logits.append(top)
+                level.append(torch.full_like(idx, lv))
                 start += len(o)
-            boxes = clip(torch.cat(codes), size)
+            boxes = clip(torch.cat(boxes), size)
             scores, level = torch.cat(logits).sigmoid(), torch.cat(level)
             keep = remove_small(boxes, self.min_size)
             boxes, scores, level = boxes[keep], scores[keep], level[keep]
@@ -184,8 +184,11 @@ class TinyTwoStage(nn.Module):
     """A torchvision-shaped Faster R-CNN (``kind="faster"``) or Mask R-CNN (``"mask"``):
     ``model(images) -> [{"boxes", "scores", "labels"(, "masks"), ...}]`` per image, boxes in
     input pixels. Extra keys: ``proposals`` (each detection's index in ``rpn_boxes``),
-    ``rpn_boxes`` (the RPN's kept proposals, resized-image pixels), ``levels`` (the RoI level of
-    each detection's proposal) and, for Mask, ``mask_logits`` ``[D, 28, 28]`` (label channel)."""
+    ``rpn_boxes`` (the RPN's kept proposals, resized-image pixels), ``rpn_scores`` (their
+    objectness probabilities), ``levels`` (the RoI level of each detection's proposal, an index
+    into ``box_roi_pool.featmap_names``) and, for Mask, ``mask_logits`` ``[D, 28, 28]`` (each
+    detection's class channel, before the sigmoid). Both kinds draw the same weights for the
+    modules they share only up to the first mask module (the seed runs on)."""
 
     def __init__(self, kind: str = "faster", num_classes: int = 4) -> None:
         super().__init__()
@@ -211,8 +214,11 @@ class TinyTwoStage(nn.Module):
         features = self.backbone(batch)
         proposals, _ = self.rpn(ImageList(batch, sizes), features)
         result, _ = self.roi_heads(features, proposals, sizes)
-        for r, props, size, orig in zip(result, proposals, sizes, originals, strict=True):
-            r["rpn_boxes"] = props
+        scores = self.rpn.last_scores
+        for r, props, p, size, orig in zip(
+            result, proposals, scores, sizes, originals, strict=True
+        ):
+            r["rpn_boxes"], r["rpn_scores"] = props, p
             ratio_h = torch.tensor(orig[0], dtype=torch.float32) / size[0]
             ratio_w = torch.tensor(orig[1], dtype=torch.float32) / size[1]
             r["boxes"] = r["boxes"] * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])

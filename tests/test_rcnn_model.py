@@ -62,6 +62,8 @@ def test_detections_are_sorted_inside_and_not_suppressed(
             for k in range(i):
                 assert labels[i] != labels[k] or _iou(boxes[i], boxes[k]) <= heads.nms_thresh
         assert len(o["rpn_boxes"]) <= rpn.post_nms_top_n() and o["proposals"].max() < 30
+        r = o["rpn_scores"]
+        assert len(r) == len(o["rpn_boxes"]) and (r[:-1] >= r[1:]).all()  # best first
         props = o["rpn_boxes"]
         assert (props[:, 2] <= 144).all() and (props[:, 3] <= 96).all() and (props >= 0).all()
     assert len({tuple(o["labels"].tolist()) for o in out}) == 2  # the photos differ
@@ -87,6 +89,18 @@ def test_the_score_threshold_is_strict(images: Tensor) -> None:
         out = model(images[:1])[0]
     torch.testing.assert_close(out["scores"], ref["scores"][:3])
     torch.testing.assert_close(out["boxes"], ref["boxes"][:3])
+
+
+@pytest.mark.parametrize("where", ["roi_heads", "rpn"])
+def test_nothing_above_the_threshold_gives_empty_rows(where: str, images: Tensor) -> None:
+    model = tiny_two_stage("mask")
+    getattr(model, where).score_thresh = 0.9999
+    with torch.no_grad():
+        out = model(images)
+    for o in out:
+        assert o["boxes"].shape == (0, 4) and o["scores"].shape == o["labels"].shape == (0,)
+        assert o["masks"].shape == (0, 1, *SIZE) and o["mask_logits"].shape == (0, 28, 28)
+        assert len(o["rpn_boxes"]) == (0 if where == "rpn" else 30)
 
 
 def test_anchors_are_laid_out_cell_by_cell_then_ratio_then_size() -> None:
