@@ -169,6 +169,29 @@ def test_a_score_reads_only_the_level_of_its_roi(model: TinyTwoStage, images: Te
     assert len(seen) >= 2
 
 
+def test_the_mask_target_reads_only_the_mask_branch(images: Tensor) -> None:
+    """The mask target's gradient reaches the maps through the mask pooling of the detection's
+    box alone: at the level of that box, not the box branch's level of its proposal (RoIAlign
+    has no gradient to its boxes, as torchvision's), though they differ for some detection."""
+    model = tiny_two_stage("mask")
+    outs, maps = capture(model, images)
+    names = model.roi_heads.mask_roi_pool.featmap_names
+    differ = 0
+    for n, o in enumerate(outs):
+        resized = o["boxes"].detach() * torch.tensor([144 / 150, 96 / 100] * 2)
+        levels = model.roi_heads.mask_roi_pool.map_levels([resized]).tolist()
+        differ += sum(a != b for a, b in zip(levels, o["levels"].tolist(), strict=True))
+        for j, level in enumerate(levels):
+            z = o["mask_logits"][j]
+            y = (z * (z.sigmoid() > 0.5)).sum()
+            grads = torch.autograd.grad(
+                y, [maps[k] for k in names], retain_graph=True, allow_unused=True
+            )
+            on = [g is not None and bool(g[n].abs().sum() > 0) for g in grads]
+            assert on == [k == level for k in range(len(names))], (n, j)
+    assert differ > 0
+
+
 def test_the_gradcam_references_are_maps(model: TinyTwoStage, images: Tensor) -> None:
     cams = [gradcam(model, images[0], j) for j in range(3)]
     if model.kind == "mask":
