@@ -5,8 +5,10 @@ call conventions are torchvision's (``transform``, ``backbone`` with ``out_chann
 ``anchor_generator``, ``head``, ``box_coder``, ``pre_nms_top_n()``..., ``roi_heads`` with
 ``box_roi_pool``, ``box_head``, ``box_predictor``, ``mask_roi_pool``...), and its eval steps are
 torchvision's written plainly, dynamic shapes and Python loops allowed: it is the independent
-reference the exported graph is compared against. The RoI pooling, the mask paste and the
-Grad-CAM references are in :mod:`rcnn_parts`.
+reference the exported graph is compared against. NMS, RoIAlign, the level mapper, the mask
+paste and the small heads are in :mod:`rcnn_parts`; the Grad-CAM references per detection
+(:func:`capture`, :func:`fuse`, :func:`gradcam`, :func:`mask_target_gradcam`) end this module.
+``benchmarks/rcnn_tiny_peers.py`` checks all of it against torchvision on the same weights.
 """
 
 from __future__ import annotations
@@ -187,8 +189,7 @@ class TinyTwoStage(nn.Module):
     ``rpn_boxes`` (the RPN's kept proposals, resized-image pixels), ``rpn_scores`` (their
     objectness probabilities), ``levels`` (the RoI level of each detection's proposal, an index
     into ``box_roi_pool.featmap_names``) and, for Mask, ``mask_logits`` ``[D, 28, 28]`` (each
-    detection's class channel, before the sigmoid). Both kinds draw the same weights for the
-    modules they share only up to the first mask module (the seed runs on)."""
+    detection's class channel, before the sigmoid)."""
 
     def __init__(self, kind: str = "faster", num_classes: int = 4) -> None:
         super().__init__()
@@ -237,9 +238,12 @@ def photos(names: tuple[str, ...], size: tuple[int, int]) -> Tensor:
 
 
 def tiny_two_stage(kind: str = "faster", seed: int = 0) -> TinyTwoStage:
-    """A seeded :class:`TinyTwoStage` with BatchNorm statistics from three photos (normalized,
-    at the padded size) and the box predictor's class biases set so that several detections
-    pass ``score_thresh`` on the photos, in eval mode."""
+    """A seeded :class:`TinyTwoStage` in eval mode: BatchNorm statistics from three photos
+    (normalized, at the padded size); the box head and the mask branch drawn with Kaiming
+    normal weights (as torchvision's mask heads are) so that RoIs differ; class logits of
+    about ±1 and the background's bias 1, so that ~10 detections pass ``score_thresh`` (0.05)
+    on chelsea.png and coffee.png at 100x150, scores 0.2 to 0.75; mask logits of about ±1
+    inside a mask. The two kinds do not share weights (the mask modules take random draws)."""
     torch.manual_seed(seed)
     model = TinyTwoStage(kind)
     t = model.transform
