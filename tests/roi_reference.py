@@ -99,12 +99,13 @@ def multi_scale(
     scales: list[float],
     size: tuple[int, int],
     ratio: int,
+    canonical: int = 224,
 ) -> Tensor:
-    """``MultiScaleRoIAlign``: each RoI pooled at its level from its image's map, ``[M, C, ph,
-    pw]`` (zeros for a RoI at no level)."""
+    """``MultiScaleRoIAlign``: each RoI pooled at its level (``canonical``: the level rule's box
+    size) from its image's map, ``[M, C, ph, pw]`` (zeros for a RoI at no level)."""
     out = []
     for box, n in zip(boxes.tolist(), batch.tolist(), strict=True):
-        k = level_of(box, scales)
+        k = level_of(box, scales, canonical)
         if k < 0:
             out.append(features[0].new_zeros(features[0].shape[1], *size))
         else:

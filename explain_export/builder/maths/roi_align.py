@@ -97,6 +97,15 @@ def _axis(
     return torch.stack([low, high], -1).long(), weight, inside
 
 
+def _per_level(level: Tensor, values: Sequence[float], like: Tensor) -> Tensor:
+    """``values[level]`` ``[M]`` in ``like``'s dtype (``values[0]`` at level −1), as ``where``s
+    on constants, not a tensor made from a list (a constant the tracer warns about)."""
+    out = torch.full_like(level, values[0], dtype=like.dtype)
+    for i, v in enumerate(values[1:], 1):
+        out = torch.where(level == i, torch.full_like(out, v), out)
+    return out
+
+
 @dataclass(frozen=True)
 class RoiPooler:
     """torchvision's ``MultiScaleRoIAlign``: one scale per level (:func:`scales_for`), the
@@ -127,8 +136,7 @@ class RoiPooler:
             return torch.zeros(boxes.shape[:1], dtype=torch.int64, device=boxes.device)
         k_min, k_max = self.k_range
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        eps = torch.tensor(1e-6, dtype=boxes.dtype, device=boxes.device)
-        k = torch.floor(self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + eps)
+        k = torch.floor(self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + 1e-6)
         k = k.clamp(k_min, k_max) - k_min
         return torch.where(torch.isnan(k), torch.full_like(k, -1.0), k).long()
 
@@ -136,14 +144,9 @@ class RoiPooler:
         """Each RoI's taps at its own level (``level`` from :meth:`levels`)."""
         if len(shapes) != len(self.scales):
             raise ValueError(f"{len(shapes)} feature maps for {len(self.scales)} scales")
-        own = level.clamp_min(0)
-
-        def per_level(values: Sequence[float]) -> Tensor:
-            return torch.tensor(values, dtype=boxes.dtype, device=boxes.device)[own]
-
-        scale = per_level(self.scales)
-        height = per_level([float(h) for h, _ in shapes])
-        width = per_level([float(w) for _, w in shapes])
+        scale = _per_level(level, self.scales, boxes)
+        height = _per_level(level, [float(h) for h, _ in shapes], boxes)
+        width = _per_level(level, [float(w) for _, w in shapes], boxes)
         (ph, pw), g = self.output_size, self.sampling_ratio
         lo, hi = boxes[:, :2] * scale[:, None], boxes[:, 2:] * scale[:, None]
         yi, yw, yin = _axis(lo[:, 1], hi[:, 1], height, ph, g)
@@ -174,7 +177,7 @@ class RoiPooler:
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         table = torch.cat([a.permute(0, 2, 3, 1).reshape(n, -1, c) for a in features], 1)
         table = table.reshape(-1, c)  # [N·T, C]: image, level, pixel
-        base = batch * sum(sizes) + torch.tensor(offsets, device=boxes.device)[level.clamp_min(0)]
+        base = batch * sum(sizes) + _per_level(level, offsets, batch)
         m, bins = boxes.shape[0], taps.index.shape[1]
         # the four corners one at a time: a gather holds M·ph·pw·g² rows, not 4x that
         index = (taps.index + base[:, None, None]).reshape(m * bins, -1, 4)
