@@ -161,3 +161,12 @@ def test_onnx_paste_equals_eager_at_batch_1_and_3(tmp_path, exact):
             np.testing.assert_allclose(got, eager, atol=1e-6, rtol=0)
         reference = paste_reference(masks.reshape(-1, SIDE, SIDE), where.reshape(-1, 4), SIZE)
         np.testing.assert_allclose(got.reshape(-1, *SIZE), reference.numpy(), atol=1e-6, rtol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from explain_export.builder.maths import masks
+
+    result = doctest.testmod(masks)
+    assert result.attempted > 0 and result.failed == 0

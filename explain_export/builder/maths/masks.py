@@ -168,10 +168,13 @@ def paste(masks: Tensor, boxes: Tensor, size: tuple[int, int], exact: bool = Fal
     ``exact``, bit for bit with PyTorch's CPU kernel in float32 (a few ulps in float64), at
     several times the cost.
 
-    Example:
-        >>> m = paste(torch.ones(1, 2, 2), torch.tensor([[1.0, 1.0, 3.0, 3.0]]), (5, 5))
-        >>> (m[0] > 0).int().tolist()
-        [[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+    Example: a 2 x 2 mask of ones over a 2-pixel box, padded to 4 x 4 and widened to 5 pixels
+    (0 on the padding's edge):
+
+        >>> m = paste(torch.ones(1, 2, 2), torch.tensor([[1.0, 1.0, 3.0, 3.0]]), (5, 6))
+        >>> (m[0] * 100).round().int().tolist()  # doctest: +NORMALIZE_WHITESPACE
+        [[0, 0, 0, 0, 0, 0], [0, 49, 70, 49, 0, 0], [0, 70, 100, 70, 0, 0],
+         [0, 49, 70, 49, 0, 0], [0, 0, 0, 0, 0, 0]]
     """
     height, width = size
     lead, side = masks.shape[:-2], masks.shape[-1]
