@@ -2,7 +2,10 @@
 and its detection modules, written plainly: greedy NMS, RoIAlign by its CPU kernel's sampling
 rules, the FPN level mapper, ``MultiScaleRoIAlign``, the mask paste, and the small modules
 (``AnchorGenerator``, ``RPNHead``, ``TwoMLPHead``, ``FastRCNNPredictor``,
-``MaskRCNNPredictor``) under torchvision's attribute names."""
+``MaskRCNNPredictor``) under torchvision's attribute names. The RoIAlign here (bilinear weights
+as matrices, fast enough for a model's forward) is checked against ``tests/roi_reference.py``
+(the kernel's loops) in ``tests/test_rcnn_model.py``, and against torchvision's own in
+``benchmarks/rcnn_tiny_peers.py``."""
 
 from __future__ import annotations
 

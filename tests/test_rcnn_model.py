@@ -236,3 +236,32 @@ def test_a_checkpoint_rebuilds_the_model(images: Tensor) -> None:
     for x, y in zip(a, b, strict=True):
         for key in x:
             torch.testing.assert_close(x[key], y[key])
+
+
+def test_roi_align_equals_the_loop_reference() -> None:
+    """The model's RoIAlign (separable bilinear matrices) equals ``tests/roi_reference.py``
+    (the CPU kernel's loops, sample by sample) on boxes across the map's edges and under a
+    pixel, values and gradients; and its level mapper equals ``level_of``."""
+    import roi_reference
+
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(4, 12, 20, generator=g)
+    xy = torch.rand(12, 2, generator=g) * torch.tensor([200.0, 120]) - 20
+    wh = torch.rand(12, 2, generator=g) * 100 + 0.5
+    tiny = torch.tensor([[40.0, 30, 40.4, 30.3], [-9, -9, -8.5, 3]])  # under a pixel; outside
+    boxes = torch.cat([torch.cat([xy, xy + wh], 1), tiny])
+    a = fmap.clone().requires_grad_(True)
+    b = fmap.clone().requires_grad_(True)
+    ours = roi_align(a, boxes, (7, 7), 1 / 8, 2)
+    ref = torch.stack(
+        [roi_reference.roi_align_one(b, box, 1 / 8, (7, 7), 2) for box in boxes.tolist()]
+    )
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(ours.shape, generator=g)
+    (ga,) = torch.autograd.grad((ours * w).sum(), a)
+    (gb,) = torch.autograd.grad((ref * w).sum(), b)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
+    mapper = TinyLevelMapper(3, 5, canonical_scale=24, canonical_level=4)
+    scales = [1 / 8, 1 / 16, 1 / 32]
+    expect = [roi_reference.level_of(box, scales, 24) for box in boxes.tolist()]
+    assert mapper([boxes]).tolist() == expect and len(set(expect)) == 3
