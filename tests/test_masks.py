@@ -107,8 +107,9 @@ def test_leading_dimensions_and_no_detection():
     batched = paste(masks.reshape(2, 3, SIDE, SIDE), where.reshape(2, 3, 4), SIZE)
     assert batched.shape == (2, 3, *SIZE)
     assert torch.equal(batched.reshape(6, *SIZE), flat)
-    none = paste(torch.zeros(2, 0, SIDE, SIDE), torch.zeros(2, 0, 4), SIZE)
-    assert none.shape == (2, 0, *SIZE)
+    for exact in (False, True):
+        none = paste(torch.zeros(2, 0, SIDE, SIDE), torch.zeros(2, 0, 4), SIZE, exact=exact)
+        assert none.shape == (2, 0, *SIZE)
 
 
 class Paste(nn.Module):
