@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from explain_export.artifact import samples
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export.detection import export_detector
 from explain_export.builder.export.detection_parity import format_rows
 from explain_export.builder.model.zoo import imagenet_labels, load_default

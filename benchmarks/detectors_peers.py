@@ -208,7 +208,7 @@ def eigen_rows(model: nn.Module, images: np.ndarray, ours_fused: np.ndarray) -> 
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
 
     detect = model.model[-1]
     x = torch.from_numpy(images)
@@ -262,7 +262,7 @@ def eigen_rows(model: nn.Module, images: np.ndarray, ours_fused: np.ndarray) -> 
 
 def check_model(name: str, images: np.ndarray, out_dir: str | None) -> dict[str, Any]:
     """Detections, Grad-CAM and EigenCAM comparisons, and the exports, for one model."""
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
 
     model = prepared(name, images)
     pristine = copy.deepcopy(model)
@@ -342,7 +342,7 @@ def check_model(name: str, images: np.ndarray, out_dir: str | None) -> dict[str,
 
 def export(model: nn.Module, method: str, folder: str) -> dict[str, Any]:
     """``export_detector`` to ONNX and TorchScript: parity rows and the time, or the error."""
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
     from explain_export.builder.export.detection import export_detector
 
     logged: list[str] = []
@@ -370,7 +370,7 @@ def export(model: nn.Module, method: str, folder: str) -> dict[str, Any]:
 
 def staged(model: nn.Module, method: str, folder: str) -> str:
     """``--unverified``: the ONNX file as ``export_detector`` stages it, not checked."""
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
     from explain_export.builder.export.detection import stage_files as _stage
 
     os.makedirs(folder, exist_ok=True)
@@ -392,7 +392,7 @@ def speed(
 
     from explain_export.artifact.providers import ort_session
     from explain_export.bench.timing import time_rounds
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
     from explain_export.builder.export.writers import to_onnx
 
     torch.set_num_threads(threads)

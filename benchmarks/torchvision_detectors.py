@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explain_export.artifact import samples
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export.detection import export_detector
 from explain_export.builder.maths.boxes import box_iou
 from explain_export.errors import ParityError

@@ -304,7 +304,14 @@ def fuse(cams: list[Tensor], window: tuple[int, int], padded: tuple, size: tuple
     return unit(torch.stack([unit(cut(m)) for m in cams]).mean(0))[0, 0]
 
 
-def _cam(model: TinyTwoStage, image: Tensor, target: str, j: int, levels: list | None) -> Tensor:
+def _cam(
+    model: TinyTwoStage,
+    image: Tensor,
+    target: str,
+    j: int,
+    levels: list | None,
+    method: str = "gradcam",
+) -> Tensor:
     outputs, maps = capture(model, image[None])
     out = outputs[0]
     if target == "score":
@@ -318,7 +325,8 @@ def _cam(model: TinyTwoStage, image: Tensor, target: str, j: int, levels: list |
     for k, g in zip(names, grads, strict=True):
         a = maps[k]
         g = torch.zeros_like(a) if g is None else g
-        cams.append(torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach())
+        w = g if method == "hirescam" else g.mean((2, 3), keepdim=True)  # HiResCAM: no mean
+        cams.append(torch.relu((w * a).sum(1, keepdim=True)).detach())
     window = tuple(model.transform(image).shape[-2:])
     d = model.transform.size_divisible
     padded = tuple(-(-s // d) * d for s in window)
@@ -330,6 +338,12 @@ def gradcam(model: TinyTwoStage, image: Tensor, j: int, levels: list | None = No
     ``FasterRCNNBoxScoreTarget`` reads it) at each RoI level ``A_l`` (default: the box pooler's
     maps): ``α = mean_ij ∂y_j/∂A_l``, ``ReLU(Σ_k α_k A_l,k)``, fused by :func:`fuse`. ``[H, W]``."""
     return _cam(model, image, "score", j, levels)
+
+
+def hirescam(model: TinyTwoStage, image: Tensor, j: int) -> Tensor:
+    """HiResCAM of detection j's score, ``ReLU(Σ_k g_k ⊙ A_k)`` per level, fused as
+    :func:`gradcam`: it needs the whole gradient map, not its channel means."""
+    return _cam(model, image, "score", j, None, "hirescam")
 
 
 def mask_target_gradcam(

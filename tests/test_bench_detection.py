@@ -18,7 +18,7 @@ from detectors import tiny_yolo
 from explain_export.bench.detection import DETECTION_VARIANTS, NmsOnly, detection_ratios
 from explain_export.bench.detection_timing import bench_images
 from explain_export.bench.targets import check_targets, load_targets
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.cli.bench import main
 
 SIZE = (128, 160)

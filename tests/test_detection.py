@@ -14,7 +14,7 @@ from detectors import TinyYolo, tiny_yolo
 from torch import Tensor, nn
 
 from explain_export.artifact import samples
-from explain_export.builder.detect_explainer import build_detector, find_detector
+from explain_export.builder.detect_build import build_detector, find_detector
 from explain_export.builder.maths.boxes import box_iou, select
 from explain_export.builder.maths.methods import METHODS
 from explain_export.errors import OptionError

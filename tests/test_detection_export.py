@@ -13,7 +13,7 @@ from detectors import tiny_yolo
 
 from explain_export.artifact.contract import DETECTION_OUTPUTS
 from explain_export.artifact.runtime import load
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export.detection import detection_cases, export_detector
 from explain_export.cli.export import main
 

@@ -9,7 +9,7 @@ import pytest
 from detectors import tiny_yolo
 from torch import Tensor, nn
 
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export import detection as detection_export
 from explain_export.builder.export.detection import detection_cases
 from explain_export.builder.export.detection64 import Float64Detections

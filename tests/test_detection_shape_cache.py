@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from explain_export.artifact import runtime
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export.detection import export_detector
 from tests.detectors import TinyDetect, TinyYolo, tiny_yolo
 

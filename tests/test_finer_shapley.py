@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from detectors import tiny_yolo
 
 from explain_export.artifact import runtime, samples
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.builder.inspect.tap import TapSpec

@@ -306,7 +306,7 @@ def test_sampling_flags_are_checked_before_the_model_loads(tmp_path, flags, says
 def test_a_detector_refuses_a_pixel_method_in_one_line():
     from detectors import tiny_yolo
 
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
 
     with pytest.raises(OptionError, match="pixel-level") as info:
         build_detector(tiny_yolo(), (128, 160), "saliency")

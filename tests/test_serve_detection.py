@@ -238,7 +238,7 @@ def test_a_real_detection_export_runs_serves_and_fits_triton(tmp_path):
     from test_triton import _parse, check_onnx, check_torchscript
 
     from explain_export.artifact import triton
-    from explain_export.builder.detect_explainer import build_detector
+    from explain_export.builder.detect_build import build_detector
     from explain_export.builder.export.detection import export_detector
 
     size = (128, 160)

@@ -16,7 +16,7 @@ from detectors import TinyOneStage, tiny_one_stage
 from torch import Tensor, nn
 
 from explain_export.artifact import samples
-from explain_export.builder.detect_explainer import build_detector
+from explain_export.builder.detect_build import build_detector
 from explain_export.builder.export.detection import export_detector
 from explain_export.errors import OptionError
 

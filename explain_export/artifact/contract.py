@@ -357,6 +357,8 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
         ) from exc
     detector = meta.task == "detection"
     expected = DETECTION_OUTPUTS if detector else ["logits", "heatmap"]
+    if detector and "masks" in artifact.output_names:  # Mask R-CNN
+        expected = [*DETECTION_OUTPUTS, "masks"]
     names = artifact.output_names if detector else meta.output_names[:2]
     if "heatmap" not in artifact.output_names or names != expected:
         raise UsageError(

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ..artifact.contract import DETECTION_OUTPUTS
 from ..errors import OptionError
 from .inspect.class_branch import WindowGradient, window_gradients
 from .inspect.tap import Tap, TapSpec, resolve_module
@@ -36,7 +37,16 @@ from .maths.methods import Method, Needs, Terms
 from .model.detectors import Candidates, Detector
 from .model.outputs import OutputKey
 
-__all__ = ["DetectionExplainer", "HeadInputs", "build_detector", "find_detector", "kept"]
+__all__ = ["DetectionExplainer", "HeadInputs", "SparseGradient", "kept"]
+
+
+class SparseGradient(Protocol):
+    """A per-detection gradient ``∂y/∂A`` ``[N·D, C, h, w]`` kept sparse (a window's, a RoI's):
+    :meth:`full` writes it out; :meth:`channel_mean` is Grad-CAM's weights without doing so."""
+
+    def full(self) -> Tensor: ...
+
+    def channel_mean(self) -> Tensor: ...
 
 
 def kept(
@@ -159,19 +169,7 @@ class DetectionExplainer(nn.Module):
         self.iou_threshold = detector.iou_threshold
         self.input_format = input_format
         self.eps = eps
-        grad = method.needs_gradient
-        if layers is None:
-            if detector.head is None:
-                raise OptionError(
-                    "layer",
-                    "found no detection head (a module taking a list of maps); name the maps "
-                    "it reads with {name}",
-                )
-            self.layers = [f"{detector.head}:input"]
-            self.taps: list[Tap | HeadInputs] = [HeadInputs(model, detector.head, grad=grad)]
-        else:
-            self.layers = list(layers)
-            self.taps = [Tap(model, TapSpec.parse(name), grad=grad) for name in layers]
+        self.layers, self.taps = self._taps(model, detector, layers, method.needs_gradient)
         self.normalizes = tuple(detector.mean) != (0, 0, 0) or tuple(detector.std) != (1, 1, 1)
         self.register_buffer("mean", torch.tensor(detector.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(detector.std).view(1, 3, 1, 1))
@@ -180,6 +178,25 @@ class DetectionExplainer(nn.Module):
     def per_detection(self) -> bool:
         """One map per detection (a method that explains a score), not one per image."""
         return self.method.has_class
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The graph's outputs, in order (the contract's detection outputs)."""
+        return DETECTION_OUTPUTS
+
+    def _taps(
+        self, model: nn.Module, detector: Detector, layers: Sequence[str] | None, grad: bool
+    ) -> tuple[list[str], list[Tap | HeadInputs]]:
+        """The taps' names and hooks: ``layers``, or the maps the detection head reads."""
+        if layers is not None:
+            return list(layers), [Tap(model, TapSpec.parse(name), grad=grad) for name in layers]
+        if detector.head is None:
+            raise OptionError(
+                "layer",
+                "found no detection head (a module taking a list of maps); name the maps "
+                "it reads with {name}",
+            )
+        return [f"{detector.head}:input"], [HeadInputs(model, detector.head, grad=grad)]
 
     def remove(self) -> None:
         for tap in self.taps:
@@ -278,7 +295,7 @@ class DetectionExplainer(nn.Module):
         self,
         image: Tensor,
         maps: list[Tensor],
-        grads: Sequence[Tensor | WindowGradient] | None,
+        grads: Sequence[Tensor | SparseGradient] | None,
         valid: Tensor,
     ) -> Tensor:
         """``[N, D, H, W]`` (one map per detection), or ``[N, 1, H, W]`` (per image)."""
@@ -288,12 +305,13 @@ class DetectionExplainer(nn.Module):
         for i, a in enumerate(maps):
             a = a.float()
             g = None if grads is None else grads[i]
-            if isinstance(g, WindowGradient) and self.method.name == "gradcam":
-                terms = self._gradcam_per_detection(a, g)
+            sparse = g is not None and not isinstance(g, Tensor)  # a window's or a RoI's
+            if sparse and self.method.name == "gradcam":
+                terms = self._gradcam_per_detection(a, g)  # type: ignore[arg-type]
             else:
                 if self.per_detection:
                     a = a[:, None].expand(-1, d, -1, -1, -1).flatten(0, 1)
-                g = g.full() if isinstance(g, WindowGradient) else g
+                g = g.full() if sparse else g  # type: ignore[union-attr]
                 terms = self.method.terms(Needs(a, None if g is None else g.float()))
             m = torch.relu(terms.map) if len(maps) > 1 else terms.map
             m = self.detector.window(m)
@@ -304,7 +322,7 @@ class DetectionExplainer(nn.Module):
             heat = heat * valid[..., None, None]
         return heat
 
-    def _gradcam_per_detection(self, a: Tensor, g: WindowGradient) -> Terms:
+    def _gradcam_per_detection(self, a: Tensor, g: SparseGradient) -> Terms:
         r"""Grad-CAM's terms of every detection from ``A`` ``[N, C, h, w]`` as it is: the
         weights ``α [N, D, C]`` from the window gradients' sums, the ``D`` maps
         :math:`\mathrm{ReLU}(\sum_k α_{jk} A_k)` as one product per image, with no copy of
@@ -313,86 +331,3 @@ class DetectionExplainer(nn.Module):
         alpha = g.channel_mean().float().reshape(n, self.max_detections, c)
         raw, scale = heads.channel_terms(a, alpha)
         return Terms(raw.reshape(-1, 1, h, w), scale.reshape(-1, 1, 1))
-
-
-def find_detector(
-    model: nn.Module, input_size: tuple[int, int], output: str | None = None
-) -> tuple[Detector, OutputKey] | None:
-    """``(the detector, its raw output's key)`` where ``model`` is a torchvision one-stage
-    detector (:func:`.torchvision_heads.recognise`), or its output (or ``output``) on one
-    forward pass at ``input_size`` is a one-stage detector's (:func:`.detectors.recognise`);
-    None where it is not (a classifier, or an output no key picks)."""
-    from .inspect.probe import device_of
-    from .model.detectors import recognise
-    from .model.outputs import choose_output
-    from .model.torchvision_heads import recognise as recognise_torchvision
-
-    model = model.eval()
-    tv = recognise_torchvision(model, input_size)
-    if tv is not None:
-        return tv, OutputKey()
-    h, w = input_size
-    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    example = example.to(device_of(model))
-    with torch.no_grad():
-        out = model(example)
-    try:
-        key = choose_output(out, output)
-    except OptionError:
-        return None
-    detector = recognise(model, key, example)
-    return None if detector is None else (detector, key)
-
-
-def build_detector(
-    model: nn.Module,
-    input_size: tuple[int, int] = (640, 640),
-    method: str | Method = "gradcam",
-    layers: Sequence[str] | None = None,
-    output: str | None = None,
-    max_detections: int = 10,
-    score_threshold: float | None = None,
-    iou_threshold: float | None = None,
-    input_format: str = "float-nchw",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> DetectionExplainer:
-    """Recognise ``model`` as a one-stage detector on one forward pass at ``input_size``
-    (:func:`find_detector`) and build its :class:`DetectionExplainer`. ``mean``, ``std``
-    replace the detector's own normalization (YOLO: none).
-
-    Raises an :class:`~.errors.OptionError` where it is no detector this package reads, naming
-    the form its raw output must have."""
-    from .maths import methods
-    from .model.detectors import RAW_FORM
-
-    if max_detections < 1:
-        raise OptionError("max_detections", "{name} must be at least 1, got {v}", v=max_detections)
-    spec = methods.get(method)
-    found = find_detector(model, input_size, output)
-    if found is None:
-        raise OptionError(
-            "output",
-            "the model is no detector this package reads; a one-stage detector's raw output "
-            "(or {name}) must be {form}, or wrap the model to return that",
-            form=RAW_FORM,
-        )
-    detector, key = found
-    if mean is not None or std is not None:
-        detector = replace(
-            detector,
-            mean=tuple(mean if mean is not None else detector.mean),
-            std=tuple(std if std is not None else detector.std),
-        )
-    return DetectionExplainer(
-        model,
-        detector,
-        spec,
-        key,
-        layers,
-        max_detections,
-        score_threshold,
-        iou_threshold,
-        input_format,
-        input_size,
-    )

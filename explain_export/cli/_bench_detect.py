@@ -67,7 +67,7 @@ def run_detector_bench(
     :class:`.BenchConfig` from the same flags (its batch sizes, rounds, threads, ...)."""
     from ..bench.detection import DETECTION_VARIANTS, run_detection_bench
     from ..bench.detection_report import detection_console_lines, write_detection
-    from ..builder.detect_explainer import build_detector
+    from ..builder.detect_build import build_detector
 
     _check_flags(args)
     detector, _ = found

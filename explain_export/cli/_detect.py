@@ -16,9 +16,10 @@ from ..errors import OptionError, UsageError
 from ._common import log, write_triton
 from ._export_checks import COCO, check_label_count
 
-__all__ = ["check_not_detection", "find_detector", "run_detector"]
+__all__ = ["add_detector_arguments", "check_not_detection", "find_detector", "run_detector"]
 
 DETECTOR_FLAGS = {
+    "target": "--target",
     "max_detections": "--max-detections",
     "score_threshold": "--score-threshold",
     "iou_threshold": "--iou-threshold",
@@ -39,12 +40,50 @@ CLASSIFIER_FLAGS: dict[str, tuple[str, Any]] = {
 DEFAULT_SIZE = (640, 640)  # YOLO's
 
 
+def add_detector_arguments(p: argparse.ArgumentParser) -> None:
+    """The detector flags of ``explain-export``."""
+    d = p.add_argument_group(
+        "detectors (YOLO-style output [N, 4+K, A]; torchvision's RetinaNet, FCOS, SSD, "
+        "Faster and Mask R-CNN)"
+    )
+    d.add_argument(
+        "--max-detections",
+        type=int,
+        default=None,
+        metavar="D",
+        help="detections per image, each with its own map: boxes [N,D,4], scores, classes, "
+        "count and heatmap [N,D,H,W]; rows past count are padding (class -1) (default: 10)",
+    )
+    d.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep detections scored above T (default: the model's own; YOLO 0.25)",
+    )
+    d.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="NMS suppresses a box of the same class overlapping a kept one by IoU above T "
+        "(default: the model's own; YOLO 0.7)",
+    )
+    d.add_argument(
+        "--target",
+        choices=("box", "mask"),
+        default=None,
+        help="Mask R-CNN: what each detection's map explains: box (its class score) or mask "
+        "(its mask logits summed over its own mask) (default: box)",
+    )
+
+
 def find_detector(model: Any, size: tuple[int, int], output: str | None) -> Any:
     """``(detector, output key)`` where the model is a one-stage detector, else None. A model
     that fails at ``size`` is tried once more at the next multiple of 64 (a detector's grids
     need a multiple of its largest stride; :func:`_size` then says so); where it fails there
     too, None: the classifier path reports the failure at ``size``."""
-    from ..builder.detect_explainer import find_detector as find
+    from ..builder.detect_build import find_detector as find
 
     try:
         return find(model, size, output)
@@ -117,7 +156,7 @@ def _labels(args: argparse.Namespace, flags: Any, loaded: Any, detector: Any) ->
 def run_detector(args: argparse.Namespace, flags: Any, loaded: Any, found: Any) -> int:
     """Build, export and verify a detector's explainer; print what was done, as for a
     classifier."""
-    from ..builder.detect_explainer import build_detector
+    from ..builder.detect_build import build_detector
     from ..builder.export.detection import export_detector
     from ..builder.export.detection_parity import format_rows
     from ..builder.export.export import DEFAULT_OPSET
@@ -139,6 +178,7 @@ def run_detector(args: argparse.Namespace, flags: Any, loaded: Any, found: Any) 
         args.input_format,
         args.mean,
         args.std,
+        args.target,
     )
     det = explainer.detector
     print(f"model:  {loaded.description}")

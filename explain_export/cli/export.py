@@ -12,7 +12,7 @@ from ..artifact.contract import HEATMAP_DTYPES
 from ..builder.inspect.layers import BRIEF
 from ..builder.maths.methods import AUTO, CHOICES
 from ._common import ArgumentParser, add_model_flags, log, run_main, write_triton
-from ._detect import check_not_detection, find_detector, run_detector
+from ._detect import add_detector_arguments, check_not_detection, find_detector, run_detector
 from ._export_checks import check_flags, check_label_count
 from ._layers import add_fuse_flag, fused_line, layout_line, list_layers
 from ._sampling import IMAGE, PIXEL_ONLY, add_sampling_flags
@@ -223,30 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="Triton instance kind, KIND_CPU or KIND_GPU (default: cpu)",
     )
-    d = p.add_argument_group("detectors (a model whose output is [N, 4+K, A]: YOLO-style)")
-    d.add_argument(
-        "--max-detections",
-        type=int,
-        default=None,
-        metavar="D",
-        help="detections per image, each with its own map: boxes [N,D,4], scores, classes, "
-        "count and heatmap [N,D,H,W]; rows past count are padding (class -1) (default: 10)",
-    )
-    d.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        help="keep detections scored above T (default: the model's own; YOLO 0.25)",
-    )
-    d.add_argument(
-        "--iou-threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        help="NMS suppresses a box of the same class overlapping a kept one by IoU above T "
-        "(default: the model's own; YOLO 0.7)",
-    )
+    add_detector_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument(
         "--formats",

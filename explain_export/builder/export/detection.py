@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ...artifact import samples
-from ...artifact.contract import DETECTION_OUTPUTS, FILES, ArtifactMetadata, TensorSpec
+from ...artifact.contract import FILES, ArtifactMetadata, TensorSpec
 from ...artifact.files import ensure_out_dir
 from ...errors import ExplainExportError, OptionError, ParityError
 from ..detect_explainer import DetectionExplainer
@@ -99,7 +99,8 @@ def _eager(explainer: DetectionExplainer, case: Case) -> dict[str, np.ndarray]:
     image = torch.from_numpy(graph_image(case.image, explainer.input_format))
     with torch.no_grad():
         out = explainer(image)
-    return {n: t.detach().cpu().numpy() for n, t in zip(DETECTION_OUTPUTS, out, strict=True)}
+    names = explainer.output_names
+    return {n: t.detach().cpu().numpy() for n, t in zip(names, out, strict=True)}
 
 
 def export_detector(
@@ -173,7 +174,8 @@ def stage_files(
     for fmt, path in staged.items():
         t0 = time.perf_counter()
         if fmt == "onnx":
-            to_onnx(module, (image,), path, opset, {"image": {0: batch}}, DETECTION_OUTPUTS)
+            names = list(explainer.output_names)
+            to_onnx(module, (image,), path, opset, {"image": {0: batch}}, names)
         elif fmt == "pt2":
             to_pt2(module, (image,), path, {"image": {0: batch}})
         else:
@@ -242,6 +244,9 @@ def detection_metadata(
         TensorSpec("count", "int64", ("N",), {"meaning": "real detections per image"}),
         TensorSpec("heatmap", "float32", ("N", maps, h, w), {"range": [0.0, 1.0]}),
     )
+    if "masks" in explainer.output_names:
+        meaning = "each detection's mask probability at input size; 0 on padding rows"
+        outputs += (TensorSpec("masks", "float32", ("N", d, h, w), {"meaning": meaning}),)
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=(image,),
@@ -263,6 +268,8 @@ def detection_metadata(
             "maps": "per-detection" if explainer.per_detection else "per-image",
             "label_set": label_set,
             "strides": list(det.strides),
+            **({"target": explainer.target} if hasattr(explainer, "target") else {}),
+            **({"masks": True} if "masks" in explainer.output_names else {}),
         },
         num_classes=det.num_classes,
         mean=tuple(det.mean),

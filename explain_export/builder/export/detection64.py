@@ -26,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ...artifact.contract import DETECTION_OUTPUTS, graph_image
+from ...artifact.contract import graph_image
 from .detection_parity import DetectionRow, compared_rows
 from .parity64 import TIMES, float64_mode
 from .verify import HEATMAP_TOL, Case
@@ -78,9 +78,8 @@ class Float64Detections:
             x = torch.from_numpy(graph_image(image, explainer.input_format))
             with float64_mode(explainer), torch.no_grad():
                 out = explainer(x.double() if x.is_floating_point() else x)
-            return {
-                n: t.detach().cpu().numpy() for n, t in zip(DETECTION_OUTPUTS, out, strict=True)
-            }
+            names = explainer.output_names
+            return {n: t.detach().cpu().numpy() for n, t in zip(names, out, strict=True)}
 
         return cls(run, cases, refs, explainer.score_threshold)
 

@@ -2,7 +2,9 @@
 
 - The same ``classes`` in every row, each real detection's box within IoU 0.99 of eager's (or
   its corners within 0.05 pixels: a box of no area has no IoU) and its score within 1e-3;
-- every map within the heatmap limit (1e-4).
+- every map within the heatmap limit (1e-4);
+- Mask R-CNN: each real detection's mask, taken at 0.5, within IoU 0.99 of eager's (a box corner
+  on a pixel's edge may paste the mask one pixel over in another runtime).
 
 Greedy NMS breaks ties by order, and a backend's rounding may order two candidates scored within
 1e-5 of each other the other way (a random-init head's scores crowd near 0.5). Where the first
@@ -25,6 +27,7 @@ __all__ = [
     "BOX_ATOL",
     "BOX_IOU_MIN",
     "FLOAT64_RULE",
+    "MASK_IOU_MIN",
     "SCORE_TIE",
     "SCORE_TOL",
     "DetectionRow",
@@ -37,6 +40,7 @@ BOX_IOU_MIN = 0.99
 BOX_ATOL = 0.05  # pixels: boxes whose corners agree this well are the same box (a float32
 # ResNet-50 detector moves corners by ~0.01 px between runtimes; a box of no area has no IoU)
 SCORE_TOL = 1e-3
+MASK_IOU_MIN = 0.99
 SCORE_TIE = 1e-5  # candidates scored this close may swap places between backends
 FLOAT64_RULE = (
     "where only the heatmap fails: max |file - float64 eager| <= max(limit, 4·Y), Y = eager "
@@ -59,6 +63,7 @@ class DetectionRow:
     ok: bool
     ties: int = 0  # images whose detections part at a tie (compared up to it)
     float64: dict[str, float] | None = None  # judged against float64 eager (.detection64)
+    mask_iou_min: float | None = None  # Mask R-CNN: the smallest IoU of a mask with eager's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,9 +163,27 @@ def compare(
         heat = heat[rows] if rows.any() else np.zeros(1)
     heat_err = float(heat.max())
     ok = same and iou_min >= BOX_IOU_MIN and score_err <= SCORE_TOL and heat_err <= HEATMAP_TOL
+    mask_iou = _mask_iou_min(got, ref, real) if "masks" in ref else None
+    ok = ok and (mask_iou is None or mask_iou >= MASK_IOU_MIN)
     count = int(ref["count"].sum())
     batch = case.image.shape[0]
-    return DetectionRow(fmt, case.label, batch, count, same, iou_min, score_err, heat_err, ok, ties)
+    return DetectionRow(
+        fmt, case.label, batch, count, same, iou_min, score_err, heat_err, ok, ties,
+        mask_iou_min=mask_iou,
+    )  # fmt: skip
+
+
+def _mask_iou_min(
+    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], real: np.ndarray
+) -> float:
+    """The smallest IoU of a real detection's mask (``> 0.5``) with eager's; 1 where both are
+    empty or there is none."""
+    a, b = got["masks"][real] > 0.5, ref["masks"][real] > 0.5  # [R, H, W]
+    if not a.size:
+        return 1.0
+    inter = (a & b).sum((1, 2))
+    union = (a | b).sum((1, 2))
+    return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).min())
 
 
 def _same_word(row: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Selected", "box_iou", "cxcywh_to_xyxy", "select"]
+__all__ = ["Selected", "box_iou", "clip_to", "cxcywh_to_xyxy", "decode_deltas", "select"]
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -30,6 +30,36 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """
     xy, wh = boxes[..., :2], boxes[..., 2:4]
     return torch.cat([xy - wh / 2, xy + wh / 2], dim=-1)
+
+
+def decode_deltas(
+    codes: Tensor, anchors: Tensor, weights: tuple[float, float, float, float], clip: float
+) -> Tensor:
+    r"""Boxes from regression ``codes [..., 4]`` at ``anchors [..., 4]`` (corners), by the rule
+    of torchvision's ``BoxCoder``: with anchor size ``s`` and centre ``c``, the box's centre is
+    :math:`c + (d_{xy}/w_{xy})\,s` and its size :math:`s\,\exp(\min(d_{wh}/w_{wh}, clip))`.
+
+    Example:
+        >>> decode_deltas(torch.zeros(1, 4), torch.tensor([[0.0, 0, 4, 2]]), (1, 1, 1, 1), 4.1)
+        tensor([[0., 0., 4., 2.]])
+    """
+    size = anchors[..., 2:] - anchors[..., :2]
+    ctr = anchors[..., :2] + 0.5 * size
+    wx, wy, ww, wh = weights
+    d_xy = codes[..., :2] / torch.tensor([wx, wy], dtype=codes.dtype, device=codes.device)
+    d_wh = codes[..., 2:] / torch.tensor([ww, wh], dtype=codes.dtype, device=codes.device)
+    c = d_xy * size + ctr
+    half = 0.5 * (torch.exp(d_wh.clamp(max=clip)) * size)
+    return torch.cat([c - half, c + half], -1)
+
+
+def clip_to(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """``boxes [..., 4]`` clipped to an image of ``size`` ``(h, w)``: x in ``[0, w]``, y in
+    ``[0, h]``."""
+    h, w = size
+    lo = torch.zeros(4, dtype=boxes.dtype, device=boxes.device)
+    hi = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(torch.maximum(boxes, lo), hi)
 
 
 def box_iou(box: Tensor, boxes: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..maths.boxes import clip_to, decode_deltas
 from .detectors import Candidates, Detector
 
 __all__ = ["TorchvisionDetector", "is_torchvision_detector", "recognise"]
@@ -103,6 +104,11 @@ class TorchvisionDetector(Detector):
 
     def features(self, model: nn.Module, x: Tensor) -> list[Tensor]:
         """The transform (normalize, resize, pad) and the backbone: the maps the head reads."""
+        feats = model.backbone(self.prepare(x))
+        return list(feats.values()) if isinstance(feats, dict) else [feats]
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """The model's transform: ``(x - image_mean) / image_std``, resized, zero-padded."""
         mean = torch.tensor(self.image_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.image_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
@@ -111,8 +117,7 @@ class TorchvisionDetector(Detector):
         pad_h, pad_w = self.padded[0] - self.resized[0], self.padded[1] - self.resized[1]
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        feats = model.backbone(x)
-        return list(feats.values()) if isinstance(feats, dict) else [feats]
+        return x
 
     def window(self, maps: Tensor) -> Tensor:
         """A map over the padded image ``[M, 1, h, w]`` resized (bilinear) to the padded size,
@@ -145,23 +150,19 @@ class TorchvisionDetector(Detector):
 
         ``BoxCoder``: centre ``c + d_xy/w_xy · s``, size ``s · exp(min(d_wh/w_wh, clip))``;
         ``BoxLinearCoder``: ``c ∓ d · s`` (distances to the edges, in anchor sizes)."""
-        size = anchors[..., 2:] - anchors[..., :2]
-        ctr = anchors[..., :2] + 0.5 * size
         if self.weights is None:
+            size = anchors[..., 2:] - anchors[..., :2]
             ctr = 0.5 * (anchors[..., :2] + anchors[..., 2:])
             rel = codes * torch.cat([size, size], -1)
             boxes = torch.cat([ctr - rel[..., :2], ctr + rel[..., 2:]], -1)
         else:
-            wx, wy, ww, wh = self.weights
-            d_xy = codes[..., :2] / torch.tensor([wx, wy], dtype=codes.dtype, device=codes.device)
-            d_wh = codes[..., 2:] / torch.tensor([ww, wh], dtype=codes.dtype, device=codes.device)
-            c = d_xy * size + ctr
-            half = 0.5 * (torch.exp(d_wh.clamp(max=self.clip)) * size)
-            boxes = torch.cat([c - half, c + half], -1)
+            boxes = decode_deltas(codes, anchors, self.weights, self.clip)
+        return self.to_input(clip_to(boxes, self.resized))
+
+    def to_input(self, boxes: Tensor) -> Tensor:
+        """Boxes in the resized image's pixels scaled to the input's (``transform.postprocess``:
+        ``input / resized`` per axis, in float32 as torchvision computes it)."""
         h, w = self.resized
-        lo = torch.zeros(4, dtype=boxes.dtype, device=boxes.device)
-        hi = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-        boxes = torch.minimum(torch.maximum(boxes, lo), hi)
         ratio_h = torch.tensor(self.input_size[0], dtype=torch.float32) / torch.tensor(
             float(h), dtype=torch.float32
         )
