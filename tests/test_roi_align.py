@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import roi_reference as ref
 from explain_export.builder.export.writers import to_onnx
 from explain_export.builder.maths.roi_align import RoiPooler, scales_for
+
+import roi_reference as ref
 
 IMAGE = (96, 80)  # a resized image (h, w); its maps at strides 4, 8, 16 are not square
 SHAPES = [(24, 20), (12, 10), (6, 5)]
@@ -36,6 +37,9 @@ CASES = {
     "outside": [[-7, -9, 5, 4], [84, 100, 120, 130], [-30, 10, -9, 30], [70, -20, 95, 110]],
     "tiny": [[10, 10, 10.3, 10.2], [33.3, 40.1, 33.3, 40.1], [79.9, 95.9, 80, 96], [0, 0, 1, 1]],
     "levels": [[4, 4, 9, 9], [4, 4, 16, 16], [4, 4, 28, 28], [0, 0, 64, 90], [5, 5, 17, 17]],
+    # at 3x4 bins, ratio 2, level 2 (6x5): the last samples at exactly y = 6 = h and x = 5 = w
+    # (in range), the first at exactly y = x = -1 (in range)
+    "exact": [[20, 52, 84, 100], [-20, -20, 24, 28]],
 }
 
 
@@ -84,6 +88,7 @@ def test_the_cases_reach_every_level_and_branch():
     boxes, _ = all_boxes()
     p = pooler()
     assert set(p.levels(boxes).tolist()) == {0, 1, 2}
+    assert p.levels(torch.tensor(CASES["exact"], dtype=torch.float32)).tolist() == [2, 2]
     out = p.pool(maps(), boxes, torch.zeros(len(boxes), dtype=torch.long))
     assert (out.abs().flatten(1).max(1).values == 0).any()  # a RoI wholly outside reads zeros
     outside = torch.tensor(CASES["outside"])
