@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from explain_export.builder.export.writers import to_onnx
+from explain_export.builder.maths import roi_align
 from explain_export.builder.maths.roi_align import RoiPooler, scales_for
 
 import roi_reference as ref
@@ -108,6 +109,17 @@ def test_a_half_pixel_shift_fails_the_comparison():
     assert float((ours - shifted).abs().max()) > 100 * ATOL
 
 
+def test_the_export_path_equals_the_reference(monkeypatch):
+    """Under ``torch.export`` the fused ``embedding_bag`` gives way to a gather per corner."""
+    monkeypatch.setattr(roi_align, "_exporting", lambda: True)
+    feats = maps()
+    boxes, batch = all_boxes()
+    p = pooler((2, 3), 3)
+    torch.testing.assert_close(
+        p.pool(feats, boxes, batch), reference(feats, boxes, batch, p), atol=ATOL, rtol=0
+    )
+
+
 def test_one_level_pools_every_roi_there():
     feats = maps()[:1]
     boxes, batch = all_boxes()
@@ -202,3 +214,16 @@ def test_the_probe_exports_to_onnx_with_a_scatter_add(tmp_path):
             want = module(*args)
         for name, g, w in zip(outputs, got, want, strict=True):
             torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_the_probe_under_torch_export_equals_eager():
+    module = Probe(pooler()).eval()
+    rois = torch.export.Dim("rois")
+    dynamic = ({}, {}, {}, {0: rois}, {0: rois}, {0: rois})
+    program = torch.export.export(module, probe_inputs(6, 0), dynamic_shapes=dynamic, strict=False)
+    nodes = {str(n.target) for n in program.graph.nodes}
+    assert not any("embedding_bag" in n for n in nodes) and any("scatter_add" in n for n in nodes)
+    args = probe_inputs(11, 2)
+    for got, want in zip(program.module()(*args), module(*args), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
