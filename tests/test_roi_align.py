@@ -120,6 +120,20 @@ def test_the_export_path_equals_the_reference(monkeypatch):
     )
 
 
+def test_a_table_built_once_serves_every_pool():
+    feats = maps()
+    boxes, batch = all_boxes()
+    p = pooler()
+    table = p.table(feats)
+    for part in (slice(0, 5), slice(5, None)):
+        torch.testing.assert_close(
+            p.pool(feats, boxes[part], batch[part], table),
+            reference(feats, boxes[part], batch[part], p),
+            atol=ATOL,
+            rtol=0,
+        )
+
+
 def test_one_level_pools_every_roi_there():
     feats = maps()[:1]
     boxes, batch = all_boxes()
@@ -144,6 +158,19 @@ def test_full_is_each_rows_gradient_through_the_reference():
             n = int(batch[m])
             torch.testing.assert_close(full[m], exp[n], atol=ATOL, rtol=0)
             assert exp.shape[0] == 2 and float(exp[1 - n].abs().max()) == 0
+
+
+def test_autograd_through_pool_is_the_sum_of_the_rows_full_maps():
+    """``pool`` is differentiable too (eager), and its gradient is the rows' ``full()`` summed
+    per image."""
+    feats = [f.requires_grad_(True) for f in maps()]
+    boxes, batch = all_boxes()
+    p = pooler()
+    grad = torch.randn(len(boxes), 3, 3, 4, generator=torch.Generator().manual_seed(3))
+    expected = torch.autograd.grad((p.pool(feats, boxes, batch) * grad).sum(), feats)
+    for part, exp in zip(p.adjoint(grad, SHAPES, boxes, batch), expected, strict=True):
+        summed = torch.zeros_like(exp).index_add(0, batch, part.full())
+        torch.testing.assert_close(summed, exp, atol=ATOL, rtol=0)
 
 
 def test_channel_mean_is_the_mean_of_full():

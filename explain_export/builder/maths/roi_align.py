@@ -187,20 +187,33 @@ class RoiPooler:
             index.reshape(m, ph * pw, -1), weight.reshape(m, ph * pw, -1), bins.reshape(m, -1)
         )
 
-    def pool(self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor) -> Tensor:
+    @staticmethod
+    def table(features: Sequence[Tensor]) -> Tensor:
+        """The levels' maps as one channels-last table ``[N·T, C]`` (image, level, pixel), to
+        build once where several :meth:`pool` calls read the same maps."""
+        n, c = features[0].shape[:2]
+        rows = [a.permute(0, 2, 3, 1).reshape(n, -1, c) for a in features]
+        return torch.cat(rows, 1).reshape(-1, c)
+
+    def pool(
+        self,
+        features: Sequence[Tensor],
+        boxes: Tensor,
+        batch: Tensor,
+        table: Tensor | None = None,
+    ) -> Tensor:
         """``[M, C, ph, pw]``: RoI ``m`` (``boxes`` ``[M, 4]``) pooled from the map of image
-        ``batch[m]`` (int64 ``[M]``) at its level (``features``: ``[N, C, h_l, w_l]`` each)."""
+        ``batch[m]`` (int64 ``[M]``) at its level (``features``: ``[N, C, h_l, w_l]`` each;
+        ``table``: their :meth:`table`, built here if not given)."""
         shapes = [(int(a.shape[2]), int(a.shape[3])) for a in features]
         boxes = boxes.to(features[0].dtype)
         level = self.levels(boxes)
         taps = self._taps(shapes, boxes, level)
-        n, c = features[0].shape[:2]
+        table = self.table(features) if table is None else table
         sizes = [h * w for h, w in shapes]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        table = torch.cat([a.permute(0, 2, 3, 1).reshape(n, -1, c) for a in features], 1)
-        table = table.reshape(-1, c)  # [N·T, C]: image, level, pixel
         base = batch * sum(sizes) + _per_level(level, offsets, batch)
-        m, bins = boxes.shape[0], taps.index.shape[1]
+        m, bins, c = boxes.shape[0], taps.index.shape[1], table.shape[1]
         index = (taps.index + base[:, None, None]).reshape(m * bins, -1)
         out = _weighted_rows(table, index, taps.weight.reshape(m * bins, -1))
         ph, pw = self.output_size
