@@ -19,7 +19,11 @@ Coordinates are computed in the kernel's order and dtype, so ``⌊·⌋`` lands 
 ``k_max`` of the last); a level's scale is ``2^round(log₂(h_l / H))`` for a map of height
 ``h_l`` and the batch's largest resized image height ``H`` (torchvision's ``_setup_scales``).
 Every level's maps go into one channels-last table ``[N·T, C]`` (``T = Σ h_l·w_l``), and each
-RoI's taps are computed at its own level's scale and size, so one gather serves all levels.
+RoI's taps are computed at its own level's scale and size, so one weighted gather serves all
+levels: ``embedding_bag``'s fused weighted sum in eager and TorchScript; under ``torch.export``
+(and so ONNX, where ``embedding_bag`` becomes a loop) a ``Gather`` and a weighted sum per
+bilinear corner. The maps' sizes are constants of the graph; the numbers of RoIs and images
+are free.
 
 **Adjoint.** ``pooled_m`` is linear in the map of image ``b_m``, so for the gradient ``G_m``
 ``[C, ph, pw]`` of row ``m``, ``∂⟨G_m, pooled_m⟩/∂A_l[b_m]`` is the scatter-add of
