@@ -202,20 +202,21 @@ class Probe(nn.Module):
         return (pooled, *[q.full() for q in parts], *[q.channel_mean() for q in parts])
 
 
-def probe_inputs(m: int, seed: int) -> tuple[torch.Tensor, ...]:
-    boxes, batch = all_boxes()
+def probe_inputs(m: int, seed: int, images: int = 2) -> tuple[torch.Tensor, ...]:
+    boxes, _ = all_boxes()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(boxes), generator=g)[:m]
     jitter = torch.rand(m, 4, generator=g) * 3
+    batch = torch.randint(0, images, (m,), generator=g)
     grad = torch.randn(m, 3, 3, 4, generator=g)
-    return (*maps(seed=seed), boxes[pick] + jitter, batch[pick], grad)
+    return (*maps(images, seed=seed), boxes[pick] + jitter, batch, grad)
 
 
 def test_the_probe_traces_to_torchscript():
     module = Probe(pooler()).eval()
     traced = torch.jit.trace(module, probe_inputs(6, 0), check_trace=False)
-    for m, seed in ((6, 1), (9, 2)):
-        args = probe_inputs(m, seed)
+    for m, seed, n in ((6, 1, 2), (9, 2, 3)):
+        args = probe_inputs(m, seed, n)
         for got, want in zip(traced(*args), module(*args), strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
@@ -234,8 +235,8 @@ def test_the_probe_exports_to_onnx_with_a_scatter_add(tmp_path):
         any(a.name == "reduction" and a.s == b"add" for a in n.attribute) for n in scatters
     )
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for m, seed in ((6, 1), (11, 2)):
-        args = probe_inputs(m, seed)
+    for m, seed, n in ((6, 1, 2), (11, 2, 3), (4, 3, 1)):
+        args = probe_inputs(m, seed, n)
         got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})
         with torch.no_grad():
             want = module(*args)
