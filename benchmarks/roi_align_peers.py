@@ -75,17 +75,23 @@ def diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def big(t: torch.Tensor) -> str:
+    return f"{float(t.abs().max()):.2g}"
+
+
 def forward(lines: list[str]) -> None:
     feats = maps(256, 2, 0)
     boxes = boxes_for(1000, 1)
     batch = (torch.arange(1000) % 2).long()
     scales = scales_for([f.shape[-2:] for f in feats], [IMAGE])
     lines.append(f"scales: {scales}\n")
-    lines.append("| check | max\\|diff\\| |\n| --- | --- |")
+    lines.append("| check | max\\|diff\\| | max\\|theirs\\| |\n| --- | --- | --- |")
     for f, s in zip(feats, scales, strict=True):
         ours = RoiPooler((s,), SIZE, RATIO).pool([f], boxes, batch)
         theirs = roi_align(f, rois(boxes, batch), SIZE, s, RATIO, aligned=False)
-        lines.append(f"| roi_align, one level, scale {s} | {diff(ours, theirs):.1e} |")
+        lines.append(
+            f"| roi_align, one level, scale {s} | {diff(ours, theirs):.1e} | {big(theirs)} |"
+        )
     pooler = RoiPooler(scales, SIZE, RATIO)
     msra = MultiScaleRoIAlign(["0", "1", "2", "3"], SIZE, RATIO)
     named = {str(i): f for i, f in enumerate(feats)}
@@ -98,13 +104,13 @@ def forward(lines: list[str]) -> None:
     wrong = int((levels != mapper(per_image)).sum())
     counts = torch.bincount(levels, minlength=4).tolist()
     lines.append(f"| MultiScaleRoIAlign, levels {counts} (LevelMapper disagrees on {wrong}) "
-                 f"| {diff(ours, theirs):.1e} |")  # fmt: skip
+                 f"| {diff(ours, theirs):.1e} | {big(theirs)} |")  # fmt: skip
     few = torch.arange(40)
     ref = roi_reference.multi_scale(feats, boxes[few], batch[few], list(scales), SIZE, RATIO)
     theirs = msra(named, [boxes[few][batch[few] == n] for n in range(2)], [IMAGE, IMAGE])
     order = torch.cat([torch.nonzero(batch[few] == n)[:, 0] for n in range(2)])
     lines.append(f"| tests' loop reference vs MultiScaleRoIAlign, 40 boxes | "
-                 f"{diff(ref[order], theirs):.1e} |")  # fmt: skip
+                 f"{diff(ref[order], theirs):.1e} | {big(theirs)} |")  # fmt: skip
 
 
 def backward(lines: list[str]) -> None:
@@ -138,10 +144,10 @@ def backward(lines: list[str]) -> None:
             f"| full(), level {k} ({int(here.sum())} RoIs), rows summed per image: vs "
             f"_roi_align_backward {diff(summed[k], kernel):.1e}, vs autograd through "
             f"MultiScaleRoIAlign {diff(summed[k], autograd[k]):.1e} "
-            f"| {max(diff(summed[k], kernel), diff(summed[k], autograd[k])):.1e} |"
+            f"| {max(diff(summed[k], kernel), diff(summed[k], autograd[k])):.1e} | {big(kernel)} |"
         )
     lines.append(f"| channel_mean() vs full().mean((2, 3)), every row and level "
-                 f"| {worst_mean:.1e} |")  # fmt: skip
+                 f"| {worst_mean:.1e} | |")  # fmt: skip
 
 
 def inverted(lines: list[str]) -> None:

@@ -68,7 +68,8 @@ def bilinear(a: Tensor, y: np.float32, x: np.float32) -> Tensor:
 def roi_align_one(
     a: Tensor, box: list[float], scale: float, size: tuple[int, int], ratio: int
 ) -> Tensor:
-    """One RoI ``(x1, y1, x2, y2)`` pooled from ``a`` ``[C, H, W]`` at ``scale``: ``[C, ph, pw]``."""
+    """One RoI ``(x1, y1, x2, y2)`` pooled from ``a`` ``[C, H, W]`` at ``scale``, ``[C, ph, pw]``
+    for ``size = (ph, pw)`` and ``ratio²`` samples a bin."""
     s = F32(scale)
     x1, y1, x2, y2 = (F32(v) for v in box)
     start_x, start_y = F32(x1 * s), F32(y1 * s)

@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-import roi_reference as ref
 from explain_export.builder.export.writers import to_onnx
+from explain_export.builder.maths import roi_align
 from explain_export.builder.maths.roi_align import RoiPooler, scales_for
+
+import roi_reference as ref
 
 IMAGE = (96, 80)  # a resized image (h, w); its maps at strides 4, 8, 16 are not square
 SHAPES = [(24, 20), (12, 10), (6, 5)]
@@ -36,6 +38,9 @@ CASES = {
     "outside": [[-7, -9, 5, 4], [84, 100, 120, 130], [-30, 10, -9, 30], [70, -20, 95, 110]],
     "tiny": [[10, 10, 10.3, 10.2], [33.3, 40.1, 33.3, 40.1], [79.9, 95.9, 80, 96], [0, 0, 1, 1]],
     "levels": [[4, 4, 9, 9], [4, 4, 16, 16], [4, 4, 28, 28], [0, 0, 64, 90], [5, 5, 17, 17]],
+    # at 3x4 bins, ratio 2, level 2 (6x5): the last samples at exactly y = 6 = h and x = 5 = w
+    # (in range), the first at exactly y = x = -1 (in range)
+    "exact": [[20, 52, 84, 100], [-20, -20, 24, 28]],
 }
 
 
@@ -84,6 +89,7 @@ def test_the_cases_reach_every_level_and_branch():
     boxes, _ = all_boxes()
     p = pooler()
     assert set(p.levels(boxes).tolist()) == {0, 1, 2}
+    assert p.levels(torch.tensor(CASES["exact"], dtype=torch.float32)).tolist() == [2, 2]
     out = p.pool(maps(), boxes, torch.zeros(len(boxes), dtype=torch.long))
     assert (out.abs().flatten(1).max(1).values == 0).any()  # a RoI wholly outside reads zeros
     outside = torch.tensor(CASES["outside"])
@@ -101,6 +107,31 @@ def test_a_half_pixel_shift_fails_the_comparison():
     half = 0.5 / torch.tensor(p.scales)[level]
     shifted = reference(feats, boxes - half[:, None], batch, p)
     assert float((ours - shifted).abs().max()) > 100 * ATOL
+
+
+def test_the_export_path_equals_the_reference(monkeypatch):
+    """Under ``torch.export`` the fused ``embedding_bag`` gives way to a gather per corner."""
+    monkeypatch.setattr(roi_align, "_exporting", lambda: True)
+    feats = maps()
+    boxes, batch = all_boxes()
+    p = pooler((2, 3), 3)
+    torch.testing.assert_close(
+        p.pool(feats, boxes, batch), reference(feats, boxes, batch, p), atol=ATOL, rtol=0
+    )
+
+
+def test_a_table_built_once_serves_every_pool():
+    feats = maps()
+    boxes, batch = all_boxes()
+    p = pooler()
+    table = p.table(feats)
+    for part in (slice(0, 5), slice(5, None)):
+        torch.testing.assert_close(
+            p.pool(feats, boxes[part], batch[part], table),
+            reference(feats, boxes[part], batch[part], p),
+            atol=ATOL,
+            rtol=0,
+        )
 
 
 def test_one_level_pools_every_roi_there():
@@ -127,6 +158,19 @@ def test_full_is_each_rows_gradient_through_the_reference():
             n = int(batch[m])
             torch.testing.assert_close(full[m], exp[n], atol=ATOL, rtol=0)
             assert exp.shape[0] == 2 and float(exp[1 - n].abs().max()) == 0
+
+
+def test_autograd_through_pool_is_the_sum_of_the_rows_full_maps():
+    """``pool`` is differentiable too (eager), and its gradient is the rows' ``full()`` summed
+    per image."""
+    feats = [f.requires_grad_(True) for f in maps()]
+    boxes, batch = all_boxes()
+    p = pooler()
+    grad = torch.randn(len(boxes), 3, 3, 4, generator=torch.Generator().manual_seed(3))
+    expected = torch.autograd.grad((p.pool(feats, boxes, batch) * grad).sum(), feats)
+    for part, exp in zip(p.adjoint(grad, SHAPES, boxes, batch), expected, strict=True):
+        summed = torch.zeros_like(exp).index_add(0, batch, part.full())
+        torch.testing.assert_close(summed, exp, atol=ATOL, rtol=0)
 
 
 def test_channel_mean_is_the_mean_of_full():
@@ -158,20 +202,21 @@ class Probe(nn.Module):
         return (pooled, *[q.full() for q in parts], *[q.channel_mean() for q in parts])
 
 
-def probe_inputs(m: int, seed: int) -> tuple[torch.Tensor, ...]:
-    boxes, batch = all_boxes()
+def probe_inputs(m: int, seed: int, images: int = 2) -> tuple[torch.Tensor, ...]:
+    boxes, _ = all_boxes()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(boxes), generator=g)[:m]
     jitter = torch.rand(m, 4, generator=g) * 3
+    batch = torch.randint(0, images, (m,), generator=g)
     grad = torch.randn(m, 3, 3, 4, generator=g)
-    return (*maps(seed=seed), boxes[pick] + jitter, batch[pick], grad)
+    return (*maps(images, seed=seed), boxes[pick] + jitter, batch, grad)
 
 
 def test_the_probe_traces_to_torchscript():
     module = Probe(pooler()).eval()
     traced = torch.jit.trace(module, probe_inputs(6, 0), check_trace=False)
-    for m, seed in ((6, 1), (9, 2)):
-        args = probe_inputs(m, seed)
+    for m, seed, n in ((6, 1, 2), (9, 2, 3)):
+        args = probe_inputs(m, seed, n)
         for got, want in zip(traced(*args), module(*args), strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
@@ -190,10 +235,23 @@ def test_the_probe_exports_to_onnx_with_a_scatter_add(tmp_path):
         any(a.name == "reduction" and a.s == b"add" for a in n.attribute) for n in scatters
     )
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for m, seed in ((6, 1), (11, 2)):
-        args = probe_inputs(m, seed)
+    for m, seed, n in ((6, 1, 2), (11, 2, 3), (4, 3, 1)):
+        args = probe_inputs(m, seed, n)
         got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})
         with torch.no_grad():
             want = module(*args)
         for name, g, w in zip(outputs, got, want, strict=True):
             torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_the_probe_under_torch_export_equals_eager():
+    module = Probe(pooler()).eval()
+    rois = torch.export.Dim("rois")
+    dynamic = ({}, {}, {}, {0: rois}, {0: rois}, {0: rois})
+    program = torch.export.export(module, probe_inputs(6, 0), dynamic_shapes=dynamic, strict=False)
+    nodes = {str(n.target) for n in program.graph.nodes}
+    assert not any("embedding_bag" in n for n in nodes) and any("scatter_add" in n for n in nodes)
+    args = probe_inputs(11, 2)
+    for got, want in zip(program.module()(*args), module(*args), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

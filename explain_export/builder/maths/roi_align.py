@@ -19,7 +19,11 @@ Coordinates are computed in the kernel's order and dtype, so ``⌊·⌋`` lands 
 ``k_max`` of the last); a level's scale is ``2^round(log₂(h_l / H))`` for a map of height
 ``h_l`` and the batch's largest resized image height ``H`` (torchvision's ``_setup_scales``).
 Every level's maps go into one channels-last table ``[N·T, C]`` (``T = Σ h_l·w_l``), and each
-RoI's taps are computed at its own level's scale and size, so one gather serves all levels.
+RoI's taps are computed at its own level's scale and size, so one weighted gather serves all
+levels: ``embedding_bag``'s fused weighted sum in eager and TorchScript; under ``torch.export``
+(and so ONNX, where ``embedding_bag`` becomes a loop) a ``Gather`` and a weighted sum per
+bilinear corner. The maps' sizes are constants of the graph; the numbers of RoIs and images
+are free.
 
 **Adjoint.** ``pooled_m`` is linear in the map of image ``b_m``, so for the gradient ``G_m``
 ``[C, ph, pw]`` of row ``m``, ``∂⟨G_m, pooled_m⟩/∂A_l[b_m]`` is the scatter-add of
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["RoiGradient", "RoiPooler", "scales_for"]
@@ -82,9 +87,7 @@ def _axis(
     step = length / pooled
     p = torch.arange(pooled, device=start.device).to(start.dtype)
     i = torch.arange(g, device=start.device).to(start.dtype) + 0.5
-    at = (start[:, None, None] + p[:, None] * step[:, None, None]) + (
-        i * step[:, None, None]
-    ) / g
+    at = (start[:, None, None] + p[:, None] * step[:, None, None]) + (i * step[:, None, None]) / g
     limit = size[:, None, None]
     inside = (at >= -1.0) & (at <= limit)  # NaN: out
     at = torch.where(inside, at, torch.zeros_like(at)).clamp_min(0.0)
@@ -95,6 +98,29 @@ def _axis(
     frac = torch.where(top, torch.zeros_like(at), at - low)
     weight = torch.stack([1.0 - frac, frac], -1) * inside[..., None].to(at.dtype)
     return torch.stack([low, high], -1).long(), weight, inside
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` (the ONNX exporter's too) is tracing this call."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting()) or torch.onnx.is_in_onnx_export()
+
+
+def _weighted_rows(table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """``out[b] = Σ_k weight[b, k]·table[index[b, k]]`` ``[B, C]`` (``index``, ``weight``:
+    ``[B, K]``, ``K = 4g²``). Eager and TorchScript: ``embedding_bag``'s fused weighted sum (it
+    holds no ``[B, K, C]``). ``torch.export``/ONNX, where ``embedding_bag`` becomes a loop: a
+    ``Gather`` and a weighted sum per bilinear corner, ``B·g²`` rows at a time."""
+    if not _exporting():
+        return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+    b, c = index.shape[0], table.shape[1]
+    index, weight = index.reshape(b, -1, 4), weight.reshape(b, -1, 4)
+    out = None
+    for k in range(4):
+        rows = table.index_select(0, index[:, :, k].reshape(-1)).reshape(b, -1, c)
+        term = (rows * weight[:, :, k, None]).sum(1)
+        out = term if out is None else out + term
+    return out
 
 
 def _per_level(level: Tensor, values: Sequence[float], like: Tensor) -> Tensor:
@@ -136,7 +162,8 @@ class RoiPooler:
             return torch.zeros(boxes.shape[:1], dtype=torch.int64, device=boxes.device)
         k_min, k_max = self.k_range
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        k = torch.floor(self.canonical_level + torch.log2(area.sqrt() / self.canonical_scale) + 1e-6)
+        ratio = area.sqrt() / self.canonical_scale
+        k = torch.floor(self.canonical_level + torch.log2(ratio) + 1e-6)
         k = k.clamp(k_min, k_max) - k_min
         return torch.where(torch.isnan(k), torch.full_like(k, -1.0), k).long()
 
@@ -147,14 +174,13 @@ class RoiPooler:
         scale = _per_level(level, self.scales, boxes)
         height = _per_level(level, [float(h) for h, _ in shapes], boxes)
         width = _per_level(level, [float(w) for _, w in shapes], boxes)
-        (ph, pw), g = self.output_size, self.sampling_ratio
+        (ph, pw), g, m = self.output_size, self.sampling_ratio, boxes.shape[0]
         lo, hi = boxes[:, :2] * scale[:, None], boxes[:, 2:] * scale[:, None]
         yi, yw, yin = _axis(lo[:, 1], hi[:, 1], height, ph, g)
         xi, xw, xin = _axis(lo[:, 0], hi[:, 0], width, pw, g)
-        m = boxes.shape[0]
         # [M, ph, pw, g, g, 2, 2]: bin (p, q), sample (i, j), corner (a, b)
-        index = yi[:, :, None, :, None, :, None] * width.long()[:, None, None, None, None, None, None]
-        index = index + xi[:, None, :, None, :, None, :]
+        stride = width.long().reshape(m, 1, 1, 1, 1, 1, 1)
+        index = yi[:, :, None, :, None, :, None] * stride + xi[:, None, :, None, :, None, :]
         known = (level >= 0).to(boxes.dtype)
         weight = yw[:, :, None, :, None, :, None] * xw[:, None, :, None, :, None, :]
         weight = weight * (known / (g * g))[:, None, None, None, None, None, None]
@@ -165,28 +191,35 @@ class RoiPooler:
             index.reshape(m, ph * pw, -1), weight.reshape(m, ph * pw, -1), bins.reshape(m, -1)
         )
 
-    def pool(self, features: Sequence[Tensor], boxes: Tensor, batch: Tensor) -> Tensor:
+    @staticmethod
+    def table(features: Sequence[Tensor]) -> Tensor:
+        """The levels' maps as one channels-last table ``[N·T, C]`` (image, level, pixel), to
+        build once where several :meth:`pool` calls read the same maps."""
+        n, c = features[0].shape[:2]
+        rows = [a.permute(0, 2, 3, 1).reshape(n, -1, c) for a in features]
+        return torch.cat(rows, 1).reshape(-1, c)
+
+    def pool(
+        self,
+        features: Sequence[Tensor],
+        boxes: Tensor,
+        batch: Tensor,
+        table: Tensor | None = None,
+    ) -> Tensor:
         """``[M, C, ph, pw]``: RoI ``m`` (``boxes`` ``[M, 4]``) pooled from the map of image
-        ``batch[m]`` (int64 ``[M]``) at its level (``features``: ``[N, C, h_l, w_l]`` each)."""
+        ``batch[m]`` (int64 ``[M]``) at its level (``features``: ``[N, C, h_l, w_l]`` each;
+        ``table``: their :meth:`table`, built here if not given)."""
         shapes = [(int(a.shape[2]), int(a.shape[3])) for a in features]
         boxes = boxes.to(features[0].dtype)
         level = self.levels(boxes)
         taps = self._taps(shapes, boxes, level)
-        n, c = features[0].shape[:2]
+        table = self.table(features) if table is None else table
         sizes = [h * w for h, w in shapes]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        table = torch.cat([a.permute(0, 2, 3, 1).reshape(n, -1, c) for a in features], 1)
-        table = table.reshape(-1, c)  # [N·T, C]: image, level, pixel
         base = batch * sum(sizes) + _per_level(level, offsets, batch)
-        m, bins = boxes.shape[0], taps.index.shape[1]
-        # the four corners one at a time: a gather holds M·ph·pw·g² rows, not 4x that
-        index = (taps.index + base[:, None, None]).reshape(m * bins, -1, 4)
-        weight = taps.weight.reshape(m * bins, -1, 4)
-        out = None
-        for k in range(4):
-            rows = table.index_select(0, index[:, :, k].reshape(-1)).reshape(m * bins, -1, c)
-            term = torch.matmul(weight[:, None, :, k], rows)  # [M·ph·pw, 1, C]
-            out = term if out is None else out + term
+        m, bins, c = boxes.shape[0], taps.index.shape[1], table.shape[1]
+        index = (taps.index + base[:, None, None]).reshape(m * bins, -1)
+        out = _weighted_rows(table, index, taps.weight.reshape(m * bins, -1))
         ph, pw = self.output_size
         return out.reshape(m, ph, pw, c).permute(0, 3, 1, 2)
 
@@ -200,31 +233,25 @@ class RoiPooler:
         boxes = boxes.to(grad.dtype)
         level = self.levels(boxes)
         taps = self._taps(shapes, boxes, level)
-        out = []
-        for i, (h, w) in enumerate(shapes):
-            here = level == i
-            out.append(
-                RoiGradient(
-                    grad,
-                    torch.where(here[:, None, None], taps.index, torch.zeros_like(taps.index)),
-                    taps.weight * here[:, None, None].to(grad.dtype),
-                    taps.bins * here[:, None].to(grad.dtype),
-                    (int(h), int(w)),
-                )
-            )
-        return out
+        sums = torch.matmul(grad.flatten(2), taps.bins[:, :, None].to(grad.dtype))[..., 0]
+        return [
+            RoiGradient(grad, taps.index, taps.weight, level == i, sums, (int(h), int(w)))
+            for i, (h, w) in enumerate(shapes)
+        ]
 
 
 @dataclass(frozen=True)
 class RoiGradient:
     """One level's gradient for ``M`` RoIs: ``grad`` ``[M, C, ph, pw]`` spread over each bin's
-    taps (``index``, ``weight``: ``[M, ph·pw, 4g²]``, weight 0 for a RoI at another level) on a
-    map of ``size`` ``(h, w)``; ``bins`` ``[M, ph·pw]``: each bin's weights' sum."""
+    taps (``index``, ``weight``: ``[M, ph·pw, 4g²]``, each RoI's at its own level) on a map of
+    ``size`` ``(h, w)``, for the RoIs ``here`` (bool ``[M]``: at this level; 0 for the rest);
+    ``sums`` ``[M, C]``: ``Σ_bin grad·(the bin's weights' sum)``."""
 
     grad: Tensor
     index: Tensor
     weight: Tensor
-    bins: Tensor
+    here: Tensor
+    sums: Tensor
     size: tuple[int, int]
 
     def full(self) -> Tensor:
@@ -233,12 +260,14 @@ class RoiGradient:
         h, w = self.size
         low = self.grad.dtype in (torch.float16, torch.bfloat16)  # ORT's scatter-add: no fp16
         grad = self.grad.float() if low else self.grad
-        src = grad.reshape(m, c, -1, 1) * self.weight.to(grad.dtype)[:, None]
-        index = self.index.reshape(m, 1, -1).expand(-1, c, -1)
+        weight = self.weight.to(grad.dtype) * self.here[:, None, None].to(grad.dtype)
+        src = grad.reshape(m, c, -1, 1) * weight[:, None]
+        index = torch.where(self.here[:, None, None], self.index, torch.zeros_like(self.index))
+        index = index.reshape(m, 1, -1).expand(-1, c, -1)
         out = grad.new_zeros((m, c, h * w)).scatter_add(2, index, src.reshape(m, c, -1))
         return out.reshape(m, c, h, w).to(self.grad.dtype)
 
     def channel_mean(self) -> Tensor:
-        """``mean_ij ∂y_m/∂A_c(i, j)`` ``[M, C]`` without the map: ``Σ_bin grad·bins / (h·w)``."""
+        """``mean_ij ∂y_m/∂A_c(i, j)`` ``[M, C]`` without the map: ``sums / (h·w)``."""
         h, w = self.size
-        return (self.grad.flatten(2) * self.bins[:, None, :]).sum(2) / (h * w)
+        return self.sums * self.here[:, None].to(self.sums.dtype) / (h * w)
