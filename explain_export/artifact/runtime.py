@@ -308,6 +308,8 @@ class _TorchArtifact(_Artifact):
         third = "overlay" if len(result) < 3 or result[2].dim() == 4 else "classes"  # no metadata
         if len(result) == len(DETECTION_OUTPUTS):  # a detector's graph: five outputs, no metadata
             names = names or DETECTION_OUTPUTS
+        elif len(result) == len(DETECTION_OUTPUTS) + 1 and result[0].dim() == 3:  # and masks
+            names = names or [*DETECTION_OUTPUTS, "masks"]
         names = names or ["logits", "heatmap", third][: len(result)]
         if not to_host:
             return dict(zip(names, result, strict=True))
@@ -354,6 +356,8 @@ class ExportedProgramExplainer(_TorchArtifact):
     kind = "torch.export"
 
     def _load(self, extra: dict[str, str]) -> tuple[Any, list[str]]:
+        import explain_export.nms_op  # noqa: F401  (a detector's NMS operator, to load)
+
         program = self._torch.export.load(self.path, extra_files=extra)
         names = [
             s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"

@@ -89,6 +89,10 @@ def to_onnx(
     }
     if "external_data" not in inspect.signature(torch.onnx.export).parameters:
         del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
+    if "custom_translation_table" in inspect.signature(torch.onnx.export).parameters:
+        from ...nms_op import onnx_translation
+
+        kwargs["custom_translation_table"] = onnx_translation()  # greedy NMS as a Loop
     with quiet(), torch.no_grad(), attention_in_4d():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)

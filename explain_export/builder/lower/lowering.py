@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ... import nms_op
 from ...errors import OptionError
 from .adjoints import (
     adaptive_avg_pool2d_backward,
@@ -231,6 +232,7 @@ class Lowered(nn.Module):
 
 
 _SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
+_NMS = torch.ops.explain_export.greedy_nms.default
 
 
 class _Script(nn.Module):
@@ -270,7 +272,9 @@ def script_graph(graph_module: torch.fx.GraphModule, inputs: int = 1) -> torch.j
     graph = copy.deepcopy(graph_module)
     _device_of_input(graph.graph)
     for node in graph.graph.nodes:
-        if node.op == "call_function" and node.target in _SYM_BUILTINS:
+        if node.op == "call_function" and node.target is _NMS:
+            node.target = nms_op.steps  # scripted with the graph: a loop in the file
+        elif node.op == "call_function" and node.target in _SYM_BUILTINS:
             node.target = _SYM_BUILTINS[node.target]
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             if node.target is aten.sym_size.int:

@@ -18,7 +18,17 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Selected", "box_iou", "clip_to", "cxcywh_to_xyxy", "decode_deltas", "select"]
+from ...nms_op import greedy_nms, steps
+
+__all__ = [
+    "Selected",
+    "box_iou",
+    "clip_to",
+    "cxcywh_to_xyxy",
+    "decode_deltas",
+    "select",
+    "select_op",
+]
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -108,16 +118,19 @@ def select(
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    n, a = scores.shape
-    left = scores.masked_fill(~(scores > score_threshold), float("-inf"))
-    positions = torch.arange(a, device=scores.device).expand(n, a)
-    picks, valid = [], []
-    for _ in range(keep):
-        best, index = left.max(dim=1)  # [N]
-        box = boxes.gather(1, index[:, None, None].expand(n, 1, 4))
-        cls = classes.gather(1, index[:, None])
-        gone = (box_iou(box, boxes) > iou_threshold) & (classes == cls)
-        left = left.masked_fill(gone | (positions == index[:, None]), float("-inf"))
-        picks.append(index)
-        valid.append(best > float("-inf"))
-    return Selected(torch.stack(picks, 1), torch.stack(valid, 1))
+    return Selected(*steps(boxes, scores, classes, keep, iou_threshold, score_threshold))
+
+
+def select_op(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    keep: int,
+    iou_threshold: float,
+    score_threshold: float,
+) -> Selected:
+    """:func:`select` as one operator of the graph (:mod:`...nms_op`): a loop in every format,
+    not ``keep`` copies of the step."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    return Selected(*greedy_nms(boxes, scores, classes, keep, iou_threshold, score_threshold))

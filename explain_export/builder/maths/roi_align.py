@@ -101,9 +101,16 @@ def _axis(
 
 
 def _exporting() -> bool:
-    """Whether ``torch.export`` (the ONNX exporter's too) is tracing this call."""
+    """Whether this call is being traced to a graph: ``torch.export`` (the ONNX exporter's
+    too), or ``make_fx`` (:func:`.lowering.trace`, whose graph the ONNX file is made from, so
+    the file holds the gathers, not ``embedding_bag``'s ONNX loop)."""
+    from torch.fx.experimental import proxy_tensor
+
     is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting and is_exporting()) or torch.onnx.is_in_onnx_export()
+    if bool(is_exporting and is_exporting()) or torch.onnx.is_in_onnx_export():
+        return True
+    get_mode = getattr(proxy_tensor, "get_proxy_mode", None)
+    return get_mode is not None and get_mode() is not None
 
 
 def _weighted_rows(table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
