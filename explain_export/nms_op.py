@@ -6,8 +6,8 @@ operator, the graph holds it once and each format runs it as a loop:
 
 - eager and ``torch.export``: the operator, whose kernel is :func:`steps` (a ``.pt2`` file
   needs this module imported to load: :mod:`.artifact.runtime` does);
-- TorchScript: :func:`scripted`, the same steps in a scripted ``for`` loop
-  (:func:`.lowering.script_graph` calls it in the operator's place);
+- TorchScript: :func:`steps` itself, scripted with the graph into a ``for`` loop
+  (:func:`.lowering.script_graph` calls it in the operator's place, :func:`inline_steps`);
 - ONNX: :func:`onnx_translation`, an ONNX ``Loop`` over the same steps (onnxscript).
 
 Each step: the best candidate left (the first of equal scores), then every candidate of its
@@ -17,13 +17,12 @@ class whose IoU with it is above the threshold, and itself, dropped. The IoU is
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["NAME", "greedy_nms", "onnx_translation", "scripted", "steps"]
+__all__ = ["NAME", "greedy_nms", "inline_steps", "onnx_translation", "steps"]
 
 NAME = "explain_export::greedy_nms"
 
@@ -91,10 +90,23 @@ def steps(
     return torch.stack(picks, 1), torch.stack(valid, 1)
 
 
-@functools.cache
-def scripted() -> Any:
-    """The operator's steps as a TorchScript function (a ``for`` loop in the file)."""
-    return torch.jit.script(steps)
+def inline_steps(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose FX graphs call :func:`steps` where they call the operator:
+    TorchScript scripts that into a loop; an exporter without custom translations (torch < 2.6
+    for ONNX) unrolls it."""
+    import copy
+
+    module = copy.deepcopy(module)
+    op = torch.ops.explain_export.greedy_nms.default
+    for graph_module in module.modules():
+        if not isinstance(graph_module, torch.fx.GraphModule):
+            continue
+        nodes = [n for n in graph_module.graph.nodes if n.target is op]
+        for node in nodes:
+            node.target = steps
+        if nodes:
+            graph_module.recompile()
+    return module
 
 
 def onnx_translation() -> dict[Any, Any]:

@@ -89,10 +89,12 @@ def to_onnx(
     }
     if "external_data" not in inspect.signature(torch.onnx.export).parameters:
         del kwargs["external_data"]  # older torch (< 2.6) writes one file by default
-    if "custom_translation_table" in inspect.signature(torch.onnx.export).parameters:
-        from ...nms_op import onnx_translation
+    from ... import nms_op
 
-        kwargs["custom_translation_table"] = onnx_translation()  # greedy NMS as a Loop
+    if "custom_translation_table" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["custom_translation_table"] = nms_op.onnx_translation()  # greedy NMS: a Loop
+    else:  # torch < 2.6: the NMS steps unrolled, one copy per pick
+        explainer = nms_op.inline_steps(explainer)
     with quiet(), torch.no_grad(), attention_in_4d():
         try:
             program = torch.onnx.export(explainer.eval(), args, **kwargs)

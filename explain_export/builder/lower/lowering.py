@@ -232,7 +232,6 @@ class Lowered(nn.Module):
 
 
 _SYM_BUILTINS: dict[Any, Any] = {torch.sym_max: max, torch.sym_min: min}
-_NMS = torch.ops.explain_export.greedy_nms.default
 
 
 class _Script(nn.Module):
@@ -267,14 +266,11 @@ def script_graph(graph_module: torch.fx.GraphModule, inputs: int = 1) -> torch.j
     batch size into its shape arithmetic): its ATen overloads become the overload packets that
     TorchScript resolves by signature, and tensors it creates go on the input's device.
     ``inputs``: how many inputs the graph takes (the image, and a class index)."""
-    import copy
-
-    graph = copy.deepcopy(graph_module)
+    graph = nms_op.inline_steps(graph_module)  # a copy; NMS scripted into a loop in the file
+    assert isinstance(graph, torch.fx.GraphModule)
     _device_of_input(graph.graph)
     for node in graph.graph.nodes:
-        if node.op == "call_function" and node.target is _NMS:
-            node.target = nms_op.steps  # scripted with the graph: a loop in the file
-        elif node.op == "call_function" and node.target in _SYM_BUILTINS:
+        if node.op == "call_function" and node.target in _SYM_BUILTINS:
             node.target = _SYM_BUILTINS[node.target]
         elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             if node.target is aten.sym_size.int:
