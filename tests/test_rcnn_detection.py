@@ -133,3 +133,41 @@ def test_every_format_equals_eager_with_masks(tmp_path: Path) -> None:
         got = runtime.load(str(tmp_path / result.paths[fmt].split("/")[-1])).outputs(image)
         assert got["masks"].shape == (1, 3, *SIZE)
         np.testing.assert_allclose(got["masks"], want[5].numpy(), atol=1e-4)
+
+
+def test_the_command_refuses_a_layer_and_a_target_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--layer`` for an R-CNN and ``--target mask`` for a Faster R-CNN: one line, exit 2,
+    nothing written."""
+    from explain_export.cli.export import main
+
+    base = ["--arch", "rcnn:TinyTwoStage", "--input-size", "100", "150", "--out", str(tmp_path)]
+    for extra, words in (
+        (["--layer", "backbone.body"], "RoI heads read"),
+        (["--target", "mask"], "needs a Mask R-CNN"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("explain-export: error:")]
+        assert len(errors) == 1 and words in errors[0], err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_command_exports_a_mask_rcnn_with_the_mask_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from explain_export.cli.export import main
+
+    ckpt = tmp_path / "mask.pt"
+    torch.save(tiny_two_stage("mask").state_dict(), ckpt)
+    args = ["--ckpt", str(ckpt), "--arch", "rcnn:TinyTwoStage", "--arch-kwargs", '{"kind": "mask"}']
+    args += ["--input-size", "100", "150", "--max-detections", "3", "--target", "mask"]
+    code = main([*args, "--formats", "onnx", "--out", str(tmp_path / "o")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "task:   detection (mask-rcnn), 4 classes" in printed, printed
+    assert "layer:  roi_heads.box_roi_pool:input" in printed
+    meta = json.loads((tmp_path / "o" / "explainer.json").read_text())
+    assert meta["detection"]["target"] == "mask" and meta["detection"]["masks"] is True
