@@ -195,3 +195,45 @@ def test_the_server_answers_each_detections_mask(mask_onnx, photos, tmp_path):
         model, [((photos / "chelsea.png").read_bytes(), one)], app.ServeOptions()
     )
     assert reply.body["detections"] == rows["chelsea.png"]["detections"][:1]
+
+
+# a real export
+
+
+@pytest.mark.slow
+def test_a_real_mask_rcnn_export_runs_with_the_eager_explainers_masks(photos, tmp_path):
+    """The tests' tiny Mask R-CNN exported to ONNX (issue 29) through ``explain-run``, stretch
+    and pad: each row's detections are the eager explainer's on the image the runner fed, and
+    each ``mask`` the eager mask taken to the photo's size (IoU over 0.99: the ONNX masks equal
+    eager to about 1e-4, which moves the 1/2 threshold by a pixel here and there)."""
+    import torch
+    from rcnn import tiny_two_stage
+
+    from explain_export.artifact import pipeline
+    from explain_export.builder.detect_build import build_detector
+    from explain_export.builder.export.detection import export_detector
+
+    size = (100, 150)
+    explainer = build_detector(tiny_two_stage("mask"), size, max_detections=3)
+    result = export_detector(explainer, str(tmp_path / "export"), ("onnx",))
+    model = result.paths["onnx"]
+    for mode in ("stretch", "pad"):
+        out = tmp_path / mode
+        assert _run("--model", model, "--images", photos, "--out", out, "--resize", mode) == 0
+        rows = _rows(out)
+        for name, original in PHOTOS.items():
+            fitted = pipeline.read(str(photos / name), size, pipeline.OverlayOptions(resize=mode))
+            with torch.no_grad():
+                eager = [t[0].numpy() for t in explainer(torch.from_numpy(fitted.input[None]))]
+            boxes, _, classes, count, _, masks = eager
+            found = rows[name]["detections"]
+            assert len(found) == int(count) > 0
+            assert [d["class"] for d in found] == classes[: int(count)].tolist()
+            geometry = images.fit(original, size, mode)
+            back = detections.boxes_back(boxes[: int(count)], geometry)
+            np.testing.assert_allclose([d["box"] for d in found], back, atol=0.02)
+            for j, d in enumerate(found):
+                got = rle.decode(d["mask"])
+                want = images.map_back(masks[j], geometry) > 0.5
+                assert got.shape == original and want.any()
+                assert _iou(got, want) > 0.99, (mode, name, j)
