@@ -35,6 +35,12 @@ def mask_onnx(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> str:
+    """The same detector without masks: five outputs (TorchScript: quick to make)."""
+    return det.export(str(tmp_path_factory.mktemp("plain")), "torchscript")
+
+
+@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     d = tmp_path_factory.mktemp("photos")
     for name in PHOTOS:
@@ -130,14 +136,13 @@ def test_jsonl_masks_are_rle_at_the_original_size(mask_onnx, photos, tmp_path, m
             assert _iou(mask, _ellipse(j, original, mode)) > 0.95
 
 
-def test_a_file_without_masks_lists_no_mask(photos, tmp_path):
-    plain = det.export(str(tmp_path / "plain"), "onnx")
+def test_a_file_without_masks_lists_no_mask(plain, photos, tmp_path):
     assert _run("--model", plain, "--images", photos / "chelsea.png", "--out", tmp_path / "o") == 0
     for d in _rows(tmp_path / "o")["chelsea.png"]["detections"]:
         assert list(d) == ["box", "class", "label", "score"]
 
 
-def test_the_overlays_outline_each_mask_in_its_class_colour(mask_onnx, photos, tmp_path):
+def test_the_overlays_outline_each_mask_in_its_class_colour(mask_onnx, plain, photos, tmp_path):
     """``NAME.overlay.png`` outlines every detection's mask in its class's colour, and
     ``NAME.detJ.overlay.png`` detection J's only; the outline follows the mask's boundary
     (away from the boxes: the ellipse is inset from its box)."""
@@ -164,7 +169,6 @@ def test_the_overlays_outline_each_mask_in_its_class_colour(mask_onnx, photos, t
         other = rings[1 - j] & ~rings[j]
         assert _coloured(each, other, classes[1 - j]) < 0.02  # the other mask is not drawn
     # the same detector without masks draws no outline there
-    plain = det.export(str(tmp_path / "plain"), "onnx")
     assert _run("--model", plain, "--images", photos / "chelsea.png", "--out", tmp_path / "p") == 0
     drawn = cv2.imread(str(tmp_path / "p" / "chelsea.overlay.png"))
     assert all(_coloured(drawn, r, c) < 0.02 for r, c in zip(rings, classes, strict=True))
