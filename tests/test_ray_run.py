@@ -308,6 +308,37 @@ def test_segmentation_regions_on_the_ray_engine(seg_export, tree, tmp_path, caps
     assert all(t["note"].startswith("no pixel of the image is predicted as sky") for t in done)
 
 
+def test_mask_rcnn_masks_on_the_ray_engine(tree, tmp_path, capsys):
+    """A Mask R-CNN artifact (issue 29; :mod:`detector_artifacts` with masks): the Ray engine's
+    rows equal the local engine's, each detection with its ``mask`` (COCO RLE at the photo's
+    size), and ``predictions.parquet`` holds the same masks."""
+    import detector_artifacts as det
+
+    from explain_export.artifact import rle
+
+    model = det.export(str(tmp_path / "export"), "onnx", masks=True)
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["--model", model, "--images", str(tree), "--out", str(out), "--quiet"]
+        code, _, err = _run([*args, "--per-detection", "--engine", engine], capsys)
+        assert code == 1, err  # the three broken files
+        runs[engine] = out
+    ours, theirs = _rows(runs["ray"]), _rows(runs["local"])
+    assert ours == theirs
+    done = [row for row in ours if "error" not in row]
+    assert len(done) == 5
+    for row in done:
+        image = cv2.imread(row["file"])
+        for d in row["detections"]:
+            assert rle.decode(d["mask"]).shape == image.shape[:2] and rle.decode(d["mask"]).any()
+    table = pq.read_table(runs["ray"] / "predictions.parquet").to_pylist()
+    by_file = {t["file"]: t for t in table}
+    for row in done:
+        found = by_file[row["file"]]["detections"]
+        assert [t["mask"] for t in found] == [d["mask"] for d in row["detections"]]
+
+
 def test_pool_size_by_device():
     from explain_export.artifact.ray_run import RayOptions, _workers
     from explain_export.errors import OptionError

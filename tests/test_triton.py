@@ -395,15 +395,33 @@ def test_a_detectors_outputs_get_static_dims_and_count_a_reshape(pb2, per_image)
         assert [(i.name, list(i.dims)) for i in parsed.input] == [("image", [3, *det.SIZE])]
 
 
+def test_a_mask_rcnn_config_lists_its_masks_output(pb2):
+    """A Mask R-CNN export (issue 29) has a sixth output, ``masks [D, H, W]`` float32, after
+    the detection contract's five: ``masks`` in ONNX, ``masks__5`` in TorchScript."""
+    import detector_artifacts as det
+    from google.protobuf import text_format
+
+    for fmt, name in (("onnx", "masks"), ("torchscript", "masks__5")):
+        config = triton.model_config(det.metadata(masks=True), fmt, f"mask_{fmt}")
+        parsed = text_format.Parse(text_format.MessageToString(config), pb2.ModelConfig())
+        assert len(parsed.output) == len(DETECTION_OUTPUTS) + 1
+        masks = parsed.output[-1]
+        assert (masks.name, _type(pb2, masks)) == (name, "TYPE_FP32")
+        assert list(masks.dims) == [det.D, *det.SIZE] and not masks.HasField("reshape")
+
+
 @pytest.mark.slow
-def test_a_detection_repo_matches_its_model_files(pb2, tmp_path):
-    """A detection export's ONNX and TorchScript files (made in the tests to the contract)
-    against the repository's configs: names, types, and the dims each model returns."""
+@pytest.mark.parametrize("masks", [False, True])
+def test_a_detection_repo_matches_its_model_files(pb2, tmp_path, masks):
+    """A detection export's ONNX and TorchScript files (made in the tests to the contract;
+    with ``masks``, a Mask R-CNN's six outputs) against the repository's configs: names, types,
+    and the dims each model returns."""
     import detector_artifacts as det
 
-    paths = {fmt: det.export(str(tmp_path / fmt), fmt) for fmt in ("onnx", "torchscript")}
+    formats = ("onnx", "torchscript")
+    paths = {fmt: det.export(str(tmp_path / fmt), fmt, masks=masks) for fmt in formats}
     repo = tmp_path / "repo"
-    triton.write_triton_repo(paths, det.metadata(), str(repo), name="det")
+    triton.write_triton_repo(paths, det.metadata(masks=masks), str(repo), name="det")
     check_onnx(pb2, _parse(pb2, repo / "det_onnx" / "config.pbtxt"), paths["onnx"])
     ts_cfg = _parse(pb2, repo / "det_torchscript" / "config.pbtxt")
     check_torchscript(pb2, ts_cfg, paths["torchscript"], det.SIZE)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import OptionError
-from . import detections, images, overlay, regions
+from . import detections, images, masks, overlay, regions
 from .contract import heatmap_unit
 
 __all__ = [
@@ -205,15 +205,20 @@ class Detected(NamedTuple):
     classes: np.ndarray  # int64 [D], -1 on padding rows
     count: int  # rows < count are detections
     heatmaps: np.ndarray  # float32 [D, H, W] in [0, 1] (map j: detection j), or [1, H, W]
+    masks: np.ndarray | None = None  # a Mask R-CNN export's: float32 [D, H, W] probabilities
 
 
 def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detected]:
     """One model call of a detection export for a batch of graph inputs: :class:`Detected`
-    per image (heatmaps as float in [0, 1])."""
+    per image (heatmaps as float in [0, 1]; the masks where the export has them)."""
     out = artifact.outputs(np.stack(inputs))
     heatmaps = heatmap_unit(out["heatmap"])
     parts = zip(out["boxes"], out["scores"], out["classes"], out["count"], heatmaps, strict=True)
-    return [Detected(b, s, c, int(n), h) for b, s, c, n, h in parts]
+    probabilities = out.get(masks.MASKS)
+    return [
+        Detected(b, s, c, int(n), h, None if probabilities is None else probabilities[i])
+        for i, (b, s, c, n, h) in enumerate(parts)
+    ]
 
 
 def render_detections(
@@ -227,17 +232,24 @@ def render_detections(
     original pixels); one map, the best detection's (a class-agnostic export's one map) at the
     drawn resolution, blended, with every box drawn; with ``each``, per detection j its map
     (map j, or the one map) blended with its box. No detection: the image as it is, no heat,
-    no box, and an all-zero map."""
+    no box, and an all-zero map. A Mask R-CNN export's detections each have a ``mask`` (COCO
+    RLE in the file's pixels), and each box drawn has its mask outlined (:mod:`.masks`)."""
     rows = (found.boxes, found.scores, found.classes, found.count)
     file = dataclasses.replace(image.geometry, original=image.original)
     listed = detections.listed(*rows, file, labels)  # in the file's pixels
     shown = detections.listed(*rows, image.geometry, labels)  # in bgr's, to draw
+    outlines = (
+        None if found.masks is None else masks.list_masks(listed, found.masks, file, image.geometry)
+    )
 
     def draw(j: int, boxes: list[dict[str, Any]]) -> Drawn:
         full = images.map_back(found.heatmaps[min(j, len(found.heatmaps) - 1)], image.geometry)
         heat, blended = overlay.overlay(
             image.bgr, full, blend.alpha, blend.colormap, blend.seed_blend
         )
+        if outlines is not None:  # detection j alone, or all of them
+            which = outlines[j : j + 1] if len(boxes) == 1 else outlines
+            blended = masks.draw_masks(blended, which, [d["class"] for d in boxes])
         return Drawn(full, heat, detections.draw_boxes(blended, boxes))
 
     zero = np.zeros(image.drawn, np.float32)

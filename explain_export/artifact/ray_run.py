@@ -33,6 +33,7 @@ from ..words import count
 from . import overlay, pipeline
 from .contract import check_metadata
 from .files import write_atomic
+from .masks import MASKS
 from .runner import (
     ImageResult,
     Journal,
@@ -136,7 +137,8 @@ def run(
                 f"a Ray worker failed ({_root_cause(exc)}); the images finished so far are kept, "
                 "and a resumed run goes on from them"
             ) from exc
-        parquet = parquet_bytes(results, meta.task == "segmentation", meta.task == "detection")
+        detection, masks = meta.task == "detection", MASKS in artifact.output_names
+        parquet = parquet_bytes(results, meta.task == "segmentation", detection, masks)
         write_atomic(os.path.join(opts.out_dir, PARQUET), parquet)
         return finish(results, rows, opts)
     finally:
@@ -261,7 +263,10 @@ def _map(dataset: Any, local: bool, **kwargs: Any) -> Any:
 
 
 def parquet_bytes(
-    results: list[ImageResult], segmentation: bool = False, detection: bool = False
+    results: list[ImageResult],
+    segmentation: bool = False,
+    detection: bool = False,
+    masks: bool = False,
 ) -> bytes:
     """The predictions as a Parquet file, one row per image in input order, with the JSON
     lines' fields: ``file``, ``error`` (null where none), ``outputs``, ``topk`` (a list of
@@ -274,14 +279,18 @@ def parquet_bytes(
     class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first). A
     ``detection`` export's rows have ``detections`` instead (``{box, class, label, score,
     outputs}``, the box ``[x1, y1, x2, y2]`` in the original image's pixels, ``outputs`` null
-    without ``--per-detection``)."""
+    without ``--per-detection``); with ``masks`` (a Mask R-CNN export) each also has its
+    ``mask``, COCO RLE ``{size: [h, w], counts}`` in the original image's pixels."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     head = [("file", pa.string()), ("error", pa.string()), ("outputs", pa.list_(pa.string()))]
     if detection:
         box = [("box", pa.list_(pa.float64())), ("class", pa.int64()), ("label", pa.string())]
-        found = pa.struct([*box, ("score", pa.float64()), ("outputs", pa.list_(pa.string()))])
+        rle = [("size", pa.list_(pa.int64())), ("counts", pa.string())]
+        mask = [("mask", pa.struct(rle))] if masks else []
+        outputs = ("outputs", pa.list_(pa.string()))
+        found = pa.struct([*box, ("score", pa.float64()), *mask, outputs])
         schema = pa.schema([*head, ("detections", pa.list_(found))])
     elif segmentation:
         share = [("class", pa.int64()), ("label", pa.string()), ("pixel_share", pa.float64())]

@@ -88,17 +88,23 @@ def region(scores: np.ndarray, cls: int, geometry: Geometry) -> Region:
     return Region(int(cls), share, _resize(predicted == cls, geometry.original), every)
 
 
-def draw_outline(image: np.ndarray, mask: np.ndarray, thickness: int | None = None) -> np.ndarray:
+def draw_outline(
+    image: np.ndarray,
+    mask: np.ndarray,
+    thickness: int | None = None,
+    colour: tuple[int, int, int] = OUTLINE_BGR,
+) -> np.ndarray:
     """A copy of ``image`` (BGR uint8 ``[h, w, 3]``) with the outline of ``mask`` (bool
-    ``[h, w]``): each contour in :data:`OUTLINE_BGR`, ``thickness`` pixels wide (default: 1 per
-    250 pixels of the longer side, at least 2), over a halo 2 pixels wider."""
+    ``[h, w]``): each contour in ``colour`` (default :data:`OUTLINE_BGR`), ``thickness`` pixels
+    wide (default: 1 per 250 pixels of the longer side, at least 2), over a halo 2 pixels
+    wider."""
     out = image.copy()
     if not mask.any():
         return out
     t = thickness or max(2, round(max(mask.shape) / 250))
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, HALO_BGR, t + 2, cv2.LINE_AA)
-    cv2.drawContours(out, contours, -1, OUTLINE_BGR, t, cv2.LINE_AA)
+    cv2.drawContours(out, contours, -1, colour, t, cv2.LINE_AA)
     return out
 
 

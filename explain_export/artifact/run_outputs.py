@@ -5,9 +5,9 @@ engine) calls these once an image is drawn (:mod:`.pipeline`).
 - one map, or a top-k export's K: ``NAME.overlay.png``, then ``NAME.topJ.overlay.png``;
 - a detection export: ``NAME.overlay.png`` (the best detection's map, every box drawn), and
   with ``--per-detection`` ``NAME.detJ.overlay.png`` per detection ``J`` (from 0, the index
-  in the row's ``detections``: its own map and box), each listed in its detection's
-  ``outputs``. The sheet row is the image, then one overlay per detection (the one overlay
-  where there is none).
+  in the row's ``detections``: its own map and box, and its mask's outline where the export
+  has masks), each listed in its detection's ``outputs``. The sheet row is the image, then
+  one overlay per detection (the one overlay where there is none).
 
 ``result`` is a :class:`.runner.ImageResult` and ``opts`` its :class:`.runner.RunOptions`.
 """

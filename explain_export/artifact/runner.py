@@ -21,7 +21,8 @@ pixel is the class, a ``note`` (:mod:`.regions`); the overlay carries the region
 the sheet's caption names the class and its share.
 
 A detection export's row lists its ``detections`` (box in the original image's pixels, class,
-label, score) instead of a top-k; its files are :mod:`.run_outputs`'s.
+label, score; a Mask R-CNN export's also its ``mask``, COCO RLE at the original size, outlined
+on the overlays: :mod:`.masks`) instead of a top-k; its files are :mod:`.run_outputs`'s.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ ONNX models run on ONNX Runtime and never import torch; TorchScript (``.pt``) an
 canonical batch, float32 ``[N,3,H,W]`` RGB in [0,1] (converted here to uint8 ``[N,H,W,3]`` for
 graphs exported with ``--input-format uint8-nhwc``), returns ``(logits, heatmap)`` as float32
 numpy arrays from ``__call__`` (a ``--heatmap-dtype uint8`` heatmap / 255; a detector's
-:class:`~.contract.Detections`) and every output as the graph returns it from ``outputs()``,
-and carries the metadata
-that ``explain-export`` wrote: from the file itself, or else from ``explainer.json`` beside it.
+:class:`~.contract.Detections`, a Mask R-CNN's :class:`~.masks.MaskDetections`) and every
+output as the graph returns it from ``outputs()``, and carries the metadata that
+``explain-export`` wrote: from the file itself, or else from ``explainer.json`` beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .contract import (
     heatmap_unit,
 )
 from .device_io import MAX_GRAPHS, Binding, GraphReplay
+from .masks import MaskDetections, detections_of
 from .providers import CUDA_PROVIDER, cuda_missing, fall_back, ort_session, torch_device
 
 __all__ = [
@@ -107,13 +108,13 @@ class _Artifact:
 
     def __call__(
         self, image: np.ndarray, class_index: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray] | Detections:
+    ) -> tuple[np.ndarray, np.ndarray] | Detections | MaskDetections:
         """``(logits, heatmap)`` as float32 numpy (the heatmap in [0, 1]); a detector's
-        :class:`~.contract.Detections` (``boxes, scores, classes, count, heatmap``)."""
+        :class:`~.contract.Detections`, or with ``masks`` :class:`~.masks.MaskDetections`."""
         out = self.outputs(image, class_index)
         heatmap = heatmap_unit(out["heatmap"])
         if "logits" not in out and "boxes" in out:
-            return Detections(*(out[n] for n in DETECTION_OUTPUTS[:4]), heatmap)
+            return detections_of(out, heatmap)
         return out["logits"], heatmap
 
 
@@ -383,12 +384,11 @@ def load(
     cuda_graph: bool | None = None,
 ) -> Artifact:
     """Open an artifact by its file name: ``.onnx``, ``.pt`` (TorchScript) or ``.pt2``; or an
-    export folder's, ONNX first (:func:`.folder.artifact_in`).
-
-        On CUDA, IO binding and CUDA graphs are on unless ``cuda_graph=False`` (see
-        :class:`OnnxExplainer`, :class:`_TorchArtifact`). ``device="cuda"`` where CUDA does not
-        work runs on the CPU: ``.device`` says ``"cpu"``, ``.note`` why, and a
-        :class:`~..errors.DeviceFallbackWarning` is issued."""
+    export folder's, ONNX first (:func:`.folder.artifact_in`). On CUDA, IO binding and CUDA
+    graphs are on unless ``cuda_graph=False`` (see :class:`OnnxExplainer`,
+    :class:`_TorchArtifact`). ``device="cuda"`` where CUDA does not work runs on the CPU:
+    ``.device`` says ``"cpu"``, ``.note`` why, and a :class:`~..errors.DeviceFallbackWarning`
+    is issued."""
     from .folder import artifact_in
 
     path = artifact_in(path)

@@ -13,8 +13,8 @@ batch (the ``class_index`` input, a detector's ``count`` output, ``[N]``) gets `
 ``reshape: { shape: [] }``, Triton's documented form ("Reshape" in its model_configuration.md),
 because ``dims`` may not be empty. A detector's other outputs are static: ``boxes [D, 4]``,
 ``scores [D]``, ``classes [D]`` (int64) and ``heatmap [D, H, W]`` (``[1, H, W]`` for one
-class-agnostic map), D its ``--max-detections``. Requests are batched by
-``dynamic_batching {}``; ``instance_group`` sets the count and CPU/GPU.
+class-agnostic map), and a Mask R-CNN export's ``masks [D, H, W]``, D its ``--max-detections``.
+Requests are batched by ``dynamic_batching {}``; ``instance_group`` sets the count and CPU/GPU.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def model_config(
     top-k export's ``classes__2``: int64, dims ``[K]``, beside a heatmap of ``[K, H, W]``; a
     segmentation export's ``logits`` are its per-pixel scores, dims ``[K, H', W']``, and its
     ``classes`` the one class its heatmap explains, dims ``[1]``; a detector's ``boxes__0``,
-    ``scores__1``, ``classes__2``, ``count__3``, ``heatmap__4``). A
+    ``scores__1``, ``classes__2``, ``count__3``, ``heatmap__4``, a Mask R-CNN's ``masks__5``). A
     backend older than the forward-argument rule takes inputs in the configuration's order,
     which is the forward order too. The metadata lists inputs and outputs in graph order.
     """

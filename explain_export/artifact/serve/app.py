@@ -65,8 +65,10 @@ if the model itself fails):
   A detection export answers its ``detections`` as ``explain-run`` lists them in
   ``predictions.jsonl`` (:func:`answer_detections`): the box in the file's pixels, class,
   label, score, best first; ``detections=K`` keeps the K best (``topk`` and ``class`` are a
-  400). The overlay is the best detection's map with the boxes answered drawn on it; the
-  heatmap that map. No detection: ``[]``, the image as it is, and a flat heatmap::
+  400). A Mask R-CNN export's detections each have their ``mask`` too, COCO RLE in the file's
+  pixels (``{"size": [h, w], "counts": "..."}``, :mod:`..masks`), outlined on the overlay. The
+  overlay is the best detection's map with the boxes answered drawn on it; the heatmap that
+  map. No detection: ``[]``, the image as it is, and a flat heatmap::
 
       {"detections": [{"box": [12.5, 8.0, 211.4, 290.1], "class": 15, "label": "cat",
                        "score": 0.91}, ...],
