@@ -272,6 +272,17 @@ def run_one(name: str, d: int, export: bool, pgc_images: int) -> dict:
     return row
 
 
+LEGEND = (
+    "D detections per image on chelsea, coffee, rocket (pgc on the first photo only: it runs "
+    "the whole model per detection). Limits: the same classes, box IoU >= 0.99, score within "
+    "1e-3, mask IoU >= 0.99 (binarized at 0.5). box px: max |box - eager|; map vs autograd: "
+    "max |our map - autograd Grad-CAM fused by the project's rule|; r vs pgc: the smallest "
+    "Pearson r of our map with pytorch-grad-cam's GradCAM + FasterRCNNBoxScoreTarget; pgc rule "
+    "vs pgc: max |autograd per-level maps fused by pgc's rule - pgc's map|. export: "
+    "export_detector(onnx, torchscript), each file verified against eager (ParityError if not)."
+)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | input -> resized | RoI levels | dets/image | same | box IoU | box px "
@@ -313,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         if args.out:
             Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(table(rows))
+    text = table(rows) + "\n\n" + LEGEND
+    print(text)
+    if args.out:
+        Path(args.out).with_suffix(".md").write_text(text + "\n")
     return 0 if all(r.get("ok") for r in rows) else 1
 
 
