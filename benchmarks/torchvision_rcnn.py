@@ -304,16 +304,53 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parity(rows: list[dict]) -> str:
+    """Each export's parity rows (``export_detector``'s check), a table per model."""
+    out = []
+    for r in rows:
+        if not r.get("parity"):
+            continue
+        out += [
+            f"### {r['model']}: export {r.get('export_s')} s",
+            "",
+            "| format | input | batch | dets | same | box IoU | score | heatmap | mask IoU "
+            "| float64 rule (file, eager f32 / limit) | ok |",
+            "|" + "---|" * 11,
+        ]
+        for p in r["parity"]:
+            f64 = p.get("float64")
+            rule = (
+                f"{f64['heatmap_err']:.1e}, {f64['eager_heatmap_err']:.1e} / "
+                f"{f64['heatmap_limit']:.1e}"
+                if f64
+                else "-"
+            )
+            mask = "-" if p.get("mask_iou_min") is None else f"{p['mask_iou_min']:.4f}"
+            out.append(
+                f"| {p['format']} | {p['input']} | {p['batch']} | {p['count']} | "
+                f"{'yes' if p['same_detections'] else 'NO'} | {p['box_iou_min']:.4f} | "
+                f"{p['score_err']:.1e} | {p['heatmap_err']:.1e} | {mask} | {rule} | "
+                f"{'ok' if p['ok'] else 'FAIL'} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated model names")
     parser.add_argument("--max-detections", type=int, default=10)
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--pgc-images", type=int, default=1, help="photos pgc runs on (slow)")
-    parser.add_argument("--out", help="write OUT.json (rows) and OUT.md (table)")
+    parser.add_argument("--out", help="write OUT.json (rows) and OUT.md (tables)")
+    parser.add_argument("--tables", nargs="*", help="only write the tables of these OUT.json")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(MODELS)
-    rows = []
+    rows: list[dict] = []
+    if args.tables:  # the rows of earlier runs, one table
+        names = []
+        for path in args.tables:
+            rows += json.loads(Path(path).read_text())
     for name in names:
         try:
             row = run_one(name, args.max_detections, not args.no_export, args.pgc_images)
@@ -324,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         if args.out:
             Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    text = table(rows) + "\n\n" + LEGEND
+    if args.out and args.tables:
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    text = table(rows) + "\n\n" + LEGEND + "\n\n" + parity(rows)
     print(text)
     if args.out:
         Path(args.out).with_suffix(".md").write_text(text + "\n")
