@@ -94,6 +94,22 @@ def test_a_method_needing_the_whole_gradient_writes_out_the_rois() -> None:
             assert float((out[4][n, j] - want).abs().max()) < 1e-5, (n, j)
 
 
+def test_the_pooler_reads_the_maps_the_backbone_has() -> None:
+    """torchvision's pooler reads those of its ``featmap_names`` the backbone gives (a mobilenet
+    FPN gives ``"0"``, ``"1"``, ``"pool"`` to a pooler naming ``"0"`` to ``"3"``)."""
+    model = tiny_two_stage("faster")
+    model.roi_heads.box_roi_pool.featmap_names = ["1", "2", "3"]  # no "3": reads "1", "2"
+    images = photos(PHOTOS, SIZE)
+    explainer = build_detector(model, SIZE, max_detections=D)
+    with torch.no_grad():
+        out = explainer(images)
+        ref = model(list(images))
+    counts = _detections_equal(out, ref)
+    for j in range(counts[0]):
+        want = gradcam(model, images[0], j, ["1", "2"])
+        assert float((out[4][0, j] - want).abs().max()) < 1e-5, j
+
+
 def test_a_class_free_method_gives_one_map_per_image() -> None:
     _, _, out, ref = _run("faster", "eigencam")
     _detections_equal(out, ref)

@@ -165,11 +165,23 @@ def is_two_stage(model: nn.Module) -> bool:
     return all(hasattr(rpn, n) for n in need_rpn) and all(hasattr(roi, n) for n in need_roi)
 
 
+def _read_by(pool: nn.Module, names: list[str]) -> list[int]:
+    """The indices of the backbone's maps that ``MultiScaleRoIAlign`` ``pool`` reads: those
+    of its ``featmap_names`` the backbone has, in the backbone's order (``_filter_input``; a
+    mobilenet FPN has ``"0"``, ``"1"``, ``"pool"`` where the pool names ``"0"`` to ``"3"``)."""
+    read = [i for i, n in enumerate(names) if n in pool.featmap_names]
+    if not read:
+        raise ValueError(
+            f"the RoI pooler reads {list(pool.featmap_names)}; the backbone has {names}"
+        )
+    return read
+
+
 def _pooler(pool: nn.Module, names: list[str], feats: list[Tensor], resized: tuple[int, int]):
     """A :class:`.RoiPooler` of torchvision's ``MultiScaleRoIAlign`` ``pool``: the scales
     ``2^round(log2(map side / resized side))`` of the maps it reads, as ``_setup_scales``."""
     scales = []
-    for i in (names.index(n) for n in pool.featmap_names):
+    for i in _read_by(pool, names):
         ratio = float(feats[i].shape[2]) / float(resized[0])
         scales.append(2.0 ** round(math.log2(ratio)))
     return RoiPooler(
@@ -211,7 +223,7 @@ def recognise(model: nn.Module, size: tuple[int, int]) -> TwoStageDetector | Non
         objectness, _ = rpn.head(feats)
         image = torch.zeros(1, 3, *padded, device=device)
         anchors = rpn.anchor_generator(_Images(image, [resized]), feats)[0].detach()
-        pooled_at = [names.index(n) for n in roi.box_roi_pool.featmap_names]
+        pooled_at = _read_by(roi.box_roi_pool, names)
         pooler = _pooler(roi.box_roi_pool, names, feats, resized)
         mask = getattr(roi, "mask_roi_pool", None)
         mask_pooler = None if mask is None else _pooler(mask, names, feats, resized)
