@@ -1,6 +1,6 @@
 """The ONNX form of :mod:`.nms_op`'s greedy NMS: one ``Loop`` of ``keep`` steps (onnxscript).
 
-Each step is :func:`.boxes.select`'s, op for op: ``ArgMax`` (the first of equal scores), the
+Each step is :func:`.nms_op.steps`', op for op: ``ArgMax`` (the first of equal scores), the
 chosen box's IoU with every candidate (``max``/``min`` corners, ``ReLU`` of the sides, their
 product, ``inter / max(union, tiny)``), and the candidates of its class above the threshold, and
 itself, set to ``-inf``. The step's pick and whether it was a real one are written into column

@@ -97,7 +97,7 @@ def inline_steps(module: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     module = copy.deepcopy(module)
-    op = torch.ops.explain_export.greedy_nms.default
+    op = greedy_nms._opoverload
     for graph_module in module.modules():
         if not isinstance(graph_module, torch.fx.GraphModule):
             continue
@@ -132,4 +132,4 @@ def onnx_translation() -> dict[Any, Any]:
         )
         return picks, valid
 
-    return {torch.ops.explain_export.greedy_nms.default: translate}
+    return {greedy_nms._opoverload: translate}

@@ -32,7 +32,7 @@ from ..errors import OptionError
 from .inspect.class_branch import WindowGradient, window_gradients
 from .inspect.tap import Tap, TapSpec, resolve_module
 from .maths import graph_io, heads
-from .maths.boxes import select_op
+from .maths.boxes import select
 from .maths.methods import Method, Needs, Terms
 from .model.detectors import Candidates, Detector
 from .model.outputs import OutputKey
@@ -52,10 +52,10 @@ class SparseGradient(Protocol):
 def kept(
     cand: Candidates, keep: int, iou_threshold: float, score_threshold: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The first ``keep`` candidates greedy NMS keeps (:func:`.boxes.select_op`), as the graph's
+    """The first ``keep`` candidates greedy NMS keeps (:func:`.boxes.select`), as the graph's
     rows: ``(boxes [N,D,4], scores [N,D], classes [N,D], anchors [N,D], valid [N,D])``; a
     padding row has a zero box, score 0 and class −1."""
-    picked = select_op(cand.boxes, cand.scores, cand.classes, keep, iou_threshold, score_threshold)
+    picked = select(cand.boxes, cand.scores, cand.classes, keep, iou_threshold, score_threshold)
     index, valid = picked.index, picked.valid
     boxes = cand.boxes.gather(1, index[..., None].expand(-1, -1, 4)) * valid[..., None]
     scores = torch.where(valid, cand.scores.gather(1, index), 0.0)  # a pad may be -inf

@@ -7,8 +7,8 @@ candidate of its class that overlaps it by more than the threshold (and itself),
 NMS keeps boxes in exactly that order (it sorts by score, keeps the first, suppresses what
 overlaps it, moves to the next unsuppressed), so the ``D`` picks are its first ``D`` kept boxes,
 and ``D`` steps over ``A`` candidates cost ``D·A`` overlaps rather than NMS's ``A²``. Each step
-is an ``argmax``, a ``gather`` and an elementwise overlap: plain ops in TorchScript, ONNX and
-``torch.export``, without torchvision.
+is an ``argmax``, a ``gather`` and an elementwise overlap, without torchvision. The steps are
+one operator of the graph (:mod:`...nms_op`), held once and run as a loop in every format.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ...nms_op import greedy_nms, steps
+from ...nms_op import greedy_nms
 
 __all__ = [
     "Selected",
@@ -27,7 +27,6 @@ __all__ = [
     "cxcywh_to_xyxy",
     "decode_deltas",
     "select",
-    "select_op",
 ]
 
 
@@ -108,7 +107,9 @@ def select(
     """Class-aware greedy NMS, the first ``keep`` kept: candidates ``boxes [N, A, 4]``,
     ``scores [N, A]`` and ``classes [N, A]``; a candidate counts if its score is above
     ``score_threshold``, and is suppressed by a kept one of the same class whose IoU with it is
-    above ``iou_threshold`` (as ``torchvision.ops.batched_nms``).
+    above ``iou_threshold`` (as ``torchvision.ops.batched_nms``). One operator of the graph
+    (:mod:`...nms_op`, its steps :func:`...nms_op.steps`): a loop in every format, not ``keep``
+    copies of the step.
 
     Example:
         >>> boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]])
@@ -116,21 +117,6 @@ def select(
         >>> picked.index.tolist(), picked.valid.tolist()
         ([[0, 2, 0]], [[True, True, False]])
     """
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    return Selected(*steps(boxes, scores, classes, keep, iou_threshold, score_threshold))
-
-
-def select_op(
-    boxes: Tensor,
-    scores: Tensor,
-    classes: Tensor,
-    keep: int,
-    iou_threshold: float,
-    score_threshold: float,
-) -> Selected:
-    """:func:`select` as one operator of the graph (:mod:`...nms_op`): a loop in every format,
-    not ``keep`` copies of the step."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     return Selected(*greedy_nms(boxes, scores, classes, keep, iou_threshold, score_threshold))

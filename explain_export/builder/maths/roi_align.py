@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx.experimental import proxy_tensor
 
 __all__ = ["RoiGradient", "RoiPooler", "scales_for"]
 
@@ -104,8 +105,6 @@ def _exporting() -> bool:
     """Whether this call is being traced to a graph: ``torch.export`` (the ONNX exporter's
     too), or ``make_fx`` (:func:`.lowering.trace`, whose graph the ONNX file is made from, so
     the file holds the gathers, not ``embedding_bag``'s ONNX loop)."""
-    from torch.fx.experimental import proxy_tensor
-
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     if bool(is_exporting and is_exporting()) or torch.onnx.is_in_onnx_export():
         return True

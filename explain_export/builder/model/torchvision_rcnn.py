@@ -15,7 +15,7 @@ What the model's own eval ``forward`` does, with static shapes (:class:`TwoStage
 2. :meth:`TwoStageDetector.proposals`, the RPN: per level the ``pre_nms_top_n`` anchors of the
    highest objectness logit, their boxes decoded (weights 1), clipped to the resized image; a
    box with a side under ``min_size`` or ``σ(objectness) < score_thresh`` drops out; greedy NMS
-   per level at ``nms_thresh`` (:func:`.boxes.select_op`, the levels as classes), the first
+   per level at ``nms_thresh`` (:func:`.boxes.select`, the levels as classes), the first
    ``post_nms_top_n`` kept: ``P`` proposals, fewer where fewer are left (``valid``);
 3. :meth:`TwoStageDetector.classify`: RoIAlign of every proposal at its level
    (:class:`.roi_align.RoiPooler`), the box head and predictor: class logits ``[N·P, K]`` and
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..maths.boxes import clip_to, decode_deltas, select_op
+from ..maths.boxes import clip_to, decode_deltas, select
 from ..maths.roi_align import RoiPooler
 from .detectors import Candidates
 from .torchvision_heads import TorchvisionDetector, _Images, resized_size
@@ -100,7 +100,7 @@ class TwoStageDetector(TorchvisionDetector):
             parts[2].append(torch.full_like(index, level))
             start += count
         boxes, scores, levels = (torch.cat(p, 1) for p in parts)
-        picked = select_op(boxes, scores, levels, self.rpn_post, self.rpn_nms, float("-inf"))
+        picked = select(boxes, scores, levels, self.rpn_post, self.rpn_nms, float("-inf"))
         kept = boxes.gather(1, picked.index[..., None].expand(-1, -1, 4))
         return kept * picked.valid[..., None], picked.valid
 
