@@ -3,11 +3,10 @@
 (random init, prepared as in :mod:`torchvision_rcnn`), batch 1, on ONNX Runtime's CPU provider,
 against pytorch-grad-cam in eager mode (issue 29, section 5):
 
-- (a) ``ort_nms``: the same explainer's detections alone (:class:`Detections`: transform,
-  backbone, RPN, RoI heads, class-aware NMS; no explanation branch, no maps), exported with
-  ``bench.ort.export_onnx`` as explain-bench exports its one-stage baseline. explain-bench's own
-  baseline (``bench.detection.NmsOnly``) reads a one-stage detector's ``run``/``candidates`` and
-  does not take a two-stage explainer, hence this module;
+- (a) ``ort_nms``: the same explainer's detections alone (``bench.detection.NmsOnly``, i.e.
+  ``TwoStageExplainer.detections``: transform, backbone, RPN, RoI heads, class-aware NMS; no
+  explanation branch, no maps), exported with ``bench.ort.export_onnx`` as explain-bench
+  exports its baseline (the 2026-12-07 runs used this script's own copy of the same steps);
 - (b) ``ort_gradcam``: the explainer with D Grad-CAM maps, written as ``export_detector`` writes
   it (``stage_files``; ``torchvision_rcnn.py`` verifies the same export);
 - (c) ``pgc_eager``: pytorch-grad-cam's ``GradCAM`` + ``FasterRCNNBoxScoreTarget`` on the eager
@@ -43,36 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torchvision_rcnn import MODELS, _layers, _read, photos, prepare
 
 from explain_export.artifact.runtime import ort_session
+from explain_export.bench.detection import NmsOnly
 from explain_export.bench.ort import export_onnx
 from explain_export.builder.detect_build import build_detector
-from explain_export.builder.detect_explainer import kept
 from explain_export.builder.export.detection import stage_files
-from explain_export.builder.maths import graph_io
 
 NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
-
-
-class Detections(nn.Module):
-    """``image -> (boxes, scores, classes, count)``: step 1 of
-    :meth:`.TwoStageExplainer.forward` as it has it, and nothing else."""
-
-    def __init__(self, explainer: nn.Module) -> None:
-        super().__init__()
-        self.explainer = explainer
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        e = self.explainer
-        det = e.detector
-        x = graph_io.to_float_nchw(image, e.input_format).to(e.mean.dtype)
-        feats = det.features(e.model, x)
-        maps = det.roi_maps(feats)
-        proposals, pvalid = det.proposals(e.model, feats)
-        _, logits, regression = det.classify(e.model, maps, proposals)
-        cand = det.candidates(logits, regression, proposals, pvalid)
-        boxes, scores, classes, _, valid = kept(
-            cand, e.max_detections, e.iou_threshold, e.score_threshold
-        )
-        return det.to_input(boxes) * valid[..., None], scores, classes, valid.sum(dim=1)
 
 
 def _ort(path: str, threads: int, image: Tensor):
@@ -144,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         a_path = os.path.join(tmp, "ort_nms.onnx")
         with torch.no_grad():
             export_onnx(
-                Detections(explainer).eval(),
+                NmsOnly(explainer).eval(),
                 example,
                 a_path,
                 18,

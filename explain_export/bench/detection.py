@@ -1,13 +1,16 @@
-"""explain-bench for a one-stage detector: what its per-detection maps cost over the detector
-with NMS alone, all on ONNX Runtime (CPU), beside the eager explainer.
+"""explain-bench for a detector (one-stage, or a torchvision R-CNN): what its per-detection
+maps cost over the detector with NMS alone, all on ONNX Runtime (CPU), beside the eager explainer.
 
 Each variant maps an image batch ``[N,3,H,W]`` in [0,1] to the detection outputs
-(:data:`~..artifact.contract.DETECTION_OUTPUTS`), all with the same ``D`` rows:
+(:data:`~..artifact.contract.DETECTION_OUTPUTS`, and a Mask R-CNN's ``masks``), all with the
+same ``D`` rows:
 
-- ``eager``: the :class:`~..builder.detect_explainer.DetectionExplainer` (gradcam) in PyTorch,
-  under ``inference_mode``; every other variant is compared with it;
+- ``eager``: the :class:`~..builder.detect_explainer.DetectionExplainer` (or
+  :class:`~..builder.rcnn_explainer.TwoStageExplainer`), gradcam, in PyTorch, under
+  ``inference_mode``; every other variant is compared with it;
 - ``ort_nms``: :class:`NmsOnly`, the detector with its NMS in the graph and no maps
-  (``boxes, scores, classes, count``), exported as explain-export writes ONNX: the baseline;
+  (``boxes, scores, classes, count``, and a Mask R-CNN's ``masks``: the model's own outputs),
+  exported as explain-export writes ONNX: the baseline;
 - ``ort_gradcam``: the detection explainer with ``D`` per-detection Grad-CAM maps, exported as
   explain-export does (:func:`..builder.export.detection.stage_files`);
 - ``ort_eigencam``: the same with ``eigencam`` (one class-agnostic map per image).
@@ -33,11 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..artifact.contract import DETECTION_OUTPUTS
 from ..artifact.runtime import ort_session
-from ..builder.detect_explainer import DetectionExplainer, HeadInputs, kept
+from ..builder.detect_explainer import DetectionExplainer, HeadInputs
 from ..builder.export.writers import versions
-from ..builder.maths import graph_io
 from ..errors import first_line
 from .config import REFERENCE, BenchConfig, Variant
 from .detection_timing import measure_detection
@@ -51,8 +52,8 @@ from .timing import HEAP_KEEP, keep_freed_memory
 __all__ = [
     "BASELINE",
     "DETECTION_VARIANTS",
-    "NMS_OUTPUTS",
     "NmsOnly",
+    "baseline_outputs",
     "build_detection_variants",
     "detection_ratios",
     "run_detection_bench",
@@ -66,7 +67,6 @@ DETECTION_VARIANTS: dict[str, str] = {
 }
 BASELINE = "ort_nms"  # what the maps' cost is measured against
 WITH_MAPS = ("ort_gradcam", "ort_eigencam")
-NMS_OUTPUTS = DETECTION_OUTPUTS[:4]  # boxes, scores, classes, count
 _NUMPY = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 _TORCH = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64}
 
@@ -74,28 +74,22 @@ Outputs = tuple[Tensor, ...]
 
 
 class NmsOnly(nn.Module):
-    """``image -> (boxes, scores, classes, count)``: ``explainer``'s normalization, detector,
-    candidates and greedy NMS (:func:`.boxes.select`), exactly as its forward has them, and no
-    taps, gradients or maps."""
+    """``image -> (boxes, scores, classes, count[, masks])``: ``explainer``'s detections alone
+    (:meth:`.DetectionExplainer.detections`: its normalization, detector, candidates and greedy
+    NMS, and a Mask R-CNN's masks), exactly as its forward has them, and no taps' gradients or
+    maps."""
 
     def __init__(self, explainer: DetectionExplainer) -> None:
         super().__init__()
-        self.model = explainer.model
-        self.detector = explainer.detector
-        self.max_detections = explainer.max_detections
-        self.score_threshold = explainer.score_threshold
-        self.iou_threshold = explainer.iou_threshold
-        self.input_format = explainer.input_format
-        self.register_buffer("mean", explainer.mean.clone())
-        self.register_buffer("std", explainer.std.clone())
+        self.explainer = explainer
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = (graph_io.to_float_nchw(image, self.input_format) - self.mean) / self.std
-        cand = self.detector.candidates(self.detector.run(self.model, x))
-        boxes, scores, classes, _, valid = kept(
-            cand, self.max_detections, self.iou_threshold, self.score_threshold
-        )
-        return boxes, scores, classes, valid.sum(dim=1)
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return self.explainer.detections(image)
+
+
+def baseline_outputs(explainer: DetectionExplainer) -> list[str]:
+    """The baseline's output names: the explainer's, less ``heatmap``."""
+    return [name for name in explainer.output_names if name != "heatmap"]
 
 
 def _ort_call(session: Any, image: Tensor) -> Callable[[], Outputs]:
@@ -147,7 +141,20 @@ def _ort_variant(name: str, path: str, threads: int, setup_s: float) -> Variant:
 def _eigencam(explainer: DetectionExplainer) -> DetectionExplainer:
     """The same detector, taps, ``D`` and thresholds, with ``eigencam``."""
     from ..builder.maths import methods
+    from ..builder.rcnn_explainer import TwoStageExplainer
 
+    if isinstance(explainer, TwoStageExplainer):
+        return TwoStageExplainer(
+            explainer.model,
+            explainer.detector,
+            methods.get("eigencam"),
+            explainer.max_detections,
+            explainer.score_threshold,
+            explainer.iou_threshold,
+            explainer.input_format,
+            explainer.input_size,
+            explainer.target,
+        )
     default = isinstance(explainer.taps[0], HeadInputs)
     return DetectionExplainer(
         explainer.model,
@@ -180,7 +187,9 @@ def build_detection_variants(
     t0 = time.perf_counter()
     try:
         unfix_cached_batch(explainer)  # else Ultralytics' Detect fixes the file's batch to 2
-        export_onnx(NmsOnly(explainer).eval(), example, path, config.opset, list(NMS_OUTPUTS))
+        export_onnx(
+            NmsOnly(explainer).eval(), example, path, config.opset, baseline_outputs(explainer)
+        )
     except Exception as exc:
         variants.append(Variant(BASELINE, "onnxruntime", None, f"failed: {first_line(exc)}"))
     else:
@@ -220,6 +229,17 @@ def detection_ratios(raw: dict[int, dict[str, list[float]]]) -> dict[str, dict[s
                     t[REFERENCE], t[name]
                 )
     return out
+
+
+def _judged(found: dict[str, Any], explainer: DetectionExplainer) -> dict[str, Any]:
+    """The ratios as the targets read them: a two-stage detector's ``time_vs_nms`` under
+    ``two_stage_time_vs_nms`` (its goals are its own: the box head runs again, the backbone
+    does not)."""
+    from ..builder.rcnn_explainer import TwoStageExplainer
+
+    if not isinstance(explainer, TwoStageExplainer):
+        return found
+    return {"two_stage_time_vs_nms": found["time_vs_nms"]}
 
 
 def run_detection_bench(
@@ -305,6 +325,8 @@ def run_detection_bench(
         },
         "ratios": found,
         "busy": busy(others),
-        "targets": check_targets(found, config.device, targets, busy=set(busy(others))),
+        "targets": check_targets(
+            _judged(found, explainer), config.device, targets, busy=set(busy(others))
+        ),
         "notes": notes,
     }

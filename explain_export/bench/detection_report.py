@@ -26,7 +26,8 @@ def _same(m: dict[str, Any]) -> str:
     if "same_detections" not in p:
         return ""
     same = "yes" if p["same_detections"] else "NO"
-    return f"{same} ({p['detections']}; box {p['boxes_max_abs_diff']:.1e})"
+    mask = f"; mask {p['masks_max_abs_diff']:.1e}" if "masks_max_abs_diff" in p else ""
+    return f"{same} ({p['detections']}; box {p['boxes_max_abs_diff']:.1e}{mask})"
 
 
 def detection_table(result: dict[str, Any]) -> str:

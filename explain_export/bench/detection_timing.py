@@ -35,7 +35,8 @@ def bench_images(batch: int, input_size: tuple[int, int]) -> Tensor:
 
 def parity(got: Outputs, ref: Outputs, maps: bool) -> dict[str, Any]:
     """``got`` against eager's ``ref``: the same ``count`` and ``classes``, and the largest
-    difference of the boxes, the scores, and (``maps``: the same method) the maps."""
+    difference of the boxes, the scores, (``maps``: the same method) the maps, and a Mask
+    R-CNN's masks (the last output; the baseline's outputs are eager's less the heatmap)."""
 
     def diff(a: Tensor, b: Tensor) -> float:
         return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
@@ -48,6 +49,8 @@ def parity(got: Outputs, ref: Outputs, maps: bool) -> dict[str, Any]:
     }
     if maps:
         out["heatmap_max_abs_diff"] = diff(got[4], ref[4])
+    if len(ref) > 5:  # masks, after the heatmap
+        out["masks_max_abs_diff"] = diff(got[-1], ref[5])
     return out
 
 

@@ -184,6 +184,20 @@ class DetectionExplainer(nn.Module):
         """The graph's outputs, in order (the contract's detection outputs)."""
         return DETECTION_OUTPUTS
 
+    def detections(self, image: Tensor) -> tuple[Tensor, ...]:
+        """``(boxes, scores, classes, count)``: what :meth:`forward` returns less the heatmap,
+        computed as it computes them (normalization, detector, candidates, greedy NMS), with no
+        gradient and no map: the detector alone, the baseline a map's cost is measured on."""
+        x = graph_io.to_float_nchw(image, self.input_format).to(self.mean.dtype)
+        if self.normalizes:
+            x = (x - self.mean) / self.std
+        with torch.no_grad():
+            cand = self.detector.candidates(self.detector.run(self.model, x))
+            boxes, scores, classes, _, valid = kept(
+                cand, self.max_detections, self.iou_threshold, self.score_threshold
+            )
+        return boxes, scores, classes, valid.sum(dim=1)
+
     def _taps(
         self, model: nn.Module, detector: Detector, layers: Sequence[str] | None, grad: bool
     ) -> tuple[list[str], list[Tap | HeadInputs]]:

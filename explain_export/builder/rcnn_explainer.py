@@ -105,24 +105,45 @@ class TwoStageExplainer(DetectionExplainer):
             )
         return [ROI_MAPS], []
 
-    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        """``(boxes, scores, classes, count, heatmap[, masks])`` for the graph input ``image``."""
-        det, d = self.detector, self.max_detections
-        x = graph_io.to_float_nchw(image, self.input_format).to(self.mean.dtype)
+    def _detect(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor, tuple[Tensor, ...]]:
+        """Step 1 with no gradient kept: ``(maps, proposals, pooled, (boxes, scores, classes,
+        index, valid))``, the boxes in the resized image's frame."""
+        det = self.detector
         with torch.no_grad():
             feats = det.features(self.model, x)
             maps = det.roi_maps(feats)
             proposals, pvalid = det.proposals(self.model, feats)
             pooled, logits, regression = det.classify(self.model, maps, proposals)
             cand = det.candidates(logits, regression, proposals, pvalid)
-            boxes, scores, classes, index, valid = kept(
-                cand, d, self.iou_threshold, self.score_threshold
-            )
+            found = kept(cand, self.max_detections, self.iou_threshold, self.score_threshold)
+        return maps, proposals, pooled, found
+
+    def detections(self, image: Tensor) -> tuple[Tensor, ...]:
+        """``(boxes, scores, classes, count[, masks])``: what :meth:`forward` returns less the
+        heatmap, computed as it computes them (the detector without its explanation)."""
+        x = graph_io.to_float_nchw(image, self.input_format).to(self.mean.dtype)
+        maps, _, _, (boxes, scores, classes, _, valid) = self._detect(x)
+        out = (self.detector.to_input(boxes) * valid[..., None], scores, classes, valid.sum(dim=1))
+        if not self.detector.has_masks:
+            return out
+        batch = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.max_detections)
+        with torch.no_grad():
+            masks, _ = self._masks(maps, boxes, batch, classes, valid, image, False)
+        return (*out, masks)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        """``(boxes, scores, classes, count, heatmap[, masks])`` for the graph input ``image``."""
+        det, d = self.detector, self.max_detections
+        x = graph_io.to_float_nchw(image, self.input_format).to(self.mean.dtype)
+        maps, proposals, pooled, (boxes, scores, classes, index, valid) = self._detect(x)
         n, p = proposals.shape[:2]
         batch = torch.arange(n, device=x.device).repeat_interleave(d)
         grads: list[SparseGradient] | None = None
+        want = self.method.needs_gradient
         with torch.inference_mode(False), torch.enable_grad():
-            if self.method.needs_gradient and self.target == "box":
+            if classes.is_inference():  # run under inference_mode: autograd cannot save these
+                classes, valid = classes.clone(), valid.clone()
+            if want and self.target == "box":
                 rows = (
                     torch.arange(n, device=x.device)[:, None] * p + index // (det.num_classes - 1)
                 ).reshape(-1)
@@ -131,10 +152,11 @@ class TwoStageExplainer(DetectionExplainer):
                 )
             masks = None
             if det.has_masks:
-                masks, mask_grads = self._masks(maps, boxes, batch, classes, valid, image)
-                grads = (
-                    mask_grads if self.target == "mask" and self.method.needs_gradient else grads
+                want_mask = want and self.target == "mask"
+                masks, mask_grads = self._masks(
+                    maps, boxes, batch, classes, valid, image, want_mask
                 )
+                grads = mask_grads if want_mask else grads
         count = valid.sum(dim=1)
         heat = self._heatmap(image, [a.detach() for a in maps], grads, valid)
         out = (
@@ -172,13 +194,13 @@ class TwoStageExplainer(DetectionExplainer):
         classes: Tensor,
         valid: Tensor,
         image: Tensor,
+        want: bool,
     ) -> tuple[Tensor, list[SparseGradient] | None]:
-        """``masks [N, D, H, W]`` pasted at input size, and with the mask target each
-        detection's ``∂y_j/∂A_l`` through its mask RoI."""
+        """``masks [N, D, H, W]`` pasted at input size, and (``want``: the mask target's
+        gradient) each detection's ``∂y_j/∂A_l`` through its mask RoI."""
         det = self.detector
         assert det.mask_pooler is not None
         rois = boxes.reshape(-1, 4).detach()
-        want = self.target == "mask" and self.method.needs_gradient
         with torch.set_grad_enabled(want):
             pooled = det.mask_pooler.pool([a.detach() for a in maps], rois, batch)
             leaf = pooled.detach().clone().requires_grad_(True) if want else pooled

@@ -1,7 +1,8 @@
-"""``explain-bench`` for a one-stage detector: whether the model is one, its flags checked, the
-detector bench run (:func:`..bench.detection.run_detection_bench`) and its report written.
+"""``explain-bench`` for a detector: whether the model is one, its flags checked, the detector
+bench run (:func:`..bench.detection.run_detection_bench`) and its report written.
 
-A model whose output is YOLO-style raw predictions ``[N, 4+K, A]`` takes this path; the
+A model whose output is YOLO-style raw predictions ``[N, 4+K, A]``, a torchvision one-stage
+detector or a torchvision R-CNN (:func:`..builder.detect_build.find_detector`) takes this path; the
 classifier bench's flags that mean nothing for it are refused in one line, as
 ``--max-detections`` is on a classifier.
 """
@@ -38,7 +39,7 @@ _WHY = {
 
 
 def detector_of(args: argparse.Namespace, source: Any, size: tuple[int, int]) -> tuple[Any, Any]:
-    """``(the loaded model, (detector, output key))`` where the model is a one-stage detector;
+    """``(the loaded model, (detector, output key))`` where the model is a detector;
     ``(the loaded model or None, None)`` where it is not (the embedded default is not loaded
     here), after refusing ``--max-detections`` for it."""
     loaded = found = None
@@ -47,8 +48,8 @@ def detector_of(args: argparse.Namespace, source: Any, size: tuple[int, int]) ->
         found = find_detector(loaded.model, size, None)
     if found is None and args.max_detections is not None:
         raise UsageError(
-            "--max-detections applies to detectors (a model whose output is raw predictions "
-            "[N,4+K,A]); this model is not one, so leave it out"
+            "--max-detections applies to detectors (raw predictions [N,4+K,A], a torchvision "
+            "detector or R-CNN); this model is not one, so leave it out"
         )
     return loaded, found
 

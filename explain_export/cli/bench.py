@@ -52,10 +52,12 @@ variants (all on the same inputs, interleaved round by round):
   ort_<method>_top<K>  with --methods and --top-k K: that method exported with --top-k K
                 (heatmap [N,K,H,W]); its time over ort_<method> is reported
 
-a detector (a model whose output is raw predictions [N,4+K,A]; --max-detections D, default
-10; input 640x640 unless --input-size) gets its own variants, all on the CPU:
+a detector (a model whose output is raw predictions [N,4+K,A], a torchvision one-stage
+detector or R-CNN; --max-detections D, default 10; input 640x640 unless --input-size) gets its
+own variants, all on the CPU:
   eager         the eager detection explainer, gradcam (D maps)   the reference
   ort_nms       the detector with its NMS in the graph, no maps    the baseline
+                (a Mask R-CNN's with its masks: the model's own outputs)
   ort_gradcam   the detection explainer with D Grad-CAM maps, as explain-export writes it
   ort_eigencam  the same with eigencam (one map per image)
   reported: each one's time over ort_nms; --method, --head, --methods, --top-k, --skip,
