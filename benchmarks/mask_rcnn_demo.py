@@ -24,13 +24,14 @@ torchvision's own ``MaskRCNN`` class (:func:`demo_mask_rcnn`, the ``--arch`` cal
   1.3 there: so the outline follows the cat, not the box.
 
 Why whole-image boxes: the cat fills chelsea.png, so a smaller box lies inside the cat, where the
-class's map is high everywhere, and its mask fills its box. Tried first: anchors 96/192/320 and
-ratios 0.5/1/2 (background logit 6, mask threshold 8) gave eight Egyptian cat boxes 96 px wide
-(0.64 to 0.39), masks 43% to 72% of their boxes; anchors of 320 to 448 with ``min_size`` 300 gave
-boxes inside the cat, masks 92% to 98% of them. With ``min_size`` 400 every detection is the one
-whole-photo box and class-aware NMS keeps one per class. Its scores are low because the box head
-averages the classifier's logits over a whole 448x448 photo, twice the classifier's 224: the
-embedded classifier itself gives chelsea Egyptian cat 0.10 at 448, and 0.78 at 224.
+class's map is high everywhere, and its mask fills its box. Tried first (eager): anchors
+96/192/320 and ratios 0.5/1/2 (background logit 6, mask threshold 8) made the eight best
+detections Egyptian cat, all on 96-px anchors (0.64 to 0.39), masks 44% to 72% of their boxes;
+anchors 320/384/448 and ratios 0.75/1/1.33 with ``min_size`` 300 (mask threshold 3) put the four
+best inside the cat, masks 92% to 98% of their boxes. With ``min_size`` 400 every detection is
+the one whole-photo box and class-aware NMS keeps one per class. Its scores are low because the
+box head averages the classifier's logits over a whole 448x448 photo, twice the classifier's
+224: the embedded classifier itself gives chelsea Egyptian cat 0.10 at 448, and 0.78 at 224.
 
 The picture, from what this script ran: chelsea.png at 448x448, ``D = 4``, all four the whole
 photo: Egyptian cat (0.091, mask 81% of the image), tabby (0.049, 75%), tiger cat (0.048, 75%),
@@ -39,8 +40,9 @@ The masks leave out the background at the right and bottom right; lynx's, the we
 also leaves out much of the face. The maps of the first three correlate 0.87 to 0.91, lynx's 0.50
 to 0.58 with theirs. coffee.png (printed, not drawn): espresso (0.038), cup (0.017), soup bowl
 (0.008), coffee mug (0.008), all on the box [32, 32, 448, 448], masks 44%, 37%, 26% and 21% of
-the image (the cup and saucer). Both photos: the ONNX file's detections equal torchvision's own
-eager ``model([image])`` (classes, scores to 4 digits, box IoU 1.0, mask IoU 1.0).
+the image (the cup and most of the saucer). Both photos: the ONNX file's detections equal
+torchvision's own eager ``model([image])`` (classes, scores to 4 digits, box IoU 1.0, mask IoU
+1.0).
 
 The export is the CLI's, as a user runs it (``explain-export --arch
 benchmarks.mask_rcnn_demo:demo_mask_rcnn``, ONNX and TorchScript); its verification passed
