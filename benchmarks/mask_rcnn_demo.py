@@ -7,7 +7,8 @@ torchvision's own ``MaskRCNN`` class (:func:`demo_mask_rcnn`, the ``--arch`` cal
 - **backbone**: EfficientNet-Lite0 up to the map its average pooling reads, ``A [N, 1280, h, w]``
   at stride 32, returned as one tensor (torchvision names it ``"0"``; no FPN);
 - **RPN**: anchors of sides 384, 448 and 512 (ratio 1) on that map, and an ``RPNHead`` without
-  its 3x3 conv (``conv_depth=0``) whose objectness is the feature-map superposition
+  its 3x3 conv (``conv_depth=0``: an identity 3x3 conv and its ReLU would be 14.7M weights that
+  change nothing, the map being ReLU6's) whose objectness is the feature-map superposition
   ``0.01·Σ_k A_k`` at the anchor's cell, plus ``0.01·i`` for anchor ``i`` of the cell (no two
   anchors of a cell tie); box deltas 0, so the proposals are the anchors, clipped. Every anchor
   goes to NMS (``pre_nms_top_n`` 10000: no cut between near-equal objectness). The RPN's
