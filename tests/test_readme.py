@@ -183,6 +183,7 @@ CLI = {  # a command -> its module in explain_export.cli
     "explain-run": "run",
     "explain-serve": "serve",
     "explain-bench": "bench",
+    "explain-eval": "eval",
 }
 
 

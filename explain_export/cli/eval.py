@@ -1,0 +1,199 @@
+"""``explain-eval``: which method, for my model, on my images. Each exported explainer's maps
+scored by deletion and insertion AUC, average drop, increase in confidence and ADCC, by the
+protocol of :mod:`..artifact.faithfulness`, through the files themselves.
+
+With .onnx models this command never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..errors import UsageError, first_line
+from ._common import ArgumentParser, log, run_main
+
+__all__ = ["EPILOG", "PROG", "build_parser", "main"]
+
+PROG = "explain-eval"
+SAME_MODEL_TOL = 1e-2  # the largest softmax difference of two files of one model on one image
+
+EPILOG = """\
+protocol (pinned; docs/evaluation.md):
+  the class is each image's top-1 (softmax probability); pixels are ranked by the file's map
+  at input size, descending, by a stable sort; at step i = 0..n (n = --steps) the first
+  round(i*H*W/n) pixels are set to 0 (deletion) or revealed over cv2.GaussianBlur(image,
+  (11, 11), 5) (insertion); AUC = (sum_i s_i - (s_0 + s_n)/2) / n. On x*m (the image times its
+  own map): average drop = max(0, s - s_masked)/s, increase in confidence = [s_masked > s],
+  ADCC = 3 / (1/coherency + 1/(1 - complexity) + 1/(1 - average drop)).
+
+outputs in --out: eval.csv (a row per model: model, method, layer, images, deletion_auc,
+insertion_auc, average_drop, increase_in_confidence, adcc, ms_per_image), per_image.parquet
+(per_image.csv without pyarrow), curves.png (mean curves per model); the console table marks
+the best value per column with *.
+
+examples:
+  explain-eval --model cam/explainer.onnx --model gradcam/explainer.onnx --images photos/ \
+      --out eval/
+  explain-eval --model a.onnx --model b.onnx --images photos/ --out eval/ --steps 50
+
+exit codes: 0 every image scored, 1 some failed, 2 usage error (nothing was written).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog=PROG,
+        description="Compare exported explainers of one model on a folder of images: "
+        "deletion/insertion AUC, average drop, increase in confidence, ADCC, ms per image.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="an exported explainer (.onnx, .torchscript.pt, .pt2) of a classifier; repeat it "
+        "for each method to compare (exports of one model)",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="image files and/or folders (subfolders included)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--steps", type=int, default=20, metavar="N", help="steps per curve (default: 20)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="step images per call of the file (default: 32)",
+    )
+    p.add_argument("--threads", type=int, metavar="N", help="the runtime's CPU threads")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _images(given: list[str]) -> list[str]:
+    from ..artifact.images import IMAGE_EXTENSIONS, list_images
+
+    paths: list[str] = []
+    for item in given:
+        if os.path.isdir(item):
+            found, _ = list_images(item)
+            if not found:
+                raise UsageError(f"no image files in '{item}' (looked for {IMAGE_EXTENSIONS})")
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UsageError(f"--images '{item}' does not exist")
+    return paths
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if len(set(args.model)) != len(args.model):
+        raise UsageError("a --model is given twice; give each file once")
+    for path in args.model:
+        if not os.path.isfile(path):
+            raise UsageError(f"--model '{path}' does not exist")
+    if os.path.exists(os.path.join(args.out, "eval.csv")) and not args.overwrite:
+        raise UsageError(f"'{args.out}' holds an earlier evaluation; pass --overwrite")
+
+
+def _same_model(artifacts: list[Any], fitted: dict[tuple, Any], first: str) -> None:
+    """One line where two files' class probabilities on the first image differ: they are not
+    exports of one model (a method is compared on one model's logits)."""
+    from ..artifact.evaluate import softmax
+
+    ref = None
+    for art in artifacts:
+        size = tuple(art.metadata["input_size"])
+        p = softmax(art.outputs(fitted[size][None])["logits"][0])
+        if ref is None:
+            ref = (art.path, p)
+            continue
+        if p.shape != ref[1].shape or float(abs(p - ref[1]).max()) > SAME_MODEL_TOL:
+            raise UsageError(
+                f"'{ref[0]}' and '{art.path}' are not exports of one model (their class "
+                f"probabilities on '{first}' differ); evaluate one model's exports at a time"
+            )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..artifact import runtime
+    from ..artifact.eval_report import console_table, summarize, write_eval
+    from ..artifact.evaluate import check_evaluable, evaluate_image
+    from ..artifact.files import ensure_out_dir
+    from ..artifact.pipeline import OverlayOptions, read
+
+    _check_args(args)
+    paths = _images(args.images)
+    artifacts = [runtime.load(path, "cpu", args.threads) for path in args.model]
+    for art in artifacts:
+        check_evaluable(art)
+    opts = OverlayOptions()
+    sizes = {tuple(art.metadata["input_size"]) for art in artifacts}
+    first = {size: read(paths[0], size, opts).input for size in sizes}
+    _same_model(artifacts, first, paths[0])
+    ensure_out_dir(args.out)
+    rows: list[dict[str, Any]] = []
+    summary = []
+    failed = 0
+    total = len(paths) * len(artifacts)
+    bar = tqdm(total=total, unit="img", disable=args.quiet or total < 2, file=sys.stderr)
+    for path, art in zip(args.model, artifacts, strict=True):
+        meta = art.metadata or {}
+        size = tuple(meta["input_size"])
+        art.outputs(first[size][None])  # warm-up: ms is a steady call
+        labels = meta.get("labels")
+        mine = []
+        for image_path in paths:
+            bar.set_postfix_str(os.path.basename(path), refresh=False)
+            try:
+                image = read(image_path, size, opts).input
+                row = evaluate_image(art, image, args.steps, args.batch_size)
+            except Exception as exc:
+                failed += 1
+                bar.write(f"{PROG}: {image_path}: {first_line(exc)}", file=sys.stderr)
+                bar.update(1)
+                continue
+            label = labels[row["class"]] if labels and row["class"] < len(labels) else None
+            mine.append({"model": path, "image": image_path, "label": label, **row})
+            bar.update(1)
+        rows += mine
+        summary.append(summarize(path, meta, mine))
+    bar.close()
+    written = write_eval(args.out, summary, rows, args.steps)
+    if not args.quiet:
+        print(console_table(summary))
+    for p in written:
+        print(f"wrote {p}")
+    if failed:
+        log(f"{PROG}: {failed} of {total} image evaluations failed (see above)")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args), args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
