@@ -80,7 +80,7 @@ def console_table(summary: Sequence[dict[str, Any]]) -> str:
     best = {k: _best(summary, k) for k in keys}
     rows = []
     for s in summary:
-        cells = [os.path.basename(s["model"]), str(s["method"])]
+        cells = [s["model"], str(s["method"])]
         for k in keys:
             v = s[k]
             text = "nan" if math.isnan(v) else f"{v:.1f}" if k == "ms_per_image" else f"{v:.3f}"
@@ -170,7 +170,7 @@ def write_eval(
     for s in summary:
         mine = [r for r in rows if r["model"] == s["model"]]
         if mine:
-            curves[os.path.basename(s["model"]) + f" ({s['method']})"] = (
+            curves[f"{s['model']} ({s['method']})"] = (
                 np.mean([r["deletion_curve"] for r in mine], 0),
                 np.mean([r["insertion_curve"] for r in mine], 0),
             )

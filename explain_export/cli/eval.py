@@ -141,8 +141,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..artifact.eval_report import console_table, summarize, write_eval
     from ..artifact.evaluate import check_evaluable, evaluate_image
     from ..artifact.files import ensure_out_dir
+    from ..artifact.images import quiet_decoder_warnings
     from ..artifact.pipeline import OverlayOptions, read
 
+    quiet_decoder_warnings()  # a bad image is reported in one line of ours
     _check_args(args)
     paths = _images(args.images)
     artifacts = [runtime.load(path, "cpu", args.threads) for path in args.model]
@@ -165,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         labels = meta.get("labels")
         mine = []
         for image_path in paths:
-            bar.set_postfix_str(os.path.basename(path), refresh=False)
+            bar.set_postfix_str(path, refresh=False)
             try:
                 image = read(image_path, size, opts).input
                 row = evaluate_image(art, image, args.steps, args.batch_size)
@@ -185,6 +187,14 @@ def _run(args: argparse.Namespace) -> int:
         print(console_table(summary))
     for p in written:
         print(f"wrote {p}")
+    for s in summary:
+        missed = sum(1 for r in rows if r["model"] == s["model"] and r["adcc"] != r["adcc"])
+        if missed and not args.quiet:
+            log(
+                f"{s['model']}: no coherency or ADCC on {missed} of {s['images']} images (the "
+                "masked image's top-1 changed and the file takes no class); export with "
+                "--class-input to score them all"
+            )
     if failed:
         log(f"{PROG}: {failed} of {total} image evaluations failed (see above)")
     return 1 if failed else 0
