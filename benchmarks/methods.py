@@ -33,10 +33,13 @@ from explain_export.errors import UsageError
 PICTURE_PHOTO = "chelsea.png"
 
 
-def export_all(folder: str, methods: list[str], layer: str | None = None) -> dict[str, str]:
+def export_all(
+    folder: str, methods: list[str], layer: str | None = None, class_input: bool = False
+) -> dict[str, str]:
     """One verified ONNX export of the embedded model per method, at ``layer`` (default: the
     model's own; none for a method at the image); ``{method: path}``. A method the layer does
-    not allow is left out, said."""
+    not allow is left out, said. ``class_input``: with the ``class_index`` input (methods that
+    explain a class); an export already in ``folder`` is reused."""
     paths = {}
     zoo = load_default()  # one model: each explainer takes its hook off again (remove)
     for method in methods:
@@ -49,7 +52,13 @@ def export_all(folder: str, methods: list[str], layer: str | None = None) -> dic
             print(f"left out {method} at {layer}: {exc}", flush=True)
             continue
         out = os.path.join(folder, f"{method}@{layer or 'default'}")
-        paths[method] = export_explainer(explainer, out, ("onnx",)).paths["onnx"]
+        done = os.path.join(out, "explainer.onnx")
+        if os.path.exists(done):
+            paths[method] = done
+            explainer.remove()
+            continue
+        takes = class_input and spec.has_class
+        paths[method] = export_explainer(explainer, out, ("onnx",), class_input=takes).paths["onnx"]
         explainer.remove()
         print(f"exported {method:<20} in {time.perf_counter() - t0:5.1f}s", flush=True)
     return paths
