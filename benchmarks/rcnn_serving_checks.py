@@ -69,7 +69,7 @@ def _decode(rle: dict) -> np.ndarray:
 
 
 def rows_match_file(rows: dict[str, dict], want: dict[str, Any]) -> dict[str, Any]:
-    """predictions.jsonl against the file's outputs (the module docstring of the runner)."""
+    """predictions.jsonl against the file's outputs (``torchvision_rcnn_serving.py``, step 2)."""
     out, (hh, ww) = want["out"], want["size"]
     bad, worst_box, worst_score, pixels, masks = [], 0.0, 0.0, 0, 0
     if sorted(rows) != sorted(want["shapes"]):

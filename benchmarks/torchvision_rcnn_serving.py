@@ -12,7 +12,7 @@ For each model (random init, made to detect by ``benchmarks/torchvision_rcnn.py`
 2. ``explain-run --per-detection`` on chelsea, coffee, rocket with the ONNX file and with the
    TorchScript file. ``predictions.jsonl``: one row per photo, one detection per real row of the
    file's outputs (the file run here with ONNX Runtime on the same stretched batch): the same
-   classes and labels, scores within 1e-6, boxes mapped back (``x·w/W``, ``y·h/H``) within 0.011
+   classes, scores within 1e-6, boxes mapped back (``x·w/W``, ``y·h/H``) within 0.011
    px; Mask R-CNN: each ``mask`` decoded with ``pycocotools.mask.decode`` equals the file's
    ``masks`` resized bilinearly to the photo (OpenCV) and taken at 0.5, pixel for pixel. The
    overlays: ``NAME.overlay.png`` and one ``NAME.detJ.overlay.png`` per detection, at the photo's
@@ -39,6 +39,8 @@ none, ``--site DIR`` adds a folder that holds it (``pip install --target DIR --n
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD .peers/bin/python benchmarks/torchvision_rcnn_serving.py \\
         --work /tmp/rcnn-serving --serve-python .venv/bin/python --site /tmp/triton-site \\
         --out benchmarks/results/torchvision-rcnn-serving
+
+``--only`` takes any model of ``torchvision_rcnn.MODELS`` (default: the two above).
 """
 
 from __future__ import annotations
