@@ -179,3 +179,68 @@ def test_deletion_falls_below_insertion_for_the_embedded_cam(default_export, tmp
         (row,) = list(csv.DictReader(f))
     assert row["method"] == "cam" and int(row["images"]) == 28
     assert float(row["deletion_auc"]) < float(row["insertion_auc"])
+
+
+RAY_CHILD = """
+import sys
+from explain_export.cli.eval import main
+code = main(sys.argv[1:])
+import ray
+if ray.is_initialized():
+    print("the command left its Ray instance running", file=sys.stderr)
+    sys.exit(3)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_local_engines_scores(exports, photo_dir, tmp_path, capsys):
+    """``--engine ray`` (in a child process: Ray never starts in pytest's) scores every image
+    as the local engine does; only the timing differs."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    models = ["--model", exports["cam"], "--model", exports["gradcam++"]]
+    args = [*models, "--images", str(photo_dir), "--steps", "4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    ray_args = [*args, "--engine", "ray", "--workers", "2", "--out", str(tmp_path / "ray")]
+    proc = subprocess.run(
+        [sys.executable, "-c", RAY_CHILD, *ray_args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    local = pq.read_table(tmp_path / "local" / "per_image.parquet").to_pylist()
+    ray = pq.read_table(tmp_path / "ray" / "per_image.parquet").to_pylist()
+    assert len(local) == len(ray) == 6
+    for a, b in zip(local, ray, strict=True):
+        assert (a["model"], a["image"], a["class"]) == (b["model"], b["image"], b["class"])
+        for key in ("deletion_auc", "insertion_auc", "average_drop", "masked_score"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+        assert a["deletion_curve"] == pytest.approx(b["deletion_curve"], abs=1e-6)
+
+
+def test_ray_flags_need_the_ray_engine(tmp_path, capsys):
+    model = tmp_path / "a.onnx"
+    model.write_bytes(b"")
+    assert (
+        main(
+            [
+                "--model",
+                str(model),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--workers",
+                "2",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--engine ray" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -38,6 +38,7 @@ examples:
   explain-eval --model cam/explainer.onnx --model gradcam/explainer.onnx --images photos/ \
       --out eval/
   explain-eval --model a.onnx --model b.onnx --images photos/ --out eval/ --steps 50
+  explain-eval --engine ray --workers 8 --model a.onnx --model b.onnx --images big/ --out eval/
 
 exit codes: 0 every image scored, 1 some failed, 2 usage error (nothing was written).
 """
@@ -77,7 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="step images per call of the file (default: 32)",
     )
-    p.add_argument("--threads", type=int, metavar="N", help="the runtime's CPU threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="the runtime's CPU threads (default: the runtime's; with --engine ray: per worker, "
+        "default 1)",
+    )
+    ray = p.add_argument_group("engine (a large folder: Ray Data)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: a Ray Data actor pool, each actor a session per model "
+        "(.onnx models; pip install 'explain-export[batch]'); the same scores (default: local)",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --engine ray: actors in the pool (default: the CPUs Ray sees / --threads)",
+    )
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --engine ray: join this Ray cluster (default: start Ray here); the images "
+        "must be at the same path on every node",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -106,6 +133,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.engine != "ray" and (args.workers is not None or args.address):
+        raise UsageError("--workers and --address need --engine ray")
+    if args.engine == "ray":
+        bad = [m for m in args.model if not m.endswith(".onnx")]
+        if bad:
+            raise UsageError(f"--engine ray runs .onnx explainers; '{bad[0]}' is not one")
     if len(set(args.model)) != len(args.model):
         raise UsageError("a --model is given twice; give each file once")
     for path in args.model:
@@ -134,12 +167,36 @@ def _same_model(artifacts: list[Any], fitted: dict[tuple, Any], first: str) -> N
             )
 
 
+def _local(
+    args: argparse.Namespace, artifacts: list[Any], paths: list[str], bar: Any
+) -> list[list[dict[str, Any]]]:
+    """Per model, per image: its row or ``{"error": ...}``, in this process."""
+    from ..artifact.evaluate import evaluate_image
+    from ..artifact.pipeline import OverlayOptions, read
+
+    out = []
+    for path, art in zip(args.model, artifacts, strict=True):
+        size = tuple(art.metadata["input_size"])
+        art.outputs(read(paths[0], size, OverlayOptions()).input[None])  # warm-up: steady ms
+        mine: list[dict[str, Any]] = []
+        for image_path in paths:
+            bar.set_postfix_str(path, refresh=False)
+            try:
+                image = read(image_path, size, OverlayOptions()).input
+                mine.append(evaluate_image(art, image, args.steps, args.batch_size))
+            except Exception as exc:
+                mine.append({"error": first_line(exc)})
+            bar.update(1)
+        out.append(mine)
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..artifact import runtime
     from ..artifact.eval_report import console_table, summarize, write_eval
-    from ..artifact.evaluate import check_evaluable, evaluate_image
+    from ..artifact.evaluate import check_evaluable
     from ..artifact.files import ensure_out_dir
     from ..artifact.images import quiet_decoder_warnings
     from ..artifact.pipeline import OverlayOptions, read
@@ -150,38 +207,45 @@ def _run(args: argparse.Namespace) -> int:
     artifacts = [runtime.load(path, "cpu", args.threads) for path in args.model]
     for art in artifacts:
         check_evaluable(art)
-    opts = OverlayOptions()
     sizes = {tuple(art.metadata["input_size"]) for art in artifacts}
-    first = {size: read(paths[0], size, opts).input for size in sizes}
+    first = {size: read(paths[0], size, OverlayOptions()).input for size in sizes}
     _same_model(artifacts, first, paths[0])
     ensure_out_dir(args.out)
+    total = len(paths) * len(artifacts)
+    bar = tqdm(total=total, unit="img", disable=args.quiet or total < 2, file=sys.stderr)
+    if args.engine == "ray":
+        from ..artifact import eval_ray
+        from ..artifact.ray_run import RayOptions
+
+        ray_opts = RayOptions(args.workers, args.threads or 1, args.address)
+        found = eval_ray.run(
+            [os.path.abspath(p) for p in args.model],
+            paths,
+            args.steps,
+            args.batch_size,
+            ray_opts,
+            bar.update,
+            (lambda _m: None) if args.quiet else log,
+        )
+    else:
+        found = _local(args, artifacts, paths, bar)
+    bar.close()
     rows: list[dict[str, Any]] = []
     summary = []
     failed = 0
-    total = len(paths) * len(artifacts)
-    bar = tqdm(total=total, unit="img", disable=args.quiet or total < 2, file=sys.stderr)
-    for path, art in zip(args.model, artifacts, strict=True):
-        meta = art.metadata or {}
-        size = tuple(meta["input_size"])
-        art.outputs(first[size][None])  # warm-up: ms is a steady call
-        labels = meta.get("labels")
-        mine = []
-        for image_path in paths:
-            bar.set_postfix_str(path, refresh=False)
-            try:
-                image = read(image_path, size, opts).input
-                row = evaluate_image(art, image, args.steps, args.batch_size)
-            except Exception as exc:
+    for path, art, mine in zip(args.model, artifacts, found, strict=True):
+        labels = art.metadata.get("labels")
+        kept = []
+        for image_path, row in zip(paths, mine, strict=True):
+            if "error" in row:
                 failed += 1
-                bar.write(f"{PROG}: {image_path}: {first_line(exc)}", file=sys.stderr)
-                bar.update(1)
+                log(f"{PROG}: {image_path}: {row['error']}")
                 continue
-            label = labels[row["class"]] if labels and row["class"] < len(labels) else None
-            mine.append({"model": path, "image": image_path, "label": label, **row})
-            bar.update(1)
-        rows += mine
-        summary.append(summarize(path, meta, mine))
-    bar.close()
+            c = row["class"]
+            label = labels[c] if labels and c < len(labels) else None
+            kept.append({"model": path, "image": image_path, "label": label, **row})
+        rows += kept
+        summary.append(summarize(path, art.metadata, kept))
     written = write_eval(args.out, summary, rows, args.steps)
     if not args.quiet:
         print(console_table(summary))
