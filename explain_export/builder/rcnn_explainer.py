@@ -114,7 +114,7 @@ class TwoStageExplainer(DetectionExplainer):
             maps = det.roi_maps(feats)
             proposals, pvalid = det.proposals(self.model, feats)
             pooled, logits, regression = det.classify(self.model, maps, proposals)
-            cand = det.candidates(logits, regression, proposals, pvalid)
+            cand = det.box_candidates(logits, regression, proposals, pvalid)
             found = kept(cand, self.max_detections, self.iou_threshold, self.score_threshold)
         return maps, proposals, pooled, found
 

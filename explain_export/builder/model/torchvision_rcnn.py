@@ -20,7 +20,7 @@ What the model's own eval ``forward`` does, with static shapes (:class:`TwoStage
 3. :meth:`TwoStageDetector.classify`: RoIAlign of every proposal at its level
    (:class:`.roi_align.RoiPooler`), the box head and predictor: class logits ``[N·P, K]`` and
    box regression ``[N·P, 4K]``;
-4. :meth:`TwoStageDetector.candidates`, ``postprocess_detections`` up to its NMS: per proposal
+4. :meth:`TwoStageDetector.box_candidates`, ``postprocess_detections`` up to its NMS: per proposal
    and class but the background, the softmax score and the box decoded (weights 10, 10, 5, 5),
    clipped; a candidate drops out where its score is not above ``score_thresh``, a side is under
    0.01 px, or its proposal is padding. Class-aware NMS then keeps ``D`` as for one-stage models.
@@ -124,7 +124,7 @@ class TwoStageDetector(TorchvisionDetector):
         """The box head and predictor on pooled RoIs: ``(class logits, box regression)``."""
         return model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
 
-    def candidates(  # type: ignore[override]
+    def box_candidates(
         self, logits: Tensor, regression: Tensor, proposals: Tensor, valid: Tensor
     ) -> Candidates:
         """Every (proposal, class ≥ 1) pair: boxes ``[N, P·(K−1), 4]`` in resized pixels,
