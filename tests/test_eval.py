@@ -24,11 +24,11 @@ SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 
 
-def _export(folder, method: str, seed: int = 0) -> str:
+def _export(folder, method: str, seed: int = 0, size: tuple[int, int] = SIZE) -> str:
     from explain_export.builder.explainer import build_explainer
     from explain_export.builder.export.export import export_explainer
 
-    explainer = build_explainer(tiny_resnet(seed), method=method, input_size=SIZE)
+    explainer = build_explainer(tiny_resnet(seed), method=method, input_size=size)
     labels = [f"class{i}" for i in range(10)]
     export_explainer(explainer, str(folder), ("onnx",), labels=labels)
     return str(folder / "explainer.onnx")
@@ -131,6 +131,7 @@ def test_the_command_compares_methods(exports, photo_dir, tmp_path, capsys):
         "bad steps",
         pytest.param("two models", marks=pytest.mark.slow),
         pytest.param("no class", marks=pytest.mark.slow),
+        pytest.param("two sizes", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_is_refused_in_one_line(case, exports, photo_dir, tmp_path, capsys):
@@ -145,6 +146,8 @@ def test_bad_input_is_refused_in_one_line(case, exports, photo_dir, tmp_path, ca
         models.append(_export(tmp_path / "other", "cam", seed=3))
     if case == "no class":
         models.append(exports["eigencam"])
+    if case == "two sizes":
+        models.append(_export(tmp_path / "bigger", "cam", size=(96, 96)))
     args = [a for m in models for a in ("--model", m)]
     args += ["--images", images, "--out", str(tmp_path / "out")]
     if case == "bad steps":
@@ -157,6 +160,7 @@ def test_bad_input_is_refused_in_one_line(case, exports, photo_dir, tmp_path, ca
         "two models": "not exports of one model",
         "no class": "explains no class",
         "bad steps": "--steps",
+        "two sizes": "different input sizes (64x64 and 96x96)",
     }
     assert words[case] in err[0]
     assert not (tmp_path / "out").exists()

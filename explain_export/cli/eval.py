@@ -208,6 +208,11 @@ def _run(args: argparse.Namespace) -> int:
     for art in artifacts:
         check_evaluable(art)
     sizes = {tuple(art.metadata["input_size"]) for art in artifacts}
+    if len(sizes) > 1:
+        shown = " and ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        raise UsageError(
+            f"the models take different input sizes ({shown}); export every method at one size"
+        )
     first = {size: read(paths[0], size, OverlayOptions()).input for size in sizes}
     _same_model(artifacts, first, paths[0])
     ensure_out_dir(args.out)
