@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 __all__ = [
     "FLAGS",
     "ArgumentParser",
+    "add_engine_flags",
     "add_model_flags",
     "add_overlay_flags",
     "flag_namer",
@@ -104,6 +105,31 @@ def run_main(
             file=sys.stderr,
         )
         return 1
+
+
+def add_engine_flags(p: argparse.ArgumentParser, engine_help: str, where: str) -> None:
+    """``--engine local|ray``, ``--workers`` and ``--address`` (the commands that can run on a
+    Ray Data actor pool); ``engine_help``: what each engine does; ``where``: what must be at the
+    same path on every node of a cluster."""
+    ray = p.add_argument_group("engine (a large image set: Ray Data)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help=engine_help + " (.onnx models; pip install 'explain-export[batch]'). Default: local",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --engine ray: actors in the pool (default: the CPUs Ray sees / --threads)",
+    )
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --engine ray: join this Ray cluster (e.g. auto, or ray://head:10001); "
+        f"{where} must be at the same path on every node. Default: start Ray here",
+    )
 
 
 def log(message: str) -> None:

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError, first_line
-from ._common import ArgumentParser, log, run_main
+from ._common import ArgumentParser, add_engine_flags, log, run_main
 
 __all__ = ["EPILOG", "PROG", "build_parser", "main"]
 
@@ -85,25 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the runtime's CPU threads (default: the runtime's; with --engine ray: per worker, "
         "default 1)",
     )
-    ray = p.add_argument_group("engine (a large folder: Ray Data)")
-    ray.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: this process; ray: a Ray Data actor pool, each actor a session per model "
-        "(.onnx models; pip install 'explain-export[batch]'); the same scores (default: local)",
-    )
-    ray.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="with --engine ray: actors in the pool (default: the CPUs Ray sees / --threads)",
-    )
-    ray.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="with --engine ray: join this Ray cluster (default: start Ray here); the images "
-        "must be at the same path on every node",
+    add_engine_flags(
+        p,
+        "local: this process; ray: a Ray Data actor pool, each actor a session per model; the "
+        "same scores",
+        "the images",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")

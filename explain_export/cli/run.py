@@ -12,7 +12,14 @@ import warnings
 
 from ..errors import DeviceFallbackWarning, first_line
 from ..words import count
-from ._common import ArgumentParser, add_overlay_flags, log, overlay_options, run_main
+from ._common import (
+    ArgumentParser,
+    add_engine_flags,
+    add_overlay_flags,
+    log,
+    overlay_options,
+    run_main,
+)
 
 __all__ = ["DEFAULT_MODEL", "EPILOG", "PROG", "build_parser", "main"]
 
@@ -106,26 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads: the model's, and the local engine's for reading and drawing images "
         "(default: the runtime's, and one per CPU; with --engine ray: per worker, default 1)",
     )
-    ray = p.add_argument_group("engine (a large image set: Ray Data)")
-    ray.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: this process, batch by batch; ray: a Ray Data actor pool, one ONNX Runtime "
-        "session per worker (.onnx models; pip install 'explain-export[batch]'). "
-        "Default: local",
-    )
-    ray.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="with --engine ray: actors in the pool (default: the CPUs Ray sees / --threads)",
-    )
-    ray.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="with --engine ray: join this Ray cluster (e.g. auto, or ray://head:10001); the "
-        "images and --out must be at the same path on every node. Default: start Ray here",
+    add_engine_flags(
+        p,
+        "local: this process, batch by batch; ray: a Ray Data actor pool, one ONNX Runtime "
+        "session per worker",
+        "the images and --out",
     )
     add_overlay_flags(p)
     p.add_argument(
