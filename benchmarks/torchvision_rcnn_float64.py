@@ -12,7 +12,8 @@ float64 map; ``alpha rel``: max |α32 - α64| / max |α64| of the reference's ch
 
 ``--part flips``: one photo's detections; their pooled rows ``R_j`` as our graph pools them
 and as the eager model's ``box_roi_pool`` does, each through the box head: where a ReLU's input
-has a different sign (the layer, the two values and the float64 value of that unit) and
+has a different sign (the layer, the two values, the float64 value of that unit: the same RoI
+pooled from the float64 model's maps, and the layer's largest float32 error on that row) and
 max |∂y/∂R (ours) - ∂y/∂R (eager)| / max |∂y/∂R (eager)|.
 
 Usage, peers venv, this checkout on the path::
@@ -176,9 +177,11 @@ def flips_part(name: str, d: int, image: int, cache: str | None) -> dict:
         )
         model([x[0]])
         hook.remove()
-        with float64_mode(ex):
-            _, pooled64, rows64, _ = ours(x.double())
-            pre64 = _relu_inputs(model.roi_heads.box_head, pooled64[rows64])
+        with float64_mode(ex):  # the same RoIs (float32 boxes) pooled from float64 maps
+            maps64 = det.roi_maps(det.features(model, x.double()))
+            rois = props[rows].double()
+            pooled64 = det.pooler.pool(maps64, rois, torch.zeros_like(rows))
+            pre64 = _relu_inputs(model.roi_heads.box_head, pooled64)
         same_props = torch.equal(props[: len(seen["props"])], seen["props"])
         mine = _relu_inputs(model.roi_heads.box_head, pooled[rows])
         eager = _relu_inputs(model.roi_heads.box_head, seen["pooled"][rows])
@@ -195,7 +198,7 @@ def flips_part(name: str, d: int, image: int, cache: str | None) -> dict:
                 flips.append({
                     "layer": layer, "count": int(f.sum()), "ours": u[j][f].tolist()[:4],
                     "eager": v[j][f].tolist()[:4],
-                    "float64": w[j][f].tolist()[:4] if torch.equal(rows, rows64) else None,
+                    "float64": w[j][f].tolist()[:4],
                     "layer_f32_err": float((u[j].double() - w[j]).abs().max()),
                 })  # fmt: skip
         ref = seen["pooled"][rows[j]]
