@@ -125,12 +125,23 @@ def _per_image(rows: Sequence[dict[str, Any]]) -> tuple[str, bytes]:
 _COLORS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148)]
 
 
+def _colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` BGR colours: the five above, or ``n`` spread over OpenCV's turbo map."""
+    if n <= len(_COLORS):
+        return _COLORS[:n]
+    import cv2
+
+    ramp = np.linspace(0, 255, n).astype(np.uint8)[:, None]
+    return [tuple(int(v) for v in c[0]) for c in cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO)]
+
+
 def curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], steps: int) -> bytes:
     """The mean deletion (left) and insertion (right) curves, one colour per model: the class
     probability against the fraction of pixels changed."""
     import cv2
 
     w, h, pad, legend = 420, 300, 40, 22 * len(curves) + 10
+    colors = _colors(len(curves))
     img = np.full((h + legend, 2 * w, 3), 255, np.uint8)
     x = np.linspace(0, 1, steps + 1)
     for panel, title in enumerate(("deletion", "insertion")):
@@ -149,10 +160,10 @@ def curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], steps: int) -> 
             pts = np.stack([x0 + pad + x * (w - 10 - pad), h - pad - s * (h - 2 * pad)], 1).astype(
                 np.int32
             )
-            cv2.polylines(img, [pts], False, _COLORS[i % len(_COLORS)], 2, cv2.LINE_AA)
+            cv2.polylines(img, [pts], False, colors[i], 2, cv2.LINE_AA)
     for i, name in enumerate(curves):
         y = h + 16 + 22 * i
-        cv2.line(img, (pad, y - 4), (pad + 30, y - 4), _COLORS[i % len(_COLORS)], 3)
+        cv2.line(img, (pad, y - 4), (pad + 30, y - 4), colors[i], 3)
         cv2.putText(img, name, (pad + 40, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 0, 1)
     ok, buf = cv2.imencode(".png", img)
     assert ok
@@ -167,10 +178,12 @@ def write_eval(
 ) -> list[str]:
     """Write the three files into ``out_dir`` (each atomically); their paths."""
     curves = {}
+    methods = [s["method"] for s in summary]
     for s in summary:
         mine = [r for r in rows if r["model"] == s["model"]]
         if mine:
-            curves[f"{s['model']} ({s['method']})"] = (
+            unique = methods.count(s["method"]) == 1
+            curves[str(s["method"]) if unique else f"{s['model']} ({s['method']})"] = (
                 np.mean([r["deletion_curve"] for r in mine], 0),
                 np.mean([r["insertion_curve"] for r in mine], 0),
             )
