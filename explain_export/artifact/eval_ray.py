@@ -12,7 +12,6 @@ images must then be at the same path on every node).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +105,5 @@ def run(
         if started:
             ray.shutdown()
     n = len(image_paths)
-    return [
-        [r if r is not None else {"error": "not run"} for r in rows[m * n : (m + 1) * n]]
-        for m in range(math.ceil(len(rows) / max(n, 1)))
-    ]
+    done = [r if r is not None else {"error": "not run"} for r in rows]
+    return [done[m * n : (m + 1) * n] for m in range(len(model_paths))]

@@ -122,9 +122,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.engine != "ray" and (args.workers is not None or args.address):
         raise UsageError("--workers and --address need --engine ray")
     if args.engine == "ray":
-        bad = [m for m in args.model if not m.endswith(".onnx")]
-        if bad:
-            raise UsageError(f"--engine ray runs .onnx explainers; '{bad[0]}' is not one")
+        from ..artifact.ray_run import check_model_path
+
+        for path in args.model:
+            check_model_path(path)
     if len(set(args.model)) != len(args.model):
         raise UsageError("a --model is given twice; give each file once")
     for path in args.model:
@@ -134,46 +135,53 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"'{args.out}' holds an earlier evaluation; pass --overwrite")
 
 
-def _same_model(artifacts: list[Any], fitted: dict[tuple, Any], first: str) -> None:
-    """One line where two files' class probabilities on the first image differ: they are not
-    exports of one model (a method is compared on one model's logits)."""
+def _same_model(artifacts: list[Any], image: Any, name: str) -> None:
+    """One line where two files' class probabilities on ``image`` (the file ``name``) differ:
+    they are not exports of one model (a method is compared on one model's logits). Each file's
+    first call, so it also warms every file up before ``ms`` is timed."""
     from ..artifact.evaluate import softmax
 
     ref = None
     for art in artifacts:
-        size = tuple(art.metadata["input_size"])
-        p = softmax(art.outputs(fitted[size][None])["logits"][0])
+        p = softmax(art.outputs(image[None])["logits"][0])
         if ref is None:
             ref = (art.path, p)
             continue
         if p.shape != ref[1].shape or float(abs(p - ref[1]).max()) > SAME_MODEL_TOL:
             raise UsageError(
                 f"'{ref[0]}' and '{art.path}' are not exports of one model (their class "
-                f"probabilities on '{first}' differ); evaluate one model's exports at a time"
+                f"probabilities on '{name}' differ); evaluate one model's exports at a time"
             )
 
 
 def _local(
-    args: argparse.Namespace, artifacts: list[Any], paths: list[str], bar: Any
+    args: argparse.Namespace,
+    artifacts: list[Any],
+    paths: list[str],
+    size: tuple[int, int],
+    bar: Any,
 ) -> list[list[dict[str, Any]]]:
-    """Per model, per image: its row or ``{"error": ...}``, in this process."""
+    """Per model, per image: its row or ``{"error": ...}``, in this process. Each image is
+    read once and scored by every model in turn."""
     from ..artifact.evaluate import evaluate_image
     from ..artifact.pipeline import OverlayOptions, read
 
-    out = []
-    for path, art in zip(args.model, artifacts, strict=True):
-        size = tuple(art.metadata["input_size"])
-        art.outputs(read(paths[0], size, OverlayOptions()).input[None])  # warm-up: steady ms
-        mine: list[dict[str, Any]] = []
-        for image_path in paths:
+    out: list[list[dict[str, Any]]] = [[] for _ in artifacts]
+    for image_path in paths:
+        try:
+            image = read(image_path, size, OverlayOptions()).input
+        except Exception as exc:
+            image, error = None, {"error": first_line(exc)}
+        for path, art, mine in zip(args.model, artifacts, out, strict=True):
             bar.set_postfix_str(path, refresh=False)
-            try:
-                image = read(image_path, size, OverlayOptions()).input
-                mine.append(evaluate_image(art, image, args.steps, args.batch_size))
-            except Exception as exc:
-                mine.append({"error": first_line(exc)})
+            if image is None:
+                mine.append(error)
+            else:
+                try:
+                    mine.append(evaluate_image(art, image, args.steps, args.batch_size))
+                except Exception as exc:
+                    mine.append({"error": first_line(exc)})
             bar.update(1)
-        out.append(mine)
     return out
 
 
@@ -193,14 +201,14 @@ def _run(args: argparse.Namespace) -> int:
     artifacts = [runtime.load(path, "cpu", args.threads) for path in args.model]
     for art in artifacts:
         check_evaluable(art)
-    sizes = {tuple(art.metadata["input_size"]) for art in artifacts}
+    sizes = sorted({tuple(art.metadata["input_size"]) for art in artifacts})
     if len(sizes) > 1:
-        shown = " and ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        shown = " and ".join(f"{h}x{w}" for h, w in sizes)
         raise UsageError(
             f"the models take different input sizes ({shown}); export every method at one size"
         )
-    first = {size: read(paths[0], size, OverlayOptions()).input for size in sizes}
-    _same_model(artifacts, first, paths[0])
+    size = sizes[0]
+    _same_model(artifacts, read(paths[0], size, OverlayOptions()).input, paths[0])
     ensure_out_dir(args.out)
     total = len(paths) * len(artifacts)
     bar = tqdm(total=total, unit="img", disable=args.quiet or total < 2, file=sys.stderr)
@@ -219,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
             (lambda _m: None) if args.quiet else log,
         )
     else:
-        found = _local(args, artifacts, paths, bar)
+        found = _local(args, artifacts, paths, size, bar)
     bar.close()
     rows: list[dict[str, Any]] = []
     summary = []
