@@ -72,7 +72,7 @@ def test_fused_layers_equal_the_reference_fusion(tmp_path, method, formats):
 @pytest.mark.parametrize(
     "method, formats",
     [
-        ("gradcam++", ("onnx",)),
+        pytest.param("gradcam++", ("onnx",), marks=pytest.mark.slow),  # fast: mean fusion above
         pytest.param("gradcam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
         pytest.param("eigencam", ("torchscript", "onnx", "pt2"), marks=pytest.mark.slow),
     ],

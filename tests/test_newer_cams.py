@@ -49,10 +49,15 @@ def check(model, layer: str, method: str, out, formats) -> None:
     explainer.remove()
 
 
-# `make test` keeps the squarings (kpcacam) and the lowered |g| (segeigencam); fem runs with the
-# slow tests (here, and in every format below).
+# `make test` keeps the lowered |g| (segeigencam) and kpcacam's kernel on the embedded model's
+# maps (below); kpcacam's export and fem run with the slow tests (here, and in every format).
 @pytest.mark.parametrize(
-    "method", ["kpcacam", "segeigencam", pytest.param("fem", marks=pytest.mark.slow)]
+    "method",
+    [
+        pytest.param("kpcacam", marks=pytest.mark.slow),
+        "segeigencam",
+        pytest.param("fem", marks=pytest.mark.slow),
+    ],
 )
 def test_every_newer_method_equals_its_reference_on_a_gap_linear_model(tmp_path, method):
     check(tiny_resnet(seed=2), "layer2.bn2", method, tmp_path, ("onnx",))
