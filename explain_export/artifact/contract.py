@@ -27,6 +27,7 @@ from .archive import check_file
 
 __all__ = [
     "DETECTION_OUTPUTS",
+    "FAITHFULNESS_OUTPUTS",
     "FILES",
     "FORMAT",
     "HEATMAP_DTYPES",
@@ -65,6 +66,10 @@ HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(25
 # heatmap [N,D,H,W] (map j explains detection j) or [N,1,H,W] (one class-agnostic map per image)
 DETECTION_OUTPUTS = ["boxes", "scores", "classes", "count", "heatmap"]
 
+# an export with --faithfulness: per map of class c on image x ([N], or [N,k] with top-k),
+# softmax(logits(x))[c], softmax(logits(x ⊙ m))[c], mean(m), (pearson(m, m') + 1) / 2
+FAITHFULNESS_OUTPUTS = ("score", "masked_score", "complexity", "coherency")
+
 
 class Detections(NamedTuple):
     """A detector's outputs for a batch, as an artifact's call returns them
@@ -78,15 +83,20 @@ class Detections(NamedTuple):
 
 
 def output_names(
-    overlay: bool = False, classes: bool = False, task: str | None = None
+    overlay: bool = False,
+    classes: bool = False,
+    task: str | None = None,
+    faithfulness: bool = False,
 ) -> list[str]:
     """The graph's outputs, in order: ``logits``, ``heatmap``, and the in-graph ``overlay`` or a
-    top-k graph's ``classes``; a ``detection`` task's :data:`DETECTION_OUTPUTS`."""
+    top-k graph's ``classes``, then with ``faithfulness`` the :data:`FAITHFULNESS_OUTPUTS`; a
+    ``detection`` task's :data:`DETECTION_OUTPUTS`."""
     if task == "detection":
         return list(DETECTION_OUTPUTS)
-    return (
+    names = (
         ["logits", "heatmap"] + (["overlay"] if overlay else []) + (["classes"] if classes else [])
     )
+    return names + (list(FAITHFULNESS_OUTPUTS) if faithfulness else [])
 
 
 def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:

@@ -56,15 +56,17 @@ def check_options(
     layers: Sequence[object] | None = None,
     class_input: bool = False,
     fuse: str | None = None,
+    faithfulness: bool = False,
 ) -> None:
     """An :class:`.OptionError` for the first pair of options that cannot go together, or a
-    value no model can take: a class (``target``, ``top_k``, ``class_input``) for a method that
-    explains none; ``top_k`` with ``target``, ``class_input`` or the in-graph ``overlay``;
-    ``head`` for a method without cam's linear layer; several ``layers`` for cam, or one
-    listed twice; ``fuse`` (how to fuse) with fewer than two ``layers``, or not a fusion's name;
-    ``top_k`` below 1, a negative ``target`` or ``overlay_alpha``."""
+    value no model can take: a class (``target``, ``top_k``, ``class_input``) or the
+    ``faithfulness`` scores of a class for a method that explains none; ``top_k`` with
+    ``target``, ``class_input`` or the in-graph ``overlay``; ``head`` for a method without
+    cam's linear layer; several ``layers`` for cam, or one listed twice; ``fuse`` (how to fuse)
+    with fewer than two ``layers``, or not a fusion's name; ``top_k`` below 1, a negative
+    ``target`` or ``overlay_alpha``."""
     spec = None if method == AUTO else methods.get(method)
-    _check_class(spec, target, top_k, class_input)
+    _check_class(spec, target, top_k, class_input, faithfulness)
     if target is not None and target < 0:
         raise OptionError(
             "target", "{name} {t} is out of range: a class index is 0 or more", t=target
@@ -103,11 +105,22 @@ def check_options(
 
 
 def _check_class(
-    spec: Method | None, target: int | None, top_k: int | None, class_input: bool
+    spec: Method | None,
+    target: int | None,
+    top_k: int | None,
+    class_input: bool,
+    faithfulness: bool = False,
 ) -> None:
     """A class asked of a method that explains none (auto always explains one)."""
     if spec is None or spec.has_class:
         return
+    if faithfulness:
+        raise OptionError(
+            "faithfulness",
+            "{name} scores the map of a class, and {m} explains none; pick a method that "
+            "explains a class (cam, gradcam, ...) or drop {name}",
+            m=spec.name,
+        )
     if target is not None:
         raise OptionError(
             "target",

@@ -29,6 +29,7 @@ CLASSIFIER_FLAGS: dict[str, tuple[str, Any]] = {
     "top_k": ("--top-k", None),
     "class_index": ("--class-index", None),
     "class_input": ("--class-input", False),
+    "faithfulness": ("--faithfulness", False),
     "overlay_output": ("--overlay-output", False),
     "half": ("--half", False),
     "dynamic_size": ("--dynamic-size", False),

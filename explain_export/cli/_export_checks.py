@@ -56,6 +56,7 @@ def check_flags(args: argparse.Namespace) -> Checked:
             layers=args.layer if args.layer and len(args.layer) > 1 else None,
             class_input=args.class_input,
             fuse=args.fuse,
+            faithfulness=args.faithfulness,
         )
     formats = check_formats(tuple(f.strip() for f in args.formats.split(",") if f.strip()))
     sampling = check_sampling(args)

@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         "per image (-1: the top-1 class, or --class-index)",
     )
     e.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="add four outputs that say how far to trust each map m of class c: score "
+        "(softmax of c), masked_score (softmax of c on the image times m), complexity (mean of "
+        "m) and coherency ((pearson of m and c's map of the masked image + 1) / 2); explain-run "
+        "and explain-serve add average drop, increase in confidence and ADCC. Costs one more "
+        "forward pass and explanation in the graph. Classifiers, methods with a class",
+    )
+    e.add_argument(
         "--output",
         metavar="KEY|INDEX",
         help="where the model returns several outputs, the one with the logits [N,K]: a dict "
@@ -357,6 +366,7 @@ def _run(args: argparse.Namespace) -> int:
         opset=args.opset or DEFAULT_OPSET,
         dynamic_size=args.dynamic_size,
         class_input=args.class_input,
+        faithfulness=args.faithfulness,
         log=log,
     )
     print(format_report(result.parity, args.half, result.metadata["parity"]["overlay_tol"] or 0))

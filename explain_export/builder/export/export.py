@@ -33,6 +33,7 @@ from ...errors import (
     ParityError,
 )
 from ..explainer import Explainer
+from ..faithful import Faithful, check_faithfulness, second_explainer, with_scores
 from ..lower import lowering
 from ..lower.trace_state import kept_attributes
 from ..plan import Plan
@@ -157,14 +158,18 @@ def export_explainer(
     opset: int = DEFAULT_OPSET,
     dynamic_size: bool = False,
     class_input: bool = False,
+    faithfulness: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> ExportResult:
     """Export to ``formats``, verify each file against eager, then move them into ``out_dir``.
+    ``faithfulness`` adds the four scores of each map (:mod:`..faithful`).
 
     Raises :class:`~.errors.ParityError` (nothing moved into place) if any check fails.
     """
     check_formats(formats)
     info = explainer.plan
+    if faithfulness:
+        check_faithfulness(explainer)
     if class_input and not info.method_spec.has_class:
         raise OptionError(
             "class_input",
@@ -188,11 +193,39 @@ def export_explainer(
         )
     ensure_out_dir(out_dir)
     free = explainer.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
-    with free, _on_cpu(explainer, log):
+    with free, _on_cpu(explainer, log), _second(explainer, faithfulness, dynamic_size) as second:
         result = _export(
-            explainer, info, out_dir, formats, model, labels, opset, dynamic_size, class_input, log
+            explainer,
+            info,
+            out_dir,
+            formats,
+            model,
+            labels,
+            opset,
+            dynamic_size,
+            class_input,
+            log,
+            second,
         )
     return result
+
+
+@contextlib.contextmanager
+def _second(
+    explainer: Explainer, faithfulness: bool, dynamic_size: bool
+) -> Iterator[Explainer | None]:
+    """With ``faithfulness``, the masked images' explainer (:func:`.faithful.second_explainer`)
+    while the export runs, its taps removed after; else None."""
+    if not faithfulness:
+        yield None
+        return
+    second = second_explainer(explainer)
+    free = second.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
+    try:
+        with free:
+            yield second
+    finally:
+        second.remove()
 
 
 @contextlib.contextmanager
@@ -222,19 +255,26 @@ def _export(
     dynamic_size: bool,
     class_input: bool,
     log: Callable[[str], None],
+    second: Explainer | None = None,
 ) -> ExportResult:
     """:func:`export_explainer` after its argument checks: stage, verify, commit."""
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
+    scored = None if second is None else Faithful(explainer, second, explainer)
     try:
         with kept_attributes(explainer):  # a trace's fake tensors leave no cache behind
-            staged = _stage(explainer, info, tmp, formats, opset, dynamic_size, class_input, log)
-        report, gpu_rows, overlay = _verify(explainer, info, staged, dynamic_size, class_input, log)
+            staged = _stage(
+                explainer, info, tmp, formats, opset, dynamic_size, class_input, log, second
+            )
+        report, gpu_rows, overlay = _verify(
+            explainer, info, staged, dynamic_size, class_input, log, scored
+        )
         metadata = build_metadata(
             info,
             model=model,
             labels=labels,
             dynamic_size=dynamic_size,
             class_input=class_input,
+            faithfulness=second is not None,
             opset=opset,
             parity=report,
             overlay_tol=overlay,
@@ -255,8 +295,10 @@ def _stage(
     dynamic_size: bool,
     class_input: bool,
     log: Callable[[str], None],
+    second: Explainer | None = None,
 ) -> dict[str, str]:
-    """Write every format into the staging folder ``tmp``; the file of each format by name."""
+    """Write every format into the staging folder ``tmp``; the file of each format by name;
+    with ``second`` (the masked images' explainer), the faithfulness scores too."""
     args = _example_args(info, class_input)
     shapes = _dynamic_shapes(info, dynamic_size, class_input)
     module: torch.nn.Module = explainer
@@ -265,6 +307,9 @@ def _stage(
         dims = {i: list(spec) for i, spec in enumerate(shapes.values())}  # as _dynamic_shapes
         module = lowering.lower(explainer, args, dims)
         log(f"lowered the gradient to forward ops in {time.perf_counter() - t0:4.1f}s")
+    if second is not None:
+        module = with_scores(explainer, module, second, dynamic_size)
+    names = output_names(info.graph.overlay, info.names_classes, faithfulness=second is not None)
     staged = {fmt: os.path.join(tmp, FILES[fmt]) for fmt in formats}
     for fmt, path in staged.items():
         t0 = time.perf_counter()
@@ -275,7 +320,7 @@ def _stage(
                 path,
                 opset,
                 shapes,
-                output_names(info.graph.overlay, info.names_classes),
+                names,
             )
         elif fmt == "pt2":
             to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
@@ -292,13 +337,16 @@ def _verify(
     dynamic_size: bool,
     class_input: bool,
     log: Callable[[str], None],
+    scored: Faithful | None = None,
 ) -> tuple[verify.ParityReport, list[verify.DeviceRow], float | None]:
     """Check every staged file against eager (:mod:`.verify`), on the CPU and where there is
-    one on a GPU: ``(parity report, GPU rows, overlay limit)``, or an error saying what failed."""
+    one on a GPU: ``(parity report, GPU rows, overlay limit)``, or an error saying what failed.
+    ``scored``: the eager explainer with the faithfulness scores, whose files have them."""
     largest = 2 if info.method_spec.samples else 3
     all_cases = verify.cases(info.input_size, dynamic_size, class_input, info.num_classes, largest)
     overlay_tol = verify.overlay_limit(explainer) if info.graph.overlay else None
-    refs = verify.references(explainer, all_cases)
+    names = output_names(info.graph.overlay, info.names_classes, faithfulness=scored is not None)
+    refs = verify.references(explainer, all_cases, scored)
     heat_limits = verify.heatmap_limits(explainer, all_cases, refs)
     exact = Float64Reference(explainer, all_cases, refs)  # runs only where a case fails
     rows: list[verify.ParityRow] = []
@@ -311,6 +359,7 @@ def _verify(
                 f"the exported ONNX file fails onnx.checker: {root_cause(exc)}; nothing was written"
             ) from exc
         artifact = RUNTIMES[fmt](path, input_format=info.graph.input_format)
+        artifact.output_names = names  # the contract's: no metadata is stamped yet
         try:
             rows += verify.parity(fmt, artifact, explainer, all_cases, heat_limits, refs, exact)
         except Exception as exc:

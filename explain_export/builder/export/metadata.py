@@ -25,6 +25,23 @@ def _sampling(info: Plan) -> dict[str, Any] | None:
     return {"kind": kind, "steps": sampling.steps, "noise": sampling.noise, "seed": sampling.seed}
 
 
+SCORE_MEANINGS = {  # --faithfulness: per map m of class c on the image x (RGB in [0, 1])
+    "score": "softmax(logits(x))[c]",
+    "masked_score": "softmax(logits(x * m))[c], m broadcast over the channels",
+    "complexity": "mean(m)",
+    "coherency": "(pearson(m, m') + 1) / 2, m' the map of c on x * m",
+}
+
+
+def _score_specs(k: int | None) -> list[TensorSpec]:
+    """The four faithfulness outputs, ``[N]`` or ``[N, k]``."""
+    shape: tuple[Any, ...] = ("N",) if k is None else ("N", k)
+    return [
+        TensorSpec(name, "float32", shape, {"meaning": meaning, "range": [0.0, 1.0]})
+        for name, meaning in SCORE_MEANINGS.items()
+    ]
+
+
 def build_metadata(
     info: Plan,
     *,
@@ -33,6 +50,7 @@ def build_metadata(
     dynamic_size: bool,
     class_input: bool,
     opset: int,
+    faithfulness: bool = False,
     parity: list[verify.ParityRow],
     overlay_tol: float | None = None,
     gpu_rows: list[verify.DeviceRow] | None = None,
@@ -80,6 +98,8 @@ def build_metadata(
     elif info.segmentation:
         meaning = "the class whose predicted pixels the heatmap explains"
         outputs.append(TensorSpec("classes", "int64", ("N", 1), {"meaning": meaning}))
+    if faithfulness:
+        outputs += _score_specs(k)
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=tuple(inputs),
@@ -126,6 +146,11 @@ def build_metadata(
             "float64_rule": parity64.RULE,
             "spread_max": verify.SPREAD_MAX,
             "rules": verify.RULES,  # what each row's "rule" means
+            **(
+                {"scores_tol": verify.SCORES_TOL, "scores_tol_times": verify.SCORES_TIMES}
+                if faithfulness
+                else {}
+            ),
             "rows": [r.to_dict() for r in parity],
             "gpu": [r.to_dict() for r in gpu_rows or []],
             "gpu_rule": f"same top-1 and heatmap correlation >= {verify.CORR_MIN} on the photos",

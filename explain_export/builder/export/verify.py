@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...artifact import samples
-from ...artifact.contract import graph_image, heatmap_unit, output_names
+from ...artifact.contract import FAITHFULNESS_OUTPUTS, graph_image, heatmap_unit, output_names
 from ..explainer import Explainer
 from . import parity64
 from .device_parity import CORR_MIN, DeviceRow, correlation, format_device_rows, on_device
@@ -42,6 +42,8 @@ __all__ = [
     "NOISE",
     "NOISE_DRAWS",
     "RULES",
+    "SCORES_TIMES",
+    "SCORES_TOL",
     "SPREAD_MAX",
     "Case",
     "DeviceRow",
@@ -60,6 +62,7 @@ __all__ = [
     "overlay_limit",
     "parity",
     "references",
+    "scores_limit",
 ]
 
 LOGITS_TOL = 1e-3
@@ -67,6 +70,10 @@ HEATMAP_TOL = 1e-4
 HALF_LOGITS_TOL = 5e-2
 HALF_HEATMAP_TOL = 1e-2
 SPREAD_MAX = 1e-2  # the most eager's own spread may widen a float32 heatmap limit to
+# the faithfulness scores (probabilities, a mean and a correlation, all in [0, 1]): within
+# max(SCORES_TOL, SCORES_TIMES · the case's heatmap limit), as they follow the map
+SCORES_TOL = 1e-3
+SCORES_TIMES = 10
 RULES = {
     "fixed": "the fixed limits",
     "spread": f"heatmap within 2x eager's own spread under input noise (at most {SPREAD_MAX:g})",
@@ -114,6 +121,8 @@ class ParityRow:
     float64: dict | None = None  # where a fixed limit failed: vs float64 eager (.parity64)
     rule: str = "fixed"  # which rule judged the row (RULES): fixed, spread or float64
     spread_limit: float | None = None  # 2x eager's own spread, where more than the fixed limit
+    scores_err: float | None = None  # --faithfulness: max |diff| of the four scores
+    scores_limit: float | None = None  # their limit (scores_limit)
 
     def to_dict(self) -> dict:
         """JSON-ready (the size as a list)."""
@@ -166,19 +175,27 @@ def _class_indices(n: int, num_classes: int) -> np.ndarray:
 
 @torch.inference_mode()
 def eager(
-    explainer: Explainer, case: Case, noise: torch.Tensor | None = None
+    explainer: Explainer,
+    case: Case,
+    noise: torch.Tensor | None = None,
+    scored: torch.nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
     """Every output of the eager explainer for ``case`` (``noise`` added to its normalized
-    input), by name."""
+    input), by name; ``scored`` (:class:`..faithful.Faithful` around ``explainer``) adds the
+    faithfulness scores."""
     device = explainer.mean.device
     image = torch.from_numpy(graph_image(case.image, explainer.graph.input_format)).to(device)
     index = None if case.class_index is None else torch.from_numpy(case.class_index).to(device)
-    if noise is None:
+    names = output_names(
+        explainer.graph.overlay, explainer.plan.names_classes, faithfulness=scored is not None
+    )
+    if scored is not None:
+        result = scored(image, index)
+    elif noise is None:
         result = explainer(image, index)
     else:  # the same steps as forward, with the noise added between normalization and model
         x = explainer.normalize(image) + noise.to(device)
         result = explainer.finish(image, *explainer.run(x, index), index)
-    names = output_names(explainer.graph.overlay, explainer.plan.names_classes)
     return {n: t.cpu().numpy() for n, t in zip(names, result, strict=True)}
 
 
@@ -196,9 +213,24 @@ NOISE = 1e-5  # in normalized input units: 1/1700 of one 8-bit level (about 0.01
 NOISE_DRAWS = 3
 
 
-def references(explainer: Explainer, all_cases: list[Case]) -> list[dict[str, np.ndarray]]:
-    """The eager outputs of every case (:func:`eager`), computed once for every format."""
-    return [eager(explainer, case) for case in all_cases]
+def references(
+    explainer: Explainer, all_cases: list[Case], scored: torch.nn.Module | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The eager outputs of every case (:func:`eager`, with ``scored``'s faithfulness scores),
+    computed once for every format."""
+    return [eager(explainer, case, scored=scored) for case in all_cases]
+
+
+def scores_limit(heat_limit: float) -> float:
+    """The faithfulness scores' limit for a case whose heatmap limit is ``heat_limit``."""
+    return max(SCORES_TOL, SCORES_TIMES * heat_limit)
+
+
+def _scores_err(got: dict[str, Any], ref: dict[str, np.ndarray]) -> float | None:
+    """The largest ``|file − eager|`` of the faithfulness scores; None without them."""
+    if FAITHFULNESS_OUTPUTS[0] not in ref:
+        return None
+    return max(_max_diff(got.get(name), ref[name]) for name in FAITHFULNESS_OUTPUTS)
 
 
 def heatmap_limits(
@@ -274,6 +306,8 @@ def parity(
         oe = _max_diff(got.get("overlay"), ref["overlay"]) if "overlay" in ref else None
         limit = logits_limit(ref["logits"], logits_tol)
         same = "classes" not in ref or _max_diff(got.get("classes"), ref["classes"]) == 0
+        se, s_limit = _scores_err(got, ref), scores_limit(heat_limit)
+        same = same and (se is None or se <= s_limit)
         ok = bool(le <= limit and he <= heat_limit and (oe is None or oe <= overlay_tol) and same)
         f64 = None if ok or exact is None else exact.check(i, got, limit, heat_limit)
         if f64 is not None:  # each output within its fixed limit or the float64 one
@@ -289,6 +323,8 @@ def parity(
         rule = "float64" if f64 is not None else "fixed" if spread is None else "spread"
         row = ParityRow(fmt, case.label, n, (hh, ww), le, he, ok, oe, limit, heat_limit, levels)
         row = replace(row, rule=rule, spread_limit=spread)
+        if se is not None:
+            row = replace(row, scores_err=se, scores_limit=s_limit)
         rows.append(row if f64 is None else replace(row, float64=f64.to_dict()))  # NaN fails
     return rows
 
@@ -312,18 +348,23 @@ def format_report(rows: list[ParityRow], half: bool = False, overlay_tol: float 
     any row's is not ``fixed``."""
     logits_tol, heat_tol = limits(half)
     overlay = any(r.overlay_err is not None for r in rows)
+    scores = any(r.scores_err is not None for r in rows)
     head = f"logits {logits_tol:g}·max(1, max|logits|), heatmap {heat_tol:g}" + (
         f", overlay {overlay_tol:g} levels" if overlay else ""
     )
+    if scores:
+        head += f", scores max({SCORES_TOL:g}, {SCORES_TIMES}x the heatmap's limit)"
     lines = [
         f"parity vs eager (max |diff|; limits: {head})",
         f"  {'format':<12} {'input':<28} {'batch':>5} {'size':>9} {'logits':>9} {'heatmap':>9}"
         + (f" {'overlay':>7}" if overlay else "")
+        + (f" {'scores':>9}" if scores else "")
         + f" {'limit':>8}  rule",
     ]
     for r in rows:
         size = f"{r.size[0]}x{r.size[1]}"
         extra = f" {r.overlay_err:>7.0f}" if r.overlay_err is not None else ""
+        extra += f" {r.scores_err:>9.2e}" if r.scores_err is not None else ""
         limit = f"{r.heatmap_limit:.1e}" if r.heatmap_limit is not None else "-"
         notes = []
         base = (r.heatmap_limit or 0) - (1 / 255 if r.heatmap_levels else 0)

@@ -59,9 +59,10 @@ def root_cause(exc: BaseException, limit: int = 300) -> str:
 
 def to_torchscript(explainer: torch.nn.Module, args: tuple[torch.Tensor, ...], path: str) -> None:
     """``torch.jit.trace`` + ``torch.jit.freeze``, saved to ``path``; a lowered graph
-    (:class:`.lowering.Lowered`) is scripted, its head traced, not frozen. The batch is free."""
+    (:class:`.lowering.Lowered`, alone or as a child) is scripted, the rest traced, not frozen.
+    The batch is free."""
     with quiet(), torch.no_grad():
-        if isinstance(explainer, lowering.Lowered):
+        if lowering.holds_lowered(explainer):
             module = lowering.to_script(explainer, args)
         else:
             traced = torch.jit.trace(explainer.eval(), args, check_trace=False)

@@ -28,6 +28,7 @@ copied (:mod:`.rewrites`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -58,6 +59,7 @@ __all__ = [
     "Lowered",
     "check_lowered",
     "decompositions",
+    "holds_lowered",
     "lower",
     "script_graph",
     "to_script",
@@ -173,7 +175,7 @@ def lower(explainer: Any, args: tuple[Tensor, ...], dynamic: dict[int, Sequence[
         return (logits, *_as_list(features), *_as_list(grads))
 
     graph = trace(capture, args, dynamic, explainer, explainer.method.second_order)
-    return Lowered(graph, explainer.heatmap_head, explainer.capture_counts)
+    return Lowered(graph, explainer.heatmap_head, explainer.capture_counts, len(args))
 
 
 def _as_list(maps: Tensor | list[Tensor]) -> list[Tensor]:
@@ -205,7 +207,8 @@ class Lowered(nn.Module):
     ..∂y_c/∂A_L)`` for ``L`` fused maps; a method at the image's maps and gradients,
     :mod:`..pixel_capture`); ``counts`` says how many maps and gradients; ``head`` is the
     explainer's :class:`~.heatmap_head.HeatmapHead`, :class:`~.heatmap_head.FusedHead` or
-    :class:`~.pixel_head.PixelHead` (no model weights).
+    :class:`~.pixel_head.PixelHead` (no model weights); ``inputs`` how many inputs the graph
+    takes (the image, and a class index).
     """
 
     def __init__(
@@ -213,11 +216,13 @@ class Lowered(nn.Module):
         graph: torch.fx.GraphModule | nn.Module,
         head: nn.Module,
         counts: tuple[int, int] = (1, 1),
+        inputs: int = 1,
     ) -> None:
         super().__init__()
         self.graph_module = graph
         self.head = head
         self.counts = counts
+        self.inputs = inputs
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         if class_index is None:
@@ -282,10 +287,30 @@ def script_graph(graph_module: torch.fx.GraphModule, inputs: int = 1) -> torch.j
         return torch.jit.script(wrapper.eval())
 
 
-def to_script(lowered: Lowered, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
-    """TorchScript of a lowered explainer: the graph scripted (:func:`script_graph`), the head
-    traced like ``cam``'s around it, calling the scripted graph."""
-    scripted = script_graph(lowered.graph_module, len(args))
+def to_script(module: nn.Module, args: tuple[Tensor, ...]) -> torch.jit.ScriptModule:
+    """TorchScript of a module that is, or holds as its children, lowered explainers
+    (:class:`Lowered`): each lowered graph scripted (:func:`script_graph`), the rest (a head,
+    the faithfulness scores) traced around them like ``cam``'s, calling the scripted graphs."""
+    if isinstance(module, Lowered):
+        traced = _scripted(module)
+    else:  # a shallow copy whose lowered children run scripted graphs
+        traced = copy.copy(module)
+        traced._modules = {
+            name: _scripted(child) if isinstance(child, Lowered) else child
+            for name, child in module.named_children()
+        }
     with _quiet():
-        traced = Lowered(scripted, lowered.head, lowered.counts).eval()
-        return torch.jit.trace(traced, args, check_trace=False)
+        return torch.jit.trace(traced.eval(), args, check_trace=False)
+
+
+def _scripted(lowered: Lowered) -> Lowered:
+    """``lowered`` with its graph scripted (:func:`script_graph`)."""
+    scripted = script_graph(lowered.graph_module, lowered.inputs)
+    return Lowered(scripted, lowered.head, lowered.counts, lowered.inputs)
+
+
+def holds_lowered(module: nn.Module) -> bool:
+    """Whether ``module`` is a :class:`Lowered` or has one as a child."""
+    return isinstance(module, Lowered) or any(
+        isinstance(child, Lowered) for child in module.children()
+    )
