@@ -66,8 +66,8 @@ HEATMAP_DTYPES = ("float32", "uint8")  # the heatmap output: [0, 1], or round(25
 # heatmap [N,D,H,W] (map j explains detection j) or [N,1,H,W] (one class-agnostic map per image)
 DETECTION_OUTPUTS = ["boxes", "scores", "classes", "count", "heatmap"]
 
-# an export with --faithfulness: per map of class c on image x ([N], or [N,k] with top-k),
-# softmax(logits(x))[c], softmax(logits(x ⊙ m))[c], mean(m), (pearson(m, m') + 1) / 2
+# --faithfulness, per map m of class c on image x ([N], [N,k] with top-k): softmax(logits(x))[c],
+# softmax(logits(x ⊙ m))[c], mean(m), (pearson(m, m') + 1) / 2 with m' c's map of x ⊙ m
 FAITHFULNESS_OUTPUTS = ("score", "masked_score", "complexity", "coherency")
 
 
@@ -93,10 +93,8 @@ def output_names(
     ``detection`` task's :data:`DETECTION_OUTPUTS`."""
     if task == "detection":
         return list(DETECTION_OUTPUTS)
-    names = (
-        ["logits", "heatmap"] + (["overlay"] if overlay else []) + (["classes"] if classes else [])
-    )
-    return names + (list(FAITHFULNESS_OUTPUTS) if faithfulness else [])
+    names = ["logits", "heatmap"] + ["overlay"] * overlay + ["classes"] * classes
+    return names + list(FAITHFULNESS_OUTPUTS) * faithfulness
 
 
 def graph_image(image: np.ndarray, input_format: str) -> np.ndarray:

@@ -30,7 +30,10 @@ import numpy as np
 __all__ = [
     "BLUR_KERNEL",
     "BLUR_SIGMA",
+    "DERIVED",
+    "GRAPH_SCORES",
     "adcc",
+    "annotate",
     "auc",
     "average_drop",
     "blurred",
@@ -38,6 +41,7 @@ __all__ = [
     "deletion_steps",
     "increase_in_confidence",
     "insertion_steps",
+    "map_scores",
     "pixel_ranks",
     "step_counts",
 ]
@@ -136,3 +140,35 @@ def adcc(coherency: np.ndarray, complexity: np.ndarray, average_drop: np.ndarray
     ok = np.all([t > 0 for t in terms], axis=0)
     inv = sum(np.divide(1.0, t, out=np.zeros(shape), where=ok) for t in terms)
     return np.divide(3.0, inv, out=np.zeros(shape), where=ok)
+
+
+GRAPH_SCORES = ("score", "masked_score", "complexity", "coherency")  # an export's, per map
+DERIVED = ("average_drop", "increase_in_confidence", "adcc")  # the runner's, from those
+
+
+def map_scores(
+    score: float, masked_score: float, complexity: float, coherency: float
+) -> dict[str, float]:
+    """One map's four graph scores (``--faithfulness``) and the three derived from them:
+    ``average_drop``, ``increase_in_confidence`` (0 or 1) and ``adcc``, rounded to 1e-6."""
+    drop = average_drop(np.float64(score), np.float64(masked_score))
+    out = {
+        "score": score,
+        "masked_score": masked_score,
+        "complexity": complexity,
+        "coherency": coherency,
+        "average_drop": drop,
+        "increase_in_confidence": increase_in_confidence(score, masked_score),
+        "adcc": adcc(np.float64(coherency), np.float64(complexity), drop),
+    }
+    return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def annotate(explained: list[dict] | None, scores: dict[str, np.ndarray] | None) -> None:
+    """Give each entry of ``explained`` (one per map, in map order) its ``faithfulness``:
+    :func:`map_scores` of the graph's ``scores`` (each ``[K]``, one per map); in place. Nothing
+    happens without scores (an export without ``--faithfulness``) or entries."""
+    if not explained or scores is None:
+        return
+    for j, entry in enumerate(explained):
+        entry["faithfulness"] = map_scores(*(float(scores[name][j]) for name in GRAPH_SCORES))

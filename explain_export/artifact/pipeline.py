@@ -36,6 +36,8 @@ import numpy as np
 from ..errors import OptionError
 from . import detections, images, masks, overlay, regions
 from .contract import heatmap_unit
+from .faithfulness import GRAPH_SCORES
+from .summary import summary
 
 __all__ = [
     "CLASS_FREE_METHODS",
@@ -125,6 +127,7 @@ class Inferred(NamedTuple):
     logits: np.ndarray  # float32 [C]; a segmentation export's per-pixel scores [C, H', W']
     heatmaps: np.ndarray  # float32 [K, H, W] in [0, 1]; K = 1 unless the export is top-k
     classes: np.ndarray | None  # int64 [K], the class each map explains; None: no class
+    scores: dict[str, np.ndarray] | None = None  # --faithfulness: each of the four, [K]
 
 
 class Drawn(NamedTuple):
@@ -191,10 +194,16 @@ def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) 
     heatmaps, classes = heatmap_unit(out["heatmap"]), out.get("classes")
     if classes is None:
         classes = chosen_classes(artifact.metadata, out["logits"], class_index)
+    scores = {k: out[k] for k in GRAPH_SCORES if k in out}  # --faithfulness
     return [
-        Inferred(lg, hm, None if classes is None else classes[i])
+        Inferred(lg, hm, None if classes is None else classes[i], _image(scores, i))
         for i, (lg, hm) in enumerate(zip(out["logits"], heatmaps, strict=True))
     ]
+
+
+def _image(scores: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray] | None:
+    """Image ``i``'s faithfulness scores, each ``[K]``; None without them."""
+    return {k: v[i].reshape(-1) for k, v in scores.items()} or None
 
 
 class Detected(NamedTuple):
@@ -373,28 +382,3 @@ def explained(
     score the softmax of ``logits`` at that class, as in :func:`softmax_topk`."""
     p = _softmax(logits)
     return [_entry(p, int(c), labels) for c in np.asarray(classes).reshape(-1)]
-
-
-def _named(entry: dict[str, Any]) -> str:
-    """``label (score)``: two decimals, two digits where it is under 0.005, ``<1e-06`` where it
-    rounded to 0 (scores are kept to 1e-6)."""
-    s = float(entry["score"])
-    shown = f"{s:.2f}" if s >= 0.005 else f"{s:.1e}" if s > 0 else "<1e-06"
-    return f"{entry['label']} ({shown})"
-
-
-def summary(topk: list[dict[str, Any]], maps: list[dict[str, Any]] | None) -> str:
-    """The classes of one image's maps (``maps``, :func:`explained`'s) and its top-1, in words,
-    for the console and the sheet: ``map: Egyptian cat (0.78), the top-1`` where the map is
-    the top-1's, ``map: espresso (1.2e-03); top-1 Egyptian cat (0.78)`` where it is another
-    class's; a top-k export's ``maps: A (0.78), B (0.10)``; a map of no class (``maps`` None)
-    ``top-1 Egyptian cat (0.78); the map explains no class``. No characters but ASCII and the
-    labels' (the sheet's font draws ASCII)."""
-    top = topk[0]
-    if not maps:
-        return f"top-1 {_named(top)}; the map explains no class"
-    if len(maps) > 1:
-        return "maps: " + ", ".join(_named(m) for m in maps)
-    if maps[0]["class"] == top["class"]:
-        return f"map: {_named(maps[0])}, the top-1"
-    return f"map: {_named(maps[0])}; top-1 {_named(top)}"

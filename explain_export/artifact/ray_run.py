@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ExplainExportError, OptionError
 from ..words import count
+from . import faithfulness as fa
 from . import overlay, pipeline
 from .contract import check_metadata
 from .files import write_atomic
@@ -273,7 +274,8 @@ def parquet_bytes(
     ``{class, label, score}``), ``class_index`` (the class the heatmap explains where one was
     chosen, ``--class-index``; null: the graph's default) and ``explained`` (the class each
     map explains, in map order, as ``{class, label, score, outputs}``: one entry for a one-map
-    export, a top-k export's K, best first; null for a map of no class). A
+    export, a top-k export's K, best first; null for a map of no class; with ``faithfulness``,
+    :func:`.faithfulness.map_scores`', where the export has them). A
     ``segmentation`` export's rows have its region's fields instead of ``topk`` and
     ``explained``: ``class``, ``label``, ``pixel_share``, ``note`` (null unless no pixel is the
     class) and ``predicted`` (``{class, label, pixel_share}``, most pixels first). A
@@ -298,7 +300,10 @@ def parquet_bytes(
         schema = pa.schema([*head, *found, ("class_index", pa.int64())])
     else:
         entry = [("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())]
-        maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string()))]))
+        scored = any("faithfulness" in e for r in results for e in r.explained or [])
+        faithful = pa.struct([(k, pa.float64()) for k in fa.GRAPH_SCORES + fa.DERIVED])
+        more = [("faithfulness", faithful)] if scored else []  # --faithfulness exports
+        maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string())), *more]))
         topk = ("topk", pa.list_(pa.struct(entry)))
         schema = pa.schema([*head, topk, ("class_index", pa.int64()), ("explained", maps)])
     rows = [

@@ -43,9 +43,14 @@ def planned_files(name: str, opts: Any, maps: int = 1) -> list[str]:
 
 
 def with_files(maps: list[dict[str, Any]], name: str, opts: Any) -> list[dict[str, Any]]:
-    """``{class, label, score}`` per map, best first, each with its files' names."""
+    """``{class, label, score}`` per map, best first, each with its files' names, and its
+    ``faithfulness`` where it has it (:func:`.faithfulness.annotate`)."""
     return [
-        {**{k: m[k] for k in ("class", "label", "score")}, "outputs": map_files(name, opts, j)}
+        {
+            **{k: m[k] for k in ("class", "label", "score")},
+            "outputs": map_files(name, opts, j),
+            **{k: m[k] for k in ("faithfulness",) if k in m},
+        }
         for j, m in enumerate(maps, 1)
     ]
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError, UsageError
-from . import detections, images, overlay, pipeline, regions
+from . import detections, faithfulness, images, overlay, pipeline, regions
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
 from .run_files import (
@@ -358,6 +358,7 @@ def explain_batch(
         done = pipeline.render(
             image, out.logits, out.heatmaps, opts.topk, labels, opts, classes=out.classes
         )
+        faithfulness.annotate(done.explained, out.scores)  # --faithfulness exports: per map
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         batch[i].region = done.region
         rows[i] = write_maps(batch[i], image.bgr, done, opts)

@@ -18,7 +18,9 @@ confidence and ADCC from the four (:mod:`..artifact.faithfulness`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +39,7 @@ __all__ = [
     "Faithful",
     "check_faithfulness",
     "coherency",
+    "scoring",
     "second_explainer",
 ]
 
@@ -141,3 +144,21 @@ def with_scores(
     )
     dims = {0: [0, 2, 3] if dynamic_size else [0], 1: [0]}
     return Faithful(first, lowering.lower(second, args, dims), explainer)
+
+
+@contextlib.contextmanager
+def scoring(
+    explainer: Explainer, faithfulness: bool, dynamic_size: bool
+) -> Iterator[Explainer | None]:
+    """Within: with ``faithfulness``, the masked images' explainer (:func:`second_explainer`,
+    its heatmap head's size free where ``dynamic_size``), its taps removed after; else None."""
+    if not faithfulness:
+        yield None
+        return
+    second = second_explainer(explainer)
+    free = second.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
+    try:
+        with free:
+            yield second
+    finally:
+        second.remove()

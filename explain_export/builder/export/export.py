@@ -33,13 +33,14 @@ from ...errors import (
     ParityError,
 )
 from ..explainer import Explainer
-from ..faithful import Faithful, check_faithfulness, second_explainer, with_scores
+from ..faithful import Faithful, check_faithfulness, scoring, with_scores
 from ..lower import lowering
 from ..lower.trace_state import kept_attributes
 from ..plan import Plan
 from . import verify
 from .metadata import build_metadata
 from .parity64 import TIMES, Float64Reference
+from .signature import dynamic_shapes, example_args
 from .writers import root_cause, stamp, to_onnx, to_pt2, to_torchscript
 
 __all__ = [
@@ -68,42 +69,6 @@ class ExportResult:
     metadata: dict[str, Any]
     parity: list[verify.ParityRow] = field(default_factory=list)
     gpu: list[verify.DeviceRow] = field(default_factory=list)  # where a GPU was present
-
-
-def _example_args(info: Plan, class_input: bool, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    # Batch 2, not 1: exporters specialize a dimension of size 1 to a constant.
-    g = torch.Generator().manual_seed(1)
-    h, w = info.input_size
-    if info.graph.input_format == "uint8-nhwc":
-        image = torch.randint(0, 256, (batch, h, w, 3), generator=g, dtype=torch.uint8)
-    else:
-        image = torch.rand(batch, 3, h, w, generator=g)
-    return (image, torch.tensor([-1, 0])) if class_input else (image,)
-
-
-def _dynamic_shapes(
-    info: Plan, dynamic_size: bool, class_input: bool, auto_size: bool = False
-) -> dict[str, Any]:
-    """N dynamic; with ``dynamic_size`` H and W too (axes 2, 3 in NCHW, 1, 2 in NHWC).
-
-    ``auto_size`` lets ``torch.export`` derive the range of H and W (a network needs some
-    minimum size), where the torch version has ``Dim.AUTO``.
-    """
-    batch = torch.export.Dim("batch")
-    image: dict[int, Any] = {0: batch}
-    if dynamic_size:
-        hw = (1, 2) if info.graph.input_format == "uint8-nhwc" else (2, 3)
-        auto = getattr(torch.export.Dim, "AUTO", None) if auto_size else None
-        h, w = (
-            (auto, auto)
-            if auto is not None
-            else (torch.export.Dim("height"), torch.export.Dim("width"))
-        )
-        image.update({hw[0]: h, hw[1]: w})
-    shapes: dict[str, Any] = {"image": image}
-    if class_input:
-        shapes["class_index"] = {0: batch}
-    return shapes
 
 
 def _verify_on_gpu(
@@ -193,7 +158,7 @@ def export_explainer(
         )
     ensure_out_dir(out_dir)
     free = explainer.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
-    with free, _on_cpu(explainer, log), _second(explainer, faithfulness, dynamic_size) as second:
+    with free, _on_cpu(explainer, log), scoring(explainer, faithfulness, dynamic_size) as second:
         result = _export(
             explainer,
             info,
@@ -208,24 +173,6 @@ def export_explainer(
             second,
         )
     return result
-
-
-@contextlib.contextmanager
-def _second(
-    explainer: Explainer, faithfulness: bool, dynamic_size: bool
-) -> Iterator[Explainer | None]:
-    """With ``faithfulness``, the masked images' explainer (:func:`.faithful.second_explainer`)
-    while the export runs, its taps removed after; else None."""
-    if not faithfulness:
-        yield None
-        return
-    second = second_explainer(explainer)
-    free = second.heatmap_head.free_size() if dynamic_size else contextlib.nullcontext()
-    try:
-        with free:
-            yield second
-    finally:
-        second.remove()
 
 
 @contextlib.contextmanager
@@ -299,8 +246,8 @@ def _stage(
 ) -> dict[str, str]:
     """Write every format into the staging folder ``tmp``; the file of each format by name;
     with ``second`` (the masked images' explainer), the faithfulness scores too."""
-    args = _example_args(info, class_input)
-    shapes = _dynamic_shapes(info, dynamic_size, class_input)
+    args = example_args(info, class_input)
+    shapes = dynamic_shapes(info, dynamic_size, class_input)
     module: torch.nn.Module = explainer
     if explainer.method.needs_gradient:
         t0 = time.perf_counter()
@@ -323,7 +270,7 @@ def _stage(
                 names,
             )
         elif fmt == "pt2":
-            to_pt2(module, args, path, _dynamic_shapes(info, dynamic_size, class_input, True))
+            to_pt2(module, args, path, dynamic_shapes(info, dynamic_size, class_input, True))
         else:
             to_torchscript(module, args, path)
         log(f"exported {fmt:<11} in {time.perf_counter() - t0:5.1f}s")
