@@ -1,0 +1,203 @@
+"""``--faithfulness`` (issue 30, part 1): the four scores of each map in the graph, against a
+reference written here (an autograd Grad-CAM by hooks, :func:`reference.gradcam`, on the image
+and on the image times its map), in every format; what explain-run and the server report from
+them; bad requests refused in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from explain_export.artifact import faithfulness as fa
+from explain_export.artifact import runtime, samples
+from explain_export.artifact.contract import FAITHFULNESS_OUTPUTS, graph_image, heatmap_unit
+from explain_export.artifact.pipeline import OverlayOptions, read
+from explain_export.builder.explainer import build_explainer
+from explain_export.builder.export.export import export_explainer
+from explain_export.builder.graph_options import GraphOptions
+from explain_export.errors import OptionError
+
+from models import tiny_resnet, tiny_seg
+from reference import gradcam, normalize
+
+SIZE = (64, 64)
+PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+LAYER = "layer2"
+
+
+def photos(size: tuple[int, int] = SIZE) -> np.ndarray:
+    return np.stack([read(samples.photo_path(p), size, OverlayOptions()).input for p in PHOTOS])
+
+
+def softmax_at(logits: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
+    return logits.softmax(1).gather(1, classes[:, None])[:, 0].numpy()
+
+
+def pearson01(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(pearson + 1) / 2`` per image, written out: 0.5 where a map is flat."""
+    out = []
+    for x, y in zip(a.reshape(len(a), -1), b.reshape(len(b), -1), strict=True):
+        x, y = x.astype(np.float64) - x.mean(), y.astype(np.float64) - y.mean()
+        den = np.sqrt((x * x).sum() * (y * y).sum())
+        out.append(((x * y).sum() / den if den > 0 else 0.0) + 1)
+    return np.array(out) / 2
+
+
+def reference_scores(model, images: np.ndarray, classes: torch.Tensor) -> dict[str, np.ndarray]:
+    """The four scores of Grad-CAM at ``LAYER`` for ``classes``, by hooks and autograd."""
+    x = torch.from_numpy(images)
+    layer = model.get_submodule(LAYER)
+    m, logits = gradcam(model, normalize(x), layer, class_index=classes)
+    masked = x * torch.from_numpy(m)
+    m2, logits2 = gradcam(model, normalize(masked), layer, class_index=classes)
+    return {
+        "heatmap": m,
+        "score": softmax_at(logits, classes),
+        "masked_score": softmax_at(logits2, classes),
+        "complexity": m.mean((1, 2, 3)),
+        "coherency": pearson01(m, m2),
+    }
+
+
+def export(folder, formats=("onnx",), graph=GraphOptions(), top_k=None, **kwargs):
+    model = tiny_resnet(seed=3).eval()
+    explainer = build_explainer(model, LAYER, "gradcam", input_size=SIZE, graph=graph, top_k=top_k)
+    labels = [f"class{i}" for i in range(10)]
+    try:
+        result = export_explainer(
+            explainer, str(folder), formats, labels=labels, faithfulness=True, **kwargs
+        )
+    finally:
+        explainer.remove()
+    return model, result
+
+
+def check_against_reference(model, path: str, images: np.ndarray, input_format: str) -> None:
+    art = runtime.load(path)
+    out = art.outputs(images)
+    classes = torch.from_numpy(out["logits"]).argmax(1)
+    x = graph_image(images, input_format)  # what the graph takes, as float RGB in [0, 1]
+    if input_format == "uint8-nhwc":
+        x = x.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    want = reference_scores(model, x, classes)
+    np.testing.assert_allclose(heatmap_unit(out["heatmap"]), want["heatmap"], atol=5e-3)
+    for name in FAITHFULNESS_OUTPUTS:
+        assert out[name].shape == (len(images),) and out[name].dtype == np.float32
+        np.testing.assert_allclose(out[name], want[name], atol=2e-3, err_msg=f"{path}: {name}")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    return export(tmp_path_factory.mktemp("faithful"))
+
+
+def test_the_four_scores_equal_the_reference_on_photos(onnx_export):
+    model, result = onnx_export
+    check_against_reference(model, result.paths["onnx"], photos(), "float-nchw")
+    assert all(r.ok and r.scores_err is not None for r in result.parity)
+    meta = result.metadata
+    names = [t["name"] for t in meta["outputs"]]
+    assert names == ["logits", "heatmap", *FAITHFULNESS_OUTPUTS]
+    assert meta["outputs"][-1]["shape"] == ["N"] and meta["parity"]["scores_tol"] == 1e-3
+
+
+def test_a_score_that_is_wrong_in_the_file_fails_the_reference(onnx_export):
+    """The check above can fail: another class's scores are not the reference's."""
+    model, result = onnx_export
+    images = photos()
+    out = runtime.load(result.paths["onnx"]).outputs(images)
+    other = (torch.from_numpy(out["logits"]).argmax(1) + 1) % 10
+    want = reference_scores(model, images, other)
+    assert np.abs(out["masked_score"] - want["masked_score"]).max() > 1e-2
+
+
+@pytest.mark.slow
+def test_every_format_with_uint8_input_and_heatmap_and_a_free_size(tmp_path):
+    graph = GraphOptions(input_format="uint8-nhwc", heatmap_dtype="uint8")
+    model, result = export(tmp_path, ("torchscript", "onnx", "pt2"), graph, dynamic_size=True)
+    for fmt in ("torchscript", "onnx", "pt2"):
+        check_against_reference(model, result.paths[fmt], photos(), "uint8-nhwc")
+        check_against_reference(model, result.paths[fmt], photos((96, 80)), "uint8-nhwc")
+
+
+@pytest.mark.slow
+def test_top_k_scores_each_map(tmp_path):
+    model, result = export(tmp_path, top_k=2)
+    images = photos()
+    out = runtime.load(result.paths["onnx"]).outputs(images)
+    for j in range(2):
+        want = reference_scores(model, images, torch.from_numpy(out["classes"][:, j]))
+        for name in FAITHFULNESS_OUTPUTS:
+            assert out[name].shape == (3, 2)
+            np.testing.assert_allclose(out[name][:, j], want[name], atol=2e-3, err_msg=name)
+
+
+def test_explain_run_and_the_server_report_the_scores_and_what_they_give(onnx_export, tmp_path):
+    from explain_export.artifact.serve import app
+    from explain_export.cli.run import main as run_main
+
+    _, result = onnx_export
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in PHOTOS:
+        (folder / name).write_bytes(Path(samples.photo_path(name)).read_bytes())
+    out = tmp_path / "run"
+    assert (
+        run_main(["--model", result.paths["onnx"], "--images", str(folder), "--out", str(out)]) == 0
+    )
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    art = runtime.load(result.paths["onnx"])
+    for row in rows:
+        image = read(row["file"], SIZE, OverlayOptions()).input[None]
+        graph = art.outputs(image)
+        got = row["explained"][0]["faithfulness"]
+        assert got == fa.map_scores(*(float(graph[k][0]) for k in FAITHFULNESS_OUTPUTS))
+        drop = max(0.0, got["score"] - got["masked_score"]) / got["score"]
+        assert got["average_drop"] == pytest.approx(drop, abs=2e-6)
+        terms = (got["coherency"], 1 - got["complexity"], 1 - drop)
+        assert got["adcc"] == pytest.approx(3 / sum(1 / t for t in terms), abs=2e-6)
+
+    model = app.open_model(result.paths["onnx"])
+    handler = app.Handler(model, app.ServeOptions(), None)
+
+    async def infer(item):
+        return (await handler.run_batch([item]))[0]
+
+    handler.infer = infer
+    body = (folder / PHOTOS[0]).read_bytes()
+    reply = asyncio.run(handler.explain(body, app.parse_query({}, model.num_classes, False)))
+    assert reply.status == 200
+    assert reply.body["explained"][0]["faithfulness"] == rows[0]["explained"][0]["faithfulness"]
+
+
+def test_a_method_of_no_class_is_refused_before_the_model_loads(tmp_path, capsys):
+    from explain_export.cli.export import main
+
+    code = main(["--method", "eigencam", "--faithfulness", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--faithfulness scores the map of a class, and eigencam explains none" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_segmentation_model_is_refused_in_one_line(tmp_path):
+    explainer = build_explainer(tiny_seg(), input_size=SIZE)
+    with pytest.raises(OptionError, match="segmentation model's region is not scored"):
+        export_explainer(explainer, str(tmp_path), ("onnx",), faithfulness=True)
+    explainer.remove()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_triton_config_lists_the_four_scores(onnx_export):
+    from explain_export.artifact.triton import model_config
+
+    config = model_config(onnx_export[1].metadata, "onnx", "faithful")
+    outputs = {o.name: o for o in config.output}
+    assert list(outputs) == ["logits", "heatmap", *FAITHFULNESS_OUTPUTS]
+    for name in FAITHFULNESS_OUTPUTS:  # [N]: the batch alone, Triton's dims [1] reshaped to []
+        assert list(outputs[name].dims) == [1] and list(outputs[name].reshape.shape) == []
