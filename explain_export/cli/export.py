@@ -351,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
             f"task:   segmentation, per-pixel scores {scores}: the heatmap explains a class over "
             f"the pixels predicted as it: {info.target_spec.describe}"
         )
+    if args.faithfulness:
+        print("scores: score, masked_score, complexity, coherency of each map (--faithfulness)")
     if labels is None and info.num_classes == 1000:
         print(
             "labels: none; if the 1000 classes are ImageNet-1k's, --labels imagenet stores "
