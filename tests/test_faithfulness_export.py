@@ -20,10 +20,9 @@ from explain_export.artifact.pipeline import OverlayOptions, read
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.builder.graph_options import GraphOptions
-from explain_export.errors import OptionError
 
 from models import tiny_resnet, tiny_seg
-from reference import gradcam, normalize
+from reference import gradcam, normalize, region_gradcam
 
 SIZE = (64, 64)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
@@ -185,12 +184,51 @@ def test_a_method_of_no_class_is_refused_before_the_model_loads(tmp_path, capsys
     assert not (tmp_path / "x").exists()
 
 
-def test_a_segmentation_model_is_refused_in_one_line(tmp_path):
-    explainer = build_explainer(tiny_seg(), input_size=SIZE)
-    with pytest.raises(OptionError, match="segmentation model's region is not scored"):
-        export_explainer(explainer, str(tmp_path), ("onnx",), faithfulness=True)
+def region_probability(scores: torch.Tensor, c: int, pixels: np.ndarray) -> float:
+    """The mean over ``pixels`` of class ``c``'s softmax probability, by numpy."""
+    p = scores.softmax(0)[c].numpy()
+    return float(p[pixels].mean()) if pixels.any() else 0.0
+
+
+@pytest.mark.slow
+def test_a_segmentation_region_is_scored_over_its_pixels(tmp_path):
+    """``score`` and ``masked_score``: class c's mean probability over the pixels predicted as
+    c on the image, on the image and on the image times its map; ``m'`` the region map of c on
+    the masked image (its own pixels of c)."""
+    model = tiny_seg(seed=6).eval()  # its maps of class 1 are not flat on the photos
+    explainer = build_explainer(model, None, "gradcam", SIZE, background=4)
+    result = export_explainer(explainer, str(tmp_path), ("onnx",), faithfulness=True)
     explainer.remove()
-    assert list(tmp_path.iterdir()) == []
+    meta = result.metadata
+    assert [o["name"] for o in meta["outputs"]] == [
+        "logits",
+        "heatmap",
+        "classes",
+        *FAITHFULNESS_OUTPUTS,
+    ]
+    assert "mean over R" in meta["outputs"][3]["meaning"]
+    images = photos()
+    out = runtime.load(result.paths["onnx"]).outputs(images)
+    x = torch.from_numpy(images)
+    layer = model.backbone[2]
+    m, classes = region_gradcam(model, normalize(x), layer, background=4)
+    assert out["classes"][:, 0].tolist() == classes
+    assert (m.max((1, 2, 3)) > 0.99).all() and (m.mean((1, 2, 3)) < 0.9).all()  # not flat
+    masked = x * torch.from_numpy(m)
+    m2, _ = region_gradcam(model, normalize(masked), layer, classes)
+    with torch.no_grad():
+        scores, scores2 = model(normalize(x))["out"], model(normalize(masked))["out"]
+    for n, c in enumerate(classes):
+        pixels = scores[n].argmax(0).numpy() == c
+        assert 0 < pixels.mean() < 1  # a region, not the whole image
+        want = {
+            "score": region_probability(scores[n], c, pixels),
+            "masked_score": region_probability(scores2[n], c, pixels),
+            "complexity": m[n].mean(),
+            "coherency": pearson01(m[n : n + 1], m2[n : n + 1])[0],
+        }
+        for name, value in want.items():
+            assert out[name][n] == pytest.approx(value, abs=2e-3), name
 
 
 def test_the_triton_config_lists_the_four_scores(onnx_export):

@@ -164,11 +164,12 @@ def map_scores(
     return {k: round(float(v), 6) for k, v in out.items()}
 
 
-def annotate(explained: list[dict] | None, scores: dict[str, np.ndarray] | None) -> None:
-    """Give each entry of ``explained`` (one per map, in map order) its ``faithfulness``:
-    :func:`map_scores` of the graph's ``scores`` (each ``[K]``, one per map); in place. Nothing
-    happens without scores (an export without ``--faithfulness``) or entries."""
-    if not explained or scores is None:
+def annotate(maps: list[dict] | dict | None, scores: dict[str, np.ndarray] | None) -> None:
+    """Give each map's entry (``explained``: one per map, in map order; a segmentation
+    export's ``region``, its one map) its ``faithfulness``: :func:`map_scores` of the graph's
+    ``scores`` (each ``[K]``, one per map); in place. Nothing happens without scores (an export
+    without ``--faithfulness``) or entries."""
+    if not maps or scores is None:
         return
-    for j, entry in enumerate(explained):
+    for j, entry in enumerate([maps] if isinstance(maps, dict) else maps):
         entry["faithfulness"] = map_scores(*(float(scores[name][j]) for name in GRAPH_SCORES))

@@ -287,6 +287,7 @@ def parquet_bytes(
     import pyarrow.parquet as pq
 
     head = [("file", pa.string()), ("error", pa.string()), ("outputs", pa.list_(pa.string()))]
+    faithful = pa.struct([(k, pa.float64()) for k in fa.GRAPH_SCORES + fa.DERIVED])
     if detection:
         box = [("box", pa.list_(pa.float64())), ("class", pa.int64()), ("label", pa.string())]
         rle = [("size", pa.list_(pa.int64())), ("counts", pa.string())]
@@ -297,11 +298,12 @@ def parquet_bytes(
     elif segmentation:
         share = [("class", pa.int64()), ("label", pa.string()), ("pixel_share", pa.float64())]
         found = [*share, ("note", pa.string()), ("predicted", pa.list_(pa.struct(share)))]
+        scored = any("faithfulness" in (r.region or {}) for r in results)
+        found += [("faithfulness", faithful)] if scored else []  # --faithfulness exports
         schema = pa.schema([*head, *found, ("class_index", pa.int64())])
     else:
         entry = [("class", pa.int64()), ("label", pa.string()), ("score", pa.float64())]
         scored = any("faithfulness" in e for r in results for e in r.explained or [])
-        faithful = pa.struct([(k, pa.float64()) for k in fa.GRAPH_SCORES + fa.DERIVED])
         more = [("faithfulness", faithful)] if scored else []  # --faithfulness exports
         maps = pa.list_(pa.struct([*entry, ("outputs", pa.list_(pa.string())), *more]))
         topk = ("topk", pa.list_(pa.struct(entry)))

@@ -126,7 +126,7 @@ class ImageResult:
         if "topk" in row or self.error is not None or self.detections is not None:
             self.topk, self.region = row.get("topk", []), None
         else:
-            self.region = {k: row[k] for k in regions.FIELDS if k in row}
+            self.region = {k: row[k] for k in (*regions.FIELDS, "faithfulness") if k in row}
 
     @property
     def summary(self) -> str:
@@ -358,7 +358,7 @@ def explain_batch(
         done = pipeline.render(
             image, out.logits, out.heatmaps, opts.topk, labels, opts, classes=out.classes
         )
-        faithfulness.annotate(done.explained, out.scores)  # --faithfulness exports: per map
+        faithfulness.annotate(done.explained or done.region, out.scores)  # --faithfulness
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         batch[i].region = done.region
         rows[i] = write_maps(batch[i], image.bgr, done, opts)

@@ -9,6 +9,10 @@
 - ``coherency = (pearson(m, m') + 1) / 2``, ``m'`` the map of ``c`` on ``x ⊙ m`` (one more
   explanation, in the same pass); a flat map correlates with nothing (pearson 0).
 
+A segmentation model's class has per-pixel scores: ``score`` and ``masked_score`` are then the
+class's softmax probability averaged over its pixels on ``x`` (the region the map explains),
+on ``x`` and on ``x ⊙ m``; ``m'`` is the map of the class's pixels on ``x ⊙ m``.
+
 With a top-k target each of an image's ``k`` maps is scored (``[N, k]``), else ``[N]``. The
 second pass is a second explainer on the same model (:func:`second_explainer`): the same
 method, layer and head, its class given per image, its input float ``[N,3,H,W]`` (so ``x ⊙ m``
@@ -26,13 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from ..artifact.contract import FAITHFULNESS_OUTPUTS
-from ..errors import OptionError
 from .conflicts import check_options
 from .explainer import Explainer
 from .graph_options import GraphOptions
 from .lower import lowering
 from .maths import graph_io
-from .maths.targets import ClassLogit, Finer
+from .maths.targets import ClassLogit, Finer, Region, Target
 
 __all__ = [
     "FAITHFULNESS_OUTPUTS",
@@ -45,27 +48,22 @@ __all__ = [
 
 
 def check_faithfulness(explainer: Explainer) -> None:
-    """An :class:`.OptionError` in one line where the maps cannot be scored: a method that
-    explains no class, or a segmentation model (whose per-pixel scores have no softmax of one
-    class)."""
-    plan = explainer.plan
-    check_options(plan.method_spec, faithfulness=True)
-    if plan.segmentation:
-        raise OptionError(
-            "faithfulness",
-            "{name} scores a classifier's class; a segmentation model's region is not scored "
-            "yet, so drop {name}",
-        )
+    """An :class:`~..errors.OptionError` in one line where the maps cannot be scored: a method that
+    explains no class."""
+    check_options(explainer.plan.method_spec, faithfulness=True)
 
 
 def second_explainer(explainer: Explainer) -> Explainer:
-    """The explainer of the masked images: ``explainer``'s model, method, layers and head,
-    the class given at run time (Finer's comparison kept), float ``[N,3,H,W]`` input, no
-    overlay, a float32 heatmap. Its taps are armed only during its own calls, so the two
-    explainers share the model."""
+    """The explainer of the masked images: ``explainer``'s model, method, layers and head, the
+    class given at run time (Finer's comparison and a segmentation region kept), float
+    ``[N,3,H,W]`` input, no overlay, a float32 heatmap. Its taps are armed only during its own
+    calls, so the two explainers share the model."""
     plan = explainer.plan
-    base = ClassLogit()
-    target = Finer(base) if isinstance(plan.target_spec, Finer) else base
+    target: Target = ClassLogit()
+    if isinstance(plan.target_spec, Finer):
+        target = Finer(ClassLogit())
+    elif isinstance(plan.target_spec, Region):  # the pixels of the given class on x ⊙ m
+        target = Region(background=plan.target_spec.background)
     second = dataclasses.replace(plan, target_spec=target, graph=GraphOptions(half=plan.graph.half))
     return Explainer(explainer.model, second).to(explainer.mean.device)
 
@@ -80,6 +78,16 @@ def coherency(m: Tensor, m2: Tensor) -> Tensor:
     den = ((a * a).sum(-1) * (b * b).sum(-1)).sqrt()
     r = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
     return (r.clamp(-1.0, 1.0) + 1) / 2
+
+
+def region_probability(scores: Tensor, classes: Tensor, pixels: Tensor) -> Tensor:
+    """``[N, 1]``: the mean over ``pixels`` (bool ``[N, 1, H', W']``) of the softmax probability
+    of ``classes`` (``[N, 1]``) from per-pixel ``scores`` ``[N, K, H', W']``; 0 where there are
+    no pixels."""
+    p = torch.softmax(scores.float(), 1)
+    p_c = p.gather(1, classes[:, :, None, None].expand(-1, -1, *p.shape[2:]))
+    mask = pixels.to(p.dtype)
+    return (p_c * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1.0)
 
 
 class Faithful(nn.Module):
@@ -98,6 +106,8 @@ class Faithful(nn.Module):
         self.target = explainer.plan.target_spec
         self.input_format = explainer.graph.input_format
         self.top_k = explainer.plan.top_k
+        self.names_classes = explainer.plan.names_classes  # top-k, or a segmentation region
+        self.region = explainer.plan.segmentation
 
     def forward(self, image: Tensor, class_index: Tensor | None = None) -> tuple[Tensor, ...]:
         outs = self.first(image) if class_index is None else self.first(image, class_index)
@@ -109,17 +119,22 @@ class Faithful(nn.Module):
         """The four scores of the explainer's outputs ``outs`` for the graph input ``image``."""
         logits, heat = outs[0], outs[1]
         m = heat.to(torch.float32) / 255.0 if heat.dtype == torch.uint8 else heat
-        if self.top_k is not None:
-            classes = outs[-1]  # [N, k]: the top-k graph's last output
+        if self.names_classes:
+            classes = outs[-1]  # [N, k] or a region's [N, 1]: the graph's last output
         else:
             classes = self.target.classes(logits, class_index, keepdim=True)  # [N, 1]
         x = graph_io.to_float_nchw(image, self.input_format)
         masked = (x[:, None] * m[:, :, None]).flatten(0, 1)  # [N·k, 3, H, W]
         second = self.second(masked, classes.reshape(-1))
         logits2, heat2 = second[0], second[1]
-        score = torch.softmax(logits.float(), 1).gather(1, classes)  # [N, k]
-        masked_score = torch.softmax(logits2.float(), 1).gather(1, classes.reshape(-1, 1))
-        masked_score = masked_score.reshape(classes.shape)
+        if self.region:  # per-pixel scores: the mean over the class's pixels on x, on both
+            pixels = logits.argmax(1, keepdim=True) == classes[:, :, None, None]
+            score = region_probability(logits, classes, pixels)
+            masked_score = region_probability(logits2, classes, pixels)
+        else:
+            score = torch.softmax(logits.float(), 1).gather(1, classes)  # [N, k]
+            masked_score = torch.softmax(logits2.float(), 1).gather(1, classes.reshape(-1, 1))
+            masked_score = masked_score.reshape(classes.shape)
         complexity = m.mean((2, 3))
         coherent = coherency(m, heat2.reshape(m.shape))
         out = (score, masked_score, complexity, coherent)

@@ -216,7 +216,7 @@ def answer(
     done = pipeline.render(
         image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
     )
-    faithfulness.annotate(done.explained, scores)  # an export with --faithfulness: per map
+    faithfulness.annotate(done.explained or done.region, scores)  # --faithfulness
     (h, w), drawn = image.original, image.drawn
     body: dict[str, Any] = {
         **({"topk": done.topk} if done.region is None else done.region),

@@ -33,12 +33,19 @@ SCORE_MEANINGS = {  # --faithfulness: per map m of class c on the image x (RGB i
 }
 
 
-def _score_specs(k: int | None) -> list[TensorSpec]:
+REGION_MEANINGS = {  # a segmentation model's: the class's pixels R on x
+    "score": "mean over R of softmax(scores(x))[c], R the pixels predicted as c on x",
+    "masked_score": "mean over R of softmax(scores(x * m))[c]",
+}
+
+
+def _score_specs(k: int | None, segmentation: bool) -> list[TensorSpec]:
     """The four faithfulness outputs, ``[N]`` or ``[N, k]``."""
     shape: tuple[Any, ...] = ("N",) if k is None else ("N", k)
+    meanings = {**SCORE_MEANINGS, **(REGION_MEANINGS if segmentation else {})}
     return [
         TensorSpec(name, "float32", shape, {"meaning": meaning, "range": [0.0, 1.0]})
-        for name, meaning in SCORE_MEANINGS.items()
+        for name, meaning in meanings.items()
     ]
 
 
@@ -99,7 +106,7 @@ def build_metadata(
         meaning = "the class whose predicted pixels the heatmap explains"
         outputs.append(TensorSpec("classes", "int64", ("N", 1), {"meaning": meaning}))
     if faithfulness:
-        outputs += _score_specs(k)
+        outputs += _score_specs(k, info.segmentation)
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=tuple(inputs),
