@@ -18,7 +18,6 @@ pytorch-grad-cam multiplies the tensor the model takes by the map; ours multipli
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from torch import nn
@@ -28,6 +27,8 @@ from explain_export.artifact.contract import heatmap_unit
 from explain_export.artifact.evaluate import evaluate_image
 from explain_export.artifact.pipeline import OverlayOptions, read
 from explain_export.builder.model.zoo import load_default
+
+from md_out import emit
 
 
 class Normalized(nn.Module):
@@ -93,12 +94,7 @@ def main() -> int:
             f" {row['increase_in_confidence']:.0f} | {inc:.0f} |"
         )
     lines.append(f"\nlargest difference: {worst:.1e}")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 

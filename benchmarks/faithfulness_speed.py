@@ -25,6 +25,8 @@ from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.builder.model.zoo import load_default
 
+from md_out import emit
+
 CASES = {"cam": None, "gradcam": "_blocks.15"}  # method -> layer (None: the default)
 
 
@@ -76,12 +78,7 @@ def main() -> int:
         )
         print(lines[-1], flush=True)
     lines.append(f"\nload at the end {os.getloadavg()[0]:.1f}; numpy {np.__version__}")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.out)
     return 0
 
 
