@@ -42,8 +42,10 @@ __all__ = [
     "Faithful",
     "check_faithfulness",
     "coherency",
+    "region_probability",
     "scoring",
     "second_explainer",
+    "with_scores",
 ]
 
 
@@ -96,8 +98,8 @@ class Faithful(nn.Module):
 
     ``first`` is what the graph would be without the scores (an :class:`.Explainer`, or its
     lowered form), ``second`` the masked images' explainer (:func:`second_explainer`, or its
-    lowered form) called as ``second(x ⊙ m, c)``. ``plan`` is the first explainer's: its
-    target (the classes explained), input format and heatmap dtype."""
+    lowered form) called as ``second(x ⊙ m, c)``. ``explainer`` is the first one, eager: its
+    plan gives the target (the classes explained), the input format and the outputs."""
 
     def __init__(self, first: nn.Module, second: nn.Module, explainer: Explainer) -> None:
         super().__init__()
@@ -137,8 +139,9 @@ class Faithful(nn.Module):
             masked_score = masked_score.reshape(classes.shape)
         complexity = m.mean((2, 3))
         coherent = coherency(m, heat2.reshape(m.shape))
-        out = (score, masked_score, complexity, coherent)
-        return out if self.top_k is not None else tuple(t[:, 0] for t in out)  # type: ignore[return-value]
+        if self.top_k is None:  # one map per image: [N]
+            return score[:, 0], masked_score[:, 0], complexity[:, 0], coherent[:, 0]
+        return score, masked_score, complexity, coherent
 
 
 def with_scores(
