@@ -239,3 +239,31 @@ def test_the_triton_config_lists_the_four_scores(onnx_export):
     assert list(outputs) == ["logits", "heatmap", *FAITHFULNESS_OUTPUTS]
     for name in FAITHFULNESS_OUTPUTS:  # [N]: the batch alone, Triton's dims [1] reshaped to []
         assert list(outputs[name].dims) == [1] and list(outputs[name].reshape.shape) == []
+
+
+def test_the_parquet_rows_keep_each_maps_scores():
+    """``--engine ray`` writes ``predictions.parquet``: a map's and a region's ``faithfulness``
+    come back as written, and rows without them stay as they were."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from explain_export.artifact.ray_run import parquet_bytes
+    from explain_export.artifact.runner import ImageResult
+
+    scores = fa.map_scores(0.8, 0.6, 0.3, 0.9)
+    entry = {"class": 1, "label": "a", "score": 0.8, "outputs": ["a.png"]}
+    row = ImageResult("a.png", "a", [{"class": 1, "label": "a", "score": 0.8}], outputs=["a.png"])
+    row.explained = [{**entry, "faithfulness": scores}]
+    table = pq.read_table(io.BytesIO(parquet_bytes([row])))
+    assert table.to_pylist()[0]["explained"][0]["faithfulness"] == scores
+    row.explained = [entry]
+    assert (
+        "faithfulness"
+        not in pq.read_table(io.BytesIO(parquet_bytes([row]))).to_pylist()[0]["explained"][0]
+    )
+
+    region = {"class": 1, "label": "a", "pixel_share": 0.5, "note": None, "predicted": []}
+    row = ImageResult("a.png", "a", outputs=["a.png"], region={**region, "faithfulness": scores})
+    table = pq.read_table(io.BytesIO(parquet_bytes([row], segmentation=True)))
+    assert table.to_pylist()[0]["faithfulness"] == scores
