@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..artifact.contract import DETECTION_OUTPUTS
+from ..artifact.contract import DETECTION_OUTPUTS, FAITHFULNESS_OUTPUTS
 from ..errors import OptionError
 from .inspect.class_branch import WindowGradient, window_gradients
 from .inspect.tap import Tap, TapSpec, resolve_module
@@ -173,6 +173,8 @@ class DetectionExplainer(nn.Module):
         self.normalizes = tuple(detector.mean) != (0, 0, 0) or tuple(detector.std) != (1, 1, 1)
         self.register_buffer("mean", torch.tensor(detector.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(detector.std).view(1, 3, 1, 1))
+        # --faithfulness: (image, boxes, scores, classes, heat) -> four more outputs
+        self.scorer: nn.Module | None = None  # (.faithful_detect.detector_scoring sets it)
 
     @property
     def per_detection(self) -> bool:
@@ -181,8 +183,9 @@ class DetectionExplainer(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        """The graph's outputs, in order (the contract's detection outputs)."""
-        return DETECTION_OUTPUTS
+        """The graph's outputs, in order (the contract's detection outputs, and with a
+        ``scorer`` the faithfulness scores)."""
+        return (*DETECTION_OUTPUTS, *(FAITHFULNESS_OUTPUTS if self.scorer is not None else ()))
 
     def detections(self, image: Tensor) -> tuple[Tensor, ...]:
         """``(boxes, scores, classes, count)``: what :meth:`forward` returns less the heatmap,
@@ -256,7 +259,10 @@ class DetectionExplainer(nn.Module):
         count = valid.sum(dim=1)
         maps = [a.detach() for a in maps]
         heat = self._heatmap(image, maps, grads, valid)
-        return boxes.detach(), scores.detach(), classes, count, heat
+        out = (boxes.detach(), scores.detach(), classes, count, heat)
+        if self.scorer is None:
+            return out
+        return (*out, *self.scorer(image, boxes.detach(), scores.detach(), classes, heat))
 
     def _gradients(
         self, raw: Tensor, maps: list[Tensor], anchors: Tensor, classes: Tensor, valid: Tensor

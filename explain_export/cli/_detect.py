@@ -29,7 +29,6 @@ CLASSIFIER_FLAGS: dict[str, tuple[str, Any]] = {
     "top_k": ("--top-k", None),
     "class_index": ("--class-index", None),
     "class_input": ("--class-input", False),
-    "faithfulness": ("--faithfulness", False),
     "overlay_output": ("--overlay-output", False),
     "half": ("--half", False),
     "dynamic_size": ("--dynamic-size", False),
@@ -204,6 +203,7 @@ def run_detector(args: argparse.Namespace, flags: Any, loaded: Any, found: Any) 
         labels=labels,
         label_set=label_set,
         opset=args.opset or DEFAULT_OPSET,
+        faithfulness=args.faithfulness,
         log=log,
     )
     print(format_rows(result.metadata["parity"]["rows"]))

@@ -30,6 +30,7 @@ from ...artifact.contract import FILES, ArtifactMetadata, TensorSpec
 from ...artifact.files import ensure_out_dir
 from ...errors import ExplainExportError, OptionError, ParityError
 from ..detect_explainer import DetectionExplainer
+from ..faithful_detect import MATCH_IOU, detector_scoring
 from ..lower import lowering
 from ..lower.trace_state import kept_attributes
 from .detection64 import Float64Detections
@@ -112,10 +113,13 @@ def export_detector(
     labels: list[str] | None = None,
     label_set: str | None = None,
     opset: int = DEFAULT_OPSET,
+    faithfulness: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> ExportResult:
     """Export ``explainer`` to ``formats``, verify each file against eager, then move the set
-    into ``out_dir``. Raises :class:`~.errors.ParityError` (nothing written) if a check fails."""
+    into ``out_dir``; ``faithfulness`` adds each detection's four scores
+    (:mod:`..faithful_detect`). Raises :class:`~.errors.ParityError` (nothing written) if a
+    check fails."""
     check_formats(formats)
     k = explainer.detector.num_classes
     if labels is not None and len(labels) != k:
@@ -125,7 +129,23 @@ def export_detector(
             n=len(labels),
             k=k,
         )
-    ensure_out_dir(out_dir)
+    scoring = detector_scoring(explainer, faithfulness)  # its refusals before any folder
+    with scoring:
+        ensure_out_dir(out_dir)
+        return _export(explainer, out_dir, formats, model, labels, label_set, opset, log)
+
+
+def _export(
+    explainer: DetectionExplainer,
+    out_dir: str,
+    formats: tuple[str, ...],
+    model: str,
+    labels: list[str] | None,
+    label_set: str | None,
+    opset: int,
+    log: Callable[[str], None],
+) -> ExportResult:
+    """:func:`export_detector` after its checks: stage, verify, commit."""
     tmp = tempfile.mkdtemp(prefix=".explainer-tmp-", dir=out_dir)
     try:
         with kept_attributes(explainer):
@@ -192,6 +212,7 @@ def _verify(explainer: DetectionExplainer, staged: dict[str, str]) -> list[Detec
     rows: list[DetectionRow] = []
     for fmt, path in staged.items():
         artifact = RUNTIMES[fmt](path, input_format=explainer.input_format)
+        artifact.output_names = list(explainer.output_names)  # no metadata is stamped yet
         try:
             for i, (case, ref) in enumerate(zip(cases, refs, strict=True)):
                 got = artifact.outputs(case.image)
@@ -213,6 +234,16 @@ def _verify(explainer: DetectionExplainer, staged: dict[str, str]) -> list[Detec
             f"{worst.heatmap_err:.2e}); nothing was written"
         )
     return rows
+
+
+DETECTION_SCORES = {  # --faithfulness, per detection j (class c_j, box b_j, map m_j) of image x
+    "score": "detection j's score on x",
+    "masked_score": f"on x * m_j, the score of the class-c_j detection whose box overlaps b_j "
+    f"most, if its IoU >= {MATCH_IOU}; else 0",
+    "complexity": "mean(m_j)",
+    "coherency": "(pearson(m_j, m') + 1) / 2, m' that detection's map on x * m_j (0.5 where "
+    "none; 0 on padding rows)",
+}
 
 
 def detection_metadata(
@@ -247,6 +278,11 @@ def detection_metadata(
     if "masks" in explainer.output_names:
         meaning = "each detection's mask probability at input size; 0 on padding rows"
         outputs += (TensorSpec("masks", "float32", ("N", d, h, w), {"meaning": meaning}),)
+    if explainer.scorer is not None:  # --faithfulness
+        outputs += tuple(
+            TensorSpec(name, "float32", ("N", d), {"meaning": meaning, "range": [0.0, 1.0]})
+            for name, meaning in DETECTION_SCORES.items()
+        )
     return ArtifactMetadata(
         input_size=(h, w),
         inputs=(image,),

@@ -29,7 +29,7 @@ import torch
 from ...artifact.contract import graph_image
 from .detection_parity import DetectionRow, compared_rows
 from .parity64 import TIMES, float64_mode
-from .verify import HEATMAP_TOL, Case
+from .verify import HEATMAP_TOL, SCORES_TOL, Case
 from .writers import root_cause
 
 __all__ = ["Float64Detections", "only_the_heatmap_fails"]
@@ -38,8 +38,10 @@ Outputs = dict[str, np.ndarray]
 
 
 def only_the_heatmap_fails(row: DetectionRow) -> bool:
-    """Whether ``row`` agrees with eager on every detection and fails the heatmap limit only."""
-    return not row.ok and row.same_detections and row.heatmap_err > HEATMAP_TOL
+    """Whether ``row`` agrees with eager on every detection and fails the heatmap limit only
+    (its faithfulness scores, where it has them, within theirs)."""
+    scores_ok = row.scores_err is None or row.scores_err <= SCORES_TOL
+    return not row.ok and row.same_detections and row.heatmap_err > HEATMAP_TOL and scores_ok
 
 
 def _heatmap_err(a: Outputs, b: Outputs, rows: np.ndarray) -> float:

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...artifact.contract import FAITHFULNESS_OUTPUTS
 from ..maths.boxes import box_iou
-from .verify import HEATMAP_TOL, Case
+from .verify import HEATMAP_TOL, SCORES_TOL, Case
 
 __all__ = [
     "BOX_ATOL",
@@ -64,6 +65,7 @@ class DetectionRow:
     ties: int = 0  # images whose detections part at a tie (compared up to it)
     float64: dict[str, float] | None = None  # judged against float64 eager (.detection64)
     mask_iou_min: float | None = None  # Mask R-CNN: the smallest IoU of a mask with eager's
+    scores_err: float | None = None  # --faithfulness: the four scores' max |diff|, rows compared
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,11 +167,16 @@ def compare(
     ok = same and iou_min >= BOX_IOU_MIN and score_err <= SCORE_TOL and heat_err <= HEATMAP_TOL
     mask_iou = _mask_iou_min(got, ref, real) if "masks" in ref else None
     ok = ok and (mask_iou is None or mask_iou >= MASK_IOU_MIN)
+    scores_err = None
+    if FAITHFULNESS_OUTPUTS[0] in ref:  # each compared row's four scores
+        diffs = [np.abs(got[k].astype(np.float64) - ref[k])[rows] for k in FAITHFULNESS_OUTPUTS]
+        scores_err = max((float(x.max()) for x in diffs if x.size), default=0.0)
+        ok = ok and scores_err <= SCORES_TOL
     count = int(ref["count"].sum())
     batch = case.image.shape[0]
     return DetectionRow(
         fmt, case.label, batch, count, same, iou_min, score_err, heat_err, ok, ties,
-        mask_iou_min=mask_iou,
+        mask_iou_min=mask_iou, scores_err=scores_err,
     )  # fmt: skip
 
 
@@ -203,22 +210,27 @@ def _float64_note(check: dict[str, float] | None) -> str:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The parity rows (:meth:`DetectionRow.to_dict`) as a table, with the rule under it."""
+    scored = any(r.get("scores_err") is not None for r in rows)  # --faithfulness
     head = (
         f"{'format':<12}{'input':<28}{'batch':>5}{'dets':>6}  {'same':<5}"
-        f"{'box IoU':>9}{'score':>10}{'heatmap':>10}  ok"
+        f"{'box IoU':>9}{'score':>10}{'heatmap':>10}"
+        + (f"{'scores':>10}" if scored else "")
+        + "  ok"
     )
     lines = [head]
     for r in rows:
+        extra = f"{r['scores_err']:>10.1e}" if scored else ""
         lines.append(
             f"{r['format']:<12}{r['input']:<28}{r['batch']:>5}{r['count']:>6}  "
             f"{_same_word(r):<5}{r['box_iou_min']:>9.4f}"
-            f"{r['score_err']:>10.1e}{r['heatmap_err']:>10.1e}  {'ok' if r['ok'] else 'FAIL'}"
-            + _float64_note(r.get("float64"))
+            f"{r['score_err']:>10.1e}{r['heatmap_err']:>10.1e}{extra}  "
+            f"{'ok' if r['ok'] else 'FAIL'}" + _float64_note(r.get("float64"))
         )
     lines.append(
         f"limits: the same classes, box IoU >= {BOX_IOU_MIN}, score within {SCORE_TOL:g}, "
         f"heatmap within {HEATMAP_TOL:g}; 'tie': an image's detections part at two "
         f"candidates scored within {SCORE_TIE:g} (compared up to there)"
+        + (f"; faithfulness scores within {SCORES_TOL:g} on the rows compared" if scored else "")
     )
     if any(r.get("float64") for r in rows):
         lines.append(f"  float64: {FLOAT64_RULE}")
