@@ -9,35 +9,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from detectors import TinyYolo, tiny_yolo
+from detectors import tiny_yolo
 from torch import Tensor, nn
 
 from explain_export.artifact import samples
 from explain_export.builder.detect_build import build_detector, find_detector
-from explain_export.builder.maths.boxes import box_iou, select
+from explain_export.builder.maths.boxes import select
 from explain_export.builder.maths.methods import METHODS
 from explain_export.errors import OptionError
 
+from detection_reference import fuse, greedy_nms, reference_gradcam
+
 SIZE = (128, 160)
-
-
-def greedy_nms(
-    boxes: Tensor, scores: Tensor, classes: Tensor, iou: float, thr: float, limit: int = 10**9
-) -> list:
-    """Kept indices, best first: sort by score, keep one, drop what overlaps it (same class);
-    the first ``limit`` kept."""
-    order = [int(i) for i in torch.argsort(scores, descending=True, stable=True) if scores[i] > thr]
-    kept: list[int] = []
-    for i in order:
-        if len(kept) == limit:
-            break
-        if all(
-            classes[i] != classes[k] or box_iou(boxes[k][None, None], boxes[i][None, None]) <= iou
-            for k in kept
-        ):
-            kept.append(i)
-    return kept
 
 
 def _random_boxes(g: torch.Generator, n: int, a: int) -> Tensor:
@@ -77,55 +60,6 @@ def _photos(size: tuple[int, int]) -> Tensor:
     names = ("chelsea.png", "coffee.png")
     photos = [samples.load_rgb(samples.photo_path(n), size) for n in names]
     return torch.from_numpy(np.stack(photos))
-
-
-def _fuse(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """Per map: resize (bilinear), min-max; then the mean, min-maxed (the fused-layer rule)."""
-
-    def unit(m: Tensor) -> Tensor:
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
-        return (m - lo) / (hi - lo).clamp_min(1e-7)
-
-    units = [unit(m) for m in maps]
-    return units[0] if len(units) == 1 else unit(torch.stack(units).mean(0))
-
-
-def reference_gradcam(model: TinyYolo, images: Tensor, keep: int = 10) -> dict[str, Tensor]:
-    """Detections and their Grad-CAM maps by autograd, image by image, detection by detection:
-    a pre-hook clones the maps the head takes (each requires grad), ``y`` is the class
-    probability of the detection at its anchor, ``α = mean_ij ∂y/∂A``, ``ReLU(Σ α A)``."""
-    kept: dict[str, list] = {"boxes": [], "classes": [], "scores": [], "heatmap": []}  # per image
-    held: list[Tensor] = []
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        held[:] = [a.detach().clone().requires_grad_(True) for a in args[0]]
-        return (list(held),)
-
-    for image in images:
-        handle = model.detect.register_forward_pre_hook(hook)
-        with torch.enable_grad():
-            raw = model(image[None])[0][0]  # [4+K, A]
-        handle.remove()
-        probs = raw[4:].detach()
-        score, cls = probs.max(0)
-        xy, wh = raw[:2].detach().T, raw[2:4].detach().T
-        boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1)
-        maps = []
-        for a in greedy_nms(boxes, score, cls, 0.7, 0.25, keep):
-            grads = torch.autograd.grad(raw[4 + cls[a], a], held, retain_graph=True)
-            cams = [
-                torch.relu((g.mean((2, 3), keepdim=True) * m).sum(1, keepdim=True))
-                for g, m in zip(grads, held, strict=True)
-            ]
-            maps.append(_fuse([c.detach() for c in cams], images.shape[-2:])[0, 0])
-            kept["boxes"].append(boxes[a])
-            kept["classes"].append(cls[a])
-            kept["scores"].append(score[a])
-        kept["heatmap"].append(torch.stack(maps))
-        for key in ("boxes", "classes", "scores"):
-            kept[key][-len(maps) :] = [torch.stack(kept[key][-len(maps) :])]
-    return kept
 
 
 @pytest.mark.parametrize("window", [True, False], ids=["class-branch-window", "head-batched"])
@@ -184,7 +118,7 @@ def test_chosen_layers_get_the_gradient_through_the_rest_of_the_model() -> None:
             for g, n in zip(grads, layers, strict=True)
         ]
         assert classes[0, j] == cls[a]
-        torch.testing.assert_close(heat[0, j], _fuse(cams, SIZE)[0, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(heat[0, j], fuse(cams, SIZE)[0, 0], atol=1e-5, rtol=0)
 
 
 def test_eigencam_gives_one_map_per_image() -> None:

@@ -367,7 +367,8 @@ def check_metadata(artifact: Opened) -> ArtifactMetadata:
     expected = DETECTION_OUTPUTS if detector else ["logits", "heatmap"]
     if detector and "masks" in artifact.output_names:  # Mask R-CNN
         expected = [*DETECTION_OUTPUTS, "masks"]
-    names = artifact.output_names if detector else meta.output_names[:2]
+    kept = [n for n in artifact.output_names if n not in FAITHFULNESS_OUTPUTS]  # --faithfulness
+    names = kept if detector else meta.output_names[:2]
     if "heatmap" not in artifact.output_names or names != expected:
         raise UsageError(
             f"'{artifact.path}' is not an explainer: its outputs are "

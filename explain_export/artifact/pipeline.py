@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import OptionError
 from . import detections, images, masks, overlay, regions
 from .contract import heatmap_unit
-from .faithfulness import GRAPH_SCORES
+from .faithfulness import GRAPH_SCORES, annotate
 from .summary import summary
 
 __all__ = [
@@ -215,6 +215,7 @@ class Detected(NamedTuple):
     count: int  # rows < count are detections
     heatmaps: np.ndarray  # float32 [D, H, W] in [0, 1] (map j: detection j), or [1, H, W]
     masks: np.ndarray | None = None  # a Mask R-CNN export's: float32 [D, H, W] probabilities
+    faithful: dict[str, np.ndarray] | None = None  # --faithfulness: each of the four, [D]
 
 
 def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detected]:
@@ -224,8 +225,17 @@ def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detect
     heatmaps = heatmap_unit(out["heatmap"])
     parts = zip(out["boxes"], out["scores"], out["classes"], out["count"], heatmaps, strict=True)
     probabilities = out.get(masks.MASKS)
+    scores = {k: out[k] for k in GRAPH_SCORES if k in out}  # --faithfulness
     return [
-        Detected(b, s, c, int(n), h, None if probabilities is None else probabilities[i])
+        Detected(
+            b,
+            s,
+            c,
+            int(n),
+            h,
+            None if probabilities is None else probabilities[i],
+            _image(scores, i),
+        )
         for i, (b, s, c, n, h) in enumerate(parts)
     ]
 
@@ -242,10 +252,12 @@ def render_detections(
     drawn resolution, blended, with every box drawn; with ``each``, per detection j its map
     (map j, or the one map) blended with its box. No detection: the image as it is, no heat,
     no box, and an all-zero map. A Mask R-CNN export's detections each have a ``mask`` (COCO
-    RLE in the file's pixels), and each box drawn has its mask outlined (:mod:`.masks`)."""
+    RLE in the file's pixels), and each box drawn has its mask outlined (:mod:`.masks`); with
+    the graph's faithfulness scores, each detection has its ``faithfulness``."""
     rows = (found.boxes, found.scores, found.classes, found.count)
     file = dataclasses.replace(image.geometry, original=image.original)
     listed = detections.listed(*rows, file, labels)  # in the file's pixels
+    annotate(listed, found.faithful)
     shown = detections.listed(*rows, image.geometry, labels)  # in bgr's, to draw
     outlines = (
         None if found.masks is None else masks.list_masks(listed, found.masks, file, image.geometry)

@@ -293,7 +293,9 @@ def parquet_bytes(
         rle = [("size", pa.list_(pa.int64())), ("counts", pa.string())]
         mask = [("mask", pa.struct(rle))] if masks else []
         outputs = ("outputs", pa.list_(pa.string()))
-        found = pa.struct([*box, ("score", pa.float64()), *mask, outputs])
+        scored = any("faithfulness" in d for r in results for d in r.detections or [])
+        more = [("faithfulness", faithful)] if scored else []  # --faithfulness exports
+        found = pa.struct([*box, ("score", pa.float64()), *mask, outputs, *more])
         schema = pa.schema([*head, ("detections", pa.list_(found))])
     elif segmentation:
         share = [("class", pa.int64()), ("label", pa.string()), ("pixel_share", pa.float64())]
