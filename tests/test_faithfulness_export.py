@@ -20,6 +20,7 @@ from explain_export.artifact.pipeline import OverlayOptions, read
 from explain_export.builder.explainer import build_explainer
 from explain_export.builder.export.export import export_explainer
 from explain_export.builder.graph_options import GraphOptions
+from explain_export.errors import OptionError
 
 from models import tiny_resnet, tiny_seg
 from reference import gradcam, normalize, region_gradcam
@@ -267,3 +268,75 @@ def test_the_parquet_rows_keep_each_maps_scores():
     row = ImageResult("a.png", "a", outputs=["a.png"], region={**region, "faithfulness": scores})
     table = pq.read_table(io.BytesIO(parquet_bytes([row], segmentation=True)))
     assert table.to_pylist()[0]["faithfulness"] == scores
+
+
+def detection_reference(model, image: torch.Tensor) -> dict[str, list]:
+    """Per detection of ``image`` ``[3,H,W]`` (by the autograd reference): its four scores, the
+    masked image's detections found by the same reference and matched here (same class, the
+    box that overlaps most, IoU >= 0.5)."""
+    from explain_export.builder.maths.boxes import box_iou
+
+    from detection_reference import reference_gradcam
+
+    ref = reference_gradcam(model, image[None])
+    boxes, classes, scores, maps = (ref[k][0] for k in ("boxes", "classes", "scores", "heatmap"))
+    out: dict[str, list] = {name: [] for name in FAITHFULNESS_OUTPUTS}
+    for j in range(len(classes)):
+        masked = reference_gradcam(model, (image * maps[j])[None])
+        if len(masked["classes"]) and masked["classes"][0].numel():
+            b2, c2, s2, m2 = (masked[k][0] for k in ("boxes", "classes", "scores", "heatmap"))
+            iou = box_iou(boxes[j][None, None], b2[None])[0] * (c2 == classes[j])
+            k = int(iou.argmax())
+            hit = bool(iou[k] >= 0.5)
+        else:
+            hit = False
+        out["score"].append(float(scores[j]))
+        out["masked_score"].append(float(s2[k]) if hit else 0.0)
+        out["complexity"].append(float(maps[j].mean()))
+        other = m2[k].numpy() if hit else np.zeros_like(maps[j].numpy())
+        out["coherency"].append(float(pearson01(maps[j][None].numpy(), other[None])[0]))
+    return out
+
+
+@pytest.mark.slow
+def test_each_detection_is_scored_on_the_image_times_its_map(tmp_path):
+    """A one-stage detector's ``--faithfulness``: each detection's four scores in the ONNX file
+    against the autograd reference, detection by detection (the masked image's detection that
+    is detection j: the same class, the box that overlaps b_j most, IoU >= 0.5)."""
+    from detectors import tiny_yolo
+
+    from explain_export.builder.detect_build import build_detector
+    from explain_export.builder.export.detection import export_detector
+
+    size = (128, 160)
+    model = tiny_yolo()
+    with build_detector(model, size) as explainer:
+        result = export_detector(explainer, str(tmp_path), ("onnx",), faithfulness=True)
+    assert all(r["ok"] and r["scores_err"] is not None for r in result.metadata["parity"]["rows"])
+    names = [o["name"] for o in result.metadata["outputs"]]
+    assert names[5:] == list(FAITHFULNESS_OUTPUTS)
+    images = np.stack([samples.load_rgb(samples.photo_path(n), size) for n in PHOTOS[:2]])
+    out = runtime.load(result.paths["onnx"]).outputs(images)
+    matched = 0
+    for n in range(len(images)):
+        want = detection_reference(model, torch.from_numpy(images[n]))
+        count = int(out["count"][n])
+        assert count == len(want["score"]) > 0
+        for name in FAITHFULNESS_OUTPUTS:
+            np.testing.assert_allclose(out[name][n, :count], want[name], atol=1e-4, err_msg=name)
+            assert (out[name][n, count:] == 0).all()  # padding rows
+        matched += sum(s > 0 for s in want["masked_score"])
+    assert matched > 0  # some detection is found again on its masked image
+
+
+def test_a_detector_with_one_map_per_image_is_refused_in_one_line(tmp_path):
+    from detectors import tiny_yolo
+
+    from explain_export.builder.detect_build import build_detector
+    from explain_export.builder.export.detection import export_detector
+
+    with build_detector(tiny_yolo(), (128, 160), "eigencam") as explainer:
+        with pytest.raises(OptionError, match="eigencam gives one map per image; pick gradcam"):
+            export_detector(explainer, str(tmp_path / "x"), ("onnx",), faithfulness=True)
+        assert explainer.scorer is None
+    assert not (tmp_path / "x").exists()
