@@ -340,3 +340,51 @@ def test_a_detector_with_one_map_per_image_is_refused_in_one_line(tmp_path):
             export_detector(explainer, str(tmp_path / "x"), ("onnx",), faithfulness=True)
         assert explainer.scorer is None
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_a_two_stage_detections_are_scored_against_autograd(tmp_path):
+    """Faster R-CNN: each detection's four scores in the ONNX file against the model's own
+    eager detections and an autograd Grad-CAM of each score (``tests/rcnn.py``), on the image
+    and on the image times the map, matched here (same class, most overlap, IoU >= 0.5)."""
+    from rcnn import gradcam as rcnn_gradcam
+    from rcnn import photos as rcnn_photos
+    from rcnn import tiny_two_stage
+
+    from explain_export.builder.detect_build import build_detector
+    from explain_export.builder.export.detection import export_detector
+    from explain_export.builder.maths.boxes import box_iou
+
+    size, d = (100, 150), 5
+    model = tiny_two_stage("faster")
+    with build_detector(model, size, "gradcam", max_detections=d) as explainer:
+        result = export_detector(explainer, str(tmp_path), ("onnx",), faithfulness=True)
+    images = rcnn_photos(("chelsea.png", "rocket.jpg"), size)  # rocket's 3rd is found again
+    out = runtime.load(result.paths["onnx"]).outputs(images.numpy())
+    matched = 0
+    for n, image in enumerate(images):
+        with torch.no_grad():
+            found = model([image])[0]
+        k = min(d, len(found["scores"]))
+        assert int(out["count"][n]) == k > 0
+        for j in range(k):
+            m = rcnn_gradcam(model, image, j)
+            masked = image * m
+            with torch.no_grad():
+                again = model([masked])[0]
+            boxes2, labels2 = again["boxes"][:d], again["labels"][:d]
+            iou = box_iou(found["boxes"][j][None, None], boxes2[None])[0]
+            iou = iou * (labels2 == found["labels"][j])
+            hit = len(iou) > 0 and bool(iou.max() >= 0.5)
+            best = int(iou.argmax()) if hit else 0
+            other = rcnn_gradcam(model, masked, best).numpy() if hit else np.zeros(size)
+            want = {
+                "score": float(found["scores"][j]),
+                "masked_score": float(again["scores"][best]) if hit else 0.0,
+                "complexity": float(m.mean()),
+                "coherency": float(pearson01(m[None].numpy(), other[None])[0]),
+            }
+            for name, value in want.items():
+                assert out[name][n, j] == pytest.approx(value, abs=1e-4), (n, j, name)
+            matched += hit
+    assert matched > 0

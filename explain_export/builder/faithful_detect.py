@@ -1,4 +1,4 @@
-"""``--faithfulness`` for a one-stage detector: the four scores of each detection's map.
+"""``--faithfulness`` for a detector: the four scores of each detection's map.
 
 For detection ``j`` of image ``x`` (class ``c_j``, box ``b_j``, score ``s_j``, map ``m_j``), the
 detector runs again on ``x ⊙ m_j`` (``m_j`` over every channel; ``N·D`` masked images, one per
@@ -29,6 +29,7 @@ from .detect_explainer import DetectionExplainer, HeadInputs
 from .faithful import coherency
 from .maths import graph_io
 from .maths.boxes import box_iou
+from .rcnn_explainer import TwoStageExplainer
 
 __all__ = [
     "MATCH_IOU",
@@ -43,14 +44,8 @@ MATCH_IOU = 0.5  # the least IoU of a masked image's detection with the box it m
 
 def second_detector(explainer: DetectionExplainer) -> DetectionExplainer:
     """The explainer of the masked images: ``explainer``'s model, detector, method, taps,
-    ``D`` and NMS rule, float ``[N,3,H,W]`` input. Refuses, in one line, a two-stage detector
-    and a method with one map per image (no detection's map to score)."""
-    if type(explainer) is not DetectionExplainer:
-        raise OptionError(
-            "faithfulness",
-            "{name} scores a one-stage detector's detections; a two-stage detector's are not "
-            "scored yet, so drop {name}",
-        )
+    ``D`` and NMS rule (an R-CNN's target), float ``[N,3,H,W]`` input. Refuses, in one line, a
+    method with one map per image (no detection's map to score)."""
     if not explainer.per_detection:
         raise OptionError(
             "faithfulness",
@@ -58,6 +53,18 @@ def second_detector(explainer: DetectionExplainer) -> DetectionExplainer:
             "or drop {name}",
             m=explainer.method.name,
         )
+    if isinstance(explainer, TwoStageExplainer):  # no hooks: the graph runs the model's parts
+        return TwoStageExplainer(
+            explainer.model,
+            explainer.detector,
+            explainer.method,
+            explainer.max_detections,
+            explainer.score_threshold,
+            explainer.iou_threshold,
+            "float-nchw",
+            explainer.input_size,
+            explainer.target,
+        ).to(explainer.mean.device)
     head = isinstance(explainer.taps[0], HeadInputs)  # the head's inputs, not named layers
     second = DetectionExplainer(
         explainer.model,
@@ -90,7 +97,7 @@ def detection_scores(
     n, d, h, w = heat.shape
     x = graph_io.to_float_nchw(image, input_format).to(heat.dtype)
     masked = (x[:, None] * heat[:, :, None]).flatten(0, 1)  # [N·D, 3, H, W], row n·D + j
-    boxes2, scores2, classes2, _, heat2 = second(masked)
+    boxes2, scores2, classes2, _, heat2 = second(masked)[:5]  # (an R-CNN's masks after)
     want = classes.reshape(-1, 1)
     iou = box_iou(boxes.reshape(-1, 1, 4).to(boxes2.dtype), boxes2)  # [N·D, D]
     iou = torch.where((classes2 == want) & (want >= 0), iou, torch.zeros_like(iou))

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..artifact.contract import DETECTION_OUTPUTS
+from ..artifact.contract import DETECTION_OUTPUTS, FAITHFULNESS_OUTPUTS
 from ..errors import OptionError
 from .detect_explainer import DetectionExplainer, HeadInputs, SparseGradient, kept
 from .inspect.tap import Tap
@@ -91,7 +91,11 @@ class TwoStageExplainer(DetectionExplainer):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return (*DETECTION_OUTPUTS, "masks") if self.detector.has_masks else DETECTION_OUTPUTS
+        """The one-stage outputs, Mask R-CNN's ``masks``, then with a ``scorer`` the
+        faithfulness scores."""
+        masks = ("masks",) if self.detector.has_masks else ()
+        scored = FAITHFULNESS_OUTPUTS if self.scorer is not None else ()
+        return (*DETECTION_OUTPUTS, *masks, *scored)
 
     def _taps(
         self, model: nn.Module, detector: Detector, layers: Sequence[str] | None, grad: bool
@@ -159,14 +163,11 @@ class TwoStageExplainer(DetectionExplainer):
                 grads = mask_grads if want_mask else grads
         count = valid.sum(dim=1)
         heat = self._heatmap(image, [a.detach() for a in maps], grads, valid)
-        out = (
-            det.to_input(boxes).detach() * valid[..., None],
-            scores.detach(),
-            classes,
-            count,
-            heat,
-        )
-        return out if masks is None else (*out, masks)
+        boxes = det.to_input(boxes).detach() * valid[..., None]
+        out = (boxes, scores.detach(), classes, count, heat, *(() if masks is None else (masks,)))
+        if self.scorer is None:
+            return out
+        return (*out, *self.scorer(image, boxes, scores.detach(), classes, heat))
 
     def _box_gradients(
         self,
