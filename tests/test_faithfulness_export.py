@@ -269,6 +269,12 @@ def test_the_parquet_rows_keep_each_maps_scores():
     table = pq.read_table(io.BytesIO(parquet_bytes([row], segmentation=True)))
     assert table.to_pylist()[0]["faithfulness"] == scores
 
+    found = {"box": [1.0, 2.0, 3.0, 4.0], "class": 1, "label": "a", "score": 0.8, "outputs": None}
+    row = ImageResult("a.png", "a", outputs=["a.png"])
+    row.detections = [{**found, "faithfulness": scores}]
+    table = pq.read_table(io.BytesIO(parquet_bytes([row], detection=True)))
+    assert table.to_pylist()[0]["detections"][0]["faithfulness"] == scores
+
 
 def detection_reference(model, image: torch.Tensor) -> dict[str, list]:
     """Per detection of ``image`` ``[3,H,W]`` (by the autograd reference): its four scores, the
