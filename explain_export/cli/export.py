@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(softmax of c), masked_score (softmax of c on the image times m), complexity (mean of "
         "m) and coherency ((pearson of m and c's map of the masked image + 1) / 2); explain-run "
         "and explain-serve add average drop, increase in confidence and ADCC. Costs one more "
-        "forward pass and explanation in the graph. Classifiers, methods with a class",
+        "forward pass and explanation in the graph (a detector: one per detection, on the "
+        "image times that detection's map). Methods that explain a class",
     )
     e.add_argument(
         "--output",
