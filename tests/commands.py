@@ -1,10 +1,13 @@
-"""The commands as a user runs them: ``python -m MODULE ARGS`` in a child process."""
+"""The commands as a user runs them: ``python -m MODULE ARGS`` in a child process; a folder of
+the sample photos to run them on."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +31,13 @@ def run_module(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def photo_folder(folder: Path, names: Iterable[str]) -> Path:
+    """``folder`` (made if missing) holding copies of the sample photos ``names``."""
+    from explain_export.artifact import samples
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(samples.photo_path(name), folder / name)
+    return folder

@@ -14,7 +14,6 @@ import asyncio
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from explain_export.builder.maths import methods
 from explain_export.cli.run import main as run_main
 from explain_export.errors import OptionError, UsageError
 
+from commands import photo_folder
 from models import tiny_resnet
 
 SIZE = (64, 64)
@@ -100,10 +100,7 @@ def _run_heatmaps(images, out) -> dict[str, np.ndarray]:
 
 
 def test_explain_run_class_index_equals_the_fixed_export(exports, tmp_path, capsys):
-    images = tmp_path / "photos"
-    images.mkdir()
-    for name in ("chelsea.png", "rocket.jpg"):
-        shutil.copy(samples.photo_path(name), images / name)
+    images = photo_folder(tmp_path / "photos", ("chelsea.png", "rocket.jpg"))
     chosen, fixed = tmp_path / "chosen", tmp_path / "fixed"
     common = ["--images", str(images), "--save-heatmaps", "--quiet"]
     assert run_main(["--model", str(exports["input"]), "--out", str(chosen), *common,
@@ -173,10 +170,7 @@ def test_the_server_refuses_a_bad_class_with_400():
 
 
 def test_predictions_name_the_class_and_resume_keeps_only_the_same_class(exports, tmp_path, capsys):
-    images = tmp_path / "photos"
-    images.mkdir()
-    for name in ("chelsea.png", "rocket.jpg"):
-        shutil.copy(samples.photo_path(name), images / name)
+    images = photo_folder(tmp_path / "photos", ("chelsea.png", "rocket.jpg"))
     out = tmp_path / "o"
     args = ["--model", str(exports["input"]), "--images", str(images), "--out", str(out)]
     assert run_main([*args, "--quiet", "--class-index", str(CLASS)]) == 0

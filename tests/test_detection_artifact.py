@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from types import SimpleNamespace
 
 import cv2
@@ -28,6 +27,8 @@ from explain_export.artifact.labels import LABEL_SETS, label_set
 from explain_export.cli.run import main
 from explain_export.errors import UsageError
 
+from commands import photo_folder
+
 CHELSEA = (300, 451)  # (h, w) of scikit-image's chelsea.png
 ROCKET = (427, 640)
 
@@ -44,10 +45,7 @@ def script_det(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for name in ("chelsea.png", "rocket.jpg"):
-        shutil.copy(samples.photo_path(name), d / name)
-    return d
+    return photo_folder(tmp_path_factory.mktemp("photos"), ("chelsea.png", "rocket.jpg"))
 
 
 def _rows(out):

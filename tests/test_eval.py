@@ -5,7 +5,6 @@ bad input refused in one line with nothing written."""
 from __future__ import annotations
 
 import csv
-import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from explain_export.artifact.evaluate import evaluate_image
 from explain_export.artifact.pipeline import OverlayOptions, read
 from explain_export.cli.eval import main
 
+from commands import photo_folder
 from eval_reference import reference_steps
 from models import tiny_resnet
 
@@ -49,10 +49,7 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for name in PHOTOS:
-        shutil.copy(samples.photo_path(name), d / name)
-    return d
+    return photo_folder(tmp_path_factory.mktemp("photos"), PHOTOS)
 
 
 def _probs(model, meta: dict, images: np.ndarray, c: int) -> np.ndarray:

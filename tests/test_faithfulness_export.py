@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from explain_export.builder.export.export import export_explainer
 from explain_export.builder.graph_options import GraphOptions
 from explain_export.errors import OptionError
 
+from commands import photo_folder
 from models import tiny_resnet, tiny_seg
 from reference import gradcam, normalize, region_gradcam
 
@@ -142,10 +142,7 @@ def test_explain_run_and_the_server_report_the_scores_and_what_they_give(onnx_ex
     from explain_export.cli.run import main as run_main
 
     _, result = onnx_export
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in PHOTOS:
-        (folder / name).write_bytes(Path(samples.photo_path(name)).read_bytes())
+    folder = photo_folder(tmp_path / "photos", PHOTOS)
     out = tmp_path / "run"
     assert (
         run_main(["--model", result.paths["onnx"], "--images", str(folder), "--out", str(out)]) == 0

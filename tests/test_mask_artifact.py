@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import cv2
 import detector_artifacts as det
@@ -23,6 +22,8 @@ from explain_export.artifact.contract import DETECTION_OUTPUTS, Detections, chec
 from explain_export.artifact.masks import MaskDetections
 from explain_export.artifact.serve import app
 from explain_export.cli.run import main
+
+from commands import photo_folder
 
 CHELSEA = (300, 451)  # (h, w) of scikit-image's chelsea.png
 ROCKET = (427, 640)
@@ -42,10 +43,7 @@ def plain(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for name in PHOTOS:
-        shutil.copy(samples.photo_path(name), d / name)
-    return d
+    return photo_folder(tmp_path_factory.mktemp("photos"), PHOTOS)
 
 
 def _rows(out) -> dict[str, dict]:

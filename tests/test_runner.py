@@ -17,6 +17,8 @@ from explain_export.artifact import images, overlay, runner, runtime, samples
 from explain_export.cli.run import main
 from explain_export.errors import UsageError
 
+from commands import photo_folder
+
 TESTS = os.path.dirname(__file__)
 
 
@@ -37,10 +39,7 @@ def tiny_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
     """Two real photos of different sizes and aspect ratios."""
-    d = tmp_path_factory.mktemp("photos")
-    for name in ("chelsea.png", "rocket.jpg"):
-        shutil.copy(samples.photo_path(name), d / name)
-    return d
+    return photo_folder(tmp_path_factory.mktemp("photos"), ("chelsea.png", "rocket.jpg"))
 
 
 def _run(args, capsys):

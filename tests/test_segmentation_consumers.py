@@ -20,9 +20,11 @@ import cv2
 import numpy as np
 import pytest
 
-from explain_export.artifact import images, overlay, pipeline, regions, runner, runtime, samples
+from explain_export.artifact import images, overlay, pipeline, regions, runner, runtime
 from explain_export.artifact.serve import app
 from explain_export.cli.run import main as run_main
+
+from commands import photo_folder
 
 SIZE = (64, 64)
 LABELS = ["sky", "road", "cat", "grass", "wall"]
@@ -46,10 +48,7 @@ def seg_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for name in PHOTOS:
-        shutil.copy(samples.photo_path(name), d / name)
-    return d
+    return photo_folder(tmp_path_factory.mktemp("photos"), PHOTOS)
 
 
 def _graph(path: str, photo: str, class_index=None) -> dict[str, np.ndarray]:
