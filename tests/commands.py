@@ -41,3 +41,28 @@ def photo_folder(folder: Path, names: Iterable[str]) -> Path:
     for name in names:
         shutil.copy(samples.photo_path(name), folder / name)
     return folder
+
+
+# A Ray run goes in a child process. Ray's native threads are not safe across several starts and
+# stops in one process, and a CI run that did that here ended in a segmentation fault at exit,
+# after every test had passed.
+RAY_CHILD = """
+import importlib, sys
+code = importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+import ray
+if ray.is_initialized():
+    print("the command left its Ray instance running", file=sys.stderr)
+    sys.exit(3)
+sys.exit(code)
+"""
+
+
+def ray_child(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``module.main(args)`` (a command's module, ``explain_export.cli.run``) in a child
+    process, its output captured as text; exit code 3 where it left Ray running."""
+    return subprocess.run(
+        [sys.executable, "-c", RAY_CHILD, module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

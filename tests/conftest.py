@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(items):
 
 # Thread names Ray's core worker gives its native threads. They outlive ray.shutdown() and can
 # crash the process at exit (a CI run ended in a segmentation fault after every test passed), so
-# a test runs Ray in a child process (test_ray_run's ``_run``), never in this one.
+# a test runs Ray in a child process (tests/commands.py's ``ray_child``), never in this one.
 RAY_THREADS = frozenset({"gcs_client_io_s", "worker.io"})
 
 

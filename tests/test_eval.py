@@ -16,7 +16,7 @@ from explain_export.artifact.evaluate import evaluate_image
 from explain_export.artifact.pipeline import OverlayOptions, read
 from explain_export.cli.eval import main
 
-from commands import photo_folder
+from commands import photo_folder, ray_child
 from eval_reference import reference_steps
 from models import tiny_resnet
 
@@ -182,37 +182,17 @@ def test_deletion_falls_below_insertion_for_the_embedded_cam(default_export, tmp
     assert float(row["deletion_auc"]) < float(row["insertion_auc"])
 
 
-RAY_CHILD = """
-import sys
-from explain_export.cli.eval import main
-code = main(sys.argv[1:])
-import ray
-if ray.is_initialized():
-    print("the command left its Ray instance running", file=sys.stderr)
-    sys.exit(3)
-sys.exit(code)
-"""
-
-
 @pytest.mark.slow
 def test_the_ray_engine_gives_the_local_engines_scores(exports, photo_dir, tmp_path, capsys):
     """``--engine ray`` (in a child process: Ray never starts in pytest's) scores every image
     as the local engine does; only the timing differs."""
-    import subprocess
-    import sys
-
     import pyarrow.parquet as pq
 
     models = ["--model", exports["cam"], "--model", exports["gradcam++"]]
     args = [*models, "--images", str(photo_dir), "--steps", "4", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
     ray_args = [*args, "--engine", "ray", "--workers", "2", "--out", str(tmp_path / "ray")]
-    proc = subprocess.run(
-        [sys.executable, "-c", RAY_CHILD, *ray_args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = ray_child("explain_export.cli.eval", *ray_args)
     assert proc.returncode == 0, proc.stderr
     local = pq.read_table(tmp_path / "local" / "per_image.parquet").to_pylist()
     ray = pq.read_table(tmp_path / "ray" / "per_image.parquet").to_pylist()

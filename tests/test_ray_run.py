@@ -17,6 +17,8 @@ import pytest
 from explain_export.artifact import runner, samples
 from explain_export.cli.run import main
 
+from commands import ray_child
+
 pytestmark = pytest.mark.slow  # each test starts a local Ray instance, or runs beside them
 
 pytest.importorskip("ray.data")
@@ -46,30 +48,13 @@ def tree(tmp_path_factory):
     return d
 
 
-# A Ray run goes in a child process. Ray's native threads are not safe across several starts and
-# stops in one process, and a CI run that did that here ended in a segmentation fault at exit,
-# after every test had passed.
-RAY_CHILD = """
-import sys
-from explain_export.cli.run import main
-code = main(sys.argv[1:])
-import ray
-if ray.is_initialized():
-    print("the command left its Ray instance running", file=sys.stderr)
-    sys.exit(3)
-sys.exit(code)
-"""
-
-
 def _run(args, capsys):
     """explain-run with ``args``: (exit code, stdout, stderr); a Ray run in a child process."""
     if "ray" not in args:
         code = main(args)
         out, err = capsys.readouterr()
         return code, out, err
-    proc = subprocess.run(
-        [sys.executable, "-c", RAY_CHILD, *args], capture_output=True, text=True, timeout=600
-    )
+    proc = ray_child("explain_export.cli.run", *args)
     return proc.returncode, proc.stdout, proc.stderr
 
 
