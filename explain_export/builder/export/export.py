@@ -77,10 +77,11 @@ def _verify_on_gpu(
     all_cases: list[verify.Case],
     refs: list[dict[str, Any]],
     log: Callable[[str], None],
+    names: list[str],
 ) -> list[verify.DeviceRow]:
     """Where a CUDA device is present: each file loaded there, against eager on the CPU
-    (:func:`.verify.on_device`). An ONNX Runtime without its CUDA provider is skipped, said in
-    the log."""
+    (:func:`.verify.on_device`); ``names``: the graph's outputs (no metadata is stamped yet).
+    An ONNX Runtime without its CUDA provider is skipped, said in the log."""
     if not torch.cuda.is_available():
         return []
     rows = []
@@ -91,6 +92,7 @@ def _verify_on_gpu(
         if artifact.device != "cuda":
             log(f"not verified on the GPU: {fmt} ({artifact.note})")
             continue
+        artifact.output_names = names
         try:
             rows.append(verify.on_device(fmt, artifact, all_cases, refs))
         except Exception as exc:
@@ -326,7 +328,7 @@ def _verify(
             f"{max(r.heatmap_err for r in failed):.2e}){_float64_said(exact)}; nothing was "
             "written\n" + str(report)
         )
-    gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log)
+    gpu_rows = _verify_on_gpu(staged, info, all_cases, refs, log, names)
     failed_gpu = [r for r in gpu_rows if not r.ok]
     if failed_gpu:
         raise ParityError(
