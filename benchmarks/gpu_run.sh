@@ -54,6 +54,10 @@ else
     echo "pytest/hypothesis missing: CUDA tests not run" | tee "$OUT/cuda-tests.log"
 fi
 
+# --faithfulness: the six-output graph verified on the GPU too (export checks every file there)
+timeout 120 python3 -m explain_export.cli.export --faithfulness --formats torchscript,onnx,pt2 \
+    --out /tmp/faithful 2>&1 | tee "$OUT/faithful-export.log"
+
 bench() {  # $1: time limit in seconds, then explain-bench flags
     local limit=$1
     shift
