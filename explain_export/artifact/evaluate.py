@@ -107,8 +107,9 @@ def evaluate_image(artifact: Any, image: np.ndarray, steps: int, batch: int) -> 
     masked_score = float(softmax(out2["logits"][0])[c])
     m2 = _map_of(artifact, out2, c)
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
+    mask = fa.changed(m, steps)  # the pixels ranked once, for both curves
     curves = np.concatenate(
-        [fa.deletion_steps(hwc, m, steps), fa.insertion_steps(hwc, m, steps)]
+        [fa.deletion_steps(hwc, m, steps, mask), fa.insertion_steps(hwc, m, steps, mask)]
     ).transpose(0, 3, 1, 2)
     s = _class_probs(artifact, np.ascontiguousarray(curves), c, batch)
     deletion, insertion = s[: steps + 1], s[steps + 1 :]

@@ -37,6 +37,7 @@ __all__ = [
     "auc",
     "average_drop",
     "blurred",
+    "changed",
     "coherency",
     "deletion_steps",
     "increase_in_confidence",
@@ -67,16 +68,21 @@ def step_counts(pixels: int, steps: int) -> np.ndarray:
     return np.array([round(i * pixels / steps) for i in range(steps + 1)], dtype=np.int64)
 
 
-def _changed(heatmap: np.ndarray, steps: int) -> np.ndarray:
-    """``[steps + 1, H, W, 1]`` bool: whether each pixel is changed at each step."""
+def changed(heatmap: np.ndarray, steps: int) -> np.ndarray:
+    """``[steps + 1, H, W, 1]`` bool: whether each pixel is changed at each step (the first
+    ``k_i`` by :func:`pixel_ranks`); deletion and insertion change the same pixels."""
     ranks = pixel_ranks(heatmap)
     counts = step_counts(ranks.size, steps)
     return (ranks[None] < counts[:, None, None])[..., None]
 
 
-def deletion_steps(image: np.ndarray, heatmap: np.ndarray, steps: int) -> np.ndarray:
-    """``[steps + 1, H, W, C]``: ``image`` with its ``k_i`` most salient pixels set to 0."""
-    return np.where(_changed(heatmap, steps), np.zeros((), image.dtype), image[None])
+def deletion_steps(
+    image: np.ndarray, heatmap: np.ndarray, steps: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``[steps + 1, H, W, C]``: ``image`` with its ``k_i`` most salient pixels set to 0
+    (``mask``: :func:`changed`'s, where the caller has it)."""
+    mask = changed(heatmap, steps) if mask is None else mask
+    return np.where(mask, np.zeros((), image.dtype), image[None])
 
 
 def blurred(image: np.ndarray) -> np.ndarray:
@@ -86,9 +92,13 @@ def blurred(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(image, BLUR_KERNEL, BLUR_SIGMA)
 
 
-def insertion_steps(image: np.ndarray, heatmap: np.ndarray, steps: int) -> np.ndarray:
-    """``[steps + 1, H, W, C]``: ``image``'s ``k_i`` most salient pixels over its blur."""
-    return np.where(_changed(heatmap, steps), image[None], blurred(image)[None])
+def insertion_steps(
+    image: np.ndarray, heatmap: np.ndarray, steps: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``[steps + 1, H, W, C]``: ``image``'s ``k_i`` most salient pixels over its blur
+    (``mask``: :func:`changed`'s, where the caller has it)."""
+    mask = changed(heatmap, steps) if mask is None else mask
+    return np.where(mask, image[None], blurred(image)[None])
 
 
 def auc(scores: np.ndarray) -> np.ndarray:
