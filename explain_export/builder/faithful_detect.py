@@ -5,7 +5,7 @@ detector runs again on ``x ⊙ m_j`` (``m_j`` over every channel; ``N·D`` maske
 row), through a second explainer of the same model (:func:`second_detector`). The detection of
 ``x ⊙ m_j`` that *is* detection ``j`` is the one of class ``c_j`` whose box overlaps ``b_j`` most,
 if that IoU is at least :data:`MATCH_IOU` (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``
-rule); then
+takes the most overlapping box of any class, then checks its class); then
 
 - ``score = s_j``;
 - ``masked_score`` = the matched detection's score, 0 where none matches;
