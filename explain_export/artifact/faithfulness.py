@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import FAITHFULNESS_OUTPUTS
+
 __all__ = [
     "BLUR_KERNEL",
     "BLUR_SIGMA",
     "DERIVED",
-    "GRAPH_SCORES",
     "adcc",
     "annotate",
     "auc",
@@ -152,8 +153,7 @@ def adcc(coherency: np.ndarray, complexity: np.ndarray, average_drop: np.ndarray
     return np.divide(3.0, inv, out=np.zeros(shape), where=ok)
 
 
-GRAPH_SCORES = ("score", "masked_score", "complexity", "coherency")  # an export's, per map
-DERIVED = ("average_drop", "increase_in_confidence", "adcc")  # the runner's, from those
+DERIVED = ("average_drop", "increase_in_confidence", "adcc")  # the runner's, from the graph's four
 
 
 def map_scores(
@@ -182,4 +182,6 @@ def annotate(maps: list[dict] | dict | None, scores: dict[str, np.ndarray] | Non
     if not maps or scores is None:
         return
     for j, entry in enumerate([maps] if isinstance(maps, dict) else maps):
-        entry["faithfulness"] = map_scores(*(float(scores[name][j]) for name in GRAPH_SCORES))
+        entry["faithfulness"] = map_scores(
+            *(float(scores[name][j]) for name in FAITHFULNESS_OUTPUTS)
+        )

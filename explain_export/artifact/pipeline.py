@@ -35,8 +35,8 @@ import numpy as np
 
 from ..errors import OptionError
 from . import detections, images, masks, overlay, regions
-from .contract import heatmap_unit
-from .faithfulness import GRAPH_SCORES, annotate
+from .contract import FAITHFULNESS_OUTPUTS, heatmap_unit
+from .faithfulness import annotate
 from .summary import summary
 
 __all__ = [
@@ -194,7 +194,7 @@ def infer(artifact: Any, inputs: Sequence[np.ndarray], class_index: Any = None) 
     heatmaps, classes = heatmap_unit(out["heatmap"]), out.get("classes")
     if classes is None:
         classes = chosen_classes(artifact.metadata, out["logits"], class_index)
-    scores = {k: out[k] for k in GRAPH_SCORES if k in out}  # --faithfulness
+    scores = {k: out[k] for k in FAITHFULNESS_OUTPUTS if k in out}  # --faithfulness
     return [
         Inferred(lg, hm, None if classes is None else classes[i], _image(scores, i))
         for i, (lg, hm) in enumerate(zip(out["logits"], heatmaps, strict=True))
@@ -225,7 +225,7 @@ def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detect
     heatmaps = heatmap_unit(out["heatmap"])
     parts = zip(out["boxes"], out["scores"], out["classes"], out["count"], heatmaps, strict=True)
     probabilities = out.get(masks.MASKS)
-    scores = {k: out[k] for k in GRAPH_SCORES if k in out}  # --faithfulness
+    scores = {k: out[k] for k in FAITHFULNESS_OUTPUTS if k in out}  # --faithfulness
     return [
         Detected(
             b,

@@ -32,7 +32,7 @@ from ..errors import ExplainExportError, OptionError
 from ..words import count
 from . import faithfulness as fa
 from . import overlay, pipeline
-from .contract import check_metadata
+from .contract import FAITHFULNESS_OUTPUTS, check_metadata
 from .files import write_atomic
 from .masks import MASKS
 from .runner import (
@@ -287,7 +287,7 @@ def parquet_bytes(
     import pyarrow.parquet as pq
 
     head = [("file", pa.string()), ("error", pa.string()), ("outputs", pa.list_(pa.string()))]
-    faithful = pa.struct([(k, pa.float64()) for k in fa.GRAPH_SCORES + fa.DERIVED])
+    faithful = pa.struct([(k, pa.float64()) for k in (*FAITHFULNESS_OUTPUTS, *fa.DERIVED)])
     if detection:
         box = [("box", pa.list_(pa.float64())), ("class", pa.int64()), ("label", pa.string())]
         rle = [("size", pa.list_(pa.int64())), ("counts", pa.string())]

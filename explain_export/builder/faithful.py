@@ -29,7 +29,6 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..artifact.contract import FAITHFULNESS_OUTPUTS
 from .conflicts import check_options
 from .explainer import Explainer
 from .graph_options import GraphOptions
@@ -38,7 +37,6 @@ from .maths import graph_io
 from .maths.targets import ClassLogit, Finer, Region, Target
 
 __all__ = [
-    "FAITHFULNESS_OUTPUTS",
     "Faithful",
     "check_faithfulness",
     "coherency",
