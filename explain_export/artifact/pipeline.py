@@ -127,7 +127,7 @@ class Inferred(NamedTuple):
     logits: np.ndarray  # float32 [C]; a segmentation export's per-pixel scores [C, H', W']
     heatmaps: np.ndarray  # float32 [K, H, W] in [0, 1]; K = 1 unless the export is top-k
     classes: np.ndarray | None  # int64 [K], the class each map explains; None: no class
-    scores: dict[str, np.ndarray] | None = None  # --faithfulness: each of the four, [K]
+    faithful: dict[str, np.ndarray] | None = None  # --faithfulness: each of the four, [K]
 
 
 class Drawn(NamedTuple):
@@ -224,18 +224,10 @@ def infer_detections(artifact: Any, inputs: Sequence[np.ndarray]) -> list[Detect
     out = artifact.outputs(np.stack(inputs))
     heatmaps = heatmap_unit(out["heatmap"])
     parts = zip(out["boxes"], out["scores"], out["classes"], out["count"], heatmaps, strict=True)
-    probabilities = out.get(masks.MASKS)
+    probabilities = out.get(masks.MASKS, [None] * len(heatmaps))  # a Mask R-CNN's
     scores = {k: out[k] for k in FAITHFULNESS_OUTPUTS if k in out}  # --faithfulness
     return [
-        Detected(
-            b,
-            s,
-            c,
-            int(n),
-            h,
-            None if probabilities is None else probabilities[i],
-            _image(scores, i),
-        )
+        Detected(b, s, c, int(n), h, probabilities[i], _image(scores, i))
         for i, (b, s, c, n, h) in enumerate(parts)
     ]
 
@@ -318,15 +310,20 @@ def render(
     blend: OverlayOptions,
     draw: bool = True,
     classes: np.ndarray | None = None,
+    faithful: dict[str, np.ndarray] | None = None,
 ) -> Rendered:
     """Top-k of ``logits``; each of ``heatmaps`` (``[H, W]``, or ``[K, H, W]``: the graph's, at
     the input size) mapped back to the original resolution and, with ``draw``, blended over the
     original pixels; with ``classes`` (``[K]``) the class each map explains
     (:func:`explained`). Per-pixel ``logits`` (``[K, H', W']``, a segmentation export's, with
     its class in ``classes``) give the region of that class instead of a top-k, outlined on the
-    blend; ``topk`` is then how many of the classes predicted most it lists."""
+    blend; ``topk`` is then how many of the classes predicted most it lists. With the graph's
+    ``faithful`` scores (each ``[K]``), each map's entry (or the region) has its
+    ``faithfulness`` (:func:`.faithfulness.annotate`)."""
     if logits.ndim == 3:
-        return _render_region(image, logits, heatmaps, topk, labels, blend, draw, classes)
+        done = _render_region(image, logits, heatmaps, topk, labels, blend, draw, classes)
+        annotate(done.region, faithful)
+        return done
     drawn = []
     for heatmap in heatmaps.reshape(-1, *heatmaps.shape[-2:]):
         full = images.map_back(heatmap, image.geometry)
@@ -337,6 +334,7 @@ def render(
             )
         drawn.append(Drawn(full, heat, blended))
     named = None if classes is None else explained(logits, classes, labels)
+    annotate(named, faithful)
     return Rendered(softmax_topk(logits, topk, labels), drawn, named)
 
 

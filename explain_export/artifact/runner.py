@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError, UsageError
-from . import detections, faithfulness, images, overlay, pipeline, regions
+from . import detections, images, overlay, pipeline, regions
 from .contract import ArtifactMetadata, check_metadata, class_feed
 from .files import ensure_out_dir, write_atomic
 from .run_files import (
@@ -356,9 +356,16 @@ def explain_batch(
     def draw(job: tuple[tuple[int, pipeline.Fitted], pipeline.Inferred]) -> None:
         (i, image), out = job
         done = pipeline.render(
-            image, out.logits, out.heatmaps, opts.topk, labels, opts, classes=out.classes
+            image,
+            out.logits,
+            out.heatmaps,
+            opts.topk,
+            labels,
+            opts,
+            True,
+            out.classes,
+            out.faithful,
         )
-        faithfulness.annotate(done.explained or done.region, out.scores)  # --faithfulness
         batch[i].topk, batch[i].class_index = done.topk, opts.class_index
         batch[i].region = done.region
         rows[i] = write_maps(batch[i], image.bgr, done, opts)

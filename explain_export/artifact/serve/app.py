@@ -91,7 +91,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import OptionError, first_line
-from .. import faithfulness, images, overlay, pipeline
+from .. import images, overlay, pipeline
 from .admission import DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT_S, Admission
 from .model import Model, health, open_model
 from .request import (
@@ -206,7 +206,7 @@ def answer(
     opts: ServeOptions,
     batch_size: int = 1,
     classes: np.ndarray | None = None,
-    scores: dict[str, np.ndarray] | None = None,
+    faithful: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The JSON for one image, from the graph's outputs: each heatmap (``[H, W]``, or a top-k
     graph's ``[K, H, W]``) mapped back to the original resolution, and blended over the
@@ -214,9 +214,8 @@ def answer(
     :func:`.pipeline.infer` gives them) in ``explained``; a segmentation graph's region
     (per-pixel ``logits``, its class in ``classes``) named and outlined."""
     done = pipeline.render(
-        image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes
+        image, logits, heatmap, query.topk, model.labels, opts, query.overlay, classes, faithful
     )
-    faithfulness.annotate(done.explained or done.region, scores)  # --faithfulness
     (h, w), drawn = image.original, image.drawn
     body: dict[str, Any] = {
         **({"topk": done.topk} if done.region is None else done.region),
@@ -376,7 +375,7 @@ class Handler:
                 self.opts,
                 n,
                 out.classes,
-                out.scores,
+                out.faithful,
             )
         except Exception as exc:
             return internal_error(exc)
